@@ -1,0 +1,320 @@
+"""Strict loading of SAM, MobileSAM, official FocSAM (mmengine) and napari-focsam checkpoints.
+
+The model type is detected from key names and tensor shapes, the key names are
+mapped onto :class:`~napari_focsam.modeling.focsam.FocSAM`, and every key must be
+used and every parameter filled: a wrong, truncated or unknown file raises one
+:class:`CheckpointError` that names the file and what is missing or unexpected.
+"""
+
+from __future__ import annotations
+
+import io
+import pickle
+import re
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from torch import nn
+
+from ..modeling.focsam import FocSAM
+from ..modeling.image_encoder_vit import VIT_CONFIGS, ImageEncoderViT, ViTConfig
+from ..modeling.tiny_vit import TinyViT, TinyViTConfig
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file cannot be used; the message says which file and why."""
+
+
+# --------------------------------------------------------------------------- reading
+
+
+class _Opaque:
+    """Stand-in for classes of foreign packages (mmengine message hubs, numpy scalars...)."""
+
+    def __init__(self, *args, **kwargs):
+        pass
+
+    def __setstate__(self, state):
+        pass
+
+
+class _LenientUnpickler(pickle.Unpickler):
+    """Rebuilds tensors and plain containers; replaces any other class by :class:`_Opaque`.
+
+    Used only when ``torch.load(weights_only=True)`` refuses a file because it holds
+    training metadata (mmengine checkpoints). It never imports or calls foreign code.
+    """
+
+    _BUILTINS = {"dict", "list", "tuple", "set", "frozenset", "int", "float", "str", "bytes", "bool",
+                 "slice", "complex"}
+
+    def find_class(self, module: str, name: str):
+        top = module.split(".")[0]
+        if module == "collections" and name == "OrderedDict":
+            return super().find_class(module, name)
+        if top == "builtins" and name in self._BUILTINS:
+            return super().find_class(module, name)
+        if module == "_codecs" and name == "encode":
+            return super().find_class(module, name)
+        if top == "torch" and (name.startswith("_rebuild") or name.endswith("Storage")
+                               or name in {"Size", "device", "dtype"}):
+            return super().find_class(module, name)
+        return _Opaque
+
+
+class _LenientPickleModule:
+    Unpickler = _LenientUnpickler
+    load = pickle.load
+    __name__ = "lenient_pickle"
+
+
+def read_checkpoint(path: str | Path) -> Mapping[str, Any]:
+    """Load a checkpoint file's top-level object on the CPU, safely."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as first:
+        if "Weights only load failed" not in str(first):
+            raise CheckpointError(f"cannot read checkpoint {path}: {first}") from first
+    except Exception as exc:  # truncated zip, not a torch file, ...
+        raise CheckpointError(
+            f"cannot read checkpoint {path}: it is truncated or not a PyTorch checkpoint ({exc})"
+        ) from exc
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False, pickle_module=_LenientPickleModule)
+    except Exception as exc:
+        raise CheckpointError(f"cannot read checkpoint {path}: {exc}") from exc
+
+
+def extract_state_dict(obj: Any, source: str = "<checkpoint>") -> dict[str, torch.Tensor]:
+    """The flat ``name -> tensor`` mapping inside a raw, ``state_dict`` or ``model`` wrapper."""
+    if isinstance(obj, Mapping):
+        for key in ("state_dict", "model"):
+            if key in obj and isinstance(obj[key], Mapping):
+                return extract_state_dict(obj[key], source)
+        tensors = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+        if tensors:
+            out = {}
+            for k, v in tensors.items():
+                out[k[len("module."):] if k.startswith("module.") else k] = v
+            return out
+    raise CheckpointError(f"{source} holds no state dict of tensors (found {type(obj).__name__})")
+
+
+# --------------------------------------------------------------------------- key mapping
+
+_FOCSAM_RENAMES = [
+    (r"^backbone\.", "image_encoder."),
+    (r"^neck\.pos_embed_layer\.", "prompt_encoder.pe_layer."),
+    (r"^neck\.point_embeds\.", "prompt_encoder.point_embeddings."),
+    (r"^neck\.", "prompt_encoder."),
+    (r"^decode_head\.", "mask_decoder."),
+    (r"^refine_head\.", "focus_refiner."),
+]
+_OUR_PREFIXES = ("image_encoder.", "prompt_encoder.", "mask_decoder.", "focus_refiner.")
+
+
+def detect_layout(sd: Mapping[str, torch.Tensor]) -> str:
+    """'focsam_mmengine' (backbone./neck./decode_head./refine_head.) or 'sam' (image_encoder./...)."""
+    if any(k.startswith("backbone.") for k in sd) or any(k.startswith("decode_head.") for k in sd):
+        return "focsam_mmengine"
+    if any(k.startswith(_OUR_PREFIXES) for k in sd):
+        return "sam"
+    return "unknown"
+
+
+def normalize_keys(sd: Mapping[str, torch.Tensor], source: str = "<checkpoint>") -> dict[str, torch.Tensor]:
+    """Map any supported layout onto FocSAM's own key names."""
+    layout = detect_layout(sd)
+    if layout == "unknown":
+        sample = ", ".join(sorted(sd)[:5])
+        raise CheckpointError(
+            f"{source} is not a SAM, MobileSAM or FocSAM checkpoint: no image_encoder./backbone. keys "
+            f"(first keys: {sample})"
+        )
+    if layout == "sam":
+        return dict(sd)
+    out = {}
+    for k, v in sd.items():
+        new = k
+        for pattern, repl in _FOCSAM_RENAMES:
+            if re.match(pattern, new):
+                new = re.sub(pattern, repl, new, count=1)
+                break
+        out[new] = v
+    return out
+
+
+# --------------------------------------------------------------------------- architecture detection
+
+
+def _count(sd: Mapping[str, Any], pattern: str) -> int:
+    rx = re.compile(pattern)
+    return len({m.group(1) for k in sd if (m := rx.match(k))})
+
+
+def vit_config_from_state_dict(sd: Mapping[str, torch.Tensor]) -> ViTConfig:
+    """Infer a SAM ViT's width, depth, heads, window and global blocks from tensor shapes."""
+    w = sd["image_encoder.patch_embed.proj.weight"]
+    embed_dim, patch = w.shape[0], w.shape[-1]
+    grid = sd["image_encoder.pos_embed"].shape[1]
+    depth = _count(sd, r"image_encoder\.blocks\.(\d+)\.")
+    head_dim = sd["image_encoder.blocks.0.attn.rel_pos_h"].shape[1]
+    global_idx, window = [], 14
+    for i in range(depth):
+        rows = sd[f"image_encoder.blocks.{i}.attn.rel_pos_h"].shape[0]
+        if rows == 2 * grid - 1:
+            global_idx.append(i)
+        else:
+            window = (rows + 1) // 2
+    mlp_dim = sd["image_encoder.blocks.0.mlp.lin1.weight"].shape[0]
+    if mlp_dim == 4 * embed_dim:
+        mlp_dim = None  # the default, as in VIT_CONFIGS
+    return ViTConfig(embed_dim, depth, embed_dim // head_dim, tuple(global_idx), mlp_dim,
+                     grid * patch, patch, window, sd["image_encoder.neck.0.weight"].shape[0])
+
+
+def tinyvit_config_from_state_dict(sd: Mapping[str, torch.Tensor]) -> TinyViTConfig:
+    """Infer TinyViT stage widths, depths, heads and windows from tensor shapes."""
+    n_layers = _count(sd, r"image_encoder\.layers\.(\d+)\.")
+    dims, depths, heads, windows = [], [], [], []
+    for i in range(n_layers):
+        depths.append(_count(sd, rf"image_encoder\.layers\.{i}\.blocks\.(\d+)\."))
+        if i == 0:
+            dims.append(sd["image_encoder.layers.0.blocks.0.conv1.c.weight"].shape[1])
+            heads.append(1)
+            windows.append(7)
+        else:
+            bias = sd[f"image_encoder.layers.{i}.blocks.0.attn.attention_biases"]
+            dims.append(sd[f"image_encoder.layers.{i}.blocks.0.attn.proj.weight"].shape[0])
+            heads.append(bias.shape[0])
+            windows.append(int(round(bias.shape[1] ** 0.5)))
+    expand = sd["image_encoder.layers.0.blocks.0.conv1.c.weight"].shape[0] / dims[0]
+    mlp_ratio = sd["image_encoder.layers.1.blocks.0.mlp.fc1.weight"].shape[0] / dims[1]
+    return TinyViTConfig(tuple(dims), tuple(depths), tuple(heads), tuple(windows), mlp_ratio, expand,
+                         out_chans=sd["image_encoder.neck.0.weight"].shape[0],
+                         num_classes=sd["image_encoder.head.weight"].shape[0])
+
+
+def refiner_config_from_state_dict(sd: Mapping[str, torch.Tensor], meta: Mapping[str, Any] | None = None) -> dict:
+    """FocusRefiner constructor arguments from its keys (heads from metadata, else the official 8)."""
+    depth = _count(sd, r"focus_refiner\.blocks\.(\d+)\.")
+    embed_dim = sd["focus_refiner.embed_proj.weight"].shape[0]
+    hidden = sd["focus_refiner.blocks.0.img2cls.mlp.0.weight"].shape[0]
+    cfg = {"embed_dim": embed_dim, "depth": depth, "mlp_ratio": hidden / embed_dim, "num_heads": 8}
+    if meta and isinstance(meta.get("refiner_config"), Mapping):
+        cfg.update(meta["refiner_config"])
+    return cfg
+
+
+def identify_model_type(encoder: nn.Module) -> str:
+    if isinstance(encoder, TinyViT):
+        c, ref = encoder.config, TinyViTConfig()
+        same = (c.embed_dims, c.depths, c.num_heads[1:], c.window_sizes[1:]) == (
+            ref.embed_dims, ref.depths, ref.num_heads[1:], ref.window_sizes[1:])
+        return "vit_t" if same else "tinyvit_custom"
+    for name, cfg in VIT_CONFIGS.items():
+        if encoder.config == cfg or (
+            encoder.config.embed_dim, encoder.config.depth, encoder.config.num_heads,
+            encoder.config.global_attn_indexes) == (cfg.embed_dim, cfg.depth, cfg.num_heads, cfg.global_attn_indexes):
+            return name
+    return "vit_custom"
+
+
+def build_model(sd: Mapping[str, torch.Tensor], meta: Mapping[str, Any] | None = None,
+                source: str = "<checkpoint>") -> FocSAM:
+    """An un-initialised FocSAM whose architecture matches the (normalised) state dict."""
+    try:
+        if "image_encoder.patch_embed.seq.0.c.weight" in sd:
+            encoder: nn.Module = TinyViT(tinyvit_config_from_state_dict(sd))
+        elif "image_encoder.patch_embed.proj.weight" in sd:
+            encoder = ImageEncoderViT(vit_config_from_state_dict(sd))
+        else:
+            raise CheckpointError(
+                f"{source}: no image encoder found (expected image_encoder.patch_embed.proj.weight for "
+                "SAM ViT or image_encoder.patch_embed.seq.0.c.weight for MobileSAM's TinyViT)"
+            )
+        refiner = None
+        if any(k.startswith("focus_refiner.") for k in sd):
+            from ..modeling.focus_refiner import FocusRefiner
+
+            refiner = FocusRefiner(**refiner_config_from_state_dict(sd, meta))
+    except KeyError as exc:
+        raise CheckpointError(f"{source} is incomplete: missing key {exc.args[0]}") from exc
+    model_type = identify_model_type(encoder)
+    if refiner is not None:
+        model_type = f"focsam_{model_type}"
+    channel_order = (meta or {}).get("channel_order") or ("bgr" if (meta or {}).get("layout") == "focsam_mmengine" else "rgb")
+    return FocSAM(encoder, focus_refiner=refiner, model_type=model_type, channel_order=channel_order)
+
+
+def load_state_dict_strict(model: nn.Module, sd: Mapping[str, torch.Tensor], source: str = "<checkpoint>") -> None:
+    """Copy ``sd`` into ``model``; any missing, unexpected or mis-shaped key raises CheckpointError."""
+    own = model.state_dict()
+    missing = sorted(set(own) - set(sd))
+    unexpected = sorted(set(sd) - set(own))
+    mismatched = [f"{k}: file {tuple(sd[k].shape)} vs model {tuple(own[k].shape)}"
+                  for k in sorted(set(own) & set(sd)) if tuple(own[k].shape) != tuple(sd[k].shape)]
+    if missing or unexpected or mismatched:
+        def show(items: list[str]) -> str:
+            head = ", ".join(items[:6])
+            return head + (f", ... ({len(items)} in all)" if len(items) > 6 else "")
+
+        parts = []
+        if missing:
+            parts.append(f"missing {len(missing)} keys: {show(missing)}")
+        if unexpected:
+            parts.append(f"unexpected {len(unexpected)} keys: {show(unexpected)}")
+        if mismatched:
+            parts.append(f"{len(mismatched)} shape mismatches: {show(mismatched)}")
+        raise CheckpointError(f"{source} does not match the {getattr(model, 'model_type', 'model')} "
+                              f"architecture; " + "; ".join(parts))
+    model.load_state_dict(sd, strict=True)
+
+
+def load_checkpoint(path: str | Path, *, refiner: str | Path | None = None,
+                    channel_order: str | None = None, device: str | torch.device = "cpu") -> FocSAM:
+    """Build and strictly load a FocSAM from a checkpoint file.
+
+    Supported: official SAM ``sam_vit_{b,l,h}_*.pth``, MobileSAM ``mobile_sam.pt``, the
+    official FocSAM mmengine checkpoint (``state_dict`` with ``backbone.``/``neck.``/
+    ``decode_head.``/``refine_head.``) and napari-focsam's own files (optionally a
+    refiner-only file given as ``refiner``, trained for that base model).
+    """
+    path = Path(path)
+    source = str(path)
+    raw = read_checkpoint(path)
+    meta = dict(raw.get("napari_focsam", {})) if isinstance(raw, Mapping) else {}
+    sd = extract_state_dict(raw, source)
+    meta.setdefault("layout", detect_layout(sd))
+    sd = normalize_keys(sd, source)
+    if refiner is not None:
+        rraw = read_checkpoint(refiner)
+        rmeta = dict(rraw.get("napari_focsam", {})) if isinstance(rraw, Mapping) else {}
+        rsd = normalize_keys(extract_state_dict(rraw, str(refiner)), str(refiner))
+        not_refiner = [k for k in rsd if not k.startswith("focus_refiner.")]
+        if not_refiner:
+            raise CheckpointError(f"{refiner} is not a refiner-only file (found {not_refiner[0]})")
+        sd.update(rsd)
+        meta.update(rmeta)
+    model = build_model(sd, meta, source)
+    if channel_order is not None:
+        model.channel_order = channel_order
+    load_state_dict_strict(model, sd, source)
+    return model.to(device).eval()
+
+
+def save_checkpoint(model: FocSAM, path: str | Path, *, only_refiner: bool = False, **meta: Any) -> None:
+    """Save napari-focsam's own format: ``{"state_dict": ..., "napari_focsam": meta}``."""
+    sd = model.state_dict()
+    if only_refiner:
+        sd = OrderedDict((k, v) for k, v in sd.items() if k.startswith("focus_refiner."))
+    meta.setdefault("channel_order", model.channel_order)
+    meta.setdefault("model_type", model.model_type)
+    buf = io.BytesIO()
+    torch.save({"state_dict": sd, "napari_focsam": meta}, buf)
+    Path(path).write_bytes(buf.getvalue())

@@ -1,0 +1,80 @@
+"""SAM's mask decoder (unchanged by FocSAM; FocSAM also reads the mask-#0 output token)."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from .common import MLP, LayerNorm2d
+from .transformer import TwoWayTransformer
+
+
+class DecoderOutput(NamedTuple):
+    """Decoder results.
+
+    logits: (B, M, 256, 256) raw mask logits; M = 1 (single mask #0) or 3 (multimask).
+    iou: (B, M) predicted IoU of each mask.
+    token: (B, 1, C) output token of mask #0 (FocSAM's click-fused query).
+    """
+
+    logits: torch.Tensor
+    iou: torch.Tensor
+    token: torch.Tensor
+
+
+class MaskDecoder(nn.Module):
+    """Two-way transformer over prompt + output tokens, upscaling, hyper-network mask heads."""
+
+    def __init__(self, transformer_dim: int = 256, num_multimask_outputs: int = 3,
+                 iou_head_depth: int = 3, iou_head_hidden_dim: int = 256) -> None:
+        super().__init__()
+        self.transformer = TwoWayTransformer(2, transformer_dim, 8, 2048, 2)
+        self.num_mask_tokens = num_multimask_outputs + 1
+        self.iou_token = nn.Embedding(1, transformer_dim)
+        self.mask_tokens = nn.Embedding(self.num_mask_tokens, transformer_dim)
+        self.output_upscaling = nn.Sequential(
+            nn.ConvTranspose2d(transformer_dim, transformer_dim // 4, kernel_size=2, stride=2),
+            LayerNorm2d(transformer_dim // 4),
+            nn.GELU(),
+            nn.ConvTranspose2d(transformer_dim // 4, transformer_dim // 8, kernel_size=2, stride=2),
+            nn.GELU(),
+        )
+        self.output_hypernetworks_mlps = nn.ModuleList(
+            MLP(transformer_dim, transformer_dim, transformer_dim // 8, 3) for _ in range(self.num_mask_tokens)
+        )
+        self.iou_prediction_head = MLP(transformer_dim, iou_head_hidden_dim, self.num_mask_tokens, iou_head_depth)
+
+    def forward(
+        self,
+        image_embeddings: torch.Tensor,
+        image_pe: torch.Tensor,
+        sparse_prompt_embeddings: torch.Tensor,
+        dense_prompt_embeddings: torch.Tensor,
+        multimask_output: bool = False,
+    ) -> DecoderOutput:
+        """image_embeddings (B|1, C, 64, 64), image_pe (1, C, 64, 64), sparse (B, N, C), dense (B, C, 64, 64)."""
+        B = sparse_prompt_embeddings.shape[0]
+        out_tokens = torch.cat([self.iou_token.weight, self.mask_tokens.weight], dim=0)
+        tokens = torch.cat([out_tokens.unsqueeze(0).expand(B, -1, -1), sparse_prompt_embeddings], dim=1)
+        src = image_embeddings.expand(B, -1, -1, -1) + dense_prompt_embeddings
+        pos = image_pe.expand(B, -1, -1, -1)
+        _, C, h, w = src.shape
+        hs, src = self.transformer(src, pos, tokens)
+        iou_token_out = hs[:, 0, :]
+        mask_tokens_out = hs[:, 1 : 1 + self.num_mask_tokens, :]
+        upscaled = self.output_upscaling(src.transpose(1, 2).reshape(B, C, h, w))
+        sel = range(1, self.num_mask_tokens) if multimask_output else range(0, 1)
+        hyper_in = torch.stack([self.output_hypernetworks_mlps[i](mask_tokens_out[:, i]) for i in sel], dim=1)
+        b, c, uh, uw = upscaled.shape
+        masks = (hyper_in @ upscaled.view(b, c, uh * uw)).view(b, -1, uh, uw)
+        iou = self.iou_prediction_head(iou_token_out)
+        iou = iou[:, 1:] if multimask_output else iou[:, :1]
+        return DecoderOutput(masks, iou, mask_tokens_out[:, :1])
+
+
+def upscale_logits(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Bilinear (align_corners=False) resize of (B, M, h, w) logits."""
+    return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)

@@ -1,0 +1,258 @@
+"""Model core: architectures, strict checkpoint loading, detection, the per-object loop."""
+
+from __future__ import annotations
+
+import pickle
+import sys
+import types
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import make_tiny_focsam
+from napari_focsam.core.checkpoint import (
+    CheckpointError,
+    load_checkpoint,
+    save_checkpoint,
+    vit_config_from_state_dict,
+)
+from napari_focsam.core.predictor import Click, FocSAMPredictor, InteractiveObject, input_size_for, preprocess
+from napari_focsam.modeling.focsam import FocSAM
+from napari_focsam.modeling.focus_refiner import FocusRefiner
+from napari_focsam.modeling.image_encoder_vit import VIT_CONFIGS, ImageEncoderViT, ViTConfig
+from napari_focsam.modeling.tiny_vit import TinyViT
+
+SMALL_VIT = ViTConfig(embed_dim=32, depth=4, num_heads=2, global_attn_indexes=(1, 3))
+
+
+def _sam_state_dict(encoder, seed=0):
+    torch.manual_seed(seed)
+    model = FocSAM(encoder)
+    for p in model.parameters():
+        torch.nn.init.normal_(p, std=0.02)
+    return model, model.state_dict()
+
+
+def _to_mmengine(sd):
+    """Rename our keys to the official FocSAM (mmseg) names, design §4.2-4.3."""
+    out = {}
+    for k, v in sd.items():
+        k = k.replace("image_encoder.", "backbone.", 1) if k.startswith("image_encoder.") else k
+        k = k.replace("prompt_encoder.pe_layer.", "neck.pos_embed_layer.", 1)
+        k = k.replace("prompt_encoder.point_embeddings.", "neck.point_embeds.", 1)
+        k = k.replace("prompt_encoder.", "neck.", 1) if k.startswith("prompt_encoder.") else k
+        k = k.replace("mask_decoder.", "decode_head.", 1) if k.startswith("mask_decoder.") else k
+        k = k.replace("focus_refiner.", "refine_head.", 1) if k.startswith("focus_refiner.") else k
+        out[k] = v
+    return out
+
+
+def test_official_vit_configs_are_detected_from_shapes():
+    for name, cfg in VIT_CONFIGS.items():
+        with torch.device("meta"):
+            enc = ImageEncoderViT(cfg)
+        sd = {f"image_encoder.{k}": v for k, v in enc.state_dict().items()}
+        assert vit_config_from_state_dict(sd) == cfg, name
+
+
+def test_vit_b_key_names_and_shapes_match_official():
+    with torch.device("meta"):
+        sd = FocSAM(ImageEncoderViT(VIT_CONFIGS["vit_b"])).state_dict()
+    assert sd["image_encoder.pos_embed"].shape == (1, 64, 64, 768)
+    assert sd["image_encoder.blocks.0.attn.rel_pos_h"].shape == (27, 64)
+    assert sd["image_encoder.blocks.2.attn.rel_pos_h"].shape == (127, 64)
+    assert sd["image_encoder.neck.0.weight"].shape == (256, 768, 1, 1)
+    assert sd["prompt_encoder.pe_layer.positional_encoding_gaussian_matrix"].shape == (2, 128)
+    assert sd["mask_decoder.transformer.layers.0.cross_attn_token_to_image.q_proj.weight"].shape == (128, 256)
+    assert sd["mask_decoder.iou_prediction_head.layers.2.weight"].shape == (4, 256)
+    assert sd["mask_decoder.mask_tokens.weight"].shape == (4, 256)
+
+
+def test_refiner_has_official_parameter_count():
+    refiner = FocusRefiner()
+    assert sum(p.numel() for p in refiner.parameters()) == 25_396_058
+
+
+def test_sam_layout_roundtrip_is_strict_and_exact(tmp_path):
+    model, sd = _sam_state_dict(ImageEncoderViT(SMALL_VIT))
+    path = tmp_path / "sam_small.pth"
+    torch.save(sd, path)
+    loaded = load_checkpoint(path)
+    assert loaded.model_type == "vit_custom"
+    assert loaded.image_encoder.config == SMALL_VIT
+    assert not loaded.has_refiner
+    for k, v in loaded.state_dict().items():
+        assert torch.equal(v, sd[k]), k
+
+
+def test_mobile_sam_layout_is_detected(tmp_path):
+    model, sd = _sam_state_dict(TinyViT())
+    path = tmp_path / "mobile_sam.pt"
+    torch.save(sd, path)
+    loaded = load_checkpoint(path)
+    assert loaded.model_type == "vit_t"
+    assert isinstance(loaded.image_encoder, TinyViT)
+    x = torch.randn(1, 3, 1024, 1024)
+    with torch.inference_mode():
+        assert torch.allclose(loaded.encode(x), model.eval().encode(x), atol=1e-5)
+
+
+def test_official_focsam_mmengine_checkpoint_loads(tmp_path):
+    """mmengine wrapper with foreign classes (message hub), official key names, real refiner shapes."""
+    torch.manual_seed(0)
+    model = FocSAM(ImageEncoderViT(SMALL_VIT), focus_refiner=FocusRefiner())
+    sd = _to_mmengine(model.state_dict())
+    assert "neck.pos_embed_layer.positional_encoding_gaussian_matrix" in sd
+    assert "refine_head.blocks.11.cls2img.conv2.dcn_offset.weight" in sd
+    assert sd["refine_head.blocks.0.cls2img.gamma1"].shape == (1, 256, 1, 1)
+
+    fake = types.ModuleType("mmengine_fake_hub")
+
+    class MessageHub:  # stands for a class of a package we do not install
+        def __init__(self):
+            self.log = {"loss": [1.0, 0.5]}
+
+    MessageHub.__module__ = "mmengine_fake_hub"
+    MessageHub.__qualname__ = "MessageHub"
+    fake.MessageHub = MessageHub
+    sys.modules["mmengine_fake_hub"] = fake
+    try:
+        path = tmp_path / "iter_160000.pth"
+        torch.save({"meta": {"iter": 160000}, "state_dict": sd, "message_hub": MessageHub()}, path)
+    finally:
+        del sys.modules["mmengine_fake_hub"]
+    loaded = load_checkpoint(path)
+    assert loaded.model_type == "focsam_vit_custom"
+    assert loaded.channel_order == "bgr"  # the official weights were trained on BGR input (design §1.2)
+    assert len(loaded.focus_refiner.blocks) == 12
+    assert torch.equal(loaded.state_dict()["focus_refiner.embed_proj.weight"], sd["refine_head.embed_proj.weight"])
+
+
+def test_truncated_file_names_the_file(tmp_path):
+    _, sd = _sam_state_dict(ImageEncoderViT(SMALL_VIT))
+    path = tmp_path / "half.pth"
+    torch.save(sd, path)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="half.pth.*truncated"):
+        load_checkpoint(path)
+
+
+def test_missing_unexpected_and_misshaped_keys_are_reported(tmp_path):
+    _, sd = _sam_state_dict(ImageEncoderViT(SMALL_VIT))
+    bad = dict(sd)
+    del bad["mask_decoder.iou_token.weight"]
+    bad["mask_decoder.extra.weight"] = torch.zeros(3)
+    bad["prompt_encoder.no_mask_embed.weight"] = torch.zeros(1, 128)
+    path = tmp_path / "bad.pth"
+    torch.save(bad, path)
+    with pytest.raises(CheckpointError) as err:
+        load_checkpoint(path)
+    msg = str(err.value)
+    assert "bad.pth" in msg
+    assert "missing 1 keys: mask_decoder.iou_token.weight" in msg
+    assert "unexpected 1 keys: mask_decoder.extra.weight" in msg
+    assert "prompt_encoder.no_mask_embed.weight: file (1, 128) vs model (1, 256)" in msg
+
+
+def test_unknown_and_missing_files(tmp_path):
+    path = tmp_path / "resnet.pth"
+    torch.save({"conv1.weight": torch.zeros(1)}, path)
+    with pytest.raises(CheckpointError, match="resnet.pth is not a SAM, MobileSAM or FocSAM checkpoint"):
+        load_checkpoint(path)
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_checkpoint(tmp_path / "nothing.pth")
+    (tmp_path / "text.pth").write_text("hello")
+    with pytest.raises(CheckpointError, match="text.pth"):
+        load_checkpoint(tmp_path / "text.pth")
+
+
+def test_refiner_only_file_combines_with_base(tmp_path):
+    torch.manual_seed(1)
+    base, sd = _sam_state_dict(ImageEncoderViT(SMALL_VIT))
+    torch.save(sd, tmp_path / "base.pth")
+    full = FocSAM(ImageEncoderViT(SMALL_VIT), focus_refiner=FocusRefiner(depth=2, num_heads=4, mlp_ratio=2.0))
+    save_checkpoint(full, tmp_path / "refiner.pt", only_refiner=True,
+                    refiner_config={"depth": 2, "num_heads": 4, "mlp_ratio": 2.0})
+    loaded = load_checkpoint(tmp_path / "base.pth", refiner=tmp_path / "refiner.pt")
+    assert loaded.has_refiner and len(loaded.focus_refiner.blocks) == 2
+    with pytest.raises(CheckpointError, match="not a refiner-only file"):
+        load_checkpoint(tmp_path / "base.pth", refiner=tmp_path / "base.pth")
+
+
+def test_preprocess_sizes_and_padding():
+    img = np.full((300, 500, 3), 255, np.uint8)
+    x, (h, w) = preprocess(img)
+    assert (h, w) == input_size_for((300, 500)) == (614, 1024)
+    assert x.shape == (1, 3, 1024, 1024)
+    assert torch.all(x[..., h:, :] == 0) and torch.all(x[..., :h, :w] > 2)
+    xb, _ = preprocess(np.dstack([np.zeros((8, 8)), np.zeros((8, 8)), np.full((8, 8), 255)]).astype(np.uint8), "bgr")
+    # blue is channel 0 in BGR order, normalised with the red statistics (design §1.2)
+    assert xb[0, 0, 0, 0] == pytest.approx((255 - 123.675) / 58.395, rel=1e-5)
+
+
+def test_object_loop_refines_once_at_second_click():
+    torch.manual_seed(0)
+    model = make_tiny_focsam(refiner_depth=2)
+    calls = []
+    original = model.focus_refiner.forward
+    model.focus_refiner.forward = lambda *a, **k: (calls.append(1), original(*a, **k))[1]
+    pred = FocSAMPredictor(model)
+    emb = pred.embed(np.random.default_rng(0).integers(0, 255, (120, 200), dtype=np.uint8))
+    obj = InteractiveObject(pred, emb)
+    m1 = obj.add_click(60, 100)
+    assert m1.shape == (120, 200) and obj.refined is None
+    r2 = obj.add(Click(10, 10, False))
+    assert len(calls) == 1 and obj.refined is not None and r2.refine_seconds > 0
+    obj.add_click(50, 50)
+    obj.add_click(70, 150, False)
+    assert len(calls) == 1  # later clicks reuse the refined embedding
+    obj.undo()
+    obj.undo()
+    obj.undo()
+    assert obj.refined is None and len(obj.clicks) == 1
+    assert np.array_equal(obj.mask, m1)
+    obj.add_click(10, 10, False)
+    assert len(calls) == 2  # the 2nd click was replaced, so the object is refined again
+    with pytest.raises(ValueError, match="outside the image"):
+        obj.add_click(120, 5)
+
+
+def test_no_refine_runs_plain_loop():
+    model = make_tiny_focsam(refiner_depth=2)
+    pred = FocSAMPredictor(model, refine=False)
+    emb = pred.embed(np.zeros((64, 64), np.uint8))
+    obj = InteractiveObject(pred, emb)
+    obj.add_click(5, 5)
+    obj.add_click(30, 30)
+    assert obj.refined is None
+
+
+@pytest.mark.slow
+def test_mobile_sam_matches_reference_figures(mobile_sam):
+    """Embedding and decoder logits agree with the reference MobileSAM within 1e-4 (tests/data/README.md)."""
+    import skimage.data
+
+    from pathlib import Path
+
+    g = np.load(Path(__file__).parent / "data" / "mobilesam_golden.npz")
+    img = skimage.data.astronaut().repeat(2, axis=0).repeat(2, axis=1)
+    with torch.inference_mode():
+        x, _ = preprocess(img, "rgb")
+        emb = mobile_sam.encode(x)
+        assert np.abs(emb[0, :, ::8, ::8].numpy() - g["embedding_rgb_sub"]).max() < 1e-4
+        xb, _ = preprocess(img, "bgr")
+        assert np.abs(mobile_sam.encode(xb)[0, :, ::8, ::8].numpy() - g["embedding_bgr_sub"]).max() < 1e-4
+        pts, lab = torch.tensor([[[520.0, 300.0]]]), torch.tensor([[1]])
+        a = mobile_sam.decode(emb, pts, lab)
+        assert np.abs(a.logits[0, 0, ::8, ::8].numpy() - g["a_single_logits_sub"]).max() < 1e-4
+        assert np.abs(a.iou.numpy() - g["a_single_iou"]).max() < 1e-4
+        assert np.abs(a.token[:, 0].numpy() - g["a_token0"]).max() < 1e-4
+        am = mobile_sam.decode(emb, pts, lab, multimask_output=True)
+        assert np.abs(am.logits[0, :, ::8, ::8].numpy() - g["a_multi_logits_sub"]).max() < 1e-4
+        assert np.abs(am.iou.numpy() - g["a_multi_iou"]).max() < 1e-4
+        b = mobile_sam.decode(emb, torch.from_numpy(g["b_points"])[None].float(),
+                              torch.from_numpy(g["b_labels"])[None].long(), a.logits)
+        assert np.abs(b.logits[0, 0, ::8, ::8].numpy() - g["b_single_logits_sub"]).max() < 1e-4
+        assert np.abs(b.token[:, 0].numpy() - g["b_token0"]).max() < 1e-4
