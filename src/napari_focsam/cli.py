@@ -102,7 +102,7 @@ def cmd_segment(args) -> int:
 
 def _segment_volume(args, image, clicks) -> int:
     try:
-        from .core.volume import segment_volume_cli
+        from .core.engine_cli import segment_volume_cli
     except ImportError:
         raise UserError("--propagate is not available in this version") from None
     return segment_volume_cli(args, image, clicks)
@@ -130,7 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .core._weights_cli import add_weights_parser
 
     add_weights_parser(sub)
-    for extra in ("napari_focsam.core.engine_cli", "napari_focsam.evaluation.cli", "napari_focsam._demo"):
+    for extra in ("napari_focsam.core.engine_cli", "napari_focsam.evaluation.runner", "napari_focsam._demo"):
         try:
             module = __import__(extra, fromlist=["add_parser"])
         except ImportError:

@@ -79,7 +79,7 @@ def preprocess(image_rgb: np.ndarray, channel_order: str = "rgb", device: torch.
         raise ValueError(f"preprocess expects (H, W, 3), got {image_rgb.shape}")
     H, W = image_rgb.shape[:2]
     h, w = input_size_for((H, W))
-    x = torch.from_numpy(np.ascontiguousarray(image_rgb)).to(device).permute(2, 0, 1)[None].float()
+    x = torch.from_numpy(np.array(image_rgb, dtype=np.uint8, copy=True)).to(device).permute(2, 0, 1)[None].float()
     if channel_order == "bgr":
         x = x.flip(1)
     if (h, w) != (H, W):
