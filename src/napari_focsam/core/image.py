@@ -30,7 +30,7 @@ def to_rgb_uint8(
 
     uint8 data is used as is unless ``contrast_limits`` are given. Other dtypes are
     scaled linearly from ``contrast_limits`` (default: robust percentiles) to 0-255;
-    NaN and infinities become 0. A single channel is repeated three times, an alpha
+    NaN and infinities become 0; a constant image becomes black. A single channel is repeated three times, an alpha
     channel is dropped, two channels get a zero third channel.
     """
     arr = np.asarray(image)
@@ -50,10 +50,18 @@ def to_rgb_uint8(
     else:
         raise ValueError(f"expected a 2D (Y, X) or colour (Y, X, C) image, got shape {arr.shape}")
 
+    if arr.dtype == bool:
+        arr = arr.astype(np.uint8) * 255
     if arr.dtype == np.uint8 and contrast_limits is None:
         out = arr
     else:
-        lo, hi = contrast_limits if contrast_limits is not None else robust_limits(arr)
+        if contrast_limits is not None:
+            lo, hi = contrast_limits
+        else:
+            lo, hi = robust_limits(arr)
+            if hi <= lo:  # (nearly) constant image: fall back to the full range
+                finite = np.asarray(arr, np.float32)[np.isfinite(arr)]
+                lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
         scale = 255.0 / (hi - lo) if hi > lo else 0.0
         f = (arr.astype(np.float32) - lo) * scale
         f = np.nan_to_num(f, nan=0.0, posinf=255.0, neginf=0.0)

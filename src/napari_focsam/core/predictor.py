@@ -11,25 +11,18 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import NamedTuple, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from ..modeling.focsam import FocSAM
+from .clicks import Click  # noqa: F401  (re-exported: part of the predictor API)
 from .image import to_rgb_uint8
 
 #: Bumped whenever preprocessing changes numerically (signs the embedding cache).
 PREPROCESS_VERSION = 1
-
-
-class Click(NamedTuple):
-    """One click in image pixel coordinates (row ``y``, column ``x``)."""
-
-    y: float
-    x: float
-    is_positive: bool = True
 
 
 @dataclass

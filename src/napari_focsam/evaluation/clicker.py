@@ -24,10 +24,11 @@ The rule (``../shared/design/focsam.md`` §5.2), reimplemented from its descript
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage
+
+from ..core.clicks import Click  # one click type for the engine, the harness and training
 
 __all__ = [
     "DEFAULT_SEED",
@@ -39,23 +40,6 @@ __all__ = [
 ]
 
 DEFAULT_SEED = 42
-
-
-@dataclass(frozen=True)
-class Click:
-    """One simulated click at row ``y``, column ``x`` (pixel coordinates of the image)."""
-
-    y: int
-    x: int
-    is_positive: bool
-
-    @property
-    def coords(self) -> tuple[int, int]:
-        return (self.y, self.x)
-
-    def as_list(self) -> list:
-        """``[y, x, is_positive]`` with plain Python types (for JSON)."""
-        return [int(self.y), int(self.x), bool(self.is_positive)]
 
 
 def _as_bool(mask, shape=None, name="mask") -> np.ndarray:

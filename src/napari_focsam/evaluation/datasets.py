@@ -46,6 +46,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..core.image import to_rgb_uint8 as _core_to_rgb_uint8
+
 __all__ = [
     "DATASET_NAMES",
     "EvalDataset",
@@ -166,35 +168,19 @@ def _read_array(path: Path, palette_indices: bool = True) -> np.ndarray:
 
 
 def to_rgb_uint8(arr: np.ndarray) -> np.ndarray:
-    """Convert a 2D / (H, W, C) / (C, H, W) image of any dtype to (H, W, 3) uint8 RGB."""
+    """Convert a 2D / (H, W, C) / (C, H, W) image of any dtype to (H, W, 3) uint8 RGB.
+
+    Channel-first arrays are moved to channel-last; the intensity mapping is the engine's
+    (:func:`napari_focsam.core.image.to_rgb_uint8`: uint8 as is, robust percentiles otherwise).
+    """
     arr = np.asarray(arr)
     if arr.ndim == 3 and arr.shape[-1] not in (1, 3, 4) and arr.shape[0] in (1, 3, 4):
         arr = np.moveaxis(arr, 0, -1)
     if arr.ndim == 3 and arr.shape[-1] == 1:
         arr = arr[..., 0]
-    if arr.ndim == 3 and arr.shape[-1] == 4:
-        arr = arr[..., :3]
-    if not (arr.ndim == 2 or (arr.ndim == 3 and arr.shape[-1] == 3)):
+    if not (arr.ndim == 2 or (arr.ndim == 3 and arr.shape[-1] in (3, 4))):
         raise ValueError(f"unsupported image shape {arr.shape}; expected 2D, RGB or RGBA")
-    if arr.dtype == bool:
-        arr = arr.astype(np.uint8) * 255
-    elif arr.dtype != np.uint8:
-        data = arr.astype(np.float64)
-        finite = data[np.isfinite(data)]
-        if finite.size == 0:
-            lo, hi = 0.0, 1.0
-        else:
-            lo, hi = np.percentile(finite, [0.5, 99.5])
-            if hi <= lo:  # (nearly) constant image: fall back to the full range
-                lo, hi = float(finite.min()), float(finite.max())
-        if hi > lo:
-            data = (data - lo) * (255.0 / (hi - lo))
-        else:
-            data = np.zeros_like(data)
-        arr = np.clip(np.nan_to_num(data, nan=0.0), 0, 255).round().astype(np.uint8)
-    if arr.ndim == 2:
-        arr = np.repeat(arr[..., None], 3, axis=-1)
-    return np.ascontiguousarray(arr)
+    return _core_to_rgb_uint8(arr)
 
 
 def read_image_rgb(path) -> np.ndarray:

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 
-from ..core.predictor import Click as CoreClick
 from ..core.predictor import FocSAMPredictor, InteractiveObject
 from .datasets import read_dataset
 from .metrics import Timings
@@ -41,8 +40,7 @@ class PredictorAdapter:
             self.reset()
         if len(clicks) != len(self._object.clicks) + 1:
             raise RuntimeError("the protocol must add exactly one click per prediction")
-        c = clicks[-1]
-        res = self._object.add(CoreClick(float(c.y), float(c.x), bool(c.is_positive)))
+        res = self._object.add(clicks[-1])
         self.timings.add("decoder", res.decoder_seconds)
         self.timings.add("refine", res.refine_seconds)
         return res.mask
