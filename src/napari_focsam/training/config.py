@@ -1,0 +1,330 @@
+# Copyright (c) napari-focsam developers.
+# SPDX-License-Identifier: BSD-3-Clause
+"""Training configuration: plain dataclasses read from a JSON (or, if PyYAML is installed, YAML) file.
+
+A config file is a nested mapping with the sections below; every key is optional and
+falls back to the dataclass default.  Unknown keys raise, so a typo never trains the
+wrong model silently.  Strings may use ``$VAR`` / ``${VAR}`` environment variables and
+``~``; relative paths are resolved against the config file's folder.
+
+    {
+      "work_dir": "${FOCSAM_TRAIN_DIR}/runs/focsam_t",          # checkpoints, logs, the exported refiner
+      "data":  {...DataConfig...},           # data root, cache folder, train/val sources
+      "model": {...ModelConfig...},          # base weights and refiner size
+      "sim":   {...SimConfig...},            # click simulation (design §5.1)
+      "loss":  {...LossConfig...},
+      "optim": {...OptimConfig...},          # AdamW, warm-up + poly decay
+      "train": {...TrainConfig...}           # iterations, batch, seed, device, stage 1
+    }
+
+Image selection (``SourceConfig.images``): ``"all"``, ``"first:N"``, ``"last:N"``,
+``"range:A:B"`` (python slice of the ordered ids) or an explicit list of image ids.  Ids are
+ordered **naturally** (``dna-2`` before ``dna-10``), so ``coelho2009_gnf`` ``first:32`` is
+``dna-0 .. dna-30, dna-32`` and ``last:16`` is ``dna-33 .. dna-49`` (the folder has no
+``dna-31`` / ``dna-43``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+__all__ = [
+    "AugmentConfig",
+    "DataConfig",
+    "LossConfig",
+    "ModelConfig",
+    "OptimConfig",
+    "SimConfig",
+    "SourceConfig",
+    "TrainConfig",
+    "TrainingConfig",
+    "load_config",
+]
+
+
+@dataclass
+class AugmentConfig:
+    """Geometric augmentations of the embedding cache (applied identically to image and masks).
+
+    ``copies``: number of cached versions of each image; copy 0 is always the plain image,
+    copies 1.. are random draws.  SAM resizes every image so that its longest side fills
+    the 1024 canvas, so "scale" is realised as a zoom-in crop: each side of the crop is a
+    fraction drawn from U(crop_scale) of the image side (independently, which also jitters
+    the aspect ratio), at a random position, and the crop is then resized to the canvas.
+    """
+
+    copies: int = 4
+    hflip: float = 0.5  # probability
+    vflip: float = 0.0
+    rot90: float = 0.0  # probability of a random quarter turn (1, 2 or 3)
+    crop_prob: float = 0.7
+    crop_scale: tuple[float, float] = (0.5, 1.0)
+    #: a crop must keep this fraction of an object's area for the object to be kept
+    min_keep_fraction: float = 0.5
+
+
+@dataclass
+class SourceConfig:
+    """One training or validation dataset (see ``evaluation.datasets.read_dataset``)."""
+
+    dataset: str
+    images: Any = "all"  # "all" | "first:N" | "last:N" | "range:A:B" | [ids]
+    group: str = "natural"  # batches are drawn per group; groups carry their own click gammas
+    weight: float = 1.0  # sampling weight of the source inside its group
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    #: objects smaller than this many pixels on the 1024 canvas are not cached
+    min_object_pixels: int = 64
+    max_objects_per_image: int | None = None
+
+
+@dataclass
+class DataConfig:
+    root: str = "${FOCSAM_DATA}"  # folder with iseg/ and micro/ (../shared/data)
+    cache_dir: str = "${FOCSAM_TRAIN_DIR}/cache/vit_t"  # embedding cache (train/ and val/ below)
+    train: list[SourceConfig] = field(default_factory=list)
+    val: list[SourceConfig] = field(default_factory=list)
+    #: sampling probability of each group (normalised); groups missing here get weight 1
+    group_weights: dict[str, float] = field(default_factory=dict)
+    #: cache building: encoder batch (1 is fine on a CPU) and encoder device
+    cache_device: str = "auto"
+    cache_seed: int = 1234
+
+
+@dataclass
+class ModelConfig:
+    base: str = "vit_t"  # registry name or checkpoint path of the frozen SAM / MobileSAM
+    depth: int = 2
+    num_heads: int = 8
+    mlp_ratio: float = 4.0
+    window_size: int = 16
+    shift_size: int = 8
+    expand_ratio: float = 1.4  # test-time box expansion
+    #: "identity": embed_proj = I and every block's last residual scale (cls2img.gamma2) = 0,
+    #: so the untrained refiner returns its input and FocSAM-T starts as the plain loop;
+    #: "default": the official (random) initialisation.
+    init: str = "identity"
+
+
+@dataclass
+class SimConfig:
+    """Stage-2 click simulation (design §5.1)."""
+
+    max_num_clicks: int = 20  # n ~ P(k) ∝ gamma^k, k = 0..max_num_clicks
+    gamma: dict[str, float] = field(default_factory=lambda: {"natural": 0.6, "micro": 0.6})
+    #: refine_step ~ P(k) ∝ gamma_r^k, k = 0..n
+    gamma_refine: dict[str, float] = field(default_factory=lambda: {"natural": 0.6, "micro": 0.6})
+    inner_k: float = 1.7
+    first_inner_k: float = 1.0
+    expand_ratio_range: tuple[float, float] = (1.0, 1.4)
+
+
+@dataclass
+class LossConfig:
+    alpha: float = 0.5
+    gamma: float = 2.0
+    nfl_weight: float = 1.0
+    click_weight: float = 1.0
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-4
+    betas: tuple[float, float] = (0.9, 0.999)
+    weight_decay: float = 0.05
+    #: no weight decay on biases, norms and LayerScale vectors (1-D parameters)
+    no_decay_1d: bool = True
+    warmup_iters: int = 1500
+    warmup_factor: float = 1e-6
+    power: float = 1.0  # poly decay after warm-up (1.0 = linear)
+    min_lr: float = 0.0
+    grad_clip: float | None = 1.0
+
+
+@dataclass
+class TrainConfig:
+    iters: int = 20000
+    batch_size: int = 4
+    seed: int = 42
+    device: str = "auto"
+    threads: int | None = None  # torch CPU threads (None: torch's default)
+    log_every: int = 20
+    ckpt_every: int = 1000
+    keep_checkpoints: int = 3
+    val_every: int = 0  # 0: no validation during training
+    val_max_objects: int = 50
+    deterministic: bool = True
+    #: optional stage 1: fine-tune the decoder for this many iterations first (0 = off).  A
+    #: fine-tuned decoder makes the refiner file depend on that decoder, so the exported
+    #: file is then a full model, not a refiner-only file for the stock base weights.
+    stage1_iters: int = 0
+    stage1_lr: float = 1e-5
+
+
+@dataclass
+class TrainingConfig:
+    work_dir: str = "${FOCSAM_TRAIN_DIR}/runs/focsam_t"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    sim: SimConfig = field(default_factory=SimConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    #: folder the relative paths refer to (the working directory at load time); not read from files
+    base_dir: str = "."
+
+    # ------------------------------------------------------------------ paths
+    def path(self, value: str) -> Path:
+        """Expand variables and ``~`` and resolve a relative path against ``base_dir``."""
+        p = Path(os.path.expanduser(_expand(value)))
+        return p if p.is_absolute() else Path(self.base_dir) / p
+
+    @property
+    def work_path(self) -> Path:
+        return self.path(self.work_dir)
+
+    @property
+    def cache_path(self) -> Path:
+        return self.path(self.data.cache_dir)
+
+    @property
+    def data_root(self) -> Path:
+        return self.path(self.data.root)
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d.pop("base_dir", None)
+        return d
+
+
+#: Environment variables with a default when unset (relative to the repository's parent).
+ENV_DEFAULTS = {"FOCSAM_DATA": "shared/data", "FOCSAM_TRAIN_DIR": "scratch/focsam_train"}
+
+
+def _repo_root() -> Path:
+    here = Path(__file__).resolve().parents[3]
+    return here if (here / "pyproject.toml").is_file() else Path.cwd()
+
+
+def _expand(value: str) -> str:
+    """``os.path.expandvars`` with defaults for FOCSAM_DATA (``../shared/data``) and
+    FOCSAM_TRAIN_DIR (``../scratch/focsam_train``), both next to the repository."""
+    for var, rel in ENV_DEFAULTS.items():
+        if var in value and var not in os.environ:
+            default = str(_repo_root().parent / rel)
+            value = value.replace("${%s}" % var, default).replace("$" + var, default)
+    return os.path.expandvars(value)
+
+
+# ---------------------------------------------------------------------- building from mappings
+
+def _build(cls, data: Any, where: str):
+    if dataclasses.is_dataclass(data):
+        return data
+    if not isinstance(data, Mapping):
+        raise ValueError(f"{where}: expected a mapping, got {type(data).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ValueError(f"{where}: unknown key(s) {', '.join(unknown)}; known: {', '.join(fields)}")
+    kwargs = {}
+    for name, value in data.items():
+        kwargs[name] = _convert(cls, name, value, f"{where}.{name}")
+    try:
+        return cls(**kwargs)
+    except TypeError as exc:
+        raise ValueError(f"{where}: {exc}") from None
+
+
+_NESTED = {
+    (TrainingConfig, "data"): DataConfig,
+    (TrainingConfig, "model"): ModelConfig,
+    (TrainingConfig, "sim"): SimConfig,
+    (TrainingConfig, "loss"): LossConfig,
+    (TrainingConfig, "optim"): OptimConfig,
+    (TrainingConfig, "train"): TrainConfig,
+    (SourceConfig, "augment"): AugmentConfig,
+}
+_TUPLES = {"crop_scale", "betas", "expand_ratio_range"}
+
+
+def _convert(cls, name: str, value: Any, where: str):
+    sub = _NESTED.get((cls, name))
+    if sub is not None:
+        return _build(sub, value, where)
+    if cls is DataConfig and name in ("train", "val"):
+        if not isinstance(value, list):
+            raise ValueError(f"{where}: expected a list of sources")
+        return [_build(SourceConfig, v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if name in _TUPLES and value is not None:
+        if not isinstance(value, (list, tuple)) or len(value) != 2:
+            raise ValueError(f"{where}: expected a pair of numbers")
+        return (float(value[0]), float(value[1]))
+    return value
+
+
+def config_from_dict(data: Mapping, base_dir: str | Path = ".") -> TrainingConfig:
+    cfg = _build(TrainingConfig, {k: v for k, v in data.items() if k != "base_dir"}, "config")
+    cfg.base_dir = str(base_dir)
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: TrainingConfig) -> None:
+    """Cheap consistency checks (the split check against real image ids is in ``data``)."""
+    if cfg.model.depth < 1:
+        raise ValueError("model.depth must be >= 1")
+    if cfg.model.init not in ("identity", "default"):
+        raise ValueError("model.init must be 'identity' or 'default'")
+    if cfg.train.batch_size < 1 or cfg.train.iters < 0:
+        raise ValueError("train.batch_size must be >= 1 and train.iters >= 0")
+    if cfg.sim.inner_k < 1 or cfg.sim.first_inner_k < 1:
+        raise ValueError("sim.inner_k and sim.first_inner_k must be >= 1")
+    for src in cfg.data.train + cfg.data.val:
+        lo, hi = src.augment.crop_scale
+        if not 0 < lo <= hi <= 1:
+            raise ValueError(f"{src.dataset}: augment.crop_scale must satisfy 0 < lo <= hi <= 1")
+        if src.augment.copies < 1:
+            raise ValueError(f"{src.dataset}: augment.copies must be >= 1")
+    groups = {s.group for s in cfg.data.train}
+    for g in groups:
+        for table, name in ((cfg.sim.gamma, "sim.gamma"), (cfg.sim.gamma_refine, "sim.gamma_refine")):
+            if g not in table:
+                raise ValueError(f"{name} has no entry for group {g!r}")
+
+
+def read_mapping(path: str | Path) -> dict:
+    """Read a JSON file, or a YAML file when PyYAML is installed."""
+    path = Path(path)
+    text = path.read_text(encoding="utf-8")
+    if path.suffix.lower() in (".yaml", ".yml"):
+        try:
+            import yaml
+        except ImportError:
+            raise ValueError(f"{path}: YAML configs need PyYAML (pip install pyyaml); use JSON") from None
+        data = yaml.safe_load(text)
+    else:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path}: invalid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: the top level must be a mapping")
+    return data
+
+
+def load_config(path: str | Path, overrides: Mapping[str, Any] | None = None) -> TrainingConfig:
+    """Read a config file; ``overrides`` maps dotted keys (``"train.iters"``) to values."""
+    path = Path(path)
+    data = read_mapping(path)
+    for key, value in (overrides or {}).items():
+        node = data
+        parts = key.split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+        node[parts[-1]] = value
+    return config_from_dict(data, base_dir=Path.cwd())

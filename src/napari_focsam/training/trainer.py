@@ -1,0 +1,623 @@
+# Copyright (c) napari-focsam developers.
+# SPDX-License-Identifier: BSD-3-Clause
+"""FocSAM-T training loop: stage 2 (refiner through the frozen decoder), optional stage 1.
+
+One iteration (stage 2, design §5.1):
+
+1. :class:`~.data.BatchSampler` picks a batch of cached objects of one group
+   (deterministically from ``(seed, iteration)``).
+2. ``n`` and ``refine_step`` are drawn (geometric), and :func:`~.simulate.simulate_clicks`
+   runs the frozen decoder / refiner without gradient to produce the prompts.
+3. With gradient: ``E' = refiner(E0, coarse logits, coarse token, random expand ratio)``;
+   ``logits = decoder(E', final prompts, last logits)`` (decoder frozen, ``requires_grad``
+   False, but the gradient flows through it into the refiner).
+4. ``loss = nfl_weight * NFL(upsampled logits, gt) + click_weight * click loss``, AdamW, a
+   linear warm-up then poly decay of the learning rate, optional gradient clipping.
+
+Stage 1 (optional, ``train.stage1_iters > 0``) runs the same simulation without the refiner
+and fine-tunes the decoder with the NFL on its final prediction; stage 2 then starts from it.
+
+Determinism: every random draw of iteration ``it`` comes from generators seeded with
+``(seed, it, ...)`` (batch, clicks, expand ratios), so a run resumed from a checkpoint repeats
+the uninterrupted run exactly (same device and thread count).  The checkpoint still stores the
+optimizer, scheduler, and the global torch / numpy / python RNG states.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import math
+import os
+import random
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..modeling.focsam import FocSAM
+from ..modeling.focus_refiner import FocusRefiner
+from .config import ModelConfig, TrainingConfig
+from .data import CANVAS, BatchSampler, CacheItem, EmbeddingCache
+from .losses import click_loss, normalized_focal_loss
+from .simulate import logits_to_canvas_masks, sample_geometric, simulate_clicks
+
+__all__ = [
+    "Trainer",
+    "WarmupPolyLR",
+    "build_refiner",
+    "export_refiner",
+    "identity_init_",
+    "refiner_config",
+]
+
+REFINER_FILE = "focsam_t_refiner.pt"
+
+
+# --------------------------------------------------------------------------- model helpers
+
+
+def refiner_config(mc: ModelConfig, embed_dim: int = 256) -> dict:
+    """FocusRefiner constructor arguments (stored as ``refiner_config`` in exported files).
+
+    ``embed_dim`` is the image-embedding width of the base model (256 for every SAM)."""
+    return {"embed_dim": int(embed_dim), "depth": int(mc.depth), "num_heads": int(mc.num_heads),
+            "mlp_ratio": float(mc.mlp_ratio), "window_size": int(mc.window_size),
+            "shift_size": int(mc.shift_size), "expand_ratio": float(mc.expand_ratio)}
+
+
+@torch.no_grad()
+def identity_init_(refiner: FocusRefiner) -> FocusRefiner:
+    """Make the refiner return its input: ``embed_proj = I`` and every block's last residual
+    scale ``cls2img.gamma2 = 0`` (the token path and the other weights keep their init)."""
+    c = refiner.embed_dim
+    refiner.embed_proj.weight.copy_(torch.eye(c).view(c, c, 1, 1))
+    refiner.embed_proj.bias.zero_()
+    for block in refiner.blocks:
+        block.cls2img.gamma2.zero_()
+    return refiner
+
+
+def build_refiner(mc: ModelConfig, expand_ratio_range=(1.0, 1.4), embed_dim: int = 256) -> FocusRefiner:
+    refiner = FocusRefiner(**refiner_config(mc, embed_dim), expand_ratio_range=tuple(expand_ratio_range))
+    if mc.init == "identity":
+        identity_init_(refiner)
+    return refiner
+
+
+def _sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def export_refiner(model: FocSAM, path: str | Path, mc: ModelConfig, **meta: Any) -> dict:
+    """Write a refiner-only, float16 file loadable by ``load_checkpoint(base, refiner=path)``.
+
+    Returns ``{"path", "bytes", "sha256"}`` and writes ``<path>.sha256`` next to it.
+    """
+    sd = {f"focus_refiner.{k}": v.detach().to("cpu", torch.float16).contiguous()
+          for k, v in model.focus_refiner.state_dict().items()}
+    info = {"refiner_config": refiner_config(mc, model.focus_refiner.embed_dim), "channel_order": model.channel_order,
+            "dtype": "float16", **meta}
+    buf = io.BytesIO()
+    torch.save({"state_dict": sd, "napari_focsam": info}, buf)
+    data = buf.getvalue()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+    digest = _sha256_bytes(data)
+    path.with_name(path.name + ".sha256").write_text(f"{digest}  {path.name}\n")
+    return {"path": str(path), "bytes": len(data), "sha256": digest}
+
+
+# --------------------------------------------------------------------------- schedule
+
+
+class WarmupPolyLR:
+    """Linear warm-up from ``warmup_factor * lr`` to ``lr`` over ``warmup_iters``, then
+    ``lr_t = (lr - min_lr) * (1 - t / total) ** power + min_lr`` down to ``min_lr`` at ``total``.
+
+    ``step(it)`` sets the learning rate used by iteration ``it`` (0-based).
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer, total_iters: int, warmup_iters: int = 0,
+                 warmup_factor: float = 1e-6, power: float = 1.0, min_lr: float = 0.0) -> None:
+        self.optimizer = optimizer
+        self.total = max(int(total_iters), 1)
+        self.warmup = int(warmup_iters)
+        self.warmup_factor = float(warmup_factor)
+        self.power = float(power)
+        self.min_lr = float(min_lr)
+        self.base_lrs = [g.get("initial_lr", g["lr"]) for g in optimizer.param_groups]
+        for g, lr in zip(optimizer.param_groups, self.base_lrs):
+            g["initial_lr"] = lr
+        self.last_iter = -1
+        self.step(0)
+
+    def lr_at(self, it: int, base: float) -> float:
+        t = min(max(int(it), 0), self.total)
+        lr = (base - self.min_lr) * (1.0 - t / self.total) ** self.power + self.min_lr
+        if t < self.warmup:
+            f = self.warmup_factor + (1.0 - self.warmup_factor) * t / self.warmup
+            lr *= f
+        return lr
+
+    def step(self, it: int) -> None:
+        self.last_iter = int(it)
+        for g, base in zip(self.optimizer.param_groups, self.base_lrs):
+            g["lr"] = self.lr_at(it, base)
+
+    def get_last_lr(self) -> list[float]:
+        return [g["lr"] for g in self.optimizer.param_groups]
+
+    def state_dict(self) -> dict:
+        return {"total": self.total, "warmup": self.warmup, "warmup_factor": self.warmup_factor,
+                "power": self.power, "min_lr": self.min_lr, "base_lrs": list(self.base_lrs),
+                "last_iter": self.last_iter}
+
+    def load_state_dict(self, state: dict) -> None:
+        for k in ("total", "warmup", "warmup_factor", "power", "min_lr", "last_iter"):
+            setattr(self, k, state[k])
+        self.base_lrs = list(state["base_lrs"])
+        self.step(self.last_iter)
+
+
+def _param_groups(params: list[tuple[str, nn.Parameter]], weight_decay: float, no_decay_1d: bool):
+    decay, no_decay = [], []
+    for name, p in params:
+        if not p.requires_grad:
+            continue
+        (no_decay if (no_decay_1d and (p.ndim <= 1 or "gamma" in name)) else decay).append(p)
+    groups = [{"params": decay, "weight_decay": weight_decay}]
+    if no_decay:
+        groups.append({"params": no_decay, "weight_decay": 0.0})
+    return groups
+
+
+# --------------------------------------------------------------------------- RNG state
+
+
+def _rng_state() -> dict:
+    st = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    np_state = np.random.get_state()
+    st["numpy"] = [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]]
+    if torch.cuda.is_available():
+        st["cuda"] = torch.cuda.get_rng_state_all()
+    return st
+
+
+def _set_rng_state(st: dict) -> None:
+    torch.set_rng_state(st["torch"])
+    random.setstate(st["python"])
+    n = st["numpy"]
+    np.random.set_state((n[0], n[1].numpy().astype(np.uint32), *n[2:]))
+    if "cuda" in st and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(st["cuda"])
+
+
+def seed_everything(seed: int, deterministic: bool = True) -> None:
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+
+
+# --------------------------------------------------------------------------- metrics
+
+
+def _iou_canvas(logits_1024: torch.Tensor, gt: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    pred = (logits_1024[:, 0] > 0) & valid
+    g = gt & valid
+    inter = (pred & g).flatten(1).sum(1).float()
+    union = (pred | g).flatten(1).sum(1).float()
+    return torch.where(union > 0, inter / union.clamp_min(1), torch.ones_like(union))
+
+
+# --------------------------------------------------------------------------- trainer
+
+
+class Trainer:
+    """Runs FocSAM-T training for a :class:`TrainingConfig`.
+
+    ``model`` (optional): a FocSAM whose prompt encoder and decoder are the frozen base (its
+    refiner is replaced unless ``keep_refiner``); default: ``cfg.model.base`` loaded from the
+    registry.  ``train_cache`` / ``val_cache``: :class:`EmbeddingCache` objects (default: the
+    config's cache folders).  ``log``: called with each JSON log line.
+    """
+
+    def __init__(self, cfg: TrainingConfig, *, model: FocSAM | None = None,
+                 train_cache: EmbeddingCache | None = None, val_cache: EmbeddingCache | None = None,
+                 device: str | torch.device | None = None, keep_refiner: bool = False,
+                 log: Callable[[str], None] | None = print) -> None:
+        from ..core.predictor import resolve_device
+
+        self.cfg = cfg
+        self.log_fn = log
+        tc = cfg.train
+        if tc.threads:
+            torch.set_num_threads(int(tc.threads))
+        seed_everything(tc.seed, tc.deterministic)
+        self.device = resolve_device(device if device is not None else tc.device)
+        if self.device.type == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+        self.base_sha256 = None
+        if model is None:
+            from ..core.checkpoint import load_checkpoint
+            from ..core.weights import resolve_weights
+
+            wpath = resolve_weights(cfg.model.base)
+            model = load_checkpoint(wpath)
+            self.base_sha256 = _file_sha256(wpath)
+        if not keep_refiner or model.focus_refiner is None:
+            torch.manual_seed(tc.seed)
+            model.focus_refiner = build_refiner(cfg.model, cfg.sim.expand_ratio_range,
+                                                embed_dim=model.prompt_encoder.embed_dim)
+        self.model = model.to(self.device)
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        self.model.eval()
+
+        self.train_cache = train_cache if train_cache is not None else EmbeddingCache(cfg.cache_path / "train")
+        self.val_cache = val_cache
+        if self.val_cache is None and tc.val_every and (cfg.cache_path / "val").is_dir():
+            self.val_cache = EmbeddingCache(cfg.cache_path / "val")
+        if self.val_cache is not None:
+            both = self.train_cache.image_keys & self.val_cache.image_keys
+            if both:
+                raise ValueError(f"validation images in the training cache: {sorted(both)[:5]}")
+        source_weights = {}
+        for s in cfg.data.train:
+            from ..evaluation.datasets import _canonical
+
+            source_weights[_canonical(s.dataset)] = s.weight
+        self.sampler = BatchSampler(self.train_cache, tc.seed, tc.batch_size, cfg.data.group_weights,
+                                    source_weights)
+        self.total_iters = int(tc.stage1_iters) + int(tc.iters)
+        self.iteration = 0
+        self.stage = 0
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.scheduler: WarmupPolyLR | None = None
+        self.work_dir = cfg.work_path
+        self._window: list[dict] = []
+        self._pool = ThreadPoolExecutor(max_workers=1)
+        self._prefetch: dict[int, Any] = {}
+
+    # ------------------------------------------------------------------ stages
+    def stage_of(self, it: int) -> int:
+        return 1 if it < self.cfg.train.stage1_iters else 2
+
+    def _setup_stage(self, stage: int) -> None:
+        oc, tc = self.cfg.optim, self.cfg.train
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        if stage == 1:
+            module, prefix, iters, lr = self.model.mask_decoder, "mask_decoder.", tc.stage1_iters, tc.stage1_lr
+        else:
+            module, prefix, iters, lr = self.model.focus_refiner, "focus_refiner.", tc.iters, oc.lr
+        for p in module.parameters():
+            p.requires_grad_(True)
+        groups = _param_groups(list(module.named_parameters()), oc.weight_decay, oc.no_decay_1d)
+        self.optimizer = torch.optim.AdamW(groups, lr=lr, betas=tuple(oc.betas), weight_decay=oc.weight_decay)
+        self.scheduler = WarmupPolyLR(self.optimizer, iters, min(oc.warmup_iters, max(iters - 1, 0)),
+                                      oc.warmup_factor, oc.power, oc.min_lr)
+        self.stage = stage
+
+    def _stage_iter(self, it: int) -> int:
+        return it if it < self.cfg.train.stage1_iters else it - self.cfg.train.stage1_iters
+
+    # ------------------------------------------------------------------ data
+    def _load_batch(self, it: int) -> tuple[str, list[CacheItem]]:
+        group, picks = self.sampler.sample(it)
+        return group, [self.train_cache.load(i, o) for i, o in picks]
+
+    def _get_batch(self, it: int) -> tuple[str, list[CacheItem]]:
+        fut = self._prefetch.pop(it, None)
+        batch = fut.result() if fut is not None else self._load_batch(it)
+        if it + 1 < self.total_iters:
+            self._prefetch = {it + 1: self._pool.submit(self._load_batch, it + 1)}
+        return batch
+
+    # ------------------------------------------------------------------ one step
+    def to_device(self, samples: list[CacheItem]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Stack a batch: E0 (B, 256, 64, 64), gt and valid (B, 1024, 1024) bool."""
+        dev = self.device
+        e0 = torch.stack([s.embedding for s in samples]).to(dev, non_blocking=True)
+        gt = torch.from_numpy(np.stack([s.gt for s in samples])).to(dev)
+        valid = torch.from_numpy(np.stack([s.valid for s in samples])).to(dev)
+        return e0, gt, valid
+
+    def simulate(self, it: int, group: str, samples: list[CacheItem], e0: torch.Tensor):
+        """Draw ``n`` / ``refine_step`` / expand ratio of iteration ``it`` and simulate the clicks.
+
+        Returns ``(sim, expand_ratio)``; the ratio is the one the gradient pass uses.
+        """
+        sc = self.cfg.sim
+        stage = self.stage_of(it)
+        rng = np.random.default_rng([self.cfg.train.seed, int(it), 2])
+        n = sample_geometric(rng, sc.gamma[group], sc.max_num_clicks)
+        r = sample_geometric(rng, sc.gamma_refine[group], n) if stage == 2 else None
+        self.model.eval()
+        sim = simulate_clicks(self.model, e0, samples, n_clicks=n, refine_step=r, rng=rng,
+                              inner_k=sc.inner_k, first_inner_k=sc.first_inner_k,
+                              expand_ratio_range=sc.expand_ratio_range)
+        lo, hi = sc.expand_ratio_range
+        return sim, (float(rng.uniform(lo, hi)), float(rng.uniform(lo, hi)))
+
+    def forward_loss(self, e0, gt, valid, sim, expand_ratio, stage: int = 2) -> dict:
+        """The gradient pass: refiner (stage 2) + decoder with the final prompts, and the losses.
+
+        Returns ``{"loss", "nfl", "click", "logits"}`` (logits: (B, 1, 1024, 1024))."""
+        if stage == 2:
+            self.model.focus_refiner.train()
+            emb = self.model.focus_refiner(e0, sim.coarse_logits, sim.coarse_token, expand_ratio=expand_ratio)
+        else:
+            self.model.mask_decoder.train()
+            emb = e0
+        out = self.model.decode(emb, sim.points, sim.labels, sim.prev_logits)
+        logits = F.interpolate(out.logits.float(), size=(CANVAS, CANVAS), mode="bilinear", align_corners=False)
+        lc = self.cfg.loss
+        nfl = normalized_focal_loss(logits, gt[:, None], valid[:, None], alpha=lc.alpha, gamma=lc.gamma)
+        cl = click_loss(logits, sim.points_yx, sim.labels)
+        # stage 1 (decoder fine-tuning) uses the NFL only, as FocSAM's stage 1
+        loss = lc.nfl_weight * nfl + (lc.click_weight if stage == 2 else 0.0) * cl
+        return {"loss": loss, "nfl": nfl, "click": cl, "logits": logits}
+
+    def optimizer_step(self, loss: torch.Tensor) -> float | None:
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        gnorm = None
+        if self.cfg.optim.grad_clip:
+            params = [p for g in self.optimizer.param_groups for p in g["params"]]
+            gnorm = float(torch.nn.utils.clip_grad_norm_(params, self.cfg.optim.grad_clip))
+        self.optimizer.step()
+        self.model.eval()
+        return gnorm
+
+    def train_step(self, it: int, batch: tuple[str, list[CacheItem]] | None = None) -> dict:
+        """Run iteration ``it`` (simulation, forward, backward, optimizer step)."""
+        stage = self.stage_of(it)
+        if stage != self.stage:
+            self._setup_stage(stage)
+        self.scheduler.step(self._stage_iter(it))
+        t0 = time.perf_counter()
+        group, samples = batch if batch is not None else self._get_batch(it)
+        e0, gt, valid = self.to_device(samples)
+        t1 = time.perf_counter()
+        sim, ratio = self.simulate(it, group, samples, e0)
+        t2 = time.perf_counter()
+        out = self.forward_loss(e0, gt, valid, sim, ratio, stage)
+        gnorm = self.optimizer_step(out["loss"])
+        t3 = time.perf_counter()
+
+        with torch.no_grad():
+            iou = _iou_canvas(out["logits"].detach(), gt, valid).mean().item()
+            plain_iou = None
+            if stage == 2:
+                base = self.model.decode(e0, sim.points, sim.labels, sim.prev_logits).logits
+                base = F.interpolate(base.float(), size=(CANVAS, CANVAS), mode="bilinear", align_corners=False)
+                plain_iou = _iou_canvas(base, gt, valid).mean().item()
+        return {"iter": it, "stage": stage, "group": group, "loss": float(out["loss"].detach()),
+                "nfl": float(out["nfl"].detach()), "click": float(out["click"].detach()), "iou": iou,
+                "plain_iou": plain_iou, "n_clicks": sim.n_clicks, "refine_step": sim.refine_step,
+                "expand_ratio": ratio, "lr": self.optimizer.param_groups[0]["lr"], "grad_norm": gnorm,
+                "data_s": t1 - t0, "sim_s": t2 - t1, "step_s": t3 - t2,
+                "iter_s": time.perf_counter() - t0}
+
+    # ------------------------------------------------------------------ checkpoints
+    def checkpoint_state(self) -> dict:
+        return {
+            "iteration": self.iteration,
+            "stage": self.stage,
+            "refiner": self.model.focus_refiner.state_dict(),
+            "decoder": self.model.mask_decoder.state_dict() if self.cfg.train.stage1_iters else None,
+            "optimizer": self.optimizer.state_dict() if self.optimizer else None,
+            "scheduler": self.scheduler.state_dict() if self.scheduler else None,
+            "rng": _rng_state(),
+            "config": json.dumps(self.cfg.to_dict()),
+        }
+
+    def save_checkpoint(self, path: str | Path | None = None) -> Path:
+        path = Path(path) if path is not None else self.work_dir / f"ckpt_{self.iteration:07d}.pt"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        torch.save(self.checkpoint_state(), tmp)
+        os.replace(tmp, path)
+        (path.parent / "latest.json").write_text(json.dumps({"checkpoint": path.name, "iteration": self.iteration}))
+        keep = self.cfg.train.keep_checkpoints
+        if keep:
+            old = sorted(path.parent.glob("ckpt_*.pt"))
+            for p in old[:-keep]:
+                if p != path:
+                    p.unlink(missing_ok=True)
+        return path
+
+    def load_checkpoint(self, path: str | Path) -> None:
+        """Restore the refiner (and stage-1 decoder), optimizer, scheduler, RNGs and iteration."""
+        st = torch.load(path, map_location="cpu", weights_only=False)
+        self.model.focus_refiner.load_state_dict(st["refiner"])
+        if st.get("decoder") is not None:
+            self.model.mask_decoder.load_state_dict(st["decoder"])
+        self.model.to(self.device)
+        self.iteration = int(st["iteration"])
+        saved = int(st["stage"])
+        stage = self.stage_of(self.iteration) if self.iteration < self.total_iters else saved
+        self._setup_stage(stage)
+        if stage == saved:  # a checkpoint taken right at the stage switch starts stage 2 fresh
+            if st.get("optimizer") is not None:
+                self.optimizer.load_state_dict(st["optimizer"])
+            if st.get("scheduler") is not None:
+                self.scheduler.load_state_dict(st["scheduler"])
+        _set_rng_state(st["rng"])
+
+    def latest_checkpoint(self) -> Path | None:
+        meta = self.work_dir / "latest.json"
+        if meta.is_file():
+            p = self.work_dir / json.loads(meta.read_text())["checkpoint"]
+            if p.is_file():
+                return p
+        found = sorted(self.work_dir.glob("ckpt_*.pt"))
+        return found[-1] if found else None
+
+    # ------------------------------------------------------------------ logging
+    def _log(self, record: dict) -> None:
+        line = json.dumps({k: (round(v, 5) if isinstance(v, float) else v) for k, v in record.items()})
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.work_dir / "log.jsonl", "a") as f:
+            f.write(line + "\n")
+        if self.log_fn is not None:
+            self.log_fn(line)
+
+    def _window_summary(self) -> dict:
+        w = self._window
+        out = {"iter": w[-1]["iter"], "stage": w[-1]["stage"], "lr": w[-1]["lr"]}
+        for k in ("loss", "nfl", "click", "iou", "plain_iou", "n_clicks", "iter_s", "data_s", "sim_s", "step_s"):
+            vals = [r[k] for r in w if r.get(k) is not None]
+            if vals:
+                out[k] = float(np.mean(vals))
+        if "plain_iou" in out:
+            out["iou_gain"] = out["iou"] - out["plain_iou"]
+        return out
+
+    # ------------------------------------------------------------------ main loop
+    def run(self, max_iters: int | None = None, resume: bool | str | Path = True) -> dict:
+        """Train until the configured number of iterations (or ``max_iters`` more); returns the
+        last window summary.  ``resume``: True = latest checkpoint of the work dir if any; a path
+        = that checkpoint; False = start from scratch."""
+        tc = self.cfg.train
+        if resume:
+            ck = Path(resume) if isinstance(resume, (str, Path)) else self.latest_checkpoint()
+            if ck is not None and Path(ck).is_file():
+                self.load_checkpoint(ck)
+                self._log({"event": "resumed", "checkpoint": str(ck), "iteration": self.iteration})
+        if self.iteration == 0:
+            (self.work_dir).mkdir(parents=True, exist_ok=True)
+            (self.work_dir / "config.json").write_text(json.dumps(self.cfg.to_dict(), indent=2))
+        end = self.total_iters if max_iters is None else min(self.total_iters, self.iteration + max_iters)
+        summary: dict = {}
+        while self.iteration < end:
+            it = self.iteration
+            rec = self.train_step(it)
+            if not math.isfinite(rec["loss"]):
+                raise FloatingPointError(f"non-finite loss at iteration {it}: {rec}")
+            self._window.append(rec)
+            self.iteration = it + 1
+            if self.iteration % tc.log_every == 0 or self.iteration == end:
+                summary = self._window_summary()
+                self._log(summary)
+                self._window = []
+            if tc.ckpt_every and (self.iteration % tc.ckpt_every == 0 or self.iteration == self.total_iters):
+                self.save_checkpoint()
+            if tc.val_every and self.val_cache is not None and self.iteration % tc.val_every == 0:
+                self._log({"event": "val", "iter": self.iteration, **self.validate()})
+        if self.iteration >= self.total_iters:
+            info = self.export()
+            self._log({"event": "exported", **info})
+        return summary
+
+    def export(self, path: str | Path | None = None) -> dict:
+        path = Path(path) if path is not None else self.work_dir / REFINER_FILE
+        meta = {"base_model": self.cfg.model.base, "base_sha256": self.base_sha256,
+                "trained_iters": self.iteration, "seed": self.cfg.train.seed}
+        info = export_refiner(self.model, path, self.cfg.model, **meta)
+        if self.cfg.train.stage1_iters:
+            # the refiner was trained on a fine-tuned decoder: ship that decoder too
+            from ..core.checkpoint import save_checkpoint
+
+            full = path.with_name(path.stem + "_full_model.pt")
+            save_checkpoint(self.model.to("cpu"), full,
+                            refiner_config=refiner_config(self.cfg.model, self.model.focus_refiner.embed_dim))
+            self.model.to(self.device)
+            info["full_model"] = str(full)
+        return info
+
+    # ------------------------------------------------------------------ validation
+    @torch.no_grad()
+    def validate(self, max_objects: int | None = None, max_clicks: int = 20) -> dict:
+        """NoC@85/90 and mIoU of the plain and the refined loop on the validation cache (test
+        protocol at canvas resolution; an approximation of the harness, for monitoring)."""
+        if self.val_cache is None:
+            self.val_cache = EmbeddingCache(self.cfg.cache_path / "val")
+            both = self.train_cache.image_keys & self.val_cache.image_keys
+            if both:
+                raise ValueError(f"validation images in the training cache: {sorted(both)[:5]}")
+        return evaluate_cached(self.model, self.val_cache, self.device,
+                               max_objects or self.cfg.train.val_max_objects, max_clicks)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _file_sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+@torch.no_grad()
+def evaluate_cached(model: FocSAM, cache: EmbeddingCache, device, max_objects: int = 50,
+                    max_clicks: int = 20, modes=(False, True)) -> dict:
+    """The 20-click protocol (inner_k = 1, seed 42; refine once at the 2nd click) on the copy-0
+    items of a cache, at canvas resolution, per dataset (at most ``max_objects`` each).
+
+    Returns ``{dataset: {"plain": {noc85, noc90, miou, n_objects}, "refine": {...}}}``.  This is
+    a fast monitor; the harness (``napari-focsam evaluate``) scores at image resolution.
+    """
+    from ..evaluation.clicker import next_click
+    from ..evaluation.metrics import iou as iou_fn
+    from ..evaluation.metrics import miou_curve, noc
+
+    model.eval()
+    by_ds: dict[str, list[tuple[int, int]]] = {}
+    for idx, meta in enumerate(cache.items):
+        if meta.get("copy", 0) != 0:
+            continue
+        lst = by_ds.setdefault(meta["dataset"], [])
+        for oi in range(len(meta["objects"])):
+            if len(lst) < max_objects:
+                lst.append((idx, oi))
+    results: dict = {}
+    for ds, objs in by_ds.items():
+        results[ds] = {}
+        for refine in modes:
+            if refine and model.focus_refiner is None:
+                continue
+            per_obj = []
+            for idx, oi in objs:
+                s = cache.load(idx, oi)
+                e0 = s.embedding[None].to(device)
+                emb, prev, clicks, pred, ious = e0, None, [], np.zeros_like(s.gt_crop), []
+                for t in range(max_clicks):
+                    c = next_click(s.gt_crop, pred, s.ignore_crop, clicks)
+                    if c is None:
+                        ious += [ious[-1] if ious else 1.0] * (max_clicks - len(ious))
+                        break
+                    clicks.append(c)
+                    pts = torch.tensor([[[cc.x, cc.y] for cc in clicks]], dtype=torch.float32, device=device)
+                    lab = torch.tensor([[1 if cc.is_positive else 0 for cc in clicks]], device=device)
+                    if refine and t == 1:
+                        coarse = model.decode(e0, pts, lab, prev)
+                        emb = model.focus_refiner(e0, coarse.logits, coarse.token)
+                    prev = model.decode(emb, pts, lab, prev).logits
+                    pred = logits_to_canvas_masks(prev, [s.input_size])[0]
+                    ious.append(iou_fn(s.gt_crop, pred, s.ignore_crop))
+                per_obj.append(ious)
+            results[ds]["refine" if refine else "plain"] = {
+                "noc85": float(np.mean([noc(i, 0.85, max_clicks) for i in per_obj])),
+                "noc90": float(np.mean([noc(i, 0.90, max_clicks) for i in per_obj])),
+                "miou": [round(v, 4) for v in miou_curve(per_obj, max_clicks)],
+                "n_objects": len(per_obj),
+            }
+    return results
