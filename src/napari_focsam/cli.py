@@ -1,4 +1,4 @@
-"""Command line: ``napari-focsam segment | weights | precompute | evaluate | demo``.
+"""Command line: ``napari-focsam segment | weights | precompute | evaluate | train | demo | gui``.
 
 Every sub-command prints one line of JSON (or a table) on success and, on bad input,
 exits non-zero with one line ``napari-focsam: error: ...`` on stderr, never a traceback.
@@ -81,7 +81,7 @@ def cmd_segment(args) -> int:
     from .core.models import load_model
     from .core.predictor import FocSAMPredictor, InteractiveObject
 
-    model = load_model(args.model, args.device)
+    model = load_model(args.model, args.device, refiner=args.refiner)
     predictor = FocSAMPredictor(model, refine=not args.no_refine)
     t0 = time.perf_counter()
     emb = predictor.embed(plane)
@@ -121,21 +121,25 @@ def build_parser() -> argparse.ArgumentParser:
                      metavar="Y,X[,+|-]", help="a click in pixel coordinates; repeat for more clicks")
     seg.add_argument("--slice", type=int, default=None, metavar="Z", help="slice of a 3D stack")
     seg.add_argument("--model", default="vit_t", help="registry name (see `weights list`) or checkpoint path")
+    seg.add_argument("--refiner", default=None, metavar="FILE_OR_NAME",
+                     help="focus-refiner weights trained for this base model (FocSAM-T)")
     seg.add_argument("--no-refine", action="store_true", help="plain SAM loop, no focus refinement")
     seg.add_argument("--propagate", action="store_true", help="propagate through the stack (3D mask)")
     seg.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
     seg.add_argument("--out", required=True, help="output mask (uint8, 1 = object), .tif or .png")
     seg.set_defaults(func=cmd_segment)
 
+    from . import _demo
+    from .core import engine_cli
     from .core._weights_cli import add_weights_parser
+    from .evaluation import runner
+    from .training import cli as training_cli
 
     add_weights_parser(sub)
-    for extra in ("napari_focsam.core.engine_cli", "napari_focsam.evaluation.runner", "napari_focsam._demo"):
-        try:
-            module = __import__(extra, fromlist=["add_parser"])
-        except ImportError:
-            continue
-        module.add_parser(sub)
+    engine_cli.add_parser(sub)
+    runner.add_parser(sub)
+    training_cli.add_parser(sub)
+    _demo.add_parser(sub)
     return parser
 
 

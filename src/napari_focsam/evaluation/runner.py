@@ -47,11 +47,12 @@ class PredictorAdapter:
 
 
 def run_evaluation(dataset: str, data_root, model, out_dir, *, refine_modes=(True,), max_objects=None,
-                   max_clicks: int = 20, device: str = "auto", progress=None) -> dict[str, dict]:
+                   max_clicks: int = 20, device: str = "auto", progress=None,
+                   refiner=None) -> dict[str, dict]:
     """Evaluate one model on one dataset for each refine mode; returns {label: summary}."""
     from ..core.models import load_model
 
-    net = load_model(model, device)
+    net = load_model(model, device, refiner=refiner)
     out_dir = Path(out_dir)
     summaries, curves = {}, {}
     for refine in refine_modes:
@@ -82,7 +83,7 @@ def cmd_evaluate(args) -> int:
 
     summaries = run_evaluation(args.dataset, args.data_root, args.model, args.out, refine_modes=modes,
                                max_objects=args.max_objects, max_clicks=args.max_clicks,
-                               device=args.device, progress=progress)
+                               device=args.device, progress=progress, refiner=args.refiner)
     if not args.quiet:
         print(file=__import__("sys").stderr)
     for label, s in summaries.items():
@@ -98,6 +99,8 @@ def add_parser(sub) -> None:
                    help="grabcut, davis, coco_mval, berkeley, sbd, coelho2009_gnf, stardist2d, microscopy")
     p.add_argument("--data-root", required=True, help="folder holding the dataset (e.g. ../shared/data)")
     p.add_argument("--model", default="vit_t", help="registry name or checkpoint path")
+    p.add_argument("--refiner", default=None, metavar="FILE_OR_NAME",
+                   help="focus-refiner weights for the base model (FocSAM-T)")
     p.add_argument("--no-refine", action="store_true", help="plain SAM loop with the same weights")
     p.add_argument("--compare", action="store_true", help="run with and without refinement")
     p.add_argument("--max-objects", type=int, default=None)

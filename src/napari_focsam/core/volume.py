@@ -1,0 +1,345 @@
+"""Slice-by-slice propagation of an object through a stack.
+
+Each next slice is prompted from the previous slice's result and decoded on its own cached
+embedding with the plain decoder (no refiner). The prompt modes (``PROMPT_MODES``):
+
+``point``            one positive click at the interior point of the previous mask (the maximum
+                     of its distance transform, the image border counting as boundary);
+``point_logits``     the same click plus the previous slice's raw 256x256 logits as mask input
+                     (valid because all slices share one input size);
+``point_box``        the click plus the previous mask's bounding box, enlarged by ``BOX_MARGIN``;
+``point_box_logits`` all three.
+
+``multimask=True`` decodes SAM's three candidate masks instead of the single-mask output and
+keeps the one that overlaps the previous slice's mask most.
+
+A run stops where the mask vanishes (fewer than ``MIN_MASK_PIXELS`` pixels, or a blank slice)
+or where its IoU with the previous slice falls below ``iou_threshold`` (the slice that fails is
+not kept). Between two clicked slices both sides fill towards the middle and only the
+vanishing test applies (the user has shown the object at both ends). The defaults were chosen
+with ``benchmarks/bench_volume_quality.py`` on cells3d and the stardist 3D volume.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Callable, Hashable, Iterable, Mapping
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy import ndimage as ndi
+
+from ..modeling.focsam import FocSAM
+from .predictor import FocSAMPredictor, ImageEmbedding, logits_to_mask
+
+if TYPE_CHECKING:
+    from .embeddings import EmbeddingStore
+
+__all__ = [
+    "DEFAULT_IOU_THRESHOLD",
+    "DEFAULT_PROMPT",
+    "MIN_MASK_PIXELS",
+    "PROMPT_MODES",
+    "PropagationResult",
+    "decode_prompt",
+    "interior_point",
+    "mask_iou",
+    "mask_to_logits",
+    "propagate",
+]
+
+PROMPT_MODES = ("point", "point_logits", "point_box", "point_box_logits")
+#: Prompt mode used by default (best mean 3D IoU on cells3d + stardist 3D, see the benchmark).
+DEFAULT_PROMPT = "point_box"
+#: Use SAM's three candidates and keep the one most consistent with the previous slice.
+DEFAULT_MULTIMASK = True
+#: Stop threshold on IoU(previous slice, new slice), chosen by measurement.
+DEFAULT_IOU_THRESHOLD = 0.5
+#: A mask with fewer pixels than this has vanished.
+MIN_MASK_PIXELS = 10
+#: Relative enlargement of the bounding-box prompt (plus 2 pixels).
+BOX_MARGIN = 0.1
+#: Magnitude of the logits made from a binary mask (when no decoder logits exist).
+MASK_LOGIT = 8.0
+
+DIRECTIONS = ("down", "up")  # down: towards slice 0; up: towards the last slice
+
+
+@dataclass
+class PropagationResult:
+    """Outcome of :meth:`SegmentedObject.propagate`.
+
+    masks: slice -> (Y, X) bool mask, for the clicked slices and every slice reached;
+    z_range: (first, last) slice with a non-empty mask, inclusive;
+    stopped_reason: for "down" (towards slice 0) and "up", why that run ended, e.g.
+    ``"border"``, ``"iou 0.31 < 0.50 at z=41"``, ``"vanished at z=12"``, ``"cancelled"``,
+    ``"not requested"``;
+    cancelled: the run was cancelled (masks hold what was finished);
+    ious: slice -> IoU with the slice it was propagated from (also for the slice that failed);
+    seconds: wall time.
+    """
+
+    masks: dict[int, np.ndarray]
+    z_range: tuple[int, int]
+    stopped_reason: dict[str, str]
+    cancelled: bool = False
+    ious: dict[int, float] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+# --------------------------------------------------------------------------- prompts
+
+
+def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
+    union = np.count_nonzero(a | b)
+    return float(np.count_nonzero(a & b) / union) if union else 1.0
+
+
+def interior_point(mask: np.ndarray) -> tuple[int, int]:
+    """(y, x) of the pixel farthest from the mask's boundary (the image border counts as boundary)."""
+    padded = np.pad(mask, 1)
+    dist = ndi.distance_transform_edt(padded)[1:-1, 1:-1]
+    y, x = np.unravel_index(int(np.argmax(dist)), dist.shape)
+    return int(y), int(x)
+
+
+def mask_box(mask: np.ndarray, margin: float = BOX_MARGIN) -> tuple[float, float, float, float]:
+    """(x0, y0, x1, y1) of the mask's bounding box, enlarged by ``margin`` (+2 px), clipped."""
+    ys = np.flatnonzero(mask.any(axis=1))
+    xs = np.flatnonzero(mask.any(axis=0))
+    H, W = mask.shape
+    y0, y1, x0, x1 = ys[0], ys[-1], xs[0], xs[-1]
+    my = margin * (y1 - y0 + 1) + 2
+    mx = margin * (x1 - x0 + 1) + 2
+    return (float(max(0, x0 - mx)), float(max(0, y0 - my)), float(min(W - 1, x1 + mx)),
+            float(min(H - 1, y1 + my)))
+
+
+def mask_to_logits(mask: np.ndarray, input_size: tuple[int, int]) -> torch.Tensor:
+    """A binary (H, W) mask as (1, 1, 256, 256) decoder-style logits (+-MASK_LOGIT)."""
+    low = FocSAM.image_size // 4
+    h, w = (max(1, round(s * low / FocSAM.image_size)) for s in input_size)
+    m = torch.from_numpy(np.ascontiguousarray(mask, dtype=np.float32))[None, None]
+    m = F.interpolate(m, size=(h, w), mode="bilinear", align_corners=False)
+    m = F.pad(m, (0, low - w, 0, low - h))
+    return (m * 2 - 1) * MASK_LOGIT
+
+
+@torch.inference_mode()
+def decode_prompt(
+    predictor: FocSAMPredictor,
+    embedding: ImageEmbedding,
+    points: Iterable[tuple[float, float, bool]] = (),
+    box: tuple[float, float, float, float] | None = None,
+    mask_input: torch.Tensor | None = None,
+    *,
+    multimask: bool = False,
+    reference: np.ndarray | None = None,
+) -> tuple[np.ndarray, torch.Tensor]:
+    """Decode clicks ``(y, x, positive)``, an optional box (x0, y0, x1, y1) and optional logits.
+
+    Returns the (H, W) bool mask and its (1, 1, 256, 256) logits. With ``multimask`` the
+    candidate with the highest IoU with ``reference`` (else the best predicted IoU) is kept.
+    """
+    model = predictor.model
+    dev = predictor.device
+    H, W = embedding.original_size
+    h, w = embedding.input_size
+    sy, sx = h / H, w / W
+    pts = [[x * sx, y * sy] for y, x, _ in points]
+    labels = [1 if p else 0 for _, _, p in points]
+    if box is not None:
+        x0, y0, x1, y1 = box
+        pts += [[x0 * sx, y0 * sy], [x1 * sx, y1 * sy]]
+        labels += [2, 3]
+    if not pts:
+        raise ValueError("a prompt needs at least one point or a box")
+    P = torch.tensor(pts, dtype=torch.float32, device=dev)[None]
+    L = torch.tensor(labels, dtype=torch.int64, device=dev)[None]
+    pe = model.prompt_encoder
+    sparse = pe.embed_points(P, L, pad=box is None)  # as SAM: no padding point when a box is given
+    _, dense = pe(None, mask_input.to(dev) if mask_input is not None else None)
+    out = model.mask_decoder(embedding.features.to(dev), pe.get_dense_pe(), sparse, dense, multimask)
+    if not multimask:
+        logits = out.logits[:, :1]
+        return logits_to_mask(logits, embedding.input_size, embedding.original_size), logits
+    best, best_score, best_mask = 0, -1.0, None
+    for i in range(out.logits.shape[1]):
+        m = logits_to_mask(out.logits[:, i : i + 1], embedding.input_size, embedding.original_size)
+        score = mask_iou(m, reference) if reference is not None else float(out.iou[0, i])
+        if score > best_score:
+            best, best_score, best_mask = i, score, m
+    return best_mask, out.logits[:, best : best + 1]
+
+
+def next_slice(
+    predictor: FocSAMPredictor,
+    embedding: ImageEmbedding,
+    prev_mask: np.ndarray,
+    prev_logits: torch.Tensor | None,
+    prompt: str = DEFAULT_PROMPT,
+    multimask: bool = DEFAULT_MULTIMASK,
+) -> tuple[np.ndarray, torch.Tensor]:
+    """Segment ``embedding``'s slice from the previous slice's mask (and logits)."""
+    if prompt not in PROMPT_MODES:
+        raise ValueError(f"unknown prompt mode {prompt!r}: expected one of {PROMPT_MODES}")
+    y, x = interior_point(prev_mask)
+    box = mask_box(prev_mask) if "box" in prompt else None
+    mask_input = None
+    if "logits" in prompt:
+        mask_input = prev_logits if prev_logits is not None else mask_to_logits(prev_mask, embedding.input_size)
+    return decode_prompt(predictor, embedding, [(y, x, True)], box, mask_input,
+                         multimask=multimask, reference=prev_mask)
+
+
+# --------------------------------------------------------------------------- propagation
+
+
+@dataclass
+class _Run:
+    start: int
+    step: int  # -1 (down) or +1 (up)
+    limit: int  # exclusive
+    outer: str | None  # "down"/"up" for the runs beyond the outermost seeds, None inside a gap
+
+    def __len__(self) -> int:
+        return max(0, (self.limit - self.start) * self.step - 1)
+
+
+def _plan(seeds: list[int], empty: set[int], n_slices: int, directions: tuple[str, ...]) -> list[_Run]:
+    """The runs: outward from the outermost seeds, and through each gap between seeds (split in
+    the middle when both ends may propagate; an empty seed only stops)."""
+    down, up = "down" in directions, "up" in directions
+    runs = []
+    if down:
+        runs.append(_Run(seeds[0], -1, -1, "down"))
+    for a, b in zip(seeds, seeds[1:]):
+        if b - a <= 1:
+            continue
+        from_a, from_b = up and a not in empty, down and b not in empty
+        if from_a and from_b:
+            mid = (a + b) // 2
+            runs.append(_Run(a, +1, mid + 1, None))
+            runs.append(_Run(b, -1, mid, None))
+        elif from_a:
+            runs.append(_Run(a, +1, b, None))
+        elif from_b:
+            runs.append(_Run(b, -1, a, None))
+    if up:
+        runs.append(_Run(seeds[-1], +1, n_slices, "up"))
+    return runs
+
+
+def propagate(
+    store: "EmbeddingStore",
+    seeds: Mapping[int, tuple[np.ndarray, torch.Tensor | None]],
+    *,
+    iou_threshold: float = DEFAULT_IOU_THRESHOLD,
+    directions: Iterable[str] = DIRECTIONS,
+    progress: Callable[[int, int], None] | None = None,
+    cancelled: Callable[[], bool] | None = None,
+    prompt: str = DEFAULT_PROMPT,
+    multimask: bool = DEFAULT_MULTIMASK,
+    min_pixels: int = MIN_MASK_PIXELS,
+    tokens: Mapping[int, Hashable] | None = None,
+    memo: dict | None = None,
+) -> PropagationResult:
+    """Propagate from seed slices (slice -> (mask, logits or None)) through ``store``'s volume.
+
+    A seed with an empty mask blocks propagation (a "stop" slice). See the module docs.
+
+    tokens/memo: re-propagation after an edit. ``tokens[z]`` identifies the state of seed
+    ``z`` (it changes whenever that slice's clicks change); ``memo`` (a dict owned by the
+    caller, updated in place to hold this call's runs) keeps the finished runs of the
+    previous call, and a run whose seed, extent and parameters are unchanged is reused
+    instead of decoded again. So a click on one slice only re-propagates the runs next to it.
+    """
+    t0 = time.perf_counter()
+    directions = tuple(directions)
+    bad = [d for d in directions if d not in DIRECTIONS]
+    if bad:
+        raise ValueError(f"unknown direction(s) {bad}: expected 'down' (towards slice 0) and/or 'up'")
+    if not 0.0 <= iou_threshold <= 1.0:
+        raise ValueError(f"iou_threshold must be within [0, 1], got {iou_threshold}")
+    if prompt not in PROMPT_MODES:
+        raise ValueError(f"unknown prompt mode {prompt!r}: expected one of {PROMPT_MODES}")
+    if not seeds:
+        raise ValueError("nothing to propagate from: add a click first")
+    n_slices = store.volume.n_slices
+    order = sorted(seeds)
+    masks = {z: np.asarray(m, dtype=bool) for z, (m, _) in seeds.items() if np.any(m)}
+    ious: dict[int, float] = {}
+    reasons = {d: "not requested" for d in DIRECTIONS}
+    empty = {z for z, (m, _) in seeds.items() if not np.any(m)}
+    runs = _plan(order, empty, n_slices, directions)
+    total = sum(len(r) for r in runs)
+    state = {"done": 0, "cancelled": False}
+    new_memo: dict = {}
+
+    def tick(n: int = 1) -> None:
+        state["done"] += n
+        if progress is not None:
+            progress(min(state["done"], total), total)
+
+    for run in runs:
+        if state["cancelled"]:
+            if run.outer:
+                reasons[run.outer] = "cancelled"
+            continue
+        key = None
+        if tokens is not None and run.start in tokens:
+            key = (run.start, run.step, run.limit, run.outer, tokens[run.start],
+                   iou_threshold if run.outer else None, prompt, multimask, min_pixels)
+        if memo is not None and key is not None and key in memo:
+            run_masks, run_ious, reason = memo[key]
+            tick(len(run_masks))
+        else:
+            run_masks, run_ious, reason = _run(store, run, seeds[run.start], iou_threshold, prompt, multimask,
+                                               min_pixels, tick, cancelled, state)
+        if key is not None and not state["cancelled"]:
+            new_memo[key] = (run_masks, run_ious, reason)
+        masks.update(run_masks)
+        ious.update(run_ious)
+        if run.outer:
+            reasons[run.outer] = reason
+    if memo is not None and not state["cancelled"]:
+        memo.clear()
+        memo.update(new_memo)
+    if progress is not None and not state["cancelled"]:
+        progress(total, total)
+    nonempty = [z for z, m in masks.items() if m.any()]
+    z_range = (min(nonempty), max(nonempty)) if nonempty else (order[0], order[0])
+    return PropagationResult(dict(sorted(masks.items())), z_range, reasons, state["cancelled"], ious,
+                             time.perf_counter() - t0)
+
+
+def _run(store, run: _Run, seed, iou_threshold, prompt, multimask, min_pixels, tick, cancelled, state):
+    """One run from a seed: (masks, ious, reason why it ended)."""
+    prev_mask, prev_logits = seed
+    prev_mask = np.asarray(prev_mask, dtype=bool)
+    masks: dict[int, np.ndarray] = {}
+    ious: dict[int, float] = {}
+    if not prev_mask.any():
+        return masks, ious, f"the clicked slice {run.start} has an empty mask"
+    z = run.start + run.step
+    while z != run.limit:
+        if cancelled is not None and cancelled():
+            state["cancelled"] = True
+            return masks, ious, "cancelled"
+        emb = store.get(z)
+        if getattr(emb, "blank", False):
+            return masks, ious, f"vanished at z={z} (blank slice)"
+        mask, logits = next_slice(store.predictor, emb, prev_mask, prev_logits, prompt, multimask)
+        if np.count_nonzero(mask) < min_pixels:
+            return masks, ious, f"vanished at z={z}"
+        iou = mask_iou(prev_mask, mask)
+        ious[z] = iou
+        if run.outer and iou < iou_threshold:
+            return masks, ious, f"iou {iou:.2f} < {iou_threshold:.2f} at z={z}"
+        masks[z] = mask
+        prev_mask, prev_logits = mask, logits
+        tick()
+        z += run.step
+    return masks, ious, "border"
