@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .common import MLPBlock
@@ -26,8 +27,7 @@ class TokenAttention(nn.Module):
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         q, k, v = self._heads(self.q_proj(q)), self._heads(self.k_proj(k)), self._heads(self.v_proj(v))
-        attn = (q @ k.transpose(-2, -1)) / (q.shape[-1] ** 0.5)
-        out = attn.softmax(dim=-1) @ v
+        out = F.scaled_dot_product_attention(q, k, v)  # softmax(q k^T / sqrt(c)) v, fused
         B, H, N, c = out.shape
         return self.out_proj(out.transpose(1, 2).reshape(B, N, H * c))
 
