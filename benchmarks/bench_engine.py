@@ -164,7 +164,9 @@ def main(argv=None) -> int:
         z = int((zs[0] + zs[-1]) // 2)
         dist = ndi.distance_transform_edt(gt[z])
         y, x = np.unravel_index(int(np.argmax(dist)), dist.shape)
-        for thr in (0.0, 0.5):
+        from napari_focsam.core import volume as V
+
+        for thr in (0.0, V.DEFAULT_IOU_THRESHOLD):
             obj = s3.new_object()
             obj.add_click(y, x, z=z)
             res = obj.propagate(iou_threshold=thr)
@@ -174,8 +176,6 @@ def main(argv=None) -> int:
                   f"stopped {res.stopped_reason}")
         obj = s3.new_object()
         obj.add_click(y, x, z=z)
-        from napari_focsam.core import volume as V
-
         t = time.perf_counter()
         visited = 0
         for zz in range(vol.n_slices):  # the raw per-slice cost over all 60 slices

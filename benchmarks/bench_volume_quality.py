@@ -170,7 +170,7 @@ def main(argv=None) -> int:
     mm = {"both": (False, True), "on": (True,), "off": (False,)}[args.multimask]
     variants = [(pr, m) for pr in prompts for m in mm]
     if args.quick:
-        variants = [("point_box", True), ("point_logits", False)]
+        variants = [("point", True), ("point_logits", False)]
     model = load_model(args.model, args.device)
     log(f"model {model.model_type} on {model.device}, torch threads {torch.get_num_threads()}, "
         f"variants {len(variants)}, cache {args.cache}")
