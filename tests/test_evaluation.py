@@ -414,3 +414,35 @@ def test_real_datasets_counts():
     img = first.load_image()
     assert img.shape == first.objects[0].gt.shape + (3,) and img.dtype == np.uint8
     assert len(coelho) == 48
+
+
+def test_evaluate_command_smoke(tmp_path, capsys):
+    """`napari-focsam evaluate --compare` end to end on a tiny GrabCut-layout folder and a tiny FocSAM."""
+    import json
+
+    from conftest import make_tiny_focsam
+    from napari_focsam.cli import main
+    from napari_focsam.core.checkpoint import save_checkpoint
+
+    ckpt = tmp_path / "tiny_focsam.pt"
+    save_checkpoint(make_tiny_focsam(refiner_depth=1), ckpt)
+    root = tmp_path / "iseg" / "GrabCut"
+    for i, stem in enumerate(["a", "b"]):
+        _save(root / "data_GT" / f"{stem}.jpg", _rgb(i))
+        m = np.zeros((H, W), np.uint8)
+        m[6:18, 6:26] = 255
+        _save(root / "boundary_GT" / f"{stem}.bmp", m)
+    out = tmp_path / "out"
+    rc = main(["evaluate", "--dataset", "grabcut", "--data-root", str(tmp_path), "--model", str(ckpt),
+               "--compare", "--max-objects", "2", "--max-clicks", "3", "--quiet", "--out", str(out)])
+    assert rc == 0
+    lines = [json.loads(x) for x in capsys.readouterr().out.strip().splitlines()]
+    assert {x["run"] for x in lines} == {"focsam", "no_refine"}
+    for run in ("focsam", "no_refine"):
+        summary = json.loads((out / run / "summary.json").read_text())
+        assert {"noc85", "noc90", "noc95", "miou", "spc", "n_objects"} <= set(summary)
+        assert summary["n_objects"] == 2 and len(summary["miou"]) == 3
+        assert (out / run / "summary.csv").exists() and (out / run / "per_object_ious.json").exists()
+    focsam = json.loads((out / "focsam" / "summary.json").read_text())
+    assert focsam["refine"] is True and focsam["spc"]["refine"] > 0
+    assert (out / "miou_curve.png").stat().st_size > 1000
