@@ -21,7 +21,6 @@ import resource
 import statistics
 import time
 
-import numpy as np
 import torch
 
 from napari_focsam.core.predictor import Click, FocSAMPredictor, ImageEmbedding

@@ -35,6 +35,7 @@ from napari_focsam.core.predictor import Click, FocSAMPredictor, ImageEmbedding
 from napari_focsam.modeling.focsam import FocSAM
 from napari_focsam.modeling.focus_refiner import FocusRefiner
 from napari_focsam.modeling.tiny_vit import TinyViT
+from bench_model import coarse_logits_for_box  # same synthetic coarse masks as the model benchmark
 
 BUDGET_MS = 150.0
 BUDGET_MB = 25.0
@@ -45,14 +46,6 @@ def timed(fn) -> tuple[float, float]:
     w0, c0 = time.perf_counter(), time.process_time()
     fn()
     return 1000 * (time.perf_counter() - w0), 1000 * (time.process_time() - c0)
-
-
-def coarse_logits_for_box(side_px: int, centre: tuple[int, int]) -> torch.Tensor:
-    logits = torch.full((1, 1, 256, 256), -10.0)
-    cy, cx = (c // 4 for c in centre)
-    r = max(side_px // 8, 1)
-    logits[..., cy - r : cy + r, cx - r : cx + r] = 10.0
-    return logits
 
 
 def fp16_file_bytes(refiner: FocusRefiner) -> int:

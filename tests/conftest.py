@@ -64,3 +64,13 @@ def make_tiny_focsam(refiner_depth: int = 0, seed: int = 0):
 @pytest.fixture
 def tiny_focsam():
     return make_tiny_focsam()
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_torch_thread():
+    """One torch thread for the whole suite: on CI's 2 shared cores (Xvfb and Qt beside us),
+    oversubscribed OpenMP threads made the tests several times slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -14,19 +14,6 @@ from napari_focsam.modeling.deform_conv import (
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """Run these small CPU tests on one intra-op thread (restored afterwards).
-
-    With tiny tensors two OpenMP threads give no speed-up, and on a busy 2-core machine
-    they can make the suite several times slower (threads waiting for each other).
-    """
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def assert_close(a, b, atol=1e-5, rtol=1e-5):
     """Light-weight stand-in for torch.testing.assert_close (whose first call is slow)."""
     a, b = torch.as_tensor(a), torch.as_tensor(b)

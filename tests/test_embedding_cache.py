@@ -30,15 +30,6 @@ from napari_focsam.core.predictor import FocSAMPredictor  # noqa: E402
 SLICE_F16 = 256 * 64 * 64 * 2
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Two busy cores: one torch thread is faster than two fighting each other."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture
 def fast_predictor():
     return FocSAMPredictor(make_fast_focsam())

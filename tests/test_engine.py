@@ -23,15 +23,6 @@ from napari_focsam.core.session import (  # noqa: E402
 )
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Two busy cores: one torch thread is faster than two fighting each other."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def fast_model():
     return make_fast_focsam()

@@ -24,19 +24,6 @@ from napari_focsam.modeling.p_dyrelu import PixelDynamicReLU
 OFFICIAL_PARAMS = 25_396_058
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """Run these small CPU tests on one intra-op thread (restored afterwards).
-
-    With tiny tensors two OpenMP threads give no speed-up, and on a busy 2-core machine
-    they can make the suite several times slower (threads waiting for each other).
-    """
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def assert_close(a, b, atol=1e-5, rtol=1e-5):
     a, b = torch.as_tensor(a), torch.as_tensor(b)
     assert a.shape == b.shape, (a.shape, b.shape)

@@ -36,15 +36,6 @@ REPO = Path(__file__).resolve().parents[1]
 COELHO_IDS = [f"dna-{i}" for i in range(50) if i not in (31, 43)]  # the folder's 48 images
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One torch thread: on a shared, loaded CPU, oversubscribed threads slow these tests ~5x."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def sigmoid(z):
     return 1.0 / (1.0 + math.exp(-z))
 

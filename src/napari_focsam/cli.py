@@ -10,7 +10,6 @@ import argparse
 import json
 import sys
 import time
-from pathlib import Path
 
 EXIT_BAD_INPUT = 2
 EXIT_FAILURE = 1

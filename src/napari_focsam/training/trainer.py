@@ -302,9 +302,9 @@ class Trainer:
         for p in self.model.parameters():
             p.requires_grad_(False)
         if stage == 1:
-            module, prefix, iters, lr = self.model.mask_decoder, "mask_decoder.", tc.stage1_iters, tc.stage1_lr
+            module, iters, lr = self.model.mask_decoder, tc.stage1_iters, tc.stage1_lr
         else:
-            module, prefix, iters, lr = self.model.focus_refiner, "focus_refiner.", tc.iters, oc.lr
+            module, iters, lr = self.model.focus_refiner, tc.iters, oc.lr
         for p in module.parameters():
             p.requires_grad_(True)
         groups = _param_groups(list(module.named_parameters()), oc.weight_decay, oc.no_decay_1d)
