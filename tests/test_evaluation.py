@@ -446,3 +446,17 @@ def test_evaluate_command_smoke(tmp_path, capsys):
     focsam = json.loads((out / "focsam" / "summary.json").read_text())
     assert focsam["refine"] is True and focsam["spc"]["refine"] > 0
     assert (out / "miou_curve.png").stat().st_size > 1000
+
+
+def test_image_selection_in_natural_order(tmp_path):
+    root = tmp_path / "micro" / "coelho2009_gnf"
+    for i in (1, 2, 10):
+        _save(root / "images" / f"dna-{i}.png", _rgb(i)[..., 0])
+        lab = np.zeros((H, W), np.uint8)
+        lab[3:9, 3:9] = 1
+        _save(root / "labels" / f"dna-{i}.png", lab)
+    ds = read_dataset("coelho2009_gnf", tmp_path)
+    assert ds.select("last:2").image_ids == ["dna-2", "dna-10"]
+    assert ds.select("first:1").image_ids == ["dna-1"]
+    with pytest.raises(ValueError, match="bad image selection"):
+        ds.select("middle:3")

@@ -40,9 +40,11 @@ and clipped.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
+import re
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -103,6 +105,38 @@ class _Entry:
     load_image: Callable[[], np.ndarray]
 
 
+def natural_key(text: str):
+    """Sort key that orders embedded numbers by value (``dna-2`` < ``dna-10``)."""
+    return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", str(text))]
+
+
+def select_ids(ids: Iterable[str], spec: Any) -> list[str]:
+    """Apply an image selection (``"all"``, ``"first:N"``, ``"last:N"``, ``"range:A:B"``, list)
+    to ids, in natural order.  A list keeps its own order and must name existing ids."""
+    ordered = sorted(set(ids), key=natural_key)
+    if spec is None or spec == "all":
+        return ordered
+    if isinstance(spec, (list, tuple)):
+        missing = [s for s in spec if s not in set(ordered)]
+        if missing:
+            raise ValueError(f"unknown image id(s): {', '.join(map(str, missing[:5]))}")
+        return [str(s) for s in spec]
+    if isinstance(spec, str):
+        kind, _, rest = spec.partition(":")
+        try:
+            if kind == "first":
+                return ordered[: int(rest)]
+            if kind == "last":
+                n = int(rest)
+                return ordered[-n:] if n > 0 else []
+            if kind == "range":
+                a, _, b = rest.partition(":")
+                return ordered[int(a) if a else None : int(b) if b else None]
+        except ValueError:
+            pass
+    raise ValueError(f"bad image selection {spec!r}: use all, first:N, last:N, range:A:B or a list")
+
+
 class EvalDataset:
     """Lazy, ordered collection of samples; ``max_objects`` caps the total number of objects."""
 
@@ -121,6 +155,18 @@ class EvalDataset:
     @property
     def image_ids(self) -> list[str]:
         return [e.image_id for e in self._entries]
+
+    def subset(self, image_ids: Sequence[str]) -> "EvalDataset":
+        """A copy holding only ``image_ids``, in that order (e.g. a validation split)."""
+        by_id = {e.image_id: e for e in self._entries}
+        missing = [i for i in image_ids if i not in by_id]
+        if missing:
+            raise ValueError(f"{self.name}: unknown image id(s) {missing[:5]}")
+        return EvalDataset(self.name, self.root, [by_id[i] for i in image_ids], self.max_objects)
+
+    def select(self, spec) -> "EvalDataset":
+        """Images chosen by ``all``, ``first:N``, ``last:N``, ``range:A:B`` or a list (:func:`select_ids`)."""
+        return self.subset(select_ids(self.image_ids, spec))
 
     def __iter__(self) -> Iterator[EvalSample]:
         remaining = self.max_objects

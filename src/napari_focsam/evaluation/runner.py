@@ -48,7 +48,7 @@ class PredictorAdapter:
 
 def run_evaluation(dataset: str, data_root, model, out_dir, *, refine_modes=(True,), max_objects=None,
                    max_clicks: int = 20, device: str = "auto", progress=None,
-                   refiner=None) -> dict[str, dict]:
+                   refiner=None, images: str | None = None) -> dict[str, dict]:
     """Evaluate one model on one dataset for each refine mode; returns {label: summary}."""
     from ..core.models import load_model
 
@@ -61,6 +61,8 @@ def run_evaluation(dataset: str, data_root, model, out_dir, *, refine_modes=(Tru
         if label in summaries:
             continue  # a model without refiner gives the same loop twice
         ds = read_dataset(dataset, data_root, max_objects=max_objects)
+        if images:
+            ds = ds.select(images)
         adapter = PredictorAdapter(predictor)
         t0 = time.perf_counter()
         per_object, summary = evaluate_dataset(ds, adapter, max_clicks, progress=progress)
@@ -83,7 +85,8 @@ def cmd_evaluate(args) -> int:
 
     summaries = run_evaluation(args.dataset, args.data_root, args.model, args.out, refine_modes=modes,
                                max_objects=args.max_objects, max_clicks=args.max_clicks,
-                               device=args.device, progress=progress, refiner=args.refiner)
+                               device=args.device, progress=progress, refiner=args.refiner,
+                               images=args.images)
     if not args.quiet:
         print(file=__import__("sys").stderr)
     for label, s in summaries.items():
@@ -103,6 +106,8 @@ def add_parser(sub) -> None:
                    help="focus-refiner weights for the base model (FocSAM-T)")
     p.add_argument("--no-refine", action="store_true", help="plain SAM loop with the same weights")
     p.add_argument("--compare", action="store_true", help="run with and without refinement")
+    p.add_argument("--images", default=None, metavar="SPEC",
+                   help="image selection: first:N, last:N or range:A:B in natural order (e.g. a validation split)")
     p.add_argument("--max-objects", type=int, default=None)
     p.add_argument("--max-clicks", type=int, default=20)
     p.add_argument("--device", default="auto")

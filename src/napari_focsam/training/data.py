@@ -52,13 +52,13 @@ import time
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..evaluation.datasets import EvalDataset, EvalObject, read_dataset
+from ..evaluation.datasets import EvalDataset, EvalObject, natural_key, read_dataset, select_ids
 from .config import AugmentConfig, SourceConfig, TrainingConfig
 
 __all__ = [
@@ -86,56 +86,11 @@ CACHE_FORMAT = 1
 # --------------------------------------------------------------------------- selection / splits
 
 
-def natural_key(text: str):
-    """Sort key that orders embedded numbers by value (``dna-2`` < ``dna-10``)."""
-    return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", str(text))]
-
-
-def select_ids(ids: Iterable[str], spec: Any) -> list[str]:
-    """Apply an image selection (``"all"``, ``"first:N"``, ``"last:N"``, ``"range:A:B"``, list)
-    to ids, in natural order.  A list keeps its own order and must name existing ids."""
-    ordered = sorted(set(ids), key=natural_key)
-    if spec is None or spec == "all":
-        return ordered
-    if isinstance(spec, (list, tuple)):
-        missing = [s for s in spec if s not in set(ordered)]
-        if missing:
-            raise ValueError(f"unknown image id(s): {', '.join(map(str, missing[:5]))}")
-        return [str(s) for s in spec]
-    if isinstance(spec, str):
-        kind, _, rest = spec.partition(":")
-        try:
-            if kind == "first":
-                return ordered[: int(rest)]
-            if kind == "last":
-                n = int(rest)
-                return ordered[-n:] if n > 0 else []
-            if kind == "range":
-                a, _, b = rest.partition(":")
-                return ordered[int(a) if a else None : int(b) if b else None]
-        except ValueError:
-            pass
-    raise ValueError(f"bad image selection {spec!r}: use all, first:N, last:N, range:A:B or a list")
-
-
 def source_dataset(src: SourceConfig, root: Path) -> EvalDataset:
     """The source's dataset restricted to its selected images (natural order)."""
     ds = read_dataset(src.dataset, root)
     keep = select_ids(ds.image_ids, src.images)
-    return subset_dataset(ds, keep)
-
-
-def subset_dataset(ds: EvalDataset, image_ids: Sequence[str]) -> EvalDataset:
-    """A copy of ``ds`` holding only ``image_ids``, in that order.
-
-    (Usable by the evaluation harness to score a validation subset, e.g. the last 16
-    coelho2009_gnf images.)
-    """
-    by_id = {e.image_id: e for e in ds._entries}  # same package: the entries are plain records
-    missing = [i for i in image_ids if i not in by_id]
-    if missing:
-        raise ValueError(f"{ds.name}: unknown image id(s) {missing[:5]}")
-    return EvalDataset(ds.name, ds.root, [by_id[i] for i in image_ids], ds.max_objects)
+    return ds.subset(keep)
 
 
 def source_image_ids(src: SourceConfig, root: Path) -> list[str]:
