@@ -88,7 +88,8 @@ def logits_to_mask(logits: torch.Tensor, input_size: tuple[int, int], original_s
     """(1, 1, 256, 256) raw logits -> (H, W) bool mask at the original resolution."""
     x = F.interpolate(logits, size=(FocSAM.image_size,) * 2, mode="bilinear", align_corners=False)
     x = x[..., : input_size[0], : input_size[1]]
-    x = F.interpolate(x, size=original_size, mode="bilinear", align_corners=False)
+    if tuple(input_size) != tuple(original_size):
+        x = F.interpolate(x, size=original_size, mode="bilinear", align_corners=False)
     return (x[0, 0] > 0).cpu().numpy()
 
 

@@ -76,8 +76,21 @@ class PromptEncoder(nn.Module):
         self.no_mask_embed = nn.Embedding(1, embed_dim)
 
     def get_dense_pe(self) -> torch.Tensor:
-        """(1, C, 64, 64) positional encoding of the image-embedding grid."""
-        return self.pe_layer(self.image_embedding_size).unsqueeze(0)
+        """(1, C, 64, 64) positional encoding of the image-embedding grid.
+
+        It depends only on the fixed Gaussian matrix, so it is computed once per
+        device/dtype/matrix version and reused on every click (not under autograd).
+        """
+        g = self.pe_layer.positional_encoding_gaussian_matrix
+        key = (g.device, g.dtype, g._version, g.data_ptr())
+        cached = getattr(self, "_dense_pe_cache", None)
+        if cached is None or cached[0] != key or torch.is_grad_enabled():
+            pe = self.pe_layer(self.image_embedding_size).unsqueeze(0)
+            if torch.is_grad_enabled():
+                return pe
+            self._dense_pe_cache = (key, pe.clone())
+            cached = self._dense_pe_cache
+        return cached[1]
 
     def embed_points(self, points: torch.Tensor, labels: torch.Tensor, pad: bool = True) -> torch.Tensor:
         """(B, N, 2) canvas (x, y) and (B, N) labels -> (B, N+pad, C) sparse tokens."""
