@@ -1331,45 +1331,29 @@ register(
         aliases=("mobile_sam",),
     )
 )
-register(
-    ModelWeights(
-        name="vit_b",
-        filename="sam_vit_b_01ec64.pth",
-        size=375_042_383,
-        sha256="ec2df62732614e57411cdcf32a23ffdf28910380d03139ee0f4fcbe91eb8c912",
-        sources=(_SAM_URL + "sam_vit_b_01ec64.pth",),
-        description="Segment Anything ViT-B (official)",
-        model_type="vit_b",
-        manual_url=_SAM_URL + "sam_vit_b_01ec64.pth",
-        license="Apache-2.0",
-    )
+# The official SAM checkpoints: (name, file, size in bytes, sha256).
+_SAM_CHECKPOINTS = (
+    ("vit_b", "sam_vit_b_01ec64.pth", 375_042_383,
+     "ec2df62732614e57411cdcf32a23ffdf28910380d03139ee0f4fcbe91eb8c912"),
+    ("vit_l", "sam_vit_l_0b3195.pth", 1_249_524_607,
+     "3adcc4315b642a4d2101128f611684e8734c41232a17c648ed1693702a49a622"),
+    ("vit_h", "sam_vit_h_4b8939.pth", 2_564_550_879,
+     "a7bf3b02f3ebf1267aba913ff637d9a2d5c33d3173bb679e46d9f338c26f262e"),
 )
-register(
-    ModelWeights(
-        name="vit_l",
-        filename="sam_vit_l_0b3195.pth",
-        size=1_249_524_607,
-        sha256="3adcc4315b642a4d2101128f611684e8734c41232a17c648ed1693702a49a622",
-        sources=(_SAM_URL + "sam_vit_l_0b3195.pth",),
-        description="Segment Anything ViT-L (official)",
-        model_type="vit_l",
-        manual_url=_SAM_URL + "sam_vit_l_0b3195.pth",
-        license="Apache-2.0",
+for _name, _file, _size, _sha in _SAM_CHECKPOINTS:
+    register(
+        ModelWeights(
+            name=_name,
+            filename=_file,
+            size=_size,
+            sha256=_sha,
+            sources=(_SAM_URL + _file,),
+            description=f"Segment Anything ViT-{_name[-1].upper()} (official)",
+            model_type=_name,
+            manual_url=_SAM_URL + _file,
+            license="Apache-2.0",
+        )
     )
-)
-register(
-    ModelWeights(
-        name="vit_h",
-        filename="sam_vit_h_4b8939.pth",
-        size=2_564_550_879,
-        sha256="a7bf3b02f3ebf1267aba913ff637d9a2d5c33d3173bb679e46d9f338c26f262e",
-        sources=(_SAM_URL + "sam_vit_h_4b8939.pth",),
-        description="Segment Anything ViT-H (official)",
-        model_type="vit_h",
-        manual_url=_SAM_URL + "sam_vit_h_4b8939.pth",
-        license="Apache-2.0",
-    )
-)
 register(
     ModelWeights(
         name="focsam_vit_h",
