@@ -153,13 +153,15 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("napari-focsam: interrupted", file=sys.stderr)
         return 130
-    except Exception as exc:  # a clear one-liner for anything else we know how to name
-        name = type(exc).__name__
-        if name in ("CheckpointError", "WeightsUnavailableError", "ValueError", "FileNotFoundError",
-                    "PermissionError", "RuntimeError", "OSError"):
-            print(f"napari-focsam: error: {exc}", file=sys.stderr)
-            return EXIT_FAILURE
-        raise
+    except (ValueError, OSError, RuntimeError) as exc:
+        # CheckpointError is a ValueError, WeightsUnavailableError a RuntimeError, missing or
+        # unwritable files are OSErrors: all are reported without a traceback. Only the
+        # weights error keeps its extra lines (the manual download step).
+        from .core.weights import WeightsUnavailableError
+
+        text = str(exc) if isinstance(exc, WeightsUnavailableError) else " ".join(str(exc).split())
+        print(f"napari-focsam: error: {text}", file=sys.stderr)
+        return EXIT_FAILURE
 
 
 if __name__ == "__main__":
