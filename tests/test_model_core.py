@@ -260,7 +260,8 @@ def test_mobile_sam_matches_reference_figures(mobile_sam):
 @pytest.mark.slow
 def test_one_click_segments_a_real_nucleus(mobile_sam):
     """A click in the middle of a well separated nucleus (cells3d sample) gives IoU >= 0.85."""
-    from napari_focsam._demo import interior_point, pick_separated_objects
+    from napari_focsam._demo import pick_separated_objects
+    from napari_focsam.core.volume import interior_point
     from napari_focsam._sample_data import load_nuclei
     from napari_focsam.evaluation.metrics import iou
 

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .core.volume import interior_point
+
 
 def pick_separated_objects(labels: np.ndarray, n: int, min_gap: int = 3) -> list[int]:
     """Ids of up to ``n`` labelled objects (largest first) that no other label touches within ``min_gap`` px."""
@@ -23,15 +25,6 @@ def pick_separated_objects(labels: np.ndarray, n: int, min_gap: int = 3) -> list
         if len(chosen) == n:
             break
     return chosen
-
-
-def interior_point(mask: np.ndarray) -> tuple[int, int]:
-    """The pixel deepest inside ``mask`` (maximum of its Euclidean distance transform)."""
-    from scipy import ndimage as ndi
-
-    dt = ndi.distance_transform_edt(np.pad(mask, 1))[1:-1, 1:-1]
-    y, x = np.unravel_index(int(np.argmax(dt)), dt.shape)
-    return int(y), int(x)
 
 
 def run_demo(model: str = "vit_t", n_objects: int = 5, out: str | Path = "focsam-demo", device: str = "auto") -> dict:
