@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -81,14 +82,14 @@ def cmd_evaluate(args) -> int:
 
     def progress(n, object_id):
         if not args.quiet:
-            print(f"\r{n} objects", end="", flush=True, file=__import__("sys").stderr)
+            print(f"\r{n} objects", end="", flush=True, file=sys.stderr)
 
     summaries = run_evaluation(args.dataset, args.data_root, args.model, args.out, refine_modes=modes,
                                max_objects=args.max_objects, max_clicks=args.max_clicks,
                                device=args.device, progress=progress, refiner=args.refiner,
                                images=args.images)
     if not args.quiet:
-        print(file=__import__("sys").stderr)
+        print(file=sys.stderr)
     for label, s in summaries.items():
         print(json.dumps({"run": label, "dataset": s["dataset"], "model": s["model"], "n_objects": s["n_objects"],
                           "noc85": round(s["noc85"], 3), "noc90": round(s["noc90"], 3),
