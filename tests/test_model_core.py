@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import types
 
@@ -274,3 +275,56 @@ def test_one_click_segments_a_real_nucleus(mobile_sam):
         obj = InteractiveObject(pred, emb)
         mask = obj.add_click(*interior_point(gt == label))
         assert iou(gt == label, mask) >= 0.85, label
+
+
+def test_patch_conv_transpose_matches_torch_conv_transpose():
+    from napari_focsam.modeling.mask_decoder import PatchConvTranspose2d
+
+    torch.manual_seed(0)
+    ours = PatchConvTranspose2d(16, 8)
+    ref = torch.nn.ConvTranspose2d(16, 8, kernel_size=2, stride=2)
+    ref.load_state_dict(ours.state_dict())
+    x = torch.randn(2, 16, 5, 7)
+    torch.testing.assert_close(ours(x), ref(x), rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("multimask", [False, True])
+def test_fused_mask_upscaling_matches_the_layered_definition(multimask):
+    """The patch-order upscaling equals SAM's ConvT -> LayerNorm2d -> GELU -> ConvT -> GELU -> dot."""
+    from napari_focsam.modeling.common import LayerNorm2d
+    from napari_focsam.modeling.mask_decoder import MaskDecoder
+
+    torch.manual_seed(0)
+    dec = MaskDecoder().eval()
+    with torch.no_grad():  # non-trivial norm parameters
+        dec.output_upscaling[1].weight.normal_()
+        dec.output_upscaling[1].bias.normal_()
+    up1, norm, _, up2, _ = dec.output_upscaling
+    ref1 = torch.nn.ConvTranspose2d(256, 64, 2, 2)
+    ref1.load_state_dict(up1.state_dict())
+    ref2 = torch.nn.ConvTranspose2d(64, 32, 2, 2)
+    ref2.load_state_dict(up2.state_dict())
+    ref_norm = LayerNorm2d(64)
+    ref_norm.load_state_dict(norm.state_dict())
+    B, h, w, M = 2, 6, 5, 3 if multimask else 1
+    src = torch.randn(B, h * w, 256)
+    hyper = torch.randn(B, M, 32)
+    with torch.inference_mode():
+        got = dec.upscale_masks(src, hyper, (h, w))
+        img = src.transpose(1, 2).reshape(B, 256, h, w)
+        up = torch.nn.functional.gelu(ref2(torch.nn.functional.gelu(ref_norm(ref1(img)))))
+        want = (hyper @ up.flatten(2)).view(B, M, 4 * h, 4 * w)
+    assert got.shape == (B, M, 4 * h, 4 * w)
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-4)
+
+
+def test_malloc_tuning_applies_once_and_can_be_switched_off():
+    import subprocess
+
+    code = "from napari_focsam.core.allocator import tune_malloc; print(tune_malloc(), tune_malloc())"
+    on = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    env = {**os.environ, "NAPARI_FOCSAM_MALLOC_TUNING": "0"}
+    off = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
+    if sys.platform.startswith("linux"):
+        assert on.stdout.split() == ["True", "True"]  # glibc accepts the thresholds
+    assert off.stdout.split() == ["False", "False"]

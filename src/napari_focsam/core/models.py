@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 
 from ..modeling.focsam import FocSAM
+from .allocator import tune_malloc
 from .checkpoint import load_checkpoint
 from .predictor import resolve_device
 
@@ -33,6 +34,7 @@ def load_model(
     download: bool = True,
 ) -> FocSAM:
     """Load (once per process, then from memory) a model by registry name or path."""
+    tune_malloc()
     path = model_path(name_or_path, download=download)
     rpath = model_path(refiner, download=download) if refiner is not None else None
     dev = resolve_device(device)

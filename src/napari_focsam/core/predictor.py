@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from ..modeling.focsam import FocSAM
+from .allocator import tune_malloc
 from .clicks import Click  # noqa: F401  (re-exported: part of the predictor API)
 from .image import to_rgb_uint8
 
@@ -113,6 +114,7 @@ class FocSAMPredictor:
 
     def __init__(self, model: FocSAM, *, refine: bool = True, refine_click: int = 2,
                  channel_order: str | None = None) -> None:
+        tune_malloc()  # per-click tensors of several MiB: avoid a page fault per 4 KiB
         self.model = model.eval()
         self.refine = refine and model.has_refiner
         self.refine_click = refine_click

@@ -39,10 +39,20 @@ class PatchConvTranspose2d(nn.ConvTranspose2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, Cin, H, W) -> (B, Cout, kH, kW)
         B, C, H, W = x.shape
         k = self.kernel_size[0]
+        y = self.forward_pixels(x.permute(0, 2, 3, 1).reshape(-1, C))
+        y = y.view(B, H, W, k, k, self.out_channels).permute(0, 5, 1, 3, 2, 4)
+        return y.reshape(B, self.out_channels, k * H, k * W)
+
+    def forward_pixels(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, Cin) input pixels -> (N * k * k, Cout) output pixels in patch order.
+
+        Output row ``n * k * k + dy * k + dx`` is the pixel at offset (dy, dx) of input
+        pixel ``n``'s patch; the bias is fused into the matrix product.
+        """
+        k = self.kernel_size[0]
         cout = self.out_channels
-        y = F.linear(x.permute(0, 2, 3, 1).reshape(-1, C), self.weight.reshape(C, cout * k * k).t())
-        y = y.view(B, H, W, cout, k, k).permute(0, 3, 1, 4, 2, 5).reshape(B, cout, k * H, k * W)
-        return y + self.bias.view(1, -1, 1, 1)
+        weight = self.weight.permute(0, 2, 3, 1).reshape(x.shape[1], k * k * cout)
+        return torch.addmm(self.bias.repeat(k * k), x, weight).view(-1, cout)
 
 
 class MaskDecoder(nn.Module):
@@ -81,18 +91,35 @@ class MaskDecoder(nn.Module):
         tokens = torch.cat([out_tokens.unsqueeze(0).expand(B, -1, -1), sparse_prompt_embeddings], dim=1)
         src = image_embeddings.expand(B, -1, -1, -1) + dense_prompt_embeddings
         pos = image_pe.expand(B, -1, -1, -1)
-        _, C, h, w = src.shape
+        h, w = src.shape[-2:]
         hs, src = self.transformer(src, pos, tokens)
         iou_token_out = hs[:, 0, :]
         mask_tokens_out = hs[:, 1 : 1 + self.num_mask_tokens, :]
-        upscaled = self.output_upscaling(src.transpose(1, 2).reshape(B, C, h, w))
         sel = range(1, self.num_mask_tokens) if multimask_output else range(0, 1)
         hyper_in = torch.stack([self.output_hypernetworks_mlps[i](mask_tokens_out[:, i]) for i in sel], dim=1)
-        b, c, uh, uw = upscaled.shape
-        masks = (hyper_in @ upscaled.view(b, c, uh * uw)).view(b, -1, uh, uw)
+        masks = self.upscale_masks(src, hyper_in, (h, w))
         iou = self.iou_prediction_head(iou_token_out)
         iou = iou[:, 1:] if multimask_output else iou[:, :1]
         return DecoderOutput(masks, iou, mask_tokens_out[:, :1])
+
+    def upscale_masks(self, src: torch.Tensor, hyper_in: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """Image tokens (B, h*w, C) and hyper-network weights (B, M, C/8) -> (B, M, 4h, 4w).
+
+        Same result as ``output_upscaling`` on the (B, C, h, w) image followed by the
+        product with ``hyper_in``, but every step runs on rows of channels in patch order
+        (LayerNorm2d is a LayerNorm over those rows), so the two 4x-larger feature maps
+        are never reshuffled; only the M output maps are put back in raster order.
+        """
+        up1, norm, _, up2, _ = self.output_upscaling
+        B, M = hyper_in.shape[:2]
+        h, w = size
+        x = up1.forward_pixels(src.reshape(-1, src.shape[-1]))  # (B*h*w*4, C/4)
+        x = F.gelu(F.layer_norm(x, (x.shape[-1],), norm.weight, norm.bias, norm.eps))
+        x = F.gelu(up2.forward_pixels(x))  # (B*h*w*16, C/8)
+        masks = torch.bmm(x.view(B, -1, x.shape[-1]), hyper_in.transpose(1, 2))  # (B, h*w*16, M)
+        # rows are (y, x, dy, dx, ey, ex) -> pixel (4y + 2dy + ey, 4x + 2dx + ex)
+        masks = masks.view(B, h, w, 2, 2, 2, 2, M).permute(0, 7, 1, 3, 5, 2, 4, 6)
+        return masks.reshape(B, M, 4 * h, 4 * w)
 
 
 def upscale_logits(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
