@@ -328,3 +328,19 @@ def test_malloc_tuning_applies_once_and_can_be_switched_off():
     if sys.platform.startswith("linux"):
         assert on.stdout.split() == ["True", "True"]  # glibc accepts the thresholds
     assert off.stdout.split() == ["False", "False"]
+
+
+@pytest.mark.parametrize("n_tokens", [7, 15, 40])
+def test_folded_attention_equals_projected_attention(n_tokens):
+    """Both directions of the decoder's token<->image attention, folded or not, match the
+    textbook projections (the fold is used only while tokens x heads < inner dim)."""
+    from napari_focsam.modeling.transformer import TokenAttention
+
+    torch.manual_seed(0)
+    att = TokenAttention(256, 8, downsample_rate=2).eval()
+    tokens, image = torch.randn(2, n_tokens, 256), torch.randn(2, 4096, 256)
+    image_k = image + torch.randn(1, 4096, 256)
+    with torch.inference_mode():
+        for q, k, v in ((tokens, image_k, image), (image_k, tokens, tokens)):
+            torch.testing.assert_close(att(q, k, v), att._projected(q, k, v), rtol=1e-4, atol=2e-5)
+    assert 7 * 8 < 128 <= 40 * 8  # 7 and 15 tokens take the folded forms, 40 the textbook one

@@ -89,10 +89,16 @@ class MaskDecoder(nn.Module):
         B = sparse_prompt_embeddings.shape[0]
         out_tokens = torch.cat([self.iou_token.weight, self.mask_tokens.weight], dim=0)
         tokens = torch.cat([out_tokens.unsqueeze(0).expand(B, -1, -1), sparse_prompt_embeddings], dim=1)
-        src = image_embeddings.expand(B, -1, -1, -1) + dense_prompt_embeddings
-        pos = image_pe.expand(B, -1, -1, -1)
-        h, w = src.shape[-2:]
-        hs, src = self.transformer(src, pos, tokens)
+        h, w = image_embeddings.shape[-2:]
+        # image + dense prompt, summed straight into the transformer's token layout
+        image = image_embeddings.flatten(2).transpose(1, 2)
+        dense = dense_prompt_embeddings.flatten(2).transpose(1, 2)
+        if torch.is_grad_enabled():  # out= does not record gradients
+            src = (image + dense).contiguous()
+        else:
+            src = torch.empty(B, h * w, image.shape[2], dtype=image.dtype, device=image.device)
+            torch.add(image, dense, out=src)
+        hs, src = self.transformer(src, image_pe, tokens)
         iou_token_out = hs[:, 0, :]
         mask_tokens_out = hs[:, 1 : 1 + self.num_mask_tokens, :]
         sel = range(1, self.num_mask_tokens) if multimask_output else range(0, 1)

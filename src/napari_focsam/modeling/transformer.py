@@ -9,6 +9,13 @@ from torch import nn
 from .common import MLPBlock
 
 
+def _softmax_short_last_dim(x: torch.Tensor) -> torch.Tensor:
+    """Softmax over a short last axis (a few tokens), written out: torch's fused CPU
+    softmax does not vectorise over an axis of ~10 elements and is about 6x slower here."""
+    e = (x - x.amax(dim=-1, keepdim=True)).exp()
+    return e / e.sum(dim=-1, keepdim=True)
+
+
 class TokenAttention(nn.Module):
     """Multi-head attention with an optional down-projection of the inner dimension."""
 
@@ -26,10 +33,63 @@ class TokenAttention(nn.Module):
         return x.reshape(B, N, self.num_heads, C // self.num_heads).transpose(1, 2)
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """q (B, Nq, C), k and v (B, Nk, C) -> (B, Nq, C)."""
+        nq, nk, inner = q.shape[1], k.shape[1], self.q_proj.out_features
+        if nk >= self.FOLD_MIN_TOKENS and nq * self.num_heads < inner:
+            return self._few_queries(q, k, v)
+        if nq >= self.FOLD_MIN_TOKENS and nk * self.num_heads < inner:
+            return self._few_keys(q, k, v)
+        return self._projected(q, k, v)
+
+    def _projected(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """The textbook form: project all tokens, attend per head, project back."""
         q, k, v = self._heads(self.q_proj(q)), self._heads(self.k_proj(k)), self._heads(self.v_proj(v))
         out = F.scaled_dot_product_attention(q, k, v)  # softmax(q k^T / sqrt(c)) v, fused
         B, H, N, c = out.shape
         return self.out_proj(out.transpose(1, 2).reshape(B, N, H * c))
+
+    #: the folded forms below pay off only against thousands of image tokens
+    FOLD_MIN_TOKENS = 1024
+
+    def _head_weights(self, linear: nn.Linear) -> torch.Tensor:
+        """(inner, C) projection weight -> (H, c, C) per-head blocks."""
+        return linear.weight.view(self.num_heads, -1, linear.in_features)
+
+    def _few_queries(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """Few tokens attend to many image tokens, with the key and value projections
+        folded into the queries: (q_h W_k,h) k_in^T equals q_h k_h^T up to a per-row
+        constant (q_h . b_k,h) that softmax ignores, and attention rows sum to one, so
+        softmax(.) (v_in W_v,h^T + b_v,h) = (softmax(.) v_in) W_v,h^T + b_v,h. Costs
+        2 Nq H Nk C instead of 2 Nk C inner for projecting every image token.
+        """
+        B, nq, _ = q.shape
+        H = self.num_heads
+        qh = self._heads(self.q_proj(q))  # (B, H, Nq, c)
+        c = qh.shape[-1]
+        q_folded = torch.matmul(qh, self._head_weights(self.k_proj))  # (B, H, Nq, C)
+        scores = torch.matmul(q_folded.reshape(B, H * nq, -1), k.transpose(1, 2)) * c**-0.5
+        pooled = torch.matmul(scores.softmax(dim=-1), v).view(B, H, nq, -1)  # (B, H, Nq, C)
+        out = torch.matmul(pooled, self._head_weights(self.v_proj).transpose(1, 2))  # (B, H, Nq, c)
+        out = out.transpose(1, 2).reshape(B, nq, H * c) + self.v_proj.bias
+        return self.out_proj(out)
+
+    def _few_keys(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """Many image tokens attend to few tokens, with the query and output projections
+        folded into the keys and values: (W_q,h x + b_q,h) . k_h = x . (W_q,h^T k_h) +
+        b_q,h . k_h, and sum_h a_h v_h W_o,h^T = sum_h a_h (v_h W_o,h^T). Costs
+        2 Nq H Nk C instead of 2 Nq C inner for projecting every image token.
+        """
+        B, nq, C = q.shape
+        H = self.num_heads
+        kh, vh = self._heads(self.k_proj(k)), self._heads(self.v_proj(v))  # (B, H, Nk, c)
+        nk, c = kh.shape[2], kh.shape[3]
+        k_folded = torch.matmul(kh, self._head_weights(self.q_proj))  # (B, H, Nk, C)
+        key_bias = torch.matmul(kh, self.q_proj.bias.view(H, c, 1)).view(B, 1, H, nk)
+        scores = torch.matmul(q, k_folded.reshape(B, H * nk, C).transpose(1, 2)).view(B, nq, H, nk)
+        attn = _softmax_short_last_dim((scores + key_bias) * c**-0.5)
+        w_out = self.out_proj.weight.view(C, H, c).permute(1, 2, 0)  # (H, c, C)
+        v_folded = torch.matmul(vh, w_out).reshape(B, H * nk, C)  # (B, H*Nk, C)
+        return torch.baddbmm(self.out_proj.bias.expand(B, 1, C), attn.reshape(B, nq, H * nk), v_folded)
 
 
 class TwoWayAttentionBlock(nn.Module):
@@ -61,6 +121,11 @@ class TwoWayAttentionBlock(nn.Module):
         return queries, keys
 
 
+def _tokens_of(image: torch.Tensor) -> torch.Tensor:
+    """(B, C, h, w) -> contiguous (B, h*w, C) tokens."""
+    return image.flatten(2).transpose(1, 2).contiguous()
+
+
 class TwoWayTransformer(nn.Module):
     """(B, C, 64, 64) image + (B, N, C) tokens -> updated tokens (B, N, C) and image (B, 4096, C)."""
 
@@ -75,12 +140,25 @@ class TwoWayTransformer(nn.Module):
         self.norm_final_attn = nn.LayerNorm(embedding_dim)
 
     def forward(self, image_embedding, image_pe, point_embedding):
+        """image_embedding (B, C, h, w) or tokens (B, h*w, C); image_pe (1, C, h, w)."""
         # token layout, contiguous once, so that every projection is a single GEMM
-        image_embedding = image_embedding.flatten(2).transpose(1, 2).contiguous()
-        image_pe = image_pe.flatten(2).transpose(1, 2).contiguous()
+        if image_embedding.dim() == 4:
+            image_embedding = _tokens_of(image_embedding)
+        image_pe = self._pe_tokens(image_pe)
         queries, keys = point_embedding, image_embedding
         for layer in self.layers:
             queries, keys = layer(queries, keys, point_embedding, image_pe)
         q, k = queries + point_embedding, keys + image_pe
         queries = self.norm_final_attn(queries + self.final_attn_token_to_image(q, k, keys))
         return queries, keys
+
+    def _pe_tokens(self, image_pe: torch.Tensor) -> torch.Tensor:
+        """Token layout of the positional encoding, kept while the same (cached) tensor
+        comes back click after click; recomputed whenever gradients are on."""
+        cached = getattr(self, "_pe_cache", None)
+        if torch.is_grad_enabled() or cached is None or cached[0] is not image_pe:
+            tokens = _tokens_of(image_pe)
+            if torch.is_grad_enabled():
+                return tokens
+            self._pe_cache = cached = (image_pe, tokens)
+        return cached[1]
