@@ -472,3 +472,58 @@ def test_gradcheck_tiny_refiner():
     assert torch.autograd.gradcheck(
         lambda e, t: model(e, None, t, token_mask=tm), (emb, tok), atol=1e-5, fast_mode=True
     )
+
+
+def test_bf16_matmuls_keep_float32_io_and_stay_close():
+    """The refiner's bf16 mode changes only its matrix products: float32 in and out, the
+    update within a few per mille of the float32 one, and off again with None."""
+    torch.manual_seed(0)
+    ref = FocusRefiner(depth=2).eval()
+    with torch.no_grad():  # non-zero P-DyReLU and LayerScale paths
+        for p in ref.parameters():
+            p.add_(0.02 * torch.randn_like(p))
+    emb = torch.randn(1, 256, 64, 64)
+    coarse = torch.full((1, 1, 256, 256), -8.0)
+    coarse[..., 100:160, 90:150] = 8.0
+    tok = torch.randn(1, 1, 256)
+    with torch.inference_mode():
+        full = ref(emb, coarse, tok)
+        ref.set_matmul_dtype(torch.bfloat16)
+        assert ref.matmul_dtype is torch.bfloat16
+        half = ref(emb, coarse, tok)
+        ref.set_matmul_dtype(None)
+        again = ref(emb, coarse, tok)
+    assert half.dtype == torch.float32
+    update = (full - emb).norm()
+    assert update > 0
+    assert 0 < (half - full).norm() / update < 0.02
+    torch.testing.assert_close(again, full, rtol=0, atol=0)
+
+
+def test_refine_precision_policy(monkeypatch):
+    from napari_focsam.core import models
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    monkeypatch.delenv("NAPARI_FOCSAM_REFINE_PRECISION", raising=False)
+    assert models.refine_matmul_dtype("fp32", cpu) is None
+    assert models.refine_matmul_dtype("bf16", cpu) is torch.bfloat16
+    assert models.refine_matmul_dtype("auto", cuda) is None  # GPUs keep float32
+    monkeypatch.setattr(models, "native_bf16_cpu", lambda: True)
+    assert models.refine_matmul_dtype(None, cpu) is torch.bfloat16
+    monkeypatch.setattr(models, "native_bf16_cpu", lambda: False)
+    assert models.refine_matmul_dtype("auto", cpu) is None
+    monkeypatch.setenv("NAPARI_FOCSAM_REFINE_PRECISION", "BF16")
+    assert models.refine_matmul_dtype(None, cpu) is torch.bfloat16
+    with pytest.raises(ValueError, match="fp32"):
+        models.refine_matmul_dtype("half", cpu)
+
+
+def test_load_model_applies_the_refine_precision(tmp_path):
+    from conftest import make_tiny_focsam
+    from napari_focsam.core.checkpoint import save_checkpoint
+    from napari_focsam.core.models import load_model
+
+    path = tmp_path / "tiny_focsam.pt"
+    save_checkpoint(make_tiny_focsam(refiner_depth=2), path)
+    assert load_model(path, "cpu", refine_precision="bf16").focus_refiner.matmul_dtype is torch.bfloat16
+    assert load_model(path, "cpu", refine_precision="fp32").focus_refiner.matmul_dtype is None

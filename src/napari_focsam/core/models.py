@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 from pathlib import Path
 
@@ -14,6 +15,10 @@ from .predictor import resolve_device
 
 DEFAULT_MODEL = "vit_t"
 
+#: refiner precisions: "auto" = bf16 matrix products on CPUs with native bf16 dot
+#: products (AVX512-BF16 / AMX), float32 elsewhere; "fp32"; "bf16"
+REFINE_PRECISIONS = ("auto", "fp32", "bf16")
+
 _CACHE: dict[tuple, FocSAM] = {}
 _LOCK = threading.Lock()
 
@@ -25,6 +30,27 @@ def model_path(name_or_path: str | Path, *, download: bool = True) -> Path:
     return resolve_weights(str(name_or_path), download=download)
 
 
+def native_bf16_cpu() -> bool:
+    """True when this CPU has bf16 dot-product instructions (AVX512-BF16 or AMX)."""
+    try:
+        return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+    except (AttributeError, RuntimeError):  # older torch or non-x86 builds
+        return False
+
+
+def refine_matmul_dtype(precision: str | None, device: torch.device) -> torch.dtype | None:
+    """The refiner's matmul dtype for ``precision`` (None: read ``NAPARI_FOCSAM_REFINE_PRECISION``,
+    default "auto") on ``device``; None means float32."""
+    precision = (precision or os.environ.get("NAPARI_FOCSAM_REFINE_PRECISION") or "auto").lower()
+    if precision not in REFINE_PRECISIONS:
+        raise ValueError(f"refine precision must be one of {', '.join(REFINE_PRECISIONS)}, got {precision!r}")
+    if precision == "fp32":
+        return None
+    if precision == "bf16":
+        return torch.bfloat16
+    return torch.bfloat16 if device.type == "cpu" and native_bf16_cpu() else None
+
+
 def load_model(
     name_or_path: str | Path = DEFAULT_MODEL,
     device: str | torch.device = "auto",
@@ -32,15 +58,24 @@ def load_model(
     refiner: str | Path | None = None,
     channel_order: str | None = None,
     download: bool = True,
+    refine_precision: str | None = None,
 ) -> FocSAM:
-    """Load (once per process, then from memory) a model by registry name or path."""
+    """Load (once per process, then from memory) a model by registry name or path.
+
+    ``refine_precision`` ("auto", "fp32", "bf16"; see :func:`refine_matmul_dtype`) sets
+    the focus refiner's matrix products; the encoder and decoder always run in float32.
+    """
     tune_malloc()
     path = model_path(name_or_path, download=download)
     rpath = model_path(refiner, download=download) if refiner is not None else None
     dev = resolve_device(device)
+    matmul_dtype = refine_matmul_dtype(refine_precision, dev)
     key = (str(path.resolve()), str(rpath) if rpath else None, str(dev), channel_order,
-           path.stat().st_mtime_ns)
+           path.stat().st_mtime_ns, matmul_dtype)
     with _LOCK:
         if key not in _CACHE:
-            _CACHE[key] = load_checkpoint(path, refiner=rpath, channel_order=channel_order, device=dev)
+            model = load_checkpoint(path, refiner=rpath, channel_order=channel_order, device=dev)
+            if model.focus_refiner is not None:
+                model.focus_refiner.set_matmul_dtype(matmul_dtype)
+            _CACHE[key] = model
         return _CACHE[key]

@@ -29,6 +29,7 @@ half-way cases round the same way.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Optional, Sequence, Tuple, Union
 
 import torch
@@ -412,6 +413,13 @@ class MSAModule(nn.Module):
         return x + self.gamma2 * z
 
 
+def _matmul_precision(dtype: Optional[torch.dtype], device: torch.device):
+    """Autocast context for the blocks' matrix products (None: full precision)."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
+
+
 class RefineBlock(nn.Module):
     """One Dwin-MSA block: plain (``shift_size=0``) or cyclically shifted windows.
 
@@ -441,6 +449,9 @@ class RefineBlock(nn.Module):
         super().__init__()
         self.window_size = window_size
         self.shift_size = shift_size
+        #: dtype of the matrix products inside the windows (None: that of the input);
+        #: set for the whole refiner with ``FocusRefiner.set_matmul_dtype``
+        self.matmul_dtype: Optional[torch.dtype] = None
         self.img2cls = CrossAttentionBlock(embed_dim, num_heads, mlp_ratio)
         self.cls2img = MSAModule(embed_dim, num_heads)
         if cls_scale:
@@ -481,9 +492,11 @@ class RefineBlock(nn.Module):
             index = window_token_index(batch_index, window_index, (hp, wp), ws, self.shift_size)
             windows = x[index]  # (N, ws, ws, C)
             flat = batch_index * num_windows + window_index
-            cls_sel = self.img2cls(cls_win.index_select(0, flat), windows.view(-1, ws * ws, c))
-            # MSAModule is layout-agnostic; a channels-last NCHW view avoids copies.
-            out = self.cls2img(windows.permute(0, 3, 1, 2), cls_sel).permute(0, 2, 3, 1)
+            with _matmul_precision(self.matmul_dtype, x.device):
+                cls_sel = self.img2cls(cls_win.index_select(0, flat), windows.view(-1, ws * ws, c))
+                # MSAModule is layout-agnostic; a channels-last NCHW view avoids copies.
+                out = self.cls2img(windows.permute(0, 3, 1, 2), cls_sel).permute(0, 2, 3, 1)
+            out, cls_sel = out.to(x.dtype), cls_sel.to(cls.dtype)
             x = x.index_put_(index, out) if inplace else x.index_put(index, out)
             cls_win = cls_win.index_copy(0, flat, cls_sel)
 
@@ -559,6 +572,18 @@ class FocusRefiner(nn.Module):
             )
             for i in range(depth)
         )
+
+    def set_matmul_dtype(self, dtype: Optional[torch.dtype]) -> None:
+        """Run the blocks' matrix products (linear layers, attention, the deformable
+        convolution's GEMM) in ``dtype`` with float32 accumulation, e.g. ``torch.bfloat16``
+        on CPUs with native bf16 dot products; norms, softmax statistics, the residual
+        map and the output stay float32. None restores full precision."""
+        for block in self.blocks:
+            block.matmul_dtype = dtype
+
+    @property
+    def matmul_dtype(self) -> Optional[torch.dtype]:
+        return self.blocks[0].matmul_dtype if len(self.blocks) else None
 
     def resolve_expand_ratio(self, expand_ratio: Optional[Ratio] = None) -> Tuple[float, float]:
         """The (h, w) ratio of this call: explicit > random draw in training > default."""
