@@ -103,3 +103,14 @@ def test_demo_runs_with_real_weights(vit_t_path, tmp_path, capsys):
     assert main(["demo", "--model", str(vit_t_path), "--objects", "2", "--out", str(tmp_path)]) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["mean_iou"] >= 0.85 and (tmp_path / "demo_overlay.png").stat().st_size > 1000
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp32"])
+def test_segment_reports_the_refine_precision(images, tmp_path, capsys, precision):
+    path = tmp_path / "tiny_focsam.pt"
+    save_checkpoint(make_tiny_focsam(refiner_depth=2), path)
+    rc = main(["segment", str(images["gray"]), "--click", "30,40", "--click", "10,12", "--model", str(path),
+               "--refine-precision", precision, "--out", str(tmp_path / "m.tif")])
+    assert rc == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["refine"] is True and summary["refine_precision"] == precision

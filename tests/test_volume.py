@@ -373,3 +373,24 @@ def test_real_propagation_through_a_cells3d_nucleus(mobile_sam, shared_data):
     vm = obj.volume_mask()
     iou = (vm & gt).sum() / (vm | gt).sum()
     assert res.z_range == (0, 6) and iou > 0.8, (iou, res.stopped_reason)
+
+
+def test_cli_propagate_passes_refiner_and_precision(tmp_path, capsys, monkeypatch, fast_model):
+    """`segment --propagate` loads the model with the given refiner and precision (it used to drop them)."""
+    tifffile = pytest.importorskip("tifffile")
+    from napari_focsam.core import models
+
+    seen = {}
+
+    def fake_load(*args, **kwargs):
+        seen.update(kwargs)
+        return fast_model
+
+    monkeypatch.setattr(models, "load_model", fake_load)
+    tifffile.imwrite(tmp_path / "stack.tif", blobs_stack(3, size=S))
+    rc, stdout, err = run_cli(["segment", str(tmp_path / "stack.tif"), "--slice", "1", "--click", "16,16",
+                               "--propagate", "--refiner", "r.pt", "--refine-precision", "fp32",
+                               "--out", str(tmp_path / "m.tif")], capsys)
+    assert rc == 0, err
+    assert seen == {"refiner": "r.pt", "refine_precision": "fp32"}
+    assert "refine_precision" in json.loads(stdout)

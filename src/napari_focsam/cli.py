@@ -77,10 +77,10 @@ def cmd_segment(args) -> int:
     for c in clicks:
         if not (0 <= c.y < H and 0 <= c.x < W):
             raise UserError(f"click ({c.y:g},{c.x:g}) is outside the image of {H}x{W} pixels")
-    from .core.models import load_model
+    from .core.models import load_model, refine_precision_of
     from .core.predictor import FocSAMPredictor, InteractiveObject
 
-    model = load_model(args.model, args.device, refiner=args.refiner)
+    model = load_model(args.model, args.device, refiner=args.refiner, refine_precision=args.refine_precision)
     predictor = FocSAMPredictor(model, refine=not args.no_refine)
     t0 = time.perf_counter()
     emb = predictor.embed(plane)
@@ -93,6 +93,7 @@ def cmd_segment(args) -> int:
     write_mask(args.out, obj.mask.astype("uint8"))
     print(json.dumps({
         "model": model.model_type, "refine": predictor.refine, "clicks": len(clicks),
+        "refine_precision": refine_precision_of(model) if predictor.refine else None,
         "embedding_seconds": round(t_embed, 3), "click_seconds": click_s,
         "mask_pixels": int(obj.mask.sum()), "shape": list(obj.mask.shape), "out": str(args.out),
     }))
@@ -125,6 +126,9 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--no-refine", action="store_true", help="plain SAM loop, no focus refinement")
     seg.add_argument("--propagate", action="store_true", help="propagate through the stack (3D mask)")
     seg.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
+    seg.add_argument("--refine-precision", choices=("auto", "fp32", "bf16"), default=None,
+                     help="the refiner's matrix products: auto (bf16 on CPUs with native bf16, "
+                          "else fp32; default, or $NAPARI_FOCSAM_REFINE_PRECISION), fp32 or bf16")
     seg.add_argument("--out", required=True, help="output mask (uint8, 1 = object), .tif or .png")
     seg.set_defaults(func=cmd_segment)
 

@@ -137,7 +137,7 @@ def _extend_segment(subparsers) -> None:
 def segment_volume_cli(args, image, clicks) -> int:
     """``segment --propagate``: clicks on ``--slice``, propagation, a (Z, Y, X) uint8 mask."""
     from .io import write_mask
-    from .models import load_model
+    from .models import load_model, refine_precision_of
     from .session import Session
 
     vol = _volume(image)
@@ -153,7 +153,8 @@ def segment_volume_cli(args, image, clicks) -> int:
     for c in clicks:
         if not (0 <= c.y < H and 0 <= c.x < W):
             raise _user_error(f"click ({c.y:g},{c.x:g}) is outside the image of {H}x{W} pixels")
-    model = load_model(args.model, args.device)
+    model = load_model(args.model, args.device, refiner=getattr(args, "refiner", None),
+                       refine_precision=getattr(args, "refine_precision", None))
     session = Session(vol, model, refine=not getattr(args, "no_refine", False),
                       cache_dir=getattr(args, "cache", None))
     obj = session.new_object()
@@ -176,6 +177,8 @@ def segment_volume_cli(args, image, clicks) -> int:
     write_mask(args.out, volume.astype("uint8"))
     print(json.dumps({
         "model": model.model_type, "clicks": len(clicks), "slice": args.slice,
+        "refine": session.predictor.refine,
+        "refine_precision": refine_precision_of(model) if session.predictor.refine else None,
         "z_range": list(result.z_range), "stopped": result.stopped_reason,
         "slices_with_mask": int(volume.any(axis=(1, 2)).sum()), "mask_voxels": int(volume.sum()),
         "click_seconds": round(t_click, 3), "propagation_seconds": round(result.seconds, 3),

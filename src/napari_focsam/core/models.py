@@ -51,6 +51,13 @@ def refine_matmul_dtype(precision: str | None, device: torch.device) -> torch.dt
     return torch.bfloat16 if device.type == "cpu" and native_bf16_cpu() else None
 
 
+def refine_precision_of(model: FocSAM) -> str | None:
+    """"bf16" or "fp32" for the model's refiner, None without one."""
+    if model.focus_refiner is None:
+        return None
+    return "bf16" if model.focus_refiner.matmul_dtype == torch.bfloat16 else "fp32"
+
+
 def load_model(
     name_or_path: str | Path = DEFAULT_MODEL,
     device: str | torch.device = "auto",

@@ -49,11 +49,12 @@ class PredictorAdapter:
 
 def run_evaluation(dataset: str, data_root, model, out_dir, *, refine_modes=(True,), max_objects=None,
                    max_clicks: int = 20, device: str = "auto", progress=None,
-                   refiner=None, images: str | None = None) -> dict[str, dict]:
+                   refiner=None, images: str | None = None,
+                   refine_precision: str | None = None) -> dict[str, dict]:
     """Evaluate one model on one dataset for each refine mode; returns {label: summary}."""
     from ..core.models import load_model
 
-    net = load_model(model, device, refiner=refiner)
+    net = load_model(model, device, refiner=refiner, refine_precision=refine_precision)
     out_dir = Path(out_dir)
     summaries, curves = {}, {}
     for refine in refine_modes:
@@ -68,6 +69,7 @@ def run_evaluation(dataset: str, data_root, model, out_dir, *, refine_modes=(Tru
         t0 = time.perf_counter()
         per_object, summary = evaluate_dataset(ds, adapter, max_clicks, progress=progress)
         summary.update({"dataset": dataset, "model": net.model_type, "refine": predictor.refine,
+                        "refine_matmul_dtype": str(net.focus_refiner.matmul_dtype) if predictor.refine else None,
                         "wall_seconds": round(time.perf_counter() - t0, 2)})
         target = out_dir / label if len(refine_modes) > 1 else out_dir
         write_results(target, per_object, summary, label=label)
@@ -87,7 +89,7 @@ def cmd_evaluate(args) -> int:
     summaries = run_evaluation(args.dataset, args.data_root, args.model, args.out, refine_modes=modes,
                                max_objects=args.max_objects, max_clicks=args.max_clicks,
                                device=args.device, progress=progress, refiner=args.refiner,
-                               images=args.images)
+                               images=args.images, refine_precision=args.refine_precision)
     if not args.quiet:
         print(file=sys.stderr)
     for label, s in summaries.items():
@@ -112,6 +114,8 @@ def add_parser(sub) -> None:
     p.add_argument("--max-objects", type=int, default=None)
     p.add_argument("--max-clicks", type=int, default=20)
     p.add_argument("--device", default="auto")
+    p.add_argument("--refine-precision", choices=("auto", "fp32", "bf16"), default=None,
+                   help="the refiner's matrix products (default: $NAPARI_FOCSAM_REFINE_PRECISION or auto)")
     p.add_argument("--quiet", action="store_true")
     p.add_argument("--out", required=True, help="output folder")
     p.set_defaults(func=cmd_evaluate)
