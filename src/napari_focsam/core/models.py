@@ -30,6 +30,19 @@ def model_path(name_or_path: str | Path, *, download: bool = True) -> Path:
     return resolve_weights(str(name_or_path), download=download)
 
 
+def _split_refiner_entry(name_or_path, refiner):
+    """A registry entry that is a refiner-only file (``base`` set) -> (its base, itself)."""
+    from .weights import find_weights
+
+    entry = find_weights(name_or_path) if isinstance(name_or_path, str) else None
+    if entry is None or entry.base is None:
+        return name_or_path, refiner
+    if refiner is not None:
+        raise ValueError(f"{name_or_path!r} already is a refiner for {entry.base!r}; "
+                         f"give it as the model or pass --refiner with a base model, not both")
+    return entry.base, name_or_path
+
+
 def native_bf16_cpu() -> bool:
     """True when this CPU has bf16 dot-product instructions (AVX512-BF16 or AMX)."""
     try:
@@ -73,6 +86,7 @@ def load_model(
     the focus refiner's matrix products; the encoder and decoder always run in float32.
     """
     tune_malloc()
+    name_or_path, refiner = _split_refiner_entry(name_or_path, refiner)
     path = model_path(name_or_path, download=download)
     rpath = model_path(refiner, download=download) if refiner is not None else None
     dev = resolve_device(device)

@@ -453,6 +453,9 @@ class ModelWeights:
         that ``import`` extracts (e.g. ``iter_160000.pth``).
     aliases
         Other names accepted for this entry.
+    base
+        For a refiner-only file (FocSAM-T): the registry name of the base model it was
+        trained for; loading this entry loads the base with this refiner on top.
     """
 
     name: str
@@ -467,6 +470,7 @@ class ModelWeights:
     archive_member: str | None = None
     license: str = ""
     aliases: tuple[str, ...] = field(default_factory=tuple)
+    base: str | None = None
 
     def __post_init__(self) -> None:
         if not self.name or not re.match(r"^[A-Za-z0-9_.+-]+$", self.name):
