@@ -2,6 +2,7 @@
 
     python benchmarks/bench_refiner_size.py [--repeats 5] [--threads N] [--weights vit_t|PATH]
                                             [--depths 2 4 6] [--mlp-ratios 1 2 4] [--json OUT]
+                                            [--precisions fp32 bf16]
 
 For every candidate (depth x mlp_ratio; 8 heads, 16x16 windows) and for the official 12-block
 refiner (mlp_ratio 4) as the reference, measured in the same process on the same embedding:
@@ -63,6 +64,8 @@ def main() -> None:
     ap.add_argument("--depths", type=int, nargs="+", default=[2, 4, 6])
     ap.add_argument("--mlp-ratios", type=float, nargs="+", default=[1.0, 2.0, 4.0])
     ap.add_argument("--json", default=None, help="also write the results to this file")
+    ap.add_argument("--precisions", nargs="+", choices=("fp32", "bf16"), default=["fp32"],
+                    help="time each candidate with float32 and/or bf16 matrix products in the refiner")
     ap.add_argument("--from-json", default=None, help="only print the table of a saved run")
     args = ap.parse_args()
     if args.from_json:
@@ -94,11 +97,15 @@ def main() -> None:
     candidates = [(12, 4.0, True)] + [(d, m, False) for d in args.depths for m in args.mlp_ratios]
     refiners, rows = [], []
     for depth, mlp, ref in candidates:
-        refiner = FocusRefiner(depth=depth, mlp_ratio=mlp).eval()
-        refiners.append(refiner)
-        rows.append({"name": f"depth{depth}_mlp{mlp:g}" + ("_official" if ref else ""), "depth": depth,
-                     "mlp_ratio": mlp, "params": sum(p.numel() for p in refiner.parameters()),
-                     "fp16_bytes": fp16_file_bytes(refiner)})
+        for precision in args.precisions:
+            refiner = FocusRefiner(depth=depth, mlp_ratio=mlp).eval()
+            refiner.set_matmul_dtype(torch.bfloat16 if precision == "bf16" else None)
+            refiners.append(refiner)
+            suffix = "" if args.precisions == ["fp32"] else f"_{precision}"
+            rows.append({"name": f"depth{depth}_mlp{mlp:g}" + ("_official" if ref else "") + suffix,
+                         "depth": depth, "mlp_ratio": mlp, "precision": precision,
+                         "params": sum(p.numel() for p in refiner.parameters()),
+                         "fp16_bytes": fp16_file_bytes(refiner)})
 
     def plain_click():
         pred.step(emb, clicks, prev, refined=features)
@@ -150,7 +157,7 @@ def print_table(out: dict) -> None:
     print(f"\nthreads {out['threads']}, plain click {plain:.1f} ms (min wall; median CPU "
           f"{out.get('plain_click_cpu_ms', float('nan')):.1f} ms); budget: refine click <= {BUDGET_MS:.0f} ms, "
           f"file <= {BUDGET_MB:.0f} MB")
-    print(f"{'candidate':<24}{'params':>11}{'fp16 MB':>8}{'ref 4w':>8}{'click 4w':>9}{'extra 4w':>9}"
+    print(f"{'candidate':<30}{'params':>11}{'fp16 MB':>8}{'ref 4w':>8}{'click 4w':>9}{'extra 4w':>9}"
           f"{'click 16w':>10}{'cpu 4w':>8}{'cpu 16w':>8}{'cpu/ref 4w':>11}{'cpu/ref 16w':>12}")
     for r in rows:
         mb = r["fp16_bytes"] / 1e6
@@ -158,7 +165,7 @@ def print_table(out: dict) -> None:
         r["cpu_ratio_4w_vs_official"] = r["refine_click_4w_cpu_ms"] / ref["refine_click_4w_cpu_ms"]
         r["cpu_ratio_16w_vs_official"] = r["refine_click_16w_cpu_ms"] / ref["refine_click_16w_cpu_ms"]
         r["fits_4w"] = r["refine_click_4w_ms"] <= BUDGET_MS and mb <= BUDGET_MB
-        print(f"{r['name']:<24}{r['params']:>11,}{mb:>8.2f}{r['refiner_4w_ms']:>8.0f}{r['refine_click_4w_ms']:>9.0f}"
+        print(f"{r['name']:<30}{r['params']:>11,}{mb:>8.2f}{r['refiner_4w_ms']:>8.0f}{r['refine_click_4w_ms']:>9.0f}"
               f"{r['extra_vs_plain_4w_ms']:>9.0f}{r['refine_click_16w_ms']:>10.0f}{r['refine_click_4w_cpu_ms']:>8.0f}"
               f"{r['refine_click_16w_cpu_ms']:>8.0f}{r['cpu_ratio_4w_vs_official']:>11.2f}"
               f"{r['cpu_ratio_16w_vs_official']:>12.2f}")

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from .core.volume import interior_point
+from .core.weights import DEFAULT_MODEL
 
 
 def pick_separated_objects(labels: np.ndarray, n: int, min_gap: int = 3) -> list[int]:
@@ -27,7 +28,7 @@ def pick_separated_objects(labels: np.ndarray, n: int, min_gap: int = 3) -> list
     return chosen
 
 
-def run_demo(model: str = "vit_t", n_objects: int = 5, out: str | Path = "focsam-demo", device: str = "auto") -> dict:
+def run_demo(model: str = DEFAULT_MODEL, n_objects: int = 5, out: str | Path = "focsam-demo", device: str = "auto") -> dict:
     """Segment well separated nuclei of the 2D sample with one click each; IoU vs ground truth."""
     from ._sample_data import load_nuclei
     from .core.models import load_model
@@ -95,7 +96,7 @@ def cmd_gui(args) -> int:
 
 def add_parser(sub) -> None:
     d = sub.add_parser("demo", help="headless demo: one click per nucleus of the sample, IoU vs ground truth")
-    d.add_argument("--model", default="vit_t")
+    d.add_argument("--model", default=DEFAULT_MODEL)
     d.add_argument("--objects", type=int, default=5)
     d.add_argument("--device", default="auto")
     d.add_argument("--out", default="focsam-demo", help="folder for the overlay PNG")

@@ -71,6 +71,8 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from .core.weights import DEFAULT_MODEL
+
 if TYPE_CHECKING:  # pragma: no cover
     import napari
 
@@ -305,6 +307,8 @@ class FocSAMWidget(QWidget):
                                                   else " -- manual download")
             self.model_combo.setItemData(self.model_combo.count() - 1, tip, Qt.ItemDataRole.ToolTipRole)
         self.model_combo.addItem(CUSTOM_FILE, None)
+        self.model_combo.setCurrentIndex(max(self.model_combo.findData(DEFAULT_MODEL), 0))
+        self._last_model_index = self.model_combo.currentIndex()
         self.model_combo.setToolTip("Registry model, or a checkpoint file of your own")
         form.addRow("Model", self.model_combo)
 
@@ -650,7 +654,7 @@ class FocSAMWidget(QWidget):
             self._notify("error", f"'{layer.name}' has {layer.ndim} dimensions: FocSAM supports 2D images, "
                                   "RGB images and 3D stacks (Z, Y, X)")
             return
-        model = self._model_spec() or "vit_t"
+        model = self._model_spec() or DEFAULT_MODEL
         device = self.device_combo.currentText()
         cache = self.cache_edit.text().strip() or None
         config = (id(layer), model, device, cache)

@@ -11,6 +11,8 @@ import json
 import sys
 import time
 
+from .core.weights import DEFAULT_MODEL
+
 EXIT_BAD_INPUT = 2
 EXIT_FAILURE = 1
 
@@ -120,7 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--click", action="append", type=parse_click, required=True,
                      metavar="Y,X[,+|-]", help="a click in pixel coordinates; repeat for more clicks")
     seg.add_argument("--slice", type=int, default=None, metavar="Z", help="slice of a 3D stack")
-    seg.add_argument("--model", default="vit_t", help="registry name (see `weights list`) or checkpoint path")
+    seg.add_argument("--model", default=DEFAULT_MODEL, help="registry name (see `weights list`) or checkpoint path")
     seg.add_argument("--refiner", default=None, metavar="FILE_OR_NAME",
                      help="focus-refiner weights trained for this base model (FocSAM-T)")
     seg.add_argument("--no-refine", action="store_true", help="plain SAM loop, no focus refinement")

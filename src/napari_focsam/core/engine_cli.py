@@ -14,6 +14,8 @@ import sys
 import time
 from typing import Callable
 
+from .weights import DEFAULT_MODEL
+
 __all__ = ["add_parser", "cmd_precompute", "segment_volume_cli"]
 
 
@@ -104,7 +106,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                     "an interrupted run resumes where it stopped.")
     p.add_argument("image", help="2D image (tif/png/jpg) or 3D stack (tif)")
     p.add_argument("--cache", required=True, metavar="DIR", help="cache folder (created if needed)")
-    p.add_argument("--model", default="vit_t", help="registry name (see `weights list`) or checkpoint path")
+    p.add_argument("--model", default=DEFAULT_MODEL, help="registry name (see `weights list`) or checkpoint path")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
     p.add_argument("--contrast-limits", type=_parse_limits, default=None, metavar="LOW,HIGH",
                    help="intensities mapped to black and white (default: robust percentiles)")

@@ -12,8 +12,8 @@ from ..modeling.focsam import FocSAM
 from .allocator import tune_malloc
 from .checkpoint import load_checkpoint
 from .predictor import resolve_device
+from .weights import DEFAULT_MODEL  # noqa: F401  (re-exported)
 
-DEFAULT_MODEL = "vit_t"
 
 #: refiner precisions: "auto" = bf16 matrix products on CPUs with native bf16 dot
 #: products (AVX512-BF16 / AMX), float32 elsewhere; "fp32"; "bf16"

@@ -38,6 +38,7 @@ from .volume import (
     PropagationResult,
     propagate,
 )
+from .weights import DEFAULT_MODEL
 
 __all__ = [
     "EmbeddingStore",
@@ -347,7 +348,7 @@ class Session:
     cache_dir: optional folder for the on-disk embedding cache (see :class:`EmbeddingStore`).
     """
 
-    def __init__(self, vol: ImageVolume | Any, model: str | Path | FocSAM = "vit_t", *,
+    def __init__(self, vol: ImageVolume | Any, model: str | Path | FocSAM = DEFAULT_MODEL, *,
                  device: str = "auto", refine: bool = True, cache_dir: str | Path | None = None,
                  predictor: FocSAMPredictor | None = None, max_memory_bytes: int = 512 * 2**20) -> None:
         if not isinstance(vol, ImageVolume):

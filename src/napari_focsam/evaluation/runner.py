@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from ..core.predictor import FocSAMPredictor, InteractiveObject
+from ..core.weights import DEFAULT_MODEL
 from .datasets import read_dataset
 from .metrics import Timings
 from .protocol import evaluate_dataset, plot_miou_curves, write_results
@@ -104,7 +105,7 @@ def add_parser(sub) -> None:
     p.add_argument("--dataset", required=True,
                    help="grabcut, davis, coco_mval, berkeley, sbd, coelho2009_gnf, stardist2d, microscopy")
     p.add_argument("--data-root", required=True, help="folder holding the dataset (e.g. ../shared/data)")
-    p.add_argument("--model", default="vit_t", help="registry name or checkpoint path")
+    p.add_argument("--model", default=DEFAULT_MODEL, help="registry name or checkpoint path")
     p.add_argument("--refiner", default=None, metavar="FILE_OR_NAME",
                    help="focus-refiner weights for the base model (FocSAM-T)")
     p.add_argument("--no-refine", action="store_true", help="plain SAM loop with the same weights")
