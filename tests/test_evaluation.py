@@ -460,3 +460,12 @@ def test_image_selection_in_natural_order(tmp_path):
     assert ds.select("first:1").image_ids == ["dna-1"]
     with pytest.raises(ValueError, match="bad image selection"):
         ds.select("middle:3")
+
+
+def test_clicked_mask_takes_sub_pixel_clicks():
+    """Clicks from napari are floats: each marks the pixel it falls in."""
+    from napari_focsam.core.clicks import Click
+    from napari_focsam.evaluation.clicker import clicked_mask
+
+    mask = clicked_mask([Click(2.4, 3.6, True), (0.4, 0.49), Click(9.7, 1.0, False)], (5, 6))
+    assert sorted(zip(*np.nonzero(mask))) == [(0, 0), (2, 4)]  # (9.7, 1) rounds to row 10: outside

@@ -1378,3 +1378,19 @@ register(
 )
 # Project-trained weights: register(ModelWeights(name=..., filename=...,
 # size=..., sha256=..., sources=("https://...", "package_data:<file>"))).
+register(
+    ModelWeights(
+        name="focsam_t",
+        filename="focsam_t_refiner.pt",
+        # configs/focsam_t_cpu.json: 2 blocks, mlp 4, float16; 2000 iterations on 2 CPU cores
+        # over MobileSAM embeddings of COCO_MVal (200), DAVIS (100) and coelho2009 dna-1..32.
+        size=8_721_055,
+        sha256="d97f5929da06f6056d7d2f6cef60c2efa5451d193952572cf5c5242bef35c143",
+        sources=("package_data:focsam_t_refiner.pt",),
+        description="FocSAM-T: MobileSAM (vit_t) + a 2-block focus refiner trained by napari-focsam; "
+                    "ships with the package",
+        model_type="focsam_vit_t",
+        license="BSD-3-Clause (refiner); the vit_t base is Apache-2.0",
+        base="vit_t",
+    )
+)

@@ -63,10 +63,9 @@ def clicked_mask(clicked, shape) -> np.ndarray:
     if isinstance(clicked, np.ndarray) and clicked.ndim == 2:
         return _as_bool(clicked, shape, "clicked")
     for c in clicked:
-        if isinstance(c, Click):
-            y, x = c.y, c.x
-        else:
-            y, x = int(c[0]), int(c[1])
+        # sub-pixel clicks (napari's) mark the pixel they fall in (pixel i spans i +- 0.5)
+        y, x = (c.y, c.x) if isinstance(c, Click) else (c[0], c[1])
+        y, x = int(np.floor(float(y) + 0.5)), int(np.floor(float(x) + 0.5))
         if 0 <= y < shape[0] and 0 <= x < shape[1]:
             out[y, x] = True
     return out
