@@ -90,15 +90,7 @@ class MaskDecoder(nn.Module):
         out_tokens = torch.cat([self.iou_token.weight, self.mask_tokens.weight], dim=0)
         tokens = torch.cat([out_tokens.unsqueeze(0).expand(B, -1, -1), sparse_prompt_embeddings], dim=1)
         h, w = image_embeddings.shape[-2:]
-        # image + dense prompt, summed straight into the transformer's token layout
-        image = image_embeddings.flatten(2).transpose(1, 2)
-        dense = dense_prompt_embeddings.flatten(2).transpose(1, 2)
-        if torch.is_grad_enabled():  # out= does not record gradients
-            src = (image + dense).contiguous()
-        else:
-            src = torch.empty(B, h * w, image.shape[2], dtype=image.dtype, device=image.device)
-            torch.add(image, dense, out=src)
-        hs, src = self.transformer(src, image_pe, tokens)
+        hs, src = self.transformer(image_embeddings + dense_prompt_embeddings, image_pe, tokens)
         iou_token_out = hs[:, 0, :]
         mask_tokens_out = hs[:, 1 : 1 + self.num_mask_tokens, :]
         sel = range(1, self.num_mask_tokens) if multimask_output else range(0, 1)

@@ -140,10 +140,9 @@ class TwoWayTransformer(nn.Module):
         self.norm_final_attn = nn.LayerNorm(embedding_dim)
 
     def forward(self, image_embedding, image_pe, point_embedding):
-        """image_embedding (B, C, h, w) or tokens (B, h*w, C); image_pe (1, C, h, w)."""
+        """image_embedding (B, C, h, w); image_pe (1, C, h, w); point_embedding (B, N, C)."""
         # token layout, contiguous once, so that every projection is a single GEMM
-        if image_embedding.dim() == 4:
-            image_embedding = _tokens_of(image_embedding)
+        image_embedding = _tokens_of(image_embedding)
         image_pe = self._pe_tokens(image_pe)
         queries, keys = point_embedding, image_embedding
         for layer in self.layers:
