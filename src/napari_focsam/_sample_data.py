@@ -78,39 +78,20 @@ def _display_limits(image: np.ndarray) -> tuple[float, float]:
     return float(lo), float(hi)
 
 
+def _image_layer(image: np.ndarray, name: str, scale, metadata: dict) -> list[tuple]:
+    """One gray image layer of the sample, in micrometres."""
+    return [(image, {"name": name, "colormap": "gray", "contrast_limits": _display_limits(image),
+                     "scale": scale, "units": "um", "metadata": {"source": _SOURCE, **metadata}},
+             "image")]
+
+
 def nuclei_2d() -> list[tuple]:
     """2D fluorescence nuclei (256 x 256, uint16)."""
     image, _ = load_nuclei("2d")
-    return [
-        (
-            image,
-            {
-                "name": "nuclei 2D",
-                "colormap": "gray",
-                "contrast_limits": _display_limits(image),
-                "scale": VOXEL_UM[1:],
-                "units": "um",
-                "metadata": {"source": _SOURCE, "slice": SLICE_2D},
-            },
-            "image",
-        )
-    ]
+    return _image_layer(image, "nuclei 2D", VOXEL_UM[1:], {"slice": SLICE_2D})
 
 
 def nuclei_3d() -> list[tuple]:
     """3D fluorescence nuclei stack (36 x 256 x 256, uint16, anisotropic voxels)."""
     image, _ = load_nuclei("3d")
-    return [
-        (
-            image,
-            {
-                "name": "nuclei 3D",
-                "colormap": "gray",
-                "contrast_limits": _display_limits(image),
-                "scale": VOXEL_UM,
-                "units": "um",
-                "metadata": {"source": _SOURCE, "slices": SLICES_3D},
-            },
-            "image",
-        )
-    ]
+    return _image_layer(image, "nuclei 3D", VOXEL_UM, {"slices": SLICES_3D})

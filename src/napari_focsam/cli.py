@@ -11,7 +11,7 @@ import json
 import sys
 import time
 
-from .core.weights import DEFAULT_MODEL
+from .core.weights import DEFAULT_MODEL, REFINE_PRECISIONS
 
 EXIT_BAD_INPUT = 2
 EXIT_FAILURE = 1
@@ -128,7 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--no-refine", action="store_true", help="plain SAM loop, no focus refinement")
     seg.add_argument("--propagate", action="store_true", help="propagate through the stack (3D mask)")
     seg.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
-    seg.add_argument("--refine-precision", choices=("auto", "fp32", "bf16"), default=None,
+    seg.add_argument("--refine-precision", choices=REFINE_PRECISIONS, default=None,
                      help="the refiner's matrix products: auto (bf16 on CPUs with native bf16, "
                           "else fp32; default, or $NAPARI_FOCSAM_REFINE_PRECISION), fp32 or bf16")
     seg.add_argument("--out", required=True, help="output mask (uint8, 1 = object), .tif or .png")

@@ -12,12 +12,7 @@ from ..modeling.focsam import FocSAM
 from .allocator import tune_malloc
 from .checkpoint import load_checkpoint
 from .predictor import resolve_device
-from .weights import DEFAULT_MODEL  # noqa: F401  (re-exported)
-
-
-#: refiner precisions: "auto" = bf16 matrix products on CPUs with native bf16 dot
-#: products (AVX512-BF16 / AMX), float32 elsewhere; "fp32"; "bf16"
-REFINE_PRECISIONS = ("auto", "fp32", "bf16")
+from .weights import DEFAULT_MODEL, REFINE_PRECISIONS  # noqa: F401  (DEFAULT_MODEL re-exported)
 
 _CACHE: dict[tuple, FocSAM] = {}
 _LOCK = threading.Lock()

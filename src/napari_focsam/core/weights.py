@@ -77,6 +77,7 @@ from typing import IO, Any, ClassVar, Iterable, Sequence, Union
 __all__ = [
     "CACHE_ENV",
     "DEFAULT_MODEL",
+    "REFINE_PRECISIONS",
     "OFFLINE_ENV",
     "ModelWeights",
     "PackageDataSource",
@@ -109,6 +110,10 @@ CACHE_ENV = "NAPARI_FOCSAM_CACHE"
 OFFLINE_ENV = "NAPARI_FOCSAM_OFFLINE"
 #: The model used when none is named.
 DEFAULT_MODEL = "vit_t"
+#: What ``load_model(refine_precision=...)`` and ``--refine-precision`` accept: "auto" = bf16
+#: matrix products on CPUs with native bf16 dot products, float32 elsewhere; "fp32"; "bf16".
+#: (Here, not in ``models``, so that the command line builds its parser without torch.)
+REFINE_PRECISIONS = ("auto", "fp32", "bf16")
 
 #: Seconds without data before an HTTP download (or pip's socket) gives up.
 HTTP_TIMEOUT = 30

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from ..core.predictor import FocSAMPredictor, InteractiveObject
-from ..core.weights import DEFAULT_MODEL
+from ..core.weights import DEFAULT_MODEL, REFINE_PRECISIONS
 from .datasets import read_dataset
 from .metrics import Timings
 from .protocol import evaluate_dataset, plot_miou_curves, write_results
@@ -115,7 +115,7 @@ def add_parser(sub) -> None:
     p.add_argument("--max-objects", type=int, default=None)
     p.add_argument("--max-clicks", type=int, default=20)
     p.add_argument("--device", default="auto")
-    p.add_argument("--refine-precision", choices=("auto", "fp32", "bf16"), default=None,
+    p.add_argument("--refine-precision", choices=REFINE_PRECISIONS, default=None,
                    help="the refiner's matrix products (default: $NAPARI_FOCSAM_REFINE_PRECISION or auto)")
     p.add_argument("--quiet", action="store_true")
     p.add_argument("--out", required=True, help="output folder")
