@@ -107,21 +107,23 @@ def test_official_focsam_mmengine_checkpoint_loads(tmp_path):
     assert "refine_head.blocks.11.cls2img.conv2.dcn_offset.weight" in sd
     assert sd["refine_head.blocks.0.cls2img.gamma1"].shape == (1, 256, 1, 1)
 
-    fake = types.ModuleType("mmengine_fake_hub")
+    names = ("mmengine", "mmengine.logging", "mmengine.logging.message_hub")
+    fakes = {name: types.ModuleType(name) for name in names}
 
     class MessageHub:  # stands for a class of a package we do not install
         def __init__(self):
             self.log = {"loss": [1.0, 0.5]}
 
-    MessageHub.__module__ = "mmengine_fake_hub"
+    MessageHub.__module__ = "mmengine.logging.message_hub"
     MessageHub.__qualname__ = "MessageHub"
-    fake.MessageHub = MessageHub
-    sys.modules["mmengine_fake_hub"] = fake
+    fakes["mmengine.logging.message_hub"].MessageHub = MessageHub
+    sys.modules.update(fakes)
     try:
         path = tmp_path / "iter_160000.pth"
         torch.save({"meta": {"iter": 160000}, "state_dict": sd, "message_hub": MessageHub()}, path)
     finally:
-        del sys.modules["mmengine_fake_hub"]
+        for name in names:
+            del sys.modules[name]
     loaded = load_checkpoint(path)
     assert loaded.model_type == "focsam_vit_custom"
     assert loaded.channel_order == "bgr"  # the official weights were trained on BGR input (design §1.2)

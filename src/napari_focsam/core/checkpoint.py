@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import pickle
 import re
+import zipfile
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Mapping
@@ -29,65 +30,106 @@ class CheckpointError(ValueError):
 
 # --------------------------------------------------------------------------- reading
 
+#: Classes of training metadata that an official FocSAM (mmengine) checkpoint may carry next to
+#: its ``state_dict``: message-hub history buffers, config dicts and numpy arrays/scalars. They
+#: are exact ``module.qualname`` strings; each one is rebuilt as an inert :class:`OpaqueMetadata`
+#: (nothing of the named class is imported or called). Any other global refuses the file.
+METADATA_GLOBALS = (
+    "mmengine.logging.history_buffer.HistoryBuffer",
+    "mmengine.logging.message_hub.MessageHub",
+    "mmengine.config.config.ConfigDict",
+    "mmengine.config.config.Config",
+    "numpy.core.multiarray._reconstruct",
+    "numpy.core.multiarray.scalar",
+    "numpy._core.multiarray._reconstruct",
+    "numpy._core.multiarray.scalar",
+    "numpy.ndarray",
+    "numpy.dtype",
+    "collections.defaultdict",
+)
 
-class _Opaque:
-    """Stand-in for classes of foreign packages (mmengine message hubs, numpy scalars...)."""
 
-    def __init__(self, *args, **kwargs):
+class OpaqueMetadata:
+    """Inert stand-in for a metadata object of an allowed foreign class; it keeps nothing."""
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> "OpaqueMetadata":
+        return super().__new__(cls)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
         pass
 
-    def __setstate__(self, state):
+    def __setstate__(self, state: Any) -> None:
         pass
 
+    def __setitem__(self, key: Any, value: Any) -> None:
+        pass
 
-class _LenientUnpickler(pickle.Unpickler):
-    """Rebuilds tensors and plain containers; replaces any other class by :class:`_Opaque`.
+    def append(self, value: Any) -> None:
+        pass
 
-    Used only when ``torch.load(weights_only=True)`` refuses a file because it holds
-    training metadata (mmengine checkpoints). It never imports or calls foreign code.
-    """
+    def extend(self, values: Any) -> None:
+        pass
 
-    _BUILTINS = {"dict", "list", "tuple", "set", "frozenset", "int", "float", "str", "bytes", "bool",
-                 "slice", "complex"}
-
-    def find_class(self, module: str, name: str):
-        top = module.split(".")[0]
-        if module == "collections" and name == "OrderedDict":
-            return super().find_class(module, name)
-        if top == "builtins" and name in self._BUILTINS:
-            return super().find_class(module, name)
-        if module == "_codecs" and name == "encode":
-            return super().find_class(module, name)
-        if top == "torch" and (name.startswith("_rebuild") or name.endswith("Storage")
-                               or name in {"Size", "device", "dtype"}):
-            return super().find_class(module, name)
-        return _Opaque
+    def __repr__(self) -> str:
+        return "OpaqueMetadata()"
 
 
-class _LenientPickleModule:
-    Unpickler = _LenientUnpickler
-    load = pickle.load
-    __name__ = "lenient_pickle"
+def _refuse_legacy(path: Path) -> None:
+    """Raise for files that are not torch zip archives (legacy pickles can run code)."""
+    if zipfile.is_zipfile(path):
+        return
+    with open(path, "rb") as fh:
+        head = fh.read(2)
+    if not head:
+        raise CheckpointError(f"cannot read checkpoint {path}: the file is empty")
+    if head[:1] == b"\x80":
+        raise CheckpointError(
+            f"refusing checkpoint {path}: it is a legacy (non-zip) pickle file, which can run code "
+            "when loaded; re-save it with torch.save() (PyTorch >= 1.6) in an environment you trust"
+        )
+    raise CheckpointError(f"cannot read checkpoint {path}: it is truncated or not a PyTorch checkpoint")
 
 
 def read_checkpoint(path: str | Path) -> Mapping[str, Any]:
-    """Load a checkpoint file's top-level object on the CPU, safely."""
+    """Load a checkpoint file's top-level object on the CPU without running any code from it.
+
+    Only PyTorch zip archives are read, always with ``torch.load(weights_only=True)``: tensors,
+    plain containers and numbers. The training metadata of official FocSAM (mmengine) files
+    may name the exact classes in :data:`METADATA_GLOBALS`; those become
+    :class:`OpaqueMetadata`. A file that names any other class or function, or a legacy
+    pickle, raises :class:`CheckpointError` and nothing in it is executed.
+
+    Parameters
+    ----------
+    path : str or Path
+        The checkpoint file (untrusted).
+
+    Returns
+    -------
+    Mapping
+        The unpickled top-level object (usually a dict holding tensors).
+    """
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"checkpoint {path} is a directory, not a file")
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
+    _refuse_legacy(path)
+    allowed = [(OpaqueMetadata, name) for name in METADATA_GLOBALS]
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as first:
-        if "Weights only load failed" not in str(first):
-            raise CheckpointError(f"cannot read checkpoint {path}: {first}") from first
-    except Exception as exc:  # truncated zip, not a torch file, ...
+        with torch.serialization.safe_globals(allowed):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        found = re.search(r"GLOBAL (\S+)", str(exc))
+        what = f"it names {found.group(1)}" if found else str(exc).splitlines()[0]
+        raise CheckpointError(
+            f"refusing checkpoint {path}: {what}, which is not a tensor, a plain container or known "
+            "checkpoint metadata (loading it could run code)"
+        ) from None
+    except Exception as exc:  # truncated zip, missing records, ...
         raise CheckpointError(
             f"cannot read checkpoint {path}: it is truncated or not a PyTorch checkpoint ({exc})"
         ) from exc
-    try:
-        return torch.load(path, map_location="cpu", weights_only=False, pickle_module=_LenientPickleModule)
-    except Exception as exc:
-        raise CheckpointError(f"cannot read checkpoint {path}: {exc}") from exc
 
 
 def extract_state_dict(obj: Any, source: str = "<checkpoint>") -> dict[str, torch.Tensor]:

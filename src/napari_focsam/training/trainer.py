@@ -41,6 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..core.checkpoint import CheckpointError, read_checkpoint
 from ..modeling.focsam import FocSAM
 from ..modeling.focus_refiner import FocusRefiner
 from .config import ModelConfig, TrainingConfig
@@ -224,6 +225,28 @@ def _iou_canvas(logits_1024: torch.Tensor, gt: torch.Tensor, valid: torch.Tensor
 
 
 # --------------------------------------------------------------------------- trainer
+
+
+def load_resume_state(path: str | Path) -> dict:
+    """Read a training checkpoint written by :meth:`Trainer.save_checkpoint`, safely.
+
+    It goes through :func:`~napari_focsam.core.checkpoint.read_checkpoint` (tensors, numbers
+    and plain containers only), so a hostile file in a work folder cannot run code.
+
+    Parameters
+    ----------
+    path : str or Path
+        A ``ckpt_*.pt`` file.
+
+    Returns
+    -------
+    dict
+        The saved state (``iteration``, ``stage``, ``refiner``, ``optimizer``, ``rng``, ...).
+    """
+    state = read_checkpoint(path)
+    if not isinstance(state, dict) or "iteration" not in state:
+        raise CheckpointError(f"{path} is not a napari-focsam training checkpoint (no 'iteration')")
+    return state
 
 
 class Trainer:
@@ -444,7 +467,7 @@ class Trainer:
 
     def load_checkpoint(self, path: str | Path) -> None:
         """Restore the refiner (and stage-1 decoder), optimizer, scheduler, RNGs and iteration."""
-        st = torch.load(path, map_location="cpu", weights_only=False)
+        st = load_resume_state(path)
         self.model.focus_refiner.load_state_dict(st["refiner"])
         if st.get("decoder") is not None:
             self.model.mask_decoder.load_state_dict(st["decoder"])
