@@ -30,291 +30,39 @@ half-way cases round the same way.
 from __future__ import annotations
 
 import contextlib
-from typing import Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .deform_conv import ModulatedDeformConvPack
+from .focus_region import (
+    Ratio,
+    Size,
+    box_to_token_mask,
+    compute_focus_box,
+    expand_box,
+    focus_token_mask,
+    mask_to_box,
+    ratio2,
+    size2,
+)
 from .p_dyrelu import PixelDynamicReLU
+from .windows import (
+    count_selected_windows,
+    select_windows,
+    window_partition,
+    window_token_index,
+    window_unpartition,
+)
 
-Ratio = Union[float, Sequence[float]]
-Size = Union[int, Sequence[int]]
-
-
-def _size2(v: Size) -> Tuple[int, int]:
-    if isinstance(v, (tuple, list, torch.Size)):
-        return int(v[0]), int(v[1])
-    return int(v), int(v)
-
-
-def _ratio2(v: Ratio) -> Tuple[float, float]:
-    """float or (h_ratio, w_ratio) -> (h_ratio, w_ratio) as Python floats."""
-    if isinstance(v, (tuple, list)):
-        if len(v) != 2:
-            raise ValueError(f"expand ratio must be a float or (h_ratio, w_ratio), got {v}")
-        return float(v[0]), float(v[1])
-    return float(v), float(v)
-
-
-# --------------------------------------------------------------------------------------
-# Focus region: boxes and token masks
-# --------------------------------------------------------------------------------------
-
-
-def mask_to_box(mask: Tensor) -> Tensor:
-    """Tight bounding box of a binary mask.
-
-    Arguments:
-      mask (Tensor): (B, H, W) or (B, 1, H, W), bool or numeric (non-zero = foreground).
-
-    Returns:
-      (Tensor): (B, 4) int64 boxes ``(left, top, right, bottom)`` with right/bottom
-        exclusive.  An empty mask gives the whole canvas ``(0, 0, W, H)``.
-    """
-    if mask.dim() == 4:
-        mask = mask[:, 0]
-    mask = mask.bool()
-    b, h, w = mask.shape
-    rows = mask.any(dim=-1)  # (B, H)
-    cols = mask.any(dim=-2)  # (B, W)
-    ys = torch.arange(h, device=mask.device)
-    xs = torch.arange(w, device=mask.device)
-    top = torch.where(rows, ys, h).amin(dim=-1)
-    bottom = torch.where(rows, ys + 1, 0).amax(dim=-1)
-    left = torch.where(cols, xs, w).amin(dim=-1)
-    right = torch.where(cols, xs + 1, 0).amax(dim=-1)
-    boxes = torch.stack((left, top, right, bottom), dim=-1)
-    full = torch.tensor([0, 0, w, h], device=mask.device, dtype=boxes.dtype).expand(b, 4)
-    empty = ~rows.any(dim=-1, keepdim=True)
-    return torch.where(empty, full, boxes)
-
-
-def expand_box(boxes: Tensor, h_ratio: float, w_ratio: float, height: int, width: int) -> Tensor:
-    """Scale boxes about their centres and clip them to the canvas.
-
-    Each side moves to ``round(c + ratio * (side - c))`` where ``c`` is the centre along
-    that axis (``h_ratio`` for top/bottom, ``w_ratio`` for left/right), then is clipped to
-    ``[0, width]`` / ``[0, height]``.  Arithmetic is float32 and ``torch.round`` rounds
-    half to even, matching the reference.
-
-    Arguments:
-      boxes (Tensor): (B, 4) ``(left, top, right, bottom)``, right/bottom exclusive.
-      h_ratio, w_ratio (float): expansion factors.
-      height, width (int): canvas size.
-
-    Returns:
-      (Tensor): (B, 4) int64 expanded boxes.
-    """
-    left, top, right, bottom = boxes.to(torch.float32).unbind(dim=-1)
-    xc = (left + right) / 2.0
-    yc = (top + bottom) / 2.0
-    left = torch.round(xc - w_ratio * (xc - left)).clamp(0, width)
-    right = torch.round(xc - w_ratio * (xc - right)).clamp(0, width)
-    top = torch.round(yc - h_ratio * (yc - top)).clamp(0, height)
-    bottom = torch.round(yc - h_ratio * (yc - bottom)).clamp(0, height)
-    return torch.stack((left, top, right, bottom), dim=-1).long()
-
-
-def compute_focus_box(
-    coarse_logits: Tensor, expand_ratio: Ratio = 1.4, canvas_size: Size = 1024
-) -> Tensor:
-    """Expanded bounding box of the coarse mask on the model canvas.
-
-    Arguments:
-      coarse_logits (Tensor): (B, 1, h, w) or (B, h, w) low-res decoder logits (SAM: 256x256).
-      expand_ratio (float or (h_ratio, w_ratio)): box expansion about the centre.
-      canvas_size (int or (H, W)): canvas the logits are upsampled to (SAM: 1024).
-
-    Returns:
-      (Tensor): (B, 4) int64 boxes ``(left, top, right, bottom)`` in canvas pixels,
-        right/bottom exclusive.  An empty coarse mask gives the whole canvas.
-    """
-    if coarse_logits.dim() == 3:
-        coarse_logits = coarse_logits[:, None]
-    height, width = _size2(canvas_size)
-    h_ratio, w_ratio = _ratio2(expand_ratio)
-    up = F.interpolate(
-        coarse_logits.detach().float(), (height, width), mode="bilinear", align_corners=False
-    )
-    boxes = mask_to_box(up[:, 0] > 0.0)
-    return expand_box(boxes, h_ratio, w_ratio, height, width)
-
-
-def box_to_token_mask(boxes: Tensor, canvas_size: Size = 1024, grid_size: Size = 64) -> Tensor:
-    """Rasterise boxes and max-pool them to the token grid.
-
-    Equivalent to drawing each box into a (H, W) binary canvas and applying
-    ``F.adaptive_max_pool2d(canvas, grid_size)``, computed directly from the cell bounds.
-
-    Arguments:
-      boxes (Tensor): (B, 4) ``(left, top, right, bottom)`` canvas pixels, exclusive ends.
-      canvas_size (int or (H, W)): canvas size (SAM: 1024).
-      grid_size (int or (h, w)): token grid size (SAM: 64).
-
-    Returns:
-      (Tensor): (B, h, w) bool, True for tokens whose cell intersects the box.
-    """
-    height, width = _size2(canvas_size)
-    gh, gw = _size2(grid_size)
-    boxes = boxes.long()
-    left, top, right, bottom = (v[:, None] for v in boxes.unbind(dim=-1))
-    dev = boxes.device
-    iy = torch.arange(gh, device=dev)
-    ix = torch.arange(gw, device=dev)
-    # Adaptive pooling cell i covers [floor(i*S/n), ceil((i+1)*S/n)).
-    y0, y1 = (iy * height) // gh, ((iy + 1) * height + gh - 1) // gh
-    x0, x1 = (ix * width) // gw, ((ix + 1) * width + gw - 1) // gw
-    rows = (y0[None] < bottom) & (y1[None] > top) & (bottom > top)  # (B, h)
-    cols = (x0[None] < right) & (x1[None] > left) & (right > left)  # (B, w)
-    return rows[:, :, None] & cols[:, None, :]
-
-
-def focus_token_mask(
-    coarse_logits: Tensor,
-    expand_ratio: Ratio = 1.4,
-    canvas_size: Size = 1024,
-    grid_size: Size = 64,
-) -> Tensor:
-    """Token mask of the focus region: ``box_to_token_mask(compute_focus_box(...))``.
-
-    Arguments:
-      coarse_logits (Tensor): (B, 1, h, w) low-res decoder logits.
-      expand_ratio (float or (h_ratio, w_ratio)): box expansion.
-      canvas_size (int or (H, W)): model canvas (1024).
-      grid_size (int or (h, w)): embedding grid (64).
-
-    Returns:
-      (Tensor): (B, gh, gw) bool.
-    """
-    boxes = compute_focus_box(coarse_logits, expand_ratio, canvas_size)
-    return box_to_token_mask(boxes, canvas_size, grid_size)
-
-
-# --------------------------------------------------------------------------------------
-# Windows
-# --------------------------------------------------------------------------------------
-
-
-def window_partition(x: Tensor, window_size: int) -> Tuple[Tensor, Tuple[int, int]]:
-    """Split a channel-first map into non-overlapping windows, zero-padding if needed.
-
-    Arguments:
-      x (Tensor): (B, C, H, W).
-      window_size (int): window side ws.
-
-    Returns:
-      windows (Tensor): (B * nH * nW, C, ws, ws), ordered image-major, then row-major.
-      (Hp, Wp) (tuple): padded size.
-    """
-    b, c, h, w = x.shape
-    pad_h = (window_size - h % window_size) % window_size
-    pad_w = (window_size - w % window_size) % window_size
-    if pad_h or pad_w:
-        x = F.pad(x, (0, pad_w, 0, pad_h))
-    hp, wp = h + pad_h, w + pad_w
-    nh, nw = hp // window_size, wp // window_size
-    x = x.view(b, c, nh, window_size, nw, window_size).permute(0, 2, 4, 1, 3, 5)
-    return x.reshape(b * nh * nw, c, window_size, window_size), (hp, wp)
-
-
-def window_unpartition(
-    windows: Tensor, window_size: int, pad_hw: Tuple[int, int], hw: Tuple[int, int]
-) -> Tensor:
-    """Inverse of ``window_partition``.
-
-    Arguments:
-      windows (Tensor): (B * nH * nW, C, ws, ws).
-      window_size (int): window side ws.
-      pad_hw (tuple): padded size (Hp, Wp).
-      hw (tuple): original size (H, W).
-
-    Returns:
-      (Tensor): (B, C, H, W).
-    """
-    hp, wp = pad_hw
-    h, w = hw
-    nh, nw = hp // window_size, wp // window_size
-    c = windows.shape[1]
-    b = windows.shape[0] // (nh * nw)
-    x = windows.view(b, nh, nw, c, window_size, window_size).permute(0, 3, 1, 4, 2, 5)
-    x = x.reshape(b, c, hp, wp)
-    if hp > h or wp > w:
-        x = x[:, :, :h, :w].contiguous()
-    return x
-
-
-def select_windows(token_mask: Tensor, window_size: int = 16, shift_size: int = 0) -> Tensor:
-    """Which windows of a (possibly shifted) block touch the focus region.
-
-    Arguments:
-      token_mask (Tensor): (B, H, W) bool focus mask on the token grid.
-      window_size (int): window side.
-      shift_size (int): cyclic shift of the block (0 for plain blocks).
-
-    Returns:
-      (Tensor): (B, nH * nW) bool, True for windows with any in-focus token.
-    """
-    m = token_mask[:, None].to(torch.uint8)
-    b, _, h, w = m.shape
-    pad_h = (window_size - h % window_size) % window_size
-    pad_w = (window_size - w % window_size) % window_size
-    if pad_h or pad_w:
-        m = F.pad(m, (0, pad_w, 0, pad_h))
-    if shift_size:
-        m = torch.roll(m, shifts=(-shift_size, -shift_size), dims=(-2, -1))
-    wins, _ = window_partition(m, window_size)
-    return wins.flatten(1).amax(dim=1).bool().view(b, -1)
-
-
-def count_selected_windows(
-    token_mask: Tensor, depth: int = 12, window_size: int = 16, shift_size: int = 8
-) -> Tensor:
-    """Number of processed windows per image and block (even blocks plain, odd shifted).
-
-    Arguments:
-      token_mask (Tensor): (B, H, W) bool focus mask on the token grid.
-      depth (int): number of blocks.
-      window_size, shift_size (int): window geometry.
-
-    Returns:
-      (Tensor): (B, depth) int64.
-    """
-    plain = select_windows(token_mask, window_size, 0).sum(dim=1)
-    shifted = select_windows(token_mask, window_size, shift_size).sum(dim=1)
-    return torch.stack([plain if i % 2 == 0 else shifted for i in range(depth)], dim=1)
-
-
-def window_token_index(
-    batch_index: Tensor,
-    window_index: Tensor,
-    grid_hw: Tuple[int, int],
-    window_size: int,
-    shift_size: int = 0,
-) -> Tuple[Tensor, Tensor, Tensor]:
-    """Advanced-indexing tuple addressing the tokens of selected (shifted) windows.
-
-    Window ``w`` of a block with cyclic shift ``s`` holds the tokens at rows
-    ``(wy * ws + s + 0..ws-1) mod Hp`` and columns ``(wx * ws + s + 0..ws-1) mod Wp`` of the
-    (padded) map, which is what rolling by ``-s`` and partitioning gives.
-
-    Arguments:
-      batch_index, window_index (Tensor): (N,) image and window (row-major) of each
-        selected window.
-      grid_hw (tuple): padded token grid (Hp, Wp), multiples of window_size.
-      window_size, shift_size (int): window geometry.
-
-    Returns:
-      (b, rows, cols) (tuple of Tensor): broadcastable (N, 1, 1), (N, ws, 1), (N, 1, ws)
-        indices, so that ``x[b, rows, cols]`` is (N, ws, ws, C) for x of shape (B, Hp, Wp, C).
-    """
-    hp, wp = grid_hw
-    nw = wp // window_size
-    ar = torch.arange(window_size, device=window_index.device) + shift_size
-    rows = ((window_index // nw) * window_size)[:, None] + ar
-    cols = ((window_index % nw) * window_size)[:, None] + ar
-    return batch_index[:, None, None], (rows % hp)[:, :, None], (cols % wp)[:, None, :]
+__all__ = [
+    "Attention", "CrossAttentionBlock", "FocusRefiner", "MSAModule", "RefineBlock",
+    # re-exported from focus_region and windows
+    "box_to_token_mask", "compute_focus_box", "count_selected_windows", "expand_box",
+    "focus_token_mask", "mask_to_box", "select_windows", "window_partition", "window_token_index",
+    "window_unpartition",
+]
 
 
 # --------------------------------------------------------------------------------------
@@ -413,7 +161,7 @@ class MSAModule(nn.Module):
         return x + self.gamma2 * z
 
 
-def _matmul_precision(dtype: Optional[torch.dtype], device: torch.device):
+def _matmul_precision(dtype: torch.dtype | None, device: torch.device):
     """Autocast context for the blocks' matrix products (None: full precision)."""
     if dtype is None:
         return contextlib.nullcontext()
@@ -451,7 +199,7 @@ class RefineBlock(nn.Module):
         self.shift_size = shift_size
         #: dtype of the matrix products inside the windows (None: that of the input);
         #: set for the whole refiner with ``FocusRefiner.set_matmul_dtype``
-        self.matmul_dtype: Optional[torch.dtype] = None
+        self.matmul_dtype: torch.dtype | None = None
         self.img2cls = CrossAttentionBlock(embed_dim, num_heads, mlp_ratio)
         self.cls2img = MSAModule(embed_dim, num_heads)
         if cls_scale:
@@ -467,7 +215,7 @@ class RefineBlock(nn.Module):
 
     def forward(
         self, x: Tensor, cls: Tensor, token_mask: Tensor, inplace: bool = False
-    ) -> Tuple[Tensor, Tensor]:
+    ) -> tuple[Tensor, Tensor]:
         """
         Arguments:
           x (Tensor): (B, Hp, Wp, C) channel-last token map, Hp and Wp multiples of the
@@ -530,9 +278,9 @@ class FocusRefiner(nn.Module):
         num_heads: int = 8,
         mlp_ratio: float = 4.0,
         window_size: int = 16,
-        shift_size: Optional[int] = 8,
+        shift_size: int | None = 8,
         expand_ratio: Ratio = 1.4,
-        expand_ratio_range: Optional[Tuple[float, float]] = (1.0, 1.4),
+        expand_ratio_range: tuple[float, float] | None = (1.0, 1.4),
         canvas_size: Size = 1024,
     ) -> None:
         """
@@ -554,10 +302,10 @@ class FocusRefiner(nn.Module):
         self.depth = depth
         self.window_size = window_size
         self.shift_size = window_size // 2 if shift_size is None else shift_size
-        self.expand_ratio = _ratio2(expand_ratio)
+        self.expand_ratio = ratio2(expand_ratio)
         self.expand_ratio_range = None if expand_ratio_range is None else tuple(expand_ratio_range)
-        self.canvas_size = _size2(canvas_size)
-        self.last_expand_ratio: Optional[Tuple[float, float]] = None
+        self.canvas_size = size2(canvas_size)
+        self.last_expand_ratio: tuple[float, float] | None = None
 
         self.embed_proj = nn.Conv2d(embed_dim, embed_dim, kernel_size=1)
         self.token_proj = nn.Linear(embed_dim, embed_dim)
@@ -573,7 +321,7 @@ class FocusRefiner(nn.Module):
             for i in range(depth)
         )
 
-    def set_matmul_dtype(self, dtype: Optional[torch.dtype]) -> None:
+    def set_matmul_dtype(self, dtype: torch.dtype | None) -> None:
         """Run the blocks' matrix products (linear layers, attention, the deformable
         convolution's GEMM) in ``dtype`` with float32 accumulation, e.g. ``torch.bfloat16``
         on CPUs with native bf16 dot products; norms, softmax statistics, the residual
@@ -582,24 +330,24 @@ class FocusRefiner(nn.Module):
             block.matmul_dtype = dtype
 
     @property
-    def matmul_dtype(self) -> Optional[torch.dtype]:
+    def matmul_dtype(self) -> torch.dtype | None:
         return self.blocks[0].matmul_dtype if len(self.blocks) else None
 
-    def resolve_expand_ratio(self, expand_ratio: Optional[Ratio] = None) -> Tuple[float, float]:
+    def resolve_expand_ratio(self, expand_ratio: Ratio | None = None) -> tuple[float, float]:
         """The (h, w) ratio of this call: explicit > random draw in training > default."""
         if expand_ratio is not None:
-            return _ratio2(expand_ratio)
+            return ratio2(expand_ratio)
         if self.training and self.expand_ratio_range is not None:
             lo, hi = self.expand_ratio_range
             h_ratio, w_ratio = (lo + (hi - lo) * torch.rand(2, dtype=torch.float64)).tolist()
             return h_ratio, w_ratio
-        return _ratio2(self.expand_ratio)
+        return ratio2(self.expand_ratio)
 
     def focus_mask(
         self,
         coarse_logits: Tensor,
         grid_size: Size = 64,
-        expand_ratio: Optional[Ratio] = None,
+        expand_ratio: Ratio | None = None,
     ) -> Tensor:
         """coarse_logits (B, 1, h, w) -> (B, gh, gw) bool token mask of the focus region."""
         ratio = self.resolve_expand_ratio(expand_ratio)
@@ -613,10 +361,10 @@ class FocusRefiner(nn.Module):
     def forward(
         self,
         image_embedding: Tensor,
-        coarse_logits: Optional[Tensor],
+        coarse_logits: Tensor | None,
         query_token: Tensor,
-        token_mask: Optional[Tensor] = None,
-        expand_ratio: Optional[Ratio] = None,
+        token_mask: Tensor | None = None,
+        expand_ratio: Ratio | None = None,
     ) -> Tensor:
         """
         Arguments:
