@@ -12,25 +12,15 @@ import torch
 
 from napari_focsam.evaluation.datasets import EvalObject
 from napari_focsam.training.config import config_from_dict, load_config
-from napari_focsam.training.data import (
-    BatchSampler,
-    EmbeddingCache,
-    augment_sample,
-    check_split,
-    natural_key,
-    pack_mask,
-    select_ids,
-    unpack_mask,
-    write_item,
-)
+from napari_focsam.training.augment import augment_sample
+from napari_focsam.training.cache import TrainingCache, pack_mask, unpack_mask, write_item
+from napari_focsam.training.data import check_split, natural_key, select_ids
+from napari_focsam.training.export import build_refiner, export_refiner
 from napari_focsam.training.losses import NormalizedFocalLoss, click_loss, normalized_focal_loss
+from napari_focsam.training.sampler import BatchSampler
+from napari_focsam.training.schedule import WarmupPolyLR
 from napari_focsam.training.simulate import geometric_probabilities, sample_geometric, simulate_clicks
-from napari_focsam.training.trainer import (
-    Trainer,
-    WarmupPolyLR,
-    build_refiner,
-    export_refiner,
-)
+from napari_focsam.training.trainer import Trainer
 
 REPO = Path(__file__).resolve().parents[1]
 COELHO_IDS = [f"dna-{i}" for i in range(50) if i not in (31, 43)]  # the folder's 48 images
@@ -298,12 +288,12 @@ def _trainer(tiny_setup, work_dir, **train):
 
     model, root = tiny_setup
     return Trainer(_tiny_cfg(work_dir, **train), model=copy.deepcopy(model),
-                   train_cache=EmbeddingCache(root / "train"), device="cpu", log=None)
+                   train_cache=TrainingCache(root / "train"), device="cpu", log=None)
 
 
 def test_cache_roundtrip(tiny_setup):
     _, root = tiny_setup
-    cache = EmbeddingCache(root / "train")
+    cache = TrainingCache(root / "train")
     assert len(cache) == 4
     s = cache.load(0, 1)
     assert s.embedding.shape == (64, 64, 64) and s.embedding.dtype == torch.float32

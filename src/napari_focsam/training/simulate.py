@@ -44,7 +44,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..evaluation.clicker import Click, ClickSimulator
-from .data import CANVAS, CacheItem
+from .cache import TrainingItem
+from .data import CANVAS
 
 __all__ = ["SimulationResult", "logits_to_canvas_masks", "sample_geometric", "simulate_clicks"]
 
@@ -130,7 +131,7 @@ class _Prompts:
 def simulate_clicks(
     model,
     embeddings: Tensor,
-    samples: Sequence[CacheItem],
+    samples: Sequence[TrainingItem],
     *,
     n_clicks: int,
     refine_step: int | None,
@@ -145,7 +146,7 @@ def simulate_clicks(
       model: a FocSAM (prompt encoder, mask decoder and, when ``refine_step`` is not None,
         a focus refiner); it is used as is (the caller freezes / sets eval mode).
       embeddings: (B, 256, 64, 64) original embeddings E0 on the model's device.
-      samples: the batch's :class:`CacheItem` (ground truth on the canvas).
+      samples: the batch's :class:`TrainingItem` (ground truth on the canvas).
       n_clicks: ``n``; refine_step: ``0..n`` or None (no refinement: stage 1).
       rng: numpy generator for the clicks and the expand ratio.
     """

@@ -25,12 +25,9 @@ optimizer, scheduler, and the global torch / numpy / python RNG states.
 
 from __future__ import annotations
 
-import hashlib
-import io
 import json
-import math
 import os
-import random
+import math
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -39,190 +36,22 @@ from typing import Any, Callable
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from ..core.checkpoint import CheckpointError, read_checkpoint
+from ..core.hashing import sha256_file
 from ..modeling.focsam import FocSAM
-from ..modeling.focus_refiner import FocusRefiner
-from .config import ModelConfig, TrainingConfig
-from .data import CANVAS, BatchSampler, CacheItem, EmbeddingCache
+from .config import TrainingConfig
+from .cache import TrainingCache, TrainingItem
+from .data import CANVAS
+from .sampler import BatchSampler
+from .export import REFINER_FILE, build_refiner, export_refiner, refiner_config
 from .losses import click_loss, normalized_focal_loss
-from .simulate import logits_to_canvas_masks, sample_geometric, simulate_clicks
+from .rng import rng_state, seed_everything, set_rng_state
+from .schedule import WarmupPolyLR, param_groups
+from .simulate import sample_geometric, simulate_clicks
+from .validate import evaluate_cached, iou_canvas
 
-__all__ = [
-    "Trainer",
-    "WarmupPolyLR",
-    "build_refiner",
-    "export_refiner",
-    "identity_init_",
-    "refiner_config",
-]
-
-REFINER_FILE = "focsam_t_refiner.pt"
-
-
-# --------------------------------------------------------------------------- model helpers
-
-
-def refiner_config(mc: ModelConfig, embed_dim: int = 256) -> dict:
-    """FocusRefiner constructor arguments (stored as ``refiner_config`` in exported files).
-
-    ``embed_dim`` is the image-embedding width of the base model (256 for every SAM)."""
-    return {"embed_dim": int(embed_dim), "depth": int(mc.depth), "num_heads": int(mc.num_heads),
-            "mlp_ratio": float(mc.mlp_ratio), "window_size": int(mc.window_size),
-            "shift_size": int(mc.shift_size), "expand_ratio": float(mc.expand_ratio)}
-
-
-@torch.no_grad()
-def identity_init_(refiner: FocusRefiner) -> FocusRefiner:
-    """Make the refiner return its input: ``embed_proj = I`` and every block's last residual
-    scale ``cls2img.gamma2 = 0`` (the token path and the other weights keep their init)."""
-    c = refiner.embed_dim
-    refiner.embed_proj.weight.copy_(torch.eye(c).view(c, c, 1, 1))
-    refiner.embed_proj.bias.zero_()
-    for block in refiner.blocks:
-        block.cls2img.gamma2.zero_()
-    return refiner
-
-
-def build_refiner(mc: ModelConfig, expand_ratio_range=(1.0, 1.4), embed_dim: int = 256) -> FocusRefiner:
-    refiner = FocusRefiner(**refiner_config(mc, embed_dim), expand_ratio_range=tuple(expand_ratio_range))
-    if mc.init == "identity":
-        identity_init_(refiner)
-    return refiner
-
-
-def _sha256_bytes(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def export_refiner(model: FocSAM, path: str | Path, mc: ModelConfig, **meta: Any) -> dict:
-    """Write a refiner-only, float16 file loadable by ``load_checkpoint(base, refiner=path)``.
-
-    Returns ``{"path", "bytes", "sha256"}`` and writes ``<path>.sha256`` next to it.
-    """
-    sd = {f"focus_refiner.{k}": v.detach().to("cpu", torch.float16).contiguous()
-          for k, v in model.focus_refiner.state_dict().items()}
-    info = {"refiner_config": refiner_config(mc, model.focus_refiner.embed_dim), "channel_order": model.channel_order,
-            "dtype": "float16", **meta}
-    buf = io.BytesIO()
-    torch.save({"state_dict": sd, "napari_focsam": info}, buf)
-    data = buf.getvalue()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-    digest = _sha256_bytes(data)
-    path.with_name(path.name + ".sha256").write_text(f"{digest}  {path.name}\n")
-    return {"path": str(path), "bytes": len(data), "sha256": digest}
-
-
-# --------------------------------------------------------------------------- schedule
-
-
-class WarmupPolyLR:
-    """Linear warm-up from ``warmup_factor * lr`` to ``lr`` over ``warmup_iters``, then
-    ``lr_t = (lr - min_lr) * (1 - t / total) ** power + min_lr`` down to ``min_lr`` at ``total``.
-
-    ``step(it)`` sets the learning rate used by iteration ``it`` (0-based).
-    """
-
-    def __init__(self, optimizer: torch.optim.Optimizer, total_iters: int, warmup_iters: int = 0,
-                 warmup_factor: float = 1e-6, power: float = 1.0, min_lr: float = 0.0) -> None:
-        self.optimizer = optimizer
-        self.total = max(int(total_iters), 1)
-        self.warmup = int(warmup_iters)
-        self.warmup_factor = float(warmup_factor)
-        self.power = float(power)
-        self.min_lr = float(min_lr)
-        self.base_lrs = [g.get("initial_lr", g["lr"]) for g in optimizer.param_groups]
-        for g, lr in zip(optimizer.param_groups, self.base_lrs):
-            g["initial_lr"] = lr
-        self.last_iter = -1
-        self.step(0)
-
-    def lr_at(self, it: int, base: float) -> float:
-        t = min(max(int(it), 0), self.total)
-        lr = (base - self.min_lr) * (1.0 - t / self.total) ** self.power + self.min_lr
-        if t < self.warmup:
-            f = self.warmup_factor + (1.0 - self.warmup_factor) * t / self.warmup
-            lr *= f
-        return lr
-
-    def step(self, it: int) -> None:
-        self.last_iter = int(it)
-        for g, base in zip(self.optimizer.param_groups, self.base_lrs):
-            g["lr"] = self.lr_at(it, base)
-
-    def get_last_lr(self) -> list[float]:
-        return [g["lr"] for g in self.optimizer.param_groups]
-
-    def state_dict(self) -> dict:
-        return {"total": self.total, "warmup": self.warmup, "warmup_factor": self.warmup_factor,
-                "power": self.power, "min_lr": self.min_lr, "base_lrs": list(self.base_lrs),
-                "last_iter": self.last_iter}
-
-    def load_state_dict(self, state: dict) -> None:
-        for k in ("total", "warmup", "warmup_factor", "power", "min_lr", "last_iter"):
-            setattr(self, k, state[k])
-        self.base_lrs = list(state["base_lrs"])
-        self.step(self.last_iter)
-
-
-def _param_groups(params: list[tuple[str, nn.Parameter]], weight_decay: float, no_decay_1d: bool):
-    decay, no_decay = [], []
-    for name, p in params:
-        if not p.requires_grad:
-            continue
-        (no_decay if (no_decay_1d and (p.ndim <= 1 or "gamma" in name)) else decay).append(p)
-    groups = [{"params": decay, "weight_decay": weight_decay}]
-    if no_decay:
-        groups.append({"params": no_decay, "weight_decay": 0.0})
-    return groups
-
-
-# --------------------------------------------------------------------------- RNG state
-
-
-def _rng_state() -> dict:
-    st = {"torch": torch.get_rng_state(), "python": random.getstate()}
-    np_state = np.random.get_state()
-    st["numpy"] = [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]]
-    if torch.cuda.is_available():
-        st["cuda"] = torch.cuda.get_rng_state_all()
-    return st
-
-
-def _set_rng_state(st: dict) -> None:
-    torch.set_rng_state(st["torch"])
-    random.setstate(st["python"])
-    n = st["numpy"]
-    np.random.set_state((n[0], n[1].numpy().astype(np.uint32), *n[2:]))
-    if "cuda" in st and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(st["cuda"])
-
-
-def seed_everything(seed: int, deterministic: bool = True) -> None:
-    random.seed(seed)
-    np.random.seed(seed % (2**32))
-    torch.manual_seed(seed)
-    if deterministic:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True, warn_only=True)
-        torch.backends.cudnn.benchmark = False
-
-
-# --------------------------------------------------------------------------- metrics
-
-
-def _iou_canvas(logits_1024: torch.Tensor, gt: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-    pred = (logits_1024[:, 0] > 0) & valid
-    g = gt & valid
-    inter = (pred & g).flatten(1).sum(1).float()
-    union = (pred | g).flatten(1).sum(1).float()
-    return torch.where(union > 0, inter / union.clamp_min(1), torch.ones_like(union))
-
+__all__ = ["Trainer", "load_resume_state"]
 
 # --------------------------------------------------------------------------- trainer
 
@@ -254,12 +83,12 @@ class Trainer:
 
     ``model`` (optional): a FocSAM whose prompt encoder and decoder are the frozen base (its
     refiner is replaced unless ``keep_refiner``); default: ``cfg.model.base`` loaded from the
-    registry.  ``train_cache`` / ``val_cache``: :class:`EmbeddingCache` objects (default: the
+    registry.  ``train_cache`` / ``val_cache``: :class:`TrainingCache` objects (default: the
     config's cache folders).  ``log``: called with each JSON log line.
     """
 
     def __init__(self, cfg: TrainingConfig, *, model: FocSAM | None = None,
-                 train_cache: EmbeddingCache | None = None, val_cache: EmbeddingCache | None = None,
+                 train_cache: TrainingCache | None = None, val_cache: TrainingCache | None = None,
                  device: str | torch.device | None = None, keep_refiner: bool = False,
                  log: Callable[[str], None] | None = print) -> None:
         from ..core.predictor import resolve_device
@@ -281,7 +110,7 @@ class Trainer:
 
             wpath = resolve_weights(cfg.model.base)
             model = load_checkpoint(wpath)
-            self.base_sha256 = _file_sha256(wpath)
+            self.base_sha256 = sha256_file(wpath)
         if not keep_refiner or model.focus_refiner is None:
             torch.manual_seed(tc.seed)
             model.focus_refiner = build_refiner(cfg.model, cfg.sim.expand_ratio_range,
@@ -291,10 +120,10 @@ class Trainer:
             p.requires_grad_(False)
         self.model.eval()
 
-        self.train_cache = train_cache if train_cache is not None else EmbeddingCache(cfg.cache_path / "train")
+        self.train_cache = train_cache if train_cache is not None else TrainingCache(cfg.cache_path / "train")
         self.val_cache = val_cache
         if self.val_cache is None and tc.val_every and (cfg.cache_path / "val").is_dir():
-            self.val_cache = EmbeddingCache(cfg.cache_path / "val")
+            self.val_cache = TrainingCache(cfg.cache_path / "val")
         if self.val_cache is not None:
             both = self.train_cache.image_keys & self.val_cache.image_keys
             if both:
@@ -330,7 +159,7 @@ class Trainer:
             module, iters, lr = self.model.focus_refiner, tc.iters, oc.lr
         for p in module.parameters():
             p.requires_grad_(True)
-        groups = _param_groups(list(module.named_parameters()), oc.weight_decay, oc.no_decay_1d)
+        groups = param_groups(list(module.named_parameters()), oc.weight_decay, oc.no_decay_1d)
         self.optimizer = torch.optim.AdamW(groups, lr=lr, betas=tuple(oc.betas), weight_decay=oc.weight_decay)
         self.scheduler = WarmupPolyLR(self.optimizer, iters, min(oc.warmup_iters, max(iters - 1, 0)),
                                       oc.warmup_factor, oc.power, oc.min_lr)
@@ -340,11 +169,11 @@ class Trainer:
         return it if it < self.cfg.train.stage1_iters else it - self.cfg.train.stage1_iters
 
     # ------------------------------------------------------------------ data
-    def _load_batch(self, it: int) -> tuple[str, list[CacheItem]]:
+    def _load_batch(self, it: int) -> tuple[str, list[TrainingItem]]:
         group, picks = self.sampler.sample(it)
         return group, [self.train_cache.load(i, o) for i, o in picks]
 
-    def _get_batch(self, it: int) -> tuple[str, list[CacheItem]]:
+    def _get_batch(self, it: int) -> tuple[str, list[TrainingItem]]:
         fut = self._prefetch.pop(it, None)
         batch = fut.result() if fut is not None else self._load_batch(it)
         if it + 1 < self.total_iters:
@@ -352,7 +181,7 @@ class Trainer:
         return batch
 
     # ------------------------------------------------------------------ one step
-    def to_device(self, samples: list[CacheItem]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def to_device(self, samples: list[TrainingItem]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Stack a batch: E0 (B, 256, 64, 64), gt and valid (B, 1024, 1024) bool."""
         dev = self.device
         e0 = torch.stack([s.embedding for s in samples]).to(dev, non_blocking=True)
@@ -360,7 +189,7 @@ class Trainer:
         valid = torch.from_numpy(np.stack([s.valid for s in samples])).to(dev)
         return e0, gt, valid
 
-    def simulate(self, it: int, group: str, samples: list[CacheItem], e0: torch.Tensor):
+    def simulate(self, it: int, group: str, samples: list[TrainingItem], e0: torch.Tensor):
         """Draw ``n`` / ``refine_step`` / expand ratio of iteration ``it`` and simulate the clicks.
 
         Returns ``(sim, expand_ratio)``; the ratio is the one the gradient pass uses.
@@ -407,7 +236,7 @@ class Trainer:
         self.model.eval()
         return gnorm
 
-    def train_step(self, it: int, batch: tuple[str, list[CacheItem]] | None = None) -> dict:
+    def train_step(self, it: int, batch: tuple[str, list[TrainingItem]] | None = None) -> dict:
         """Run iteration ``it`` (simulation, forward, backward, optimizer step)."""
         stage = self.stage_of(it)
         if stage != self.stage:
@@ -424,12 +253,12 @@ class Trainer:
         t3 = time.perf_counter()
 
         with torch.no_grad():
-            iou = _iou_canvas(out["logits"].detach(), gt, valid).mean().item()
+            iou = iou_canvas(out["logits"].detach(), gt, valid).mean().item()
             plain_iou = None
             if stage == 2:
                 base = self.model.decode(e0, sim.points, sim.labels, sim.prev_logits).logits
                 base = F.interpolate(base.float(), size=(CANVAS, CANVAS), mode="bilinear", align_corners=False)
-                plain_iou = _iou_canvas(base, gt, valid).mean().item()
+                plain_iou = iou_canvas(base, gt, valid).mean().item()
         return {"iter": it, "stage": stage, "group": group, "loss": float(out["loss"].detach()),
                 "nfl": float(out["nfl"].detach()), "click": float(out["click"].detach()), "iou": iou,
                 "plain_iou": plain_iou, "n_clicks": sim.n_clicks, "refine_step": sim.refine_step,
@@ -446,7 +275,7 @@ class Trainer:
             "decoder": self.model.mask_decoder.state_dict() if self.cfg.train.stage1_iters else None,
             "optimizer": self.optimizer.state_dict() if self.optimizer else None,
             "scheduler": self.scheduler.state_dict() if self.scheduler else None,
-            "rng": _rng_state(),
+            "rng": rng_state(),
             "config": json.dumps(self.cfg.to_dict()),
         }
 
@@ -481,7 +310,7 @@ class Trainer:
                 self.optimizer.load_state_dict(st["optimizer"])
             if st.get("scheduler") is not None:
                 self.scheduler.load_state_dict(st["scheduler"])
-        _set_rng_state(st["rng"])
+        set_rng_state(st["rng"])
 
     def latest_checkpoint(self) -> Path | None:
         meta = self.work_dir / "latest.json"
@@ -570,7 +399,7 @@ class Trainer:
         """NoC@85/90 and mIoU of the plain and the refined loop on the validation cache (test
         protocol at canvas resolution; an approximation of the harness, for monitoring)."""
         if self.val_cache is None:
-            self.val_cache = EmbeddingCache(self.cfg.cache_path / "val")
+            self.val_cache = TrainingCache(self.cfg.cache_path / "val")
             both = self.train_cache.image_keys & self.val_cache.image_keys
             if both:
                 raise ValueError(f"validation images in the training cache: {sorted(both)[:5]}")
@@ -579,68 +408,3 @@ class Trainer:
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
-
-
-def _file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-@torch.no_grad()
-def evaluate_cached(model: FocSAM, cache: EmbeddingCache, device, max_objects: int = 50,
-                    max_clicks: int = 20, modes=(False, True)) -> dict:
-    """The 20-click protocol (inner_k = 1, seed 42; refine once at the 2nd click) on the copy-0
-    items of a cache, at canvas resolution, per dataset (at most ``max_objects`` each).
-
-    Returns ``{dataset: {"plain": {noc85, noc90, miou, n_objects}, "refine": {...}}}``.  This is
-    a fast monitor; the harness (``napari-focsam evaluate``) scores at image resolution.
-    """
-    from ..evaluation.clicker import next_click
-    from ..evaluation.metrics import iou as iou_fn
-    from ..evaluation.metrics import miou_curve, noc
-
-    model.eval()
-    by_ds: dict[str, list[tuple[int, int]]] = {}
-    for idx, meta in enumerate(cache.items):
-        if meta.get("copy", 0) != 0:
-            continue
-        lst = by_ds.setdefault(meta["dataset"], [])
-        for oi in range(len(meta["objects"])):
-            if len(lst) < max_objects:
-                lst.append((idx, oi))
-    results: dict = {}
-    for ds, objs in by_ds.items():
-        results[ds] = {}
-        for refine in modes:
-            if refine and model.focus_refiner is None:
-                continue
-            per_obj = []
-            for idx, oi in objs:
-                s = cache.load(idx, oi)
-                e0 = s.embedding[None].to(device)
-                emb, prev, clicks, pred, ious = e0, None, [], np.zeros_like(s.gt_crop), []
-                for t in range(max_clicks):
-                    c = next_click(s.gt_crop, pred, s.ignore_crop, clicks)
-                    if c is None:
-                        ious += [ious[-1] if ious else 1.0] * (max_clicks - len(ious))
-                        break
-                    clicks.append(c)
-                    pts = torch.tensor([[[cc.x, cc.y] for cc in clicks]], dtype=torch.float32, device=device)
-                    lab = torch.tensor([[1 if cc.is_positive else 0 for cc in clicks]], device=device)
-                    if refine and t == 1:
-                        coarse = model.decode(e0, pts, lab, prev)
-                        emb = model.focus_refiner(e0, coarse.logits, coarse.token)
-                    prev = model.decode(emb, pts, lab, prev).logits
-                    pred = logits_to_canvas_masks(prev, [s.input_size])[0]
-                    ious.append(iou_fn(s.gt_crop, pred, s.ignore_crop))
-                per_obj.append(ious)
-            results[ds]["refine" if refine else "plain"] = {
-                "noc85": float(np.mean([noc(i, 0.85, max_clicks) for i in per_obj])),
-                "noc90": float(np.mean([noc(i, 0.90, max_clicks) for i in per_obj])),
-                "miou": [round(v, 4) for v in miou_curve(per_obj, max_clicks)],
-                "n_objects": len(per_obj),
-            }
-    return results

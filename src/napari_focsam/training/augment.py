@@ -1,0 +1,118 @@
+# Copyright (c) napari-focsam developers.
+# SPDX-License-Identifier: BSD-3-Clause
+"""Geometric augmentation of training images and their masks, and the mask resize it uses.
+
+Augmentations (``AugmentConfig``) are geometric only, drawn from ``default_rng([cache_seed,
+crc32(dataset/image_id), copy])`` (independent of build order), and applied identically to the
+image and its masks: horizontal / vertical flips, quarter turns, and a zoom-in crop.  As SAM
+always resizes the longest side to 1024, a crop *is* the scale augmentation.
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..evaluation.datasets import EvalObject
+from .config import AugmentConfig
+
+__all__ = ["AugmentedSample", "augment_sample", "item_rng", "resize_mask"]
+
+
+def resize_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Area-weighted (antialiased bilinear) resize of a binary mask, thresholded at 0.5."""
+    if tuple(mask.shape) == tuple(size):
+        return np.asarray(mask, dtype=bool)
+    t = torch.from_numpy(np.ascontiguousarray(mask, dtype=np.float32))[None, None]
+    down = size[0] < mask.shape[0] or size[1] < mask.shape[1]
+    r = F.interpolate(t, size=tuple(size), mode="bilinear", align_corners=False, antialias=down)
+    return (r[0, 0] >= 0.5).numpy()
+
+
+@dataclass
+class AugmentedSample:
+    image: np.ndarray  # (H', W', 3) uint8
+    objects: list[EvalObject]
+    params: dict
+
+
+def item_rng(seed: int, dataset: str, image_id: str, copy: int) -> np.random.Generator:
+    return np.random.default_rng([int(seed), zlib.crc32(f"{dataset}/{image_id}".encode()), int(copy)])
+
+
+def augment_sample(
+    image: np.ndarray,
+    objects: Sequence[EvalObject],
+    aug: AugmentConfig,
+    rng: np.random.Generator,
+    identity: bool = False,
+) -> AugmentedSample:
+    """Flip / rotate / crop an image and its masks identically (see :class:`AugmentConfig`).
+
+    Objects that keep less than ``aug.min_keep_fraction`` of their area after the crop are
+    dropped; a crop that would drop every object is redrawn (10 tries, then no crop).  The
+    flips / turn / crop decisions are redrawn until at least one applies, so an augmented copy
+    is never the plain image again (unless every probability is 0).
+    """
+    params: dict[str, Any] = {"hflip": False, "vflip": False, "rot90": 0, "crop": None}
+    if identity:
+        return AugmentedSample(image, list(objects), params)
+
+    def geo(a: np.ndarray) -> np.ndarray:
+        if params["hflip"]:
+            a = a[:, ::-1]
+        if params["vflip"]:
+            a = a[::-1]
+        if params["rot90"]:
+            a = np.rot90(a, params["rot90"])
+        return a
+
+    # an augmented copy must differ from copy 0: redraw until some transformation is drawn
+    for _ in range(20):
+        params["hflip"] = bool(rng.random() < aug.hflip)
+        params["vflip"] = bool(rng.random() < aug.vflip)
+        params["rot90"] = int(rng.integers(1, 4)) if rng.random() < aug.rot90 else 0
+        do_crop = bool(rng.random() < aug.crop_prob)
+        if do_crop or params["hflip"] or params["vflip"] or params["rot90"]:
+            break
+    else:
+        do_crop = aug.crop_scale[0] < 1.0
+    img = geo(image)
+    objs = [EvalObject(geo(o.gt), None if o.ignore is None else geo(o.ignore), o.object_id) for o in objects]
+    H, W = img.shape[:2]
+    areas = [int(o.gt.sum()) for o in objs]
+    if do_crop:
+        lo, hi = aug.crop_scale
+        for _ in range(10):
+            ch = max(16, int(round(rng.uniform(lo, hi) * H)))
+            cw = max(16, int(round(rng.uniform(lo, hi) * W)))
+            y0 = int(rng.integers(0, H - ch + 1))
+            x0 = int(rng.integers(0, W - cw + 1))
+            kept = [
+                i for i, o in enumerate(objs)
+                if areas[i] and o.gt[y0 : y0 + ch, x0 : x0 + cw].sum() >= aug.min_keep_fraction * areas[i]
+            ]
+            if kept:
+                params["crop"] = [y0, x0, ch, cw]
+                img = img[y0 : y0 + ch, x0 : x0 + cw]
+                objs = [
+                    EvalObject(
+                        objs[i].gt[y0 : y0 + ch, x0 : x0 + cw],
+                        None if objs[i].ignore is None else objs[i].ignore[y0 : y0 + ch, x0 : x0 + cw],
+                        objs[i].object_id,
+                    )
+                    for i in kept
+                ]
+                break
+    img = np.ascontiguousarray(img)
+    objs = [
+        EvalObject(np.ascontiguousarray(o.gt),
+                   None if o.ignore is None else np.ascontiguousarray(o.ignore), o.object_id)
+        for o in objs
+    ]
+    return AugmentedSample(img, objs, params)
