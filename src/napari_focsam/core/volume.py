@@ -45,6 +45,7 @@ import torch.nn.functional as F
 from scipy import ndimage as ndi
 
 from ..modeling.focsam import FocSAM
+from .defaults import DEFAULT_IOU_THRESHOLD  # the measured stop threshold (re-exported)
 from .predictor import FocSAMPredictor, ImageEmbedding, logits_to_mask
 
 if TYPE_CHECKING:
@@ -70,9 +71,6 @@ PROMPT_MODES = ("point", "point_logits", "point_box", "point_box_logits")
 DEFAULT_PROMPT = "point"
 #: Use SAM's three candidates and keep the one most consistent with the previous slice.
 DEFAULT_MULTIMASK = True
-#: Stop threshold on IoU(previous slice, new slice), chosen by measurement: mean 3D IoU is on a
-#: plateau for 0.6-0.75 (cells3d 0.825-0.842, stardist 3D 0.181-0.202); 0.65 is its middle.
-DEFAULT_IOU_THRESHOLD = 0.65
 #: A mask with fewer pixels than this has vanished.
 MIN_MASK_PIXELS = 10
 #: Relative enlargement of the bounding-box prompt (plus 2 pixels).
