@@ -39,6 +39,7 @@ import torch.nn.functional as F
 
 from ..core.checkpoint import CheckpointError, read_checkpoint
 from ..core.hashing import sha256_file
+from ..evaluation.datasets import canonical_name
 from ..modeling.focsam import FocSAM
 from .config import TrainingConfig
 from .cache import TrainingCache, TrainingItem
@@ -130,9 +131,7 @@ class Trainer:
                 raise ValueError(f"validation images in the training cache: {sorted(both)[:5]}")
         source_weights = {}
         for s in cfg.data.train:
-            from ..evaluation.datasets import _canonical
-
-            source_weights[_canonical(s.dataset)] = s.weight
+            source_weights[canonical_name(s.dataset)] = s.weight
         self.sampler = BatchSampler(self.train_cache, tc.seed, tc.batch_size, cfg.data.group_weights,
                                     source_weights)
         self.total_iters = int(tc.stage1_iters) + int(tc.iters)
