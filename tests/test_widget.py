@@ -39,7 +39,7 @@ def embedding_cache(tmp_path_factory):
 @pytest.fixture
 def focsam(make_napari_viewer, qtbot, vit_t_path, embedding_cache, monkeypatch):
     """Factory: a viewer (optionally shown) with the FocSAM widget docked through the manifest."""
-    from napari_focsam._widget import EMBEDDING_CACHE_ENV
+    from napari_focsam._qt.constants import EMBEDDING_CACHE_ENV
 
     monkeypatch.setenv(EMBEDDING_CACHE_ENV, str(embedding_cache))
     widgets = []
@@ -289,9 +289,9 @@ def test_switch_images_models_and_gpu_fallback(focsam, qtbot, vit_t_path, tmp_pa
     widget.set_model(str(tiny))
     wait_ready(qtbot, widget)
     assert widget.refine_check.isEnabled() and widget.refine_check.isChecked()
-    assert widget._ctx.session.predictor.refine
+    assert widget.session.predictor.refine
     widget.refine_check.setChecked(False)
-    assert not widget._ctx.session.predictor.refine
+    assert not widget.session.predictor.refine
     widget.refine_check.setChecked(True)
     widget.set_model("vit_t")
     wait_ready(qtbot, widget)
@@ -322,7 +322,7 @@ def test_switch_images_models_and_gpu_fallback(focsam, qtbot, vit_t_path, tmp_pa
 
 def test_helpful_messages(make_napari_viewer, qtbot, tmp_path, monkeypatch):
     """No image, unsupported layers, missing weights: one-line notifications, never tracebacks."""
-    from napari_focsam._widget import FocSAMWidget
+    from napari_focsam._qt.widget import FocSAMWidget
 
     monkeypatch.setenv("NAPARI_FOCSAM_CACHE", str(tmp_path / "empty-cache"))
     monkeypatch.setenv("NAPARI_FOCSAM_OFFLINE", "1")

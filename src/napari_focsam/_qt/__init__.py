@@ -1,0 +1,21 @@
+"""The FocSAM dock widget: Qt panels, layer handling and background jobs over a Qt-free core.
+
+Modules
+-------
+constants
+    Layer names, colours, key bindings, the cache-folder environment variable.
+layer_utils
+    Small helpers on napari layers (spatial shape, data, transforms).
+panels
+    The dock's sections (setup, output, prompts, actions, status): they show state and emit signals.
+prompt_layers
+    ``PromptLayers``: the prompts/preview/output layers and their key and mouse bindings.
+jobs
+    ``SessionJobs``: the background workers (model load, embeddings, prediction, volume).
+widget
+    ``FocSAMWidget``: composes the parts above and keeps the widget's public API.
+"""
+
+from .widget import FocSAMWidget
+
+__all__ = ["FocSAMWidget"]

@@ -1,0 +1,28 @@
+"""Names, colours and key bindings shared by the widget's parts (no Qt, no torch)."""
+
+from __future__ import annotations
+
+__all__ = [
+    "CUSTOM_FILE", "DEVICES", "EMBEDDING_BYTES", "EMBEDDING_CACHE_ENV", "KEYS", "NEGATIVE_COLOR",
+    "NEW_LABELS", "OUTPUT_KEYS", "OUTPUT_NAME", "POSITIVE_COLOR", "PREVIEW_NAME", "PREVIEW_RGBA", "PROMPTS_NAME",
+]
+
+PROMPTS_NAME = "FocSAM prompts"
+PREVIEW_NAME = "FocSAM preview"
+OUTPUT_NAME = "FocSAM labels"
+NEW_LABELS = "New labels layer"
+CUSTOM_FILE = "Custom file..."
+DEVICES = ("auto", "cpu", "cuda", "mps")
+POSITIVE_COLOR = "#22dd44"
+NEGATIVE_COLOR = "#ff3333"
+#: Colour of the current object (yellow: rare in napari's label colours, clear on grey data).
+PREVIEW_RGBA = (1.0, 0.85, 0.0, 1.0)
+#: Key bindings (action, napari key string), bound on the viewer and on the prompts layer.
+KEYS = (("commit", "C"), ("commit", "Enter"), ("clear", "Shift-C"), ("clear", "Escape"),
+        ("volume", "Shift-S"), ("toggle", "T"), ("undo", "Control-Z"), ("redo", "Control-Shift-Z"))
+#: Keys also bound on the output labels layer (they undo/redo commits from there too).
+OUTPUT_KEYS = (("undo", "Control-Z"), ("redo", "Control-Shift-Z"))
+#: Environment variable that pre-fills the "Cache folder" field.
+EMBEDDING_CACHE_ENV = "NAPARI_FOCSAM_EMBEDDING_CACHE"
+#: Bytes of one slice embedding in the store (256 x 64 x 64 float16).
+EMBEDDING_BYTES = 256 * 64 * 64 * 2

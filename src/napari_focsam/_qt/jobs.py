@@ -1,0 +1,343 @@
+"""The widget's background jobs: device probe, model load, embeddings, prediction, volume.
+
+``SessionJobs`` owns the current :class:`SessionContext` (one Session: image x model x device x
+cache folder) and runs every heavy step in a napari worker thread, so the GUI thread never imports
+torch or touches the model. Jobs take their inputs as arguments (the clicks, the ticket of the
+prediction) and report through Qt signals on the GUI thread; each catches its own errors and
+reports a :class:`~napari_focsam.core.errors.Failure`. Engine modules are imported inside the
+worker bodies (that keeps torch off the GUI thread: the dock appears at once).
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+from napari.qt.threading import create_worker
+from qtpy.QtCore import QObject, Signal
+
+from ..core.errors import Failure, describe_error, is_oom
+from ..core.interaction import Ticket
+from .constants import EMBEDDING_BYTES
+
+__all__ = ["LoadResult", "SessionContext", "SessionJobs"]
+
+
+@dataclass
+class SessionContext:
+    """Everything that belongs to one Session (image x model x device x cache folder)."""
+
+    session: Any
+    image: Any
+    model_name: str
+    device: str
+    cache_dir: str | None
+    has_refiner: bool
+    is_3d: bool
+    n_slices: int
+    plane_shape: tuple[int, int]
+    epoch: int = -1
+    obj: Any = None
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def object_for(self, epoch: int) -> Any:
+        """The session object of ``epoch`` (a new one when the widget moved on); call under lock."""
+        if self.obj is None or self.epoch != epoch:
+            if self.obj is not None:
+                try:
+                    self.session.remove_object(self.obj)
+                except ValueError:
+                    pass
+            self.obj = self.session.new_object()
+            self.epoch = epoch
+        return self.obj
+
+
+@dataclass(frozen=True)
+class LoadResult:
+    """A loaded session, or why loading failed (``failure``)."""
+
+    token: int
+    context: SessionContext | None = None
+    note: str | None = None
+    seconds: float = 0.0
+    failure: Failure | None = None
+
+
+def _probe_devices() -> dict[str, bool]:
+    import importlib
+
+    import torch
+
+    importlib.import_module("napari_focsam.core.models")  # warms the model code up for the first load
+
+    mps = getattr(torch.backends, "mps", None)
+    return {"auto": True, "cpu": True, "cuda": torch.cuda.is_available(),
+            "mps": bool(mps is not None and mps.is_available())}
+
+
+class SessionJobs(QObject):
+    """Runs and tracks the background workers of one widget (see the module docs)."""
+
+    devices_found = Signal(object)          # {device: available}
+    loaded = Signal(object)                 # LoadResult
+    embedded = Signal(int, int)             # slices done, slices to do
+    embedding_done = Signal(object)         # Failure | cache warning (str) | None
+    predicted = Signal(object, object, float)  # Ticket, {z: mask} | Failure | None (skipped), seconds
+    volume_progress = Signal(int, int)      # emitted from the worker thread (queued)
+    volume_done = Signal(object, object, object)  # Ticket, PropagationResult | Failure, (Z, Y, X) mask
+    failed = Signal(object)                 # Failure of a job that broke its own error handling
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.context: SessionContext | None = None
+        self.closed = False
+        self._token = 0
+        self._load_worker = None
+        self._probe_worker = None
+        self._embed_worker = None
+        self._embed_stop = threading.Event()
+        self._predict_worker = None
+        self._volume_worker = None
+        self._volume_cancel = threading.Event()
+        #: set while a click is answered or a volume runs: background embedding pauses
+        self.interactive = threading.Event()
+
+    # ------------------------------------------------------------------ state
+    @property
+    def loading(self) -> bool:
+        return self._load_worker is not None
+
+    @property
+    def embedding(self) -> bool:
+        return self._embed_worker is not None
+
+    @property
+    def predicting(self) -> bool:
+        return self._predict_worker is not None
+
+    @property
+    def volume_running(self) -> bool:
+        return self._volume_worker is not None
+
+    def any_running(self) -> bool:
+        return any(w is not None for w in (self._probe_worker, self._load_worker, self._embed_worker,
+                                          self._predict_worker, self._volume_worker))
+
+    def _start(self, func: Callable, attr: str, on_done: Callable[[Any], None] | None, **kwargs) -> Any:
+        """Start ``func`` in a worker stored in ``self.<attr>``; ``on_done(result)`` runs after it ended.
+
+        The result is reported from ``finished`` (after ``returned``), when ``self.<attr>`` is None
+        again, so a handler that starts the next job sees this one gone.
+        """
+        box: list = [None]
+        worker = create_worker(func, _start_thread=False, **kwargs)
+        worker.returned.connect(lambda result: box.__setitem__(0, result))
+        worker.errored.connect(lambda exc: box.__setitem__(0, describe_error(exc)))
+
+        def finished() -> None:
+            if getattr(self, attr) is worker:
+                setattr(self, attr, None)
+            if on_done is not None and not self.closed:
+                on_done(box[0])
+
+        worker.finished.connect(finished)
+        setattr(self, attr, worker)
+        worker.start()  # only once every signal is connected (a fast job could finish first)
+        return worker
+
+    # ------------------------------------------------------------------ devices
+    def probe_devices(self) -> None:
+        """Import torch and the model code in the background; report the devices found."""
+        def done(result):
+            if isinstance(result, dict):
+                self.devices_found.emit(result)
+        self._start(_probe_devices, "_probe_worker", done)
+
+    # ------------------------------------------------------------------ loading
+    def drop(self) -> None:
+        """Forget the current session; running jobs become stale."""
+        self.stop_embedding()
+        self._volume_cancel.set()
+        self.context = None
+        self._token += 1
+
+    def load(self, image: Any, data: Any, rgb: bool, model: str, device: str, cache: str | None,
+             refine: bool) -> None:
+        """Load ``model`` and open a Session on ``data`` in a worker; reports ``loaded``."""
+        self.drop()
+        token = self._token
+
+        def load() -> LoadResult:
+            try:
+                from ..core.embeddings import ImageVolume
+                from ..core.models import load_model
+                from ..core.session import Session
+
+                vol = ImageVolume(data, rgb=rgb)
+                t0 = time.perf_counter()
+                note = None
+                try:
+                    net = load_model(model, device)
+                except Exception as exc:
+                    if not is_oom(exc):
+                        raise
+                    net = load_model(model, "cpu")
+                    note = "out of GPU memory while loading the model: using the CPU"
+                session = Session(vol, model=net, refine=refine, cache_dir=cache)
+                ctx = SessionContext(
+                    session=session, image=image, model_name=Path(model).name, device=device, cache_dir=cache,
+                    has_refiner=bool(getattr(net, "has_refiner", False)), is_3d=vol.is_3d,
+                    n_slices=vol.n_slices, plane_shape=tuple(vol.plane_shape))
+                session.predictor.refine = refine and ctx.has_refiner
+                return LoadResult(token, ctx, note, time.perf_counter() - t0)
+            except Exception as exc:
+                return LoadResult(token, failure=describe_error(exc))
+
+        def done(result):
+            if not isinstance(result, LoadResult):  # broke its own error handling
+                result = LoadResult(token, failure=result if isinstance(result, Failure)
+                                    else Failure("loading the model stopped"))
+            if result.token != self._token:
+                return  # an older load: the setup changed meanwhile
+            if result.context is not None:
+                self.context = result.context
+            self.loaded.emit(result)
+
+        self._start(load, "_load_worker", done)
+
+    # ------------------------------------------------------------------ embeddings
+    def start_embedding(self, view_z: Callable[[], int]) -> int:
+        """Embed every slice, nearest to ``view_z()`` first, pausing while ``interactive`` is set.
+
+        Returns the number of slices it will embed (fewer than the stack when the memory store
+        cannot hold them all and no cache folder is set).
+        """
+        ctx = self.context
+        if ctx is None:
+            return 0
+        self.stop_embedding()
+        stop = self._embed_stop = threading.Event()
+        store, n = ctx.session.store, ctx.n_slices
+        fits = n * EMBEDDING_BYTES <= 0.8 * store.max_memory_bytes
+        total = n if (ctx.cache_dir or fits) else max(1, int(0.8 * store.max_memory_bytes // EMBEDDING_BYTES))
+        interactive = self.interactive
+
+        def embed():
+            left, done = set(range(n)), 0
+            try:
+                while left and done < total:
+                    while interactive.is_set() and not stop.is_set():
+                        time.sleep(0.02)  # a click is being answered: let it have the CPU/GPU
+                    if stop.is_set():
+                        return None
+                    zc = view_z()
+                    z = min(left, key=lambda s: (abs(s - zc), s))
+                    left.discard(z)
+                    store.precompute([z])
+                    done += 1
+                    yield done
+            except Exception as exc:
+                return describe_error(exc, "computing embeddings")
+            return store.disk_error
+
+        def on_yield(done: int) -> None:
+            if not stop.is_set() and not self.closed:
+                self.embedded.emit(done, total)
+
+        def done(result):
+            if not stop.is_set():
+                self.embedding_done.emit(result)
+
+        worker = self._start(embed, "_embed_worker", done)
+        worker.yielded.connect(on_yield)
+        return total
+
+    def stop_embedding(self) -> None:
+        self._embed_stop.set()
+        if self._embed_worker is not None:
+            self._embed_worker.quit()
+
+    # ------------------------------------------------------------------ prediction
+    def predict(self, ticket: Ticket, clicks: list, shown: set[int], is_current: Callable[[Ticket], bool]) -> None:
+        """Set the object of ``ticket.epoch`` to ``clicks``; reports ``predicted`` with the masks of
+        the changed, shown and clicked slices ({z: (Y, X) bool})."""
+        ctx = self.context
+        self.interactive.set()
+
+        def predict():
+            if ctx is None or not is_current(ticket):
+                return None, 0.0
+            try:
+                with ctx.lock:
+                    obj = ctx.object_for(ticket.epoch)
+                    t0 = time.perf_counter()
+                    if clicks:
+                        changed = obj.set_clicks(clicks)
+                    else:
+                        obj.reset()
+                        changed = {}
+                    dt = time.perf_counter() - t0
+                    zs = set(changed) | shown | {c[0] for c in clicks}
+                    return {z: np.asarray(obj.mask(z)) for z in zs}, dt
+            except Exception as exc:
+                return describe_error(exc), 0.0
+
+        def done(result):
+            if not self.volume_running:
+                self.interactive.clear()
+            masks, dt = result if isinstance(result, tuple) else (result, 0.0)
+            self.predicted.emit(ticket, masks, dt)
+
+        self._start(predict, "_predict_worker", done)
+
+    # ------------------------------------------------------------------ volume
+    def segment_volume(self, ticket: Ticket, clicks: list, iou: float) -> None:
+        """Propagate the object of ``ticket.epoch`` (set to ``clicks``) through the stack."""
+        ctx = self.context
+        cancel = self._volume_cancel = threading.Event()
+        report = self.volume_progress.emit
+        ref: list = []
+
+        def cancelled() -> bool:
+            return cancel.is_set() or bool(ref and ref[0].abort_requested)
+
+        def run():
+            try:
+                with ctx.lock:
+                    obj = ctx.object_for(ticket.epoch)
+                    obj.set_clicks(clicks)
+                    res = obj.propagate(iou_threshold=iou, progress=report, cancelled=cancelled)
+                    return res, obj.volume_mask()
+            except Exception as exc:
+                return describe_error(exc, "Segment volume"), None
+
+        def done(result):
+            if not self.predicting:
+                self.interactive.clear()
+            res, vol = result if isinstance(result, tuple) else (result, None)
+            self.volume_done.emit(ticket, res, vol)
+
+        self.interactive.set()
+        ref.append(self._start(run, "_volume_worker", done))
+
+    def cancel_volume(self) -> None:
+        self._volume_cancel.set()
+
+    # ------------------------------------------------------------------ closing
+    def close(self) -> None:
+        """Stop everything; nothing is reported any more."""
+        self.closed = True
+        self.drop()
+        self.interactive.clear()
+
+    @staticmethod
+    def release_gpu_memory() -> None:
+        torch = sys.modules.get("torch")
+        if torch is not None and torch.cuda.is_available():
+            torch.cuda.empty_cache()

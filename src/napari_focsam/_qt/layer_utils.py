@@ -1,0 +1,40 @@
+"""Small helpers on napari layers: spatial shape, pixel data, transforms, coordinates."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from napari.layers import Image
+
+__all__ = ["image_data", "same_transform", "spatial_shape", "transform_kwargs"]
+
+
+def spatial_shape(layer: Image) -> tuple[int, ...]:
+    """The spatial shape of an image layer ((Y, X) or (Z, Y, X); the RGB axis excluded)."""
+    data = layer.data[0] if layer.multiscale else layer.data
+    return tuple(int(s) for s in data.shape[: layer.ndim])
+
+
+def image_data(layer: Image) -> Any:
+    """The full-resolution array of an image layer."""
+    return layer.data[0] if layer.multiscale else layer.data
+
+
+def transform_kwargs(layer: Any) -> dict:
+    """Keyword arguments that give a new layer the transform of ``layer``."""
+    return {
+        "scale": tuple(layer.scale),
+        "translate": tuple(layer.translate),
+        "rotate": np.asarray(layer.rotate),
+        "shear": np.asarray(layer.shear),
+        "affine": np.asarray(layer.affine.affine_matrix),
+        "units": tuple(layer.units),
+    }
+
+
+def same_transform(a: Any, b: Any) -> bool:
+    """True when layers ``a`` and ``b`` map data to world coordinates the same way."""
+    return bool(np.allclose(a.scale, b.scale) and np.allclose(a.translate, b.translate)
+                and np.allclose(a.affine.affine_matrix, b.affine.affine_matrix)
+                and np.allclose(a.rotate, b.rotate) and np.allclose(a.shear, b.shear))

@@ -1,0 +1,382 @@
+"""The layers the widget manages: prompts (points), preview (labels) and a new output (labels).
+
+``PromptLayers`` creates or adopts them by name, keeps them above the image they belong to,
+binds the widget's keys on the viewer, the prompts layer and the output layer, and turns the
+points into clicks. It reports through two signals and never calls the widget:
+``points_changed`` (a point was added, removed, moved or changed polarity) and ``action(str)``
+(a key was pressed: ``commit``, ``clear``, ``volume``, ``toggle``, ``undo`` or ``redo``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from napari.layers import Image, Labels, Points
+from napari.utils.colormaps import DirectLabelColormap
+from qtpy.QtCore import QObject, QTimer, Signal
+
+from .constants import (
+    KEYS,
+    NEGATIVE_COLOR,
+    OUTPUT_KEYS,
+    OUTPUT_NAME,
+    POSITIVE_COLOR,
+    PREVIEW_NAME,
+    PREVIEW_RGBA,
+    PROMPTS_NAME,
+)
+from .layer_utils import same_transform, spatial_shape, transform_kwargs
+
+__all__ = ["PromptLayers"]
+
+#: (z, y, x, positive) in the image's pixel coordinates
+Click = tuple[int, float, float, bool]
+
+
+class PromptLayers(QObject):
+    """Owner of the prompts, preview and new output layers of one viewer.
+
+    Parameters
+    ----------
+    viewer : napari.Viewer
+        The real viewer (not a proxy: layer identities must match).
+    """
+
+    points_changed = Signal()
+    action = Signal(str)
+
+    def __init__(self, viewer: Any) -> None:
+        super().__init__()
+        self.viewer = viewer
+        self.prompts: Points | None = None
+        self.preview: Labels | None = None
+        self.output_new: Labels | None = None
+        self.positive = True
+        self._next_positive: bool | None = None  # one-shot polarity of a Ctrl+click
+        self._ignore = False
+        self._sig: tuple = ()
+        self._key_owners: list[tuple[Any, str, Any]] = []
+        self._keyed_output: Labels | None = None
+        self._arranging = False
+        #: the slices shown in the preview, {z: (Y, X) bool}
+        self.masks: dict[int, np.ndarray] = {}
+        self.has_volume = False  # the preview shows a propagated volume
+
+    # ------------------------------------------------------------------ keys
+    def _key_handler(self, action: str):
+        def on_key(_layer_or_viewer):
+            self.action.emit(action)
+        on_key.__doc__ = f"FocSAM: {action}"
+        return on_key
+
+    def _bind(self, owner: Any, keys) -> None:
+        for action, key in keys:
+            prev = owner.bind_key(key, self._key_handler(action), overwrite=True)
+            self._key_owners.append((owner, key, prev))
+
+    def _unbind(self, owner: Any) -> None:
+        keep = []
+        for o, key, prev in self._key_owners:
+            if o is owner:
+                try:
+                    o.bind_key(key, prev, overwrite=True)
+                except Exception:  # the layer may be half torn down while napari closes
+                    pass
+            else:
+                keep.append((o, key, prev))
+        self._key_owners = keep
+
+    def bind_viewer_keys(self) -> None:
+        self._bind(self.viewer, KEYS)
+
+    def bind_output_keys(self, layer: Labels | None) -> None:
+        """Ctrl+Z / Ctrl+Shift+Z on the output layer go through the widget too."""
+        if layer is self._keyed_output:
+            return
+        if self._keyed_output is not None:
+            self._unbind(self._keyed_output)
+        self._keyed_output = layer
+        if layer is not None:
+            self._bind(layer, OUTPUT_KEYS)
+
+    def release(self) -> None:
+        """Give every key back to napari and stop listening to the prompts layer."""
+        self.detach()
+        for owner, key, prev in self._key_owners:
+            try:
+                owner.bind_key(key, prev, overwrite=True)
+            except Exception:
+                pass
+        self._key_owners = []
+        self._keyed_output = None
+
+    # ------------------------------------------------------------------ layers
+    def ensure(self, image: Image) -> None:
+        """Create or adopt the prompts and preview layers for ``image`` (fresh points and mask)."""
+        layers = self.viewer.layers
+        ndim, shape, tf = image.ndim, spatial_shape(image), transform_kwargs(image)
+        if self.preview is not None and (self.preview not in layers or self.preview.data.shape != shape):
+            if self.preview in layers:
+                layers.remove(self.preview)
+            self.preview = None
+        if self.preview is None:
+            found = next((la for la in layers if isinstance(la, Labels) and la.name == PREVIEW_NAME
+                          and la.data.shape == shape), None)
+            if found is not None:
+                found.data = np.zeros(shape, np.uint8)
+            else:
+                cmap = DirectLabelColormap(color_dict={None: "transparent", 1: PREVIEW_RGBA})
+                found = self.viewer.add_labels(np.zeros(shape, np.uint8), name=PREVIEW_NAME, opacity=0.5,
+                                               colormap=cmap, **tf)
+            self.preview = found
+        else:
+            self.preview.data[...] = 0
+            self.preview.refresh()
+        self.masks, self.has_volume = {}, False
+        if self.prompts is not None and (self.prompts not in layers or self.prompts.ndim != ndim):
+            old = self.prompts
+            self.detach()
+            if old in layers:
+                layers.remove(old)
+        adopted = False
+        if self.prompts is None:
+            found = next((la for la in layers if isinstance(la, Points) and la.name == PROMPTS_NAME
+                          and la.ndim == ndim), None)
+            adopted = found is not None  # an existing prompts layer keeps its points
+            if found is None:
+                size = float(np.clip(max(shape[-2:]) / 40, 3, 25))
+                found = self.viewer.add_points(
+                    np.zeros((0, ndim)), ndim=ndim, name=PROMPTS_NAME,
+                    features={"positive": np.zeros(0, bool)}, feature_defaults={"positive": True},
+                    face_color="positive", face_color_cycle={True: POSITIVE_COLOR, False: NEGATIVE_COLOR},
+                    border_color="white", border_width=0.1, size=size, **tf)
+            self.attach(found)
+        if adopted:
+            self._apply_symbols()
+        else:
+            self.clear_points()
+        self._sig = self._signature()
+
+    def attach(self, layer: Points) -> None:
+        self.prompts = layer
+        if "positive" not in layer.features.columns:
+            import pandas as pd
+
+            layer.features = pd.DataFrame({"positive": np.ones(len(layer.data), bool)})
+            layer.face_color_cycle = {True: POSITIVE_COLOR, False: NEGATIVE_COLOR}
+            layer.face_color = "positive"
+        layer.feature_defaults = {"positive": self.positive}
+        layer.events.data.connect(self._on_points_event)
+        layer.events.features.connect(self._on_points_event)  # a point's polarity changed
+        layer.events.feature_defaults.connect(self._enforce_defaults)
+        layer.mouse_drag_callbacks.insert(0, self._on_press)
+        self._bind(layer, KEYS)
+
+    def detach(self) -> None:
+        layer, self.prompts = self.prompts, None
+        if layer is None:
+            return
+        for emitter, cb in ((layer.events.data, self._on_points_event),
+                            (layer.events.features, self._on_points_event),
+                            (layer.events.feature_defaults, self._enforce_defaults)):
+            try:
+                emitter.disconnect(cb)
+            except (TypeError, ValueError, RuntimeError):
+                pass
+        if self._on_press in layer.mouse_drag_callbacks:
+            layer.mouse_drag_callbacks.remove(self._on_press)
+        self._unbind(layer)
+
+    def forget(self, layer: Any) -> bool:
+        """``layer`` left the viewer; True when it was one of ours (prompts or preview)."""
+        ours = False
+        if layer is self.prompts:
+            self.detach()
+            ours = True
+        if layer is self.preview:
+            self.preview, self.masks, self.has_volume = None, {}, False
+            ours = True
+        if layer is self.output_new:
+            self.output_new = None
+        if layer is self._keyed_output:
+            self._unbind(layer)
+            self._keyed_output = None
+        return ours
+
+    def create_output(self, image: Image) -> Labels:
+        """A new output labels layer for ``image``, inserted just below the preview."""
+        shape = spatial_shape(image)
+        dtype = np.uint32 if np.prod(shape) <= 2**28 else np.uint16  # memory of huge stacks
+        out = Labels(np.zeros(shape, dtype), name=OUTPUT_NAME, **transform_kwargs(image))
+        layers = self.viewer.layers
+        index = layers.index(self.preview) if self.preview in layers else len(layers)
+        self.output_new = out
+        layers.insert(index, out)
+        return out
+
+    def select_prompts(self) -> None:
+        """Make the prompts layer the active layer, in add mode (clicks add points)."""
+        if self.prompts is not None and self.prompts in self.viewer.layers:
+            self.viewer.layers.selection.active = self.prompts
+            self.prompts.mode = "add"
+
+    def arrange(self, image: Image | None, output: Labels | None) -> None:
+        """Keep output < preview < prompts, all above ``image`` (napari draws the last layer on top)."""
+        layers = self.viewer.layers
+        if self._arranging or image is None or image not in layers:
+            return
+        ours = [la for la in (output, self.preview, self.prompts) if la is not None and la in layers]
+        idx = [layers.index(la) for la in ours]
+        if not ours or (min(idx) > layers.index(image) and idx == sorted(idx)):
+            return
+        self._arranging = True
+        try:
+            for la in ours:  # each to the top, in order: output, preview, prompts
+                layers.move(layers.index(la), len(layers))
+        finally:
+            self._arranging = False
+
+    # ------------------------------------------------------------------ points
+    def _on_press(self, layer: Points, event):
+        """Ctrl+click (Cmd on macOS) or right click adds a point of the opposite polarity."""
+        if layer.mode != "add":
+            return
+        mods = getattr(event, "modifiers", ())
+        opposite = any(k in mods for k in ("Control", "Meta")) or getattr(event, "button", 1) == 2
+        if not opposite:
+            self._restore_defaults()
+            return
+        self._next_positive = not self.positive
+        layer.feature_defaults = {"positive": self._next_positive}
+        try:
+            yield
+            while event.type == "mouse_move":
+                yield
+        finally:
+            # the add-mode callback runs after this one on release: restore once it is done
+            QTimer.singleShot(0, self._restore_defaults)
+
+    def _restore_defaults(self) -> None:
+        self._next_positive = None
+        self._enforce_defaults()
+
+    def _enforce_defaults(self, event=None) -> None:
+        """The polarity of the next point follows the toggle (or a Ctrl+click), never the selection.
+
+        (napari copies the features of selected points into ``feature_defaults``.)
+        """
+        layer = self.prompts
+        if layer is None:
+            return
+        want = self.positive if self._next_positive is None else self._next_positive
+        try:
+            have = bool(np.asarray(layer.feature_defaults["positive"])[0])
+        except (KeyError, IndexError):
+            have = None
+        if have is not want:
+            layer.feature_defaults = {"positive": want}
+
+    def set_polarity(self, positive: bool) -> None:
+        self.positive = bool(positive)
+        self._restore_defaults()
+
+    def _on_points_event(self, event=None) -> None:
+        if self._ignore:
+            return
+        if str(getattr(event, "action", "changed")) in ("adding", "removing", "changing"):
+            return
+        sig = self._signature()
+        if sig == self._sig:
+            return  # napari emits data and features events for one edit: answer once
+        self._sig = sig
+        self._apply_symbols()
+        self.points_changed.emit()
+
+    def _signature(self) -> tuple:
+        layer = self.prompts
+        if layer is None:
+            return ()
+        pos = np.asarray(layer.features["positive"], bool) if "positive" in layer.features \
+            else np.zeros(0, bool)
+        return (np.asarray(layer.data).tobytes(), pos.tobytes())
+
+    def _apply_symbols(self) -> None:
+        layer = self.prompts
+        if layer is None or not len(layer.data):
+            return
+        pos = np.asarray(layer.features["positive"], bool)
+        want = np.where(pos, "disc", "cross")
+        have = np.array([str(getattr(s, "value", s)) for s in layer.symbol])
+        if have.shape != want.shape or (have != want).any():
+            layer.symbol = want
+
+    def n_points(self) -> int:
+        return 0 if self.prompts is None else len(self.prompts.data)
+
+    def clear_points(self) -> None:
+        """Remove every point without reporting a change."""
+        if self.prompts is None:
+            return
+        self._ignore = True
+        try:
+            self.prompts.data = np.zeros((0, self.prompts.ndim))
+        finally:
+            self._ignore = False
+        self._sig = self._signature()
+
+    def remove_last_point(self) -> None:
+        """Remove the newest point (reported as a change)."""
+        if self.n_points():
+            self.prompts.data = np.asarray(self.prompts.data)[:-1]
+
+    def clicks(self, image: Image, plane_shape: tuple[int, int], n_slices: int,
+               is_3d: bool) -> tuple[list[Click], int]:
+        """The points as clicks in ``image``'s pixel coordinates, and how many lie outside it."""
+        layer = self.prompts
+        if layer is None or not len(layer.data):
+            return [], 0
+        pos = np.asarray(layer.features["positive"], bool) if "positive" in layer.features else \
+            np.ones(len(layer.data), bool)
+        pts = np.asarray(layer.data, float)
+        if not same_transform(layer, image):
+            pts = np.array([image.world_to_data(layer.data_to_world(p)) for p in pts])
+        H, W = plane_shape
+        out, dropped = [], 0
+        for p, positive in zip(pts, pos):
+            y, x = p[-2], p[-1]
+            z = int(round(p[0])) if is_3d else 0
+            if not (-0.5 <= y < H - 0.5 and -0.5 <= x < W - 0.5 and 0 <= z < n_slices):
+                dropped += 1
+                continue
+            out.append((z, float(y), float(x), bool(positive)))
+        return out, dropped
+
+    # ------------------------------------------------------------------ preview
+    def show_masks(self, masks: dict[int, np.ndarray], is_3d: bool, volume: bool = False) -> None:
+        """Show ``{z: (Y, X) bool}`` in the preview (``volume``: replace everything shown)."""
+        preview = self.preview
+        if preview is None:
+            return
+        data = preview.data
+        if volume or self.has_volume:
+            data[...] = 0
+            self.masks = {}
+            self.has_volume = volume
+        for z, m in masks.items():
+            plane = data[z] if is_3d else data
+            plane[...] = m
+            if m.any():
+                self.masks[z] = m
+            else:
+                self.masks.pop(z, None)
+        preview.refresh()
+
+    def clear_preview(self) -> None:
+        if self.preview is not None:
+            self.preview.data[...] = 0
+            self.preview.refresh()
+        self.masks, self.has_volume = {}, False
+
+    def current_mask(self) -> np.ndarray | None:
+        return None if self.preview is None else self.preview.data.astype(bool)

@@ -1,0 +1,130 @@
+"""``ViewerSync``: follows the viewer's layer list and dims for the widget.
+
+It keeps the image and labels combos of the panels in step with the layers (added, removed,
+moved, renamed), holds the chosen image layer (and watches its pixels), tracks the slice in view,
+and reports what the widget must decide on through signals: ``image_inserted(layer)``,
+``image_removed``, ``image_data_changed`` and ``managed_removed`` (a prompts or preview layer was
+deleted; reported after napari finished removing it).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from napari.layers import Image, Labels
+from qtpy.QtCore import QObject, QTimer, Signal
+
+from .constants import OUTPUT_NAME
+from .layer_utils import spatial_shape
+from .panels import OutputPanel, SetupPanel
+from .prompt_layers import PromptLayers
+
+__all__ = ["ViewerSync"]
+
+
+class ViewerSync(QObject):
+    """The widget's view of the viewer's layers (see the module docs)."""
+
+    image_inserted = Signal(object)
+    image_removed = Signal()
+    image_data_changed = Signal()
+    managed_removed = Signal()
+
+    def __init__(self, viewer: Any, setup: SetupPanel, output: OutputPanel, managed: PromptLayers) -> None:
+        super().__init__()
+        self.viewer, self.setup, self.output, self.managed = viewer, setup, output, managed
+        self.image: Image | None = None
+        self.view_z = 0
+        self.closed = False
+        self._watched: set[int] = set()
+        events = viewer.layers.events
+        for ev in (events.inserted, events.removed, events.moved):
+            ev.connect(self._on_layers_changed)
+        viewer.dims.events.current_step.connect(self.update_view_z)
+
+    def close(self) -> None:
+        self.closed = True
+        try:
+            events = self.viewer.layers.events
+            for ev in (events.inserted, events.removed, events.moved):
+                ev.disconnect(self._on_layers_changed)
+            self.viewer.dims.events.current_step.disconnect(self.update_view_z)
+        except Exception:
+            pass
+
+    # ------------------------------------------------------------------ events
+    def _on_layers_changed(self, event=None) -> None:
+        if self.closed:
+            return
+        kind, value = getattr(event, "type", ""), getattr(event, "value", None)
+        if kind == "removed" and self.managed.forget(value):
+            QTimer.singleShot(0, self._report_managed_removed)
+        self.refresh()
+        if kind == "inserted" and isinstance(value, Image):
+            self.image_inserted.emit(value)
+        elif kind == "removed" and value is not None and value is self.image:
+            self.set_image(None)
+            self.image_removed.emit()
+
+    def _report_managed_removed(self) -> None:
+        if not self.closed:
+            self.managed_removed.emit()
+
+    def _on_renamed(self, event=None) -> None:
+        if not self.closed:
+            self.refresh()
+
+    def _on_image_data(self, event=None) -> None:
+        self.image_data_changed.emit()
+
+    def update_view_z(self, event=None) -> None:
+        """Remember the slice in view of a 3D image (embeddings start there)."""
+        image = self.image
+        if image is None or image.ndim != 3 or self.closed:
+            return
+        try:
+            z = image.world_to_data(self.viewer.dims.point)[0]
+        except Exception:
+            return
+        self.view_z = int(np.clip(round(float(z)), 0, spatial_shape(image)[0] - 1))
+
+    # ------------------------------------------------------------------ state
+    def set_image(self, layer: Image | None) -> None:
+        """Make ``layer`` the chosen image (its pixel changes are reported)."""
+        if layer is self.image:
+            return
+        if self.image is not None:
+            try:
+                self.image.events.data.disconnect(self._on_image_data)
+            except (TypeError, ValueError, RuntimeError):
+                pass
+        self.image = layer
+        if layer is not None:
+            layer.events.data.connect(self._on_image_data)
+
+    def refresh(self) -> None:
+        """List the image and labels layers in the panels, keeping the choices where possible."""
+        layers = self.viewer.layers
+        for la in layers:
+            if isinstance(la, (Image, Labels)) and id(la) not in self._watched:
+                la.events.name.connect(self._on_renamed)
+                self._watched.add(id(la))
+        images = [la for la in layers if isinstance(la, Image)]
+        self.setup.show_images(images, self.image, layers.selection.active)
+        labels = [la for la in layers if isinstance(la, Labels) and la is not self.managed.preview]
+        prev, new = self.output.current(), self.managed.output_new
+        target = prev if prev in labels else (new if new in labels else None)
+        if target is None and self.image is not None:
+            shape = spatial_shape(self.image)
+            target = next((la for la in labels if la.name == OUTPUT_NAME and la.data.shape == shape), None)
+        self.output.show_labels(labels, target)
+
+    def pick_output(self, shape: tuple[int, ...]) -> None:
+        """Keep the chosen output layer if it fits the image, else one named like ours, else 'new'."""
+        current = self.output.current()
+        if current is not None and tuple(current.data.shape) == tuple(shape):
+            return
+        fit = next((la for la in self.output.layers()
+                    if la.name.startswith(OUTPUT_NAME) and tuple(la.data.shape) == tuple(shape)), None)
+        self.output.choose(fit)

@@ -1,0 +1,581 @@
+"""``FocSAMWidget``: the dock widget, composed of panels, managed layers and background jobs.
+
+Layout (top to bottom): **Setup** (image, model, device, focus refiner, cache folder), **Output**
+(labels layer, overwrite), **Prompts** (polarity of the next click, ``T``), **Actions** (Commit
+[C/Enter], Clear [Shift+C/Esc], Segment volume [Shift+S], IoU stop, progress, Cancel), **Status**.
+
+The widget only wires the parts: :class:`~.panels.SetupPanel` & co. show state and emit signals,
+:class:`~.prompt_layers.PromptLayers` owns the napari layers and keys, :class:`~.jobs.SessionJobs`
+runs the workers, and the Qt-free :class:`~napari_focsam.core.interaction.PredictQueue` decides
+which prediction runs, which result is stale and when a pending commit fires. The commit
+arithmetic is :func:`~napari_focsam.core.labels.plan_paste`. A click adds a positive point,
+Ctrl+click (or right click) a negative one; every change of the points re-segments the object.
+Ctrl+Z removes the newest point, or (with no points) undoes the last commit; Ctrl+Shift+Z redoes.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from napari.layers import Image, Labels, Points
+from napari.utils.notifications import show_error, show_info, show_warning
+from qtpy.QtCore import QEvent, QTimer
+from qtpy.QtWidgets import QVBoxLayout, QWidget
+
+from ..core.errors import Failure
+from ..core.interaction import PredictQueue, Ticket
+from ..core.labels import PasteError, next_label, plan_paste
+from .jobs import LoadResult, SessionJobs
+from .layer_utils import image_data, spatial_shape
+from .panels import ActionPanel, OutputPanel, PromptPanel, SetupPanel, StatusLine
+from .prompt_layers import PromptLayers
+from .viewer_sync import ViewerSync
+
+if TYPE_CHECKING:  # pragma: no cover
+    import napari
+
+__all__ = ["FocSAMWidget"]
+
+READY = "ready: click on an object (Ctrl+click: negative point)"
+
+
+class FocSAMWidget(QWidget):
+    """Dock widget for click-based FocSAM segmentation (see the module docs)."""
+
+    def __init__(self, napari_viewer: "napari.viewer.Viewer", parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        # napari hands plugins a PublicOnlyProxy of the viewer; layers reached through it are new
+        # proxy objects, so identity checks would never match (napari issue 5767): use the real one.
+        self.viewer = getattr(napari_viewer, "__wrapped__", napari_viewer)
+        self.queue = PredictQueue()
+        self.jobs = SessionJobs()
+        self.managed = PromptLayers(self.viewer)
+        self.setup, self.output = SetupPanel(), OutputPanel()
+        self.prompt_panel, self.actions = PromptPanel(), ActionPanel()
+        self.status_label = StatusLine()
+        # the panels' controls, by the names scripts and tests use
+        for panel, names in ((self.setup, ("image_combo", "model_combo", "device_combo", "refine_check",
+                                           "cache_edit", "cache_button")),
+                             (self.output, ("output_combo", "overwrite_check")),
+                             (self.prompt_panel, ("polarity_button",)),
+                             (self.actions, ("commit_button", "clear_button", "volume_button", "iou_spin",
+                                             "progress_bar", "cancel_button"))):
+            for name in names:
+                setattr(self, name, getattr(panel, name))
+        root = QVBoxLayout(self)
+        root.setContentsMargins(6, 6, 6, 6)
+        for part in (self.setup, self.output, self.prompt_panel, self.actions, self.status_label):
+            root.addWidget(part)
+        root.addStretch(1)
+
+        self._config: tuple | None = None
+        self._closed = False
+        self._was_docked = False
+        self._t_change = 0.0
+        self._dropped_warned = 0
+        self._cpu_fallback_done = False
+        self._embed_total = 0
+        self.last_message = ""
+        self.last_latency_ms: float | None = None
+        self.last_model_ms: float | None = None
+        self.last_committed_id: int | None = None
+        self.embedded_slices = 0
+        self._headline = ""  # "loading model ..." / "ready: click ...", kept at the front of the status
+
+        self.sync = ViewerSync(self.viewer, self.setup, self.output, self.managed)
+        self._wire()
+        self.jobs.probe_devices()
+        self.sync.refresh()
+        self._on_image_selected()
+        if self.sync.image is None:
+            self._notify("info", "no image layer yet: open an image (File > Open Sample > FocSAM, "
+                                 "or drop a file on the viewer)")
+
+    def _wire(self) -> None:
+        s, a, j, la = self.setup, self.actions, self.jobs, self.managed
+        s.image_changed.connect(self._on_image_selected)
+        s.config_changed.connect(self._on_setup_changed)
+        s.refine_toggled.connect(self._on_refine_toggled)
+        self.prompt_panel.toggle_clicked.connect(lambda: self.toggle_polarity())
+        a.commit_clicked.connect(lambda: self.commit())
+        a.clear_clicked.connect(lambda: self.clear())
+        a.volume_clicked.connect(lambda: self.segment_volume())
+        a.cancel_clicked.connect(self.cancel_volume)
+        la.points_changed.connect(self._schedule_predict)
+        la.action.connect(self._on_action)
+        j.devices_found.connect(s.mark_devices)
+        j.loaded.connect(self._on_loaded)
+        j.embedded.connect(self._on_embedded)
+        j.embedding_done.connect(self._on_embedding_done)
+        j.predicted.connect(self._on_predicted)
+        j.volume_progress.connect(self.actions.volume_progress)
+        j.volume_done.connect(self._on_volume_done)
+        la.bind_viewer_keys()
+        self.sync.image_inserted.connect(self._on_image_inserted)
+        self.sync.image_removed.connect(self._on_image_removed)
+        self.sync.image_data_changed.connect(self._on_image_data)
+        self.sync.managed_removed.connect(self._restore_layers)
+
+    # ------------------------------------------------------------------ status and messages
+    def _set_status(self, text: str | None = None) -> None:
+        parts = [text] if text else []
+        ctx = self.jobs.context
+        if not text and self._headline and (ctx is not None or self.jobs.loading):
+            parts.insert(0, self._headline)
+        if ctx is not None:
+            parts.append(f"model {ctx.model_name} on {ctx.session.predictor.device}")
+            if ctx.is_3d:
+                parts.append(f"embeddings {self.embedded_slices}/{ctx.n_slices}")
+            elif not self.embedded_slices:
+                parts.append("computing the image embedding ...")
+        if self.last_latency_ms is not None:
+            parts.append(f"last click {self.last_latency_ms:.0f} ms")
+        out = self._output_layer(create=False)
+        if out is not None and out.data.size <= 2**25:  # a max over huge labels would stall the GUI
+            parts.append(f"next id {next_label(out.data)}")
+        self.status_label.setText(" · ".join(parts))
+
+    def _notify(self, level: str, message: str) -> None:
+        """All user messages go through here (one line, napari notification, status line)."""
+        self.last_message = message
+        {"error": show_error, "warning": show_warning}.get(level, show_info)(f"FocSAM: {message}")
+        try:
+            self._set_status(message)
+        except RuntimeError:  # widget already deleted
+            pass
+
+    def _update_buttons(self) -> None:
+        ctx = self.jobs.context
+        self.actions.show_state(ready=ctx is not None, is_3d=bool(ctx and ctx.is_3d),
+                                volume_running=self.jobs.volume_running)
+        self.setup.show_refiner(None if ctx is None else ctx.has_refiner)
+
+    # ------------------------------------------------------------------ layers in the viewer
+    def _on_image_inserted(self, layer: Image) -> None:
+        if self.jobs.context is None and not self.jobs.loading:
+            # nothing usable is selected (no image, an unsupported one, a failed load): take the new one
+            self.setup.choose_image(layer)
+            self._on_image_selected()
+        elif self.sync.image is None and self.image_combo.count():
+            self._on_image_selected()
+
+    def _on_image_removed(self) -> None:
+        # the viewer may be closing (it removes layers one by one): decide later
+        self._config = None
+        self._drop_context()
+        QTimer.singleShot(0, self._deferred_image_check)
+
+    def _deferred_image_check(self) -> None:
+        try:
+            if not self._closed and self.sync.image is None:
+                self._on_image_selected()
+        except RuntimeError:  # the widget was deleted meanwhile
+            pass
+
+    def _restore_layers(self) -> None:
+        image = self.sync.image
+        if self._closed or image is None or image not in self.viewer.layers:
+            return
+        if self.managed.prompts is None or self.managed.preview is None:
+            self.managed.ensure(image)
+            self._after_adopt()
+            self._notify("info", "the FocSAM prompts/preview layer was deleted: a new one was added")
+
+    def _output_layer(self, *, create: bool) -> Labels | None:
+        layer = self.output.current()
+        if layer is not None and layer in self.viewer.layers:
+            self.managed.bind_output_keys(layer)
+            return layer
+        if not create or self.sync.image is None:
+            return None
+        out = self.managed.create_output(self.sync.image)
+        self.sync.refresh()
+        self.output.choose(out)
+        self.managed.bind_output_keys(out)
+        self.managed.select_prompts()
+        return out
+
+    def _after_adopt(self) -> None:
+        """The prompts layer is active in add mode and our layers lie above the image, now and
+        after napari's own handling of the current event (it selects a layer it just inserted)."""
+        def settle():
+            if self._closed:
+                return
+            self.managed.arrange(self.sync.image, self.output.current())
+            self.managed.select_prompts()
+        settle()
+        QTimer.singleShot(0, settle)
+
+    # ------------------------------------------------------------------ setup changes
+    def set_model(self, name_or_path: str) -> None:
+        """Select a registry model by name or a checkpoint file by path (adds it to the list)."""
+        self.setup.set_model(name_or_path)
+
+    def set_image_layer(self, layer: Any) -> None:
+        """Select the layer to segment (validated: an Image layer with 2 or 3 spatial axes)."""
+        if not isinstance(layer, Image):
+            kind = type(layer).__name__
+            self._notify("error", f"'{getattr(layer, 'name', layer)}' is a {kind} layer: FocSAM segments "
+                                  "image layers (2D, RGB or 3D stacks)")
+            return
+        if not self.setup.choose_image(layer):
+            self._notify("error", f"'{layer.name}' is not in this viewer")
+            return
+        self._on_image_selected()
+
+    def _on_image_selected(self, *_: Any) -> None:
+        self.sync.set_image(self.setup.image())
+        self._on_setup_changed()
+
+    def _on_image_data(self, event=None) -> None:
+        self._config = None  # the pixels changed: a new session is needed
+        self._on_setup_changed()
+
+    def _on_setup_changed(self, *_: Any) -> None:
+        """(Re)build the session when the image, model, device or cache folder changed."""
+        if self._closed:
+            return
+        layer = self.sync.image
+        if layer is None:
+            self._drop_context()
+            self._set_status("no image layer: open an image (File > Open Sample > FocSAM)")
+            return
+        if layer.ndim not in (2, 3):
+            self._drop_context()
+            self._notify("error", f"'{layer.name}' has {layer.ndim} dimensions: FocSAM supports 2D images, "
+                                  "RGB images and 3D stacks (Z, Y, X)")
+            return
+        model, device, cache = self.setup.model_spec(), self.setup.device(), self.setup.cache_dir()
+        config = (id(layer), model, device, cache)
+        if config == self._config and (self.jobs.context is not None or self.jobs.loading):
+            return
+        lay = self.managed
+        same_image = self._config is not None and self._config[0] == config[0] \
+            and lay.prompts in self.viewer.layers and lay.preview in self.viewer.layers
+        self._config = config
+        self._drop_context(keep_layers=True)
+        if not same_image:  # a new image: fresh prompts and preview; a new model keeps the points
+            lay.ensure(layer)
+            self.sync.pick_output(spatial_shape(layer))
+            self._after_adopt()
+        name = model.replace("\\", "/").rsplit("/", 1)[-1]
+        self._headline = f"loading model {name} ..."
+        self._set_status()
+        self.actions.show_progress(None, 0, f"loading {name} ...")
+        self.jobs.load(layer, image_data(layer), bool(layer.rgb), model, device, cache, self.setup.refine_wanted)
+
+    def _on_refine_toggled(self, on: bool) -> None:
+        ctx = self.jobs.context
+        if ctx is None:
+            return
+        ctx.session.predictor.refine = bool(on) and ctx.has_refiner
+        if self.queue.rerun():  # the clicks again, with the new setting
+            self._start_predict()
+
+    def _drop_context(self, keep_layers: bool = False) -> None:
+        self.jobs.drop()
+        self.queue.new_object()
+        self.embedded_slices = 0
+        if not keep_layers:
+            self.managed.masks = {}
+        self.actions.hide_progress()
+        self._update_buttons()
+
+    def _on_loaded(self, result: LoadResult) -> None:
+        self.actions.hide_progress()
+        if result.failure is not None:
+            self._config = None
+            self._notify("error", result.failure.message)
+            return
+        if self.sync.image is None:
+            return
+        if result.note:
+            self._notify("warning", result.note)
+        self._update_buttons()
+        self._headline = READY
+        self._set_status(f"loaded in {result.seconds:.1f} s")
+        self.sync.update_view_z()
+        self._embed_total = self.jobs.start_embedding(lambda: self.sync.view_z)
+        self.embedded_slices = 0
+        if result.context.is_3d and not self.jobs.volume_running:
+            self.actions.show_progress(0, self._embed_total, "embeddings %v/%m")
+        if self.managed.n_points() and self.queue.points_changed():
+            self._start_predict()
+
+    # ------------------------------------------------------------------ embeddings
+    def _on_embedded(self, done: int, total: int) -> None:
+        self.embedded_slices = done
+        ctx = self.jobs.context
+        if ctx is not None and ctx.is_3d and not self.jobs.volume_running:
+            self.actions.show_progress(done, total, "embeddings %v/%m")
+        self._set_status()
+
+    def _on_embedding_done(self, result: Any) -> None:
+        if not self.jobs.volume_running:
+            self.actions.hide_progress()
+        if isinstance(result, Failure):
+            if result.oom:
+                self._fallback_to_cpu()
+            else:
+                self._notify("error", result.message)
+        elif isinstance(result, str) and result:
+            self._notify("warning", f"embedding cache: {result}")
+        else:
+            self._set_status()
+
+    # ------------------------------------------------------------------ prediction
+    def _schedule_predict(self) -> None:
+        self._t_change = time.perf_counter()
+        if self.queue.points_changed():
+            self._start_predict()
+
+    def _clicks(self) -> list[tuple[int, float, float, bool]]:
+        """The prompts as (z, y, x, positive) in the image's pixel coordinates."""
+        ctx, image = self.jobs.context, self.sync.image
+        if ctx is None or image is None:
+            return []
+        clicks, dropped = self.managed.clicks(image, ctx.plane_shape, ctx.n_slices, ctx.is_3d)
+        if dropped > self._dropped_warned:
+            self._notify("warning", f"{dropped} point(s) outside the image ignored")
+        self._dropped_warned = dropped
+        return clicks
+
+    def _start_predict(self) -> None:
+        if self.jobs.context is None or self._closed or self.queue.running:
+            return
+        clicks = self._clicks()
+        if not clicks and not self.managed.masks:
+            if self.queue.nothing_to_predict():
+                self.commit()
+            return
+        self.jobs.predict(self.queue.start(), clicks, set(self.managed.masks), self.queue.is_current)
+
+    def _on_predicted(self, ticket: Ticket, masks: Any, dt: float) -> None:
+        failed = isinstance(masks, Failure)
+        current = self.queue.is_current(ticket)
+        outcome = self.queue.finish(ticket, ok=not failed)
+        if failed:
+            if masks.oom:
+                self._fallback_to_cpu()
+            elif current:
+                self._notify("error", masks.message)
+        ctx = self.jobs.context
+        if outcome.show and isinstance(masks, dict) and ctx is not None:
+            self.managed.show_masks(masks, ctx.is_3d)
+            self.last_latency_ms = (time.perf_counter() - self._t_change) * 1000
+            self.last_model_ms = dt * 1000
+            self._set_status()
+        if outcome.start_next:
+            self._start_predict()
+        if outcome.commit:
+            self.commit()
+
+    def is_busy(self) -> bool:
+        """True while a model load, a prediction or a propagation is running or queued."""
+        j = self.jobs
+        return j.loading or j.predicting or j.volume_running or (self.queue.dirty and j.context is not None)
+
+    def has_running_workers(self) -> bool:
+        """True while any background job (load, embeddings, prediction, volume) is running."""
+        return self.jobs.any_running()
+
+    @property
+    def prompts_layer(self) -> Points | None:
+        """The points layer holding the prompts (feature ``positive``)."""
+        return self.managed.prompts
+
+    @property
+    def preview_layer(self) -> Labels | None:
+        """The labels layer showing the current object."""
+        return self.managed.preview
+
+    @property
+    def output_layer(self) -> Labels | None:
+        """The chosen output labels layer (None while "New labels layer" is chosen)."""
+        return self._output_layer(create=False)
+
+    @property
+    def is_ready(self) -> bool:
+        """True when a model and image are loaded (clicks are answered)."""
+        return self.jobs.context is not None
+
+    @property
+    def session(self) -> Any:
+        """The engine's :class:`~napari_focsam.core.session.Session` (None before a model is loaded)."""
+        ctx = self.jobs.context
+        return None if ctx is None else ctx.session
+
+    @property
+    def current_mask(self) -> np.ndarray | None:
+        """The current object's mask as shown in the preview ((Y, X) or (Z, Y, X) bool)."""
+        return self.managed.current_mask()
+
+    # ------------------------------------------------------------------ keys
+    def _on_action(self, action: str) -> None:
+        {"commit": self.commit, "clear": self.clear, "volume": self.segment_volume,
+         "toggle": self.toggle_polarity, "undo": self.undo, "redo": self.redo}[action]()
+
+    def toggle_polarity(self, positive: bool | None = None) -> None:
+        """Switch the polarity of the next click (or set it)."""
+        self.managed.set_polarity((not self.managed.positive) if positive is None else bool(positive))
+        self.prompt_panel.show_polarity(self.managed.positive)
+
+    # ------------------------------------------------------------------ commit / clear / undo
+    def commit(self) -> int | None:
+        """Write the current object into the output labels layer; returns its id (None if nothing).
+
+        While the object's mask is being computed, the commit waits and happens (once) when the
+        newest mask arrives.
+        """
+        if self.jobs.context is None:
+            self._notify("warning", "nothing to commit: no image/model loaded yet")
+            return None
+        if self.jobs.volume_running:
+            self._notify("warning", "wait for the volume propagation to finish (or cancel it)")
+            return None
+        if not self.queue.request_commit():
+            self._set_status("committing when the current mask is ready ...")
+            return None
+        mask = self.managed.current_mask()
+        if mask is None or not mask.any():
+            self._notify("info", "nothing to commit: click on an object first")
+            return None
+        out = self._output_layer(create=True)
+        if out is None:
+            return None
+        try:
+            paste = plan_paste(out.data, mask, overwrite=self.output.overwrite())
+        except PasteError as err:
+            self._notify(*self.output.refusal(err, out, mask.shape))
+            return None
+        out.data_setitem(paste.index, paste.label)  # one undo step (Ctrl+Z)
+        self.last_committed_id = paste.label
+        self._reset_object()
+        self._set_status(f"committed object {paste.label} to '{out.name}' (Ctrl+Z undoes it)")
+        return paste.label
+
+    def clear(self) -> None:
+        """Drop the current object and its points."""
+        self._reset_object()
+        self._set_status("cleared")
+
+    def _reset_object(self) -> None:
+        self.queue.new_object()
+        if not self.jobs.predicting and not self.jobs.volume_running:
+            self.jobs.interactive.clear()
+        self.managed.clear_points()
+        self.managed.clear_preview()
+        self.managed.select_prompts()
+
+    def undo(self) -> None:
+        """Ctrl+Z: remove the newest point, or (with no points) undo the last change of the output labels."""
+        if self.managed.n_points():
+            self.managed.remove_last_point()
+            return
+        self._history("undo")
+
+    def redo(self) -> None:
+        """Ctrl+Shift+Z: redo the last undone change of the output labels."""
+        self._history("redo")
+
+    def _history(self, which: str) -> None:
+        out = self._output_layer(create=False)
+        if out is None:
+            self._notify("info", f"nothing to {which}: no output labels layer yet")
+            return
+        getattr(out, which)()
+        active = self.viewer.layers.selection.active
+        if active is not out or out.mode == "pan_zoom":  # keep clicking working (not while painting)
+            self.managed.select_prompts()
+        self._set_status(f"{which} in '{out.name}'")
+
+    # ------------------------------------------------------------------ volume
+    def segment_volume(self) -> None:
+        """Propagate the current object through the stack, then commit it."""
+        ctx = self.jobs.context
+        if ctx is None:
+            self._notify("warning", "no model loaded yet")
+            return
+        if not ctx.is_3d:
+            self._notify("info", "Segment volume needs a 3D stack (this image is 2D)")
+            return
+        if self.jobs.volume_running:
+            return
+        clicks = self._clicks()
+        if not clicks:
+            self._notify("info", "click on the object in a slice first, then Segment volume")
+            return
+        ticket = self.queue.supersede()  # a newer state than any running prediction
+        self.actions.start_volume_progress()
+        self.jobs.segment_volume(ticket, clicks, float(self.iou_spin.value()))
+        self._update_buttons()
+        self._set_status("segmenting the volume ...")
+
+    def cancel_volume(self) -> None:
+        """Stop a running volume propagation (the finished slices stay in the preview)."""
+        self.jobs.cancel_volume()
+
+    def _on_volume_done(self, ticket: Ticket, res: Any, vol: Any) -> None:
+        self.actions.end_volume_progress()
+        self._update_buttons()
+        if self.jobs.embedding and self.jobs.context is not None and self.jobs.context.is_3d:
+            self.actions.show_progress(self.embedded_slices, self._embed_total, "embeddings %v/%m")
+        else:
+            self.actions.hide_progress()
+        if isinstance(res, Failure):
+            if res.oom:
+                self._fallback_to_cpu()
+            else:
+                self._notify("error", res.message)
+        elif ticket.epoch == self.queue.epoch and vol is not None and self.jobs.context is not None:
+            z0, z1 = res.z_range
+            self.managed.show_masks({z: vol[z] for z in range(vol.shape[0])}, True, volume=True)
+            if res.cancelled:
+                self._notify("info", f"propagation cancelled: slices {z0}-{z1} are in the preview; "
+                                     "press C to commit them, or Shift+C to clear")
+            else:
+                why = ", ".join(f"{d}: {r}" for d, r in res.stopped_reason.items())
+                new_id = self.commit()
+                self._notify("info", f"volume segmented on slices {z0}-{z1} ({why})"
+                                     + (f"; committed as label {new_id}" if new_id else ""))
+        if self.queue.dirty and not self.queue.running:
+            self._start_predict()
+
+    # ------------------------------------------------------------------ GPU fallback
+    def _fallback_to_cpu(self) -> None:
+        if self._closed:
+            return
+        if self.setup.device() == "cpu" and self._cpu_fallback_done:
+            self._notify("error", "out of memory even on the CPU: try a smaller model or image")
+            return
+        self._cpu_fallback_done = True
+        self._notify("warning", "out of GPU memory: FocSAM switched to the CPU (slower); "
+                                "choose the GPU again in 'Device' to retry")
+        self.jobs.release_gpu_memory()
+        self.device_combo.setCurrentText("cpu")  # triggers a new session on the CPU
+
+    # ------------------------------------------------------------------ closing
+    def event(self, ev) -> bool:
+        """napari removes a closed dock by un-parenting its widget: stop everything then."""
+        if ev.type() == QEvent.Type.ParentChange:
+            if self.parent() is not None:
+                self._was_docked = True
+            elif self._was_docked:
+                self.close_session()
+        return super().event(ev)
+
+    def closeEvent(self, event) -> None:  # noqa: N802 (Qt API)
+        self.close_session()
+        super().closeEvent(event)
+
+    def close_session(self) -> None:
+        """Stop all work and release key bindings (called when the widget closes)."""
+        if self._closed:
+            return
+        self._closed = True
+        self.jobs.close()
+        self.managed.release()
+        self.sync.close()
+
