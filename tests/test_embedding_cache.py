@@ -350,16 +350,19 @@ def test_nan_in_a_done_slice_is_recomputed(fast_predictor, tmp_path, caplog):
     assert "invalid values" in caplog.text
 
 
-def test_foreign_folder_at_store_path_is_moved_aside_not_deleted(fast_predictor, tmp_path, caplog):
+def test_foreign_folder_at_store_path_is_refused_untouched(fast_predictor, tmp_path, caplog):
+    # issue 11: a user's own folder given as the cache is refused, never moved or deleted
     path = tmp_path / "data.zarr"
     path.mkdir()
     (path / "precious.txt").write_text("user data")
     with caplog.at_level(logging.WARNING):
         store = _store(fast_predictor, blobs_stack(2), path)
         store.precompute()
-    aside = [p for p in tmp_path.iterdir() if p.name.startswith("data.zarr.stale-")]
-    assert len(aside) == 1 and (aside[0] / "precious.txt").read_text() == "user data"
-    assert store.disk_writable and "moved" in caplog.text
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data.zarr"]
+    assert sorted(p.name for p in path.iterdir()) == ["precious.txt"]
+    assert (path / "precious.txt").read_text() == "user data"
+    assert store.cache_path is None and not store.disk_writable
+    assert "not a napari-focsam embedding cache: refusing" in store.disk_error
 
 
 def _make_read_only(path: Path):

@@ -4,20 +4,33 @@ On-disk layout (one zarr group per image and model, ``<cache_dir>/<model>-<key>.
 
     features    (Z, 256, 64, 64) float16, one chunk per slice (zstd with checksum on zarr 3)
     signatures  (Z, 20) uint8, sha1 of the pixel data each slice's features were computed from
+    checksums   (Z, 20) uint8, sha1 of each slice's stored features, signature and flag
     done        (Z,) uint8, one chunk per slice: 0 = not computed, 1 = done, 2 = done (blank slice)
     attrs       format version, model_id, PREPROCESS_VERSION, image shape/dtype, volume key,
                 contrast limits, input_size/original_size, feature dtype
+    napari_focsam_cache.json   our format marker, also readable when the zarr metadata is not
+    claims/     one directory per slice being encoded right now (see :mod:`.claims`)
 
-A slice is written features first, then its signature, then its ``done`` flag, each in its own
-chunk file, so an interrupted precompute leaves only complete slices marked done and resumes
-where it stopped. A slice is used from disk only when it is marked done, its stored signature
-equals the signature of the current pixels, and its features are finite; otherwise it is
-recomputed (with a warning). A store made for another model, image, preprocessing or contrast,
-or a structurally damaged one, is discarded and rebuilt (with a warning), never used.
+A slice is written features first, then its signature and checksum, then its ``done`` flag,
+each in its own chunk file, so an interrupted precompute leaves only complete slices marked done
+and resumes where it stopped. A slice is used from disk only when it is marked done, its stored
+signature equals the signature of the current pixels, its features are finite and their
+checksum matches; otherwise it is recomputed (with a warning). The checksum is what catches a
+missing chunk: zarr reads a deleted chunk as its fill value (zeros) without complaint, and zeros
+never carry the checksum of real features.
+
+A store made for another model, image, preprocessing or contrast, or a structurally damaged one,
+is discarded and rebuilt (with a warning), never used -- but only when it carries our format
+marker: any other folder at the store path (a user's own ``.zarr``) is refused, never moved or
+deleted. A new store is built under a temporary name and renamed into place, so other processes
+never see a half-created one. Several processes may fill one store at the same time: each claims
+a slice (an atomic directory under ``claims/``) before encoding it, so no slice is encoded twice.
 """
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import json
 import logging
 import os
@@ -25,23 +38,50 @@ import shutil
 import stat
 import threading
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-__all__ = ["CACHE_FORMAT_VERSION", "FEATURE_SHAPE", "CacheUnavailable", "DiskCache"]
+from .claims import CLAIM_TIMEOUT_S, Claims
+
+__all__ = [
+    "CACHE_FORMAT_VERSION",
+    "FEATURE_SHAPE",
+    "MARKER_FILE",
+    "CacheUnavailable",
+    "CacheWriteError",
+    "DiskCache",
+    "features_checksum",
+]
 
 log = logging.getLogger(__name__)
 
-#: Version of the on-disk layout; part of every store's signature.
-CACHE_FORMAT_VERSION = 1
+#: Version of the on-disk layout; part of every store's signature (2: per-slice checksums).
+CACHE_FORMAT_VERSION = 2
 #: Shape of one slice's image embedding.
 FEATURE_SHAPE = (256, 64, 64)
+#: File in the store's root that marks it as ours (with the format version).
+MARKER_FILE = "napari_focsam_cache.json"
+#: Free space kept on top of the estimated size of a precompute.
+SPACE_MARGIN_BYTES = 64 * 2**20
 
 
 class CacheUnavailable(OSError):
-    """The disk cache cannot be opened or created (read-only folder, stale store we may not replace...)."""
+    """The disk cache cannot be opened or created (read-only folder, a folder that is not ours...)."""
+
+
+class CacheWriteError(CacheUnavailable):
+    """Writing to the disk cache failed (disk full, permissions changed) or would not fit."""
+
+
+def features_checksum(features: np.ndarray, signature: bytes, flag: int) -> bytes:
+    """sha1 (20 bytes) of one slice's stored features (C order), pixel signature and done flag."""
+    h = hashlib.sha1(np.ascontiguousarray(features).reshape(-1).view(np.uint8))
+    h.update(bytes(signature))
+    h.update(bytes([int(flag)]))
+    return h.digest()
 
 
 def _writable(path: Path) -> bool:
@@ -84,9 +124,28 @@ def _create_array(group, name: str, shape, chunks, dtype, *, compress: bool):
 class DiskCache:
     """One zarr store holding the embeddings of one volume for one model (see module docs).
 
-    meta: the signature the store must carry (written at creation, compared on open).
-    Raises :class:`CacheUnavailable` when the store can neither be used nor (re)created.
-    Thread-safe: every access holds an internal lock.
+    Parameters
+    ----------
+    path : str or Path
+        The store (a ``.zarr`` folder).
+    meta : dict
+        The signature the store must carry (written at creation, compared on open).
+    n_slices : int
+        Number of slices Z.
+    feature_dtype : numpy dtype
+        float16 or float32.
+    claim_timeout_s : float
+        Age after which another machine's claim on a slice is taken as abandoned.
+
+    Raises
+    ------
+    CacheUnavailable
+        When the store can neither be used nor (re)created, or the path holds something that is
+        not ours.
+
+    Notes
+    -----
+    Thread-safe: every array access holds an internal lock.
     """
 
     MARKER = "napari_focsam_embeddings"
@@ -103,7 +162,8 @@ class DiskCache:
         "feature_dtype": "another feature dtype",
     }
 
-    def __init__(self, path: str | Path, meta: dict[str, Any], n_slices: int, feature_dtype: np.dtype) -> None:
+    def __init__(self, path: str | Path, meta: dict[str, Any], n_slices: int, feature_dtype: np.dtype,
+                 *, claim_timeout_s: float = CLAIM_TIMEOUT_S) -> None:
         self.path = Path(path)
         self.meta = {self.MARKER: CACHE_FORMAT_VERSION, **json.loads(json.dumps(meta))}
         self.n_slices = int(n_slices)
@@ -112,10 +172,15 @@ class DiskCache:
         self.rebuilt_because: str | None = None
         self.read_only = False
         self._open()
+        self.claims = Claims(self.path / "claims", timeout_s=claim_timeout_s)
+
+    @property
+    def slice_bytes(self) -> int:
+        """Uncompressed size of one slice's features (an upper bound of its size on disk)."""
+        return int(np.prod(FEATURE_SHAPE)) * self.feature_dtype.itemsize + 64
 
     # -- opening
-    def _open(self) -> None:
-        zarr = _zarr()
+    def _open(self, retry: bool = True) -> None:
         path = self.path
         parent = path.parent
         if not parent.exists():
@@ -124,29 +189,50 @@ class DiskCache:
             except OSError as exc:
                 raise CacheUnavailable(f"cannot create the cache folder {parent}: {exc}") from exc
         self.read_only = not _writable(parent) or (path.exists() and not _writable(path))
-        if path.exists():
-            group, ours, problem = None, False, None
+        if not self.read_only and path.is_dir() and not path.is_symlink() and not any(path.iterdir()):
             try:
-                group = zarr.open_group(str(path), mode="r" if self.read_only else "r+")
+                path.rmdir()  # an empty folder made for the cache: nothing to keep
+            except OSError:
+                pass
+        if path.exists() or path.is_symlink():
+            group, problem = None, None
+            ours = self._has_marker_file()
+            try:
+                group = _zarr().open_group(str(path), mode="r" if self.read_only else "r+")
                 attrs = dict(group.attrs)
-                ours = attrs.get(self.MARKER) is not None
+                ours = ours or attrs.get(self.MARKER) is not None
                 problem = self._validate(group, attrs)
             except Exception as exc:  # unreadable metadata, not a zarr store, ...
                 problem = f"is unreadable ({type(exc).__name__}: {exc})"
             if problem is None:
                 self._bind(group)
                 return
+            if not ours:
+                raise CacheUnavailable(
+                    f"{path} exists and is not a napari-focsam embedding cache: refusing to touch it; "
+                    "give a cache folder (or a new .zarr path) instead")
             if self.read_only:
                 raise CacheUnavailable(f"the embedding cache {path} {problem}, and its folder is read-only")
             log.warning("embedding cache %s %s: rebuilding it", path, problem)
             self.rebuilt_because = problem
-            self._discard(ours)
+            self._discard()
         if self.read_only:
             raise CacheUnavailable(f"the cache folder {parent} is read-only")
         try:
-            self._create()
+            created = self._create()
         except OSError as exc:
             raise CacheUnavailable(f"cannot create the embedding cache {path}: {exc}") from exc
+        if not created:  # another process created it at the same moment: use theirs
+            if not retry:
+                raise CacheUnavailable(f"the embedding cache {path} keeps changing under us: retry")
+            self._open(retry=False)
+
+    def _has_marker_file(self) -> bool:
+        try:
+            marker = json.loads((self.path / MARKER_FILE).read_text())
+        except (OSError, ValueError):
+            return False
+        return isinstance(marker, dict) and self.MARKER in marker
 
     def _validate(self, group, attrs: dict) -> str | None:
         if attrs.get(self.MARKER) != CACHE_FORMAT_VERSION:
@@ -158,7 +244,8 @@ class DiskCache:
             return "was made for " + ", ".join(diffs)
         Z = self.n_slices
         expect = {"features": ((Z, *FEATURE_SHAPE), self.feature_dtype),
-                  "signatures": ((Z, 20), np.dtype(np.uint8)), "done": ((Z,), np.dtype(np.uint8))}
+                  "signatures": ((Z, 20), np.dtype(np.uint8)), "checksums": ((Z, 20), np.dtype(np.uint8)),
+                  "done": ((Z,), np.dtype(np.uint8))}
         for name, (shape, dtype) in expect.items():
             try:
                 arr = group[name]
@@ -169,37 +256,55 @@ class DiskCache:
                         f"{shape} {dtype})")
         return None
 
-    def _discard(self, ours: bool) -> None:
-        """Delete a store of ours; move anything else aside (never delete what we did not write)."""
+    def _discard(self) -> None:
+        """Delete a store of ours: rename it aside first (atomic), then delete it."""
         path = self.path
-        if ours:
-            try:
-                shutil.rmtree(path)
-                return
-            except OSError as exc:
-                log.warning("cannot delete the stale cache %s (%s): moving it aside", path, exc)
-        aside = path.with_name(f"{path.name}.stale-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}")
+        aside = path.with_name(f".{path.name}.stale-{uuid.uuid4().hex[:12]}")
         try:
-            os.replace(path, aside)
-            log.warning("moved the unusable cache %s aside to %s (you may delete it)", path, aside)
+            os.rename(path, aside)
+        except FileNotFoundError:
+            return  # another process discarded it first
         except OSError as exc:
             raise CacheUnavailable(f"cannot replace the unusable cache {path}: {exc}") from exc
+        try:
+            shutil.rmtree(aside)
+        except OSError as exc:
+            log.warning("cannot delete the stale cache %s (%s): you may delete it", aside, exc)
 
-    def _create(self) -> None:
+    def _create(self) -> bool:
+        """Build an empty store under a temporary name and rename it into place.
+
+        Returns False when another process put a store there first (theirs is kept).
+        """
         zarr = _zarr()
-        group = zarr.open_group(str(self.path), mode="w")
-        group.attrs.update(self.meta)  # first: a store interrupted while being created is still ours
-        Z = self.n_slices
-        _create_array(group, "features", (Z, *FEATURE_SHAPE), (1, *FEATURE_SHAPE), self.feature_dtype,
-                      compress=True)
-        _create_array(group, "signatures", (Z, 20), (1, 20), np.uint8, compress=False)
-        _create_array(group, "done", (Z,), (1,), np.uint8, compress=False)
-        self._bind(group)
+        tmp = self.path.with_name(f".{self.path.name}.tmp-{uuid.uuid4().hex[:12]}")
+        try:
+            group = zarr.open_group(str(tmp), mode="w")
+            group.attrs.update(self.meta)
+            Z = self.n_slices
+            _create_array(group, "features", (Z, *FEATURE_SHAPE), (1, *FEATURE_SHAPE), self.feature_dtype,
+                          compress=True)
+            for name in ("signatures", "checksums"):
+                _create_array(group, name, (Z, 20), (1, 20), np.uint8, compress=False)
+            _create_array(group, "done", (Z,), (1,), np.uint8, compress=False)
+            (tmp / MARKER_FILE).write_text(json.dumps({self.MARKER: CACHE_FORMAT_VERSION}))
+            try:
+                os.rename(tmp, self.path)
+            except OSError as exc:
+                if exc.errno in (errno.EEXIST, errno.ENOTEMPTY) or self.path.exists():
+                    return False
+                raise
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+        self._bind(zarr.open_group(str(self.path), mode="r+"))
+        return True
 
     def _bind(self, group) -> None:
         self._group = group
         self._features = group["features"]
         self._signatures = group["signatures"]
+        self._checksums = group["checksums"]
         self._done = group["done"]
 
     # -- slices
@@ -211,25 +316,32 @@ class DiskCache:
                         self.path, z, exc)
             return 0
 
-    def _signature_matches(self, z: int, signature: str) -> bool:
+    def _stored(self, name: str, z: int) -> bytes | None:
         try:
-            stored = bytes(np.asarray(self._signatures[z], dtype=np.uint8))
+            return bytes(np.asarray(getattr(self, name)[z], dtype=np.uint8))
         except Exception:
-            return False
-        return stored == bytes.fromhex(signature)
+            return None
 
     def is_done(self, z: int, signature: str) -> bool:
-        """Slice ``z`` is complete and was computed from pixels with this signature."""
+        """Slice ``z`` is marked complete and was computed from pixels with this signature.
+
+        Cheap (reads no features): :meth:`read` or :meth:`verify` check the features too.
+        """
         with self._lock:
-            return self._flag(z) != 0 and self._signature_matches(z, signature)
+            return self._flag(z) != 0 and self._stored("_signatures", z) == bytes.fromhex(signature)
+
+    def verify(self, z: int, signature: str) -> bool:
+        """Whether :meth:`read` would return slice ``z`` (reads and checks its features)."""
+        return self.read(z, signature) is not None
 
     def read(self, z: int, signature: str) -> tuple[np.ndarray, bool] | None:
-        """``(features (256, 64, 64), blank)`` of a complete, matching, finite slice, else None."""
+        """``(features (256, 64, 64), blank)`` of a complete, matching, intact slice, else None."""
         with self._lock:
             flag = self._flag(z)
             if flag == 0:
                 return None
-            if not self._signature_matches(z, signature):
+            sig = bytes.fromhex(signature)
+            if self._stored("_signatures", z) != sig:
                 log.warning("embedding cache %s: slice %d was computed from different pixel data: "
                             "recomputing it", self.path, z)
                 return None
@@ -238,31 +350,77 @@ class DiskCache:
             except Exception as exc:
                 log.warning("embedding cache %s: slice %d is unreadable (%s): recomputing it", self.path, z, exc)
                 return None
+            stored_sum = self._stored("_checksums", z)
         if feats.shape != FEATURE_SHAPE or not np.isfinite(feats).all():
             log.warning("embedding cache %s: slice %d holds invalid values (NaN/inf): recomputing it",
                         self.path, z)
             return None
+        if stored_sum != features_checksum(feats.astype(self.feature_dtype, copy=False), sig, flag):
+            log.warning("embedding cache %s: slice %d is damaged or incomplete (checksum mismatch, e.g. "
+                        "a missing chunk): recomputing it", self.path, z)
+            return None
         return feats, flag == 2
 
     def write(self, z: int, features: np.ndarray, blank: bool, signature: str) -> None:
-        """Store one slice: features, then signature, then the done flag (raises OSError on failure)."""
-        if self.read_only:
-            raise CacheUnavailable(f"the embedding cache {self.path} is read-only")
-        with self._lock:
-            self._write_arrays(z, np.asarray(features, dtype=self.feature_dtype), blank,
-                               np.frombuffer(bytes.fromhex(signature), dtype=np.uint8))
+        """Store one slice: features, signature, checksum, then the done flag.
 
-    def _write_arrays(self, z: int, features: np.ndarray, blank: bool, signature: np.ndarray) -> None:
+        Raises :class:`CacheWriteError` on failure; a slice that failed is never marked done.
+        """
+        if self.read_only:
+            raise CacheWriteError(f"the embedding cache {self.path} is read-only")
+        feats = np.ascontiguousarray(features, dtype=self.feature_dtype)
+        sig = bytes.fromhex(signature)
+        flag = 2 if blank else 1
+        with self._lock:
+            try:
+                self._write_arrays(z, feats, flag, np.frombuffer(sig, dtype=np.uint8),
+                                   np.frombuffer(features_checksum(feats, sig, flag), dtype=np.uint8))
+            except Exception as exc:
+                self._unmark(z)
+                raise CacheWriteError(f"cannot write slice {z} to {self.path}: {_why(exc)}") from exc
+
+    def _write_arrays(self, z: int, features: np.ndarray, flag: int, signature: np.ndarray,
+                      checksum: np.ndarray) -> None:
         if self._flag(z) != 0:  # rewriting a slice: it must not look done while half written
             self._done[z] = 0
         self._features[z] = features
         self._signatures[z] = signature
-        self._done[z] = 2 if blank else 1
+        self._checksums[z] = checksum
+        self._done[z] = flag
+
+    def _unmark(self, z: int) -> None:
+        try:
+            if self._flag(z) != 0:
+                self._done[z] = 0
+        except Exception:  # the checksum still keeps a half-written slice from being used
+            pass
 
     def done_slices(self) -> list[int]:
+        """Slices marked done (not verified)."""
         with self._lock:
             try:
                 flags = np.asarray(self._done[:])
             except Exception:
                 return [z for z in range(self.n_slices) if self._flag(z)]
         return [int(z) for z in np.flatnonzero(flags)]
+
+    def check_space(self, n_slices: int) -> None:
+        """Raise :class:`CacheWriteError` when ``n_slices`` more slices would not fit on the disk."""
+        if n_slices <= 0 or self.read_only:
+            return
+        need = n_slices * self.slice_bytes + SPACE_MARGIN_BYTES
+        try:
+            free = shutil.disk_usage(self.path).free
+        except OSError:
+            return  # cannot tell: the first failed write will stop the run
+        if free < need:
+            raise CacheWriteError(
+                f"not enough free space for the embedding cache in {self.path.parent}: {n_slices} slices need "
+                f"about {need / 2**30:.2f} GiB, {free / 2**30:.2f} GiB are free; free some space or choose "
+                "another cache folder")
+
+
+def _why(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        return f"the disk is full ({exc})"
+    return f"{type(exc).__name__}: {exc}"

@@ -24,7 +24,7 @@ from typing import Any, Callable, Iterable
 import numpy as np
 import torch
 
-from .disk_cache import CACHE_FORMAT_VERSION, FEATURE_SHAPE, CacheUnavailable, DiskCache
+from .disk_cache import CACHE_FORMAT_VERSION, FEATURE_SHAPE, CacheUnavailable, CacheWriteError, DiskCache
 from .image_volume import ImageVolume
 from .predictor import PREPROCESS_VERSION, FocSAMPredictor, ImageEmbedding, input_size_for, preprocess
 
@@ -32,6 +32,7 @@ __all__ = [
     "CACHE_FORMAT_VERSION",
     "FEATURE_SHAPE",
     "CacheUnavailable",
+    "CacheWriteError",
     "DiskCache",
     "EmbeddingStore",
     "ImageVolume",
@@ -109,9 +110,10 @@ class EmbeddingStore:
     (``benchmarks/bench_engine.py`` checks it).
 
     cache_dir: a folder holding one ``<model>-<key>.zarr`` store per (image, model), or a
-    path ending in ``.zarr`` used as the store itself. A read-only or full folder makes the
-    store warn once and continue in memory (``disk_error`` says why); a read-only folder with
-    a valid store is still read.
+    path ending in ``.zarr`` used as the store itself (refused when it holds anything but one
+    of our stores). A read-only folder, a refused path or a full disk makes the store warn
+    once and continue in memory (``disk_error`` says why), except that :meth:`precompute`
+    stops at the first failed write; a read-only folder with a valid store is still read.
 
     Thread-safe: any thread may call :meth:`get` while another runs :meth:`precompute`; a
     slice is never encoded twice at the same time, and the encoder runs one slice at a time.
@@ -245,7 +247,21 @@ class EmbeddingStore:
             if z in self._mem:
                 return True
         disk = self._ensure_disk()
-        return disk is not None and disk.is_done(z, self.volume.slice_signature(z))
+        return disk is not None and disk.verify(z, self.volume.slice_signature(z))
+
+    def missing(self, slices: Iterable[int] | None = None) -> list[int]:
+        """The slices (default: all) that :meth:`precompute` would still have to encode.
+
+        With a disk cache: the slices it does not hold intact (each one is read and checked);
+        without one: the slices not in memory. An empty list means there is nothing to do,
+        even when the cache is read-only.
+        """
+        zs = [self.volume.check_z(z) for z in (range(self.volume.n_slices) if slices is None else slices)]
+        disk = self._ensure_disk()
+        if disk is None:
+            with self._lock:
+                return [z for z in zs if z not in self._mem]
+        return [z for z in zs if not disk.verify(z, self.volume.slice_signature(z))]
 
     def get(self, z: int = 0) -> SliceEmbedding:
         """The embedding of slice ``z`` (computed on demand); features (1, 256, 64, 64) float32."""
@@ -308,16 +324,22 @@ class EmbeddingStore:
             self.stats["disk_hits"] += 1
         return _Entry(torch.from_numpy(np.array(feats, dtype=self.feature_dtype)), blank)
 
-    def _save_disk(self, z: int, entry: _Entry) -> None:
+    def _save_disk(self, z: int, entry: _Entry) -> bool:
+        """Write slice ``z`` to disk; False when not written (no disk, another process has the
+        slice, or the write failed: then the disk turns read-only and :attr:`disk_error` says why)."""
         disk = self._disk
         if disk is None or disk.read_only:
-            return
+            return False
         try:
-            disk.write(z, entry.features.numpy(), entry.blank, self.volume.slice_signature(z))
-        except Exception as exc:  # full disk, permissions changed, ...
+            with disk.claims.hold(z) as mine:
+                if not mine:
+                    return False  # another process is encoding this slice and will write it
+                disk.write(z, entry.features.numpy(), entry.blank, self.volume.slice_signature(z))
+        except OSError as exc:  # full disk, permissions changed, ...
             disk.read_only = True
-            self._warn_disk(f"cannot write to {disk.path} ({type(exc).__name__}: {exc}): new embeddings "
-                            "are kept in memory only")
+            self._warn_disk(f"{exc}: new embeddings are kept in memory only")
+            return False
+        return True
 
     def _compute(self, z: int) -> _Entry:
         rgb = self.volume.rgb_plane(z)
@@ -338,42 +360,97 @@ class EmbeddingStore:
     # -- bulk
     def precompute(self, slices: Iterable[int] | None = None,
                    progress: Callable[[int, int], None] | None = None,
-                   cancelled: Callable[[], bool] | None = None) -> int:
-        """Make sure the given slices (default: all) are cached; returns how many were encoded.
+                   cancelled: Callable[[], bool] | None = None, *, poll_s: float = 0.2) -> int:
+        """Make sure the given slices (default: all) are cached; returns how many were encoded here.
 
         With a writable disk cache the embeddings go to disk only (the memory LRU keeps the
-        slices in use); without one they go to memory (bounded). ``progress(done, total)`` is
-        called after each slice, ``cancelled()`` before each; a cancelled or interrupted run
-        keeps what it finished. :attr:`last_precompute` holds the counts.
+        slices in use); without one they go to memory (bounded). Several processes may fill
+        one store at once: a slice another process is encoding is skipped, and reused once it
+        is written (``by_others``); a process that died leaves claims that expire (see
+        :mod:`.claims`). ``progress(done, total)`` is called after each slice, ``cancelled()``
+        before each; a cancelled or interrupted run keeps what it finished.
+
+        :attr:`last_precompute` holds the counts: ``total``, ``computed`` (encoded here),
+        ``reused`` (already cached), ``by_others`` (written by another process meanwhile),
+        ``cancelled``, ``seconds``, ``error`` (None or why the run stopped).
+
+        Raises
+        ------
+        CacheWriteError
+            Before any work when the missing slices would not fit on the disk, and at the first
+            failed write (full disk, ...): the run stops at once, and every slice written so
+            far stays valid and is reused next time.
         """
         zs = [self.volume.check_z(z) for z in (range(self.volume.n_slices) if slices is None else slices)]
-        total = len(zs)
-        computed = reused = 0
-        was_cancelled = False
+        info: dict[str, Any] = {"total": len(zs), "computed": 0, "reused": 0, "by_others": 0,
+                                "cancelled": False, "seconds": 0.0, "error": None}
+        self.last_precompute = info
         t0 = time.perf_counter()
         disk = self._ensure_disk()
-        for i, z in enumerate(zs):
-            if cancelled is not None and cancelled():
-                was_cancelled = True
-                break
+        filling = disk is not None and not disk.read_only
+        try:
+            if filling:
+                assert disk is not None
+                disk.check_space(sum(not disk.is_done(z, self.volume.slice_signature(z)) for z in zs))
+            pending = list(zs)
+            first_pass = True
+            while pending:
+                progressed = False
+                for z in list(pending):
+                    if cancelled is not None and cancelled():
+                        info["cancelled"] = True
+                        return info["computed"]
+                    outcome = self._fill_one(z, disk, filling, waited=not first_pass)
+                    if outcome is None:
+                        continue  # another process is encoding it: come back later
+                    pending.remove(z)
+                    info[outcome] += 1
+                    progressed = True
+                    if progress is not None:
+                        progress(info["total"] - len(pending), info["total"])
+                first_pass = False
+                if pending and not progressed:
+                    time.sleep(poll_s)
+            return info["computed"]
+        except CacheWriteError as exc:
+            info["error"] = str(exc)
+            raise
+        finally:
+            info["seconds"] = time.perf_counter() - t0
+
+    def _fill_one(self, z: int, disk: DiskCache | None, filling: bool, waited: bool) -> str | None:
+        """Cache slice ``z``: "computed", "reused", "by_others", or None when another process has it."""
+        if not filling:
             with self._lock:
-                in_mem = z in self._mem
-            if in_mem and (disk is None or disk.read_only):
-                reused += 1
-            elif disk is not None and disk.is_done(z, self.volume.slice_signature(z)):
-                reused += 1
-            else:
-                with self._lock:
-                    in_mem = self._mem.get(z)
-                if in_mem is not None and disk is not None and not disk.read_only:
-                    self._save_disk(z, in_mem)  # computed before the cache existed
-                    reused += 1
+                if z in self._mem:
+                    return "reused"
+            if disk is not None and disk.verify(z, self.volume.slice_signature(z)):
+                return "reused"  # a read-only cache that holds it
+            _, source = self._obtain(z, memorize=True)
+            return "computed" if source == "computed" else "reused"
+        assert disk is not None
+        sig = self.volume.slice_signature(z)
+        if not waited and disk.verify(z, sig):
+            return "reused"
+        with self._lock:
+            entry = self._mem.get(z)
+        try:
+            with disk.claims.hold(z) as mine:
+                if not mine:
+                    return None
+                if waited and disk.verify(z, sig):
+                    return "by_others"
+                if entry is not None:  # computed before the cache existed
+                    self._save_disk(z, entry)
+                    source = "reused"
                 else:
-                    _, source = self._obtain(z, memorize=disk is None or disk.read_only)
-                    computed += source == "computed"
-                    reused += source != "computed"
-            if progress is not None:
-                progress(i + 1, total)
-        self.last_precompute = {"computed": computed, "reused": reused, "cancelled": was_cancelled,
-                                "seconds": time.perf_counter() - t0}
-        return computed
+                    _, source = self._obtain(z, memorize=False)
+        except CacheUnavailable:
+            raise
+        except OSError as exc:  # the claim itself could not be written (full disk, ...)
+            disk.read_only = True
+            self._warn_disk(f"cannot write to {disk.path}: {exc}")
+        if disk.read_only:  # the write failed: stop at once
+            raise CacheWriteError(f"{self.disk_error}; stopped after slice {z}: what was written is "
+                                  "complete and will be reused")
+        return "computed" if source == "computed" else "reused"
