@@ -82,10 +82,10 @@ def test_undo_restores_the_exact_previous_state_and_reset(refiner_model):
     m1 = obj.add_click(20, 20).copy()
     l1 = obj.logits(0).clone()
     obj.add_click(10, 30, positive=False)
-    assert obj._steps[0][-1].refined is not None  # the focus refiner ran at the 2nd click
+    assert obj.history(0).refined is not None  # the focus refiner ran at the 2nd click
     np.testing.assert_array_equal(obj.undo(), m1)
     torch.testing.assert_close(obj.logits(0), l1)
-    assert obj._steps[0][-1].refined is None
+    assert obj.history(0).refined is None
     m2 = obj.add_click(10, 30, positive=False)
     np.testing.assert_array_equal(obj.undo(0), m1)
     np.testing.assert_array_equal(obj.add_click(10, 30, positive=False), m2)  # same again
@@ -240,3 +240,222 @@ def test_real_click_on_a_cells3d_nucleus(mobile_sam, shared_data):
         a = s.predictor.step(f32, [Click(y, x, True)]).mask
         b = s.predictor.step(f16, [Click(y, x, True)]).mask
         assert (a != b).sum() <= 0.001 * a.size
+
+
+# --------------------------------------------------------------------------- one click history (issue 12/11)
+
+
+def test_a_slice_history_is_the_predictors_interactive_object(refiner_model):
+    from napari_focsam.core.predictor import InteractiveObject
+
+    s = Session(blobs_stack(2, size=40), refiner_model)
+    obj = s.new_object()
+    obj.set_clicks([(1, 20, 20, True), (1, 10, 30, False)])
+    hist = obj.history(1)
+    assert isinstance(hist, InteractiveObject) and obj.history(0) is None
+    assert [c.coords for c in hist.clicks] == [(20.0, 20.0), (10.0, 30.0)]
+    assert hist.refined is not None and hist.states[0].refined is None  # refined once, at the 2nd click
+    assert hist.states[1].refined is hist.refined  # ... and shared, not copied, by the later steps
+    np.testing.assert_array_equal(obj.mask(1), hist.mask)
+    torch.testing.assert_close(obj.logits(1), hist.logits)
+
+
+def count_decodes(model, monkeypatch) -> list:
+    calls = []
+    original = model.decode
+    monkeypatch.setattr(model, "decode", lambda *a, **k: (calls.append(1), original(*a, **k))[1])
+    return calls
+
+
+def test_only_negative_clicks_select_nothing_and_propagate_nothing(fast_model, monkeypatch):
+    s = Session(blobs_stack(6), fast_model)
+    obj = s.new_object()
+    decodes = count_decodes(fast_model, monkeypatch)
+    m = obj.add_click(24, 24, positive=False, z=3)  # on the ball: it must not be selected
+    assert not m.any() and obj.logits(3) is None and decodes == []
+    obj.add_click(10, 10, positive=False, z=3)
+    assert not obj.mask(3).any() and decodes == []
+    res = obj.propagate()
+    assert res.masks == {} and not obj.volume_mask().any()
+    m = obj.add_click(24, 24, positive=True, z=3)  # the first positive click starts the object
+    assert len(decodes) == 1 and obj.logits(3) is not None
+    np.testing.assert_array_equal(obj.undo(), np.zeros((48, 48), bool))
+
+
+def test_refiner_runs_at_the_second_click_counted_from_the_first_positive(refiner_model, monkeypatch):
+    from napari_focsam.core.predictor import InteractiveObject
+
+    calls = []
+    original = refiner_model.refine
+    monkeypatch.setattr(refiner_model, "refine", lambda *a: (calls.append(1), original(*a))[1])
+    pred = FocSAMPredictor(refiner_model)
+    obj = InteractiveObject(pred, pred.embed(blobs_stack(1, size=40)[0]))
+    obj.add_click(5, 5, False)
+    obj.add_click(20, 20, True)
+    assert calls == [] and obj.refined is None
+    obj.add_click(30, 8, False)
+    assert calls == [1] and obj.refined is not None
+
+
+@pytest.mark.parametrize("positive", ["false", "True", 1, 0, None, 1.0, np.array([True])])
+def test_positive_must_be_a_bool(fast_model, positive):
+    from napari_focsam.core.predictor import InteractiveObject
+
+    s = Session(blobs_stack(1, size=32)[0], fast_model)
+    obj = s.new_object()
+    with pytest.raises(TypeError, match="positive must be True or False"):
+        obj.add_click(16, 16, positive=positive)
+    with pytest.raises(TypeError, match="positive must be True or False"):
+        obj.set_clicks([(0, 16, 16, positive)])
+    with pytest.raises(TypeError, match="positive must be True or False"):
+        InteractiveObject(s.predictor, s.predictor.embed(s.volume.plane(0))).add_click(16, 16, positive)
+    assert obj.clicks == [] and s.store.stats["computed"] == 0
+    assert not obj.add_click(16, 16, positive=np.bool_(False)).any()  # numpy bools are bools
+
+
+def test_z_is_required_on_a_stack_and_must_be_an_integer(fast_model):
+    s = Session(blobs_stack(3, size=32), fast_model)
+    obj = s.new_object()
+    for call in (lambda: obj.add_click(16, 16), lambda: obj.add_click(16, 16, True, None),
+                 lambda: obj.mask(), lambda: obj.logits(), lambda: obj.set_clicks([(None, 16, 16, True)])):
+        with pytest.raises(ValueError, match=r"the stack has 3 slices \(0\.\.2\): pass the slice z"):
+            call()
+    for z in (True, "1", b"1"):
+        with pytest.raises(TypeError, match="must be an integer"):
+            obj.add_click(16, 16, z=z)
+    with pytest.raises(ValueError, match="slice 1.5 is out of range"):
+        obj.add_click(16, 16, z=1.5)
+    assert obj.clicks == [] and s.store.stats["computed"] == 0
+    obj.add_click(16, 16, z=np.int64(2))
+    assert obj.clicks == [(2, 16.0, 16.0, True)] and obj.undo().shape == (32, 32)
+    flat = Session(blobs_stack(1, size=32)[0], fast_model).new_object()  # 2D: z may be left out
+    assert flat.add_click(16, 16).shape == (32, 32) and flat.mask().shape == (32, 32)
+
+
+@pytest.mark.parametrize("y, x", [("3", 3), (3, b"3"), (True, 3), (None, 3), ([3], 3), (float("nan"), 3),
+                                  (3, float("-inf")), (1e300, 3), (-0.6, 3), (3, 32.5)])
+def test_bad_coordinates_are_refused_everywhere(fast_model, y, x):
+    from napari_focsam.core.predictor import InteractiveObject
+
+    s = Session(blobs_stack(1, size=32)[0], fast_model)
+    hist = InteractiveObject(s.predictor, s.predictor.embed(s.volume.plane(0)))
+    for call in (lambda: s.new_object().add_click(y, x), lambda: s.new_object().set_clicks([(0, y, x, True)]),
+                 lambda: hist.add_click(y, x)):
+        with pytest.raises(ValueError, match="must be numbers|outside the image of 32x32 pixels"):
+            call()
+
+
+def reachable_array_bytes(root, skip) -> tuple[int, list]:
+    """Bytes of the distinct numpy buffers and torch storages reachable from ``root`` through
+    attributes, containers, dataclasses and closures, not entering the objects in ``skip``."""
+    import dataclasses
+    import types
+
+    seen, arrays, todo = {id(o) for o in skip}, {}, [root]
+    while todo:
+        o = todo.pop()
+        if id(o) in seen or isinstance(o, (str, bytes, int, float, bool, type(None), type)):
+            continue
+        seen.add(id(o))
+        if isinstance(o, torch.Tensor):
+            st = o.untyped_storage()
+            arrays[("t", st.data_ptr())] = (st.nbytes(), tuple(o.shape))
+        elif isinstance(o, np.ndarray):
+            base = o
+            while isinstance(base.base, np.ndarray):
+                base = base.base
+            arrays[("a", base.__array_interface__["data"][0])] = (base.nbytes, o.shape)
+        elif isinstance(o, dict):
+            todo.extend(o.keys())
+            todo.extend(o.values())
+        elif isinstance(o, (list, tuple, set, frozenset)):
+            todo.extend(o)
+        elif isinstance(o, types.FunctionType):
+            todo.extend(c.cell_contents for c in (o.__closure__ or ()))
+            todo.extend(o.__defaults__ or ())
+        elif dataclasses.is_dataclass(o) or hasattr(o, "__dict__"):
+            todo.extend(vars(o).values())
+    return sum(n for n, _ in arrays.values()), sorted((s for _, s in arrays.values()), key=str)
+
+
+def test_history_memory_does_not_grow_with_the_image_size(refiner_model):
+    """30 clicks hold their 256x256 logits, one refined embedding and one current mask: the
+    history stayed at ~16 MiB per click on a 4096x4096 image before (a mask per click)."""
+    held = {}
+    for size in (256, 2048):
+        img = np.random.default_rng(0).integers(0, 255, (size, size), dtype=np.uint8)
+        s = Session(img, refiner_model)
+        obj = s.new_object()
+        rng = np.random.default_rng(1)
+        for i in range(30):
+            obj.add_click(*rng.uniform(0, size - 1, 2), positive=i == 0 or bool(rng.integers(0, 2)))
+        total, shapes = reachable_array_bytes(obj, skip=[s, s.store, s.predictor, s.volume])
+        mask_bytes = size * size  # the one full-resolution mask: the current step's
+        held[size] = total - mask_bytes
+        assert [sh for sh in shapes if sh == (size, size)] == [(size, size)], shapes
+        assert obj.nbytes() == total
+    per_click_logits = 256 * 256 * 4
+    refined = 256 * 64 * 64 * 4
+    assert held[256] == held[2048] <= 30 * per_click_logits + refined
+    obj.undo()
+    assert obj.nbytes() <= 29 * per_click_logits + refined + 2048 * 2048  # the mask is recomputed, once
+
+
+def test_undo_recomputes_the_exact_mask_from_the_logits(refiner_model):
+    s = Session(np.random.default_rng(0).integers(0, 255, (300, 500), dtype=np.uint8), refiner_model)
+    obj = s.new_object()
+    masks = [obj.add_click(150, 250).copy(), obj.add_click(20, 30, positive=False).copy(),
+             obj.add_click(200, 400).copy()]
+    np.testing.assert_array_equal(obj.undo(), masks[1])
+    np.testing.assert_array_equal(obj.undo(), masks[0])
+    assert not obj.mask().flags.writeable
+
+
+def test_memory_is_given_back_when_much_is_freed(fast_model, monkeypatch):
+    from napari_focsam.core import session as session_module
+
+    calls = []
+    monkeypatch.setattr(session_module, "release_memory", lambda: calls.append(1))
+    s = Session(blobs_stack(2), fast_model)
+    a, b = s.new_object(), s.new_object()
+    a.add_click(24, 24, z=0)
+    a.reset()
+    assert calls == [1]
+    many = [(1, 24, 24, True)] + [(1, 10 + i, 10, False) for i in range(20)]
+    b.set_clicks(many)
+    b.set_clicks(many[:-1])  # dropping one click: not worth a trim
+    assert calls == [1]
+    b.set_clicks(many[:2])  # dropping 18 clicks at once
+    assert calls == [1, 1]
+    s.remove_object(a)
+    assert calls == [1, 1, 1] and a.clicks == []
+    with s:
+        pass
+    assert calls == [1, 1, 1, 1] and s.objects == [] and b.clicks == [] and s.store.in_memory() == []
+
+
+def test_release_memory_returns_freed_heap_pages_to_the_system():
+    """glibc keeps freed blocks below the mmap threshold (raised by tune_malloc) in the heap;
+    release_memory() (malloc_trim) gives them back: the process' resident size falls."""
+    import subprocess
+
+    if not sys.platform.startswith("linux"):
+        pytest.skip("malloc_trim is glibc's")
+    code = """
+import numpy as np
+from napari_focsam.core.allocator import release_memory, tune_malloc
+def rss():
+    return int(open('/proc/self/statm').read().split()[1]) * 4096
+if not tune_malloc():
+    print('skip'); raise SystemExit
+keep, tmp = [], []
+for i in range(150):  # 150 MiB in 1 MiB blocks, each followed by a small block that stays
+    a = np.ones(2**20, np.uint8); tmp.append(a); keep.append(np.ones(64, np.uint8))
+del tmp
+before = rss(); released = release_memory(); after = rss()
+print(released, before - after)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    if out == ["skip"]:
+        pytest.skip("not glibc")
+    assert out[0] == "True" and int(out[1]) > 100 * 2**20, out

@@ -56,11 +56,17 @@ def session(fast_model, monkeypatch):
     return s
 
 
+def force_mask(obj, z, mask):
+    """Make the current mask of slice z's click history ``mask`` (the decoder is random)."""
+    hist = obj.history(z)
+    hist._mask = mask.copy()
+    assert obj.mask(z) is hist._mask  # the cached mask of the current step is what is shown
+
+
 def seed(obj, truth, z):
-    """Click on slice z with the clicked mask forced to the truth (the decoder is random)."""
+    """Click on slice z with the clicked mask forced to the truth."""
     obj.add_click(S // 2, S // 2, z=z)
-    step = obj._steps[z][-1]
-    obj._steps[z][-1] = type(step)(step.click, step.logits, step.refined, truth[z].copy())
+    force_mask(obj, z, truth[z])
 
 
 def test_propagation_follows_the_object_and_stops_where_it_vanishes(session, scripted):
@@ -193,9 +199,8 @@ def test_empty_clicked_slice_stops_and_blank_slices_vanish(session, scripted, fa
     truth, visits = scripted
     obj = session.new_object()
     seed(obj, truth, 6)
-    obj.add_click(1, 1, positive=False, z=4)
-    step = obj._steps[4][-1]
-    obj._steps[4][-1] = type(step)(step.click, step.logits, step.refined, np.zeros((S, S), bool))
+    obj.add_click(1, 1, positive=False, z=4)  # only a negative click: an empty mask
+    assert not obj.mask(4).any() and obj.logits(4) is None
     res = obj.propagate()
     assert 3 not in res.masks and 5 in res.masks  # slice 4 (empty) blocks the way down
     assert res.stopped_reason["down"] == "the clicked slice 4 has an empty mask"

@@ -5,21 +5,30 @@ is an :class:`InteractiveObject`: every click runs the light decoder on all clic
 far plus the previous raw logits; at the 2nd click, when the model has a focus
 refiner, a coarse pass on the original embedding feeds the refiner once and the
 refined embedding serves that click and every later one.
+
+This is the project's one click loop (:meth:`FocSAMPredictor.step`) and its one click
+history (:class:`InteractiveObject`): the session keeps one :class:`InteractiveObject`
+per clicked slice, the benchmark harness one per object. The history keeps per click
+only the 256x256 logits (256 KiB) and a reference to the refined embedding (one
+(1, 256, 64, 64) tensor shared by every click after the refine click), never a
+full-resolution mask: the mask of the current click is cached and recomputed from its
+logits after an undo (the same function on the same logits: the same mask).
 """
 
 from __future__ import annotations
 
+import itertools
 import time
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..modeling.focsam import FocSAM
+from ..modeling.focsam import PIXEL_MEAN, PIXEL_STD, FocSAM
 from .allocator import tune_malloc
-from .clicks import Click  # noqa: F401  (re-exported: part of the predictor API)
+from .clicks import Click, checked_click
 from .image import to_rgb_uint8
 
 #: Bumped whenever preprocessing changes numerically (signs the embedding cache).
@@ -78,8 +87,8 @@ def preprocess(image_rgb: np.ndarray, channel_order: str = "rgb", device: torch.
         x = x.flip(1)
     if (h, w) != (H, W):
         x = F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False, antialias=True)
-    mean = torch.tensor([123.675, 116.28, 103.53], device=x.device).view(1, 3, 1, 1)
-    std = torch.tensor([58.395, 57.12, 57.375], device=x.device).view(1, 3, 1, 1)
+    mean = torch.tensor(PIXEL_MEAN, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(PIXEL_STD, device=x.device).view(1, 3, 1, 1)
     x = (x - mean) / std
     x = F.pad(x, (0, FocSAM.image_size - w, 0, FocSAM.image_size - h))
     return x, (h, w)
@@ -96,13 +105,40 @@ def logits_to_mask(logits: torch.Tensor, input_size: tuple[int, int], original_s
 
 @dataclass
 class StepResult:
-    """Outcome of one click: mask (H, W) bool, raw logits (1, 1, 256, 256), timings in s."""
+    """Outcome of one click.
+
+    mask: (H, W) bool; logits: (1, 1, 256, 256) raw logits, None when the decoder did not run
+    (no positive click yet, or a blank image); refined: the refined embedding
+    (1, 256, 64, 64) or None; timings in seconds.
+    """
 
     mask: np.ndarray
-    logits: torch.Tensor
+    logits: torch.Tensor | None
     refined: torch.Tensor | None
     decoder_seconds: float
     refine_seconds: float = 0.0
+
+
+def check_clicks_inside(clicks: Sequence[Click], original_size: tuple[int, int]) -> None:
+    """ValueError unless every click lies on an (H, W) image; TypeError for a non-bool label."""
+    H, W = original_size
+    for c in clicks:
+        if not (0 <= c.y < H and 0 <= c.x < W):
+            raise ValueError(f"click (y={c.y}, x={c.x}) is outside the image of shape {(H, W)}")
+        if not isinstance(c.is_positive, (bool, np.bool_)):
+            raise TypeError(f"a click's is_positive must be True or False, got {c.is_positive!r}")
+
+
+def object_click_count(clicks: Sequence[Click]) -> int:
+    """How many clicks the object has had since its first positive click (0: none yet).
+
+    Negative clicks made before any positive one cannot segment anything, so the object's
+    click count (the one the refiner is scheduled on) starts at the first positive click.
+    """
+    for i, c in enumerate(clicks):
+        if c.is_positive:
+            return len(clicks) - i
+    return 0
 
 
 class FocSAMPredictor:
@@ -147,18 +183,25 @@ class FocSAMPredictor:
         prev_logits: torch.Tensor | None = None,
         refined: torch.Tensor | None = None,
     ) -> StepResult:
-        """One click of the FocSAM loop. ``clicks`` are all clicks so far (>= 1)."""
+        """One click of the FocSAM loop. ``clicks`` are all clicks so far (>= 1).
+
+        prev_logits: (1, 1, 256, 256) logits of the previous click (None at the first);
+        refined: the refined embedding once there is one. The refiner runs when the object
+        reaches its ``refine_click``-th click (counted from its first positive click, see
+        :func:`object_click_count`) and has no refined embedding yet. Without any positive
+        click the mask is empty and the decoder does not run (``logits`` is None).
+        """
         if not clicks:
             raise ValueError("at least one click is needed")
-        H, W = embedding.original_size
-        for c in clicks:
-            if not (0 <= c.y < H and 0 <= c.x < W):
-                raise ValueError(f"click (y={c.y}, x={c.x}) is outside the image of shape {(H, W)}")
+        check_clicks_inside(clicks, embedding.original_size)
+        n = object_click_count(clicks)
+        if n == 0:  # only negative clicks: nothing is selected
+            return StepResult(np.zeros(embedding.original_size, dtype=bool), None, refined, 0.0)
         pts, lab = self._prompts(embedding, clicks)
         features = embedding.features.to(self.device)
         refine_s = 0.0
         t0 = time.perf_counter()
-        if refined is None and self.refine and len(clicks) == self.refine_click:
+        if refined is None and self.refine and n == self.refine_click:
             coarse = self.model.decode(features, pts, lab, prev_logits)
             t1 = time.perf_counter()
             refined = self.model.refine(features, coarse.logits, coarse.token)
@@ -170,25 +213,109 @@ class FocSAMPredictor:
         return StepResult(mask, logits, refined, total - refine_s, refine_s)
 
 
-@dataclass
-class _State:
-    click: Click
-    logits: torch.Tensor
-    refined: torch.Tensor | None
-    mask: np.ndarray
+_SERIAL = itertools.count(1)
 
 
-@dataclass
-class InteractiveObject:
-    """One object being segmented by clicks on one image embedding.
+@dataclass(frozen=True)
+class ClickState:
+    """One step of a click history: the click and what the decoder left after it.
 
-    Keeps the history of steps so that :meth:`undo` restores the exact previous
-    state (logits and refined embedding), as if the last click had never happened.
+    logits: (1, 1, 256, 256), None when the decoder did not run (blank image, or no positive
+    click yet); refined: (1, 256, 64, 64) or None, one tensor shared by all the steps from
+    the refine click on; serial: a process-wide unique id of this state (a change token).
     """
 
-    predictor: FocSAMPredictor
-    embedding: ImageEmbedding
-    _states: list[_State] = field(default_factory=list)
+    click: Click
+    logits: torch.Tensor | None
+    refined: torch.Tensor | None
+    serial: int = field(default_factory=lambda: next(_SERIAL))
+
+
+def _frozen(mask: np.ndarray) -> np.ndarray:
+    mask.flags.writeable = False
+    return mask
+
+
+def _compact(t: torch.Tensor | None) -> torch.Tensor | None:
+    """``t`` itself, or a copy when it is a view into a larger buffer (held for the whole history)."""
+    if t is None:
+        return None
+    if t.untyped_storage().nbytes() > t.numel() * t.element_size():
+        return t.clone()
+    return t
+
+
+def tensor_bytes(*items: Any) -> int:
+    """Bytes of the distinct tensor storages and numpy buffers among ``items`` (None ignored)."""
+    seen: dict[tuple[str, int], int] = {}
+    for v in items:
+        if isinstance(v, torch.Tensor):
+            st = v.untyped_storage()
+            seen[("t", st.data_ptr())] = st.nbytes()
+        elif isinstance(v, np.ndarray):
+            base = v
+            while isinstance(base.base, np.ndarray):
+                base = base.base
+            seen[("a", base.__array_interface__["data"][0])] = base.nbytes
+    return sum(seen.values())
+
+
+class InteractiveObject:
+    """One object being segmented by clicks on one image embedding: the click history.
+
+    Keeps the history of steps (:class:`ClickState`) so that :meth:`undo` restores the exact
+    previous state (logits and refined embedding), as if the last click had never happened.
+    The (H, W) mask is kept for the current step only and recomputed from the logits after
+    an undo; returned masks are read-only.
+
+    Parameters
+    ----------
+    predictor : FocSAMPredictor
+        Runs the decoder steps (its ``refine`` setting is read at each click).
+    embedding : ImageEmbedding or callable
+        The image's embedding, or a zero-argument callable returning it, called once per
+        decoder step (a session passes its store's getter, so that the features stay in the
+        store's bounded cache instead of in every object).
+    original_size : (H, W), optional
+        The image size; needed (only) when ``embedding`` is a callable.
+    skip_blank : bool
+        When the embedding is marked ``blank`` (a constant image, see ``SliceEmbedding``),
+        every click gives an empty mask and the decoder does not run.
+    """
+
+    def __init__(self, predictor: FocSAMPredictor, embedding: ImageEmbedding | Callable[[], ImageEmbedding], *,
+                 original_size: tuple[int, int] | None = None, skip_blank: bool = True) -> None:
+        self.predictor = predictor
+        if callable(embedding):
+            if original_size is None:
+                raise ValueError("original_size (H, W) is needed when the embedding is a callable")
+            self._source = embedding
+        else:
+            self._source = lambda emb=embedding: emb
+            original_size = embedding.original_size
+        self.original_size = (int(original_size[0]), int(original_size[1]))
+        self.input_size = input_size_for(self.original_size)
+        self.skip_blank = skip_blank
+        #: the embedding was marked blank at the last click (its mask is then empty)
+        self.blank = False
+        self._states: list[ClickState] = []
+        self._mask: np.ndarray | None = None  # mask of the state with serial self._mask_serial
+        self._mask_serial = 0
+
+    def __repr__(self) -> str:
+        return f"InteractiveObject(clicks={len(self._states)}, size={self.original_size})"
+
+    def __len__(self) -> int:
+        return len(self._states)
+
+    @property
+    def embedding(self) -> ImageEmbedding:
+        return self._source()
+
+    # -- state
+    @property
+    def states(self) -> tuple[ClickState, ...]:
+        return tuple(self._states)
 
     @property
     def clicks(self) -> list[Click]:
@@ -203,19 +330,54 @@ class InteractiveObject:
         return self._states[-1].refined if self._states else None
 
     @property
-    def mask(self) -> np.ndarray:
-        if self._states:
-            return self._states[-1].mask
-        return np.zeros(self.embedding.original_size, dtype=bool)
+    def token(self) -> int | None:
+        """Identifies the current state (changes with every click, undo or reset); None when empty."""
+        return self._states[-1].serial if self._states else None
 
+    @property
+    def mask(self) -> np.ndarray:
+        """(H, W) bool, read-only: the mask after the last click (empty without clicks)."""
+        if not self._states:
+            return _frozen(np.zeros(self.original_size, dtype=bool))
+        last = self._states[-1]
+        if self._mask is None or self._mask_serial != last.serial:
+            if last.logits is None:
+                mask = np.zeros(self.original_size, dtype=bool)
+            else:
+                with torch.inference_mode():
+                    mask = logits_to_mask(last.logits, self.input_size, self.original_size)
+            self._mask, self._mask_serial = _frozen(mask), last.serial
+        return self._mask
+
+    def nbytes(self) -> int:
+        """Bytes of the arrays this object holds: the history's logits and refined embedding,
+        plus the cached mask of the current step."""
+        items = [s.logits for s in self._states] + [s.refined for s in self._states]
+        return tensor_bytes(*items, self._mask)
+
+    # -- editing
     def add_click(self, y: float, x: float, positive: bool = True) -> np.ndarray:
-        """Add a click (image coordinates) and return the new (H, W) bool mask."""
-        return self.add(Click(float(y), float(x), bool(positive))).mask
+        """Add a click (image coordinates) and return the new (H, W) bool mask.
+
+        napari's pixel convention is accepted at the border (see :func:`.clicks.checked_click`);
+        ``positive`` must be a bool.
+        """
+        return self.add(checked_click(y, x, positive, self.original_size)).mask
 
     def add(self, click: Click) -> StepResult:
         """Add a click and return the full :class:`StepResult` (with timings)."""
-        res = self.predictor.step(self.embedding, self.clicks + [click], self.logits, self.refined)
-        self._states.append(_State(click, res.logits, res.refined, res.mask))
+        clicks = self.clicks + [click]
+        emb = self._source()
+        self.blank = bool(getattr(emb, "blank", False))
+        if self.skip_blank and self.blank:
+            check_clicks_inside(clicks, self.original_size)
+            res = StepResult(np.zeros(self.original_size, dtype=bool), None, None, 0.0)
+        else:
+            res = self.predictor.step(emb, clicks, self.logits, self.refined)
+        refined = res.refined if res.refined is self.refined else _compact(res.refined)  # shared, not copied
+        state = ClickState(click, _compact(res.logits), refined)
+        self._states.append(state)
+        self._mask, self._mask_serial = _frozen(res.mask), state.serial
         return res
 
     def undo(self) -> np.ndarray:
@@ -224,5 +386,10 @@ class InteractiveObject:
             self._states.pop()
         return self.mask
 
+    def truncate(self, n: int) -> None:
+        """Keep the first ``n`` clicks only (as ``len - n`` undos)."""
+        del self._states[max(0, n):]
+
     def reset(self) -> None:
         self._states.clear()
+        self._mask = None

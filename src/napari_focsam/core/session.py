@@ -7,9 +7,9 @@
 >>> result = obj.propagate()                       # slice by slice, both directions
 >>> labels = obj.volume_mask()                      # (Z, Y, X) bool
 
-Each object keeps, per clicked slice, the history of its clicks with the decoder's logits and
-(from the 2nd click, when the model has a focus refiner) the refined embedding, so that undo
-restores the exact previous state. Embeddings come from the session's shared
+Each object keeps, per clicked slice, the history of its clicks (the predictor's
+:class:`InteractiveObject`: the decoder's logits and, from the 2nd click when the model has a
+focus refiner, the refined embedding), so that undo restores the exact previous state. Embeddings come from the session's shared
 :class:`EmbeddingStore`; objects are independent of each other. All methods are thread-safe
 (one lock per object; the store has its own).
 """
@@ -17,10 +17,8 @@ restores the exact previous state. Embeddings come from the session's shared
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import logging
 import threading
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
@@ -28,8 +26,10 @@ import numpy as np
 import torch
 
 from ..modeling.focsam import FocSAM
+from .allocator import release_memory
+from .clicks import Click, checked_click
 from .embeddings import EmbeddingStore, ImageVolume, SliceEmbedding, model_id
-from .predictor import Click, FocSAMPredictor, resolve_device
+from .predictor import FocSAMPredictor, InteractiveObject, resolve_device
 from .volume import (
     DEFAULT_IOU_THRESHOLD,
     DEFAULT_MULTIMASK,
@@ -53,35 +53,31 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 
-_SERIAL = itertools.count()
-
-
-@dataclass
-class _Step:
-    click: Click
-    logits: torch.Tensor | None
-    refined: torch.Tensor | None
-    mask: np.ndarray
-    serial: int = field(default_factory=lambda: next(_SERIAL))  # identifies this state
-
-
 def _frozen(mask: np.ndarray) -> np.ndarray:
     mask.flags.writeable = False
     return mask
 
 
+#: ``set_clicks`` hands freed memory back to the system (see :func:`.allocator.release_memory`)
+#: when it drops at least this many clicks at once.
+RELEASE_AFTER_DROPPED_CLICKS = 16
+
+
 class SegmentedObject:
     """One object of a :class:`Session`: its clicks on any slices, and its propagation.
 
-    Coordinates are image pixels; napari's convention is accepted at the border (pixel ``i``
-    covers ``[i - 0.5, i + 0.5)``, so a click at -0.4 lands on pixel 0). Returned masks are
-    read-only arrays.
+    Each clicked slice has its own click history, an :class:`InteractiveObject` of the
+    predictor (the one click loop and undo of the project). Coordinates are image pixels;
+    napari's convention is accepted at the border (pixel ``i`` covers ``[i - 0.5, i + 0.5)``,
+    so a click at -0.4 lands on pixel 0). ``positive`` must be a bool. On a stack, the slice
+    ``z`` must be given (it never defaults to slice 0); on a 2D image it may be left out.
+    Returned masks are read-only arrays.
     """
 
     def __init__(self, session: "Session", object_id: int) -> None:
         self.session = session
         self.id = object_id
-        self._steps: dict[int, list[_Step]] = {}
+        self._slices: dict[int, InteractiveObject] = {}  # only slices with at least one click
         self._order: list[int] = []  # slice of each click, in the order the clicks were made
         self._propagation: PropagationResult | None = None
         self._runs: dict = {}  # finished propagation runs, reused when their seed is unchanged
@@ -105,7 +101,7 @@ class SegmentedObject:
             out = []
             for z in self._order:
                 i = seen.get(z, 0)
-                c = self._steps[z][i].click
+                c = self._slices[z].states[i].click
                 seen[z] = i + 1
                 out.append((z, c.y, c.x, c.is_positive))
             return out
@@ -113,26 +109,38 @@ class SegmentedObject:
     @property
     def slices_with_clicks(self) -> list[int]:
         with self._lock:
-            return sorted(self._steps)
+            return sorted(self._slices)
 
     @property
     def last_propagation(self) -> PropagationResult | None:
         return self._propagation
 
-    def logits(self, z: int = 0) -> torch.Tensor | None:
-        """The decoder logits (1, 1, 256, 256) after the last click on slice ``z`` (None if none)."""
-        z = self.volume.check_z(z)
+    def history(self, z: int | None = None) -> InteractiveObject | None:
+        """The click history of slice ``z`` (None when it has no clicks); read it, do not edit it."""
+        z = self._check_z(z)
         with self._lock:
-            steps = self._steps.get(z)
-            return steps[-1].logits if steps else None
+            return self._slices.get(z)
 
-    def mask(self, z: int = 0) -> np.ndarray:
-        """(Y, X) bool mask of slice ``z``: from its clicks, else from the last propagation, else empty."""
-        z = self.volume.check_z(z)
+    def nbytes(self) -> int:
+        """Bytes of the arrays held by the click histories (logits, refined embeddings, the
+        current masks), independent of the propagation result."""
         with self._lock:
-            steps = self._steps.get(z)
-            if steps:
-                return steps[-1].mask
+            return sum(h.nbytes() for h in self._slices.values())
+
+    def logits(self, z: int | None = None) -> torch.Tensor | None:
+        """The decoder logits (1, 1, 256, 256) after the last click on slice ``z`` (None if none)."""
+        z = self._check_z(z)
+        with self._lock:
+            hist = self._slices.get(z)
+            return hist.logits if hist is not None else None
+
+    def mask(self, z: int | None = None) -> np.ndarray:
+        """(Y, X) bool mask of slice ``z``: from its clicks, else from the last propagation, else empty."""
+        z = self._check_z(z)
+        with self._lock:
+            hist = self._slices.get(z)
+            if hist is not None:
+                return hist.mask
             if self._propagation is not None and z in self._propagation.masks:
                 return self._propagation.masks[z]
         return _frozen(np.zeros(self.volume.plane_shape, dtype=bool))
@@ -144,42 +152,40 @@ class SegmentedObject:
             if self._propagation is not None:
                 for z, m in self._propagation.masks.items():
                     out[z] = m
-            for z, steps in self._steps.items():
-                out[z] = steps[-1].mask
+            for z, hist in self._slices.items():
+                out[z] = hist.mask
             return out
 
-    # -- clicks
-    def _check_point(self, y: Any, x: Any) -> tuple[float, float]:
-        H, W = self.volume.plane_shape
-        try:
-            yf, xf = float(y), float(x)
-        except (TypeError, ValueError):
-            raise ValueError(f"click coordinates must be numbers, got ({y!r}, {x!r})") from None
-        if not (np.isfinite(yf) and np.isfinite(xf)) or not (-0.5 <= yf < H - 0.5 and -0.5 <= xf < W - 0.5):
-            raise ValueError(f"click (y={yf:g}, x={xf:g}) is outside the image of {H}x{W} pixels")
-        return min(max(yf, 0.0), H - 1.0), min(max(xf, 0.0), W - 1.0)
+    # -- argument checks
+    def _check_z(self, z: Any) -> int:
+        vol = self.volume
+        if z is None:
+            if vol.n_slices > 1:
+                raise ValueError(f"the stack has {vol.n_slices} slices (0..{vol.n_slices - 1}): "
+                                 "pass the slice z explicitly")
+            return 0
+        if isinstance(z, (bool, np.bool_, str, bytes)):
+            raise TypeError(f"slice index z must be an integer, got {z!r}")
+        return vol.check_z(z)
 
     def _normalise(self, click: Sequence) -> tuple[int, float, float, bool]:
-        if len(click) != 4:
+        if isinstance(click, (str, bytes)) or len(click) != 4:
             raise ValueError(f"a click is (z, y, x, positive), got {tuple(click)!r}")
         z, y, x, positive = click
-        z = self.volume.check_z(z)
-        y, x = self._check_point(y, x)
-        return z, y, x, bool(positive)
+        c = checked_click(y, x, positive, self.volume.plane_shape)
+        return self._check_z(z), c.y, c.x, c.is_positive
 
-    def _step(self, z: int, steps: list[_Step], click: Click) -> _Step:
-        emb = self.session.store.get(z)  # computed on demand
-        if emb.blank:
-            if z not in self._warned_blank:
-                log.warning("slice %d is blank (constant after contrast mapping): nothing to segment there", z)
-                self._warned_blank.add(z)
-            return _Step(click, None, None, _frozen(np.zeros(self.volume.plane_shape, dtype=bool)))
-        prev = steps[-1] if steps else None
-        res = self.session.predictor.step(
-            emb, [s.click for s in steps] + [click],
-            prev.logits if prev is not None else None, prev.refined if prev is not None else None,
-        )
-        return _Step(click, res.logits, res.refined, _frozen(res.mask))
+    # -- clicks
+    def _new_history(self, z: int) -> InteractiveObject:
+        store = self.session.store
+        return InteractiveObject(self.session.predictor, lambda: store.get(z),
+                                 original_size=self.volume.plane_shape)
+
+    def _add(self, z: int, hist: InteractiveObject, click: Click) -> None:
+        hist.add(click)
+        if hist.blank and z not in self._warned_blank:
+            log.warning("slice %d is blank (constant after contrast mapping): nothing to segment there", z)
+            self._warned_blank.add(z)
 
     def _changed(self, z: int) -> None:
         """The clicks of slice ``z`` changed: its propagated mask (if any) is stale."""
@@ -187,41 +193,52 @@ class SegmentedObject:
         if prop is not None and z in prop.masks:  # a new result: the caller's copy stays as it was
             self._propagation = dataclasses.replace(prop, masks={k: m for k, m in prop.masks.items() if k != z})
 
-    def add_click(self, y: float, x: float, positive: bool = True, z: int = 0) -> np.ndarray:
-        """Add a click on slice ``z``; returns that slice's new (Y, X) bool mask."""
+    def add_click(self, y: float, x: float, positive: bool = True, z: int | None = None) -> np.ndarray:
+        """Add a click on slice ``z``; returns that slice's new (Y, X) bool mask.
+
+        Without a positive click on the slice its mask stays empty (negative clicks only
+        remove). ValueError for coordinates off the image or a missing/invalid ``z`` on a
+        stack, TypeError for a non-bool ``positive``.
+        """
         z, y, x, positive = self._normalise((z, y, x, positive))
         self.session.store.get(z)  # a missing embedding is computed before taking the object's lock
         with self._lock:
-            steps = self._steps.get(z, [])
-            step = self._step(z, steps, Click(y, x, positive))
-            self._steps[z] = steps + [step]
+            hist = self._slices.get(z)
+            if hist is None:
+                hist = self._new_history(z)
+            self._add(z, hist, Click(y, x, positive))
+            self._slices[z] = hist
             self._order.append(z)
             self._changed(z)
-            return step.mask
+            return hist.mask
 
     def undo(self, z: int | None = None) -> np.ndarray:
         """Remove the last click (of slice ``z``, or the last one made); returns that slice's mask."""
         with self._lock:
             if z is None:
                 if not self._order:
-                    return self.mask(0)
+                    return _frozen(np.zeros(self.volume.plane_shape, dtype=bool))
                 z = self._order[-1]
-            z = self.volume.check_z(z)
-            steps = self._steps.get(z)
-            if not steps:
+            z = self._check_z(z)
+            hist = self._slices.get(z)
+            if hist is None:
                 return self.mask(z)
-            steps.pop()
-            if not steps:
-                del self._steps[z]
+            hist.undo()
+            if not len(hist):
+                del self._slices[z]
             idx = len(self._order) - 1 - self._order[::-1].index(z)
             del self._order[idx]
             self._changed(z)
             return self.mask(z)
 
     def reset(self) -> None:
-        """Forget all clicks and the propagation."""
+        """Forget all clicks and the propagation (and give the freed memory back to the system)."""
+        self._clear()
+        release_memory()
+
+    def _clear(self) -> None:
         with self._lock:
-            self._steps.clear()
+            self._slices.clear()
             self._order.clear()
             self._propagation = None
             self._runs.clear()
@@ -241,38 +258,44 @@ class SegmentedObject:
             wanted.setdefault(z, []).append(Click(y, x, p))
         changed: dict[int, np.ndarray] = {}
         with self._lock:
-            todo = [z for z in wanted if [s.click for s in self._steps.get(z, [])] != wanted[z]]
+            todo = [z for z in wanted if (self._slices[z].clicks if z in self._slices else []) != wanted[z]]
         for z in todo:  # missing embeddings are computed before taking the object's lock
             self.session.store.get(z)
+        dropped = 0
         with self._lock:
             try:
-                for z in sorted(set(self._steps) | set(wanted)):
-                    steps = list(self._steps.get(z, []))
-                    want = wanted.get(z, [])
+                for z in sorted(set(self._slices) | set(wanted)):
+                    hist = self._slices.get(z)
+                    if hist is None:
+                        hist = self._new_history(z)
+                    have, want = hist.clicks, wanted.get(z, [])
                     k = 0
-                    while k < min(len(steps), len(want)) and steps[k].click == want[k]:
+                    while k < min(len(have), len(want)) and have[k] == want[k]:
                         k += 1
-                    if k == len(steps) == len(want):
+                    if k == len(have) == len(want):
                         continue
-                    del steps[k:]
+                    dropped += len(have) - k
+                    hist.truncate(k)
                     try:
                         for c in want[k:]:
-                            steps.append(self._step(z, steps, c))
+                            self._add(z, hist, c)
                     finally:
-                        if steps:
-                            self._steps[z] = steps
+                        if len(hist):
+                            self._slices[z] = hist
                         else:
-                            self._steps.pop(z, None)
+                            self._slices.pop(z, None)
                         self._changed(z)
                     changed[z] = self.mask(z)
             finally:
                 self._rebuild_order([z for z, *_ in new])
+        if dropped >= RELEASE_AFTER_DROPPED_CLICKS:
+            release_memory()
         return changed
 
     def _rebuild_order(self, preferred: list[int]) -> None:
         """Click order = ``preferred`` as far as the per-slice histories allow (after an error
         part-way through :meth:`set_clicks` the two may differ)."""
-        left = {z: len(s) for z, s in self._steps.items()}
+        left = {z: len(h) for z, h in self._slices.items()}
         order = []
         for z in preferred:
             if left.get(z, 0) > 0:
@@ -310,10 +333,10 @@ class SegmentedObject:
         """
         with self._prop_lock:
             with self._lock:
-                seeds = {z: (s[-1].mask, s[-1].logits) for z, s in self._steps.items()}
-                tokens = {z: s[-1].serial for z, s in self._steps.items()}
+                seeds = {z: (h.mask, h.logits) for z, h in self._slices.items()}
+                tokens = {z: h.token for z, h in self._slices.items()}
                 if z_start is not None:
-                    z_start = self.volume.check_z(z_start)
+                    z_start = self._check_z(z_start)
                     if z_start not in seeds:
                         prev = self._propagation.masks.get(z_start) if self._propagation is not None else None
                         if prev is None or not prev.any():
@@ -331,7 +354,7 @@ class SegmentedObject:
                 _frozen(m)
             with self._lock:
                 # slices whose clicks changed while this ran: their propagated masks are stale
-                current = {z: s[-1].serial for z, s in self._steps.items()}
+                current = {z: h.token for z, h in self._slices.items()}
                 used = {z: t for z, t in tokens.items() if not isinstance(t, tuple)}
                 for z in set(used) | set(current):
                     if used.get(z) != current.get(z):
@@ -385,7 +408,28 @@ class Session:
             return obj
 
     def remove_object(self, obj: SegmentedObject) -> None:
+        """Remove ``obj`` from the session; it is emptied (clicks and propagation dropped) and
+        the freed memory is given back to the system."""
         with self._lock:
             if obj not in self._objects:
                 raise ValueError(f"{obj!r} does not belong to this session")
             self._objects.remove(obj)
+        obj.reset()  # also calls release_memory()
+
+    def close(self) -> None:
+        """Drop every object and the in-memory embeddings, and give the memory back to the system.
+
+        The disk cache stays; the session can still be used afterwards (it starts empty).
+        """
+        with self._lock:
+            objects, self._objects = self._objects, []
+        for obj in objects:
+            obj._clear()
+        self.store.clear_memory()
+        release_memory()
+
+    def __enter__(self) -> "Session":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
