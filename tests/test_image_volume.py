@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 
-from napari_focsam.core.image_volume import ImageVolume, has_channel_axis
+sys.path.insert(0, str(Path(__file__).parent))
+from engine_helpers import blobs_stack  # noqa: E402
+
+from napari_focsam.core.image_volume import ImageVolume, has_channel_axis  # noqa: E402
 
 
 @pytest.mark.parametrize("shape, is_3d, n_slices, plane, channels, words", [
@@ -46,3 +52,134 @@ def test_old_import_path_still_works():
     from napari_focsam.core.embeddings import ImageVolume as Old
 
     assert Old is ImageVolume
+
+
+# --------------------------------------------------------------------------- shapes, limits, signatures (from test_embedding_cache)
+
+
+@pytest.mark.parametrize("shape, rgb, is_3d, n, plane", [
+    ((40, 50), None, False, 1, (40, 50)),
+    ((40, 50, 3), None, False, 1, (40, 50)),
+    ((40, 50, 4), None, False, 1, (40, 50)),
+    ((40, 50, 2), None, False, 1, (40, 50)),
+    ((5, 40, 50), None, True, 5, (40, 50)),
+    ((3, 40, 50), None, True, 3, (40, 50)),
+    ((5, 40, 50, 3), None, True, 5, (40, 50)),
+    ((5, 40, 50, 1), None, True, 5, (40, 50)),
+    ((40, 50, 3), False, True, 40, (50, 3)),
+    ((40, 50, 1), True, False, 1, (40, 50)),
+])
+def test_volume_layouts(shape, rgb, is_3d, n, plane):
+    vol = ImageVolume(np.zeros(shape, np.uint16), rgb=rgb)
+    assert (vol.is_3d, vol.n_slices, vol.plane_shape) == (is_3d, n, plane)
+    p = vol.plane(n - 1)
+    assert p.shape[:2] == plane and isinstance(p, np.ndarray)
+    assert vol.rgb_plane(0).shape == (*plane, 3) and vol.rgb_plane(0).dtype == np.uint8
+
+
+@pytest.mark.parametrize("shape, rgb, match", [
+    ((2, 5, 40, 50), None, "4D data"),
+    ((2, 5, 40, 50), False, "4D data"),
+    ((2, 3, 5, 40, 50), None, "5D data"),
+    ((40, 50, 5), None, "wrong channel count"),
+    ((40, 50, 6), True, "wrong channel count"),
+    ((4, 40, 50, 7), None, "wrong channel count"),
+    ((40, 50), True, "no channel axis"),
+    ((1, 100), None, "at least 2x2"),
+    ((6, 100, 1), False, "at least 2x2"),
+    ((0, 10), None, "empty"),
+    ((3, 0, 10), None, "empty"),
+    ((7,), None, "at least two axes"),
+])
+def test_volume_bad_shapes_raise_clear_errors(shape, rgb, match):
+    with pytest.raises(ValueError, match=match):
+        ImageVolume(np.zeros(shape, np.float32), rgb=rgb)
+
+
+def test_volume_bad_dtype_limits_and_slices():
+    with pytest.raises(ValueError, match="pixel type"):
+        ImageVolume(np.zeros((8, 8), np.complex64))
+    with pytest.raises(ValueError, match="contrast limits"):
+        ImageVolume(np.zeros((8, 8)), contrast_limits=(5, 1))
+    with pytest.raises(ValueError, match="contrast limits"):
+        ImageVolume(np.zeros((8, 8)), contrast_limits=(0, np.nan))
+    vol = ImageVolume(np.zeros((3, 8, 8)))
+    with pytest.raises(ValueError, match=r"out of range: the stack has 3 slices \(0..2\)"):
+        vol.plane(3)
+    with pytest.raises(ValueError, match="out of range"):
+        vol.plane(-1)
+    assert vol.check_z(2.0) == 2 and vol.check_z(np.int64(1)) == 1
+    with pytest.raises(ValueError, match="2D"):
+        ImageVolume(np.zeros((8, 8))).plane(1)
+
+
+def test_contrast_limits_given_default_and_uint8():
+    stack = np.zeros((20, 16, 16), np.float32)
+    stack[:, :8] = 100.0
+    stack[10, 0, 0] = 1e6  # one outlier: robust percentiles ignore it
+    vol = ImageVolume(stack)
+    lo, hi = vol.contrast_limits
+    assert lo == 0 and hi == 100
+    assert vol.rgb_plane(3)[0, 0, 0] == 255 and vol.rgb_plane(3)[12, 0, 0] == 0
+    assert ImageVolume(stack, contrast_limits=(0, 200)).rgb_plane(3)[0, 0, 0] == 128
+    assert ImageVolume(np.full((8, 8), 7, np.uint8)).contrast_limits is None  # uint8 used as is
+    assert ImageVolume(np.full((8, 8), 7, np.uint8)).rgb_plane()[0, 0, 0] == 7
+
+
+def test_nan_pixels_map_to_black_and_all_nan_is_blank():
+    img = np.linspace(0, 1, 64, dtype=np.float32).reshape(8, 8)
+    img[2, 3] = np.nan
+    rgb = ImageVolume(img).rgb_plane()
+    assert rgb[2, 3].tolist() == [0, 0, 0] and rgb.max() == 255
+    allnan = ImageVolume(np.full((3, 8, 8), np.nan, np.float32))
+    assert allnan.contrast_limits == (0.0, 1.0) and allnan.rgb_plane(1).max() == 0
+
+
+class LazyStack:
+    """An array-like that records which slices are read and refuses whole-volume reads."""
+
+    def __init__(self, data):
+        self._data = data
+        self.shape, self.dtype = data.shape, data.dtype
+        self.reads = []
+
+    def __getitem__(self, key):
+        if not isinstance(key, (int, np.integer)):
+            raise AssertionError(f"whole-volume read {key!r}")
+        self.reads.append(int(key))
+        return self._data[key]
+
+
+def test_signatures_are_per_slice_and_never_read_the_whole_volume():
+    data = blobs_stack(8)
+    lazy = LazyStack(data)
+    vol = ImageVolume(lazy)
+    s3 = vol.slice_signature(3)
+    assert lazy.reads == [3]
+    assert vol.slice_signature(3) == s3 and lazy.reads == [3]  # remembered
+    assert s3 != vol.slice_signature(4)
+    vol.volume_key()
+    assert sorted(set(lazy.reads)) == [0, 3, 4, 7]
+    # same pixels -> same signature; the signature covers dtype and shape too
+    assert ImageVolume(data.copy()).slice_signature(3) == s3
+    assert ImageVolume(data.astype(np.int32)).slice_signature(3) != s3
+
+
+def test_dask_stack_is_read_slice_by_slice():
+    da = pytest.importorskip("dask.array")
+    data = blobs_stack(6)
+    loaded = []
+
+    def load(z):
+        loaded.append(z)
+        return data[z]
+
+    from dask import delayed
+
+    lazy = da.stack([da.from_delayed(delayed(load)(z), data.shape[1:], data.dtype) for z in range(6)])
+    vol = ImageVolume(lazy)
+    assert vol.is_3d and vol.n_slices == 6
+    np.testing.assert_array_equal(vol.plane(2), data[2])
+    assert loaded == [2]
+    assert vol.slice_signature(4) == ImageVolume(data).slice_signature(4)
+    assert loaded == [2, 4]
