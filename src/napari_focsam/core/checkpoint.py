@@ -118,7 +118,7 @@ def read_checkpoint(path: str | Path) -> Mapping[str, Any]:
     allowed = [(OpaqueMetadata, name) for name in METADATA_GLOBALS]
     try:
         with torch.serialization.safe_globals(allowed):
-            return torch.load(path, map_location="cpu", weights_only=True)
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except pickle.UnpicklingError as exc:
         found = re.search(r"GLOBAL (\S+)", str(exc))
         what = f"it names {found.group(1)}" if found else str(exc).splitlines()[0]
