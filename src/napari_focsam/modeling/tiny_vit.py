@@ -7,6 +7,16 @@ Patch merging halves the resolution twice (to 128, then 64) and keeps it at 64
 for the last stage, so the neck receives (B, 320, 64, 64) and returns the SAM
 style (B, 256, 64, 64) embedding. All convolutions carry a BatchNorm (inference
 statistics from the checkpoint).
+
+Fast path: in eval mode without autograd (``torch.inference_mode`` / ``torch.no_grad``) the
+encoder runs every BatchNorm folded into its convolution, keeps activations channels-last
+(1x1 convolutions become row-wise linear layers, the depth-wise ones channels-last
+convolutions), fuses GELU and residual sums into oneDNN kernels on CPUs
+(:mod:`.fast_ops`), pre-scales queries and pre-gathers the attention-bias tables, and
+partitions / merges windows without intermediate padded copies. The result equals the
+plain path up to float rounding; the folded tensors are rebuilt whenever a parameter
+changes and never enter the state dict. ``TinyViT.fast_inference = False`` forces the plain
+path.
 """
 
 from __future__ import annotations
@@ -17,7 +27,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import fast_ops
 from .common import LayerNorm2d
+from .fast_ops import DerivedTensors, fast_path_enabled, fold_batchnorm
 
 
 @dataclass(frozen=True)
@@ -42,9 +54,37 @@ class ConvBN(nn.Module):
         super().__init__()
         self.c = nn.Conv2d(cin, cout, k, stride, pad, groups=groups, bias=False)
         self.bn = nn.BatchNorm2d(cout)
+        self._folded = DerivedTensors()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.bn(self.c(x))
+
+    def folded(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(weight, bias) of the convolution with the BatchNorm folded in (cached)."""
+        bn = self.bn
+        return self._folded.get((self.c.weight, bn.weight, bn.bias, bn.running_mean, bn.running_var),
+                                lambda: fold_batchnorm(self.c.weight, bn))
+
+    def conv_fast(self, x: torch.Tensor, act: str | None = None) -> torch.Tensor:
+        """Folded conv (+ GELU) on a channels-last (B, C, H, W) tensor; channels-last out."""
+        w, b = self.folded()
+        return fast_ops.conv2d(x, w, b, self.c.stride[0], self.c.padding[0], self.c.groups, act)
+
+    def linear_fast(self, rows: torch.Tensor, act: str | None = None,
+                    add: torch.Tensor | None = None) -> torch.Tensor:
+        """Folded 1x1 conv as a linear layer on (N, C) rows: act(rows @ w.T + b + add)."""
+        w, b = self.folded()
+        return fast_ops.linear(rows, w.view(w.shape[0], -1), b, act, add)
+
+
+def _rows(x: torch.Tensor) -> torch.Tensor:
+    """Channels-last (B, C, H, W) -> (B*H*W, C) view."""
+    return x.permute(0, 2, 3, 1).reshape(-1, x.shape[1])
+
+
+def _image(rows: torch.Tensor, B: int, H: int, W: int) -> torch.Tensor:
+    """(B*H*W, C) or (B, H*W, C) rows -> channels-last (B, C, H, W) view."""
+    return rows.view(B, H, W, -1).permute(0, 3, 1, 2)
 
 
 class ConvStem(nn.Module):
@@ -56,6 +96,10 @@ class ConvStem(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.seq(x)
+
+    def forward_fast(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.seq[0].conv_fast(x.contiguous(memory_format=torch.channels_last), "gelu")
+        return self.seq[2].conv_fast(x)
 
 
 class MBConv(nn.Module):
@@ -72,6 +116,13 @@ class MBConv(nn.Module):
         y = F.gelu(self.conv1(x))
         y = F.gelu(self.conv2(y))
         return F.gelu(self.conv3(y) + x)
+
+    def forward_fast(self, x: torch.Tensor) -> torch.Tensor:
+        """Channels-last (B, C, H, W) in and out."""
+        B, _, H, W = x.shape
+        rows = _rows(x)
+        y = self.conv2.conv_fast(_image(self.conv1.linear_fast(rows, "gelu"), B, H, W), "gelu")
+        return _image(torch.ops.aten.gelu_(self.conv3.linear_fast(_rows(y), add=rows)), B, H, W)
 
 
 class PatchMerging(nn.Module):
@@ -94,6 +145,17 @@ class PatchMerging(nn.Module):
         x = self.conv3(x)
         return x.flatten(2).transpose(1, 2)
 
+    def forward_fast(self, x: torch.Tensor) -> torch.Tensor:
+        """Channels-last (B, C, H, W) or (B, H*W, C) tokens -> (B, H'*W', C') tokens."""
+        if x.ndim == 3:
+            B, H, W = x.shape[0], self.resolution, self.resolution
+            rows = x.reshape(-1, x.shape[2])
+        else:
+            B, _, H, W = x.shape
+            rows = _rows(x)
+        y = self.conv2.conv_fast(_image(self.conv1.linear_fast(rows, "gelu"), B, H, W), "gelu")
+        return self.conv3.linear_fast(_rows(y)).view(B, y.shape[2] * y.shape[3], -1)
+
 
 class ConvStage(nn.Module):
     """Stage 0: MBConv blocks at stem resolution, then patch merging."""
@@ -107,6 +169,11 @@ class ConvStage(nn.Module):
         for block in self.blocks:
             x = block(x)
         return self.downsample(x) if self.downsample is not None else x
+
+    def forward_fast(self, x: torch.Tensor) -> torch.Tensor:
+        for block in self.blocks:
+            x = block.forward_fast(x)
+        return self.downsample.forward_fast(x) if self.downsample is not None else x
 
 
 class BiasedWindowAttention(nn.Module):
@@ -128,6 +195,7 @@ class BiasedWindowAttention(nn.Module):
         ys, xs = ys.flatten(), xs.flatten()
         idx = (ys[:, None] - ys[None, :]).abs() * window + (xs[:, None] - xs[None, :]).abs()
         self.register_buffer("bias_index", idx, persistent=False)
+        self._derived = DerivedTensors()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, N, _ = x.shape
@@ -136,6 +204,29 @@ class BiasedWindowAttention(nn.Module):
         attn = (q @ k.transpose(-2, -1)) * self.scale + self.attention_biases[:, self.bias_index]
         x = (attn.softmax(dim=-1) @ v).transpose(1, 2).reshape(B, N, -1)
         return self.proj(x)
+
+    def _fast_tensors(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """qkv weight and bias with the queries pre-scaled, and the (heads, N, N) bias table."""
+        def build():
+            hd = self.head_dim
+            scale = torch.ones(self.num_heads, 3 * hd, dtype=torch.float64, device=self.qkv.weight.device)
+            scale[:, :hd] = self.scale
+            scale = scale.flatten()
+            w = (self.qkv.weight.double() * scale[:, None]).to(self.qkv.weight.dtype)
+            b = (self.qkv.bias.double() * scale).to(self.qkv.bias.dtype)
+            return w, b, self.attention_biases[:, self.bias_index].contiguous()
+        return self._derived.get((self.qkv.weight, self.qkv.bias, self.attention_biases, self.bias_index), build)
+
+    def forward_fast(self, x: torch.Tensor) -> torch.Tensor:
+        """(Bw, N, C) windows -> (Bw * N, C) rows (output projection applied)."""
+        Bw, N, C = x.shape
+        w, b, bias = self._fast_tensors()
+        h = F.layer_norm(x.reshape(-1, C), (C,), self.norm.weight, self.norm.bias, self.norm.eps)
+        qkv = fast_ops.linear(h, w, b).view(Bw, N, self.num_heads, 3 * self.head_dim).permute(0, 2, 1, 3)
+        q, k, v = qkv.split(self.head_dim, dim=-1)
+        attn = torch.matmul(q, k.transpose(-2, -1)).add_(bias).softmax(dim=-1)
+        out = torch.matmul(attn, v).transpose(1, 2).reshape(Bw * N, C)
+        return fast_ops.linear(out, self.proj.weight, self.proj.bias)
 
 
 class TokenMLP(nn.Module):
@@ -149,6 +240,63 @@ class TokenMLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc2(F.gelu(self.fc1(self.norm(x))))
+
+    def forward_fast(self, rows: torch.Tensor) -> torch.Tensor:
+        """(N, C) rows -> rows + MLP(rows)."""
+        h = F.layer_norm(rows, rows.shape[-1:], self.norm.weight, self.norm.bias, self.norm.eps)
+        h = fast_ops.linear(h, self.fc1.weight, self.fc1.bias, "gelu")
+        return fast_ops.linear(h, self.fc2.weight, self.fc2.bias, add=rows)
+
+
+def _window_pairs(x4: torch.Tensor, grid: torch.Tensor, ws: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Matching views of a (B, H, W, C) map and its (B, nh, ws, nw, ws, C) window grid.
+
+    The map is cut into at most four blocks (full windows, the partial last column and row
+    of windows, the corner), each a strided view of both tensors with the same shape.
+    """
+    _, H, W, _ = x4.shape
+    fh, rh = divmod(H, ws)
+    fw, rw = divmod(W, ws)
+    rows = [(0, fh * ws, slice(0, fh), slice(None))] if fh else []
+    rows += [(fh * ws, H, slice(fh, fh + 1), slice(0, rh))] if rh else []
+    cols = [(0, fw * ws, slice(0, fw), slice(None))] if fw else []
+    cols += [(fw * ws, W, slice(fw, fw + 1), slice(0, rw))] if rw else []
+    pairs = []
+    for r0, r1, gi, gr in rows:
+        for c0, c1, gj, gc in cols:
+            g = grid[:, gi, gr, gj, gc]
+            pairs.append((x4[:, r0:r1, c0:c1].view(g.shape), g))
+    return pairs
+
+
+def partition_windows(x: torch.Tensor, resolution: int, ws: int) -> torch.Tensor:
+    """(B, H*W, C) tokens -> (B*nh*nw, ws*ws, C) windows, zero-padded bottom / right (one copy)."""
+    B, _, C = x.shape
+    H = W = resolution
+    nh, nw = -(-H // ws), -(-W // ws)
+    out = x.new_empty(B, nh, nw, ws, ws, C)
+    grid = out.permute(0, 1, 3, 2, 4, 5)
+    for src, dst in _window_pairs(x.view(B, H, W, C), grid, ws):
+        dst.copy_(src)
+    if H % ws:
+        grid[:, H // ws, H % ws:].zero_()
+    if W % ws:
+        grid[:, :, :, W // ws, W % ws:].zero_()
+    return out.view(B * nh * nw, ws * ws, C)
+
+
+def add_windows(x: torch.Tensor, windows: torch.Tensor, resolution: int, ws: int) -> torch.Tensor:
+    """(B, H*W, C) tokens + the unpadded part of (B*nh*nw, ws*ws, C) windows -> new tokens."""
+    B, _, C = x.shape
+    H = W = resolution
+    nh, nw = -(-H // ws), -(-W // ws)
+    grid = windows.view(B, nh, nw, ws, ws, C).permute(0, 1, 3, 2, 4, 5)
+    out = torch.empty_like(x)
+    out4 = out.view(B, H, W, C)
+    for (src, win), (dst, _) in zip(_window_pairs(x.view(B, H, W, C), grid, ws),
+                                    _window_pairs(out4, grid, ws)):
+        torch.add(src, win, out=dst)
+    return out
 
 
 class TinyViTBlock(nn.Module):
@@ -186,6 +334,16 @@ class TinyViTBlock(nn.Module):
         x = self.local_conv(x).view(B, C, L).transpose(1, 2)
         return x + self.mlp(x)
 
+    def forward_fast(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, H*W, C) contiguous tokens in and out."""
+        B, L, C = x.shape
+        r, ws = self.resolution, self.window
+        attn = self.attn.forward_fast(partition_windows(x, r, ws))
+        x = add_windows(x, attn.view(-1, ws * ws, C), r, ws)
+        x = self.local_conv.conv_fast(_image(x, B, r, r))
+        x = self.mlp.forward_fast(_rows(x))
+        return x.view(B, L, C)
+
 
 class AttentionStage(nn.Module):
     """Stages 1-3: TinyViT blocks, then optional patch merging."""
@@ -202,6 +360,11 @@ class AttentionStage(nn.Module):
             x = block(x)
         return self.downsample(x) if self.downsample is not None else x
 
+    def forward_fast(self, x: torch.Tensor) -> torch.Tensor:
+        for block in self.blocks:
+            x = block.forward_fast(x)
+        return self.downsample.forward_fast(x) if self.downsample is not None else x
+
 
 class TinyViT(nn.Module):
     """(B, 3, 1024, 1024) normalised image -> (B, 256, 64, 64) embedding.
@@ -213,6 +376,8 @@ class TinyViT(nn.Module):
     def __init__(self, config: TinyViTConfig = TinyViTConfig()) -> None:
         super().__init__()
         self.config = config
+        #: use the folded / fused inference path in eval mode without autograd
+        self.fast_inference = True
         dims = config.embed_dims
         self.patch_embed = ConvStem(dims[0])
         res = config.img_size // 4
@@ -241,9 +406,25 @@ class TinyViT(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if fast_path_enabled(self, x):
+            return self.forward_fast(x)
         x = self.patch_embed(x)
         for layer in self.layers:
             x = layer(x)
         B, _, C = x.shape
         r = self.final_resolution
         return self.neck(x.view(B, r, r, C).permute(0, 3, 1, 2))
+
+    def forward_fast(self, x: torch.Tensor) -> torch.Tensor:
+        """The inference path (module docstring); call only without autograd."""
+        x = self.patch_embed.forward_fast(x)
+        for layer in self.layers:
+            x = layer.forward_fast(x)
+        B, _, C = x.shape
+        r = self.final_resolution
+        conv1, norm1, conv2, norm2 = self.neck
+        y = fast_ops.linear(x.reshape(-1, C), conv1.weight.view(conv1.weight.shape[0], -1), None)
+        y = F.layer_norm(y, y.shape[-1:], norm1.weight, norm1.bias, norm1.eps)
+        y = _rows(fast_ops.conv2d(_image(y, B, r, r), conv2.weight, None, 1, 1))
+        y = F.layer_norm(y, y.shape[-1:], norm2.weight, norm2.bias, norm2.eps)
+        return _image(y, B, r, r).contiguous()

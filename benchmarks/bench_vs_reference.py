@@ -1,0 +1,202 @@
+"""Our MobileSAM (vit_t) against the reference MobileSAM ``SamPredictor``, side by side.
+
+    python benchmarks/bench_vs_reference.py --ref-path /tmp/refpkgs [--threads 1] [--repeats 7]
+        [--data-root ../shared/data] [--encoder-precision fp32|bf16|auto]
+
+The reference is the Apache-2.0 ``mobilesam-mirror`` package, installed only in a scratch folder
+(never a dependency of napari-focsam)::
+
+    python -m pip download --no-deps mobilesam-mirror -d /tmp/ref
+    python -m pip install --no-deps --target /tmp/refpkgs /tmp/ref/mobilesam_mirror-*.whl
+
+It imports a few helpers of ``timm`` and ``torchvision``; installing torchvision would replace
+the CPU torch, so this script registers small stand-ins for exactly those helpers in
+``sys.modules`` before importing the reference (see :func:`install_reference_stand_ins`).
+
+Both predictors load the same ``vit_t`` weights and see the same RGB uint8 images:
+a 1024x1024 crop and a full 1030x1349 nuclei image (coelho2009 ``dna-1.png``) and a 321x481
+photo (GrabCut ``124080.jpg``). For each image it times, interleaved (the order alternates
+between repeats) and as medians:
+
+- embedding: ``FocSAMPredictor.embed`` vs ``SamPredictor.set_image`` (resize, normalise, encoder);
+- one click: one positive point, single mask, mask at full image resolution
+  (``FocSAMPredictor.step`` vs ``SamPredictor.predict(multimask_output=False)``),
+
+and prints ours, reference and ours/reference, plus the IoU of the two one-click masks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+import types
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def install_reference_stand_ins() -> None:
+    """Stand-ins for the timm / torchvision helpers the reference imports (inference only)."""
+    from PIL import Image
+    from torch import nn
+
+    def module(name: str, **attrs) -> types.ModuleType:
+        mod = sys.modules.get(name) or types.ModuleType(name)
+        for k, v in attrs.items():
+            setattr(mod, k, v)
+        sys.modules[name] = mod
+        return mod
+
+    class DropPath(nn.Module):  # stochastic depth: identity at inference
+        def __init__(self, drop_prob: float = 0.0) -> None:
+            super().__init__()
+            self.drop_prob = drop_prob
+
+        def forward(self, x):
+            if self.training and self.drop_prob > 0:
+                raise RuntimeError("the benchmark's DropPath stand-in is for inference only")
+            return x
+
+    def to_2tuple(x):
+        return tuple(x) if isinstance(x, (tuple, list)) else (x, x)
+
+    def resize(img: Image.Image, size) -> Image.Image:  # (h, w), bilinear as torchvision on PIL
+        return img.resize((int(size[1]), int(size[0])), Image.BILINEAR)
+
+    def unavailable(*_a, **_k):
+        raise RuntimeError("not available in the benchmark's reference environment")
+
+    if "timm" not in sys.modules:
+        module("timm")
+        module("timm.models")
+        module("timm.models.layers", DropPath=DropPath, to_2tuple=to_2tuple,
+               trunc_normal_=nn.init.trunc_normal_)
+        module("timm.models.registry", register_model=lambda fn: fn)
+    if "torchvision" not in sys.modules:
+        module("torchvision")
+        module("torchvision.ops")
+        module("torchvision.ops.boxes", batched_nms=unavailable, box_area=unavailable)
+        module("torchvision.transforms")
+        module("torchvision.transforms.functional", resize=resize,
+               to_pil_image=lambda a: Image.fromarray(np.asarray(a)))
+
+
+def load_reference(ref_path: str, weights: Path):
+    sys.path.insert(0, ref_path)
+    install_reference_stand_ins()
+    from mobile_sam import SamPredictor, sam_model_registry
+
+    return SamPredictor(sam_model_registry["vit_t"](checkpoint=str(weights)).eval())
+
+
+def nucleus_click(labels: np.ndarray) -> tuple[int, int]:
+    """(y, x) deepest pixel of the largest labelled nucleus."""
+    from scipy import ndimage
+
+    ids, counts = np.unique(labels[labels > 0], return_counts=True)
+    obj = labels == ids[np.argmax(counts)]
+    dist = ndimage.distance_transform_edt(np.pad(obj, 1))[1:-1, 1:-1]
+    y, x = np.unravel_index(np.argmax(dist), dist.shape)
+    return int(y), int(x)
+
+
+def load_images(root: Path) -> dict[str, tuple[np.ndarray, tuple[int, int]]]:
+    from PIL import Image
+
+    micro = root / "micro" / "coelho2009_gnf"
+    dna = np.asarray(Image.open(micro / "images" / "dna-1.png").convert("L"))
+    lab = np.asarray(Image.open(micro / "labels" / "dna-1.png"))
+    crop, crop_lab = dna[:1024, :1024], lab[:1024, :1024]
+    photo = np.asarray(Image.open(root / "iseg" / "GrabCut" / "data_GT" / "124080.jpg").convert("RGB"))
+    rgb = lambda g: np.ascontiguousarray(np.repeat(g[..., None], 3, axis=2))
+    return {
+        "nuclei 1024x1024": (rgb(crop), nucleus_click(crop_lab)),
+        "nuclei 1030x1349": (rgb(dna), nucleus_click(lab)),
+        "photo 321x481": (photo, (photo.shape[0] // 2, photo.shape[1] // 2)),
+    }
+
+
+def timed(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def interleaved_ms(ours, ref, repeats: int, warmup: int = 1) -> tuple[float, float]:
+    for _ in range(warmup):
+        ours()
+        ref()
+    a, b = [], []
+    for r in range(repeats):
+        if r % 2:
+            b.append(timed(ref))
+            a.append(timed(ours))
+        else:
+            a.append(timed(ours))
+            b.append(timed(ref))
+    return 1000 * statistics.median(a), 1000 * statistics.median(b)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--ref-path", default=os.environ.get("MOBILESAM_REF", "/tmp/refpkgs"),
+                    help="folder holding the reference 'mobile_sam' package")
+    ap.add_argument("--data-root", default=os.environ.get(
+        "FOCSAM_DATA", str(Path(__file__).resolve().parents[1].parent / "shared" / "data")))
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--repeats", type=int, default=7, help="embedding repeats (clicks: 3x as many)")
+    ap.add_argument("--encoder-precision", default="fp32", choices=("fp32", "bf16", "auto"),
+                    help="our encoder's matrix products (the reference always runs float32)")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+
+    from napari_focsam.core.models import load_model, model_path
+    from napari_focsam.core.predictor import Click, FocSAMPredictor
+
+    ours_model = load_model("vit_t", "cpu", encoder_precision=args.encoder_precision) \
+        if "encoder_precision" in load_model.__code__.co_varnames else load_model("vit_t", "cpu")
+    ours = FocSAMPredictor(ours_model)
+    ref = load_reference(args.ref_path, model_path("vit_t"))
+
+    rows = []
+    for name, (img, (y, x)) in load_images(Path(args.data_root)).items():
+        emb_box = {}
+
+        def ours_embed():
+            emb_box["e"] = ours.embed(img)
+
+        embed_ms = interleaved_ms(ours_embed, lambda: ref.set_image(img), args.repeats)
+        with torch.inference_mode():
+            ref_emb = ref.features
+            diff = (emb_box["e"].features - ref_emb).abs().max().item()
+        click = [Click(y, x, True)]
+        pt, lab = np.array([[x, y]], np.float32), np.array([1])
+        click_ms = interleaved_ms(lambda: ours.step(emb_box["e"], click),
+                                  lambda: ref.predict(pt, lab, multimask_output=False), 3 * args.repeats, 2)
+        m_ours = ours.step(emb_box["e"], click).mask
+        m_ref = ref.predict(pt, lab, multimask_output=False)[0][0]
+        iou = float((m_ours & m_ref).sum() / max((m_ours | m_ref).sum(), 1))
+        rows.append({"image": name, "embed_ours_ms": embed_ms[0], "embed_ref_ms": embed_ms[1],
+                     "embed_ratio": embed_ms[0] / embed_ms[1], "click_ours_ms": click_ms[0],
+                     "click_ref_ms": click_ms[1], "click_ratio": click_ms[0] / click_ms[1],
+                     "mask_iou_vs_ref": iou, "embed_max_abs_diff": diff})
+
+    print(f"threads={torch.get_num_threads()} repeats={args.repeats} encoder_precision={args.encoder_precision}"
+          f" load={os.getloadavg()[0]:.2f}")
+    print(f"{'image':<18}{'embed ours':>11}{'ref':>8}{'ratio':>7}{'click ours':>12}{'ref':>8}{'ratio':>7}"
+          f"{'IoU':>7}{'emb diff':>10}")
+    for r in rows:
+        print(f"{r['image']:<18}{r['embed_ours_ms']:>11.0f}{r['embed_ref_ms']:>8.0f}{r['embed_ratio']:>7.2f}"
+              f"{r['click_ours_ms']:>12.1f}{r['click_ref_ms']:>8.1f}{r['click_ratio']:>7.2f}"
+              f"{r['mask_iou_vs_ref']:>7.3f}{r['embed_max_abs_diff']:>10.1e}")
+    print(json.dumps({"threads": torch.get_num_threads(), "rows": [
+        {k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()} for r in rows]}))
+
+
+if __name__ == "__main__":
+    main()
