@@ -262,9 +262,9 @@ class FocSAMWidget(QWidget):
             self._after_adopt()
         name = model.replace("\\", "/").rsplit("/", 1)[-1]
         self._headline = f"loading model {name} ..."
-        self._set_status()
         self.actions.show_progress(None, 0, f"loading {name} ...")
         self.jobs.load(layer, image_data(layer), bool(layer.rgb), model, device, cache, self.setup.refine_wanted)
+        self._set_status()
 
     def _on_refine_toggled(self, on: bool) -> None:
         ctx = self.jobs.context
