@@ -264,3 +264,32 @@ def test_claims_of_dead_or_silent_holders_expire(tmp_path):
     assert b.acquire(5)
     b.release(5)
     assert sorted(p.name for p in folder.iterdir()) == []
+
+
+WORKER = """
+import json, sys
+sys.path.insert(0, {tests!r})
+from engine_helpers import blobs_stack, make_fast_focsam
+from napari_focsam.core.embeddings import EmbeddingStore, ImageVolume
+from napari_focsam.core.predictor import FocSAMPredictor
+model = make_fast_focsam()
+model.image_encoder.delay = 0.1
+store = EmbeddingStore(FocSAMPredictor(model), ImageVolume(blobs_stack(8)), cache_dir={cache!r},
+                       max_memory_bytes=0)
+store.precompute(poll_s=0.02)
+print(json.dumps({{**store.last_precompute, "calls": model.image_encoder.calls}}))
+"""
+
+
+@pytest.mark.slow
+def test_two_processes_fill_one_store_without_encoding_a_slice_twice(tmp_path):
+    code = WORKER.format(tests=str(Path(__file__).parent), cache=str(tmp_path / "cache"))
+    procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [err[-2000:] for _, err in outs]
+    infos = [json.loads(out.strip().splitlines()[-1]) for out, _ in outs]
+    assert sum(i["calls"] for i in infos) == 8  # the old code: 16
+    assert all(i["computed"] + i["reused"] + i["by_others"] == 8 and i["error"] is None for i in infos)
+    store = _store(FocSAMPredictor(make_fast_focsam()), blobs_stack(8), tmp_path / "cache")
+    assert store.missing() == [] and len(list((tmp_path / "cache").iterdir())) == 1

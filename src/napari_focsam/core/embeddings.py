@@ -138,6 +138,7 @@ class EmbeddingStore:
         self.cache_dir = Path(cache_dir).expanduser() if cache_dir is not None else None
         self.stats = {"computed": 0, "disk_hits": 0, "memory_hits": 0}
         self.disk_error: str | None = None
+        self._write_error: str | None = None  # the first failed write, as the OS said it
         self.last_precompute: dict[str, Any] = {}
         self._mem: OrderedDict[int, _Entry] = OrderedDict()
         self._hot: tuple[int, SliceEmbedding] | None = None  # float32 copy of the last slice served
@@ -337,6 +338,7 @@ class EmbeddingStore:
                 disk.write(z, entry.features.numpy(), entry.blank, self.volume.slice_signature(z))
         except OSError as exc:  # full disk, permissions changed, ...
             disk.read_only = True
+            self._write_error = self._write_error or str(exc)
             self._warn_disk(f"{exc}: new embeddings are kept in memory only")
             return False
         return True
@@ -449,8 +451,9 @@ class EmbeddingStore:
             raise
         except OSError as exc:  # the claim itself could not be written (full disk, ...)
             disk.read_only = True
-            self._warn_disk(f"cannot write to {disk.path}: {exc}")
-        if disk.read_only:  # the write failed: stop at once
-            raise CacheWriteError(f"{self.disk_error}; stopped after slice {z}: what was written is "
-                                  "complete and will be reused")
+            self._write_error = self._write_error or f"cannot write to {disk.path}: {exc}"
+            self._warn_disk(f"{self._write_error}: new embeddings are kept in memory only")
+        if disk.read_only:  # a write failed (here or in another thread): stop at once
+            why = self._write_error or f"the embedding cache {disk.path} became read-only"
+            raise CacheWriteError(f"{why}; stopped: the slices written before are complete and will be reused")
         return "computed" if source == "computed" else "reused"
