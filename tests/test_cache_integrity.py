@@ -3,6 +3,7 @@ own .zarr, read-only complete caches, two precomputes into one store, stale clai
 
 from __future__ import annotations
 
+import collections
 import errno
 import json
 import logging
@@ -174,7 +175,8 @@ def test_full_disk_stops_precompute_at_the_first_failed_write(pred, tmp_path, mo
 def test_precompute_checks_free_space_before_starting(pred, tmp_path, monkeypatch):
     store = _store(pred, blobs_stack(5), tmp_path)
     store.precompute(slices=[0])
-    monkeypatch.setattr(disk_cache.shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10**12, 10**12, 3 * 2**20))
+    usage = collections.namedtuple("usage", "total used free")
+    monkeypatch.setattr(disk_cache.shutil, "disk_usage", lambda p: usage(10**12, 10**12, 3 * 2**20))
     n = calls(pred)
     with pytest.raises(CacheWriteError, match=r"not enough free space .* 4 slices need"):
         store.precompute()
@@ -293,3 +295,17 @@ def test_two_processes_fill_one_store_without_encoding_a_slice_twice(tmp_path):
     assert all(i["computed"] + i["reused"] + i["by_others"] == 8 and i["error"] is None for i in infos)
     store = _store(FocSAMPredictor(make_fast_focsam()), blobs_stack(8), tmp_path / "cache")
     assert store.missing() == [] and len(list((tmp_path / "cache").iterdir())) == 1
+
+
+def test_leftovers_of_killed_creations_are_swept_when_old(pred, tmp_path):
+    data = blobs_stack(2)
+    path = tmp_path / "s.zarr"
+    old_tmp, new_tmp = tmp_path / ".s.zarr.tmp-dead", tmp_path / ".s.zarr.tmp-busy"
+    for d in (old_tmp, new_tmp):
+        (d / "features").mkdir(parents=True)
+    long_ago = time.time() - 7200
+    os.utime(old_tmp, (long_ago, long_ago))
+    keep = tmp_path / "notes.tmp-x"
+    keep.mkdir()
+    _store(pred, data, path).precompute()
+    assert not old_tmp.exists() and new_tmp.exists() and keep.exists() and path.exists()

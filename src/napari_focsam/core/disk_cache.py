@@ -189,6 +189,8 @@ class DiskCache:
             except OSError as exc:
                 raise CacheUnavailable(f"cannot create the cache folder {parent}: {exc}") from exc
         self.read_only = not _writable(parent) or (path.exists() and not _writable(path))
+        if not self.read_only:
+            self._sweep_leftovers()
         if not self.read_only and path.is_dir() and not path.is_symlink() and not any(path.iterdir()):
             try:
                 path.rmdir()  # an empty folder made for the cache: nothing to keep
@@ -226,6 +228,18 @@ class DiskCache:
             if not retry:
                 raise CacheUnavailable(f"the embedding cache {path} keeps changing under us: retry")
             self._open(retry=False)
+
+    def _sweep_leftovers(self, min_age_s: float = 3600.0) -> None:
+        """Delete our own hidden leftovers next to the store (``.<name>.tmp-*``, ``.<name>.stale-*``)
+        of processes killed while creating or discarding it, once they are an hour old."""
+        now = time.time()
+        for pattern in (f".{self.path.name}.tmp-*", f".{self.path.name}.stale-*"):
+            for old in self.path.parent.glob(pattern):
+                try:
+                    if now - old.stat().st_mtime > min_age_s and old.is_dir() and not old.is_symlink():
+                        shutil.rmtree(old, ignore_errors=True)
+                except OSError:
+                    pass
 
     def _has_marker_file(self) -> bool:
         try:
