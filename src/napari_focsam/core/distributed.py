@@ -1,0 +1,466 @@
+"""Precompute and batch segmentation on a dask.distributed cluster.
+
+Why dask.distributed: it is the scheduler the field already speaks (napari's dask arrays,
+dask-jobqueue on SLURM/PBS/SGE clusters, ``dask scheduler`` / ``dask worker`` by hand, or a
+:class:`~distributed.LocalCluster` of processes on one machine). It gives us what a home-made
+pool would have to re-invent: worker processes that keep state (the loaded model), retries of
+tasks whose worker died, a progress bar, and one API whether the workers are local or remote.
+
+Units of work are slices (one 2D image is one unit). Each task runs on a worker:
+
+1. it re-opens the image from a picklable :class:`ImageSource` (lazily: a zarr array or a TIFF
+   read page by page through tifffile's zarr view, so a worker reads only its slices);
+2. it loads the model through :func:`~napari_focsam.core.models.load_model`, which keeps it in
+   the worker process, so each worker loads the model once;
+3. it fills its slices into the same signed zarr store a single process would write
+   (:class:`~napari_focsam.core.embeddings.EmbeddingStore.precompute`).
+
+The store needs nothing from the file system but atomic ``mkdir`` and ``rename`` (true on local
+disks and NFS): every slice is its own chunk in every array, so workers never write the same
+chunk; a slice counts as done only once its features, checksum and completion flag are
+written, so a worker killed mid-write leaves a slice that is recomputed, never read; and the
+per-slice claims of :mod:`.claims` keep two workers from encoding one slice at once (a claim
+of a dead process is broken at once on its host, after ``CLAIM_TIMEOUT_S`` elsewhere). A task
+whose worker died is re-run by the scheduler on another worker (``retries``); whatever a run
+leaves undone, the next run completes.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+import numpy as np
+
+__all__ = [
+    "ImageSource",
+    "ObjectResult",
+    "connect",
+    "open_image",
+    "paint_objects",
+    "precompute_distributed",
+    "read_seeds",
+    "segment_seeds",
+]
+
+
+@dataclass(frozen=True)
+class ImageSource:
+    """A picklable recipe to re-open an image lazily on a worker.
+
+    Parameters
+    ----------
+    path : str
+        A TIFF file, a zarr array (folder) or any image file :func:`~.io.read_image` reads.
+    contrast_limits : tuple of float or None
+        Fixed limits for the 8-bit encoder input (None: the volume's robust defaults).
+    rgb : bool or None
+        Passed to :class:`~.image_volume.ImageVolume` (None: detect).
+    """
+
+    path: str
+    contrast_limits: tuple[float, float] | None = None
+    rgb: bool | None = None
+
+    def volume(self):
+        """The :class:`~.image_volume.ImageVolume` of this source, opened lazily."""
+        from .image_volume import ImageVolume
+
+        return ImageVolume(open_image(self.path), rgb=self.rgb, contrast_limits=self.contrast_limits)
+
+
+def open_image(path: str | Path) -> Any:
+    """Open an image for slice-by-slice reading without loading all of it.
+
+    Parameters
+    ----------
+    path : str or Path
+        A zarr array folder (``.zarr``, opened read-only), a TIFF file (through tifffile's zarr
+        view: pages are read when a slice is asked for) or another image file (read whole; such
+        files hold one plane).
+
+    Returns
+    -------
+    array-like
+        A zarr array or a numpy array, shaped as the image.
+    """
+    import zarr
+
+    p = Path(path)
+    if p.is_dir():
+        try:
+            arr = zarr.open(str(p), mode="r")
+        except Exception as exc:
+            raise ValueError(f"cannot read {p}: not a zarr array ({' '.join(str(exc).split())})") from None
+        if not hasattr(arr, "shape") or not hasattr(arr, "dtype"):
+            raise ValueError(f"cannot read {p}: a zarr group, not an array (name the array inside it)")
+        return arr
+    if p.suffix.lower() in (".tif", ".tiff"):
+        import tifffile
+
+        from .io import read_image
+
+        with tifffile.TiffFile(p) as tif:
+            stack = len(tif.pages) > 1 and bool(tif.series) and len(tif.series[0].shape) >= 3
+        if stack:  # page by page through tifffile's zarr view
+            return zarr.open(tifffile.imread(p, aszarr=True), mode="r")
+        return read_image(p)  # one plane (with the truncation checks)
+    from .io import read_image
+
+    return read_image(p)
+
+
+@contextmanager
+def connect(workers: int | None = None, scheduler: str | None = None,
+            threads_per_worker: int | None = None) -> Iterator[Any]:
+    """A :class:`distributed.Client`: a new local cluster of ``workers`` processes, or ``scheduler``.
+
+    Parameters
+    ----------
+    workers : int or None
+        Start a :class:`distributed.LocalCluster` with this many worker processes (1 thread
+        each; torch uses ``threads_per_worker`` threads inside, default cores / workers).
+    scheduler : str or None
+        Address of a running scheduler (``tcp://host:8786``), e.g. from ``dask scheduler`` or a
+        dask-jobqueue cluster. Exactly one of ``workers`` and ``scheduler`` is given.
+    threads_per_worker : int or None
+        Torch threads in each local worker.
+
+    Yields
+    ------
+    distributed.Client
+    """
+    from distributed import Client, LocalCluster
+
+    if (workers is None) == (scheduler is None):
+        raise ValueError("give either workers (a local cluster) or scheduler (an address), not both")
+    if scheduler is not None:
+        try:
+            client = Client(scheduler, timeout="20s")
+        except (OSError, TimeoutError) as exc:
+            raise ValueError(f"cannot reach the dask scheduler at {scheduler}: {exc}") from None
+        try:
+            yield client
+        finally:
+            client.close()
+        return
+    if workers < 1:
+        raise ValueError(f"--workers must be at least 1, got {workers}")
+    torch_threads = threads_per_worker or max(1, (os.cpu_count() or 1) // workers)
+    env = {"OMP_NUM_THREADS": str(torch_threads), "MKL_NUM_THREADS": str(torch_threads)}
+    cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                           dashboard_address=None, silence_logs=40, env=env)
+    client = Client(cluster)
+    try:
+        yield client
+    finally:
+        client.close()
+        cluster.close()
+
+
+# ----------------------------------------------------------------------------- precompute
+
+
+def _worker_store(source: ImageSource, cache_dir: str, model: str, device: str, threads: int | None):
+    """Runs on a worker: the volume, the (kept) model and a store bound to the shared cache."""
+    import torch
+
+    from .embeddings import EmbeddingStore
+    from .models import load_model
+    from .predictor import FocSAMPredictor
+
+    if threads:
+        torch.set_num_threads(int(threads))
+    net = load_model(model, device)
+    return EmbeddingStore(FocSAMPredictor(net), source.volume(), cache_dir=cache_dir, max_memory_bytes=0)
+
+
+def missing_units(source: ImageSource, cache_dir: str, model: str, device: str = "cpu",
+                  threads: int | None = None) -> tuple[int, list[int]]:
+    """``(n_slices, slices not yet in the cache)`` (runs wherever it is called)."""
+    store = _worker_store(source, cache_dir, model, device, threads)
+    if store.disk_error:
+        raise ValueError(store.disk_error)
+    return store.volume.n_slices, store.missing()
+
+
+def fill_units(source: ImageSource, cache_dir: str, model: str, device: str, units: Sequence[int],
+               threads: int | None = None) -> dict[str, Any]:
+    """Runs on a worker: encode ``units`` into the shared store; returns the counts."""
+    store = _worker_store(source, cache_dir, model, device, threads)
+    if store.disk_error:
+        raise OSError(store.disk_error)
+    store.precompute(list(units))
+    info = dict(store.last_precompute)
+    info["worker_pid"] = os.getpid()
+    try:
+        import resource
+
+        info["max_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    except ImportError:  # Windows
+        info["max_rss_mb"] = None
+    return info
+
+
+def precompute_distributed(client: Any, source: ImageSource, cache_dir: str | Path, *, model: str,
+                           device: str = "cpu", units_per_task: int = 1, retries: int = 3,
+                           threads: int | None = None, progress: bool = True) -> dict[str, Any]:
+    """Fill the embedding cache of ``source`` with the workers of ``client``.
+
+    Parameters
+    ----------
+    client : distributed.Client
+        From :func:`connect`.
+    source : ImageSource
+        The image, re-opened lazily on every worker.
+    cache_dir : str or Path
+        The cache folder, reachable under the same path from every worker (a shared file
+        system for a multi-machine cluster).
+    model, device : str
+        Registry name or path of the weights (present on every worker), and the device.
+    units_per_task : int
+        Slices per task (1: best balance; more: less scheduling overhead for tiny slices).
+    retries : int
+        How often the scheduler re-runs a task whose worker failed or died.
+    threads : int or None
+        Torch threads per task (None: the worker's default).
+    progress : bool
+        Show dask's progress bar on the terminal.
+
+    Returns
+    -------
+    dict
+        ``units`` (slices in the image), ``computed`` (encoded in this run), ``reused``
+        (already cached), ``workers``, ``seconds``, ``failed`` (units left for the next run) and
+        ``worker_max_rss_mb`` (peak resident memory of each worker process).
+    """
+    from distributed import progress as dask_progress
+    from distributed import wait
+
+    t0 = time.perf_counter()
+    cache_dir = str(Path(cache_dir).expanduser().resolve())
+    plan = client.submit(missing_units, source, cache_dir, model, device, threads, pure=False, retries=retries)
+    n_units, todo = plan.result()
+    groups = [todo[i:i + units_per_task] for i in range(0, len(todo), max(1, units_per_task))]
+    futures = [client.submit(fill_units, source, cache_dir, model, device, g, threads, pure=False,
+                             retries=retries, key=f"focsam-fill-{g[0]}-{os.getpid()}-{time.time_ns()}")
+               for g in groups]
+    if futures and progress:
+        dask_progress(futures, notebook=False)
+    wait(futures)
+    computed, failed, rss = 0, [], {}
+    for group, fut in zip(groups, futures):
+        if fut.status == "finished":
+            info = fut.result()
+            computed += int(info["computed"])
+            rss[info["worker_pid"]] = info.get("max_rss_mb")
+        else:
+            failed.extend(group)
+    return {"units": n_units, "computed": computed, "reused": n_units - len(todo),
+            "workers": len(client.scheduler_info().get("workers", {})),
+            "seconds": round(time.perf_counter() - t0, 2), "failed": failed,
+            "worker_max_rss_mb": [round(v, 1) for v in rss.values() if v is not None]}
+
+
+# ----------------------------------------------------------------------------- batch segmentation
+
+
+@dataclass(frozen=True)
+class ObjectResult:
+    """One object of a batch: its mask inside its bounding box.
+
+    ``index`` is the seed's row (0-based); ``offset`` the (z, y, x) corner of ``mask`` (a 3D
+    bool array, one plane for 2D images) in the image; ``mask`` is None for an empty object.
+    """
+
+    index: int
+    offset: tuple[int, int, int]
+    mask: np.ndarray | None
+
+    @property
+    def area(self) -> int:
+        return 0 if self.mask is None else int(self.mask.sum())
+
+
+def read_seeds(path: str | Path, ndim: int) -> np.ndarray:
+    """Seeds from a napari points-layer CSV: ``(N, ndim)`` float (z, y, x) or (y, x) coordinates.
+
+    The file is what napari's *File > Save Selected Layers* writes for a points layer: a
+    header ``index,axis-0,axis-1[,axis-2]`` and one row per point; other columns (point
+    properties) are ignored, as is a missing ``index`` column.
+    """
+    import csv
+
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"cannot read seeds {path}: no such file")
+    with open(path, newline="") as fh:
+        rows = list(csv.reader(fh))
+    if not rows:
+        raise ValueError(f"seeds file {path} is empty")
+    header = [h.strip() for h in rows[0]]
+    axes = [h for h in header if h.startswith("axis-")]
+    if not axes:
+        raise ValueError(f"seeds file {path} has no axis-0, axis-1 columns (header: {','.join(header)})")
+    if len(axes) != ndim:
+        raise ValueError(f"seeds file {path} has {len(axes)} coordinates per point, the image needs {ndim} "
+                         f"({'z, y, x' if ndim == 3 else 'y, x'})")
+    cols = [header.index(f"axis-{i}") for i in range(ndim)]
+    pts = []
+    for n, row in enumerate(rows[1:], start=2):
+        if not any(cell.strip() for cell in row):
+            continue
+        try:
+            pts.append([float(row[c]) for c in cols])
+        except (ValueError, IndexError):
+            raise ValueError(f"seeds file {path}, line {n}: not a number in {row}") from None
+    if not pts:
+        raise ValueError(f"seeds file {path} holds no point")
+    arr = np.asarray(pts, dtype=float)
+    if not np.isfinite(arr).all():
+        raise ValueError(f"seeds file {path} holds a non-finite coordinate")
+    return arr
+
+
+def _crop(mask: np.ndarray) -> tuple[tuple[int, int, int], np.ndarray | None]:
+    m = mask if mask.ndim == 3 else mask[None]
+    if not m.any():
+        return (0, 0, 0), None
+    lo = [int(np.flatnonzero(m.any(axis=tuple(a for a in range(3) if a != ax)))[0]) for ax in range(3)]
+    hi = [int(np.flatnonzero(m.any(axis=tuple(a for a in range(3) if a != ax)))[-1]) + 1 for ax in range(3)]
+    return (lo[0], lo[1], lo[2]), np.ascontiguousarray(m[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]])
+
+
+def segment_one(session: Any, index: int, seed: Sequence[float], propagate: bool,
+                iou_threshold: float | None = None) -> ObjectResult:
+    """One object from one positive seed (and its propagation through a stack)."""
+    vol = session.volume
+    z = int(round(seed[0])) if vol.is_3d else 0
+    y, x = float(seed[-2]), float(seed[-1])
+    obj = session.new_object()
+    try:
+        mask2d = obj.add_click(y, x, True, z) if vol.is_3d else obj.add_click(y, x, True)
+        if vol.is_3d and propagate:
+            kwargs = {} if iou_threshold is None else {"iou_threshold": iou_threshold}
+            obj.propagate(**kwargs)
+            full = obj.volume_mask()
+        elif vol.is_3d:
+            full = np.zeros((vol.n_slices, *vol.plane_shape), bool)
+            full[z] = mask2d
+        else:
+            full = mask2d
+        offset, crop = _crop(np.asarray(full, bool))
+        return ObjectResult(index, offset, crop)
+    finally:
+        session.remove_object(obj)
+
+
+def _segment_task(source: ImageSource, cache_dir: str | None, model: str, device: str,
+                  items: Sequence[tuple[int, Sequence[float]]], propagate: bool,
+                  iou_threshold: float | None, threads: int | None) -> list[ObjectResult]:
+    """Runs on a worker: segment several seeds with one session (the worker keeps the model)."""
+    import torch
+
+    from .session import Session
+
+    if threads:
+        torch.set_num_threads(int(threads))
+    with Session(source.volume(), model, device=device, cache_dir=cache_dir) as session:
+        return [segment_one(session, i, seed, propagate, iou_threshold) for i, seed in items]
+
+
+def segment_seeds(source: ImageSource, seeds: np.ndarray, *, model: str, device: str = "cpu",
+                  cache_dir: str | Path | None = None, propagate: bool = False,
+                  iou_threshold: float | None = None, client: Any = None, seeds_per_task: int = 4,
+                  retries: int = 3, threads: int | None = None, progress: bool = True,
+                  on_object: Callable[[int, int], None] | None = None) -> list[ObjectResult]:
+    """Segment one object per seed, in this process or on the workers of ``client``.
+
+    Parameters
+    ----------
+    source : ImageSource
+        The image.
+    seeds : numpy.ndarray
+        ``(N, 2)`` (y, x) or ``(N, 3)`` (z, y, x) positive clicks, one object each.
+    model, device : str
+        Weights (registry name or path) and device.
+    cache_dir : str, Path or None
+        The shared embedding cache (strongly advised with workers: ``precompute`` it first, so
+        that no two workers encode one slice).
+    propagate : bool
+        Propagate each object through the stack from its seed's slice.
+    client : distributed.Client or None
+        None runs in this process, one session for all seeds.
+    seeds_per_task : int
+        Seeds per task on the cluster.
+
+    Returns
+    -------
+    list of ObjectResult
+        In seed order.
+    """
+    vol = source.volume()
+    ndim = 3 if vol.is_3d else 2
+    if seeds.ndim != 2 or seeds.shape[1] != ndim:
+        raise ValueError(f"expected seeds of shape (N, {ndim}), got {seeds.shape}")
+    items = [(i, tuple(float(v) for v in s)) for i, s in enumerate(seeds)]
+    cache = None if cache_dir is None else str(Path(cache_dir).expanduser().resolve())
+    if client is None:
+        from .session import Session
+
+        out = []
+        with Session(vol, model, device=device, cache_dir=cache) as session:
+            for n, (i, seed) in enumerate(items, start=1):
+                out.append(segment_one(session, i, seed, propagate, iou_threshold))
+                if on_object is not None:
+                    on_object(n, len(items))
+        return out
+    from distributed import progress as dask_progress
+    from distributed import wait
+
+    groups = [items[k:k + max(1, seeds_per_task)] for k in range(0, len(items), max(1, seeds_per_task))]
+    futures = [client.submit(_segment_task, source, cache, model, device, g, propagate, iou_threshold,
+                             threads, pure=False, retries=retries) for g in groups]
+    if futures and progress:
+        dask_progress(futures, notebook=False)
+    wait(futures)
+    results: list[ObjectResult] = []
+    for g, fut in zip(groups, futures):
+        if fut.status != "finished":
+            raise RuntimeError(f"seeds {g[0][0] + 1}-{g[-1][0] + 1} failed on the cluster: {fut.exception()}")
+        results.extend(fut.result())
+    return sorted(results, key=lambda r: r.index)
+
+
+def paint_objects(shape: tuple[int, ...], results: Sequence[ObjectResult]) -> np.ndarray:
+    """One labels image from objects, id = seed row + 1.
+
+    Overlaps: objects are painted from the largest to the smallest, so where two objects
+    overlap the smaller one keeps the pixels (a large leak never swallows a small cell).
+
+    Parameters
+    ----------
+    shape : tuple of int
+        ``(Y, X)`` or ``(Z, Y, X)``.
+    results : sequence of ObjectResult
+
+    Returns
+    -------
+    numpy.ndarray
+        uint16 labels (uint32 beyond 65,535 seeds) of ``shape``.
+    """
+    n = max((r.index for r in results), default=-1) + 1
+    dtype = np.uint16 if n < 2**16 else np.uint32
+    labels = np.zeros((1, *shape) if len(shape) == 2 else shape, dtype)
+    for r in sorted(results, key=lambda r: -r.area):
+        if r.mask is None:
+            continue
+        z, y, x = r.offset
+        dz, dy, dx = r.mask.shape
+        view = labels[z:z + dz, y:y + dy, x:x + dx]
+        view[r.mask] = r.index + 1
+    return labels[0] if len(shape) == 2 else labels
