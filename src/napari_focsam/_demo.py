@@ -1,15 +1,15 @@
-"""``napari-focsam demo`` (headless) and ``napari-focsam gui`` (napari with the plugin and a sample)."""
+"""The headless demo behind ``napari-focsam demo`` (:mod:`napari_focsam.cli.demo`): one click per
+well separated nucleus of the 2D sample, IoU against its ground truth, an overlay PNG."""
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
 import numpy as np
 
 from .core.volume import interior_point
-from .core.weights import DEFAULT_MODEL
+from .core.defaults import DEFAULT_MODEL
 
 
 def pick_separated_objects(labels: np.ndarray, n: int, min_gap: int = 3) -> list[int]:
@@ -75,32 +75,3 @@ def _save_overlay(image: np.ndarray, labels: np.ndarray, clicks, path: Path) -> 
         ax.plot(x, y, "o", ms=6, mfc="lime", mec="black")
     ax.set_axis_off()
     fig.savefig(path)
-
-
-def cmd_demo(args) -> int:
-    summary = run_demo(args.model, args.objects, args.out, args.device)
-    print(json.dumps(summary))
-    return 0
-
-
-def cmd_gui(args) -> int:
-    import napari
-
-    viewer = napari.Viewer()
-    if args.sample != "none":
-        viewer.open_sample("napari-focsam", f"nuclei_{args.sample}")
-    viewer.window.add_plugin_dock_widget("napari-focsam", "FocSAM")
-    napari.run()
-    return 0
-
-
-def add_parser(sub) -> None:
-    d = sub.add_parser("demo", help="headless demo: one click per nucleus of the sample, IoU vs ground truth")
-    d.add_argument("--model", default=DEFAULT_MODEL)
-    d.add_argument("--objects", type=int, default=5)
-    d.add_argument("--device", default="auto")
-    d.add_argument("--out", default="focsam-demo", help="folder for the overlay PNG")
-    d.set_defaults(func=cmd_demo)
-    g = sub.add_parser("gui", help="start napari with the FocSAM widget and a sample image")
-    g.add_argument("--sample", choices=["2d", "3d", "none"], default="2d")
-    g.set_defaults(func=cmd_gui)

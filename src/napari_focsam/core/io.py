@@ -1,52 +1,248 @@
-"""Reading images and stacks, writing masks (tifffile for TIFF, imageio for PNG/JPEG)."""
+"""Reading images and stacks, writing masks: the package's one image reader.
+
+Files from users are untrusted: every failure of :func:`read_image` is a ``ValueError`` (a
+``FileNotFoundError`` for a missing file) with a one-line reason that names the file and the
+problem (a folder, an empty, damaged or truncated file), never a plausible wrong array. TIFF files are read with tifffile after checking that every
+image the file declares is in it: a truncated multi-page TIFF is refused, not read as its
+first page. Other formats (PNG, JPEG, BMP, ...) are read with Pillow.
+
+Masks are written losslessly only: :data:`MASK_FORMATS` lists the suffixes and how many axes
+each holds; :func:`check_mask_path` refuses anything else before any work is done.
+"""
 
 from __future__ import annotations
 
+import logging
+import os
+import stat
 from pathlib import Path
 
 import numpy as np
 
-TIFF_SUFFIXES = {".tif", ".tiff"}
+__all__ = ["LOSSY_SUFFIXES", "MASK_FORMATS", "TIFF_SUFFIXES", "check_mask_path", "read_image", "write_mask"]
+
+TIFF_SUFFIXES = (".tif", ".tiff")
+#: Lossless mask formats: suffix -> the most axes a mask in that format may have.
+MASK_FORMATS = {".tif": 3, ".tiff": 3, ".npy": 3, ".png": 2}
+#: Suffixes of lossy formats, refused for masks (a lossy mask has wrong pixels).
+LOSSY_SUFFIXES = frozenset({".jpg", ".jpeg", ".jpe", ".jfif", ".webp", ".jp2", ".j2k", ".jxl", ".heic", ".avif"})
+#: Pillow modes converted to RGB (or gray) when read.
+_CONVERT_TO_RGB = ("CMYK", "YCbCr", "LAB", "HSV", "PA")
 
 
-def read_image(path: str | Path) -> np.ndarray:
-    """Read a 2D image or a 3D stack as a numpy array; raises ValueError with the reason."""
+def read_image(path: str | Path, *, palette_indices: bool = False) -> np.ndarray:
+    """Read a 2D image, a colour image or a stack as a numpy array.
+
+    Parameters
+    ----------
+    path : str or Path
+        A TIFF file (any number of pages; the first series is read) or an image file Pillow
+        reads (PNG, JPEG, BMP, ...; one frame).
+    palette_indices : bool
+        For palette images (PNG/GIF mode "P"): True gives the palette indices (label masks),
+        False (default) the colours, as (Y, X, 3) or (Y, X, 4).
+
+    Returns
+    -------
+    numpy.ndarray
+        As stored: (Y, X), (Y, X, C), (Z, Y, X), ... Boolean (1-bit) images become uint8 0/255.
+
+    Raises
+    ------
+    FileNotFoundError
+        ``cannot read <path>: no such file``.
+    ValueError
+        ``cannot read <path>: <reason>`` for a folder, an empty, damaged, truncated or
+        unsupported file.
+    """
     path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"cannot read {path}: no such file")
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        raise FileNotFoundError(f"cannot read {path}: no such file") from None
+    except OSError as exc:
+        raise ValueError(f"cannot read {path}: {exc.strerror or exc}") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise ValueError(f"cannot read {path}: it is a directory, not an image file")
+    if not stat.S_ISREG(st.st_mode):
+        raise ValueError(f"cannot read {path}: not a regular file")
+    if st.st_size == 0:
+        raise ValueError(f"cannot read {path}: the file is empty (0 bytes)")
     try:
         if path.suffix.lower() in TIFF_SUFFIXES:
-            import tifffile
+            arr = _read_tiff(path, st.st_size)
+        else:
+            arr = _read_pillow(path, palette_indices)
+    except _Refused as exc:
+        raise ValueError(f"cannot read {path}: {exc}") from None
+    except MemoryError:
+        raise ValueError(f"cannot read {path}: the image is too large for the available memory") from None
+    except Exception as exc:  # damaged or unsupported file: the library's reason, one line
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+        raise ValueError(f"cannot read {path}: damaged or unsupported file ({reason})") from None
+    if arr.dtype == bool:
+        arr = arr.astype(np.uint8) * 255
+    return arr
 
-            return np.asarray(tifffile.imread(path))
-        import imageio.v3 as iio
 
-        return np.asarray(iio.imread(path))
-    except Exception as exc:  # corrupt or unsupported file
-        raise ValueError(f"cannot read {path}: {exc}") from exc
+class _Refused(Exception):
+    """A reason of our own for refusing a file (reported as is)."""
 
 
-def is_rgb(arr: np.ndarray) -> bool:
-    """True for (Y, X, 3|4) colour images (and (Z, Y, X, 3|4) colour stacks)."""
-    return arr.ndim in (3, 4) and arr.shape[-1] in (3, 4) and arr.shape[-2] > 4
+class _Collect(logging.Handler):
+    """Collects tifffile's error messages (invalid page offsets and the like) while reading."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.levelno >= logging.ERROR:
+            self.messages.append(" ".join(record.getMessage().split()))
 
 
-def spatial_ndim(arr: np.ndarray) -> int:
-    """2 for an image, 3 for a stack, ignoring a trailing colour axis."""
-    return arr.ndim - (1 if is_rgb(arr) else 0)
+def _read_tiff(path: Path, size: int) -> np.ndarray:
+    import tifffile
+
+    logger = logging.getLogger("tifffile")
+    handler = _Collect()
+    logger.addHandler(handler)  # also keeps tifffile's own messages off the terminal
+    try:
+        with tifffile.TiffFile(path) as tif:
+            n_pages = len(tif.pages)
+            if not tif.series:
+                raise _Refused("the TIFF file holds no image")
+            series = tif.series[0]
+            _check_tiff_complete(tif, series, n_pages, size, handler.messages)
+            data = np.asarray(series.asarray())
+        if handler.messages:
+            raise _Refused(f"the TIFF file is damaged or truncated ({handler.messages[0]})")
+        return data
+    finally:
+        logger.removeHandler(handler)
+
+
+def _check_tiff_complete(tif, series, n_pages: int, size: int, errors: list[str]) -> None:
+    """Refuse a TIFF whose declared images are not all in the file (a truncated stack)."""
+    if errors:
+        raise _Refused(f"the TIFF file is damaged or truncated ({errors[0]})")
+    declared = None
+    ij = tif.imagej_metadata or {}
+    if ij.get("images"):
+        declared = int(ij["images"])
+    elif tif.shaped_metadata:
+        shape = tuple(tif.shaped_metadata[0].get("shape", ()))
+        if shape and tuple(series.shape) != shape:
+            raise _Refused(f"the TIFF file is truncated or damaged: it declares an image of shape {shape}, "
+                           f"but holds {tuple(series.shape)}")
+    in_series = len(series)
+    if declared is not None and declared > max(in_series, n_pages):
+        raise _Refused(f"the TIFF file is truncated or damaged: it declares {declared} images, but holds "
+                       f"{max(in_series, n_pages)}")
+    end = 0
+    if series.dataoffset is not None:
+        end = series.dataoffset + series.nbytes
+    else:
+        for page in series.pages:
+            if page is None:
+                raise _Refused("the TIFF file is truncated or damaged (a page is missing)")
+            for offset, count in zip(page.dataoffsets, page.databytecounts):
+                end = max(end, offset + count)
+    if end > size:
+        raise _Refused(f"the TIFF file is truncated: its image data ends at byte {end}, but the file "
+                       f"has {size} bytes")
+
+
+def _read_pillow(path: Path, palette_indices: bool) -> np.ndarray:
+    from PIL import Image, UnidentifiedImageError
+
+    kind = path.suffix.lower().lstrip(".").upper() or "image"
+    try:
+        im = Image.open(path)
+    except UnidentifiedImageError:
+        raise _Refused(f"not a valid {kind} file (damaged, truncated or another format)") from None
+    with im:
+        frames = getattr(im, "n_frames", 1)
+        if frames > 1:
+            raise _Refused(f"the file holds {frames} frames: save a stack as a multi-page TIFF")
+        try:
+            if im.mode == "P" and not palette_indices:
+                im = im.convert("RGBA" if "transparency" in im.info else "RGB")
+            elif im.mode in _CONVERT_TO_RGB:
+                im = im.convert("RGB")
+            elif im.mode == "LA":
+                im = im.convert("L")
+            return np.asarray(im)
+        except (OSError, SyntaxError) as exc:  # Pillow reports a broken PNG as a SyntaxError
+            reason = " ".join(str(exc).split())
+            raise _Refused(f"the {kind} file is damaged or truncated ({reason})") from None
+
+
+def check_mask_path(path: str | Path, ndim: int = 2) -> Path:
+    """Check, before any work, that a mask of ``ndim`` axes can be written to ``path``.
+
+    Parameters
+    ----------
+    path : str or Path
+        The output file: ``.tif``/``.tiff``/``.npy`` (any mask) or ``.png`` (2D only).
+    ndim : int
+        2 for a (Y, X) mask, 3 for a (Z, Y, X) mask.
+
+    Returns
+    -------
+    Path
+        ``path`` as a Path.
+
+    Raises
+    ------
+    ValueError
+        A lossy or unknown format, a format that cannot hold ``ndim`` axes, a folder that does
+        not exist or is read-only, or a path that is a folder.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{path} is a directory: give a file name for the mask")
+    suffix = path.suffix.lower()
+    allowed = ", ".join(s for s, n in MASK_FORMATS.items() if n >= ndim)
+    if suffix in LOSSY_SUFFIXES:
+        raise ValueError(f"{path}: {suffix} is a lossy format and would change the mask's pixels; "
+                         f"use {allowed}")
+    if suffix not in MASK_FORMATS:
+        what = f"unknown mask format {suffix!r}" if suffix else "no file suffix"
+        raise ValueError(f"{path}: {what}; use {allowed}")
+    if MASK_FORMATS[suffix] < ndim:
+        raise ValueError(f"{path}: {suffix} holds 2D masks only, and this mask is {ndim}D; use {allowed}")
+    folder = path.parent
+    if not folder.is_dir():
+        what = "is not a directory" if folder.exists() else "does not exist"
+        raise ValueError(f"cannot write {path}: the folder {folder} {what}")
+    mode = folder.stat().st_mode
+    if not mode & (stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH) or not os.access(folder, os.W_OK | os.X_OK):
+        raise ValueError(f"cannot write {path}: the folder {folder} is read-only")
+    if path.exists() and not os.access(path, os.W_OK):
+        raise ValueError(f"cannot write {path}: the file exists and is read-only")
+    return path
 
 
 def write_mask(path: str | Path, mask: np.ndarray) -> None:
-    """Write a label/mask array: TIFF for .tif/.tiff (any ndim), else PNG/whatever imageio supports (2D)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if path.suffix.lower() in TIFF_SUFFIXES:
+    """Write a mask or label array losslessly (see :func:`check_mask_path`).
+
+    Parameters
+    ----------
+    path : str or Path
+        ``.tif``/``.tiff`` (zlib-compressed TIFF), ``.npy`` or ``.png`` (2D only).
+    mask : numpy.ndarray
+        (Y, X) or (Z, Y, X) integer array.
+    """
+    path = check_mask_path(path, mask.ndim)
+    suffix = path.suffix.lower()
+    if suffix in TIFF_SUFFIXES:
         import tifffile
 
         tifffile.imwrite(path, mask, compression="zlib")
+    elif suffix == ".npy":
+        np.save(path, mask, allow_pickle=False)
     else:
-        import imageio.v3 as iio
+        from PIL import Image
 
-        if mask.ndim != 2:
-            raise ValueError(f"{path.suffix} can only hold 2D masks; use .tif for 3D")
-        iio.imwrite(path, mask)
+        Image.fromarray(np.ascontiguousarray(mask)).save(path)

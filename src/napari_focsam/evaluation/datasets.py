@@ -49,6 +49,7 @@ from typing import Any
 import numpy as np
 
 from ..core.image import to_rgb_uint8 as _core_to_rgb_uint8
+from ..core.io import read_image
 
 __all__ = [
     "DATASET_NAMES",
@@ -192,27 +193,6 @@ class EvalDataset:
 # --------------------------------------------------------------------------------------------
 # image / mask I/O
 # --------------------------------------------------------------------------------------------
-def _read_array(path: Path, palette_indices: bool = True) -> np.ndarray:
-    path = Path(path)
-    if path.suffix.lower() in (".tif", ".tiff"):
-        import tifffile
-
-        return np.asarray(tifffile.imread(path))
-    from PIL import Image
-
-    with Image.open(path) as im:
-        if im.mode == "P" and not palette_indices:
-            im = im.convert("RGBA" if "transparency" in im.info else "RGB")
-        elif im.mode in ("CMYK", "YCbCr", "LAB", "HSV", "PA"):
-            im = im.convert("RGB")
-        elif im.mode == "LA":
-            im = im.convert("L")
-        arr = np.asarray(im)
-    if arr.dtype == bool:
-        arr = arr.astype(np.uint8) * 255
-    return arr
-
-
 def to_rgb_uint8(arr: np.ndarray) -> np.ndarray:
     """Convert a 2D / (H, W, C) / (C, H, W) image of any dtype to (H, W, 3) uint8 RGB.
 
@@ -231,7 +211,7 @@ def to_rgb_uint8(arr: np.ndarray) -> np.ndarray:
 
 def read_image_rgb(path) -> np.ndarray:
     """Read an image file as (H, W, 3) uint8 RGB (see :func:`to_rgb_uint8`)."""
-    return to_rgb_uint8(_read_array(Path(path), palette_indices=False))
+    return to_rgb_uint8(read_image(path, palette_indices=False))
 
 
 def read_mask(path) -> np.ndarray:
@@ -239,7 +219,7 @@ def read_mask(path) -> np.ndarray:
 
     A colour mask keeps its first channel when all channels are equal, else the per-pixel max.
     """
-    arr = _read_array(Path(path), palette_indices=True)
+    arr = read_image(path, palette_indices=True)
     if arr.ndim == 3:
         if arr.shape[-1] == 4:
             arr = arr[..., :3]
@@ -434,7 +414,8 @@ _ALIASES = {
 DATASET_NAMES = tuple(_SUBDIRS)
 
 
-def _canonical(name: str) -> str:
+def canonical_name(name: str) -> str:
+    """The canonical dataset name for ``name`` (case, dashes and aliases ignored); ValueError if unknown."""
     key = name.strip().lower().replace("-", "_")
     key = _ALIASES.get(key, key)
     if key not in _SUBDIRS:
@@ -458,7 +439,7 @@ def _layout_ok(name: str, d: Path) -> bool:
 
 def resolve_dataset_root(name: str, root) -> Path:
     """Folder of dataset ``name``: ``root`` itself or one of its known sub-folders."""
-    key = _canonical(name)
+    key = canonical_name(name)
     root = Path(os.fspath(root)).expanduser()
     tried = [root] + [root / s for s in _SUBDIRS[key]]
     for d in tried:
@@ -473,7 +454,7 @@ def resolve_dataset_root(name: str, root) -> Path:
 def read_dataset(name: str, root, max_objects: int | None = None) -> EvalDataset:
     """Open dataset ``name`` (see the module docstring) below ``root``; nothing is read yet
     except the file listings."""
-    key = _canonical(name)
+    key = canonical_name(name)
     d = resolve_dataset_root(key, root)
     if key in _PAIRED:
         pairs, rule = _PAIRED[key]

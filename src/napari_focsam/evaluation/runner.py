@@ -1,16 +1,14 @@
-"""Adapter from the FocSAM predictor to the benchmark protocol, and the ``evaluate`` command."""
+"""Adapter from the FocSAM predictor to the benchmark protocol (the ``evaluate`` command is in
+:mod:`napari_focsam.cli.evaluate`)."""
 
 from __future__ import annotations
 
-import json
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
 from ..core.predictor import FocSAMPredictor, InteractiveObject
-from ..core.weights import DEFAULT_MODEL, REFINE_PRECISIONS
 from .datasets import read_dataset
 from .metrics import Timings
 from .protocol import evaluate_dataset, plot_miou_curves, write_results
@@ -78,45 +76,3 @@ def run_evaluation(dataset: str, data_root, model, out_dir, *, refine_modes=(Tru
     if len(curves) > 1:
         plot_miou_curves(curves, out_dir / "miou_curve.png", title=f"{dataset}: mean IoU per click")
     return summaries
-
-
-def cmd_evaluate(args) -> int:
-    modes = (True, False) if args.compare else ((False,) if args.no_refine else (True,))
-
-    def progress(n, object_id):
-        if not args.quiet:
-            print(f"\r{n} objects", end="", flush=True, file=sys.stderr)
-
-    summaries = run_evaluation(args.dataset, args.data_root, args.model, args.out, refine_modes=modes,
-                               max_objects=args.max_objects, max_clicks=args.max_clicks,
-                               device=args.device, progress=progress, refiner=args.refiner,
-                               images=args.images, refine_precision=args.refine_precision)
-    if not args.quiet:
-        print(file=sys.stderr)
-    for label, s in summaries.items():
-        print(json.dumps({"run": label, "dataset": s["dataset"], "model": s["model"], "n_objects": s["n_objects"],
-                          "noc85": round(s["noc85"], 3), "noc90": round(s["noc90"], 3),
-                          "noc95": round(s["noc95"], 3), "spc": s["spc"], "wall_seconds": s["wall_seconds"]}))
-    return 0
-
-
-def add_parser(sub) -> None:
-    p = sub.add_parser("evaluate", help="NoC@85/90/95 with the FocSAM click protocol")
-    p.add_argument("--dataset", required=True,
-                   help="grabcut, davis, coco_mval, berkeley, sbd, coelho2009_gnf, stardist2d, microscopy")
-    p.add_argument("--data-root", required=True, help="folder holding the dataset (e.g. ../shared/data)")
-    p.add_argument("--model", default=DEFAULT_MODEL, help="registry name or checkpoint path")
-    p.add_argument("--refiner", default=None, metavar="FILE_OR_NAME",
-                   help="focus-refiner weights for the base model (FocSAM-T)")
-    p.add_argument("--no-refine", action="store_true", help="plain SAM loop with the same weights")
-    p.add_argument("--compare", action="store_true", help="run with and without refinement")
-    p.add_argument("--images", default=None, metavar="SPEC",
-                   help="image selection: first:N, last:N or range:A:B in natural order (e.g. a validation split)")
-    p.add_argument("--max-objects", type=int, default=None)
-    p.add_argument("--max-clicks", type=int, default=20)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--refine-precision", choices=REFINE_PRECISIONS, default=None,
-                   help="the refiner's matrix products (default: $NAPARI_FOCSAM_REFINE_PRECISION or auto)")
-    p.add_argument("--quiet", action="store_true")
-    p.add_argument("--out", required=True, help="output folder")
-    p.set_defaults(func=cmd_evaluate)

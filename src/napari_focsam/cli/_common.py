@@ -1,0 +1,132 @@
+"""Helpers shared by the sub-commands: input, output, layout notes, progress bars, options."""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+from ..errors import UserError
+
+__all__ = [
+    "COMMA_VALUE_OPTIONS",
+    "check_output",
+    "join_negative_values",
+    "layout_of",
+    "load_volume",
+    "note",
+    "parse_limits",
+    "progress_bar",
+    "read_input",
+]
+
+#: Options whose value is a comma-separated list of numbers that may start with "-".
+COMMA_VALUE_OPTIONS = ("--click", "--contrast-limits")
+_NEGATIVE_LIST = re.compile(r"^-(\d|\.\d)[^,]*,")
+
+
+def join_negative_values(argv: list[str]) -> list[str]:
+    """``--click -1,39`` -> ``--click=-1,39``.
+
+    argparse takes a value that starts with "-" and is not a plain number for an option and
+    fails with "expected one argument"; joined to its option, the value reaches our own check
+    (which then says, for example, that the click is outside the image).
+    """
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        tok = argv[i]
+        if tok == "--":
+            out.extend(argv[i:])
+            break
+        if tok in COMMA_VALUE_OPTIONS and i + 1 < len(argv) and _NEGATIVE_LIST.match(argv[i + 1]):
+            out.append(f"{tok}={argv[i + 1]}")
+            i += 2
+            continue
+        out.append(tok)
+        i += 1
+    return out
+
+
+def note(message: str) -> None:
+    """One informational line on stderr (stdout stays machine-readable)."""
+    print(f"napari-focsam: {message}", file=sys.stderr, flush=True)
+
+
+def read_input(path: str | Path):
+    """The image at ``path`` as an array; :class:`UserError` (one line) if it cannot be read."""
+    from ..core.io import read_image
+
+    try:
+        return read_image(path)
+    except (ValueError, FileNotFoundError) as exc:
+        raise UserError(str(exc)) from None
+
+
+def load_volume(image: Any, contrast_limits: tuple[float, float] | None = None):
+    """The :class:`ImageVolume` of an array: the package's one layout decision (no other here)."""
+    from ..core.image_volume import ImageVolume
+
+    try:
+        return ImageVolume(image, contrast_limits=contrast_limits)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+
+
+def layout_of(vol) -> str:
+    """What :class:`ImageVolume` assumed about the axes of ``vol``, in words, with the shape."""
+    return f"{vol.layout} (shape {tuple(vol.shape)})"
+
+
+def check_output(path: str | Path, ndim: int, image_path: str | Path | None = None) -> Path:
+    """Check the output mask path before any work (format, folder, not the input itself)."""
+    from ..core.io import check_mask_path
+
+    try:
+        out = check_mask_path(path, ndim)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    if image_path is not None:
+        try:
+            same = out.exists() and out.resolve() == Path(image_path).resolve()
+        except OSError:
+            same = False
+        if same:
+            raise UserError(f"--out {out} is the input image: choose another file for the mask")
+    return out
+
+
+def parse_limits(text: str) -> tuple[float, float]:
+    """``LOW,HIGH`` -> (low, high), for ``--contrast-limits``."""
+    try:
+        lo, hi = (float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"contrast limits {text!r} must be LOW,HIGH") from None
+    return lo, hi
+
+
+def progress_bar(total: int, desc: str, enabled: bool = True) -> tuple[Callable[[int, int], None], Callable[[], None]]:
+    """A ``progress(done, total)`` callback drawing on stderr (tqdm if installed) and a closer."""
+    if not enabled:
+        return (lambda done, tot: None), (lambda: None)
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        state = {"last": -1}
+
+        def update(done: int, tot: int) -> None:
+            if done != state["last"]:
+                state["last"] = done
+                print(f"\r{desc}: {done}/{tot} slices", end="", file=sys.stderr, flush=True)
+
+        return update, (lambda: print(file=sys.stderr) if state["last"] >= 0 else None)
+    bar = tqdm(total=total, desc=desc, unit="slice", file=sys.stderr, leave=False)
+
+    def update(done: int, tot: int) -> None:
+        if bar.total != tot:
+            bar.total = tot
+        bar.update(done - bar.n)
+
+    return update, bar.close

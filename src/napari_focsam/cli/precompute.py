@@ -1,0 +1,77 @@
+"""``napari-focsam precompute IMAGE --cache DIR [--model NAME]``: fill the on-disk embedding cache.
+
+Computes the embeddings of a 2D image or of every slice of a stack into one zarr store per
+image and model in DIR; an interrupted run resumes where it stopped. A complete cache in a
+read-only folder is reported as such (nothing to do, exit 0). Prints one line of JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+from ..core.defaults import DEFAULT_MODEL
+from ..errors import UserError
+from ._common import layout_of, load_volume, note, parse_limits, progress_bar, read_input
+
+__all__ = ["add_parser", "run"]
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    """Register ``precompute`` on ``subparsers``; return its parser."""
+    p = subparsers.add_parser(
+        "precompute", help="compute and cache the embeddings of an image or of every slice of a stack",
+        description="Fill the on-disk embedding cache (one zarr store per image and model in DIR); "
+                    "an interrupted run resumes where it stopped.")
+    p.add_argument("image", help="2D image (tif/png/jpg) or 3D stack (tif)")
+    p.add_argument("--cache", required=True, metavar="DIR", help="cache folder (created if needed)")
+    p.add_argument("--model", default=DEFAULT_MODEL, help="registry name (see `weights list`) or checkpoint path")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
+    p.add_argument("--contrast-limits", type=parse_limits, default=None, metavar="LOW,HIGH",
+                   help="intensities mapped to black and white (default: robust percentiles)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    """Handle ``napari-focsam precompute``; return the exit code."""
+    from ..core import models
+    from ..core.disk_cache import CacheWriteError
+    from ..core.embeddings import EmbeddingStore
+    from ..core.predictor import FocSAMPredictor
+
+    vol = load_volume(read_input(args.image), args.contrast_limits)
+    if vol.is_3d or vol.has_channels:
+        note(f"read {args.image} as {layout_of(vol)}")
+    model = models.load_model(args.model, args.device)
+    store = EmbeddingStore(FocSAMPredictor(model), vol, cache_dir=args.cache)
+    if store.cache_path is None:
+        raise UserError(f"cannot fill the cache in {args.cache}: {store.disk_error}")
+    t0 = time.perf_counter()
+    n = vol.n_slices
+    if not store.disk_writable:
+        missing = len(store.missing())
+        if missing:
+            why = store.disk_error or f"the store {store.cache_path} is read-only"
+            raise UserError(f"cannot fill the cache in {args.cache}: {why} ({missing} of {n} slices are missing)")
+        note(f"nothing to do: the read-only cache {store.cache_path} holds all {n} slices")
+        computed, reused = 0, n
+    else:
+        update, close = progress_bar(n, "embeddings", not args.no_progress)
+        try:
+            computed = store.precompute(progress=update)
+        except CacheWriteError as exc:  # e.g. the disk filled up on the way
+            raise UserError(f"the cache in {store.cache_path} is incomplete: {exc}") from None
+        finally:
+            close()
+        reused = store.last_precompute.get("reused", 0)
+        if store.disk_error:
+            raise UserError(f"the cache in {store.cache_path} is incomplete: {store.disk_error}")
+    print(json.dumps({
+        "image": str(args.image), "shape": list(vol.shape), "slices": n,
+        "computed": computed, "reused": reused, "seconds": round(time.perf_counter() - t0, 2),
+        "model": model.model_type, "model_id": store.model_id[:16], "cache": str(store.cache_path),
+    }))
+    return 0

@@ -1,0 +1,170 @@
+"""``napari-focsam segment IMAGE --click Y,X[,+|-] ... --out MASK [--slice Z] [--propagate]``.
+
+One object from clicks, through the engine's :class:`~napari_focsam.core.session.Session`
+(the same click loop as the API and the widget). Without ``--propagate`` the mask of the
+clicked slice is written, (Y, X); with it, the object is propagated through the stack and the
+(Z, Y, X) mask is written. Prints one line of JSON on stdout; what was assumed about the
+image's axes, and warnings (a blank image), go to stderr.
+
+Everything that can be checked is checked before the model is loaded: the output path and
+format, the image, its layout, the slice and the clicks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+from ..core.clicks import Click
+from ..core.defaults import DEFAULT_IOU_THRESHOLD, DEFAULT_MODEL, REFINE_PRECISIONS
+from ..errors import UserError
+from ._common import check_output, layout_of, load_volume, note, progress_bar, read_input
+
+__all__ = ["add_parser", "parse_click", "run"]
+
+
+def parse_click(text: str) -> Click:
+    """``Y,X`` or ``Y,X,+`` / ``Y,X,-`` -> :class:`Click` (unmarked clicks are positive)."""
+    parts = [p.strip() for p in text.split(",")]
+    if len(parts) not in (2, 3):
+        raise argparse.ArgumentTypeError(f"click {text!r} must be Y,X or Y,X,+ or Y,X,- "
+                                         "(write --click=-1,5 for a negative coordinate)")
+    try:
+        y, x = float(parts[0]), float(parts[1])
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"click {text!r}: Y and X must be numbers") from None
+    sign = parts[2] if len(parts) == 3 else "+"
+    if sign not in ("+", "-"):
+        raise argparse.ArgumentTypeError(f"click {text!r}: the third field must be + or -")
+    return Click(y, x, sign != "-")
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    """Register ``segment`` on ``subparsers``; return its parser."""
+    p = subparsers.add_parser("segment", help="segment one object from clicks (headless)")
+    p.add_argument("image", help="2D image (tif/png/jpg, gray or RGB) or a 3D stack (tif)")
+    p.add_argument("--click", action="append", type=parse_click, required=True,
+                   metavar="Y,X[,+|-]", help="a click in pixel coordinates; repeat for more clicks")
+    p.add_argument("--slice", type=int, default=None, metavar="Z", help="slice of a 3D stack")
+    p.add_argument("--model", default=DEFAULT_MODEL, help="registry name (see `weights list`) or checkpoint path")
+    p.add_argument("--refiner", default=None, metavar="FILE_OR_NAME",
+                   help="focus-refiner weights trained for this base model (FocSAM-T)")
+    p.add_argument("--no-refine", action="store_true", help="plain SAM loop, no focus refinement")
+    p.add_argument("--propagate", action="store_true", help="propagate through the stack (3D mask)")
+    p.add_argument("--iou-threshold", type=float, default=DEFAULT_IOU_THRESHOLD, metavar="T",
+                   help="with --propagate: stop where the IoU with the previous slice "
+                        f"falls below T (default {DEFAULT_IOU_THRESHOLD})")
+    p.add_argument("--cache", default=None, metavar="DIR", help="embedding cache folder (see `precompute`)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
+    p.add_argument("--refine-precision", choices=REFINE_PRECISIONS, default=None,
+                   help="the refiner's matrix products: auto (bf16 on CPUs with native bf16, "
+                        "else fp32; default, or $NAPARI_FOCSAM_REFINE_PRECISION), fp32 or bf16")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (--propagate)")
+    p.add_argument("--out", required=True,
+                   help="output mask (uint8, 1 = object): .tif, .tiff, .npy, or .png (2D only)")
+    p.set_defaults(func=run)
+    return p
+
+
+def _slice_of(vol, slice_index: int | None, propagate: bool) -> int:
+    """The slice the clicks are on, checked against the volume."""
+    if not vol.is_3d:
+        if propagate:
+            raise UserError(f"--propagate needs a 3D stack (Z, Y, X), but the image is 2D {tuple(vol.shape)}: "
+                            "drop --propagate")
+        if slice_index not in (None, 0):
+            raise UserError(f"--slice {slice_index} given, but the image is 2D {tuple(vol.shape)}")
+        return 0
+    n = vol.n_slices
+    if slice_index is None:
+        if propagate:
+            raise UserError(f"the stack has {n} slices: pass --slice Z for the slice the clicks are on")
+        raise UserError(f"the image is a 3D stack of {n} slices {tuple(vol.shape)}: pass --slice Z")
+    if not 0 <= slice_index < n:
+        raise UserError(f"--slice {slice_index} is out of range: the stack has {n} slices (0..{n - 1})")
+    return slice_index
+
+
+def _check_clicks(vol, clicks: list[Click]) -> None:
+    H, W = vol.plane_shape
+    for c in clicks:
+        if not (0 <= c.y < H and 0 <= c.x < W):
+            raise UserError(f"click ({c.y:g},{c.x:g}) is outside the image of {H}x{W} pixels")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Handle ``napari-focsam segment``; return the exit code."""
+    if args.propagate and not 0.0 <= args.iou_threshold <= 1.0:
+        raise UserError(f"--iou-threshold {args.iou_threshold:g} is out of range: "
+                        "iou_threshold must be within [0, 1]")
+    check_output(args.out, 3 if args.propagate else 2, args.image)
+    vol = load_volume(read_input(args.image))
+    z = _slice_of(vol, args.slice, args.propagate)
+    clicks = list(args.click)
+    _check_clicks(vol, clicks)
+    if vol.is_3d or vol.has_channels:
+        note(f"read {args.image} as {layout_of(vol)}")
+
+    from ..core import models
+    from ..core.session import Session
+
+    model = models.load_model(args.model, args.device, refiner=args.refiner, refine_precision=args.refine_precision)
+    session = Session(vol, model, refine=not args.no_refine, cache_dir=args.cache)
+    obj = session.new_object()
+    t0 = time.perf_counter()
+    emb = session.store.get(z)
+    t_embed = time.perf_counter() - t0
+    if emb.blank:
+        where = f"slice {z} of the stack" if vol.is_3d else "the image"
+        note(f"warning: {where} is blank (constant after contrast mapping): the mask is empty")
+    click_s = []
+    for c in clicks:
+        t0 = time.perf_counter()
+        try:
+            obj.add_click(c.y, c.x, c.is_positive, z=z)
+        except ValueError as exc:
+            raise UserError(str(exc)) from None
+        click_s.append(round(time.perf_counter() - t0, 4))
+    refine = session.predictor.refine
+    summary = {
+        "model": model.model_type, "refine": refine, "clicks": len(clicks),
+        "refine_precision": models.refine_precision_of(model) if refine else None,
+    }
+    if not args.propagate:
+        mask = obj.mask(z).astype("uint8")
+        _write(args.out, mask)
+        summary.update({"embedding_seconds": round(t_embed, 3), "click_seconds": click_s,
+                        "mask_pixels": int(mask.sum()), "shape": list(mask.shape), "out": str(args.out)})
+        if vol.is_3d:
+            summary["slice"] = z
+        print(json.dumps(summary))
+        return 0
+
+    update, close = progress_bar(vol.n_slices, "propagation", not args.no_progress)
+    try:
+        try:
+            result = obj.propagate(progress=update, iou_threshold=args.iou_threshold)
+        except ValueError as exc:
+            raise UserError(str(exc)) from None
+    finally:
+        close()
+    volume = obj.volume_mask().astype("uint8")
+    _write(args.out, volume)
+    summary.update({
+        "slice": z, "z_range": list(result.z_range), "stopped": result.stopped_reason,
+        "slices_with_mask": int(volume.any(axis=(1, 2)).sum()), "mask_voxels": int(volume.sum()),
+        "click_seconds": round(sum(click_s) + t_embed, 3), "propagation_seconds": round(result.seconds, 3),
+        "embeddings_computed": session.store.stats["computed"], "shape": list(volume.shape), "out": str(args.out),
+    })
+    print(json.dumps(summary))
+    return 0
+
+
+def _write(path, mask) -> None:
+    from ..core.io import write_mask
+
+    try:
+        write_mask(path, mask)
+    except ValueError as exc:  # the checks passed before the work; the folder changed since
+        raise UserError(str(exc)) from None
