@@ -325,6 +325,9 @@ def test_z_is_required_on_a_stack_and_must_be_an_integer(fast_model):
             obj.add_click(16, 16, z=z)
     with pytest.raises(ValueError, match="slice 1.5 is out of range"):
         obj.add_click(16, 16, z=1.5)
+    for bad in (5, "z,y,x,p", (1, 16, 16)):
+        with pytest.raises(ValueError, match=r"a click is \(z, y, x, positive\)"):
+            obj.set_clicks([bad])
     assert obj.clicks == [] and s.store.stats["computed"] == 0
     obj.add_click(16, 16, z=np.int64(2))
     assert obj.clicks == [(2, 16.0, 16.0, True)] and obj.undo().shape == (32, 32)

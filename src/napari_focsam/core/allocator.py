@@ -82,9 +82,10 @@ def tune_malloc() -> bool:
 def release_memory() -> bool | None:
     """Return the freed parts of the heap to the operating system (glibc ``malloc_trim(0)``).
 
-    Returns True when glibc released memory, False when there was nothing to release, None
-    where this is not possible (off Linux, without glibc, or ``NAPARI_FOCSAM_MALLOC_TUNING=0``).
-    Costs about a millisecond per few hundred MiB of heap; results are unaffected.
+    Returns glibc's answer (True: some memory was released), or None where this is not
+    possible (off Linux, without glibc, or ``NAPARI_FOCSAM_MALLOC_TUNING=0``). Measured cost:
+    13 ms when 100 MiB are released, 30 ms for 400 MiB, under 1 ms when there is little to
+    release; so it is called after large frees, not per click.
     """
     if os.environ.get("NAPARI_FOCSAM_MALLOC_TUNING", "1") == "0":
         return None

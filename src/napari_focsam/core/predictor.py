@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 from ..modeling.focsam import PIXEL_MEAN, PIXEL_STD, FocSAM
 from .allocator import tune_malloc
-from .clicks import Click, checked_click
+from .clicks import Click, check_positive, checked_click
 from .image import to_rgb_uint8
 
 #: Bumped whenever preprocessing changes numerically (signs the embedding cache).
@@ -125,8 +125,7 @@ def check_clicks_inside(clicks: Sequence[Click], original_size: tuple[int, int])
     for c in clicks:
         if not (0 <= c.y < H and 0 <= c.x < W):
             raise ValueError(f"click (y={c.y}, x={c.x}) is outside the image of shape {(H, W)}")
-        if not isinstance(c.is_positive, (bool, np.bool_)):
-            raise TypeError(f"a click's is_positive must be True or False, got {c.is_positive!r}")
+        check_positive(c.is_positive)
 
 
 def object_click_count(clicks: Sequence[Click]) -> int:

@@ -169,9 +169,12 @@ class SegmentedObject:
         return vol.check_z(z)
 
     def _normalise(self, click: Sequence) -> tuple[int, float, float, bool]:
-        if isinstance(click, (str, bytes)) or len(click) != 4:
-            raise ValueError(f"a click is (z, y, x, positive), got {tuple(click)!r}")
-        z, y, x, positive = click
+        try:
+            if isinstance(click, (str, bytes)):
+                raise TypeError
+            z, y, x, positive = click
+        except (TypeError, ValueError):
+            raise ValueError(f"a click is (z, y, x, positive), got {click!r}") from None
         c = checked_click(y, x, positive, self.volume.plane_shape)
         return self._check_z(z), c.y, c.x, c.is_positive
 
