@@ -224,3 +224,26 @@ def test_precompute_on_a_complete_read_only_cache_has_nothing_to_do(tiny_ckpt, t
     info = json.loads(out)
     assert (info["computed"], info["reused"], info["cache"]) == (0, 3, first["cache"])
     assert "nothing to do" in err
+
+
+def test_2d_segment_runs_through_the_session_with_its_cache(tiny_ckpt, tmp_path, capsys, monkeypatch):
+    """The 2D path is the engine's Session (one click loop): its embedding cache works for 2D too."""
+    from napari_focsam.core import session as S
+
+    made = []
+    real_new_object = S.Session.new_object
+
+    def spy(self):
+        made.append(self)
+        return real_new_object(self)
+
+    monkeypatch.setattr(S.Session, "new_object", spy)
+    argv = ["segment", gray(tmp_path), "--click", "20,20", "--click", "5,5,-", "--model", tiny_ckpt,
+            "--cache", tmp_path / "cache", "--out", tmp_path / "m.tif"]
+    rc, out, err = run(argv, capsys)
+    assert rc == 0, err
+    assert len(made) == 1 and made[0].store.stats["computed"] == 1
+    assert len(list((tmp_path / "cache").glob("*.zarr"))) == 1
+    rc, out2, err = run(argv, capsys)  # the second run reads the embedding from the cache
+    assert rc == 0 and made[1].store.stats["computed"] == 0
+    assert json.loads(out2)["mask_pixels"] == json.loads(out)["mask_pixels"]

@@ -113,11 +113,8 @@ def run(args: argparse.Namespace) -> int:
     session = Session(vol, model, refine=not args.no_refine, cache_dir=args.cache)
     obj = session.new_object()
     t0 = time.perf_counter()
-    emb = session.store.get(z)
+    session.store.get(z)  # a blank slice gets an empty mask, with the engine's warning on stderr
     t_embed = time.perf_counter() - t0
-    if emb.blank:
-        where = f"slice {z} of the stack" if vol.is_3d else "the image"
-        note(f"warning: {where} is blank (constant after contrast mapping): the mask is empty")
     click_s = []
     for c in clicks:
         t0 = time.perf_counter()
