@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import doctest
 
+import numpy as np
+
 import pytest
 
 from napari_focsam.core import interaction
@@ -98,3 +100,30 @@ def test_rerun_and_supersede_make_running_results_stale():
     job = q.supersede()  # a volume propagation takes the points
     assert q.is_current(job) and not q.is_current(t2)
     assert q.finish(t2) == Outcome()
+
+
+def test_split_objects_finds_positive_clicks_on_separate_pieces():
+    from napari_focsam.core.interaction import split_objects
+
+    mask = np.zeros((20, 20), bool)
+    mask[2:6, 2:6] = True
+    mask[12:18, 12:18] = True
+    two = [(0, 3, 3, True), (0, 15, 15, True)]
+    assert split_objects(two, {0: mask}) == [0]
+    assert split_objects([(0, 3, 3, True), (0, 4, 4, True)], {0: mask}) == []  # one piece
+    assert split_objects([(0, 3, 3, True), (0, 15, 15, False)], {0: mask}) == []  # a negative click
+    joined = mask.copy()
+    joined[5:13, 4] = True
+    joined[12, 4:13] = True
+    assert split_objects(two, {0: joined}) == []  # one connected object
+    assert split_objects([(1, 3, 3, True), (1, 15, 15, True)], {0: mask, 1: mask}) == [1]
+
+
+def test_eta_from_the_mean_step_time():
+    from napari_focsam.core.interaction import Eta
+
+    eta = Eta(60, now=100.0)
+    assert eta.update(0, now=101.0) is None and Eta.text(None) == ""
+    assert eta.update(10, now=120.0) == 100.0
+    assert Eta.text(100.0) == "about 2 min left" and Eta.text(12.4) == "about 12 s left"
+    assert eta.update(60, now=200.0) == 0.0

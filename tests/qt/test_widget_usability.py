@@ -133,7 +133,7 @@ def test_undo_after_commit_from_anywhere(dock, qtbot):
     click(qtbot, viewer, image_layer, *interior(gt == A))
     qtbot.waitUntil(lambda: len(pts.data) == 1, timeout=5000)
     wait_idle(qtbot, widget)
-    key(qtbot, viewer, Qt.Key.Key_Return)  # Enter commits
+    key(qtbot, viewer, Qt.Key.Key_C)
     qtbot.waitUntil(lambda: len(pts.data) == 0, timeout=WAIT_MS)
     out = widget.output_layer
     assert set(np.unique(out.data)) == {0, 1} and "next id 2" in widget.status_label.text()
@@ -164,78 +164,104 @@ def test_undo_after_commit_from_anywhere(dock, qtbot):
     click(qtbot, viewer, image_layer, *interior(gt == B))
     qtbot.waitUntil(lambda: len(pts.data) == 1, timeout=5000)
     wait_idle(qtbot, widget)
-    key(qtbot, viewer, Qt.Key.Key_C)
+    key(qtbot, viewer, Qt.Key.Key_Return)  # Enter commits
     qtbot.waitUntil(lambda: len(pts.data) == 0, timeout=WAIT_MS)
     assert set(np.unique(out.data)) == {0, 1} and iou(out.data == 1, gt == B) >= 0.8  # id follows undo
     save_screenshot(viewer, "issue13_item4_after_undo_and_commit")
 
 
-def test_dock_appears_at_once_and_says_when_ready(dock, qtbot, monkeypatch):
-    """Item 5: building the dock imports no torch; the model loads in a worker with a busy bar,
-    and the status says plainly when clicks are answered."""
-    code = (
-        "import sys, threading, time\n"
-        "seen = []\n"
-        "class Spy:\n"
-        "    def find_spec(self, name, path=None, target=None):\n"
-        "        if name == 'torch' or name.startswith('napari_focsam.modeling'):\n"
-        "            seen.append((name, threading.current_thread() is threading.main_thread()))\n"
-        "sys.meta_path.insert(0, Spy())\n"
-        "from qtpy.QtWidgets import QApplication\n"
-        "app = QApplication([])\n"
-        "from napari.components import ViewerModel\n"
-        "from napari_focsam._qt.widget import FocSAMWidget\n"
-        "w = FocSAMWidget(ViewerModel())\n"
-        "assert 'no image layer' in w.status_label.text()\n"
-        "t0 = time.time()\n"
-        "while w.has_running_workers() and time.time() - t0 < 240:\n"
-        "    app.processEvents(); time.sleep(0.01)\n"
-        "on_gui = sorted(name for name, main in seen if main)\n"
-        "assert not on_gui, on_gui\n"
-        "assert 'torch' in [name for name, _ in seen]  # imported, in the background\n"
-        "assert not w.device_combo.model().item(2).isEnabled()  # cuda: none here (found in the background)\n"
-        "w.close_session()\n"
-    )
-    env = {**__import__("os").environ, "QT_QPA_PLATFORM": "offscreen"}
-    subprocess.run([sys.executable, "-c", code], check=True, env=env, timeout=300)
+def test_threads_setting(dock, qtbot, monkeypatch):
+    """Item 7: a CPU-threads setting, applied to torch; its default leaves a core to napari."""
+    import torch
+
+    from napari_focsam._qt.constants import default_threads
+
+    monkeypatch.delenv("NAPARI_FOCSAM_THREADS", raising=False)
+    assert default_threads(2) == 1 and default_threads(8) == 4 and default_threads(1) == 1
+    monkeypatch.setenv("NAPARI_FOCSAM_THREADS", "3")
+    assert default_threads(2) == 3
+    monkeypatch.setenv("NAPARI_FOCSAM_THREADS", "1")
+    viewer, widget = dock(layers=[add_2d])
+    before = torch.get_num_threads()
+    try:
+        assert widget.threads_spin.value() == 1
+        wait_ready(qtbot, widget)
+        assert torch.get_num_threads() == 1
+        widget.threads_spin.setValue(widget.threads_spin.maximum())
+        assert torch.get_num_threads() == widget.threads_spin.maximum()
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_hint_for_positive_clicks_on_separate_cells(dock, qtbot):
+    """Item 8: two positive clicks on two cells give a one-line hint that one object is one cell."""
+    viewer, widget = dock(layers=[add_2d])
+    _, gt = load_nuclei("2d")
+    wait_ready(qtbot, widget)
+    widget.prompts_layer.data = np.array([interior(gt == A)], float)
+    wait_idle(qtbot, widget)
+    assert "one object is one cell" not in widget.last_message
+    widget.prompts_layer.add(np.array(interior(gt == B), float))
+    wait_idle(qtbot, widget)
+    assert "one object is one cell" in widget.last_message
+
+
+def test_closing_during_a_model_load_is_quiet(dock, qtbot, monkeypatch, capfd):
+    """Item 8: closing the viewer while the model loads prints no traceback."""
+    import threading
 
     from napari_focsam.core import models
 
-    real = models.load_model
-    release = __import__("threading").Event()
+    real, release = models.load_model, threading.Event()
 
-    def held(*args, **kwargs):  # a slow disk: the load waits until the test has looked
+    def held(*args, **kwargs):
         release.wait(30)
         return real(*args, **kwargs)
 
     monkeypatch.setattr(models, "load_model", held)
     viewer, widget = dock(layers=[add_2d])
-    bar = widget.progress_bar
-    assert not widget.is_ready and widget.is_busy()
-    assert bar.isVisibleTo(widget) and bar.maximum() == 0  # a busy bar while the model loads
-    assert "loading model vit_t" in widget.status_label.text()
+    assert widget.is_busy()
+    viewer.close()
     release.set()
+    qtbot.waitUntil(lambda: not widget.has_running_workers(), timeout=WAIT_MS)
+    qtbot.wait(200)
+    out, err = capfd.readouterr()
+    assert "Traceback" not in out + err and "Error" not in out + err, out + err
+
+
+def test_stack_embeds_in_the_background_with_eta(dock, qtbot, monkeypatch):
+    """Item 6: the rest of the stack is embedded after the slice in view, nearest first, with
+    "embeddings k/N" and an ETA; Segment volume says what it still waits for."""
+    import threading
+
+    from viewer_helpers import add_3d_crop, crop_3d
+
+    from napari_focsam.core.embeddings import EmbeddingStore
+
+    gate, order = threading.Event(), []
+    real = EmbeddingStore.precompute
+
+    def gated(self, slices=None, *args, **kwargs):
+        if order:  # the slice in view goes through; the others wait for the test
+            gate.wait(60)
+        order.extend(slices or [])
+        return real(self, slices, *args, **kwargs)
+
+    monkeypatch.setattr(EmbeddingStore, "precompute", gated)
+    image, gt = crop_3d()
+    viewer, widget = dock(layers=[add_3d_crop])
     wait_ready(qtbot, widget)
     qtbot.waitUntil(lambda: widget.embedded_slices == 1, timeout=WAIT_MS)
-    assert widget.status_label.text().startswith("ready: click on an object")
-
-
-def test_deleted_prompts_layer_is_recreated(dock, qtbot):
-    """Item 8: deleting the prompts (or preview) layer does not silently stop the widget."""
-    viewer, widget = dock(layers=[add_2d])
-    _, gt = load_nuclei("2d")
-    wait_ready(qtbot, widget)
-    viewer.layers.remove(widget.prompts_layer)
-    qtbot.waitUntil(lambda: widget.prompts_layer is not None and widget.prompts_layer in viewer.layers,
-                    timeout=5000)
-    assert "deleted" in widget.last_message
-    assert viewer.layers.selection.active is widget.prompts_layer
-    widget.prompts_layer.data = np.array([interior(gt == A)], float)
-    qtbot.waitUntil(lambda: not widget.is_busy() and widget.current_mask.any(), timeout=WAIT_MS)
-    assert iou(widget.current_mask, gt == A) >= 0.8
-    viewer.layers.remove(widget.preview_layer)
-    qtbot.waitUntil(lambda: widget.preview_layer is not None and widget.preview_layer in viewer.layers,
-                    timeout=5000)
-    widget.prompts_layer.data = np.array([interior(gt == B)], float)
-    qtbot.waitUntil(lambda: not widget.is_busy() and widget.current_mask.any(), timeout=WAIT_MS)
-    assert iou(widget.current_mask, gt == B) >= 0.8
+    text = widget.status_label.text()
+    assert "embeddings 1/4" in text and "left)" in text, text
+    assert "left" in widget.progress_bar.format()
+    y, x = interior(gt[1] == A)
+    widget.prompts_layer.data = np.array([[1, y, x]], float)
+    gate.set()
+    widget.segment_volume()
+    assert "slices embedded" in widget.status_label.text()
+    qtbot.waitUntil(lambda: not widget.is_busy(), timeout=WAIT_MS)
+    qtbot.waitUntil(lambda: widget.embedded_slices == 4 or not widget.has_running_workers(), timeout=WAIT_MS)
+    z_view = order[0]
+    assert abs(order[1] - z_view) == 1
+    assert widget.last_committed_id == 1

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
+
 __all__ = [
-    "CUSTOM_FILE", "DEVICES", "EMBEDDING_BYTES", "EMBEDDING_CACHE_ENV", "KEYS", "NEGATIVE_COLOR",
+    "CUSTOM_FILE", "DEVICES", "THREADS_ENV", "default_threads", "EMBEDDING_BYTES", "EMBEDDING_CACHE_ENV", "KEYS", "NEGATIVE_COLOR",
     "NEW_LABELS", "OUTPUT_KEYS", "OUTPUT_NAME", "POSITIVE_COLOR", "PREVIEW_NAME", "PREVIEW_RGBA", "PROMPTS_NAME",
 ]
 
@@ -26,3 +28,19 @@ OUTPUT_KEYS = (("undo", "Control-Z"), ("redo", "Control-Shift-Z"))
 EMBEDDING_CACHE_ENV = "NAPARI_FOCSAM_EMBEDDING_CACHE"
 #: Bytes of one slice embedding in the store (256 x 64 x 64 float16).
 EMBEDDING_BYTES = 256 * 64 * 64 * 2
+#: Environment variable that sets the default number of CPU threads of torch in the widget.
+THREADS_ENV = "NAPARI_FOCSAM_THREADS"
+
+
+def default_threads(cpu_count: int | None = None) -> int:
+    """CPU threads for torch in the widget: ``$NAPARI_FOCSAM_THREADS``, else cores - 1, at most 4.
+
+    One core stays free for napari (drawing, events) and the background embedding; more than 4
+    threads barely speed up the per-click decoder, and torch's default (every core) made clicks
+    slower on a loaded 2-core machine (figures: benchmarks/bench_widget.py).
+    """
+    env = os.environ.get(THREADS_ENV, "").strip()
+    if env.isdigit() and int(env) > 0:
+        return int(env)
+    cores = cpu_count if cpu_count is not None else (os.cpu_count() or 1)
+    return max(1, min(4, cores - 1))

@@ -168,13 +168,17 @@ class SessionJobs(QObject):
         self._token += 1
 
     def load(self, image: Any, data: Any, rgb: bool, model: str, device: str, cache: str | None,
-             refine: bool) -> None:
-        """Load ``model`` and open a Session on ``data`` in a worker; reports ``loaded``."""
+             refine: bool, threads: int) -> None:
+        """Load ``model`` and open a Session on ``data`` in a worker; reports ``loaded``.
+
+        ``threads``: CPU threads for torch (process-wide), set before loading.
+        """
         self.drop()
         token = self._token
 
         def load() -> LoadResult:
             try:
+                self.set_threads(threads, imported_only=False)
                 from ..core.embeddings import ImageVolume
                 from ..core.models import load_model
                 from ..core.session import Session
@@ -335,6 +339,15 @@ class SessionJobs(QObject):
         self.closed = True
         self.drop()
         self.interactive.clear()
+
+    @staticmethod
+    def set_threads(n: int, imported_only: bool = True) -> None:
+        """Let torch use ``n`` CPU threads (``imported_only``: only if torch is imported already)."""
+        torch = sys.modules.get("torch")
+        if torch is None and not imported_only:
+            import torch
+        if torch is not None and torch.get_num_threads() != int(n):
+            torch.set_num_threads(int(n))
 
     @staticmethod
     def release_gpu_memory() -> None:

@@ -25,13 +25,23 @@ from qtpy.QtWidgets import (
     QLineEdit,
     QProgressBar,
     QPushButton,
+    QSpinBox,
     QToolButton,
     QVBoxLayout,
 )
 
 from ..core.defaults import DEFAULT_IOU_THRESHOLD, DEFAULT_MODEL
 from ..core.labels import PasteError
-from .constants import CUSTOM_FILE, DEVICES, EMBEDDING_CACHE_ENV, NEGATIVE_COLOR, NEW_LABELS, POSITIVE_COLOR
+from .constants import (
+    CUSTOM_FILE,
+    DEVICES,
+    EMBEDDING_CACHE_ENV,
+    NEGATIVE_COLOR,
+    NEW_LABELS,
+    POSITIVE_COLOR,
+    THREADS_ENV,
+    default_threads,
+)
 
 __all__ = ["ActionPanel", "OutputPanel", "PromptPanel", "SetupPanel", "StatusLine"]
 
@@ -40,12 +50,13 @@ class SetupPanel(QGroupBox):
     """Image layer, model, device, focus refinement and embedding cache folder.
 
     Signals: ``image_changed`` (another image layer chosen), ``config_changed`` (model, device or
-    cache folder), ``refine_toggled(bool)``.
+    cache folder), ``refine_toggled(bool)``, ``threads_changed(int)``.
     """
 
     image_changed = Signal()
     config_changed = Signal()
     refine_toggled = Signal(bool)
+    threads_changed = Signal(int)
 
     def __init__(self) -> None:
         super().__init__("Setup")
@@ -95,12 +106,20 @@ class SetupPanel(QGroupBox):
         row.addWidget(self.cache_button)
         form.addRow("Cache folder", row)
 
+        self.threads_spin = QSpinBox()
+        self.threads_spin.setRange(1, max(1, os.cpu_count() or 1))
+        self.threads_spin.setValue(min(default_threads(), self.threads_spin.maximum()))
+        self.threads_spin.setToolTip("CPU threads torch may use (default: one core left for napari; "
+                                     f"${THREADS_ENV} sets it)")
+        form.addRow("CPU threads", self.threads_spin)
+
         self.image_combo.currentIndexChanged.connect(lambda *_: self.image_changed.emit())
         self.model_combo.activated.connect(self._on_model_activated)
         self.device_combo.currentIndexChanged.connect(lambda *_: self.config_changed.emit())
         self.refine_check.toggled.connect(self._on_refine_toggled)
         self.cache_edit.editingFinished.connect(self.config_changed.emit)
         self.cache_button.clicked.connect(self._choose_cache_dir)
+        self.threads_spin.valueChanged.connect(self.threads_changed.emit)
 
     # -- state read by the widget
     def image(self) -> Any:
@@ -119,6 +138,9 @@ class SetupPanel(QGroupBox):
 
     def cache_dir(self) -> str | None:
         return self.cache_edit.text().strip() or None
+
+    def threads(self) -> int:
+        return int(self.threads_spin.value())
 
     # -- updates from the widget
     def show_images(self, images: list, current: Any, active: Any) -> None:
@@ -377,3 +399,20 @@ class StatusLine(QLabel):
         super().__init__("")
         self.setWordWrap(True)
         self.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+
+    def show_state(self, *, text: str | None = None, headline: str = "", model: str | None = None,
+                   embedded: int = 0, n_slices: int | None = None, is_3d: bool = False, eta: str = "",
+                   latency_ms: float | None = None, next_id: int | None = None) -> None:
+        """One line: a message (else the headline), model, embeddings (ETA), last click, next id."""
+        parts = [text] if text else ([headline] if headline else [])
+        if model is not None:
+            parts.append(f"model {model}")
+            if is_3d:
+                parts.append(f"embeddings {embedded}/{n_slices}" + (f" ({eta})" if eta else ""))
+            elif not embedded:
+                parts.append("computing the image embedding ...")
+        if latency_ms is not None:
+            parts.append(f"last click {latency_ms:.0f} ms")
+        if next_id is not None:
+            parts.append(f"next id {next_id}")
+        self.setText(" · ".join(parts))

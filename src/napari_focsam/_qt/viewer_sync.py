@@ -68,8 +68,11 @@ class ViewerSync(QObject):
             self.image_removed.emit()
 
     def _report_managed_removed(self) -> None:
-        if not self.closed:
-            self.managed_removed.emit()
+        try:
+            if not self.closed:
+                self.managed_removed.emit()
+        except RuntimeError:  # the dock was deleted with its viewer meanwhile
+            self.closed = True
 
     def _on_renamed(self, event=None) -> None:
         if not self.closed:
@@ -128,3 +131,44 @@ class ViewerSync(QObject):
         fit = next((la for la in self.output.layers()
                     if la.name.startswith(OUTPUT_NAME) and tuple(la.data.shape) == tuple(shape)), None)
         self.output.choose(fit)
+
+    # ------------------------------------------------------------------ managed layers
+    def output_layer(self, *, create: bool) -> Labels | None:
+        """The chosen output labels layer; with ``create``, a new one when "New labels layer" is chosen."""
+        layer = self.output.current()
+        if layer is not None and layer in self.viewer.layers:
+            self.managed.bind_output_keys(layer)
+            return layer
+        if not create or self.image is None:
+            return None
+        out = self.managed.create_output(self.image)
+        self.refresh()
+        self.output.choose(out)
+        self.managed.bind_output_keys(out)
+        self.managed.select_prompts()
+        return out
+
+    def settle(self) -> None:
+        """Prompts active in add mode, our layers above the image: now and after napari's own
+        handling of the current event (it makes a layer it just inserted the active one)."""
+        def run():
+            if self.closed:
+                return
+            try:
+                self.managed.arrange(self.image, self.output.current())
+                self.managed.select_prompts()
+            except RuntimeError:  # the dock was deleted with its viewer meanwhile
+                self.closed = True
+        run()
+        QTimer.singleShot(0, run)
+
+    def restore_layers(self) -> bool:
+        """Recreate a deleted prompts or preview layer of the chosen image; True if one was."""
+        image = self.image
+        if self.closed or image is None or image not in self.viewer.layers:
+            return False
+        if self.managed.prompts is not None and self.managed.preview is not None:
+            return False
+        self.managed.ensure(image)
+        self.settle()
+        return True

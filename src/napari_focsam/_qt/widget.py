@@ -25,7 +25,7 @@ from qtpy.QtCore import QEvent, QTimer
 from qtpy.QtWidgets import QVBoxLayout, QWidget
 
 from ..core.errors import Failure
-from ..core.interaction import PredictQueue, Ticket
+from ..core.interaction import Eta, PredictQueue, Ticket, split_objects
 from ..core.labels import PasteError, next_label, plan_paste
 from .jobs import LoadResult, SessionJobs
 from .layer_utils import image_data, spatial_shape
@@ -57,7 +57,7 @@ class FocSAMWidget(QWidget):
         self.status_label = StatusLine()
         # the panels' controls, by the names scripts and tests use
         for panel, names in ((self.setup, ("image_combo", "model_combo", "device_combo", "refine_check",
-                                           "cache_edit", "cache_button")),
+                                           "cache_edit", "cache_button", "threads_spin")),
                              (self.output, ("output_combo", "overwrite_check")),
                              (self.prompt_panel, ("polarity_button",)),
                              (self.actions, ("commit_button", "clear_button", "volume_button", "iou_spin",
@@ -83,6 +83,10 @@ class FocSAMWidget(QWidget):
         self.last_committed_id: int | None = None
         self.embedded_slices = 0
         self._headline = ""  # "loading model ..." / "ready: click ...", kept at the front of the status
+        self._eta: Eta | None = None
+        self._eta_text = ""
+        self._sent_clicks: list = []
+        self._hinted_epoch = -1
 
         self.sync = ViewerSync(self.viewer, self.setup, self.output, self.managed)
         self._wire()
@@ -98,6 +102,7 @@ class FocSAMWidget(QWidget):
         s.image_changed.connect(self._on_image_selected)
         s.config_changed.connect(self._on_setup_changed)
         s.refine_toggled.connect(self._on_refine_toggled)
+        s.threads_changed.connect(j.set_threads)
         self.prompt_panel.toggle_clicked.connect(lambda: self.toggle_polarity())
         a.commit_clicked.connect(lambda: self.commit())
         a.clear_clicked.connect(lambda: self.clear())
@@ -120,22 +125,13 @@ class FocSAMWidget(QWidget):
 
     # ------------------------------------------------------------------ status and messages
     def _set_status(self, text: str | None = None) -> None:
-        parts = [text] if text else []
-        ctx = self.jobs.context
-        if not text and self._headline and (ctx is not None or self.jobs.loading):
-            parts.insert(0, self._headline)
-        if ctx is not None:
-            parts.append(f"model {ctx.model_name} on {ctx.session.predictor.device}")
-            if ctx.is_3d:
-                parts.append(f"embeddings {self.embedded_slices}/{ctx.n_slices}")
-            elif not self.embedded_slices:
-                parts.append("computing the image embedding ...")
-        if self.last_latency_ms is not None:
-            parts.append(f"last click {self.last_latency_ms:.0f} ms")
-        out = self._output_layer(create=False)
-        if out is not None and out.data.size <= 2**25:  # a max over huge labels would stall the GUI
-            parts.append(f"next id {next_label(out.data)}")
-        self.status_label.setText(" · ".join(parts))
+        ctx, out = self.jobs.context, self.sync.output_layer(create=False)
+        self.status_label.show_state(
+            text=text, headline=self._headline if (ctx is not None or self.jobs.loading) else "",
+            model=None if ctx is None else f"{ctx.model_name} on {ctx.session.predictor.device}",
+            embedded=self.embedded_slices, n_slices=None if ctx is None else ctx.n_slices,
+            is_3d=bool(ctx and ctx.is_3d), eta=self._eta_text, latency_ms=self.last_latency_ms,
+            next_id=next_label(out.data) if out is not None and out.data.size <= 2**25 else None)
 
     def _notify(self, level: str, message: str) -> None:
         """All user messages go through here (one line, napari notification, status line)."""
@@ -175,38 +171,8 @@ class FocSAMWidget(QWidget):
             pass
 
     def _restore_layers(self) -> None:
-        image = self.sync.image
-        if self._closed or image is None or image not in self.viewer.layers:
-            return
-        if self.managed.prompts is None or self.managed.preview is None:
-            self.managed.ensure(image)
-            self._after_adopt()
+        if self.sync.restore_layers():
             self._notify("info", "the FocSAM prompts/preview layer was deleted: a new one was added")
-
-    def _output_layer(self, *, create: bool) -> Labels | None:
-        layer = self.output.current()
-        if layer is not None and layer in self.viewer.layers:
-            self.managed.bind_output_keys(layer)
-            return layer
-        if not create or self.sync.image is None:
-            return None
-        out = self.managed.create_output(self.sync.image)
-        self.sync.refresh()
-        self.output.choose(out)
-        self.managed.bind_output_keys(out)
-        self.managed.select_prompts()
-        return out
-
-    def _after_adopt(self) -> None:
-        """The prompts layer is active in add mode and our layers lie above the image, now and
-        after napari's own handling of the current event (it selects a layer it just inserted)."""
-        def settle():
-            if self._closed:
-                return
-            self.managed.arrange(self.sync.image, self.output.current())
-            self.managed.select_prompts()
-        settle()
-        QTimer.singleShot(0, settle)
 
     # ------------------------------------------------------------------ setup changes
     def set_model(self, name_or_path: str) -> None:
@@ -259,11 +225,12 @@ class FocSAMWidget(QWidget):
         if not same_image:  # a new image: fresh prompts and preview; a new model keeps the points
             lay.ensure(layer)
             self.sync.pick_output(spatial_shape(layer))
-            self._after_adopt()
+            self.sync.settle()
         name = model.replace("\\", "/").rsplit("/", 1)[-1]
         self._headline = f"loading model {name} ..."
         self.actions.show_progress(None, 0, f"loading {name} ...")
-        self.jobs.load(layer, image_data(layer), bool(layer.rgb), model, device, cache, self.setup.refine_wanted)
+        self.jobs.load(layer, image_data(layer), bool(layer.rgb), model, device, cache, self.setup.refine_wanted,
+                       self.setup.threads())
         self._set_status()
 
     def _on_refine_toggled(self, on: bool) -> None:
@@ -298,6 +265,7 @@ class FocSAMWidget(QWidget):
         self._set_status(f"loaded in {result.seconds:.1f} s")
         self.sync.update_view_z()
         self._embed_total = self.jobs.start_embedding(lambda: self.sync.view_z)
+        self._eta, self._eta_text = Eta(self._embed_total, time.perf_counter()), ""
         self.embedded_slices = 0
         if result.context.is_3d and not self.jobs.volume_running:
             self.actions.show_progress(0, self._embed_total, "embeddings %v/%m")
@@ -307,12 +275,16 @@ class FocSAMWidget(QWidget):
     # ------------------------------------------------------------------ embeddings
     def _on_embedded(self, done: int, total: int) -> None:
         self.embedded_slices = done
+        left = self._eta.update(done, time.perf_counter()) if self._eta is not None else None
+        self._eta_text = Eta.text(left) if done < total else ""
         ctx = self.jobs.context
         if ctx is not None and ctx.is_3d and not self.jobs.volume_running:
-            self.actions.show_progress(done, total, "embeddings %v/%m")
+            self.actions.show_progress(done, total, "embeddings %v/%m" + (f" · {self._eta_text}"
+                                                                         if self._eta_text else ""))
         self._set_status()
 
     def _on_embedding_done(self, result: Any) -> None:
+        self._eta_text = ""
         if not self.jobs.volume_running:
             self.actions.hide_progress()
         if isinstance(result, Failure):
@@ -350,6 +322,7 @@ class FocSAMWidget(QWidget):
             if self.queue.nothing_to_predict():
                 self.commit()
             return
+        self._sent_clicks = clicks
         self.jobs.predict(self.queue.start(), clicks, set(self.managed.masks), self.queue.is_current)
 
     def _on_predicted(self, ticket: Ticket, masks: Any, dt: float) -> None:
@@ -367,6 +340,10 @@ class FocSAMWidget(QWidget):
             self.last_latency_ms = (time.perf_counter() - self._t_change) * 1000
             self.last_model_ms = dt * 1000
             self._set_status()
+            if self._hinted_epoch != ticket.epoch and split_objects(self._sent_clicks, masks):
+                self._hinted_epoch = ticket.epoch
+                self._notify("info", "positive clicks on separate objects: one object is one cell; "
+                                     "commit it (C) and click the next cell, or use a negative click")
         if outcome.start_next:
             self._start_predict()
         if outcome.commit:
@@ -394,7 +371,7 @@ class FocSAMWidget(QWidget):
     @property
     def output_layer(self) -> Labels | None:
         """The chosen output labels layer (None while "New labels layer" is chosen)."""
-        return self._output_layer(create=False)
+        return self.sync.output_layer(create=False)
 
     @property
     def is_ready(self) -> bool:
@@ -442,7 +419,7 @@ class FocSAMWidget(QWidget):
         if mask is None or not mask.any():
             self._notify("info", "nothing to commit: click on an object first")
             return None
-        out = self._output_layer(create=True)
+        out = self.sync.output_layer(create=True)
         if out is None:
             return None
         try:
@@ -481,7 +458,7 @@ class FocSAMWidget(QWidget):
         self._history("redo")
 
     def _history(self, which: str) -> None:
-        out = self._output_layer(create=False)
+        out = self.sync.output_layer(create=False)
         if out is None:
             self._notify("info", f"nothing to {which}: no output labels layer yet")
             return
@@ -511,7 +488,10 @@ class FocSAMWidget(QWidget):
         self.actions.start_volume_progress()
         self.jobs.segment_volume(ticket, clicks, float(self.iou_spin.value()))
         self._update_buttons()
-        self._set_status("segmenting the volume ...")
+        left = ctx.n_slices - self.embedded_slices
+        self._set_status("segmenting the volume ..." if left <= 0 else
+                         f"segmenting the volume: {self.embedded_slices}/{ctx.n_slices} slices embedded, "
+                         f"the other {left} are embedded on the way ...")
 
     def cancel_volume(self) -> None:
         """Stop a running volume propagation (the finished slices stay in the preview)."""

@@ -28,8 +28,11 @@ Outcome(show=True, start_next=False, commit=True)
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Mapping, Sequence
 
-__all__ = ["Outcome", "PredictQueue", "Ticket"]
+import numpy as np
+
+__all__ = ["Eta", "Outcome", "PredictQueue", "Ticket", "split_objects"]
 
 
 @dataclass(frozen=True)
@@ -191,3 +194,71 @@ class PredictQueue:
         self._dirty = False
         self._commit_pending = False
         return Ticket(self.generation, self.epoch)
+
+
+def split_objects(clicks: Sequence[tuple[int, float, float, bool]],
+                  masks: Mapping[int, np.ndarray]) -> list[int]:
+    """Slices where positive clicks landed on separate pieces of the mask (several objects).
+
+    One object is one cell: users sometimes click several cells, expecting one label each.
+    A slice is reported when its mask has several connected pieces and at least two of them
+    hold a positive click.
+
+    Parameters
+    ----------
+    clicks : sequence of (z, y, x, positive)
+        The clicks in pixel coordinates.
+    masks : mapping of int to numpy.ndarray
+        ``{z: (Y, X) bool}`` masks of the object.
+
+    Returns
+    -------
+    list of int
+        The slices, sorted.
+    """
+    from scipy import ndimage as ndi
+
+    found = []
+    for z, mask in masks.items():
+        pos = [(y, x) for cz, y, x, p in clicks if p and cz == z]
+        if len(pos) < 2 or not np.any(mask):
+            continue
+        pieces, n = ndi.label(np.asarray(mask, bool))
+        if n < 2:
+            continue
+        h, w = pieces.shape
+        hit = {int(pieces[min(max(int(round(y)), 0), h - 1), min(max(int(round(x)), 0), w - 1)])
+               for y, x in pos} - {0}
+        if len(hit) >= 2:
+            found.append(int(z))
+    return sorted(found)
+
+
+class Eta:
+    """Time left of a job done in steps (embedding slices), from the mean time per step so far.
+
+    >>> eta = Eta(10, now=0.0)
+    >>> eta.update(2, now=4.0)
+    16.0
+    """
+
+    def __init__(self, total: int, now: float) -> None:
+        self.total = int(total)
+        self.t0 = float(now)
+        self.done = 0
+
+    def update(self, done: int, now: float) -> float | None:
+        """Seconds left after ``done`` steps at time ``now`` (None before the first step)."""
+        self.done = int(done)
+        if self.done <= 0:
+            return None
+        return max(0.0, (now - self.t0) / self.done * (self.total - self.done))
+
+    @staticmethod
+    def text(seconds: float | None) -> str:
+        """``"about 40 s left"`` / ``"about 3 min left"`` ("" when unknown)."""
+        if seconds is None:
+            return ""
+        if seconds < 90:
+            return f"about {max(1, round(seconds))} s left"
+        return f"about {round(seconds / 60)} min left"
