@@ -170,6 +170,77 @@ def test_undo_after_commit_from_anywhere(dock, qtbot):
     save_screenshot(viewer, "issue13_item4_after_undo_and_commit")
 
 
+def test_dock_appears_at_once_and_says_when_ready(dock, qtbot, monkeypatch):
+    """Item 5: building the dock imports no torch; the model loads in a worker with a busy bar,
+    and the status says plainly when clicks are answered."""
+    code = (
+        "import sys, threading, time\n"
+        "seen = []\n"
+        "class Spy:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'torch' or name.startswith('napari_focsam.modeling'):\n"
+        "            seen.append((name, threading.current_thread() is threading.main_thread()))\n"
+        "sys.meta_path.insert(0, Spy())\n"
+        "from qtpy.QtWidgets import QApplication\n"
+        "app = QApplication([])\n"
+        "from napari.components import ViewerModel\n"
+        "from napari_focsam._qt.widget import FocSAMWidget\n"
+        "w = FocSAMWidget(ViewerModel())\n"
+        "assert 'no image layer' in w.status_label.text()\n"
+        "t0 = time.time()\n"
+        "while w.has_running_workers() and time.time() - t0 < 240:\n"
+        "    app.processEvents(); time.sleep(0.01)\n"
+        "on_gui = sorted(name for name, main in seen if main)\n"
+        "assert not on_gui, on_gui\n"
+        "assert 'torch' in [name for name, _ in seen]  # imported, in the background\n"
+        "assert not w.device_combo.model().item(2).isEnabled()  # cuda: none here (found in the background)\n"
+        "w.close_session()\n"
+    )
+    env = {**__import__("os").environ, "QT_QPA_PLATFORM": "offscreen"}
+    subprocess.run([sys.executable, "-c", code], check=True, env=env, timeout=300)
+
+    from napari_focsam.core import models
+
+    real = models.load_model
+    release = __import__("threading").Event()
+
+    def held(*args, **kwargs):  # a slow disk: the load waits until the test has looked
+        release.wait(30)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(models, "load_model", held)
+    viewer, widget = dock(layers=[add_2d])
+    bar = widget.progress_bar
+    assert not widget.is_ready and widget.is_busy()
+    assert bar.isVisibleTo(widget) and bar.maximum() == 0  # a busy bar while the model loads
+    assert "loading model vit_t" in widget.status_label.text()
+    release.set()
+    wait_ready(qtbot, widget)
+    qtbot.waitUntil(lambda: widget.embedded_slices == 1, timeout=WAIT_MS)
+    assert widget.status_label.text().startswith("ready: click on an object")
+
+
+def test_deleted_prompts_layer_is_recreated(dock, qtbot):
+    """Item 8: deleting the prompts (or preview) layer does not silently stop the widget."""
+    viewer, widget = dock(layers=[add_2d])
+    _, gt = load_nuclei("2d")
+    wait_ready(qtbot, widget)
+    viewer.layers.remove(widget.prompts_layer)
+    qtbot.waitUntil(lambda: widget.prompts_layer is not None and widget.prompts_layer in viewer.layers,
+                    timeout=5000)
+    assert "deleted" in widget.last_message
+    assert viewer.layers.selection.active is widget.prompts_layer
+    widget.prompts_layer.data = np.array([interior(gt == A)], float)
+    qtbot.waitUntil(lambda: not widget.is_busy() and widget.current_mask.any(), timeout=WAIT_MS)
+    assert iou(widget.current_mask, gt == A) >= 0.8
+    viewer.layers.remove(widget.preview_layer)
+    qtbot.waitUntil(lambda: widget.preview_layer is not None and widget.preview_layer in viewer.layers,
+                    timeout=5000)
+    widget.prompts_layer.data = np.array([interior(gt == B)], float)
+    qtbot.waitUntil(lambda: not widget.is_busy() and widget.current_mask.any(), timeout=WAIT_MS)
+    assert iou(widget.current_mask, gt == B) >= 0.8
+
+
 def test_threads_setting(dock, qtbot, monkeypatch):
     """Item 7: a CPU-threads setting, applied to torch; its default leaves a core to napari."""
     import torch
