@@ -20,7 +20,7 @@ import logging
 import sys
 
 from ..errors import UserError
-from . import demo, evaluate, gui, precompute, segment, train, weights
+from . import demo, evaluate, gui, precompute, segment, segment_batch, train, weights
 from ._common import join_negative_values
 
 __all__ = ["EXIT_BAD_INPUT", "EXIT_FAILURE", "EXIT_INTERRUPTED", "UserError", "build_parser", "main"]
@@ -30,7 +30,7 @@ EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
 
 #: The sub-command modules, in the order ``--help`` lists them.
-COMMANDS = (segment, weights, precompute, evaluate, train, demo, gui)
+COMMANDS = (segment, segment_batch, weights, precompute, evaluate, train, demo, gui)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -93,7 +93,3 @@ def _log_to_stderr() -> None:
     log = logging.getLogger("napari_focsam")
     if not any(isinstance(h, _StderrHandler) for h in log.handlers):
         log.addHandler(_StderrHandler(logging.WARNING))
-
-
-if __name__ == "__main__":
-    sys.exit(main())
