@@ -7,8 +7,11 @@ cells3d nuclei stack, so that they stay affordable on a 2-core CI machine.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -171,3 +174,85 @@ def test_connect_needs_exactly_one_of_workers_and_scheduler():
     with pytest.raises(ValueError, match="either workers"):
         with connect(workers=2, scheduler="tcp://127.0.0.1:1"):
             pass
+
+
+def _cli(*args: str) -> tuple[int, dict | None]:
+    """Run the real command line in a subprocess; (exit code, the JSON line of stdout)."""
+    proc = subprocess.run([sys.executable, "-m", "napari_focsam.cli", *args], capture_output=True, text=True,
+                          timeout=900)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    assert proc.returncode == 0 or not lines, proc.stderr
+    return proc.returncode, (json.loads(lines[-1]) if lines else None)
+
+
+@pytest.mark.slow
+def test_precompute_through_a_separate_scheduler_and_two_workers(cells3d_files, vit_t_path, tmp_path):
+    """``dask scheduler`` + 2 x ``dask worker`` processes on 127.0.0.1 fill the cache via --scheduler."""
+    stack, _ = cells3d_files
+    dask_cli = str(Path(sys.executable).with_name("dask"))
+    sched_file = tmp_path / "scheduler.json"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    procs = [subprocess.Popen([dask_cli, "scheduler", "--host", "127.0.0.1", "--port", "0",
+                               "--dashboard-address", ":0", "--scheduler-file", str(sched_file)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)]
+    try:
+        deadline = time.monotonic() + 60
+        while not sched_file.is_file() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        address = json.loads(sched_file.read_text())["address"]
+        for _ in range(2):
+            procs.append(subprocess.Popen([dask_cli, "worker", address, "--nthreads", "1", "--nworkers", "1",
+                                           "--no-dashboard"], stdout=subprocess.DEVNULL,
+                                          stderr=subprocess.DEVNULL, env=env))
+        from distributed import Client
+
+        with Client(address, timeout="60s") as client:
+            client.wait_for_workers(2, timeout=120)
+        cache = tmp_path / "cache"
+        rc, info = _cli("precompute", str(stack), "--cache", str(cache), "--scheduler", address, "--no-progress")
+        assert rc == 0, info
+        assert info["units"] == 4 and info["computed"] == 4 and info["reused"] == 0 and info["workers"] == 2
+    finally:
+        for p in procs[::-1]:
+            p.terminate()
+        for p in procs:
+            p.wait(timeout=30)
+    rc, info = _cli("precompute", str(stack), "--cache", str(cache), "--no-progress")
+    assert rc == 0 and info["computed"] == 0 and info["reused"] == 4 and info["units"] == 4
+
+
+@pytest.mark.slow
+def test_segment_batch_cli_writes_one_labels_image(cells3d_files, vit_t_path, tmp_path):
+    stack, labels = cells3d_files
+    seeds = _nucleus_seeds(labels, [7, 11], z=2)
+    csv = tmp_path / "points.csv"
+    csv.write_text("index,axis-0,axis-1,axis-2\n" + "".join(f"{i},{z},{y},{x}\n" for i, (z, y, x) in enumerate(seeds)))
+    out = tmp_path / "labels.tif"
+    rc, info = _cli("segment-batch", str(stack), "--points", str(csv), "--out", str(out), "--propagate",
+                    "--cache", str(tmp_path / "c"), "--no-progress")
+    assert rc == 0
+    assert info["objects"] == 2 and info["segmented"] == 2 and info["workers"] == 1
+    import tifffile
+
+    painted = tifffile.imread(out)
+    assert painted.shape == (4, 256, 256) and set(np.unique(painted)) == {0, 1, 2}
+    for n, i in enumerate([7, 11], start=1):
+        inter = ((painted == n) & (labels == i)).sum()
+        union = ((painted == n) | (labels == i)).sum()
+        assert inter / union > 0.6  # propagated over the 4 slices
+        assert (painted == n).any(axis=(1, 2)).sum() >= 3
+
+
+def test_segment_batch_cli_checks_before_any_work(cells3d_files, tmp_path):
+    stack, _ = cells3d_files
+    csv = tmp_path / "points.csv"
+    csv.write_text("index,axis-0,axis-1\n0,10,10\n")
+    rc, _ = _cli("segment-batch", str(stack), "--points", str(csv), "--out", str(tmp_path / "l.tif"))
+    assert rc == 2  # 2 coordinates for a stack
+    csv.write_text("index,axis-0,axis-1,axis-2\n0,9,10,10\n")
+    proc = subprocess.run([sys.executable, "-m", "napari_focsam.cli", "segment-batch", str(stack), "--points",
+                           str(csv), "--out", str(tmp_path / "l.jpg")], capture_output=True, text=True)
+    assert proc.returncode == 2 and "jpg" in proc.stderr.lower()
+    proc = subprocess.run([sys.executable, "-m", "napari_focsam.cli", "segment-batch", str(stack), "--points",
+                           str(csv), "--out", str(tmp_path / "l.tif")], capture_output=True, text=True)
+    assert proc.returncode == 2 and "outside the image" in proc.stderr

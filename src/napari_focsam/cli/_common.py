@@ -12,6 +12,7 @@ from ..errors import UserError
 
 __all__ = [
     "COMMA_VALUE_OPTIONS",
+    "add_cluster_options",
     "check_output",
     "join_negative_values",
     "layout_of",
@@ -130,3 +131,14 @@ def progress_bar(total: int, desc: str, enabled: bool = True) -> tuple[Callable[
         bar.update(done - bar.n)
 
     return update, bar.close
+
+
+def add_cluster_options(parser: argparse.ArgumentParser) -> None:
+    """``--workers N`` / ``--scheduler ADDRESS`` (mutually exclusive) and ``--units-per-task``."""
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--workers", type=int, default=None, metavar="N",
+                       help="spread the work over a local dask cluster of N worker processes")
+    group.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                       help="spread the work over a running dask cluster (e.g. tcp://host:8786)")
+    parser.add_argument("--units-per-task", type=int, default=1, metavar="K",
+                        help="slices (or seeds) per dask task (default 1)")

@@ -3,6 +3,10 @@
 Computes the embeddings of a 2D image or of every slice of a stack into one zarr store per
 image and model in DIR; an interrupted run resumes where it stopped. A complete cache in a
 read-only folder is reported as such (nothing to do, exit 0). Prints one line of JSON.
+
+With ``--workers N`` the slices are spread over a local dask cluster of N processes, with
+``--scheduler ADDRESS`` over a running dask cluster (see :mod:`napari_focsam.core.distributed`);
+the store is the same as a single process writes.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ import time
 
 from ..core.defaults import DEFAULT_MODEL
 from ..errors import UserError
-from ._common import layout_of, load_volume, note, parse_limits, progress_bar, read_input
+from ._common import add_cluster_options, layout_of, load_volume, note, parse_limits, progress_bar, read_input
 
 __all__ = ["add_parser", "run"]
 
@@ -30,6 +34,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
     p.add_argument("--contrast-limits", type=parse_limits, default=None, metavar="LOW,HIGH",
                    help="intensities mapped to black and white (default: robust percentiles)")
+    add_cluster_options(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
     return p
@@ -42,6 +47,8 @@ def run(args: argparse.Namespace) -> int:
     from ..core.embeddings import EmbeddingStore
     from ..core.predictor import FocSAMPredictor
 
+    if args.workers is not None or args.scheduler is not None:
+        return _run_on_cluster(args)
     vol = load_volume(read_input(args.image), args.contrast_limits)
     if vol.is_3d or vol.has_channels:
         note(f"read {args.image} as {layout_of(vol)}")
@@ -66,12 +73,38 @@ def run(args: argparse.Namespace) -> int:
             raise UserError(f"the cache in {store.cache_path} is incomplete: {exc}") from None
         finally:
             close()
-        reused = store.last_precompute.get("reused", 0)
+        reused = store.last_precompute.get("reused", 0) + store.last_precompute.get("by_others", 0)
         if store.disk_error:
             raise UserError(f"the cache in {store.cache_path} is incomplete: {store.disk_error}")
     print(json.dumps({
-        "image": str(args.image), "shape": list(vol.shape), "slices": n,
-        "computed": computed, "reused": reused, "seconds": round(time.perf_counter() - t0, 2),
+        "image": str(args.image), "shape": list(vol.shape), "slices": n, "units": n,
+        "computed": computed, "reused": reused, "workers": 1, "seconds": round(time.perf_counter() - t0, 2),
         "model": model.model_type, "model_id": store.model_id[:16], "cache": str(store.cache_path),
     }))
+    return 0
+
+
+def _run_on_cluster(args: argparse.Namespace) -> int:
+    """``precompute --workers N`` or ``--scheduler ADDRESS``: the slices as dask tasks."""
+    from ..core.distributed import ImageSource, connect, open_image, precompute_distributed
+    from ..core.weights import resolve_weights
+
+    try:
+        vol = load_volume(open_image(args.image), args.contrast_limits)  # lazily: no whole read here
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    note(f"read {args.image} as {layout_of(vol)}")
+    resolve_weights(args.model)  # fetch once here, not once per worker
+    source = ImageSource(str(args.image), contrast_limits=args.contrast_limits)
+    try:
+        with connect(args.workers, args.scheduler) as client:
+            info = precompute_distributed(client, source, args.cache, model=args.model, device=args.device,
+                                          units_per_task=args.units_per_task, progress=not args.no_progress)
+    except (ValueError, OSError) as exc:
+        raise UserError(str(exc)) from None
+    info = {"image": str(args.image), **info, "cache": str(args.cache)}
+    print(json.dumps(info))
+    if info["failed"]:
+        note(f"{len(info['failed'])} slice(s) failed on the cluster; run the same command again to finish them")
+        return 1
     return 0

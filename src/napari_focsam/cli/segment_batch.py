@@ -1,0 +1,103 @@
+"""``napari-focsam segment-batch IMAGE --points POINTS.csv --out LABELS.tif [--propagate] [--workers N]``.
+
+One object per seed of a napari points-layer CSV (``index,axis-0,axis-1[,axis-2]``, as
+*File > Save Selected Layers* writes it), each seed a positive click; with ``--propagate`` each
+object is propagated through the stack from its seed's slice. The result is one labels image:
+object id = seed row + 1; where objects overlap, the smaller object keeps the pixels. Seeds
+run in this process, or as dask tasks with ``--workers N`` (a local cluster) or
+``--scheduler ADDRESS`` (see :mod:`napari_focsam.core.distributed`). Prints one line of JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+from ..core.defaults import DEFAULT_IOU_THRESHOLD, DEFAULT_MODEL
+from ..errors import UserError
+from ._common import add_cluster_options, check_output, layout_of, load_volume, note, parse_limits, progress_bar
+
+__all__ = ["add_parser", "run"]
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    """Register ``segment-batch`` on ``subparsers``; return its parser."""
+    p = subparsers.add_parser(
+        "segment-batch", help="segment one object per seed point (points-layer CSV), optionally on a dask cluster",
+        description="One object per positive seed from a napari points-layer CSV, written as one labels "
+                    "image (id = seed row + 1; overlaps go to the smaller object).")
+    p.add_argument("image", help="2D image or 3D stack (tif, png, ..., or a zarr array folder)")
+    p.add_argument("--points", required=True, metavar="CSV", help="napari points CSV: index,axis-0,axis-1[,axis-2]")
+    p.add_argument("--out", required=True, help="output labels: .tif, .tiff, .npy, or .png (2D only)")
+    p.add_argument("--propagate", action="store_true", help="propagate every object through the stack")
+    p.add_argument("--iou-threshold", type=float, default=DEFAULT_IOU_THRESHOLD, metavar="T",
+                   help=f"with --propagate: stop below this IoU with the previous slice (default {DEFAULT_IOU_THRESHOLD})")
+    p.add_argument("--model", default=DEFAULT_MODEL, help="registry name (see `weights list`) or checkpoint path")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
+    p.add_argument("--cache", default=None, metavar="DIR",
+                   help="embedding cache folder shared by the workers (run `precompute` first)")
+    p.add_argument("--contrast-limits", type=parse_limits, default=None, metavar="LOW,HIGH",
+                   help="intensities mapped to black and white (default: robust percentiles)")
+    add_cluster_options(p)
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    """Handle ``napari-focsam segment-batch``; return the exit code."""
+    from ..core.distributed import ImageSource, connect, open_image, paint_objects, read_seeds, segment_seeds
+
+    t0 = time.perf_counter()
+    try:
+        vol = load_volume(open_image(args.image), args.contrast_limits)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    ndim = 3 if vol.is_3d else 2
+    if args.propagate and not vol.is_3d:
+        raise UserError(f"--propagate needs a 3D stack, but {args.image} is {layout_of(vol)}: drop --propagate")
+    out = check_output(args.out, ndim, args.image)
+    try:
+        seeds = read_seeds(args.points, ndim)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    limits = ((vol.n_slices,) if vol.is_3d else ()) + tuple(vol.plane_shape)
+    for row, seed in enumerate(seeds, start=1):
+        inside = all(-0.5 <= v < n - 0.5 for v, n in zip(seed, limits))
+        if not inside:
+            raise UserError(f"seed {row} at {tuple(float(v) for v in seed)} is outside the image {limits}")
+    note(f"read {args.image} as {layout_of(vol)}; {len(seeds)} seeds")
+    source = ImageSource(str(args.image), contrast_limits=args.contrast_limits)
+    kwargs = dict(model=args.model, device=args.device, cache_dir=args.cache, propagate=args.propagate,
+                  iou_threshold=args.iou_threshold, seeds_per_task=args.units_per_task,
+                  progress=not args.no_progress)
+    workers = 1
+    try:
+        if args.workers is None and args.scheduler is None:
+            update, close = progress_bar(len(seeds), "objects", not args.no_progress)
+            try:
+                results = segment_seeds(source, seeds, on_object=update, **kwargs)
+            finally:
+                close()
+        else:
+            from ..core.weights import resolve_weights
+
+            resolve_weights(args.model)  # fetch once here, not once per worker
+            with connect(args.workers, args.scheduler) as client:
+                workers = len(client.scheduler_info().get("workers", {}))
+                results = segment_seeds(source, seeds, client=client, **kwargs)
+    except (ValueError, OSError) as exc:
+        raise UserError(str(exc)) from None
+    shape = ((vol.n_slices,) if vol.is_3d else ()) + tuple(vol.plane_shape)
+    labels = paint_objects(shape, results)
+    from ..core.io import write_mask
+
+    write_mask(out, labels)
+    empty = [r.index + 1 for r in results if r.mask is None]
+    if empty:
+        note(f"{len(empty)} seed(s) gave an empty object (ids {empty[:10]}{' ...' if len(empty) > 10 else ''})")
+    print(json.dumps({"image": str(args.image), "objects": len(seeds), "segmented": len(seeds) - len(empty),
+                      "empty": empty, "workers": workers, "seconds": round(time.perf_counter() - t0, 2),
+                      "out": str(out)}))
+    return 0
