@@ -28,6 +28,7 @@ import torch
 from ..modeling.focsam import FocSAM
 from .allocator import release_memory
 from .clicks import Click, checked_click
+from .defaults import DEFAULT_MODEL
 from .embeddings import EmbeddingStore, ImageVolume, SliceEmbedding, model_id
 from .predictor import FocSAMPredictor, InteractiveObject, resolve_device
 from .volume import (
@@ -38,7 +39,6 @@ from .volume import (
     PropagationResult,
     propagate,
 )
-from .weights import DEFAULT_MODEL
 
 __all__ = [
     "EmbeddingStore",
