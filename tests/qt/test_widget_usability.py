@@ -278,7 +278,7 @@ def test_hint_for_positive_clicks_on_separate_cells(dock, qtbot):
 
 
 def test_closing_during_a_model_load_is_quiet(dock, qtbot, monkeypatch, capfd):
-    """Item 8: closing the viewer while the model loads prints no traceback."""
+    """Item 8: closing the viewer while the model loads or the stack is embedded prints no traceback."""
     import threading
 
     from napari_focsam.core import models
@@ -298,6 +298,28 @@ def test_closing_during_a_model_load_is_quiet(dock, qtbot, monkeypatch, capfd):
     qtbot.wait(200)
     out, err = capfd.readouterr()
     assert "Traceback" not in out + err and "Error" not in out + err, out + err
+
+    # napari quits while a job runs (a script ends, the app closes): no traceback at exit either
+    code = (
+        "import sys, time, numpy as np\n"
+        "from qtpy.QtWidgets import QApplication\n"
+        "app = QApplication([])\n"
+        "from napari.components import ViewerModel\n"
+        "from napari_focsam._qt.widget import FocSAMWidget\n"
+        "v = ViewerModel()\n"
+        "v.add_image(np.random.default_rng(0).integers(0, 255, (6, 64, 64), np.uint8), name='img')\n"
+        "w = FocSAMWidget(v)\n"
+        "t0 = time.time()\n"
+        "while (sys.argv[1] == 'embedding' and not w.is_ready) and time.time() - t0 < 120:\n"
+        "    app.processEvents(); time.sleep(0.01)\n"
+        "assert w.has_running_workers()\n"
+        "w.close()\n"
+    )
+    env = {**__import__("os").environ, "QT_QPA_PLATFORM": "offscreen"}
+    for phase in ("load", "embedding"):
+        run = subprocess.run([sys.executable, "-c", code, phase], env=env, capture_output=True, text=True,
+                             timeout=300)
+        assert run.returncode == 0 and not run.stderr.strip(), (phase, run.stderr)
 
 
 def test_stack_embeds_in_the_background_with_eta(dock, qtbot, monkeypatch):

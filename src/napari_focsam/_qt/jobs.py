@@ -10,16 +10,18 @@ worker bodies (that keeps torch off the GUI thread: the dock appears at once).
 
 from __future__ import annotations
 
+import atexit
 import sys
 import threading
 import time
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 from napari.qt.threading import create_worker
-from qtpy.QtCore import QObject, Signal
+from qtpy.QtCore import QObject, Qt, Signal
 
 from ..core.errors import Failure, describe_error, is_oom
 from ..core.interaction import Ticket
@@ -81,6 +83,14 @@ def _probe_devices() -> dict[str, bool]:
             "mps": bool(mps is not None and mps.is_available())}
 
 
+def _await_jobs(ref: weakref.ref) -> None:
+    """At interpreter exit: let running jobs end first (a model load cannot be interrupted); a
+    worker still running while Python tears Qt down prints tracebacks from its deleted signals."""
+    jobs = ref()
+    if jobs is not None:
+        jobs.wait()
+
+
 class SessionJobs(QObject):
     """Runs and tracks the background workers of one widget (see the module docs)."""
 
@@ -107,6 +117,10 @@ class SessionJobs(QObject):
         self._volume_cancel = threading.Event()
         #: set while a click is answered or a volume runs: background embedding pauses
         self.interactive = threading.Event()
+        #: False: embed only the slice in view (benchmarks compare Segment volume without it)
+        self.background_embedding = True
+        self._pending: set = set()  # workers not finished yet (tracked from their own threads)
+        atexit.register(_await_jobs, weakref.ref(self))
 
     # ------------------------------------------------------------------ state
     @property
@@ -147,6 +161,8 @@ class SessionJobs(QObject):
                 on_done(box[0])
 
         worker.finished.connect(finished)
+        self._pending.add(worker)
+        worker.finished.connect(lambda: self._pending.discard(worker), Qt.ConnectionType.DirectConnection)
         setattr(self, attr, worker)
         worker.start()  # only once every signal is connected (a fast job could finish first)
         return worker
@@ -230,6 +246,7 @@ class SessionJobs(QObject):
         store, n = ctx.session.store, ctx.n_slices
         fits = n * EMBEDDING_BYTES <= 0.8 * store.max_memory_bytes
         total = n if (ctx.cache_dir or fits) else max(1, int(0.8 * store.max_memory_bytes // EMBEDDING_BYTES))
+        total = total if self.background_embedding else 1
         interactive = self.interactive
 
         def embed():
@@ -339,6 +356,16 @@ class SessionJobs(QObject):
         self.closed = True
         self.drop()
         self.interactive.clear()
+
+    def wait(self, timeout: float = 60.0) -> bool:
+        """Ask every worker to stop and wait until all ended (True) or ``timeout`` seconds passed."""
+        self.close()
+        for worker in list(self._pending):
+            worker.quit()
+        deadline = time.monotonic() + timeout
+        while self._pending and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return not self._pending
 
     @staticmethod
     def set_threads(n: int, imported_only: bool = True) -> None:

@@ -1,0 +1,182 @@
+"""The dock widget as a user meets it: time to "ready", click-to-preview latency, Segment volume wait.
+
+    python benchmarks/bench_widget.py [--clicks 40] [--threads N] [--volume] [--think 30]
+
+Drives the real widget in a real napari viewer (an Xvfb display is started when none is set):
+
+1. docking: the time ``add_plugin_dock_widget`` takes (the dock is on screen when it returns), and
+   from docking to "ready" (model loaded and the image embedded: clicks are answered at once);
+2. click-to-preview latency inside the widget (``widget.last_latency_ms``: from the change of the
+   prompts layer to the preview showing the new mask) over ``--clicks`` clicks on the nuclei of the
+   2D sample, alternating a first click and a second (refining) click; median and 95th percentile;
+3. with ``--volume``: the 60-slice cells3d stack (the 36-slice sample if the shared data is
+   absent), no disk cache; one click on the middle slice, ``--think`` seconds of "user time", then
+   Segment volume: the time it waits, with the background embedding of the stack and without it
+   (only the slice in view embedded).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def ensure_display() -> subprocess.Popen | None:
+    if os.environ.get("DISPLAY"):
+        return None
+    if shutil.which("Xvfb") is None:
+        sys.exit("no DISPLAY and no Xvfb: run under a display or install xvfb")
+    display = ":97"
+    proc = subprocess.Popen(["Xvfb", display, "-screen", "0", "1600x1000x24", "-nolisten", "tcp"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    os.environ["DISPLAY"] = display
+    time.sleep(1.0)
+    return proc
+
+
+def wait(app, cond, timeout=600.0):
+    t0 = time.perf_counter()
+    while not cond():
+        app.processEvents()
+        time.sleep(0.002)
+        if time.perf_counter() - t0 > timeout:
+            raise TimeoutError("timed out")
+    return time.perf_counter() - t0
+
+
+def interior(mask):
+    from scipy import ndimage as ndi
+
+    d = ndi.distance_transform_edt(np.pad(mask, 1))[1:-1, 1:-1]
+    return np.unravel_index(int(d.argmax()), d.shape)
+
+
+def load_stack():
+    root = Path(os.environ.get("FOCSAM_DATA", REPO.parent / "shared" / "data")) / "micro" / "cells3d"
+    img = root / "cells3d_nuclei.tif"
+    if img.is_file():
+        import tifffile
+
+        return tifffile.imread(img), tifffile.imread(root / "cells3d_nuclei_label.tif"), "cells3d (60 slices)"
+    from napari_focsam._sample_data import load_nuclei
+
+    image, gt = load_nuclei("3d")
+    return image, gt, f"3D sample ({image.shape[0]} slices)"
+
+
+def bench_2d(app, args):
+    import napari
+
+    from napari_focsam._sample_data import load_nuclei
+
+    viewer = napari.Viewer(show=True)
+    viewer.open_sample("napari-focsam", "nuclei_2d")
+    _, gt = load_nuclei("2d")
+    t0 = time.perf_counter()
+    _, widget = viewer.window.add_plugin_dock_widget("napari-focsam", "FocSAM")
+    t_dock = time.perf_counter() - t0
+    if args.threads:
+        widget.threads_spin.setValue(args.threads)
+    wait(app, lambda: widget.is_ready and widget.embedded_slices >= 1 and not widget.is_busy())
+    t_ready = time.perf_counter() - t0
+    print(f"dock on screen after {t_dock * 1000:.0f} ms; ready to click after {t_ready:.1f} s "
+          f"(model + image embedding; status: {widget.status_label.text()!r})")
+
+    ids = [i for i in np.unique(gt) if i and (gt == i).sum() > 150]
+    rng = np.random.default_rng(0)
+    lat, model = [], []
+    pts = widget.prompts_layer
+    for k in range(args.clicks):
+        first = rng.choice(ids)
+        if k % 2 == 0:
+            widget.clear()
+            pts.data = np.array([interior(gt == first)], float)
+        else:  # a second click on the same object, off its centre
+            ys, xs = np.nonzero(gt == first)
+            j = rng.integers(len(ys))
+            pts.add(np.array([ys[j], xs[j]], float))
+        wait(app, lambda: not widget.is_busy())
+        app.processEvents()
+        lat.append(widget.last_latency_ms)
+        model.append(widget.last_model_ms)
+    lat, model = np.array(lat[2:]), np.array(model[2:])  # the first clicks warm the decoder up
+    import torch
+
+    print(f"click-to-preview latency ({len(lat)} clicks, torch threads {torch.get_num_threads()}): "
+          f"median {np.median(lat):.0f} ms, p95 {np.percentile(lat, 95):.0f} ms "
+          f"(model part: median {np.median(model):.0f} ms, p95 {np.percentile(model, 95):.0f} ms)")
+    widget.close_session()
+    viewer.close()
+
+
+def bench_volume(app, args, background: bool):
+    import napari
+
+    image, gt, what = load_stack()
+    viewer = napari.Viewer(show=True)
+    layer = viewer.add_image(image, name="stack")
+    z = image.shape[0] // 2
+    viewer.dims.set_current_step(0, z)
+    os.environ.pop("NAPARI_FOCSAM_EMBEDDING_CACHE", None)
+    _, widget = viewer.window.add_plugin_dock_widget("napari-focsam", "FocSAM")
+    widget.jobs.background_embedding = background
+    if args.threads:
+        widget.threads_spin.setValue(args.threads)
+    wait(app, lambda: widget.is_ready and widget.embedded_slices >= 1 and not widget.is_busy())
+    ids, counts = np.unique(gt[z][gt[z] > 0], return_counts=True)
+    obj = ids[np.argsort(counts)[len(counts) // 2]]
+    widget.prompts_layer.data = np.array([[z, *interior(gt[z] == obj)]], float)
+    wait(app, lambda: not widget.is_busy())
+    t_end = time.perf_counter() + args.think
+    wait(app, lambda: time.perf_counter() >= t_end, timeout=args.think + 60)
+    done_before = widget.embedded_slices
+    t0 = time.perf_counter()
+    widget.segment_volume()
+    wait(app, lambda: not widget.is_busy(), timeout=3600)
+    waited = time.perf_counter() - t0
+    print(f"Segment volume on {what}, {'with' if background else 'without'} background embedding: "
+          f"waited {waited:.1f} s after {args.think:.0f} s of user time ({done_before}/{image.shape[0]} "
+          f"slices embedded when pressed; {widget.last_message!r})")
+    del layer
+    widget.close_session()
+    wait(app, lambda: not widget.has_running_workers())
+    viewer.close()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--clicks", type=int, default=40)
+    ap.add_argument("--threads", type=int, default=0, help="CPU threads (0: the widget's default)")
+    ap.add_argument("--volume", action="store_true", help="also time Segment volume on the stack")
+    ap.add_argument("--think", type=float, default=30.0, help="seconds between the click and Segment volume")
+    ap.add_argument("--skip-2d", action="store_true")
+    args = ap.parse_args()
+    xvfb = ensure_display()
+    try:
+        from qtpy.QtWidgets import QApplication
+
+        import napari  # noqa: F401  (creates the Qt application with napari's settings)
+        from napari._qt.qt_event_loop import get_app
+
+        app = get_app() or QApplication.instance()
+        if not args.skip_2d:
+            bench_2d(app, args)
+        if args.volume:
+            bench_volume(app, args, background=True)
+            bench_volume(app, args, background=False)
+    finally:
+        if xvfb is not None:
+            xvfb.terminate()
+
+
+if __name__ == "__main__":
+    main()
