@@ -419,3 +419,30 @@ def test_stage1_then_stage2_and_export(tiny_setup, tmp_path):
     assert (tmp_path / "focsam_t_refiner.pt").is_file()
     assert (tmp_path / "focsam_t_refiner_full_model.pt").is_file()  # refiner + its tuned decoder
     assert tr.latest_checkpoint().name == "ckpt_0000002.pt"
+
+
+def test_evaluate_cached_runs_the_engine_loop_and_refines_once_per_object(tiny_setup):
+    """The fast monitor clicks through InteractiveObject: the refiner runs at the 2nd click only."""
+    from napari_focsam.training.validate import evaluate_cached
+
+    import copy
+
+    from napari_focsam.training.config import ModelConfig
+
+    base, root = tiny_setup
+    model = copy.deepcopy(base)
+    model.focus_refiner = build_refiner(ModelConfig(depth=1, mlp_ratio=1.0), embed_dim=64).eval()
+    cache = TrainingCache(root / "train")
+    calls = []
+    handle = model.focus_refiner.register_forward_hook(lambda *a: calls.append(1))
+    try:
+        res = evaluate_cached(model, cache, "cpu", max_objects=3, max_clicks=4)
+    finally:
+        handle.remove()
+    (ds,) = res
+    plain, refine = res[ds]["plain"], res[ds]["refine"]
+    assert plain["n_objects"] == refine["n_objects"] == 3
+    assert len(plain["miou"]) == len(refine["miou"]) == 4
+    assert all(0.0 <= v <= 1.0 for v in plain["miou"] + refine["miou"])
+    # one refine per object that got a 2nd click (none in plain mode)
+    assert 1 <= len(calls) <= 3

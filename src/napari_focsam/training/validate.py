@@ -7,9 +7,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ..core.predictor import FocSAMPredictor, ImageEmbedding, InteractiveObject
 from ..modeling.focsam import FocSAM
 from .cache import TrainingCache
-from .simulate import logits_to_canvas_masks
 
 __all__ = ["evaluate_cached", "iou_canvas"]
 
@@ -26,8 +26,11 @@ def iou_canvas(logits_1024: torch.Tensor, gt: torch.Tensor, valid: torch.Tensor)
 @torch.no_grad()
 def evaluate_cached(model: FocSAM, cache: TrainingCache, device, max_objects: int = 50,
                     max_clicks: int = 20, modes=(False, True)) -> dict:
-    """The 20-click protocol (inner_k = 1, seed 42; refine once at the 2nd click) on the copy-0
-    items of a cache, at canvas resolution, per dataset (at most ``max_objects`` each).
+    """The 20-click protocol (inner_k = 1, seed 42) on the copy-0 items of a cache, at canvas
+    resolution, per dataset (at most ``max_objects`` each).
+
+    The clicks go through the engine's own loop (:class:`~napari_focsam.core.predictor.InteractiveObject`
+    over a canvas-size embedding), so the monitor refines exactly when the product does.
 
     Returns ``{dataset: {"plain": {noc85, noc90, miou, n_objects}, "refine": {...}}}``.  This is
     a fast monitor; the harness (``napari-focsam evaluate``) scores at image resolution.
@@ -51,24 +54,19 @@ def evaluate_cached(model: FocSAM, cache: TrainingCache, device, max_objects: in
         for refine in modes:
             if refine and model.focus_refiner is None:
                 continue
+            predictor = FocSAMPredictor(model, refine=refine)
             per_obj = []
             for idx, oi in objs:
                 s = cache.load(idx, oi)
-                e0 = s.embedding[None].to(device)
-                emb, prev, clicks, pred, ious = e0, None, [], np.zeros_like(s.gt_crop), []
-                for t in range(max_clicks):
-                    c = next_click(s.gt_crop, pred, s.ignore_crop, clicks)
+                emb = ImageEmbedding(s.embedding[None].to(device), s.input_size, s.input_size)
+                obj = InteractiveObject(predictor, emb, skip_blank=False)
+                pred, ious = np.zeros_like(s.gt_crop), []
+                for _ in range(max_clicks):
+                    c = next_click(s.gt_crop, pred, s.ignore_crop, obj.clicks)
                     if c is None:
                         ious += [ious[-1] if ious else 1.0] * (max_clicks - len(ious))
                         break
-                    clicks.append(c)
-                    pts = torch.tensor([[[cc.x, cc.y] for cc in clicks]], dtype=torch.float32, device=device)
-                    lab = torch.tensor([[1 if cc.is_positive else 0 for cc in clicks]], device=device)
-                    if refine and t == 1:
-                        coarse = model.decode(e0, pts, lab, prev)
-                        emb = model.focus_refiner(e0, coarse.logits, coarse.token)
-                    prev = model.decode(emb, pts, lab, prev).logits
-                    pred = logits_to_canvas_masks(prev, [s.input_size])[0]
+                    pred = obj.add_click(c.y, c.x, c.is_positive)
                     ious.append(iou_fn(s.gt_crop, pred, s.ignore_crop))
                 per_obj.append(ious)
             results[ds]["refine" if refine else "plain"] = {
