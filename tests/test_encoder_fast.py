@@ -129,3 +129,20 @@ def test_window_partition_and_merge_match_pad_and_reshape(res, ws):
     assert torch.equal(windows, want)
     merged = add_windows(x, windows * 2, res, ws)
     assert torch.equal(merged, 3 * x)
+
+
+def test_bf16_products_stay_close_to_float32():
+    """bf16 matrix products (float32 accumulation, norms, attention and sums): own tolerance."""
+    model = randomised_tinyvit()
+    x = torch.randn(1, 3, 256, 256)
+    with torch.inference_mode():
+        want = model(x)
+        model.set_matmul_dtype(torch.bfloat16)
+        got = model(x)
+        model.set_matmul_dtype(None)
+        again = model(x)
+    assert got.dtype == torch.float32
+    assert 0 < (got - want).abs().max() < 0.1 and (got - want).abs().mean() < 0.01
+    torch.testing.assert_close(again, want, rtol=0, atol=0)  # float32 weights are back
+    with pytest.raises(ValueError, match="bfloat16"):
+        model.set_matmul_dtype(torch.float16)

@@ -371,3 +371,26 @@ def test_shipped_focsam_t_refines_real_nuclei(mobile_sam):
         res = obj.add(click)
         assert res.refine_seconds > 0 and obj.refined is not None  # the focus refiner ran
         assert iou(target, obj.mask) >= 0.85, label
+
+
+def test_decoder_reuses_image_tokens_only_for_the_same_image():
+    """Without a mask prompt the decoder keeps the image-side tokens of the last embedding;
+    another embedding, an in-place change or a mask prompt must not be served from it."""
+    torch.manual_seed(0)
+    model = make_tiny_focsam()
+    emb, other = torch.randn(1, 256, 64, 64), torch.randn(1, 256, 64, 64)
+    pts, lab = torch.tensor([[[100.0, 200.0]]]), torch.tensor([[1]])
+
+    def fresh(e, mask=None):
+        model.mask_decoder._tokens_cache = None
+        return model.decode(e, pts, lab, mask).logits
+
+    with torch.no_grad():
+        a = model.decode(emb, pts, lab).logits
+        assert model.mask_decoder._tokens_cache is not None
+        assert torch.equal(model.decode(emb, pts, lab).logits, a)  # served from the cache
+        torch.testing.assert_close(model.decode(other, pts, lab).logits, fresh(other), rtol=0, atol=0)
+        emb.mul_(2.0)  # same tensor, new values
+        torch.testing.assert_close(model.decode(emb, pts, lab).logits, fresh(emb), rtol=0, atol=0)
+        mask = torch.randn(1, 1, 256, 256)
+        torch.testing.assert_close(model.decode(emb, pts, lab, mask).logits, fresh(emb, mask), rtol=0, atol=0)

@@ -46,7 +46,8 @@ def fold_batchnorm(weight: torch.Tensor, bn: nn.BatchNorm2d,
     return w.to(weight.dtype), b.to(weight.dtype)
 
 
-def _version(t: torch.Tensor) -> int:
+def tensor_version(t: torch.Tensor) -> int:
+    """In-place modification counter of ``t`` (-1 for inference tensors, which have none)."""
     try:
         return t._version
     except RuntimeError:  # inference tensors carry no version counter (they cannot change)
@@ -66,7 +67,7 @@ class DerivedTensors:
         self._value = None
 
     def get(self, sources: Sequence[torch.Tensor], build: Callable[[], object], *extra) -> object:
-        key = tuple((t.data_ptr(), _version(t), t.dtype, t.device) for t in sources) + extra
+        key = tuple((t.data_ptr(), tensor_version(t), t.dtype, t.device) for t in sources) + extra
         if key != self._key:
             self._value = build()
             self._key = key
@@ -124,21 +125,52 @@ def _fused(x: torch.Tensor) -> bool:
     return x.device.type == "cpu" and onednn_fusion_available()
 
 
+def _finish(y: torch.Tensor, act: str | None, add: torch.Tensor | None,
+            out_dtype: torch.dtype | None) -> torch.Tensor:
+    if add is not None:
+        y = y.to(add.dtype).add_(add)
+    if act == "gelu":
+        y = torch.ops.aten.gelu_(y)
+    return y if out_dtype is None else y.to(out_dtype)
+
+
 def linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, act: str | None = None,
-           add: torch.Tensor | None = None) -> torch.Tensor:
-    """``act(x @ w.T + b + add)`` for 2D ``x`` (rows, in); act is None or "gelu" (erf form)."""
+           add: torch.Tensor | None = None, out_dtype: torch.dtype | None = None) -> torch.Tensor:
+    """``act(x @ w.T + b + add)`` for 2D ``x`` (rows, in); act is None or "gelu" (erf form).
+
+    The product runs in ``w``'s dtype (``x`` is cast to it; a bf16 product accumulates in
+    float32); ``add`` is summed in its own dtype; the result has ``out_dtype`` (default: the
+    dtype of ``add`` when given, else of ``w``).
+    """
+    if x.dtype != w.dtype:
+        x = x.to(w.dtype)
+    if add is not None and add.dtype != w.dtype:  # sum the residual in its own precision
+        return _finish(linear(x, w, b), act, add, out_dtype)
     if _fused(x) and x.ndim == 2 and x.is_contiguous():
         if add is not None and act is None and add.is_contiguous():
-            return torch.ops.mkldnn._linear_pointwise.binary(x, add, w, b, "add")
-        if add is None:
-            return torch.ops.mkldnn._linear_pointwise(x, w, b, act or "none", [], "none" if act else "")
-    return _plain_linear(x, w, b, act, add)
+            y = torch.ops.mkldnn._linear_pointwise.binary(x, add, w, b, "add")
+        elif add is None:
+            y = torch.ops.mkldnn._linear_pointwise(x, w, b, act or "none", [], "none" if act else "")
+        else:
+            y = _plain_linear(x, w, b, act, add)
+    else:
+        y = _plain_linear(x, w, b, act, add)
+    return y if out_dtype is None else y.to(out_dtype)
 
 
 def conv2d(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, stride: int = 1, padding: int = 0,
-           groups: int = 1, act: str | None = None) -> torch.Tensor:
-    """``act(conv2d(x, w, b))``; keeps a channels-last ``x`` channels-last."""
+           groups: int = 1, act: str | None = None, out_dtype: torch.dtype | None = None) -> torch.Tensor:
+    """``act(conv2d(x, w, b))`` in ``w``'s dtype; keeps a channels-last ``x`` channels-last."""
+    if x.dtype != w.dtype:
+        x = x.to(w.dtype)
     if _fused(x):
-        return torch.ops.mkldnn._convolution_pointwise(
+        y = torch.ops.mkldnn._convolution_pointwise(
             x, w, b, [padding] * 2, [stride] * 2, [1, 1], groups, act or "none", [], "none" if act else "")
-    return _plain_conv(x, w, b, stride, padding, groups, act)
+    else:
+        y = _plain_conv(x, w, b, stride, padding, groups, act)
+    return y if out_dtype is None else y.to(out_dtype)
+
+
+def cast(tensors: Sequence[torch.Tensor | None], dtype: torch.dtype | None) -> tuple:
+    """The tensors in ``dtype`` (None: unchanged)."""
+    return tuple(t if t is None or dtype is None else t.to(dtype) for t in tensors)

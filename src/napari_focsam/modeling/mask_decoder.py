@@ -9,6 +9,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from .common import MLP, LayerNorm2d
+from . import fast_ops
+from .fast_ops import tensor_version
 from .transformer import TwoWayTransformer
 
 
@@ -43,15 +45,20 @@ class PatchConvTranspose2d(nn.ConvTranspose2d):
         y = y.view(B, H, W, k, k, self.out_channels).permute(0, 5, 1, 3, 2, 4)
         return y.reshape(B, self.out_channels, k * H, k * W)
 
-    def forward_pixels(self, x: torch.Tensor) -> torch.Tensor:
+    def forward_pixels(self, x: torch.Tensor, act: str | None = None) -> torch.Tensor:
         """(N, Cin) input pixels -> (N * k * k, Cout) output pixels in patch order.
 
         Output row ``n * k * k + dy * k + dx`` is the pixel at offset (dy, dx) of input
-        pixel ``n``'s patch; the bias is fused into the matrix product.
+        pixel ``n``'s patch; the bias is fused into the matrix product. ``act="gelu"``
+        (only without autograd) fuses a GELU into it as well.
         """
         k = self.kernel_size[0]
         cout = self.out_channels
         weight = self.weight.permute(0, 2, 3, 1).reshape(x.shape[1], k * k * cout)
+        if act is not None:
+            if torch.is_grad_enabled():
+                raise RuntimeError("forward_pixels(act=...) is for inference only")
+            return fast_ops.linear(x, weight.t().contiguous(), self.bias.repeat(k * k), act).view(-1, cout)
         return torch.addmm(self.bias.repeat(k * k), x, weight).view(-1, cout)
 
 
@@ -90,7 +97,8 @@ class MaskDecoder(nn.Module):
         out_tokens = torch.cat([self.iou_token.weight, self.mask_tokens.weight], dim=0)
         tokens = torch.cat([out_tokens.unsqueeze(0).expand(B, -1, -1), sparse_prompt_embeddings], dim=1)
         h, w = image_embeddings.shape[-2:]
-        hs, src = self.transformer(image_embeddings + dense_prompt_embeddings, image_pe, tokens)
+        image_tokens = self._image_tokens(image_embeddings, image_pe, dense_prompt_embeddings)
+        hs, src = self.transformer(None, image_pe, tokens, image_tokens)
         iou_token_out = hs[:, 0, :]
         mask_tokens_out = hs[:, 1 : 1 + self.num_mask_tokens, :]
         sel = range(1, self.num_mask_tokens) if multimask_output else range(0, 1)
@@ -99,6 +107,29 @@ class MaskDecoder(nn.Module):
         iou = self.iou_prediction_head(iou_token_out)
         iou = iou[:, 1:] if multimask_output else iou[:, :1]
         return DecoderOutput(masks, iou, mask_tokens_out[:, :1])
+
+    def _image_tokens(self, image: torch.Tensor, image_pe: torch.Tensor,
+                      dense: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The transformer's image tokens for ``image + dense``.
+
+        Without a mask prompt, ``dense`` is one learned vector broadcast over the map, so
+        the tokens depend only on the image: they are kept (with the image, the dense
+        vector and the PE they came from, compared by identity and version) and reused
+        by every first click of an object on the same image. Recomputed when autograd is on.
+        (Tensors made under ``torch.inference_mode`` carry no version counter: changing an
+        embedding in place there is not noticed; the predictors never do.)
+        """
+        constant = dense.stride(-1) == 0 and dense.stride(-2) == 0
+        if torch.is_grad_enabled() or not constant:
+            return self.transformer.image_tokens(image + dense, image_pe)
+        v = tensor_version
+        key = (image, v(image), dense.data_ptr(), v(dense), dense.shape, image_pe, v(image_pe))
+        cached = getattr(self, "_tokens_cache", None)
+        if cached is None or not all(a is b if isinstance(a, torch.Tensor) else a == b
+                                     for a, b in zip(cached[0], key)):
+            # the key's tensors and ``dense`` are held, so their memory is not reused meanwhile
+            cached = self._tokens_cache = (key, self.transformer.image_tokens(image + dense, image_pe), dense)
+        return cached[1]
 
     def upscale_masks(self, src: torch.Tensor, hyper_in: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         """Image tokens (B, h*w, C) and hyper-network weights (B, M, C/8) -> (B, M, 4h, 4w).
@@ -112,8 +143,11 @@ class MaskDecoder(nn.Module):
         B, M = hyper_in.shape[:2]
         h, w = size
         x = up1.forward_pixels(src.reshape(-1, src.shape[-1]))  # (B*h*w*4, C/4)
-        x = F.gelu(F.layer_norm(x, (x.shape[-1],), norm.weight, norm.bias, norm.eps))
-        x = F.gelu(up2.forward_pixels(x))  # (B*h*w*16, C/8)
+        x = F.layer_norm(x, (x.shape[-1],), norm.weight, norm.bias, norm.eps)
+        if torch.is_grad_enabled():
+            x = F.gelu(up2.forward_pixels(F.gelu(x)))  # (B*h*w*16, C/8)
+        else:  # in place, and GELU fused into the second product
+            x = up2.forward_pixels(torch.ops.aten.gelu_(x), act="gelu")
         masks = torch.bmm(x.view(B, -1, x.shape[-1]), hyper_in.transpose(1, 2))  # (B, h*w*16, M)
         # rows are (y, x, dy, dx, ey, ex) -> pixel (4y + 2dy + ey, 4x + 2dx + ex)
         masks = masks.view(B, h, w, 2, 2, 2, 2, M).permute(0, 7, 1, 3, 5, 2, 4, 6)

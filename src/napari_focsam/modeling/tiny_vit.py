@@ -29,7 +29,9 @@ from torch import nn
 
 from . import fast_ops
 from .common import LayerNorm2d
-from .fast_ops import DerivedTensors, fast_path_enabled, fold_batchnorm
+from .fast_ops import DerivedTensors, cast, fast_path_enabled, fold_batchnorm
+
+F32 = torch.float32
 
 
 @dataclass(frozen=True)
@@ -50,6 +52,9 @@ class TinyViTConfig:
 class ConvBN(nn.Module):
     """Conv2d without bias followed by BatchNorm2d (keys ``c`` and ``bn``)."""
 
+    #: dtype of the fast path's products (None: float32); set by ``TinyViT.set_matmul_dtype``
+    matmul_dtype: torch.dtype | None = None
+
     def __init__(self, cin: int, cout: int, k: int = 1, stride: int = 1, pad: int = 0, groups: int = 1):
         super().__init__()
         self.c = nn.Conv2d(cin, cout, k, stride, pad, groups=groups, bias=False)
@@ -60,21 +65,22 @@ class ConvBN(nn.Module):
         return self.bn(self.c(x))
 
     def folded(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(weight, bias) of the convolution with the BatchNorm folded in (cached)."""
-        bn = self.bn
+        """(weight, bias) of the convolution with the BatchNorm folded in, in ``matmul_dtype`` (cached)."""
+        bn, dtype = self.bn, self.matmul_dtype
         return self._folded.get((self.c.weight, bn.weight, bn.bias, bn.running_mean, bn.running_var),
-                                lambda: fold_batchnorm(self.c.weight, bn))
+                                lambda: cast(fold_batchnorm(self.c.weight, bn), dtype), dtype)
 
-    def conv_fast(self, x: torch.Tensor, act: str | None = None) -> torch.Tensor:
+    def conv_fast(self, x: torch.Tensor, act: str | None = None,
+                  out_dtype: torch.dtype | None = None) -> torch.Tensor:
         """Folded conv (+ GELU) on a channels-last (B, C, H, W) tensor; channels-last out."""
         w, b = self.folded()
-        return fast_ops.conv2d(x, w, b, self.c.stride[0], self.c.padding[0], self.c.groups, act)
+        return fast_ops.conv2d(x, w, b, self.c.stride[0], self.c.padding[0], self.c.groups, act, out_dtype)
 
-    def linear_fast(self, rows: torch.Tensor, act: str | None = None,
-                    add: torch.Tensor | None = None) -> torch.Tensor:
+    def linear_fast(self, rows: torch.Tensor, act: str | None = None, add: torch.Tensor | None = None,
+                    out_dtype: torch.dtype | None = None) -> torch.Tensor:
         """Folded 1x1 conv as a linear layer on (N, C) rows: act(rows @ w.T + b + add)."""
         w, b = self.folded()
-        return fast_ops.linear(rows, w.view(w.shape[0], -1), b, act, add)
+        return fast_ops.linear(rows, w.view(w.shape[0], -1), b, act, add, out_dtype)
 
 
 def _rows(x: torch.Tensor) -> torch.Tensor:
@@ -99,7 +105,7 @@ class ConvStem(nn.Module):
 
     def forward_fast(self, x: torch.Tensor) -> torch.Tensor:
         x = self.seq[0].conv_fast(x.contiguous(memory_format=torch.channels_last), "gelu")
-        return self.seq[2].conv_fast(x)
+        return self.seq[2].conv_fast(x, out_dtype=F32)
 
 
 class MBConv(nn.Module):
@@ -167,7 +173,7 @@ class PatchMerging(nn.Module):
             B, _, H, W = x.shape
             rows = _rows(x)
         y = self.conv2.conv_fast(_image(self.conv1.linear_fast(rows, "gelu"), B, H, W), "gelu")
-        return self.conv3.linear_fast(_rows(y)).view(B, y.shape[2] * y.shape[3], -1)
+        return self.conv3.linear_fast(_rows(y), out_dtype=F32).view(B, y.shape[2] * y.shape[3], -1)
 
 
 class ConvStage(nn.Module):
@@ -210,6 +216,9 @@ class BiasedWindowAttention(nn.Module):
         self.register_buffer("bias_index", idx, persistent=False)
         self._derived = DerivedTensors()
 
+    #: dtype of the fast path's qkv and output projections (None: float32)
+    matmul_dtype: torch.dtype | None = None
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, N, _ = x.shape
         qkv = self.qkv(self.norm(x)).view(B, N, self.num_heads, 3 * self.head_dim).permute(0, 2, 1, 3)
@@ -218,8 +227,8 @@ class BiasedWindowAttention(nn.Module):
         x = (attn.softmax(dim=-1) @ v).transpose(1, 2).reshape(B, N, -1)
         return self.proj(x)
 
-    def _fast_tensors(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """qkv weight and bias with the queries pre-scaled, and the (heads, N, N) bias table."""
+    def _fast_tensors(self) -> tuple[torch.Tensor, ...]:
+        """qkv weight and bias (queries pre-scaled), proj weight and bias, (heads, N, N) bias table."""
         def build():
             hd = self.head_dim
             scale = torch.ones(self.num_heads, 3 * hd, dtype=torch.float64, device=self.qkv.weight.device)
@@ -227,19 +236,22 @@ class BiasedWindowAttention(nn.Module):
             scale = scale.flatten()
             w = (self.qkv.weight.double() * scale[:, None]).to(self.qkv.weight.dtype)
             b = (self.qkv.bias.double() * scale).to(self.qkv.bias.dtype)
-            return w, b, self.attention_biases[:, self.bias_index].contiguous()
-        return self._derived.get((self.qkv.weight, self.qkv.bias, self.attention_biases, self.bias_index), build)
+            return (*cast((w, b, self.proj.weight, self.proj.bias), self.matmul_dtype),
+                    self.attention_biases[:, self.bias_index].contiguous())
+        return self._derived.get((self.qkv.weight, self.qkv.bias, self.proj.weight, self.proj.bias,
+                                  self.attention_biases, self.bias_index), build, self.matmul_dtype)
 
     def forward_fast(self, x: torch.Tensor) -> torch.Tensor:
         """(Bw, N, C) windows -> (Bw * N, C) rows (output projection applied)."""
         Bw, N, C = x.shape
-        w, b, bias = self._fast_tensors()
+        w, b, pw, pb, bias = self._fast_tensors()
         h = F.layer_norm(x.reshape(-1, C), (C,), self.norm.weight, self.norm.bias, self.norm.eps)
-        qkv = fast_ops.linear(h, w, b).view(Bw, N, self.num_heads, 3 * self.head_dim).permute(0, 2, 1, 3)
+        qkv = fast_ops.linear(h, w, b, out_dtype=F32)  # the attention itself runs in float32
+        qkv = qkv.view(Bw, N, self.num_heads, 3 * self.head_dim).permute(0, 2, 1, 3)
         q, k, v = qkv.split(self.head_dim, dim=-1)
         attn = torch.matmul(q, k.transpose(-2, -1)).add_(bias).softmax(dim=-1)
         out = torch.matmul(attn, v).transpose(1, 2).reshape(Bw * N, C)
-        return fast_ops.linear(out, self.proj.weight, self.proj.bias)
+        return fast_ops.linear(out, pw, pb, out_dtype=F32)
 
 
 class TokenMLP(nn.Module):
@@ -250,15 +262,20 @@ class TokenMLP(nn.Module):
         self.norm = nn.LayerNorm(dim)
         self.fc1 = nn.Linear(dim, hidden)
         self.fc2 = nn.Linear(hidden, dim)
+        self._derived = DerivedTensors()
+
+    #: dtype of the fast path's products (None: float32)
+    matmul_dtype: torch.dtype | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc2(F.gelu(self.fc1(self.norm(x))))
 
     def forward_fast(self, rows: torch.Tensor) -> torch.Tensor:
         """(N, C) rows -> rows + MLP(rows)."""
+        params = (self.fc1.weight, self.fc1.bias, self.fc2.weight, self.fc2.bias)
+        w1, b1, w2, b2 = self._derived.get(params, lambda: cast(params, self.matmul_dtype), self.matmul_dtype)
         h = F.layer_norm(rows, rows.shape[-1:], self.norm.weight, self.norm.bias, self.norm.eps)
-        h = fast_ops.linear(h, self.fc1.weight, self.fc1.bias, "gelu")
-        return fast_ops.linear(h, self.fc2.weight, self.fc2.bias, add=rows)
+        return fast_ops.linear(fast_ops.linear(h, w1, b1, "gelu"), w2, b2, add=rows)
 
 
 def _window_pairs(x4: torch.Tensor, grid: torch.Tensor, ws: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -353,7 +370,7 @@ class TinyViTBlock(nn.Module):
         r, ws = self.resolution, self.window
         attn = self.attn.forward_fast(partition_windows(x, r, ws))
         x = add_windows(x, attn.view(-1, ws * ws, C), r, ws)
-        x = self.local_conv.conv_fast(_image(x, B, r, r))
+        x = self.local_conv.conv_fast(_image(x, B, r, r), out_dtype=F32)
         x = self.mlp.forward_fast(_rows(x))
         return x.view(B, L, C)
 
@@ -391,6 +408,8 @@ class TinyViT(nn.Module):
         self.config = config
         #: use the folded / fused inference path in eval mode without autograd
         self.fast_inference = True
+        self.matmul_dtype: torch.dtype | None = None
+        self._neck_weights = DerivedTensors()
         dims = config.embed_dims
         self.patch_embed = ConvStem(dims[0])
         res = config.img_size // 4
@@ -428,6 +447,21 @@ class TinyViT(nn.Module):
         r = self.final_resolution
         return self.neck(x.view(B, r, r, C).permute(0, 3, 1, 2))
 
+    def set_matmul_dtype(self, dtype: torch.dtype | None) -> None:
+        """Run the fast path's linear layers and convolutions in ``dtype`` (``torch.bfloat16``:
+        bf16 inputs and weights, float32 accumulation), or in float32 (None).
+
+        Norms, softmax attention, residual sums and the output stay float32. Worth it only on
+        CPUs with native bf16 dot products; it changes the embedding by about 1e-2.
+        """
+        if dtype not in (None, torch.float32, torch.bfloat16):
+            raise ValueError(f"matmul dtype must be None, float32 or bfloat16, got {dtype}")
+        dtype = None if dtype == torch.float32 else dtype
+        self.matmul_dtype = dtype
+        for m in self.modules():
+            if isinstance(m, (ConvBN, BiasedWindowAttention, TokenMLP)):
+                m.matmul_dtype = dtype
+
     def forward_fast(self, x: torch.Tensor) -> torch.Tensor:
         """The inference path (module docstring); call only without autograd."""
         x = self.patch_embed.forward_fast(x)
@@ -436,8 +470,11 @@ class TinyViT(nn.Module):
         B, _, C = x.shape
         r = self.final_resolution
         conv1, norm1, conv2, norm2 = self.neck
-        y = fast_ops.linear(x.reshape(-1, C), conv1.weight.view(conv1.weight.shape[0], -1), None)
+        w1, w2 = self._neck_weights.get((conv1.weight, conv2.weight),
+                                        lambda: cast((conv1.weight, conv2.weight), self.matmul_dtype),
+                                        self.matmul_dtype)
+        y = fast_ops.linear(x.reshape(-1, C), w1.view(w1.shape[0], -1), None, out_dtype=F32)
         y = F.layer_norm(y, y.shape[-1:], norm1.weight, norm1.bias, norm1.eps)
-        y = _rows(fast_ops.conv2d(_image(y, B, r, r), conv2.weight, None, 1, 1))
+        y = _rows(fast_ops.conv2d(_image(y, B, r, r), w2, None, 1, 1, out_dtype=F32))
         y = F.layer_norm(y, y.shape[-1:], norm2.weight, norm2.bias, norm2.eps)
         return _image(y, B, r, r).contiguous()

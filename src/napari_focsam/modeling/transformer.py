@@ -107,14 +107,16 @@ class TwoWayAttentionBlock(nn.Module):
         self.cross_attn_image_to_token = TokenAttention(dim, num_heads, downsample)
         self.skip_first_pe = skip_first_pe
 
-    def forward(self, queries, keys, query_pe, key_pe):
+    def forward(self, queries, keys, query_pe, key_pe, keys_with_pe=None):
+        """``keys_with_pe``: ``keys + key_pe`` when the caller already has it."""
         if self.skip_first_pe:
             queries = self.self_attn(queries, queries, queries)
         else:
             q = queries + query_pe
             queries = queries + self.self_attn(q, q, queries)
         queries = self.norm1(queries)
-        k = keys + key_pe  # keys do not change before norm4: one sum serves both cross-attentions
+        # keys do not change before norm4: one sum serves both cross-attentions
+        k = keys + key_pe if keys_with_pe is None else keys_with_pe
         queries = self.norm2(queries + self.cross_attn_token_to_image(queries + query_pe, k, keys))
         queries = self.norm3(queries + self.mlp(queries))
         keys = self.norm4(keys + self.cross_attn_image_to_token(k, queries + query_pe, queries))
@@ -139,17 +141,29 @@ class TwoWayTransformer(nn.Module):
         self.final_attn_token_to_image = TokenAttention(embedding_dim, num_heads, attention_downsample_rate)
         self.norm_final_attn = nn.LayerNorm(embedding_dim)
 
-    def forward(self, image_embedding, image_pe, point_embedding):
-        """image_embedding (B, C, h, w); image_pe (1, C, h, w); point_embedding (B, N, C)."""
-        # token layout, contiguous once, so that every projection is a single GEMM
-        image_embedding = _tokens_of(image_embedding)
+    def forward(self, image_embedding, image_pe, point_embedding, image_tokens=None):
+        """image_embedding (B, C, h, w); image_pe (1, C, h, w); point_embedding (B, N, C).
+
+        ``image_tokens``: optional (tokens, tokens + pe tokens) of ``image_embedding``, both
+        (B, h*w, C), from :meth:`image_tokens` (reused while the image side is unchanged).
+        """
+        if image_tokens is None:
+            image_tokens = self.image_tokens(image_embedding, image_pe)
+        keys, keys_with_pe = image_tokens
         image_pe = self._pe_tokens(image_pe)
-        queries, keys = point_embedding, image_embedding
-        for layer in self.layers:
-            queries, keys = layer(queries, keys, point_embedding, image_pe)
+        queries = point_embedding
+        for i, layer in enumerate(self.layers):
+            queries, keys = layer(queries, keys, point_embedding, image_pe, keys_with_pe if i == 0 else None)
         q, k = queries + point_embedding, keys + image_pe
         queries = self.norm_final_attn(queries + self.final_attn_token_to_image(q, k, keys))
         return queries, keys
+
+    def image_tokens(self, image_embedding: torch.Tensor, image_pe: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, C, h, w) image -> its contiguous (B, h*w, C) tokens and tokens + PE tokens
+        (the click-independent input of the first layer)."""
+        # token layout, contiguous once, so that every projection is a single GEMM
+        tokens = _tokens_of(image_embedding)
+        return tokens, tokens + self._pe_tokens(image_pe)
 
     def _pe_tokens(self, image_pe: torch.Tensor) -> torch.Tensor:
         """Token layout of the positional encoding, kept while the same (cached) tensor
