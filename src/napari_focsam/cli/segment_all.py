@@ -93,33 +93,40 @@ def run(args: argparse.Namespace) -> int:
 
     import numpy as np
 
-    from ..core import models
     from ..core.automatic import segment_all
-    from ..core.embeddings import EmbeddingStore
-    from ..core.io import write_mask
-    from ..core.predictor import FocSAMPredictor
 
-    model = models.load_model(args.model, args.device)
-    predictor = FocSAMPredictor(model, refine=False)
     rgb = vol.rgb_plane(z)
-    embedding = None
-    if params.tiles == 1 and rgb.min() != rgb.max():
-        embedding = EmbeddingStore(predictor, vol, cache_dir=args.cache).get(z)
-    update, close = progress_bar(1, "segment-all (points)", not args.no_progress)
-    try:
-        result = segment_all(predictor, rgb, params, embedding=embedding, progress=update)
-    finally:
-        close()
+    if rgb.min() == rgb.max():  # nothing to segment: no model needed
+        model_type = args.model
+        result = segment_all(None, rgb, params)
+    else:
+        from ..core import models
+        from ..core.embeddings import EmbeddingStore
+        from ..core.predictor import FocSAMPredictor
+
+        model = models.load_model(args.model, args.device)
+        model_type = model.model_type
+        predictor = FocSAMPredictor(model, refine=False)
+        embedding = None
+        if params.tiles == 1:
+            embedding = EmbeddingStore(predictor, vol, cache_dir=args.cache).get(z)
+        update, close = progress_bar(1, "segment-all (points)", not args.no_progress)
+        try:
+            result = segment_all(predictor, rgb, params, embedding=embedding, progress=update)
+        finally:
+            close()
     if result.message and not result.n_objects:
         note(f"warning: {result.message}; the labels image is empty")
     labels = result.labels
     labels = labels.astype(np.uint16 if result.n_objects < 2**16 else np.uint32)
+    from ..core.io import write_mask
+
     try:
         write_mask(args.out, labels)
     except ValueError as exc:  # the checks passed before the work; the folder changed since
         raise UserError(str(exc)) from None
     summary = {
-        "model": model.model_type, "objects": result.n_objects, "points_decoded": result.n_points,
+        "model": model_type, "objects": result.n_objects, "points_decoded": result.n_points,
         "candidates": result.n_candidates, "seconds": round(result.seconds, 3), "shape": list(labels.shape),
         "params": params.as_dict(), "out": str(args.out),
     }

@@ -1,0 +1,87 @@
+"""Parameters of automatic segmentation ("segment all"), torch-free.
+
+They live apart from :mod:`.automatic` so that the command line and the widget can build their
+options without importing torch. The defaults were chosen with
+``benchmarks/bench_segment_all.py`` on fluorescence nuclei (the stardist 2D image and held-out
+Coelho 2009 images); see the module docstring of :mod:`.automatic` for the figures.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+__all__ = ["SegmentAllParams"]
+
+
+@dataclass(frozen=True)
+class SegmentAllParams:
+    """What :func:`~napari_focsam.core.automatic.segment_all` does, and how strictly it filters.
+
+    Attributes
+    ----------
+    points_per_side : int
+        The grid of point prompts has this many points along each side of the image (spread
+        over the tiles when ``tiles`` > 1). Objects smaller than the grid spacing can be missed.
+    points_per_batch : int
+        Point prompts decoded at once (memory: about 12 MiB per point on the CPU).
+    pred_iou_thresh : float
+        Candidate masks whose IoU predicted by the decoder is below this are dropped.
+    stability_thresh : float
+        Candidate masks whose stability score (area at logit > +offset / area at logit >
+        -offset) is below this are dropped.
+    stability_offset : float
+        The logit offset of the stability score.
+    nms_iou_thresh : float
+        Of two masks overlapping with a mask IoU above this, the lower-scoring one is dropped.
+    min_area : int
+        Objects with fewer pixels (after overlaps are resolved) are dropped.
+    max_area_fraction : float
+        Masks covering more than this fraction of the image (or tile) are dropped: on
+        fluorescence images these are the background or clumps of many cells.
+    skip_background : bool
+        On fluorescence-like images (bright objects on a dark background, detected by Otsu's
+        threshold: the bright class covers less than half of the image), points on the dark
+        background are not decoded; and on any image, a point inside a mask already found is
+        not decoded again. Several times faster; False decodes every grid point.
+    tiles : int
+        The image is cut into ``tiles`` x ``tiles`` overlapping crops, each encoded on its own
+        1024x1024 canvas, so that objects appear ``tiles`` times larger to the model
+        (FocSAM's idea of focusing); 1 encodes the whole image once.
+    """
+
+    points_per_side: int = 32
+    points_per_batch: int = 32
+    pred_iou_thresh: float = 0.8
+    stability_thresh: float = 0.9
+    stability_offset: float = 1.0
+    nms_iou_thresh: float = 0.5
+    min_area: int = 15
+    max_area_fraction: float = 0.1
+    skip_background: bool = True
+    tiles: int = 1
+
+    def __post_init__(self) -> None:
+        for name in ("points_per_side", "points_per_batch", "tiles"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name} must be a positive integer, got {v!r}")
+        if self.points_per_side > 256:
+            raise ValueError(f"points_per_side {self.points_per_side} is too many: at most 256")
+        if self.tiles > 8:
+            raise ValueError(f"tiles {self.tiles} is too many: at most 8 per side")
+        for name in ("pred_iou_thresh", "stability_thresh", "nms_iou_thresh"):
+            v = getattr(self, name)
+            if not isinstance(v, (int, float)) or not 0.0 <= v <= 1.0:
+                raise ValueError(f"{name} must be within [0, 1], got {v!r}")
+        if not 0.0 < self.max_area_fraction <= 1.0:
+            raise ValueError(f"max_area_fraction must be within (0, 1], got {self.max_area_fraction!r}")
+        if not (isinstance(self.stability_offset, (int, float)) and math.isfinite(self.stability_offset)
+                and self.stability_offset >= 0):
+            raise ValueError(f"stability_offset must be a finite number >= 0, got {self.stability_offset!r}")
+        if isinstance(self.min_area, bool) or not isinstance(self.min_area, int) or self.min_area < 0:
+            raise ValueError(f"min_area must be an integer >= 0, got {self.min_area!r}")
+
+    def as_dict(self) -> dict:
+        """The parameters as a plain dict (for JSON summaries)."""
+        return asdict(self)
