@@ -159,11 +159,13 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     load0 = os.getloadavg()[0]
 
-    from napari_focsam.core.models import load_model, model_path
+    from napari_focsam.core.models import load_model, model_path, native_bf16_cpu
     from napari_focsam.core.predictor import Click, FocSAMPredictor
+    from napari_focsam.modeling.mask_resize import logits_to_mask_roi
 
-    ours_model = load_model("vit_t", "cpu", encoder_precision=args.encoder_precision) \
-        if "encoder_precision" in load_model.__code__.co_varnames else load_model("vit_t", "cpu")
+    ours_model = load_model("vit_t", "cpu")
+    bf16 = args.encoder_precision == "bf16" or (args.encoder_precision == "auto" and native_bf16_cpu())
+    ours_model.image_encoder.set_matmul_dtype(torch.bfloat16 if bf16 else None)
     ours = FocSAMPredictor(ours_model)
     ref = load_reference(args.ref_path, model_path("vit_t"))
 
@@ -182,26 +184,40 @@ def main() -> None:
         pt, lab = np.array([[x, y]], np.float32), np.array([1])
         click_ms = interleaved_ms(lambda: ours.step(emb_box["e"], click),
                                   lambda: ref.predict(pt, lab, multimask_output=False), 3 * args.repeats, 2)
+        e = emb_box["e"]
+        (h, w), (H, W) = e.input_size, e.original_size
+        pts = torch.tensor([[[x * w / W, y * h / H]]], dtype=torch.float32)
+
+        def ours_region_click():  # the same click with the region-only full-resolution mask
+            with torch.inference_mode():
+                return logits_to_mask_roi(ours_model.decode(e.features, pts, torch.ones(1, 1, dtype=torch.int64)).logits,
+                                          e.input_size, e.original_size)
+
+        region_ms = interleaved_ms(ours_region_click, lambda: ref.predict(pt, lab, multimask_output=False),
+                                   3 * args.repeats, 2)
+        assert np.array_equal(ours_region_click(), ours.step(e, click).mask)
         m_ours = ours.step(emb_box["e"], click).mask
         m_ref = ref.predict(pt, lab, multimask_output=False)[0][0]
         iou = float((m_ours & m_ref).sum() / max((m_ours | m_ref).sum(), 1))
         row = {"image": name}
-        for kind, t in (("embed", embed_ms), ("click", click_ms)):
+        for kind, t in (("embed", embed_ms), ("click", click_ms), ("click_region", region_ms)):
             row.update({f"{kind}_ours_ms": t["ours"], f"{kind}_ref_ms": t["ref"],
                         f"{kind}_ratio": t["ours"] / t["ref"], f"{kind}_cpu_ratio": t["ours_cpu"] / t["ref_cpu"]})
         row.update({"mask_iou_vs_ref": iou, "embed_max_abs_diff": diff})
         rows.append(row)
 
-    print(f"threads={torch.get_num_threads()} repeats={args.repeats} encoder_precision={args.encoder_precision}"
+    print(f"threads={torch.get_num_threads()} repeats={args.repeats} encoder_precision={'bf16' if bf16 else 'fp32'}"
           f" load(1 min) start={load0:.2f} end={os.getloadavg()[0]:.2f} cores={os.cpu_count()}")
-    print("wall-clock medians in ms; 'cpu' = ratio of the process CPU-time medians (less sensitive to load)")
+    print("wall-clock medians in ms; 'cpu' = ratio of the process CPU-time medians (less sensitive to load);"
+          " 'region click' = decoder + modeling.mask_resize.logits_to_mask_roi (same mask)")
     print(f"{'image':<18}{'embed ours':>11}{'ref':>8}{'ratio':>7}{'cpu':>6}{'click ours':>12}{'ref':>8}"
-          f"{'ratio':>7}{'cpu':>6}{'IoU':>7}{'emb diff':>10}")
+          f"{'ratio':>7}{'cpu':>6}{'region click':>14}{'ref':>8}{'ratio':>7}{'cpu':>6}{'IoU':>7}{'emb diff':>10}")
     for r in rows:
         print(f"{r['image']:<18}{r['embed_ours_ms']:>11.0f}{r['embed_ref_ms']:>8.0f}{r['embed_ratio']:>7.2f}"
               f"{r['embed_cpu_ratio']:>6.2f}{r['click_ours_ms']:>12.1f}{r['click_ref_ms']:>8.1f}"
-              f"{r['click_ratio']:>7.2f}{r['click_cpu_ratio']:>6.2f}{r['mask_iou_vs_ref']:>7.3f}"
-              f"{r['embed_max_abs_diff']:>10.1e}")
+              f"{r['click_ratio']:>7.2f}{r['click_cpu_ratio']:>6.2f}{r['click_region_ours_ms']:>14.1f}"
+              f"{r['click_region_ref_ms']:>8.1f}{r['click_region_ratio']:>7.2f}{r['click_region_cpu_ratio']:>6.2f}"
+              f"{r['mask_iou_vs_ref']:>7.3f}{r['embed_max_abs_diff']:>10.1e}")
     print(json.dumps({"threads": torch.get_num_threads(), "rows": [
         {k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()} for r in rows]}))
 

@@ -345,6 +345,9 @@ def test_folded_attention_equals_projected_attention(n_tokens):
     with torch.inference_mode():
         for q, k, v in ((tokens, image_k, image), (image_k, tokens, tokens)):
             torch.testing.assert_close(att(q, k, v), att._projected(q, k, v), rtol=1e-4, atol=2e-5)
+            residual = torch.randn_like(q)  # summed inside the product where the form allows
+            torch.testing.assert_close(att(q, k, v, residual=residual), residual + att._projected(q, k, v),
+                                       rtol=1e-4, atol=4e-5)
     assert 7 * 8 < 128 <= 40 * 8  # 7 and 15 tokens take the folded forms, 40 the textbook one
 
 
@@ -394,3 +397,22 @@ def test_decoder_reuses_image_tokens_only_for_the_same_image():
         torch.testing.assert_close(model.decode(emb, pts, lab).logits, fresh(emb), rtol=0, atol=0)
         mask = torch.randn(1, 1, 256, 256)
         torch.testing.assert_close(model.decode(emb, pts, lab, mask).logits, fresh(emb, mask), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("size", [(1030, 1349), (321, 481), (1024, 1024), (100, 3000)])
+def test_region_mask_resize_equals_logits_to_mask(size):
+    """The region-only full-resolution mask equals resize -> crop -> resize -> threshold,
+    for a small object (region path), a large one (plain path) and no object."""
+    from napari_focsam.core.predictor import logits_to_mask
+    from napari_focsam.modeling.mask_resize import logits_to_mask_roi
+
+    g = torch.Generator().manual_seed(0)
+    yy, xx = torch.meshgrid(torch.arange(256.0), torch.arange(256.0), indexing="ij")
+    blob = 8 - ((yy - 20) ** 2 + (xx - 30) ** 2).sqrt() / 2 + 0.3 * torch.randn(256, 256, generator=g)
+    cases = {"small": blob, "large": torch.randn(256, 256, generator=g), "none": -blob.abs() - 1}
+    input_size = input_size_for(size)
+    for name, low in cases.items():
+        want = logits_to_mask(low[None, None], input_size, size)
+        got = logits_to_mask_roi(low[None, None], input_size, size)
+        assert got.shape == size and got.dtype == bool
+        assert np.array_equal(got, want), name

@@ -32,14 +32,17 @@ class TokenAttention(nn.Module):
         B, N, C = x.shape
         return x.reshape(B, N, self.num_heads, C // self.num_heads).transpose(1, 2)
 
-    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        """q (B, Nq, C), k and v (B, Nk, C) -> (B, Nq, C)."""
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                residual: torch.Tensor | None = None) -> torch.Tensor:
+        """q (B, Nq, C), k and v (B, Nk, C) -> (B, Nq, C), plus ``residual`` (B, Nq, C) if given."""
         nq, nk, inner = q.shape[1], k.shape[1], self.q_proj.out_features
-        if nk >= self.FOLD_MIN_TOKENS and nq * self.num_heads < inner:
-            return self._few_queries(q, k, v)
         if nq >= self.FOLD_MIN_TOKENS and nk * self.num_heads < inner:
-            return self._few_keys(q, k, v)
-        return self._projected(q, k, v)
+            return self._few_keys(q, k, v, residual)
+        if nk >= self.FOLD_MIN_TOKENS and nq * self.num_heads < inner:
+            out = self._few_queries(q, k, v)
+        else:
+            out = self._projected(q, k, v)
+        return out if residual is None else residual + out
 
     def _projected(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """The textbook form: project all tokens, attend per head, project back."""
@@ -73,11 +76,14 @@ class TokenAttention(nn.Module):
         out = out.transpose(1, 2).reshape(B, nq, H * c) + self.v_proj.bias
         return self.out_proj(out)
 
-    def _few_keys(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    def _few_keys(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                  residual: torch.Tensor | None = None) -> torch.Tensor:
         """Many image tokens attend to few tokens, with the query and output projections
         folded into the keys and values: (W_q,h x + b_q,h) . k_h = x . (W_q,h^T k_h) +
         b_q,h . k_h, and sum_h a_h v_h W_o,h^T = sum_h a_h (v_h W_o,h^T). Costs
-        2 Nq H Nk C instead of 2 Nq C inner for projecting every image token.
+        2 Nq H Nk C instead of 2 Nq C inner for projecting every image token. With a
+        ``residual``, the output bias is folded into the values (each row of the H x Nk
+        attention weights sums to H) and the product accumulates onto the residual.
         """
         B, nq, C = q.shape
         H = self.num_heads
@@ -89,7 +95,10 @@ class TokenAttention(nn.Module):
         attn = _softmax_short_last_dim((scores + key_bias) * c**-0.5)
         w_out = self.out_proj.weight.view(C, H, c).permute(1, 2, 0)  # (H, c, C)
         v_folded = torch.matmul(vh, w_out).reshape(B, H * nk, C)  # (B, H*Nk, C)
-        return torch.baddbmm(self.out_proj.bias.expand(B, 1, C), attn.reshape(B, nq, H * nk), v_folded)
+        if residual is None:
+            return torch.baddbmm(self.out_proj.bias.expand(B, 1, C), attn.reshape(B, nq, H * nk), v_folded)
+        v_folded = v_folded + self.out_proj.bias / H
+        return torch.baddbmm(residual.expand(B, nq, C), attn.reshape(B, nq, H * nk), v_folded)
 
 
 class TwoWayAttentionBlock(nn.Module):
@@ -119,7 +128,7 @@ class TwoWayAttentionBlock(nn.Module):
         k = keys + key_pe if keys_with_pe is None else keys_with_pe
         queries = self.norm2(queries + self.cross_attn_token_to_image(queries + query_pe, k, keys))
         queries = self.norm3(queries + self.mlp(queries))
-        keys = self.norm4(keys + self.cross_attn_image_to_token(k, queries + query_pe, queries))
+        keys = self.norm4(self.cross_attn_image_to_token(k, queries + query_pe, queries, residual=keys))
         return queries, keys
 
 
