@@ -95,9 +95,10 @@ def bench_2d(app, args):
     rng = np.random.default_rng(0)
     lat, model = [], []
     pts = widget.prompts_layer
+    first = ids[0]
     for k in range(args.clicks):
-        first = rng.choice(ids)
         if k % 2 == 0:
+            first = rng.choice(ids)
             widget.clear()
             pts.data = np.array([interior(gt == first)], float)
         else:  # a second click on the same object, off its centre
@@ -162,12 +163,9 @@ def main() -> None:
     args = ap.parse_args()
     xvfb = ensure_display()
     try:
-        from qtpy.QtWidgets import QApplication
+        from napari.qt import get_qapp
 
-        import napari  # noqa: F401  (creates the Qt application with napari's settings)
-        from napari._qt.qt_event_loop import get_app
-
-        app = get_app() or QApplication.instance()
+        app = get_qapp()  # the Qt application with napari's settings
         if not args.skip_2d:
             bench_2d(app, args)
         if args.volume:

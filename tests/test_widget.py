@@ -42,6 +42,7 @@ def focsam(make_napari_viewer, qtbot, vit_t_path, embedding_cache, monkeypatch):
     from napari_focsam._qt.constants import EMBEDDING_CACHE_ENV
 
     monkeypatch.setenv(EMBEDDING_CACHE_ENV, str(embedding_cache))
+    monkeypatch.setenv("NAPARI_FOCSAM_THREADS", "1")  # the suite runs torch on one thread (conftest)
     widgets = []
 
     def make(*, show: bool = False, layers=()):
@@ -326,6 +327,7 @@ def test_helpful_messages(make_napari_viewer, qtbot, tmp_path, monkeypatch):
 
     monkeypatch.setenv("NAPARI_FOCSAM_CACHE", str(tmp_path / "empty-cache"))
     monkeypatch.setenv("NAPARI_FOCSAM_OFFLINE", "1")
+    monkeypatch.setenv("NAPARI_FOCSAM_THREADS", "1")  # the suite runs torch on one thread (conftest)
     viewer = make_napari_viewer()
     _, widget = viewer.window.add_plugin_dock_widget("napari-focsam", "FocSAM")
     assert isinstance(widget, FocSAMWidget)

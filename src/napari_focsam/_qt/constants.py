@@ -33,14 +33,15 @@ THREADS_ENV = "NAPARI_FOCSAM_THREADS"
 
 
 def default_threads(cpu_count: int | None = None) -> int:
-    """CPU threads for torch in the widget: ``$NAPARI_FOCSAM_THREADS``, else cores - 1, at most 4.
+    """CPU threads for torch in the widget: ``$NAPARI_FOCSAM_THREADS``, else the cores, at most 4.
 
-    One core stays free for napari (drawing, events) and the background embedding; more than 4
-    threads barely speed up the per-click decoder, and torch's default (every core) made clicks
-    slower on a loaded 2-core machine (figures: benchmarks/bench_widget.py).
+    Measured with benchmarks/bench_widget.py on a loaded 2-core machine: 2 threads answered clicks
+    faster than 1 (median 304-363 ms vs 394-461 ms), so no core is held back on small machines;
+    the cap of 4 keeps torch's default (every core) from spreading a ~10 ms decoder op over dozens
+    of threads on large machines, where the GUI and the background embedding share the CPU.
     """
     env = os.environ.get(THREADS_ENV, "").strip()
     if env.isdigit() and int(env) > 0:
         return int(env)
     cores = cpu_count if cpu_count is not None else (os.cpu_count() or 1)
-    return max(1, min(4, cores - 1))
+    return max(1, min(4, cores))

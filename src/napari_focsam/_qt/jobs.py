@@ -77,6 +77,7 @@ def _probe_devices() -> dict[str, bool]:
     import torch
 
     importlib.import_module("napari_focsam.core.models")  # warms the model code up for the first load
+    importlib.import_module("pandas")  # napari needs it for our first points/labels layer (seconds)
 
     mps = getattr(torch.backends, "mps", None)
     return {"auto": True, "cpu": True, "cuda": torch.cuda.is_available(),

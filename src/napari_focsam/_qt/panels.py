@@ -109,7 +109,7 @@ class SetupPanel(QGroupBox):
         self.threads_spin = QSpinBox()
         self.threads_spin.setRange(1, max(1, os.cpu_count() or 1))
         self.threads_spin.setValue(min(default_threads(), self.threads_spin.maximum()))
-        self.threads_spin.setToolTip("CPU threads torch may use (default: one core left for napari; "
+        self.threads_spin.setToolTip("CPU threads torch may use (default: the cores, at most 4; "
                                      f"${THREADS_ENV} sets it)")
         form.addRow("CPU threads", self.threads_spin)
 

@@ -92,8 +92,10 @@ class FocSAMWidget(QWidget):
         self._wire()
         self.jobs.probe_devices()
         self.sync.refresh()
-        self._on_image_selected()
-        if self.sync.image is None:
+        if self.setup.image() is not None:
+            # after the dock is on screen: napari's first labels/points layers take seconds to build
+            QTimer.singleShot(100, self._deferred_image_check)
+        else:
             self._notify("info", "no image layer yet: open an image (File > Open Sample > FocSAM, "
                                  "or drop a file on the viewer)")
 
@@ -222,15 +224,15 @@ class FocSAMWidget(QWidget):
             and lay.prompts in self.viewer.layers and lay.preview in self.viewer.layers
         self._config = config
         self._drop_context(keep_layers=True)
-        if not same_image:  # a new image: fresh prompts and preview; a new model keeps the points
-            lay.ensure(layer)
-            self.sync.pick_output(spatial_shape(layer))
-            self.sync.settle()
         name = model.replace("\\", "/").rsplit("/", 1)[-1]
         self._headline = f"loading model {name} ..."
         self.actions.show_progress(None, 0, f"loading {name} ...")
         self.jobs.load(layer, image_data(layer), bool(layer.rgb), model, device, cache, self.setup.refine_wanted,
-                       self.setup.threads())
+                       self.setup.threads())  # first: it runs while napari builds our layers
+        if not same_image:  # a new image: fresh prompts and preview; a new model keeps the points
+            lay.ensure(layer)
+            self.sync.pick_output(spatial_shape(layer))
+            self.sync.settle()
         self._set_status()
 
     def _on_refine_toggled(self, on: bool) -> None:
