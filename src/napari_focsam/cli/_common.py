@@ -24,7 +24,7 @@ __all__ = [
 ]
 
 #: Options whose value is a comma-separated list of numbers that may start with "-".
-COMMA_VALUE_OPTIONS = ("--click", "--contrast-limits")
+COMMA_VALUE_OPTIONS = ("--click", "--contrast-limits", "--box")
 _NEGATIVE_LIST = re.compile(r"^-(\d|\.\d)[^,]*,")
 
 

@@ -1,6 +1,7 @@
-"""``napari-focsam segment IMAGE --click Y,X[,+|-] ... --out MASK [--slice Z] [--propagate]``.
+"""``napari-focsam segment IMAGE [--box Y0,X0,Y1,X1] [--click Y,X[,+|-] ...] --out MASK [--slice Z]``.
 
-One object from clicks, through the engine's :class:`~napari_focsam.core.session.Session`
+One object from a box and/or clicks (the box is the first prompt, the clicks refine it),
+through the engine's :class:`~napari_focsam.core.session.Session`
 (the same click loop as the API and the widget). Without ``--propagate`` the mask of the
 clicked slice is written, (Y, X); with it, the object is propagated through the stack and the
 (Z, Y, X) mask is written. Prints one line of JSON on stdout; what was assumed about the
@@ -40,12 +41,24 @@ def parse_click(text: str) -> Click:
     return Click(y, x, sign != "-")
 
 
+def box_arg(text: str):
+    """argparse type of ``--box``: ``Y0,X0,Y1,X1`` -> :class:`~napari_focsam.core.prompts.Box`."""
+    from ..core.prompts import parse_box
+
+    try:
+        return parse_box(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def add_parser(subparsers) -> argparse.ArgumentParser:
     """Register ``segment`` on ``subparsers``; return its parser."""
     p = subparsers.add_parser("segment", help="segment one object from clicks (headless)")
     p.add_argument("image", help="2D image (tif/png/jpg, gray or RGB) or a 3D stack (tif)")
-    p.add_argument("--click", action="append", type=parse_click, required=True,
+    p.add_argument("--click", action="append", type=parse_click, default=None,
                    metavar="Y,X[,+|-]", help="a click in pixel coordinates; repeat for more clicks")
+    p.add_argument("--box", type=box_arg, default=None, metavar="Y0,X0,Y1,X1",
+                   help="a box prompt (pixel corners) that starts the object; clicks then refine it")
     p.add_argument("--slice", type=int, default=None, metavar="Z", help="slice of a 3D stack")
     p.add_argument("--model", default=DEFAULT_MODEL, help="registry name (see `weights list`) or checkpoint path")
     p.add_argument("--refiner", default=None, metavar="FILE_OR_NAME",
@@ -101,8 +114,18 @@ def run(args: argparse.Namespace) -> int:
     check_output(args.out, 3 if args.propagate else 2, args.image)
     vol = load_volume(read_input(args.image))
     z = _slice_of(vol, args.slice, args.propagate)
-    clicks = list(args.click)
+    clicks = list(args.click or [])
+    box = None
+    if not clicks and args.box is None:
+        raise UserError("give at least one --click Y,X or a --box Y0,X0,Y1,X1")
     _check_clicks(vol, clicks)
+    if args.box is not None:
+        from ..core.prompts import checked_box
+
+        try:
+            box = checked_box(args.box, vol.plane_shape)
+        except ValueError as exc:
+            raise UserError(str(exc)) from None
     if vol.is_3d or vol.has_channels:
         note(f"read {args.image} as {layout_of(vol)}")
 
@@ -116,6 +139,12 @@ def run(args: argparse.Namespace) -> int:
     session.store.get(z)  # a blank slice gets an empty mask, with the engine's warning on stderr
     t_embed = time.perf_counter() - t0
     click_s = []
+    if box is not None:
+        t0 = time.perf_counter()
+        obj.set_box(box, z=z)
+        summary_box = {"box": box.to_json(), "box_seconds": round(time.perf_counter() - t0, 4)}
+    else:
+        summary_box = {}
     for c in clicks:
         t0 = time.perf_counter()
         try:
@@ -126,7 +155,7 @@ def run(args: argparse.Namespace) -> int:
     refine = session.predictor.refine
     summary = {
         "model": model.model_type, "refine": refine, "clicks": len(clicks),
-        "refine_precision": models.refine_precision_of(model) if refine else None,
+        "refine_precision": models.refine_precision_of(model) if refine else None, **summary_box,
     }
     if not args.propagate:
         mask = obj.mask(z).astype("uint8")

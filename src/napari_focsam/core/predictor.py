@@ -30,6 +30,7 @@ from ..modeling.focsam import PIXEL_MEAN, PIXEL_STD, FocSAM
 from .allocator import tune_malloc
 from .clicks import Click, check_positive, checked_click
 from .image import to_rgb_uint8
+from .prompts import Box, checked_box
 
 #: Bumped whenever preprocessing changes numerically (signs the embedding cache).
 PREPROCESS_VERSION = 1
@@ -167,11 +168,17 @@ class FocSAMPredictor:
         features = self.model.encode(x)
         return ImageEmbedding(features, input_size, tuple(rgb.shape[:2]))
 
-    def _prompts(self, embedding: ImageEmbedding, clicks: Sequence[Click]):
+    def _prompts(self, embedding: ImageEmbedding, clicks: Sequence[Click], box: Box | None = None):
+        """(1, N, 2) canvas (x, y) and (1, N) labels; a box adds its two corners (labels 2, 3) last."""
         H, W = embedding.original_size
         h, w = embedding.input_size
-        pts = torch.tensor([[c.x * (w / W), c.y * (h / H)] for c in clicks], dtype=torch.float32)
-        lab = torch.tensor([1 if c.is_positive else 0 for c in clicks], dtype=torch.int64)
+        xy = [[c.x * (w / W), c.y * (h / H)] for c in clicks]
+        labels = [1 if c.is_positive else 0 for c in clicks]
+        if box is not None:
+            xy += [[box.x0 * (w / W), box.y0 * (h / H)], [box.x1 * (w / W), box.y1 * (h / H)]]
+            labels += [2, 3]
+        pts = torch.tensor(xy, dtype=torch.float32).reshape(-1, 2)
+        lab = torch.tensor(labels, dtype=torch.int64)
         return pts[None].to(self.device), lab[None].to(self.device)
 
     @torch.inference_mode()
@@ -181,22 +188,28 @@ class FocSAMPredictor:
         clicks: Sequence[Click],
         prev_logits: torch.Tensor | None = None,
         refined: torch.Tensor | None = None,
+        *,
+        box: Box | None = None,
     ) -> StepResult:
-        """One click of the FocSAM loop. ``clicks`` are all clicks so far (>= 1).
+        """One click of the FocSAM loop. ``clicks`` are all clicks so far (>= 1, or >= 0 with a box).
 
         prev_logits: (1, 1, 256, 256) logits of the previous click (None at the first);
         refined: the refined embedding once there is one. The refiner runs when the object
         reaches its ``refine_click``-th click (counted from its first positive click, see
         :func:`object_click_count`) and has no refined embedding yet. Without any positive
         click the mask is empty and the decoder does not run (``logits`` is None).
+
+        box: a box prompt (image pixels, see :mod:`.prompts`) kept with every click; it is the
+        object's first prompt, so the clicks count from 2 and the refiner runs at the first
+        click after the box (its focus region comes from the box step's mask).
         """
-        if not clicks:
+        if not clicks and box is None:
             raise ValueError("at least one click is needed")
         check_clicks_inside(clicks, embedding.original_size)
-        n = object_click_count(clicks)
+        n = object_click_count(clicks) if box is None else len(clicks) + 1
         if n == 0:  # only negative clicks: nothing is selected
             return StepResult(np.zeros(embedding.original_size, dtype=bool), None, refined, 0.0)
-        pts, lab = self._prompts(embedding, clicks)
+        pts, lab = self._prompts(embedding, clicks, box)
         features = embedding.features.to(self.device)
         refine_s = 0.0
         t0 = time.perf_counter()
@@ -219,12 +232,15 @@ _SERIAL = itertools.count(1)
 class ClickState:
     """One step of a click history: the click and what the decoder left after it.
 
+    ``click`` is None for the box step of an object started from a box (see
+    :meth:`InteractiveObject.set_box`).
+
     logits: (1, 1, 256, 256), None when the decoder did not run (blank image, or no positive
     click yet); refined: (1, 256, 64, 64) or None, one tensor shared by all the steps from
     the refine click on; serial: a process-wide unique id of this state (a change token).
     """
 
-    click: Click
+    click: Click | None
     logits: torch.Tensor | None
     refined: torch.Tensor | None
     serial: int = field(default_factory=lambda: next(_SERIAL))
@@ -298,6 +314,9 @@ class InteractiveObject:
         #: the embedding was marked blank at the last click (its mask is then empty)
         self.blank = False
         self._states: list[ClickState] = []
+        #: the box prompt, kept with every click (see :meth:`set_box`); _base is its decoder step
+        self.box: Box | None = None
+        self._base: ClickState | None = None
         self._mask: np.ndarray | None = None  # mask of the state with serial self._mask_serial
         self._mask_serial = 0
 
@@ -321,24 +340,29 @@ class InteractiveObject:
         return [s.click for s in self._states]
 
     @property
+    def _last(self) -> ClickState | None:
+        """The current state: the last click's, else the box step's, else None."""
+        return self._states[-1] if self._states else self._base
+
+    @property
     def logits(self) -> torch.Tensor | None:
-        return self._states[-1].logits if self._states else None
+        return self._last.logits if self._last is not None else None
 
     @property
     def refined(self) -> torch.Tensor | None:
-        return self._states[-1].refined if self._states else None
+        return self._last.refined if self._last is not None else None
 
     @property
     def token(self) -> int | None:
-        """Identifies the current state (changes with every click, undo or reset); None when empty."""
-        return self._states[-1].serial if self._states else None
+        """Identifies the current state (changes with every click, box, undo or reset); None when empty."""
+        return self._last.serial if self._last is not None else None
 
     @property
     def mask(self) -> np.ndarray:
         """(H, W) bool, read-only: the mask after the last click (empty without clicks)."""
-        if not self._states:
+        last = self._last
+        if last is None:
             return _frozen(np.zeros(self.original_size, dtype=bool))
-        last = self._states[-1]
         if self._mask is None or self._mask_serial != last.serial:
             if last.logits is None:
                 mask = np.zeros(self.original_size, dtype=bool)
@@ -351,7 +375,8 @@ class InteractiveObject:
     def nbytes(self) -> int:
         """Bytes of the arrays this object holds: the history's logits and refined embedding,
         plus the cached mask of the current step."""
-        items = [s.logits for s in self._states] + [s.refined for s in self._states]
+        states = self._states + ([self._base] if self._base is not None else [])
+        items = [s.logits for s in states] + [s.refined for s in states]
         return tensor_bytes(*items, self._mask)
 
     # -- editing
@@ -372,15 +397,41 @@ class InteractiveObject:
             check_clicks_inside(clicks, self.original_size)
             res = StepResult(np.zeros(self.original_size, dtype=bool), None, None, 0.0)
         else:
-            res = self.predictor.step(emb, clicks, self.logits, self.refined)
+            extra = {"box": self.box} if self.box is not None else {}  # older step() signatures stay valid
+            res = self.predictor.step(emb, clicks, self.logits, self.refined, **extra)
         refined = res.refined if res.refined is self.refined else _compact(res.refined)  # shared, not copied
         state = ClickState(click, _compact(res.logits), refined)
         self._states.append(state)
         self._mask, self._mask_serial = _frozen(res.mask), state.serial
         return res
 
+    def set_box(self, box: Sequence[float] | None) -> np.ndarray:
+        """Start the object from a box (y0, x0, y1, x1) in image pixels, or remove it (None).
+
+        The clicks made so far are replayed on top of the new box (or without it), so the box
+        is always the object's first prompt. ValueError for a degenerate box (zero area, off
+        the image; see :func:`.prompts.checked_box`). Returns the new mask.
+        """
+        new = checked_box(box, self.original_size) if box is not None else None
+        clicks = self.clicks
+        self._states.clear()
+        self._base, self.box, self._mask = None, new, None
+        if new is not None:
+            emb = self._source()
+            self.blank = bool(getattr(emb, "blank", False))
+            if self.skip_blank and self.blank:
+                res = StepResult(np.zeros(self.original_size, dtype=bool), None, None, 0.0)
+            else:
+                res = self.predictor.step(emb, [], None, None, box=new)
+            self._base = ClickState(None, _compact(res.logits), None)
+            self._mask, self._mask_serial = _frozen(res.mask), self._base.serial
+        for c in clicks:
+            self.add(c)
+        return self.mask
+
     def undo(self) -> np.ndarray:
-        """Remove the last click; returns the previous mask (empty when no click is left)."""
+        """Remove the last click; returns the previous mask (the box's mask, or empty, when no
+        click is left; the box stays until :meth:`set_box` (None) or :meth:`reset`)."""
         if self._states:
             self._states.pop()
         return self.mask
@@ -391,4 +442,4 @@ class InteractiveObject:
 
     def reset(self) -> None:
         self._states.clear()
-        self._mask = None
+        self._base, self.box, self._mask = None, None, None

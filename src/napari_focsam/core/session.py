@@ -31,6 +31,7 @@ from .clicks import Click, checked_click
 from .defaults import DEFAULT_MODEL
 from .embeddings import EmbeddingStore, ImageVolume, SliceEmbedding, model_id
 from .predictor import FocSAMPredictor, InteractiveObject, resolve_device
+from .prompts import Box, checked_box
 from .volume import (
     DEFAULT_IOU_THRESHOLD,
     DEFAULT_MULTIMASK,
@@ -115,6 +116,15 @@ class SegmentedObject:
     def last_propagation(self) -> PropagationResult | None:
         return self._propagation
 
+    @property
+    def box(self) -> tuple[int, Box] | None:
+        """(slice, box) of the object's box prompt, or None (see :meth:`set_box`)."""
+        with self._lock:
+            for z, hist in self._slices.items():
+                if hist.box is not None:
+                    return z, hist.box
+        return None
+
     def history(self, z: int | None = None) -> InteractiveObject | None:
         """The click history of slice ``z`` (None when it has no clicks); read it, do not edit it."""
         z = self._check_z(z)
@@ -184,6 +194,48 @@ class SegmentedObject:
         return InteractiveObject(self.session.predictor, lambda: store.get(z),
                                  original_size=self.volume.plane_shape)
 
+    def _check_box_slice(self, zs: Iterable[int]) -> None:
+        """ValueError when the object has a box and a click would go to another slice."""
+        got = self.box
+        if got is not None:
+            for z in zs:
+                if z != got[0]:
+                    raise ValueError(f"this object's box is on slice {got[0]}; a click on slice {z} cannot "
+                                     f"refine it: click on slice {got[0]}, or start a new object")
+
+    def set_box(self, box: Sequence[float] | None, z: int | None = None) -> np.ndarray:
+        """Start the object on slice ``z`` from a box (y0, x0, y1, x1) in image pixels; returns
+        that slice's (Y, X) mask. None removes the box.
+
+        The box stays a prompt for every later click on its slice (which refine it, the
+        refiner's focus region coming from the box step); the slice's earlier clicks are
+        replayed on top of it. An object has one box, and then clicks on that slice only:
+        ValueError when it has clicks (or its box) on another slice, for a box of zero area or
+        off the image, and for a missing or invalid ``z`` on a stack.
+        """
+        z = self._check_z(z)
+        if box is not None:
+            box = checked_box(box, self.volume.plane_shape)
+            with self._lock:
+                other = sorted(k for k in self._slices if k != z)
+            if other:
+                raise ValueError(f"this object already has prompts on slice(s) {other}: a box starts an object "
+                                 f"on one slice; start a new object for a box on slice {z}")
+        self.session.store.get(z)  # a missing embedding is computed before taking the object's lock
+        with self._lock:
+            hist = self._slices.get(z)
+            if hist is None:
+                if box is None:
+                    return self.mask(z)
+                hist = self._new_history(z)
+            hist.set_box(box)
+            if len(hist) or hist.box is not None:
+                self._slices[z] = hist
+            else:
+                self._slices.pop(z, None)
+            self._changed(z)
+            return self.mask(z)
+
     def _add(self, z: int, hist: InteractiveObject, click: Click) -> None:
         hist.add(click)
         if hist.blank and z not in self._warned_blank:
@@ -204,6 +256,7 @@ class SegmentedObject:
         stack, TypeError for a non-bool ``positive``.
         """
         z, y, x, positive = self._normalise((z, y, x, positive))
+        self._check_box_slice([z])
         self.session.store.get(z)  # a missing embedding is computed before taking the object's lock
         with self._lock:
             hist = self._slices.get(z)
@@ -227,7 +280,7 @@ class SegmentedObject:
             if hist is None:
                 return self.mask(z)
             hist.undo()
-            if not len(hist):
+            if not len(hist) and hist.box is None:
                 del self._slices[z]
             idx = len(self._order) - 1 - self._order[::-1].index(z)
             del self._order[idx]
@@ -256,6 +309,7 @@ class SegmentedObject:
         before anything changes.
         """
         new = [self._normalise(c) for c in clicks]
+        self._check_box_slice(z for z, *_ in new)
         wanted: dict[int, list[Click]] = {}
         for z, y, x, p in new:
             wanted.setdefault(z, []).append(Click(y, x, p))
@@ -283,7 +337,7 @@ class SegmentedObject:
                         for c in want[k:]:
                             self._add(z, hist, c)
                     finally:
-                        if len(hist):
+                        if len(hist) or hist.box is not None:
                             self._slices[z] = hist
                         else:
                             self._slices.pop(z, None)

@@ -46,8 +46,9 @@ class RandomFourierPositionEncoding(nn.Module):
 class PromptEncoder(nn.Module):
     """Encodes clicks and a previous low-res mask for the mask decoder.
 
-    Point labels: 1 positive, 0 negative, -1 padding ("not a point"); 2 and 3 are
-    box corners (kept for checkpoint compatibility, unused by the plugin).
+    Point labels: 1 positive, 0 negative, -1 padding ("not a point"); 2 and 3 are a box's
+    top-left and bottom-right corners (SAM's box embedding: the corners' positional encodings
+    plus the learnt corner embeddings), given after the points.
     """
 
     def __init__(
@@ -116,7 +117,9 @@ class PromptEncoder(nn.Module):
         ``masks`` are previous raw decoder logits (B, 1, 256, 256) or None.
         """
         if points is not None:
-            sparse = self.embed_points(points[0], points[1], pad=True)
+            # as SAM: a padding token only when the prompt holds no box corners
+            has_box = bool((points[1] >= 2).any())
+            sparse = self.embed_points(points[0], points[1], pad=not has_box)
             bs = sparse.shape[0]
         else:
             bs = masks.shape[0] if masks is not None else 1
