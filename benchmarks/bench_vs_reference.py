@@ -153,6 +153,7 @@ def main() -> None:
         "FOCSAM_DATA", str(Path(__file__).resolve().parents[1].parent / "shared" / "data")))
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--repeats", type=int, default=7, help="embedding repeats (clicks: 3x as many)")
+    ap.add_argument("--images", nargs="+", default=None, help="subset by prefix, e.g. nuclei photo")
     ap.add_argument("--encoder-precision", default="fp32", choices=("fp32", "bf16", "auto"),
                     help="our encoder's matrix products (the reference always runs float32)")
     args = ap.parse_args()
@@ -170,13 +171,16 @@ def main() -> None:
     ref = load_reference(args.ref_path, model_path("vit_t"))
 
     rows = []
-    for name, (img, (y, x)) in load_images(Path(args.data_root)).items():
+    images = load_images(Path(args.data_root))
+    if args.images:
+        images = {k: v for k, v in images.items() if any(k.startswith(p) for p in args.images)}
+    for name, (img, (y, x)) in images.items():
         emb_box = {}
 
         def ours_embed():
             emb_box["e"] = ours.embed(img)
 
-        embed_ms = interleaved_ms(ours_embed, lambda: ref.set_image(img), args.repeats)
+        embed_ms = interleaved_ms(ours_embed, lambda: ref.set_image(img), args.repeats, 2)
         with torch.inference_mode():
             ref_emb = ref.features
             diff = (emb_box["e"].features - ref_emb).abs().max().item()
