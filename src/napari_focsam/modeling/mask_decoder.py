@@ -55,10 +55,10 @@ class PatchConvTranspose2d(nn.ConvTranspose2d):
         k = self.kernel_size[0]
         cout = self.out_channels
         weight = self.weight.permute(0, 2, 3, 1).reshape(x.shape[1], k * k * cout)
-        if act is not None:
-            if torch.is_grad_enabled():
-                raise RuntimeError("forward_pixels(act=...) is for inference only")
+        if not torch.is_grad_enabled():  # (oneDNN on CPUs: no copy of the bias into the output)
             return fast_ops.linear(x, weight.t().contiguous(), self.bias.repeat(k * k), act).view(-1, cout)
+        if act is not None:
+            raise RuntimeError("forward_pixels(act=...) is for inference only")
         return torch.addmm(self.bias.repeat(k * k), x, weight).view(-1, cout)
 
 
