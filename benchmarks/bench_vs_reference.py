@@ -22,7 +22,13 @@ between repeats) and as medians:
 - one click: one positive point, single mask, mask at full image resolution
   (``FocSAMPredictor.step`` vs ``SamPredictor.predict(multimask_output=False)``),
 
-and prints ours, reference and ours/reference, plus the IoU of the two one-click masks.
+- region click: the same click with the full-resolution mask from
+  ``modeling.mask_resize.logits_to_mask_roi`` (computed only around the object; same mask),
+
+and prints ours, reference and ours/reference (wall clock, and the ratio of process CPU times,
+which suffers less from other load on the machine), plus the IoU of the two one-click masks.
+To time an older revision against the same reference, unpack its ``src`` and put it first:
+``git archive REV src | tar -x -C /tmp/rev && PYTHONPATH=/tmp/rev/src python benchmarks/...``.
 """
 
 from __future__ import annotations
@@ -162,11 +168,17 @@ def main() -> None:
 
     from napari_focsam.core.models import load_model, model_path, native_bf16_cpu
     from napari_focsam.core.predictor import Click, FocSAMPredictor
-    from napari_focsam.modeling.mask_resize import logits_to_mask_roi
+    try:  # (absent in revisions before it: the script also times older checkouts)
+        from napari_focsam.modeling.mask_resize import logits_to_mask_roi
+    except ImportError:
+        logits_to_mask_roi = None
 
     ours_model = load_model("vit_t", "cpu")
     bf16 = args.encoder_precision == "bf16" or (args.encoder_precision == "auto" and native_bf16_cpu())
-    ours_model.image_encoder.set_matmul_dtype(torch.bfloat16 if bf16 else None)
+    if hasattr(ours_model.image_encoder, "set_matmul_dtype"):
+        ours_model.image_encoder.set_matmul_dtype(torch.bfloat16 if bf16 else None)
+    elif bf16:
+        raise SystemExit("this revision has no bf16 encoder")
     ours = FocSAMPredictor(ours_model)
     ref = load_reference(args.ref_path, model_path("vit_t"))
 
@@ -197,9 +209,12 @@ def main() -> None:
                 return logits_to_mask_roi(ours_model.decode(e.features, pts, torch.ones(1, 1, dtype=torch.int64)).logits,
                                           e.input_size, e.original_size)
 
-        region_ms = interleaved_ms(ours_region_click, lambda: ref.predict(pt, lab, multimask_output=False),
-                                   3 * args.repeats, 2)
-        assert np.array_equal(ours_region_click(), ours.step(e, click).mask)
+        if logits_to_mask_roi is not None:
+            region_ms = interleaved_ms(ours_region_click, lambda: ref.predict(pt, lab, multimask_output=False),
+                                       3 * args.repeats, 2)
+            assert np.array_equal(ours_region_click(), ours.step(e, click).mask)
+        else:
+            region_ms = {"ours": float("nan"), "ref": float("nan"), "ours_cpu": float("nan"), "ref_cpu": 1.0}
         m_ours = ours.step(emb_box["e"], click).mask
         m_ref = ref.predict(pt, lab, multimask_output=False)[0][0]
         iou = float((m_ours & m_ref).sum() / max((m_ours | m_ref).sum(), 1))
@@ -210,6 +225,9 @@ def main() -> None:
         row.update({"mask_iou_vs_ref": iou, "embed_max_abs_diff": diff})
         rows.append(row)
 
+    import napari_focsam
+
+    print(f"napari_focsam from {Path(napari_focsam.__file__).parent}")
     print(f"threads={torch.get_num_threads()} repeats={args.repeats} encoder_precision={'bf16' if bf16 else 'fp32'}"
           f" load(1 min) start={load0:.2f} end={os.getloadavg()[0]:.2f} cores={os.cpu_count()}")
     print("wall-clock medians in ms; 'cpu' = ratio of the process CPU-time medians (less sensitive to load);"
