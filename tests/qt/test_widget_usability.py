@@ -19,11 +19,13 @@ from viewer_helpers import (
     WAIT_MS,
     add_2d,
     click,
+    dock,  # noqa: F401  (fixture)
     interior,
     iou,
     key,
     load_nuclei,
     press,
+    qt_embedding_cache,  # noqa: F401  (fixture)
     save_screenshot,
     wait_idle,
     wait_ready,
@@ -292,7 +294,7 @@ def test_closing_during_a_model_load_is_quiet(dock, qtbot, monkeypatch, capfd):
 
     monkeypatch.setattr(models, "load_model", held)
     viewer, widget = dock(layers=[add_2d])
-    assert widget.is_busy()
+    qtbot.waitUntil(widget.is_busy, timeout=5000)
     viewer.close()
     release.set()
     qtbot.waitUntil(lambda: not widget.has_running_workers(), timeout=WAIT_MS)

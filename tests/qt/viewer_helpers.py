@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 from scipy import ndimage as ndi
 
 from napari_focsam._sample_data import SLICE_2D, SLICES_3D, VOXEL_UM, load_nuclei
@@ -13,8 +14,8 @@ WAIT_MS = 120_000
 A, B = 17, 14  # two well separated nuclei of the 2D sample (labels of the ground truth)
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 
-__all__ = ["A", "ARTIFACTS", "B", "WAIT_MS", "add_2d", "add_3d_crop", "click", "crop_3d", "interior",
-           "iou", "key", "load_nuclei", "press", "save_screenshot", "wait_idle", "wait_ready"]
+__all__ = ["A", "ARTIFACTS", "B", "WAIT_MS", "add_2d", "add_3d_crop", "click", "crop_3d", "dock", "interior",
+           "iou", "key", "load_nuclei", "press", "qt_embedding_cache", "save_screenshot", "wait_idle", "wait_ready"]
 
 
 def add_2d(viewer):
@@ -94,3 +95,37 @@ def save_screenshot(viewer, name):
     path = ARTIFACTS / f"{name}.png"
     iio.imwrite(path, viewer.screenshot(canvas_only=False, flash=False))
     return path
+
+
+# --------------------------------------------------------------------------- fixtures
+# (not in a tests/qt/conftest.py: a second module named "conftest" would shadow tests/conftest.py
+#  for the test modules that import helpers from it)
+
+
+@pytest.fixture(scope="session")
+def qt_embedding_cache(tmp_path_factory):
+    """One embedding cache folder for the session: each image is encoded once."""
+    return tmp_path_factory.mktemp("focsam-qt-embeddings")
+
+
+@pytest.fixture
+def dock(make_napari_viewer, qtbot, vit_t_path, qt_embedding_cache, monkeypatch):
+    """Factory: a viewer (optionally shown, with layers added first) and the docked FocSAM widget."""
+    monkeypatch.setenv("NAPARI_FOCSAM_EMBEDDING_CACHE", str(qt_embedding_cache))
+    monkeypatch.setenv("NAPARI_FOCSAM_THREADS", "1")  # the suite runs torch on one thread
+    widgets = []
+
+    def make(*, show: bool = False, layers=()):
+        viewer = make_napari_viewer(show=show)
+        if show:
+            viewer.window._qt_window.resize(1280, 820)
+        for add in layers:
+            add(viewer)
+        _, widget = viewer.window.add_plugin_dock_widget("napari-focsam", "FocSAM")
+        widgets.append(widget)
+        return viewer, widget
+
+    yield make
+    for widget in widgets:  # no worker may outlive its viewer
+        widget.close_session()
+        qtbot.waitUntil(lambda w=widget: not w.has_running_workers(), timeout=WAIT_MS)
