@@ -190,3 +190,25 @@ def test_match_instances_counts_and_ious():
     assert match_instances(true, true).f1 == 1.0
     with pytest.raises(ValueError, match="shape"):
         match_instances(true, pred[:5])
+
+
+def test_clump_centres_split_touching_discs_not_one_elongated_object():
+    from napari_focsam.core.clumps import clump_centres
+
+    yy, xx = np.mgrid[:60, :80]
+    two = ((yy - 30) ** 2 + (xx - 25) ** 2 <= 144) | ((yy - 30) ** 2 + (xx - 47) ** 2 <= 144)
+    assert sorted(map(tuple, clump_centres(two))) == [(30, 25), (30, 47)]
+    three = two | ((yy - 50) ** 2 + (xx - 36) ** 2 <= 100)
+    assert len(clump_centres(three)) == 3
+    ellipse = ((yy - 30) / 12.0) ** 2 + ((xx - 40) / 30.0) ** 2 <= 1
+    assert clump_centres(ellipse).shape == (0, 2)
+    assert clump_centres((yy - 30) ** 2 + (xx - 40) ** 2 <= 200).shape == (0, 2)
+
+
+def test_real_model_splits_touching_nuclei(mobile_predictor):
+    img, labels = discs(centres=((60, 60), (60, 86), (40, 150)), r=14)
+    merged = SegmentAllParams(points_per_side=12, split_clumps=False)
+    split = SegmentAllParams(points_per_side=12)
+    before = match_instances(labels, segment_all(mobile_predictor, img, merged).labels)
+    after = match_instances(labels, segment_all(mobile_predictor, img, split).labels)
+    assert after.tp == 3 and after.fp == 0, (before, after)

@@ -44,6 +44,10 @@ class SegmentAllParams:
         threshold: the bright class covers less than half of the image), points on the dark
         background are not decoded; and on any image, a point inside a mask already found is
         not decoded again. Several times faster; False decodes every grid point.
+    split_clumps : bool
+        A kept mask whose shape shows several objects with a neck between them (touching
+        nuclei, see :mod:`.clumps`) is decoded again once per object, from its centre with the
+        other centres as negative points; the parts replace it when they all pass the filters.
     tiles : int
         The image is cut into ``tiles`` x ``tiles`` overlapping crops, each encoded on its own
         1024x1024 canvas, so that objects appear ``tiles`` times larger to the model
@@ -59,6 +63,7 @@ class SegmentAllParams:
     min_area: int = 15
     max_area_fraction: float = 0.1
     skip_background: bool = True
+    split_clumps: bool = True
     tiles: int = 1
 
     def __post_init__(self) -> None:

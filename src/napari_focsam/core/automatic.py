@@ -32,6 +32,7 @@ import torch
 
 from ..modeling.focsam import FocSAM
 from .auto_params import SegmentAllParams
+from .clumps import clump_centres
 from .image import to_rgb_uint8
 from .predictor import FocSAMPredictor, ImageEmbedding
 
@@ -89,6 +90,7 @@ class MaskCandidate:
     y0: int
     x0: int
     mask: np.ndarray  # bool crop of the full-resolution mask, at (y0, x0) in the image
+    tile: int = 0  # index of the canvas (tile) it was decoded on
 
     @property
     def area(self) -> int:
@@ -321,6 +323,51 @@ def _decode_canvas(
     return cands
 
 
+@torch.inference_mode()
+def _split_clump(
+    predictor: FocSAMPredictor,
+    embedding: ImageEmbedding,
+    cand: MaskCandidate,
+    offset: tuple[int, int],
+    params: SegmentAllParams,
+    up: MaskUpscaler,
+) -> list[MaskCandidate] | None:
+    """The parts of a clump mask, each decoded from its centre with the other centres as
+    negative points; None when the mask is one object or a part fails the filters."""
+    centres = clump_centres(cand.mask)
+    if len(centres) < 2:
+        return None
+    H, W = embedding.original_size
+    h, w = embedding.input_size
+    lh, lw = -(-h * LOW // FocSAM.image_size), -(-w * LOW // FocSAM.image_size)
+    yx = centres + np.array([cand.y0 - offset[0], cand.x0 - offset[1]])  # canvas pixels
+    xy = np.stack([yx[:, 1] * (w / W), yx[:, 0] * (h / H)], axis=1)
+    k = len(yx)
+    dev = predictor.device
+    pts = torch.tensor(np.repeat(xy[None], k, axis=0), dtype=torch.float32, device=dev)  # (K, K, 2)
+    lab = torch.eye(k, dtype=torch.int64, device=dev)  # part i: centre i positive, the others negative
+    out = predictor.model.decode(embedding.features.to(dev), pts, lab, None, multimask_output=False)
+    logits = out.logits[:, 0, :lh, :lw].float()
+    off = params.stability_offset
+    stab = (logits > off).sum(dim=(1, 2)).float() / (logits > -off).sum(dim=(1, 2)).clamp(min=1).float()
+    iou = out.iou[:, 0].float()
+    parts = []
+    full = np.zeros((LOW, LOW), dtype=np.float32)
+    for i in range(k):
+        if iou[i] < params.pred_iou_thresh or stab[i] < params.stability_thresh:
+            return None
+        full[:lh, :lw] = logits[i].cpu().numpy()
+        got = up.mask(full)
+        if got is None or int(np.count_nonzero(got[2])) < params.min_area:
+            return None
+        y0, x0, m = got
+        cy, cx = yx[i, 0] - y0, yx[i, 1] - x0
+        if not (0 <= cy < m.shape[0] and 0 <= cx < m.shape[1] and m[cy, cx]):
+            return None  # the part does not hold its own centre
+        parts.append(MaskCandidate(float(iou[i] * stab[i]), y0 + offset[0], x0 + offset[1], m, cand.tile))
+    return parts
+
+
 def foreground_mask(rgb: np.ndarray, sigma: float = 2.0) -> np.ndarray | None:
     """Where grid points are worth decoding on a fluorescence-like image, else None.
 
@@ -415,7 +462,8 @@ def segment_all(
         if fg is not None:
             covered = ~fg
     cands: list[MaskCandidate] = []
-    for i, j in tiles:
+    canvases: list[tuple[ImageEmbedding, tuple[int, int]]] = []
+    for t, (i, j) in enumerate(tiles):
         (y0, y1), (x0, x1) = ys[i], xs[j]
         if n == 1 and embedding is not None:
             emb = embedding
@@ -435,11 +483,30 @@ def segment_all(
         for c in got:
             c.y0 += y0
             c.x0 += x0
+            c.tile = t
         cands.extend(got)
+        canvases.append((emb, (y0, x0)))
     t0 = time.perf_counter()
     kept = nms_masks(cands, params.nms_iou_thresh)
-    labels, scores = paint_labels(kept, (H, W), params.min_area)
     timings["nms"] = time.perf_counter() - t0
+    if params.split_clumps:
+        t0 = time.perf_counter()
+        ups = {}
+        split: list[MaskCandidate] = []
+        for c in kept:
+            emb, offset = canvases[c.tile]
+            if c.tile not in ups:
+                ups[c.tile] = MaskUpscaler(emb.input_size, emb.original_size)
+            parts = _split_clump(predictor, emb, c, offset, params, ups[c.tile])
+            split.extend(parts if parts is not None else [c])
+            counts["clumps_split"] = counts.get("clumps_split", 0) + (parts is not None)
+            if cancelled is not None and cancelled():
+                return empty("cancelled", cancelled=True)
+        kept = split
+        timings["clumps"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    labels, scores = paint_labels(kept, (H, W), params.min_area)
+    timings["paint"] = time.perf_counter() - t0
     res = SegmentAllResult(labels, scores, counts.get("points", 0), len(cands), time.perf_counter() - t_start,
                            timings={k: round(v, 3) for k, v in timings.items()})
     if not res.n_objects:
