@@ -121,6 +121,9 @@ class SessionJobs(QObject):
         #: False: embed only the slice in view (benchmarks compare Segment volume without it)
         self.background_embedding = True
         self._pending: set = set()  # workers not finished yet (tracked from their own threads)
+        self._threads = 1
+        self._probed = threading.Event()  # set: no device probe is importing torch right now
+        self._probed.set()
         atexit.register(_await_jobs, weakref.ref(self))
 
     # ------------------------------------------------------------------ state
@@ -171,10 +174,19 @@ class SessionJobs(QObject):
     # ------------------------------------------------------------------ devices
     def probe_devices(self) -> None:
         """Import torch and the model code in the background; report the devices found."""
+        probed = self._probed
+        probed.clear()
+
+        def probe():
+            try:
+                return _probe_devices()
+            finally:
+                probed.set()
+
         def done(result):
             if isinstance(result, dict):
                 self.devices_found.emit(result)
-        self._start(_probe_devices, "_probe_worker", done)
+        self._start(probe, "_probe_worker", done)
 
     # ------------------------------------------------------------------ loading
     def drop(self) -> None:
@@ -193,9 +205,15 @@ class SessionJobs(QObject):
         self.drop()
         token = self._token
 
+        probed = self._probed
+
         def load() -> LoadResult:
+            probed.wait(300)  # one thread imports torch and the model code, not two at once
             try:
-                self.set_threads(threads, imported_only=False)
+                import torch  # waits if another thread is importing it
+
+                self._threads = threads
+                torch.set_num_threads(threads)
                 from ..core.embeddings import ImageVolume
                 from ..core.models import load_model
                 from ..core.session import Session
@@ -368,14 +386,13 @@ class SessionJobs(QObject):
             time.sleep(0.02)
         return not self._pending
 
-    @staticmethod
-    def set_threads(n: int, imported_only: bool = True) -> None:
-        """Let torch use ``n`` CPU threads (``imported_only``: only if torch is imported already)."""
+    def set_threads(self, n: int) -> None:
+        """Let torch use ``n`` CPU threads: now if torch is imported, else when the model loads."""
+        self._threads = int(n)
         torch = sys.modules.get("torch")
-        if torch is None and not imported_only:
-            import torch
-        if torch is not None and torch.get_num_threads() != int(n):
-            torch.set_num_threads(int(n))
+        if torch is not None and hasattr(torch, "set_num_threads"):  # imported (not half-way)
+            if torch.get_num_threads() != self._threads:
+                torch.set_num_threads(self._threads)
 
     @staticmethod
     def release_gpu_memory() -> None:
