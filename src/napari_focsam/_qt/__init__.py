@@ -10,6 +10,8 @@ panels
     The dock's sections (setup, output, prompts, actions, status): they show state and emit signals.
 prompt_layers
     ``PromptLayers``: the prompts/preview/output layers and their key and mouse bindings.
+viewer_sync
+    ``ViewerSync``: follows the viewer's layer list and dims (combos, chosen image, slice in view).
 jobs
     ``SessionJobs``: the background workers (model load, embeddings, prediction, volume).
 widget
