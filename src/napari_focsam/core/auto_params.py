@@ -10,8 +10,10 @@ parameters                     stardist 2D (125)      Coelho dna-33, 34, 35 (mea
 =============================  =====================  ==============================
 32 points, 1 tile, all points  0.718 / 0.772 / 446 s  -
 32 points, 1 tile              0.694 / 0.781 / 88 s   -
-48 points, 1 tile (default)    0.756 / 0.782 / 60 s   0.947 / 0.901 / 53 s
-48 points, 2 tiles             0.773 / 0.837 / 114 s  0.924 / 0.900 / 73 s
+48 points, 1 tile, no split    0.750 / 0.782 / 59 s   0.947 / 0.901 / 53 s
+48 points, 1 tile (default)    0.756 / 0.782 / 149 s  0.947 / 0.901 / 95 s
+48 points, 2 tiles, no split   0.773 / 0.837 / 114 s  0.924 / 0.900 / 73 s
+48 points, 2 tiles             0.788 / 0.839 / 212 s  0.940 / 0.900 / 192 s
 =============================  =====================  ==============================
 
 "all points" decodes every grid point (``skip_background=False``): 5x the time for +0.02 F1
@@ -20,7 +22,9 @@ it. Two tiles (each crop magnified 2x) give better masks of small nuclei (mean I
 stardist) but cut some large Coelho nuclei at tile edges, for twice the time: an option.
 Thresholds: F1 on stardist moved by less than 0.01 over predicted IoU 0.6-0.88, stability
 0.8-0.95 and NMS IoU 0.3-0.7; most misses are touching nuclei that the decoder returns as
-one mask with a high predicted IoU. Timings varied 2x with the load of the shared machine.
+one mask with a high predicted IoU; splitting clumps (the default) recovers a few. Timings
+varied 2-3x with the load of the shared machine (the split runs ran under a heavier load; the
+split itself adds one decoder batch per clump).
 """
 
 from __future__ import annotations
