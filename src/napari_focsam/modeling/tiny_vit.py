@@ -123,8 +123,9 @@ class MBConv(nn.Module):
         y = F.gelu(self.conv2(y))
         return F.gelu(self.conv3(y) + x)
 
-    #: rows of the map per pass of the fast path: the 4x wider hidden activations of a
-    #: band stay in the CPU cache (one halo row above and below is recomputed)
+    #: rows of the map per pass of the fast path, per torch thread: the 4x wider hidden
+    #: activations of a band stay in the CPU caches (one halo row above and below is
+    #: recomputed). Measured: 16 rows 7 % faster with 1 thread, 32 rows 11 % with 2.
     band_rows = 16
 
     def forward_fast(self, x: torch.Tensor) -> torch.Tensor:
@@ -132,9 +133,10 @@ class MBConv(nn.Module):
         B, C, H, W = x.shape
         x4 = x.permute(0, 2, 3, 1)
         out = torch.empty_like(x4)
+        band = self.band_rows * max(1, torch.get_num_threads())
         for i in range(B):
-            for r0 in range(0, H, self.band_rows):
-                r1 = min(r0 + self.band_rows, H)
+            for r0 in range(0, H, band):
+                r1 = min(r0 + band, H)
                 a, b = max(r0 - 1, 0), min(r1 + 1, H)  # hidden rows the depth-wise conv needs
                 h = self.conv1.linear_fast(x4[i, a:b].reshape(-1, C), "gelu")
                 h = self.conv2.conv_fast(_image(h, 1, b - a, W), "gelu")  # zero-padded at a and b
