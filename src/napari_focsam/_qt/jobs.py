@@ -25,6 +25,7 @@ from qtpy.QtCore import QObject, Qt, Signal
 
 from ..core.errors import Failure, describe_error, is_oom
 from ..core.interaction import Ticket
+from ..core.multi_prompts import set_prompts
 from .constants import EMBEDDING_BYTES
 
 __all__ = ["LoadResult", "SessionContext", "SessionJobs"]
@@ -304,9 +305,10 @@ class SessionJobs(QObject):
             self._embed_worker.quit()
 
     # ------------------------------------------------------------------ prediction
-    def predict(self, ticket: Ticket, clicks: list, shown: set[int], is_current: Callable[[Ticket], bool]) -> None:
-        """Set the object of ``ticket.epoch`` to ``clicks``; reports ``predicted`` with the masks of
-        the changed, shown and clicked slices ({z: (Y, X) bool})."""
+    def predict(self, ticket: Ticket, clicks: list, shown: set[int], is_current: Callable[[Ticket], bool],
+                box: tuple | None = None) -> None:
+        """Set the object of ``ticket.epoch`` to ``box`` ((z, Box) or None) and ``clicks``; reports
+        ``predicted`` with the masks of the changed, shown and clicked slices ({z: (Y, X) bool})."""
         ctx = self.context
         self.interactive.set()
 
@@ -317,13 +319,13 @@ class SessionJobs(QObject):
                 with ctx.lock:
                     obj = ctx.object_for(ticket.epoch)
                     t0 = time.perf_counter()
-                    if clicks:
-                        changed = obj.set_clicks(clicks)
+                    if clicks or box is not None or obj.box is not None:
+                        changed = set_prompts(obj, clicks, box)
                     else:
                         obj.reset()
                         changed = {}
                     dt = time.perf_counter() - t0
-                    zs = set(changed) | shown | {c[0] for c in clicks}
+                    zs = set(changed) | shown | {c[0] for c in clicks} | ({box[0]} if box else set())
                     return {z: np.asarray(obj.mask(z)) for z in zs}, dt
             except Exception as exc:
                 return describe_error(exc), 0.0
@@ -337,8 +339,8 @@ class SessionJobs(QObject):
         self._start(predict, "_predict_worker", done)
 
     # ------------------------------------------------------------------ volume
-    def segment_volume(self, ticket: Ticket, clicks: list, iou: float) -> None:
-        """Propagate the object of ``ticket.epoch`` (set to ``clicks``) through the stack."""
+    def segment_volume(self, ticket: Ticket, clicks: list, iou: float, box: tuple | None = None) -> None:
+        """Propagate the object of ``ticket.epoch`` (set to ``box`` and ``clicks``) through the stack."""
         ctx = self.context
         cancel = self._volume_cancel = threading.Event()
         report = self.volume_progress.emit
@@ -351,7 +353,7 @@ class SessionJobs(QObject):
             try:
                 with ctx.lock:
                     obj = ctx.object_for(ticket.epoch)
-                    obj.set_clicks(clicks)
+                    set_prompts(obj, clicks, box)
                     res = obj.propagate(iou_threshold=iou, progress=report, cancelled=cancelled)
                     return res, obj.volume_mask()
             except Exception as exc:

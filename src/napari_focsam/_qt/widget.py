@@ -26,11 +26,12 @@ from qtpy.QtWidgets import QVBoxLayout, QWidget
 
 from ..core.errors import Failure
 from ..core.interaction import Eta, PredictQueue, Ticket, split_objects
-from ..core.labels import PasteError, next_label, plan_paste
+from ..core.labels import PasteError, next_label
 from .jobs import LoadResult, SessionJobs
 from .layer_utils import image_data, spatial_shape
 from .panels import ActionPanel, OutputPanel, PromptPanel, SetupPanel, StatusLine
 from .prompt_layers import PromptLayers
+from .prompt_modes import PromptModes
 from .viewer_sync import ViewerSync
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -55,6 +56,7 @@ class FocSAMWidget(QWidget):
         self.setup, self.output = SetupPanel(), OutputPanel()
         self.prompt_panel, self.actions = PromptPanel(), ActionPanel()
         self.status_label = StatusLine()
+        self.modes = PromptModes(self, self._notify)  # boxes, many objects, Segment all
         # the panels' controls, by the names scripts and tests use
         for panel, names in ((self.setup, ("image_combo", "model_combo", "device_combo", "refine_check",
                                            "cache_edit", "cache_button", "threads_spin")),
@@ -66,7 +68,7 @@ class FocSAMWidget(QWidget):
                 setattr(self, name, getattr(panel, name))
         root = QVBoxLayout(self)
         root.setContentsMargins(6, 6, 6, 6)
-        for part in (self.setup, self.output, self.prompt_panel, self.actions, self.status_label):
+        for part in (self.setup, self.output, self.prompt_panel, self.modes.panel, self.actions, self.status_label):
             root.addWidget(part)
         root.addStretch(1)
 
@@ -111,6 +113,7 @@ class FocSAMWidget(QWidget):
         a.volume_clicked.connect(lambda: self.segment_volume())
         a.cancel_clicked.connect(self.cancel_volume)
         la.points_changed.connect(self._schedule_predict)
+        self.modes.boxes.changed.connect(self._schedule_predict)
         la.action.connect(self._on_action)
         j.devices_found.connect(s.mark_devices)
         j.loaded.connect(self._on_loaded)
@@ -149,6 +152,7 @@ class FocSAMWidget(QWidget):
         self.actions.show_state(ready=ctx is not None, is_3d=bool(ctx and ctx.is_3d),
                                 volume_running=self.jobs.volume_running)
         self.setup.show_refiner(None if ctx is None else ctx.has_refiner)
+        self.modes.show_state()
 
     # ------------------------------------------------------------------ layers in the viewer
     def _on_image_inserted(self, layer: Image) -> None:
@@ -231,6 +235,7 @@ class FocSAMWidget(QWidget):
                        self.setup.threads())  # first: it runs while napari builds our layers
         if not same_image:  # a new image: fresh prompts and preview; a new model keeps the points
             lay.ensure(layer)
+            self.modes.ensure(layer)
             self.sync.pick_output(spatial_shape(layer))
             self.sync.settle()
         self._set_status()
@@ -320,12 +325,12 @@ class FocSAMWidget(QWidget):
         if self.jobs.context is None or self._closed or self.queue.running:
             return
         clicks = self._clicks()
-        if not clicks and not self.managed.masks:
+        if not clicks and not self.managed.masks and not self.modes.has_prompt():
             if self.queue.nothing_to_predict():
                 self.commit()
             return
-        self._sent_clicks = clicks
-        self.jobs.predict(self.queue.start(), clicks, set(self.managed.masks), self.queue.is_current)
+        self._sent_clicks = [] if self.modes.batch else clicks
+        self.modes.predict(self.queue.start(), clicks, set(self.managed.masks), self.queue.is_current)
 
     def _on_predicted(self, ticket: Ticket, masks: Any, dt: float) -> None:
         failed = isinstance(masks, Failure)
@@ -354,11 +359,12 @@ class FocSAMWidget(QWidget):
     def is_busy(self) -> bool:
         """True while a model load, a prediction or a propagation is running or queued."""
         j = self.jobs
-        return j.loading or j.predicting or j.volume_running or (self.queue.dirty and j.context is not None)
+        return j.loading or j.predicting or j.volume_running or (self.queue.dirty and j.context is not None) \
+            or self.modes.running()
 
     def has_running_workers(self) -> bool:
         """True while any background job (load, embeddings, prediction, volume) is running."""
-        return self.jobs.any_running()
+        return self.jobs.any_running() or self.modes.running()
 
     @property
     def prompts_layer(self) -> Points | None:
@@ -411,7 +417,7 @@ class FocSAMWidget(QWidget):
         if self.jobs.context is None:
             self._notify("warning", "nothing to commit: no image/model loaded yet")
             return None
-        if self.jobs.volume_running:
+        if self.jobs.volume_running or self.modes.volume_running:
             self._notify("warning", "wait for the volume propagation to finish (or cancel it)")
             return None
         if not self.queue.request_commit():
@@ -425,14 +431,14 @@ class FocSAMWidget(QWidget):
         if out is None:
             return None
         try:
-            paste = plan_paste(out.data, mask, overwrite=self.output.overwrite())
+            paste = self.modes.plan_commit(out.data, mask, self.output.overwrite())  # one or many objects
         except PasteError as err:
             self._notify(*self.output.refusal(err, out, mask.shape))
             return None
-        out.data_setitem(paste.index, paste.label)  # one undo step (Ctrl+Z)
+        out.data_setitem(paste.index, getattr(paste, "values", paste.label))  # one undo step (Ctrl+Z)
         self.last_committed_id = paste.label
         self._reset_object()
-        self._set_status(f"committed object {paste.label} to '{out.name}' (Ctrl+Z undoes it)")
+        self._set_status(f"committed {self.modes.describe(paste)} to '{out.name}' (Ctrl+Z undoes it)")
         return paste.label
 
     def clear(self) -> None:
@@ -446,12 +452,15 @@ class FocSAMWidget(QWidget):
             self.jobs.interactive.clear()
         self.managed.clear_points()
         self.managed.clear_preview()
+        self.modes.reset()
         self.managed.select_prompts()
 
     def undo(self) -> None:
         """Ctrl+Z: remove the newest point, or (with no points) undo the last change of the output labels."""
         if self.managed.n_points():
             self.managed.remove_last_point()
+            return
+        if self.modes.undo_box():
             return
         self._history("undo")
 
@@ -480,15 +489,17 @@ class FocSAMWidget(QWidget):
         if not ctx.is_3d:
             self._notify("info", "Segment volume needs a 3D stack (this image is 2D)")
             return
-        if self.jobs.volume_running:
+        if self.jobs.volume_running or self.modes.busy():
             return
-        clicks = self._clicks()
-        if not clicks:
+        clicks, box = self._clicks(), self.modes.box()
+        if self.modes.batch:
+            return self.modes.segment_volume(clicks, float(self.iou_spin.value()))
+        if not clicks and box is None:
             self._notify("info", "click on the object in a slice first, then Segment volume")
             return
         ticket = self.queue.supersede()  # a newer state than any running prediction
         self.actions.start_volume_progress()
-        self.jobs.segment_volume(ticket, clicks, float(self.iou_spin.value()))
+        self.jobs.segment_volume(ticket, clicks, float(self.iou_spin.value()), box=box)
         self._update_buttons()
         left = ctx.n_slices - self.embedded_slices
         self._set_status("segmenting the volume ..." if left <= 0 else
@@ -498,6 +509,7 @@ class FocSAMWidget(QWidget):
     def cancel_volume(self) -> None:
         """Stop a running volume propagation (the finished slices stay in the preview)."""
         self.jobs.cancel_volume()
+        self.modes.cancel()
 
     def _on_volume_done(self, ticket: Ticket, res: Any, vol: Any) -> None:
         self.actions.end_volume_progress()
@@ -558,6 +570,7 @@ class FocSAMWidget(QWidget):
             return
         self._closed = True
         self.jobs.close()
+        self.modes.close()
         self.managed.release()
         self.sync.close()
 

@@ -1,0 +1,378 @@
+"""Prompts beyond single clicks in the widget: boxes, many objects at once, and Segment all.
+
+``PromptModes`` is composed into the dock widget. It owns the boxes layer
+(:class:`~.box_prompts.BoxPrompts`), the "More prompts" panel and three kinds of background work:
+
+* **box + clicks**: the box (checked on the GUI thread: a bad one gives a notification) goes to
+  the widget's prediction job with the clicks (:func:`~napari_focsam.core.multi_prompts.set_prompts`);
+* **many objects**: each positive point is its own session object, negatives are shared per slice;
+  the preview shows their union; Commit writes them all with consecutive ids as one undo step;
+  Segment volume propagates them one after the other (progress over all, Cancel keeps what is done);
+* **Segment all**: :func:`~napari_focsam.core.automatic.segment_all` on the image (or the slice in
+  view) in a worker; the objects go to the output layer on background pixels only, with ids above
+  the current maximum, as one undo step.
+
+Engine modules are imported inside the workers (torch stays off the GUI thread).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any, Callable
+
+import numpy as np
+from napari.qt.threading import create_worker
+from qtpy.QtCore import QObject, Qt, Signal
+
+from ..core.errors import Failure, describe_error
+from ..core.labels import PasteError, plan_paste
+from ..core.multi_prompts import ManyPaste, batch_groups, plan_many, plan_new_labels
+from .box_prompts import BoxPrompts
+from .layer_utils import image_data
+from .prompt_modes_panel import PromptModesPanel
+
+__all__ = ["PromptModes"]
+
+
+class PromptModes(QObject):
+    """Boxes, the many-objects mode and Segment all for one :class:`~.widget.FocSAMWidget`.
+
+    Parameters
+    ----------
+    widget : FocSAMWidget
+        The dock widget (its ``jobs``, ``managed``, ``sync``, ``output`` and ``commit``).
+    notify : callable
+        ``notify(level, message)``: the widget's one way to tell the user something.
+    """
+
+    progress = Signal(int, int, str)  # from worker threads (queued): done, total, format
+
+    def __init__(self, widget: Any, notify: Callable[[str, str], None]) -> None:
+        super().__init__()
+        self.widget = widget
+        self.notify = notify
+        self.boxes = BoxPrompts(widget.viewer)
+        self.panel = PromptModesPanel()
+        self.batch = False
+        self._objects: dict = {}   # positive click -> session object (many-objects mode)
+        self._stale: list = []     # objects to remove from the session (by the next worker)
+        self._session = None
+        self._masks: list[tuple[int | None, np.ndarray]] = []  # per object: (z, plane) or (None, volume)
+        self._workers: set = set()
+        self._cancel = threading.Event()
+        self.all_running = False
+        self.volume_running = False
+        self._box_error = ""
+        self.closed = False
+        self.panel.batch_toggled.connect(self.set_batch)
+        self.panel.segment_all_clicked.connect(self.segment_all)
+        self.panel.cancel_clicked.connect(self.cancel)
+        self.progress.connect(self.panel.show_progress, Qt.ConnectionType.QueuedConnection)
+        self.boxes.drawn.connect(widget.managed.select_prompts)
+
+    # ------------------------------------------------------------------ state
+    def running(self) -> bool:
+        return bool(self._workers)
+
+    def busy(self) -> bool:
+        return self.all_running or self.volume_running
+
+    def show_state(self) -> None:
+        self.panel.show_state(ready=self.widget.jobs.context is not None, running=self.busy())
+
+    def ensure(self, image: Any) -> None:
+        """A new image: a fresh boxes layer for it."""
+        self.boxes.ensure(image)
+
+    def reset(self) -> None:
+        """The object was committed or cleared: no box, no batch objects."""
+        self.boxes.clear()
+        self._drop_objects()
+        self._box_error = ""
+
+    def _drop_objects(self) -> None:
+        self._stale.extend(self._objects.values())
+        self._objects = {}
+        self._masks = []
+
+    def set_batch(self, on: bool) -> None:
+        """Switch the many-objects mode; the current points are segmented again in the new mode."""
+        if bool(on) == self.batch:
+            return
+        self.batch = bool(on)
+        if self.panel.batch_check.isChecked() != self.batch:
+            self.panel.batch_check.setChecked(self.batch)
+        self._drop_objects()
+        if self.batch and self.boxes.has_box():
+            self.notify("info", "many-objects mode: the box is not used (one object per positive point)")
+        self.widget.managed.points_changed.emit()  # the same points, segmented again
+
+    def undo_box(self) -> bool:
+        """Ctrl+Z with no points left: remove the box (True when there was one)."""
+        return self.boxes.remove()
+
+    # ------------------------------------------------------------------ boxes
+    def box(self) -> tuple[int, Any] | None:
+        """The current box as (z, Box) (None: no box, the many-objects mode, or a bad box, which is
+        reported once and removed)."""
+        ctx, image = self.widget.jobs.context, self.widget.sync.image
+        if self.batch or ctx is None or image is None or not self.boxes.has_box():
+            return None
+        try:
+            return self.boxes.box(image, ctx.plane_shape, ctx.n_slices, ctx.is_3d)
+        except ValueError as err:
+            self.notify("warning", f"{err} (box removed)")
+            self.boxes.clear()
+            return None
+
+    def has_prompt(self) -> bool:
+        return self.box() is not None
+
+    # ------------------------------------------------------------------ prediction
+    def predict(self, ticket: Any, clicks: list, shown: set[int], is_current: Callable[[Any], bool]) -> None:
+        """Answer the prompts: the widget's job (box + clicks), or one object per positive point."""
+        jobs = self.widget.jobs
+        if not self.batch:
+            jobs.predict(ticket, clicks, shown, is_current, box=self.box())
+            return
+        ctx = jobs.context
+        groups = batch_groups(clicks)
+        keys = [tuple(g[0]) for g in groups]
+        objects = self._objects_for(ctx)
+        jobs.interactive.set()
+
+        def run():
+            if ctx is None or not is_current(ticket):
+                return None, 0.0
+            t0 = time.perf_counter()
+            try:
+                with ctx.lock:
+                    self._remove_stale(ctx)
+                    for key in [k for k in objects if k not in keys]:
+                        ctx.session.remove_object(objects.pop(key))
+                    per = []
+                    for key, group in zip(keys, groups):
+                        obj = objects.get(key)
+                        if obj is None:
+                            obj = objects[key] = ctx.session.new_object()
+                        obj.set_clicks(group)
+                        per.append((key[0], np.asarray(obj.mask(key[0]))))
+            except Exception as exc:
+                return describe_error(exc), 0.0
+            return per, time.perf_counter() - t0
+
+        def done(result):
+            if not jobs.volume_running and not self.volume_running:
+                jobs.interactive.clear()
+            per, dt = result if isinstance(result, tuple) else (result, 0.0)
+            masks = per
+            if isinstance(per, list):
+                masks = {z: np.zeros(ctx.plane_shape, bool) for z in shown}
+                for z, m in per:
+                    masks[z] = masks.get(z, np.zeros(ctx.plane_shape, bool)) | m
+                if is_current(ticket):
+                    self._masks = per
+            jobs.predicted.emit(ticket, masks, dt)
+
+        self._start(run, done)
+
+    def _objects_for(self, ctx: Any) -> dict:
+        session = None if ctx is None else ctx.session
+        if session is not self._session:
+            self._session, self._objects, self._stale = session, {}, []
+        return self._objects
+
+    def _remove_stale(self, ctx: Any) -> None:
+        """Under ``ctx.lock``: forget the objects of earlier batches."""
+        stale, self._stale = self._stale, []
+        for obj in stale:
+            try:
+                ctx.session.remove_object(obj)
+            except ValueError:
+                pass
+
+    # ------------------------------------------------------------------ commit
+    def plan_commit(self, labels: np.ndarray, mask: np.ndarray, overwrite: bool) -> Any:
+        """The pixels and ids of a commit: one object (a ``Paste``), or every batch object (a ``ManyPaste``).
+
+        Raises PasteError (see :func:`~napari_focsam.core.labels.plan_paste`).
+        """
+        if not (self.batch and self._masks):
+            return plan_paste(labels, mask, overwrite=overwrite)
+        full = []
+        for z, m in self._masks:
+            if z is None or m.shape == labels.shape:
+                full.append(m)
+            else:
+                f = np.zeros(labels.shape, bool)
+                f[z] = m
+                full.append(f)
+        return plan_many(labels, full, overwrite=overwrite)
+
+    @staticmethod
+    def describe(paste: Any) -> str:
+        if isinstance(paste, ManyPaste):
+            ids = paste.ids
+            return f"{len(ids)} objects ({ids[0]}-{ids[-1]})" if len(ids) > 1 else f"object {ids[0]}"
+        return f"object {paste.label}"
+
+    # ------------------------------------------------------------------ volume (many objects)
+    def segment_volume(self, clicks: list, iou: float) -> None:
+        """Propagate every batch object through the stack, one after the other, then commit them all."""
+        w = self.widget
+        ctx, jobs = w.jobs.context, w.jobs
+        groups = batch_groups(clicks)
+        if not groups:
+            self.notify("info", "click on the objects (positive points) first, then Segment volume")
+            return
+        keys = [tuple(g[0]) for g in groups]
+        objects = self._objects_for(ctx)
+        cancel = self._cancel = threading.Event()
+        n = len(groups)
+        report = self.progress.emit
+        w.queue.supersede()
+        self.volume_running = True
+        jobs.interactive.set()
+        self.show_state()
+        report(0, 100 * n, f"propagating {n} objects: %p%")
+
+        def run():
+            vols = []
+            try:
+                with ctx.lock:
+                    self._remove_stale(ctx)
+                    for i, (key, group) in enumerate(zip(keys, groups)):
+                        if cancel.is_set():
+                            break
+                        obj = objects.get(key)
+                        if obj is None:
+                            obj = objects[key] = ctx.session.new_object()
+                        obj.set_clicks(group)
+
+                        def step(done, total, i=i):
+                            report(100 * i + int(100 * done / max(total, 1)), 100 * n,
+                                   f"propagating object {i + 1}/{n}: %p%")
+                        obj.propagate(iou_threshold=iou, progress=step, cancelled=cancel.is_set)
+                        vols.append(np.asarray(obj.volume_mask()))
+            except Exception as exc:
+                return describe_error(exc, "Segment volume")
+            return vols
+
+        def done(vols):
+            self.volume_running = False
+            if not jobs.predicting:
+                jobs.interactive.clear()
+            self.show_state()
+            if isinstance(vols, Failure):
+                self.notify("error", vols.message)
+                return
+            if not vols:
+                self.notify("info", "propagation cancelled before the first object: nothing to commit")
+                return
+            self._masks = [(None, v) for v in vols]
+            union = np.any(np.stack(vols), axis=0)
+            w.managed.show_masks({z: union[z] for z in range(union.shape[0])}, True, volume=True)
+            if cancel.is_set():
+                self.notify("info", f"propagation cancelled: {len(vols)} of {n} objects are in the preview; "
+                                    "press C to commit them, or Shift+C to clear")
+                return
+            w.commit()
+
+        self._start(run, done)
+
+    # ------------------------------------------------------------------ segment all
+    def segment_all(self) -> None:
+        """Segment every object of the image (or the slice in view) in a worker."""
+        w = self.widget
+        ctx, image = w.jobs.context, w.sync.image
+        if ctx is None or image is None:
+            self.notify("warning", "no model loaded yet: wait for 'ready', then Segment all")
+            return
+        if self.busy():
+            return
+        try:
+            params = self.panel.params()
+        except ValueError as err:
+            self.notify("error", str(err))
+            return
+        z = int(w.sync.view_z) if ctx.is_3d else None
+        data = image_data(image)
+        plane = np.asarray(data[z] if z is not None else data)
+        cancel = self._cancel = threading.Event()
+        report = self.progress.emit
+        self.all_running = True
+        w.jobs.interactive.set()
+        self.show_state()
+        report(0, 0, "segment all: encoding ...")
+
+        def run():
+            from ..core.automatic import segment_all
+
+            try:
+                emb = ctx.session.store.get(z or 0) if params.tiles == 1 else None
+                return segment_all(ctx.session.predictor, plane, params, embedding=emb,
+                                   progress=lambda d, t: report(d, t, "segment all: %v/%m"),
+                                   cancelled=cancel.is_set)
+            except Exception as exc:
+                return describe_error(exc, "Segment all")
+
+        def done(res):
+            self.all_running = False
+            if not w.jobs.predicting and not w.jobs.volume_running:
+                w.jobs.interactive.clear()
+            self.show_state()
+            self._write_all(res, z)
+
+        self._start(run, done)
+
+    def _write_all(self, res: Any, z: int | None) -> None:
+        if isinstance(res, Failure) or res is None:
+            self.notify("error", res.message if res is not None else "Segment all stopped")
+            return
+        if res.cancelled:
+            self.notify("info", "Segment all cancelled: nothing was written")
+            return
+        if not res.n_objects:
+            self.notify("info", f"Segment all found no object: {res.message or 'try more points per side'}")
+            return
+        out = self.widget.sync.output_layer(create=True)
+        if out is None:
+            return
+        try:
+            paste = plan_new_labels(out.data, res.labels, z=z, overwrite=False)
+        except PasteError as err:
+            self.notify("warning", f"Segment all: {err}")
+            return
+        out.data_setitem(paste.index, paste.values)  # one undo step
+        where = "" if z is None else f" on slice {z}"
+        self.notify("info", f"Segment all: {len(paste.ids)} objects{where} written to '{out.name}' as ids "
+                            f"{paste.ids[0]}-{paste.ids[-1]} in {res.seconds:.0f} s (existing labels kept; "
+                            "Ctrl+Z undoes it)")
+
+    def cancel(self) -> None:
+        """Stop Segment all or a many-objects propagation (the widget's Cancel calls this too)."""
+        self._cancel.set()
+
+    # ------------------------------------------------------------------ workers
+    def _start(self, func: Callable, on_done: Callable[[Any], None]) -> Any:
+        box: list = [None]
+        worker = create_worker(func, _start_thread=False)
+        worker.returned.connect(lambda result: box.__setitem__(0, result))
+        worker.errored.connect(lambda exc: box.__setitem__(0, describe_error(exc)))
+
+        def finished() -> None:
+            if not self.closed:
+                on_done(box[0])
+
+        worker.finished.connect(finished)
+        self._workers.add(worker)
+        worker.finished.connect(lambda: self._workers.discard(worker), Qt.ConnectionType.DirectConnection)
+        worker.start()
+        return worker
+
+    def close(self) -> None:
+        """Stop reporting; running work is cancelled."""
+        self.closed = True
+        self._cancel.set()
+        self.boxes.release()
