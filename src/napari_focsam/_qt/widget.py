@@ -1,7 +1,8 @@
 """``FocSAMWidget``: the dock widget, composed of panels, managed layers and background jobs.
 
 Layout (top to bottom): **Setup** (image, model, device, focus refiner, cache folder), **Output**
-(labels layer, overwrite), **Prompts** (polarity of the next click, ``T``), **Actions** (Commit
+(labels layer, overwrite), **Prompts** (polarity of the next click, ``T``), **More prompts** (boxes,
+one object per positive point, Segment all: :class:`~.prompt_modes.PromptModes`), **Actions** (Commit
 [C/Enter], Clear [Shift+C/Esc], Segment volume [Shift+S], IoU stop, progress, Cancel), **Status**.
 
 The widget only wires the parts: :class:`~.panels.SetupPanel` & co. show state and emit signals,
@@ -251,7 +252,7 @@ class FocSAMWidget(QWidget):
     def _drop_context(self, keep_layers: bool = False) -> None:
         self.jobs.drop()
         self.queue.new_object()
-        self.embedded_slices = 0
+        self.embedded_slices, self._eta_text = 0, ""
         if not keep_layers:
             self.managed.masks = {}
         self.actions.hide_progress()
@@ -269,10 +270,10 @@ class FocSAMWidget(QWidget):
             self._notify("warning", result.note)
         self._update_buttons()
         self._headline = READY
-        self._set_status(f"loaded in {result.seconds:.1f} s")
         self.sync.update_view_z()
         self._embed_total = self.jobs.start_embedding(lambda: self.sync.view_z)
         self._eta, self._eta_text = Eta(self._embed_total, time.perf_counter()), ""
+        self._set_status(f"{READY} (model loaded in {result.seconds:.1f} s)")
         self.embedded_slices = 0
         if result.context.is_3d and not self.jobs.volume_running:
             self.actions.show_progress(0, self._embed_total, "embeddings %v/%m")
