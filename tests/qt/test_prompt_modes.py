@@ -176,3 +176,43 @@ def test_segment_all_cancel_then_run_keeps_committed_labels(dock, qtbot):
     save_screenshot(viewer, "prompt_modes_segment_all")
     press(viewer, "Control-Z")  # one undo step
     np.testing.assert_array_equal(widget.output_layer.data, before)
+
+
+def test_many_objects_segment_volume_with_cancel(dock, qtbot):
+    viewer, widget = dock(layers=[add_3d_crop])
+    wait_ready(qtbot, widget)
+    _, gt = crop_3d()
+    z = 1
+    viewer.dims.set_current_step(0, z)
+    widget.modes.panel.batch_check.click()
+    for lab in (A, B):
+        widget.prompts_layer.add([z, *interior(gt[z] == lab)])
+    wait_idle(qtbot, widget)
+    qtbot.waitUntil(lambda: len(widget.modes._masks) == 2, timeout=WAIT_MS)
+    panel = widget.modes.panel
+    # Cancel at once: nothing is committed, the points stay
+    widget.segment_volume()
+    assert widget.modes.volume_running and panel.cancel_button.isVisibleTo(widget)
+    panel.cancel_button.click()
+    qtbot.waitUntil(lambda: not widget.modes.volume_running, timeout=WAIT_MS)
+    wait_idle(qtbot, widget)
+    assert "cancelled" in widget.last_message
+    assert widget.output_layer is None or not widget.output_layer.data.any()
+    assert len(widget.prompts_layer.data) == 2
+    # the whole run: both objects through the stack, committed with their own ids
+    seen = []
+    widget.modes.progress.connect(lambda d, t, f: seen.append((d, t)))
+    widget.segment_volume()
+    qtbot.waitUntil(lambda: not widget.modes.volume_running, timeout=5 * WAIT_MS)
+    wait_idle(qtbot, widget)
+    out = widget.output_layer.data
+    ids = sorted(set(np.unique(out)) - {0})
+    assert len(ids) == 2, widget.last_message
+    for k in ids:
+        assert sum((out[s] == k).any() for s in range(out.shape[0])) >= 2  # propagated beyond slice z
+    for lab in (A, B):
+        k = np.bincount(out[z][gt[z] == lab]).argmax()
+        assert k in ids and iou(out[z] == k, gt[z] == lab) >= 0.8
+    assert seen and seen[-1][0] == seen[-1][1]  # progress over both objects, to the end
+    press(viewer, "Control-Z")  # one undo step removes both
+    assert not widget.output_layer.data.any()

@@ -12,6 +12,12 @@ prompt_layers
     ``PromptLayers``: the prompts/preview/output layers and their key and mouse bindings.
 viewer_sync
     ``ViewerSync``: follows the viewer's layer list and dims (combos, chosen image, slice in view).
+box_prompts
+    ``BoxPrompts``: the "FocSAM boxes" shapes layer (one rectangle = one object's box prompt).
+prompt_modes_panel
+    ``PromptModesPanel``: the "More prompts" section (many-objects checkbox, Segment all, progress).
+prompt_modes
+    ``PromptModes``: boxes, one object per positive point, and Segment all, with their workers.
 jobs
     ``SessionJobs``: the background workers (model load, embeddings, prediction, volume).
 widget

@@ -255,6 +255,8 @@ class PromptModes(QObject):
                                    f"propagating object {i + 1}/{n}: %p%")
                         obj.propagate(iou_threshold=iou, progress=step, cancelled=cancel.is_set)
                         vols.append(np.asarray(obj.volume_mask()))
+                if not cancel.is_set():
+                    report(100 * n, 100 * n, f"propagated {n} objects")
             except Exception as exc:
                 return describe_error(exc, "Segment volume")
             return vols

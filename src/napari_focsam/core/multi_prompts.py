@@ -18,6 +18,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from .labels import PasteError, label_limit, next_label
+from .prompts import checked_box
 
 __all__ = ["ManyPaste", "batch_groups", "plan_many", "plan_new_labels", "set_prompts"]
 
@@ -60,6 +61,8 @@ def set_prompts(obj: Any, clicks: Sequence[Click], box: tuple[int, Sequence[floa
     have = obj.box
     want = None if box is None else (int(box[0]), tuple(float(v) for v in box[1]))
     if want is not None:  # checked before anything changes
+        obj.volume.check_z(want[0])
+        checked_box(want[1], obj.volume.plane_shape)
         other = sorted({int(c[0]) for c in clicks} - {want[0]})
         if other:
             raise ValueError(f"the box is on slice {want[0]} and click(s) on slice(s) {other}: a box and its "
