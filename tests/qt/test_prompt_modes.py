@@ -43,13 +43,50 @@ def draw_box(layer, corners, z=None):
     layer.add_rectangles(rect)
 
 
+def canvas_point(viewer, layer, y, x):
+    from qtpy.QtCore import QPointF
+
+    wy, wx = layer.data_to_world((y, x))
+    cy, cx = viewer.camera.center[-2:]
+    size = viewer.window._qt_viewer.canvas.native.size()
+    zoom = viewer.camera.zoom
+    return QPointF(size.width() / 2 + (wx - cx) * zoom, size.height() / 2 + (wy - cy) * zoom)
+
+
+def drag_rectangle(qtbot, viewer, layer, corners):
+    """Draw a rectangle with the mouse: the rectangle tool of ``layer``, press, drag, release."""
+    from qtpy.QtCore import QEvent, Qt
+    from qtpy.QtGui import QMouseEvent
+    from qtpy.QtWidgets import QApplication
+
+    viewer.layers.selection.active = layer
+    layer.mode = "add_rectangle"
+    native = viewer.window._qt_viewer.canvas.native
+    (y0, x0), (y1, x1) = corners
+    left, none = Qt.MouseButton.LeftButton, Qt.MouseButton.NoButton
+    mods = Qt.KeyboardModifier.NoModifier
+
+    def send(kind, y, x, button, buttons):
+        pos = canvas_point(viewer, layer, y, x)
+        QApplication.sendEvent(native, QMouseEvent(kind, pos, native.mapToGlobal(pos), button, buttons, mods))
+        qtbot.wait(10)
+
+    send(QEvent.Type.MouseButtonPress, y0, x0, left, left)
+    for t in np.linspace(0.1, 1.0, 8):
+        send(QEvent.Type.MouseMove, y0 + t * (y1 - y0), x0 + t * (x1 - x0), none, left)
+    send(QEvent.Type.MouseButtonRelease, y1, x1, left, none)
+
+
 def test_box_starts_an_object_and_clicks_refine_it(dock, qtbot):
     viewer, widget = dock(show=True, layers=[add_2d])
     wait_ready(qtbot, widget)
     boxes = viewer.layers["FocSAM boxes"]
     assert boxes is widget.modes.boxes.layer
     _, gt = load_nuclei("2d")
-    draw_box(boxes, bbox(gt == A))
+    viewer.camera.center = tuple(boxes.data_to_world(np.mean(np.nonzero(gt == A), axis=1)))
+    drag_rectangle(qtbot, viewer, boxes, bbox(gt == A))
+    assert len(boxes.data) == 1
+    np.testing.assert_allclose(np.sort(boxes.data[0], axis=0)[[0, -1]], bbox(gt == A), atol=1.0)
     wait_idle(qtbot, widget)
     qtbot.waitUntil(lambda: widget.current_mask is not None and widget.current_mask.any(), timeout=WAIT_MS)
     box_iou = iou(widget.current_mask, gt == A)
@@ -63,7 +100,6 @@ def test_box_starts_an_object_and_clicks_refine_it(dock, qtbot):
     ctx = widget.jobs.context
     assert ctx.obj.box is not None and len(ctx.obj.clicks) == 1  # the box stays a prompt
     assert iou(widget.current_mask, gt == A) >= 0.85
-    viewer.camera.center = (y, x)
     save_screenshot(viewer, "prompt_modes_box")
     press(viewer, "C")
     out = widget.output_layer
@@ -216,3 +252,12 @@ def test_many_objects_segment_volume_with_cancel(dock, qtbot):
     assert seen and seen[-1][0] == seen[-1][1]  # progress over both objects, to the end
     press(viewer, "Control-Z")  # one undo step removes both
     assert not widget.output_layer.data.any()
+
+
+def test_segment_all_on_a_blank_image_says_so(dock, qtbot):
+    viewer, widget = dock(layers=[lambda v: v.add_image(np.full((96, 128), 7, np.uint16), name="blank")])
+    wait_ready(qtbot, widget)
+    widget.modes.panel.segment_all_button.click()
+    qtbot.waitUntil(lambda: not widget.modes.busy() and not widget.modes.running(), timeout=WAIT_MS)
+    assert "blank" in widget.last_message, widget.last_message
+    assert widget.output_layer is None or not widget.output_layer.data.any()
