@@ -261,3 +261,21 @@ def test_segment_all_on_a_blank_image_says_so(dock, qtbot):
     qtbot.waitUntil(lambda: not widget.modes.busy() and not widget.modes.running(), timeout=WAIT_MS)
     assert "blank" in widget.last_message, widget.last_message
     assert widget.output_layer is None or not widget.output_layer.data.any()
+
+
+def test_a_new_rectangle_replaces_the_box(dock, qtbot):
+    viewer, widget = dock(layers=[add_2d])
+    wait_ready(qtbot, widget)
+    boxes = widget.modes.boxes.layer
+    _, gt = load_nuclei("2d")
+    draw_box(boxes, bbox(gt == A))
+    wait_idle(qtbot, widget)
+    draw_box(boxes, bbox(gt == B))
+    qtbot.waitUntil(lambda: len(boxes.data) == 1, timeout=WAIT_MS)
+    wait_idle(qtbot, widget)
+    qtbot.waitUntil(lambda: iou(widget.current_mask, gt == B) >= 0.85, timeout=WAIT_MS)
+    press(viewer, "Control-Z")  # no points: Ctrl+Z removes the box, and the object with it
+    assert len(boxes.data) == 0
+    wait_idle(qtbot, widget)
+    qtbot.waitUntil(lambda: not widget.current_mask.any(), timeout=WAIT_MS)
+    assert widget.output_layer is None or not widget.output_layer.data.any()
