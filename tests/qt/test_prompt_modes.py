@@ -90,6 +90,7 @@ def test_box_starts_an_object_and_clicks_refine_it(dock, qtbot):
     wait_idle(qtbot, widget)
     qtbot.waitUntil(lambda: widget.current_mask is not None and widget.current_mask.any(), timeout=WAIT_MS)
     box_iou = iou(widget.current_mask, gt == A)
+    print(f"box (bounding box + 3 px) IoU {box_iou:.3f}")
     assert box_iou >= 0.85, box_iou
     # the rectangle hands the clicks back to the prompts layer; a click refines the boxed object
     assert viewer.layers.selection.active is widget.prompts_layer
@@ -99,6 +100,7 @@ def test_box_starts_an_object_and_clicks_refine_it(dock, qtbot):
     wait_idle(qtbot, widget)
     ctx = widget.jobs.context
     assert ctx.obj.box is not None and len(ctx.obj.clicks) == 1  # the box stays a prompt
+    print(f"box + 1 click IoU {iou(widget.current_mask, gt == A):.3f}")
     assert iou(widget.current_mask, gt == A) >= 0.85
     save_screenshot(viewer, "prompt_modes_box")
     press(viewer, "C")
@@ -162,7 +164,7 @@ def test_many_objects_commit_and_undo(dock, qtbot):
     for lab in (A, B):
         pts.add(list(interior(gt == lab)))
     wait_idle(qtbot, widget)
-    qtbot.waitUntil(lambda: len(widget.modes._masks) == 2, timeout=WAIT_MS)
+    qtbot.waitUntil(lambda: widget.modes.n_objects == 2, timeout=WAIT_MS)
     mask = widget.current_mask
     assert iou(mask & (gt == A), gt == A) >= 0.8 and iou(mask & (gt == B), gt == B) >= 0.8
     save_screenshot(viewer, "prompt_modes_many_objects")
@@ -224,7 +226,7 @@ def test_many_objects_segment_volume_with_cancel(dock, qtbot):
     for lab in (A, B):
         widget.prompts_layer.add([z, *interior(gt[z] == lab)])
     wait_idle(qtbot, widget)
-    qtbot.waitUntil(lambda: len(widget.modes._masks) == 2, timeout=WAIT_MS)
+    qtbot.waitUntil(lambda: widget.modes.n_objects == 2, timeout=WAIT_MS)
     panel = widget.modes.panel
     # Cancel at once: nothing is committed, the points stay
     widget.segment_volume()

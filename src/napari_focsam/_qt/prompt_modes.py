@@ -75,6 +75,11 @@ class PromptModes(QObject):
     def running(self) -> bool:
         return bool(self._workers)
 
+    @property
+    def n_objects(self) -> int:
+        """Objects of the last answer in the many-objects mode (0 otherwise)."""
+        return len(self._masks) if self.batch else 0
+
     def busy(self) -> bool:
         return self.all_running or self.volume_running
 
