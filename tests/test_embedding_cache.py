@@ -59,6 +59,39 @@ def test_model_id_tracks_encoder_weights_and_channel_order():
     assert model_id(FocSAMPredictor(other)) != a
 
 
+def _with_refiner(model):
+    from napari_focsam.modeling.focus_refiner import FocusRefiner
+
+    model.focus_refiner = FocusRefiner(depth=1, mlp_ratio=1.0).eval()
+    return model
+
+
+def test_models_sharing_an_encoder_share_embeddings():
+    """vit_t and focsam_t (the same encoder plus a refiner) have one model id and one cache."""
+    plain = make_fast_focsam(seed=0, model_type="vit_t")
+    focsam = _with_refiner(make_fast_focsam(seed=0, model_type="focsam_vit_t"))
+    assert model_id(FocSAMPredictor(plain)) == model_id(FocSAMPredictor(focsam))
+    assert model_id(FocSAMPredictor(make_fast_focsam(seed=0, model_type="vit_b"))) != model_id(FocSAMPredictor(plain))
+
+
+def test_adopt_takes_over_memory_only_for_the_same_image_and_encoder():
+    stack = blobs_stack(3)
+    a = FocSAMPredictor(make_fast_focsam(seed=0, model_type="vit_t"))
+    b = FocSAMPredictor(_with_refiner(make_fast_focsam(seed=0, model_type="focsam_vit_t")))
+    old = EmbeddingStore(a, ImageVolume(stack))
+    old.get(0), old.get(2)
+    new = EmbeddingStore(b, ImageVolume(stack.copy()))
+    assert new.adopt(old) == 2
+    before = calls(b)
+    new.get(0), new.get(2)
+    assert calls(b) == before  # nothing re-encoded
+    assert new.get(1) is not None and calls(b) == before + 1
+    other_image = EmbeddingStore(b, ImageVolume(blobs_stack(3, seed=1)))
+    assert other_image.adopt(old) == 0
+    other_encoder = EmbeddingStore(FocSAMPredictor(make_fast_focsam(seed=1)), ImageVolume(stack))
+    assert other_encoder.adopt(old) == 0
+
+
 # --------------------------------------------------------------------------- memory
 
 

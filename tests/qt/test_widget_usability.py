@@ -361,3 +361,23 @@ def test_stack_embeds_in_the_background_with_eta(dock, qtbot, monkeypatch):
     z_view = order[0]
     assert abs(order[1] - z_view) == 1
     assert widget.last_committed_id == 1
+
+
+def test_switching_to_a_model_with_the_same_encoder_reuses_the_embedding(dock, qtbot):
+    """Item 8: vit_t -> focsam_t (same encoder + refiner) re-encodes nothing; the click still works."""
+    viewer, widget = dock(layers=[add_2d])
+    _, gt = load_nuclei("2d")
+    wait_ready(qtbot, widget)
+    widget.set_model("vit_t")
+    wait_ready(qtbot, widget)
+    widget.session.store.get(0)  # the slice in view is embedded
+    widget.set_model("focsam_t")
+    wait_ready(qtbot, widget)
+    store = widget.session.store
+    assert widget.session.predictor.model.has_refiner
+    store.get(0)
+    assert store.stats["computed"] == 0, store.stats  # from memory (adopted) or from the shared disk cache
+    widget.prompts_layer.data = np.array([interior(gt == A)], float)
+    qtbot.waitUntil(lambda: not widget.is_busy() and widget.current_mask.any(), timeout=WAIT_MS)
+    assert iou(widget.current_mask, gt == A) >= 0.8
+    assert store.stats["computed"] == 0

@@ -108,6 +108,7 @@ class SessionJobs(QObject):
     def __init__(self) -> None:
         super().__init__()
         self.context: SessionContext | None = None
+        self._last_store = None  # the dropped session's store, offered to the next one
         self.closed = False
         self._token = 0
         self._load_worker = None
@@ -194,6 +195,8 @@ class SessionJobs(QObject):
         """Forget the current session; running jobs become stale."""
         self.stop_embedding()
         self._volume_cancel.set()
+        if self.context is not None:  # its embeddings may serve the next session (same image and encoder)
+            self._last_store = self.context.session.store
         self.context = None
         self._token += 1
 
@@ -204,6 +207,7 @@ class SessionJobs(QObject):
         ``threads``: CPU threads for torch (process-wide), set before loading.
         """
         self.drop()
+        previous, self._last_store = self._last_store, None
         token = self._token
 
         probed = self._probed
@@ -230,6 +234,8 @@ class SessionJobs(QObject):
                     net = load_model(model, "cpu")
                     note = "out of GPU memory while loading the model: using the CPU"
                 session = Session(vol, model=net, refine=refine, cache_dir=cache)
+                if previous is not None:  # same image, same encoder (vit_t <-> focsam_t): no re-encoding
+                    session.store.adopt(previous)
                 ctx = SessionContext(
                     session=session, image=image, model_name=Path(model).name, device=device, cache_dir=cache,
                     has_refiner=bool(getattr(net, "has_refiner", False)), is_3d=vol.is_3d,
@@ -376,6 +382,7 @@ class SessionJobs(QObject):
         """Stop everything; nothing is reported any more."""
         self.closed = True
         self.drop()
+        self._last_store = None
         self.interactive.clear()
 
     def wait(self, timeout: float = 60.0) -> bool:

@@ -63,7 +63,9 @@ def model_id(predictor: FocSAMPredictor) -> str:
         if order in known:
             return known[order]
     h = hashlib.sha1(json.dumps({
-        "cache_format": CACHE_FORMAT_VERSION, "model_type": getattr(model, "model_type", "?"),
+        # the encoder's type: "focsam_vit_t" and "vit_t" share one encoder, hence one cache
+        "cache_format": CACHE_FORMAT_VERSION,
+        "model_type": str(getattr(model, "model_type", "?")).removeprefix("focsam_"),
         "channel_order": order, "preprocess_version": PREPROCESS_VERSION,
         "encoder": type(model.image_encoder).__name__,
     }, sort_keys=True).encode())
@@ -239,6 +241,37 @@ class EmbeddingStore:
     def in_memory(self) -> list[int]:
         with self._lock:
             return list(self._mem)
+
+    def adopt(self, other: "EmbeddingStore") -> int:
+        """Take over the in-memory embeddings of ``other`` when they are valid here.
+
+        They are when both stores see the same image (:meth:`ImageVolume.volume_key` and
+        contrast limits) through the same encoder (:attr:`model_id`): switching between models
+        that share an encoder (``vit_t`` and ``focsam_t``) then re-encodes nothing.
+
+        Parameters
+        ----------
+        other : EmbeddingStore
+            The store being replaced.
+
+        Returns
+        -------
+        int
+            How many slices were taken over (0 when the embeddings do not apply here).
+        """
+        if other is self or other.model_id != self.model_id or other.feature_dtype != self.feature_dtype:
+            return 0
+        if (other.volume.volume_key() != self.volume.volume_key()
+                or other.volume.contrast_limits != self.volume.contrast_limits):
+            return 0
+        with other._lock:
+            entries = list(other._mem.items())
+        with self._lock:
+            for z, entry in entries:
+                self._mem.setdefault(z, entry)
+                self._mem.move_to_end(z)
+            self._evict()
+            return sum(1 for z, _ in entries if z in self._mem)
 
     # -- lookup
     def has(self, z: int = 0) -> bool:
