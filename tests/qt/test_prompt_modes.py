@@ -281,3 +281,6 @@ def test_a_new_rectangle_replaces_the_box(dock, qtbot):
     wait_idle(qtbot, widget)
     qtbot.waitUntil(lambda: not widget.current_mask.any(), timeout=WAIT_MS)
     assert widget.output_layer is None or not widget.output_layer.data.any()
+    viewer.layers.remove(boxes)  # a deleted boxes layer comes back
+    qtbot.waitUntil(lambda: "FocSAM boxes" in viewer.layers, timeout=WAIT_MS)
+    assert widget.modes.boxes.layer is viewer.layers["FocSAM boxes"]

@@ -27,11 +27,13 @@ class BoxPrompts(QObject):
     """Owner of the boxes layer of one viewer.
 
     Signals: ``changed`` (the box was drawn, moved, resized or removed), ``drawn`` (a new
-    rectangle was added: the caller may hand the clicks back to the prompts layer).
+    rectangle was added: the caller may hand the clicks back to the prompts layer), ``removed``
+    (the layer was deleted).
     """
 
     changed = Signal()
     drawn = Signal()
+    removed = Signal()  # the boxes layer was deleted (reported after napari finished removing it)
 
     def __init__(self, viewer: Any) -> None:
         super().__init__()
@@ -81,6 +83,7 @@ class BoxPrompts(QObject):
         if getattr(event, "value", None) is self.layer and self.layer is not None:
             self.detach()
             self.changed.emit()
+            QTimer.singleShot(0, self.removed.emit)
 
     def release(self) -> None:
         """Stop listening to the viewer and the layer (the widget closes)."""

@@ -70,6 +70,7 @@ class PromptModes(QObject):
         self.panel.cancel_clicked.connect(self.cancel)
         self.progress.connect(self.panel.show_progress, Qt.ConnectionType.QueuedConnection)
         self.boxes.drawn.connect(widget.managed.select_prompts)
+        self.boxes.removed.connect(self._restore_boxes)
 
     # ------------------------------------------------------------------ state
     def running(self) -> bool:
@@ -89,6 +90,14 @@ class PromptModes(QObject):
     def ensure(self, image: Any) -> None:
         """A new image: a fresh boxes layer for it."""
         self.boxes.ensure(image)
+
+    def _restore_boxes(self) -> None:
+        """The boxes layer was deleted: a new one for the chosen image (not while closing)."""
+        image = self.widget.sync.image
+        if self.closed or image is None or image not in self.widget.viewer.layers:
+            return
+        self.boxes.ensure(image)
+        self.notify("info", "the FocSAM boxes layer was deleted: a new one was added")
 
     def reset(self) -> None:
         """The object was committed or cleared: no box, no batch objects."""
