@@ -177,6 +177,7 @@ class PromptModes(QObject):
             return per, time.perf_counter() - t0
 
         def done(result):
+            self._retire(objects)
             if not jobs.volume_running and not self.volume_running:
                 jobs.interactive.clear()
             per, dt = result if isinstance(result, tuple) else (result, 0.0)
@@ -196,6 +197,11 @@ class PromptModes(QObject):
         if session is not self._session:
             self._session, self._objects, self._stale = session, {}, []
         return self._objects
+
+    def _retire(self, objects: dict) -> None:
+        """A worker used ``objects``; if they were dropped meanwhile, the next worker removes them."""
+        if objects is not self._objects:
+            self._stale.extend(objects.values())
 
     def _remove_stale(self, ctx: Any) -> None:
         """Under ``ctx.lock``: forget the objects of earlier batches."""
@@ -276,6 +282,7 @@ class PromptModes(QObject):
             return vols
 
         def done(vols):
+            self._retire(objects)
             self.volume_running = False
             if not jobs.predicting:
                 jobs.interactive.clear()
