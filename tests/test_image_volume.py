@@ -122,8 +122,20 @@ def test_contrast_limits_given_default_and_uint8():
     assert lo == 0 and hi == 100
     assert vol.rgb_plane(3)[0, 0, 0] == 255 and vol.rgb_plane(3)[12, 0, 0] == 0
     assert ImageVolume(stack, contrast_limits=(0, 200)).rgb_plane(3)[0, 0, 0] == 128
-    assert ImageVolume(np.full((8, 8), 7, np.uint8)).contrast_limits is None  # uint8 used as is
-    assert ImageVolume(np.full((8, 8), 7, np.uint8)).rgb_plane()[0, 0, 0] == 7
+    rgb8 = np.full((8, 8, 3), 7, np.uint8)
+    assert ImageVolume(rgb8).contrast_limits is None  # 8-bit colour used as is
+    assert ImageVolume(rgb8).rgb_plane()[0, 0, 0] == 7
+
+
+def test_dim_8bit_gray_gets_the_robust_stretch():
+    """A dim 8-bit gray image reaches the encoder as its bright original does (issue 13, item 8)."""
+    bright = np.tile(np.linspace(0, 240, 64), (32, 1)).astype(np.uint8)
+    dim = (bright // 4).astype(np.uint8)
+    a, b = ImageVolume(bright), ImageVolume(dim)
+    assert b.contrast_limits is not None and b.contrast_limits[1] <= 60
+    assert b.rgb_plane().max() == 255 and a.rgb_plane().max() == 255
+    assert np.abs(a.rgb_plane().astype(int) - b.rgb_plane().astype(int)).max() <= 6
+    assert ImageVolume(dim, contrast_limits=(0, 255)).rgb_plane().max() == 60  # given limits win
 
 
 def test_nan_pixels_map_to_black_and_all_nan_is_blank():
