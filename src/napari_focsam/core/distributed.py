@@ -234,7 +234,7 @@ def precompute_distributed(client: Any, source: ImageSource, cache_dir: str | Pa
     Returns
     -------
     dict
-        ``units`` (slices in the image), ``computed`` (encoded in this run), ``reused``
+        ``units`` (slices in the image), ``computed`` (filled in this run), ``reused``
         (already cached), ``workers``, ``seconds``, ``failed`` (units left for the next run) and
         ``worker_max_rss_mb`` (peak resident memory of each worker process).
     """
@@ -252,11 +252,13 @@ def precompute_distributed(client: Any, source: ImageSource, cache_dir: str | Pa
     if futures and progress:
         dask_progress(futures, notebook=False)
     wait(futures)
+    # A unit of a finished task was filled during this run: by that task, or by a worker that
+    # died after writing it (its task was then re-run and found the slice done).
     computed, failed, rss = 0, [], {}
     for group, fut in zip(groups, futures):
         if fut.status == "finished":
             info = fut.result()
-            computed += int(info["computed"])
+            computed += len(group)
             rss[info["worker_pid"]] = info.get("max_rss_mb")
         else:
             failed.extend(group)
