@@ -13,6 +13,7 @@ from ..errors import UserError
 __all__ = [
     "COMMA_VALUE_OPTIONS",
     "add_cluster_options",
+    "add_image_model_options",
     "check_output",
     "join_negative_values",
     "layout_of",
@@ -142,3 +143,14 @@ def add_cluster_options(parser: argparse.ArgumentParser) -> None:
                        help="spread the work over a running dask cluster (e.g. tcp://host:8786)")
     parser.add_argument("--units-per-task", type=int, default=1, metavar="K",
                         help="slices (or seeds) per dask task (default 1)")
+
+
+def add_image_model_options(parser: argparse.ArgumentParser) -> None:
+    """``--model``, ``--device`` and ``--contrast-limits``, shared by the image commands."""
+    from ..core.defaults import DEFAULT_MODEL
+
+    parser.add_argument("--model", default=DEFAULT_MODEL,
+                        help="registry name (see `weights list`) or checkpoint path")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
+    parser.add_argument("--contrast-limits", type=parse_limits, default=None, metavar="LOW,HIGH",
+                        help="intensities mapped to black and white (default: robust percentiles)")

@@ -15,9 +15,8 @@ import argparse
 import json
 import time
 
-from ..core.defaults import DEFAULT_MODEL
 from ..errors import UserError
-from ._common import add_cluster_options, layout_of, load_volume, note, parse_limits, progress_bar, read_input
+from ._common import add_cluster_options, add_image_model_options, layout_of, load_volume, note, progress_bar, read_input
 
 __all__ = ["add_parser", "run"]
 
@@ -30,10 +29,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                     "an interrupted run resumes where it stopped.")
     p.add_argument("image", help="2D image (tif/png/jpg) or 3D stack (tif)")
     p.add_argument("--cache", required=True, metavar="DIR", help="cache folder (created if needed)")
-    p.add_argument("--model", default=DEFAULT_MODEL, help="registry name (see `weights list`) or checkpoint path")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
-    p.add_argument("--contrast-limits", type=parse_limits, default=None, metavar="LOW,HIGH",
-                   help="intensities mapped to black and white (default: robust percentiles)")
+    add_image_model_options(p)
     add_cluster_options(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)

@@ -14,9 +14,9 @@ import argparse
 import json
 import time
 
-from ..core.defaults import DEFAULT_IOU_THRESHOLD, DEFAULT_MODEL
+from ..core.defaults import DEFAULT_IOU_THRESHOLD
 from ..errors import UserError
-from ._common import add_cluster_options, check_output, layout_of, load_volume, note, parse_limits, progress_bar
+from ._common import add_cluster_options, add_image_model_options, check_output, layout_of, load_volume, note, progress_bar
 
 __all__ = ["add_parser", "run"]
 
@@ -33,12 +33,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--propagate", action="store_true", help="propagate every object through the stack")
     p.add_argument("--iou-threshold", type=float, default=DEFAULT_IOU_THRESHOLD, metavar="T",
                    help=f"with --propagate: stop below this IoU with the previous slice (default {DEFAULT_IOU_THRESHOLD})")
-    p.add_argument("--model", default=DEFAULT_MODEL, help="registry name (see `weights list`) or checkpoint path")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
+    add_image_model_options(p)
     p.add_argument("--cache", default=None, metavar="DIR",
                    help="embedding cache folder shared by the workers (run `precompute` first)")
-    p.add_argument("--contrast-limits", type=parse_limits, default=None, metavar="LOW,HIGH",
-                   help="intensities mapped to black and white (default: robust percentiles)")
     add_cluster_options(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)

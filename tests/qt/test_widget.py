@@ -16,13 +16,24 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from scipy import ndimage as ndi
 
-from napari_focsam._sample_data import SLICE_2D, SLICES_3D, VOXEL_UM, load_nuclei
+from viewer_helpers import (
+    add_2d,
+    add_3d_crop,
+    click,
+    crop_3d,
+    interior,
+    iou,
+    key,
+    load_nuclei,
+    press,
+    wait_idle,
+    wait_ready,
+)
 
 pytestmark = pytest.mark.gui
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 ARTIFACTS = REPO / "test-artifacts"
 WAIT_MS = 120_000  # embedding one slice takes seconds on a busy 2-core CPU
 A, B = 17, 14  # two well separated nuclei of the mid slice (labels of the ground truth)
@@ -57,48 +68,6 @@ def focsam(make_napari_viewer, qtbot, vit_t_path, embedding_cache, monkeypatch):
     for widget in widgets:  # no worker may outlive its viewer
         widget.close_session()
         qtbot.waitUntil(lambda w=widget: not w.has_running_workers(), timeout=WAIT_MS)
-
-
-def add_2d(viewer):
-    viewer.open_sample("napari-focsam", "nuclei_2d")
-
-
-def crop_3d():
-    """4 slices of the stack around the 2D sample's slice (cheap to encode), with ground truth."""
-    image, gt = load_nuclei("3d")
-    z = SLICE_2D - SLICES_3D[0]
-    return image[z - 1 : z + 3], gt[z - 1 : z + 3]
-
-
-def add_3d_crop(viewer):
-    viewer.add_image(crop_3d()[0], name="stack crop", scale=VOXEL_UM)
-
-
-def interior(mask):
-    d = ndi.distance_transform_edt(np.pad(mask, 1))[1:-1, 1:-1]
-    return np.unravel_index(int(d.argmax()), d.shape)
-
-
-def iou(a, b):
-    a, b = np.asarray(a, bool), np.asarray(b, bool)
-    return (a & b).sum() / max(1, (a | b).sum())
-
-
-def wait_ready(qtbot, widget):
-    qtbot.waitUntil(lambda: widget.is_ready and not widget.is_busy(), timeout=WAIT_MS)
-
-
-def wait_idle(qtbot, widget):
-    qtbot.waitUntil(lambda: not widget.is_busy(), timeout=WAIT_MS)
-
-
-def press(layer_or_viewer, key):
-    """Run the function bound to ``key`` (instance keymap, then class keymap, as napari does)."""
-    from napari.utils.key_bindings import coerce_keybinding
-
-    kb = coerce_keybinding(key)
-    func = layer_or_viewer.keymap.get(kb) or type(layer_or_viewer).class_keymap[kb]
-    func(layer_or_viewer)
 
 
 # --------------------------------------------------------------------------- tests
@@ -368,32 +337,6 @@ def test_helpful_messages(make_napari_viewer, qtbot, tmp_path, monkeypatch):
     viewer.window.remove_dock_widget(widget)
     assert coerce_keybinding("Shift-S") not in viewer.keymap
     qtbot.waitUntil(lambda: not widget.has_running_workers(), timeout=WAIT_MS)
-
-
-def canvas_point(viewer, layer, y, x):
-    """Canvas (widget) coordinates of the data point (y, x) of a 2D layer."""
-    from qtpy.QtCore import QPoint
-
-    wy, wx = layer.data_to_world((y, x))
-    cy, cx = viewer.camera.center[-2:]
-    zoom = viewer.camera.zoom
-    size = viewer.window._qt_viewer.canvas.native.size()
-    return QPoint(round(size.width() / 2 + (wx - cx) * zoom), round(size.height() / 2 + (wy - cy) * zoom))
-
-
-def click(qtbot, viewer, layer, y, x, modifier=None):
-    from qtpy.QtCore import Qt
-
-    mod = modifier if modifier is not None else Qt.KeyboardModifier.NoModifier
-    native = viewer.window._qt_viewer.canvas.native
-    qtbot.mouseClick(native, Qt.MouseButton.LeftButton, mod, canvas_point(viewer, layer, y, x))
-
-
-def key(qtbot, viewer, qt_key, modifier=None):
-    from qtpy.QtCore import Qt
-
-    mod = modifier if modifier is not None else Qt.KeyboardModifier.NoModifier
-    qtbot.keyClick(viewer.window._qt_viewer.canvas.native, qt_key, mod)
 
 
 @pytest.mark.slow
