@@ -30,11 +30,15 @@ import numpy as np
 
 
 def _stack(n: int, folder: Path) -> Path:
+    """The first ``n`` slices of the cells3d nuclei stack (all 60 from ../shared/data when there,
+    else the 36 of the package's 3D sample)."""
     import tifffile
 
     from napari_focsam._sample_data import load_nuclei
 
-    image, _ = load_nuclei("3d")
+    full = Path(os.environ.get("FOCSAM_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+    full = full / "micro" / "cells3d" / "cells3d_nuclei.tif"
+    image = tifffile.imread(full) if full.is_file() else load_nuclei("3d")[0]
     path = folder / f"stack{n}.tif"
     tifffile.imwrite(path, np.ascontiguousarray(image[:n]))
     return path
@@ -91,7 +95,7 @@ def _scheduler_demo(folder: Path) -> None:
         cmd = [sys.executable, "-m", "napari_focsam.cli", "precompute", str(stack), "--cache", str(cache),
                "--scheduler", address, "--no-progress"]
         out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
-        print(f"scheduler + 2 workers, 60 slices: {out}")
+        print(f"scheduler + 2 workers: {out}")
     finally:
         for p in procs[::-1]:
             p.terminate()
@@ -106,9 +110,13 @@ def main() -> None:
     ap.add_argument("--workers", type=int, nargs="+", default=[2, 4])
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads of the single process")
     ap.add_argument("--scheduler-demo", action="store_true")
+    ap.add_argument("--demo-only", action="store_true", help="only the scheduler demo")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
+        if args.demo_only:
+            _scheduler_demo(folder)
+            return
         stack = _stack(args.slices, folder)
         print(f"{args.slices} slices of 256x256 (cells3d), vit_t, {os.cpu_count()} cores, "
               f"load average {os.getloadavg()[0]:.1f}")
