@@ -294,27 +294,49 @@ def build_model(sd: Mapping[str, torch.Tensor], meta: Mapping[str, Any] | None =
     return FocSAM(encoder, focus_refiner=refiner, model_type=model_type, channel_order=channel_order)
 
 
+def state_dict_differences(own: Mapping[str, Any], found: Mapping[str, Any], shown: int = 6) -> str | None:
+    """What differs between an expected and a found ``name -> tensor`` map, in one line.
+
+    Parameters
+    ----------
+    own : Mapping
+        The model's state dict (tensors, possibly on the meta device).
+    found : Mapping
+        The file's (normalised) state dict.
+    shown : int
+        How many names to list per kind of difference.
+
+    Returns
+    -------
+    str or None
+        ``"missing N keys: ...; unexpected N keys: ...; N shape mismatches: ..."`` or None when the
+        key sets and every shape agree.
+    """
+    missing = sorted(set(own) - set(found))
+    unexpected = sorted(set(found) - set(own))
+    mismatched = [f"{k}: file {tuple(found[k].shape)} vs model {tuple(own[k].shape)}"
+                  for k in sorted(set(own) & set(found)) if tuple(own[k].shape) != tuple(found[k].shape)]
+
+    def show(items: list[str]) -> str:
+        head = ", ".join(items[:shown])
+        return head + (f", ... ({len(items)} in all)" if len(items) > shown else "")
+
+    parts = []
+    if missing:
+        parts.append(f"missing {len(missing)} keys: {show(missing)}")
+    if unexpected:
+        parts.append(f"unexpected {len(unexpected)} keys: {show(unexpected)}")
+    if mismatched:
+        parts.append(f"{len(mismatched)} shape mismatches: {show(mismatched)}")
+    return "; ".join(parts) or None
+
+
 def load_state_dict_strict(model: nn.Module, sd: Mapping[str, torch.Tensor], source: str = "<checkpoint>") -> None:
     """Copy ``sd`` into ``model``; any missing, unexpected or mis-shaped key raises CheckpointError."""
-    own = model.state_dict()
-    missing = sorted(set(own) - set(sd))
-    unexpected = sorted(set(sd) - set(own))
-    mismatched = [f"{k}: file {tuple(sd[k].shape)} vs model {tuple(own[k].shape)}"
-                  for k in sorted(set(own) & set(sd)) if tuple(own[k].shape) != tuple(sd[k].shape)]
-    if missing or unexpected or mismatched:
-        def show(items: list[str]) -> str:
-            head = ", ".join(items[:6])
-            return head + (f", ... ({len(items)} in all)" if len(items) > 6 else "")
-
-        parts = []
-        if missing:
-            parts.append(f"missing {len(missing)} keys: {show(missing)}")
-        if unexpected:
-            parts.append(f"unexpected {len(unexpected)} keys: {show(unexpected)}")
-        if mismatched:
-            parts.append(f"{len(mismatched)} shape mismatches: {show(mismatched)}")
+    problems = state_dict_differences(model.state_dict(), sd)
+    if problems:
         raise CheckpointError(f"{source} does not match the {getattr(model, 'model_type', 'model')} "
-                              f"architecture; " + "; ".join(parts))
+                              f"architecture; {problems}")
     model.load_state_dict(sd, strict=True)
 
 

@@ -130,6 +130,9 @@ class UrlSource(Source):
         import pooch
         import requests
 
+        # pooch logs "Downloading data from ..." through a handler bound to the stderr of the
+        # moment it was imported; we show our own progress and one-line errors instead
+        pooch.get_logger().setLevel("WARNING")
         known = f"sha256:{sha256}" if sha256 else None
         bar, own_bar = progressbar(progress, filename, size)
         if self.url.startswith(("http://", "https://")):

@@ -25,7 +25,6 @@ from __future__ import annotations
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 from .registry import ModelWeights
 
@@ -62,27 +61,6 @@ def check_checkpoint_structure(path: Path) -> tuple[bool, str]:
     except (OSError, zipfile.BadZipFile, RuntimeError, EOFError) as exc:
         return False, f"it could not be read ({exc})"
     return False, "it is not a PyTorch checkpoint (truncated or wrong file?)"
-
-
-def _shape_problems(own: Mapping[str, Any], found: Mapping[str, Any]) -> str | None:
-    """What differs between the expected and the found ``key -> tensor`` maps (None: nothing)."""
-    missing = sorted(set(own) - set(found))
-    unexpected = sorted(set(found) - set(own))
-    mismatched = [f"{k}: file {tuple(found[k].shape)} vs model {tuple(own[k].shape)}"
-                  for k in sorted(set(own) & set(found))
-                  if tuple(own[k].shape) != tuple(found[k].shape)]
-
-    def show(items: list[str]) -> str:
-        return ", ".join(items[:3]) + (f", ... ({len(items)} in all)" if len(items) > 3 else "")
-
-    parts = []
-    if missing:
-        parts.append(f"{len(missing)} keys missing ({show(missing)})")
-    if unexpected:
-        parts.append(f"{len(unexpected)} unexpected keys ({show(unexpected)})")
-    if mismatched:
-        parts.append(f"{len(mismatched)} tensors of the wrong shape ({show(mismatched)})")
-    return "; ".join(parts) or None
 
 
 def check_architecture(
@@ -123,6 +101,7 @@ def _architecture_problem(path: Path, model_type: str, refiner_only: bool) -> st
         normalize_keys,
         read_checkpoint,
         refiner_config_from_state_dict,
+        state_dict_differences,
     )
 
     source = str(path)
@@ -152,7 +131,7 @@ def _architecture_problem(path: Path, model_type: str, refiner_only: bool) -> st
         return str(exc)
     except (KeyError, IndexError, ValueError, TypeError, RuntimeError, ZeroDivisionError) as exc:
         return f"its tensors do not describe a supported model ({type(exc).__name__}: {exc})"
-    problems = _shape_problems(own, sd)
+    problems = state_dict_differences(own, sd, shown=3)
     if problems:
         return f"it does not match the {what} architecture: {problems}"
     return None
