@@ -105,7 +105,9 @@ def test_killing_a_worker_mid_run_loses_nothing(cells3d_files, vit_t_path, tmp_p
         again = precompute_distributed(client, src, cache, model="vit_t", progress=False)
     assert result["units"] == 4
     assert result["computed"] + result["reused"] + len(result["failed"]) == 4
-    assert again["computed"] == len(result["failed"])
+    assert bool(result["errors"]) == bool(result["failed"])  # a failed unit says why
+    # the next run completes what is missing (a dead worker may have written a "failed" unit)
+    assert again["computed"] <= len(result["failed"]) and again["failed"] == []
     assert again["computed"] + again["reused"] == 4
     assert len(_features(stack, cache)) == 4
 

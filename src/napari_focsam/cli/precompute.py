@@ -101,6 +101,7 @@ def _run_on_cluster(args: argparse.Namespace) -> int:
     info = {"image": str(args.image), **info, "cache": str(args.cache)}
     print(json.dumps(info))
     if info["failed"]:
-        note(f"{len(info['failed'])} slice(s) failed on the cluster; run the same command again to finish them")
+        note(f"{len(info['failed'])} slice(s) failed on the cluster ({info['errors'][0]}); "
+             "run the same command again to finish them")
         return 1
     return 0

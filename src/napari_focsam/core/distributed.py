@@ -235,7 +235,8 @@ def precompute_distributed(client: Any, source: ImageSource, cache_dir: str | Pa
     -------
     dict
         ``units`` (slices in the image), ``computed`` (filled in this run), ``reused``
-        (already cached), ``workers``, ``seconds``, ``failed`` (units left for the next run) and
+        (already cached), ``workers``, ``seconds``, ``failed`` (units left for the next run; a
+        worker that died may still have written some of them), ``errors`` (why) and
         ``worker_max_rss_mb`` (peak resident memory of each worker process).
     """
     from distributed import progress as dask_progress
@@ -254,7 +255,7 @@ def precompute_distributed(client: Any, source: ImageSource, cache_dir: str | Pa
     wait(futures)
     # A unit of a finished task was filled during this run: by that task, or by a worker that
     # died after writing it (its task was then re-run and found the slice done).
-    computed, failed, rss = 0, [], {}
+    computed, failed, rss, errors = 0, [], {}, []
     for group, fut in zip(groups, futures):
         if fut.status == "finished":
             info = fut.result()
@@ -262,9 +263,14 @@ def precompute_distributed(client: Any, source: ImageSource, cache_dir: str | Pa
             rss[info["worker_pid"]] = info.get("max_rss_mb")
         else:
             failed.extend(group)
+            try:
+                exc = fut.exception(timeout=5)
+            except Exception as err:  # cancelled, or the scheduler is gone
+                exc = err
+            errors.append(f"slices {group}: {type(exc).__name__}: {' '.join(str(exc).split())[:200]}")
     return {"units": n_units, "computed": computed, "reused": n_units - len(todo),
             "workers": len(client.scheduler_info().get("workers", {})),
-            "seconds": round(time.perf_counter() - t0, 2), "failed": failed,
+            "seconds": round(time.perf_counter() - t0, 2), "failed": failed, "errors": errors,
             "worker_max_rss_mb": [round(v, 1) for v in rss.values() if v is not None]}
 
 
