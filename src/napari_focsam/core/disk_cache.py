@@ -7,9 +7,14 @@ On-disk layout (one zarr group per image and model, ``<cache_dir>/<model>-<key>.
     checksums   (Z, 20) uint8, sha1 of each slice's stored features, signature and flag
     done        (Z,) uint8, one chunk per slice: 0 = not computed, 1 = done, 2 = done (blank slice)
     attrs       format version, model_id, PREPROCESS_VERSION, image shape/dtype, volume key,
-                contrast limits, input_size/original_size, feature dtype
+                contrast limits, input_size/original_size, feature dtype, tiling (tiled stores)
     napari_focsam_cache.json   our format marker, also readable when the zarr metadata is not
     claims/     one directory per slice being encoded right now (see :mod:`.claims`)
+
+A tiled store (:mod:`.tiled_embeddings`) has the same arrays with one entry ("unit") per
+(slice, level, tile) instead of per slice: ``features`` (U, 256, 64, 64) with one chunk per slice,
+level and tile, a signature per tile (of the pixels of that tile at that level), and a ``tiling``
+attribute (tile size, halo, level shapes) that a store must match to be used.
 
 A slice is written features first, then its signature and checksum, then its ``done`` flag,
 each in its own chunk file, so an interrupted precompute leaves only complete slices marked done
@@ -160,6 +165,7 @@ class DiskCache:
         "input_size": "another input size",
         "original_size": "another image size",
         "feature_dtype": "another feature dtype",
+        "tiling": "another tiling",
     }
 
     def __init__(self, path: str | Path, meta: dict[str, Any], n_slices: int, feature_dtype: np.dtype,

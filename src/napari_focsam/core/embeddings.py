@@ -174,7 +174,36 @@ class EmbeddingStore:
             "original_size": list(self.original_size),
             "feature_dtype": self.feature_dtype.name,
             "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            **self._extra_meta(),
         }
+
+    # -- the units of work: one per slice here; a tiled store (:mod:`.tiled_embeddings`) has one
+    #    per (slice, level, tile) and overrides these hooks
+    def _extra_meta(self) -> dict[str, Any]:
+        return {}
+
+    def _unit_count(self) -> int:
+        return self.volume.n_slices
+
+    def _check_unit(self, u: Any) -> int:
+        return self.volume.check_z(u)
+
+    def _all_units(self) -> list[int]:
+        return list(range(self.volume.n_slices))
+
+    def _unit_signature(self, u: int) -> str:
+        return self.volume.slice_signature(u)
+
+    def _unit_name(self, u: int) -> str:
+        return f"slice {u}"
+
+    def _encoder_input(self, u: int) -> tuple[np.ndarray, bool]:
+        """(H, W, 3) uint8 encoder input of unit ``u`` and whether it is blank (constant)."""
+        rgb = self.volume.rgb_plane(u)
+        return rgb, bool(rgb.min() == rgb.max())
+
+    def _announce(self, u: int, state: str) -> None:
+        """Unit ``u`` starts being encoded (``"embedding"``) or is in memory (``"ready"``)."""
 
     def _store_path(self) -> Path:
         assert self.cache_dir is not None
@@ -183,6 +212,10 @@ class EmbeddingStore:
         key = hashlib.sha1((self.volume.volume_key() + self.model_id).encode()).hexdigest()[:20]
         mtype = "".join(c if c.isalnum() or c in "_-" else "_" for c in
                         str(getattr(self.predictor.model, "model_type", "model")))
+        tag = self._extra_meta().get("tiling")
+        if tag:  # tiled embeddings live in their own store
+            key = hashlib.sha1((key + json.dumps(tag, sort_keys=True)).encode()).hexdigest()[:20]
+            return self.cache_dir / f"{mtype}-tiles-{key}.zarr"
         return self.cache_dir / f"{mtype}-{key}.zarr"
 
     def _ensure_disk(self) -> DiskCache | None:
@@ -191,7 +224,7 @@ class EmbeddingStore:
         with self._lock:
             if not self._disk_opened:
                 try:
-                    self._disk = DiskCache(self._store_path(), self._meta(), self.volume.n_slices,
+                    self._disk = DiskCache(self._store_path(), self._meta(), self._unit_count(),
                                            self.feature_dtype)
                     if self._disk.read_only:
                         self._warn_disk(f"the cache folder is read-only: using {self._disk.path} for reading only")
@@ -276,12 +309,12 @@ class EmbeddingStore:
     # -- lookup
     def has(self, z: int = 0) -> bool:
         """Whether slice ``z`` is available without running the encoder (memory or valid on disk)."""
-        z = self.volume.check_z(z)
+        z = self._check_unit(z)
         with self._lock:
             if z in self._mem:
                 return True
         disk = self._ensure_disk()
-        return disk is not None and disk.verify(z, self.volume.slice_signature(z))
+        return disk is not None and disk.verify(z, self._unit_signature(z))
 
     def missing(self, slices: Iterable[int] | None = None) -> list[int]:
         """The slices (default: all) that :meth:`precompute` would still have to encode.
@@ -290,12 +323,12 @@ class EmbeddingStore:
         without one: the slices not in memory. An empty list means there is nothing to do,
         even when the cache is read-only.
         """
-        zs = [self.volume.check_z(z) for z in (range(self.volume.n_slices) if slices is None else slices)]
+        zs = [self._check_unit(z) for z in (self._all_units() if slices is None else slices)]
         disk = self._ensure_disk()
         if disk is None:
             with self._lock:
                 return [z for z in zs if z not in self._mem]
-        return [z for z in zs if not disk.verify(z, self.volume.slice_signature(z))]
+        return [z for z in zs if not disk.verify(z, self._unit_signature(z))]
 
     def get(self, z: int = 0) -> SliceEmbedding:
         """The embedding of slice ``z`` (computed on demand); features (1, 256, 64, 64) float32."""
@@ -333,6 +366,7 @@ class EmbeddingStore:
             entry = self._load_disk(z)
             if entry is None:
                 source = "computed"
+                self._announce(z, "embedding")
                 entry = self._compute(z)
                 self._save_disk(z, entry)
             if memorize:
@@ -340,6 +374,7 @@ class EmbeddingStore:
                     self._mem[z] = entry
                     self._mem.move_to_end(z)
                     self._evict()
+                self._announce(z, "ready")
             return entry, source
         finally:
             with self._lock:
@@ -350,7 +385,7 @@ class EmbeddingStore:
         disk = self._ensure_disk()
         if disk is None:
             return None
-        got = disk.read(z, self.volume.slice_signature(z))
+        got = disk.read(z, self._unit_signature(z))
         if got is None:
             return None
         feats, blank = got
@@ -368,7 +403,7 @@ class EmbeddingStore:
             with disk.claims.hold(z) as mine:
                 if not mine:
                     return False  # another process is encoding this slice and will write it
-                disk.write(z, entry.features.numpy(), entry.blank, self.volume.slice_signature(z))
+                disk.write(z, entry.features.numpy(), entry.blank, self._unit_signature(z))
         except OSError as exc:  # full disk, permissions changed, ...
             disk.read_only = True
             self._write_error = self._write_error or str(exc)
@@ -377,17 +412,16 @@ class EmbeddingStore:
         return True
 
     def _compute(self, z: int) -> _Entry:
-        rgb = self.volume.rgb_plane(z)
-        blank = bool(rgb.min() == rgb.max())
+        rgb, blank = self._encoder_input(z)
         model = self.predictor.model
         with self._encode_lock, torch.inference_mode():
             x, _ = preprocess(rgb, self.predictor.channel_order, self.predictor.device)
             features = model.encode(x)[0]
         if not torch.isfinite(features).all():
-            raise RuntimeError(f"the image encoder produced NaN/inf for slice {z}")
+            raise RuntimeError(f"the image encoder produced NaN/inf for {self._unit_name(z)}")
         feats = features.to("cpu", self._torch_dtype).contiguous()
         if not torch.isfinite(feats).all():
-            raise RuntimeError(f"the embedding of slice {z} overflows float16: use feature_dtype='float32'")
+            raise RuntimeError(f"the embedding of {self._unit_name(z)} overflows float16: use feature_dtype='float32'")
         with self._lock:
             self.stats["computed"] += 1
         return _Entry(feats, blank)
@@ -416,7 +450,7 @@ class EmbeddingStore:
             failed write (full disk, ...): the run stops at once, and every slice written so
             far stays valid and is reused next time.
         """
-        zs = [self.volume.check_z(z) for z in (range(self.volume.n_slices) if slices is None else slices)]
+        zs = [self._check_unit(z) for z in (self._all_units() if slices is None else slices)]
         info: dict[str, Any] = {"total": len(zs), "computed": 0, "reused": 0, "by_others": 0,
                                 "cancelled": False, "seconds": 0.0, "error": None}
         self.last_precompute = info
@@ -426,7 +460,7 @@ class EmbeddingStore:
         try:
             if filling:
                 assert disk is not None
-                disk.check_space(sum(not disk.is_done(z, self.volume.slice_signature(z)) for z in zs))
+                disk.check_space(sum(not disk.is_done(z, self._unit_signature(z)) for z in zs))
             pending = list(zs)
             first_pass = True
             while pending:
@@ -459,12 +493,12 @@ class EmbeddingStore:
             with self._lock:
                 if z in self._mem:
                     return "reused"
-            if disk is not None and disk.verify(z, self.volume.slice_signature(z)):
+            if disk is not None and disk.verify(z, self._unit_signature(z)):
                 return "reused"  # a read-only cache that holds it
             _, source = self._obtain(z, memorize=True)
             return "computed" if source == "computed" else "reused"
         assert disk is not None
-        sig = self.volume.slice_signature(z)
+        sig = self._unit_signature(z)
         if not waited and disk.verify(z, sig):
             return "reused"
         with self._lock:
