@@ -19,16 +19,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
 from napari.qt.threading import create_worker
 from qtpy.QtCore import QObject, Qt, Signal
 
 from ..core.errors import Failure, describe_error, is_oom
 from ..core.interaction import Ticket
+from ..core.mask_regions import object_region
 from ..core.multi_prompts import set_prompts
 from .constants import EMBEDDING_BYTES
 
-__all__ = ["LoadResult", "SessionContext", "SessionJobs"]
+__all__ = ["LoadResult", "SessionContext", "SessionJobs", "volume_regions"]
 
 
 @dataclass
@@ -72,6 +72,12 @@ class LoadResult:
     failure: Failure | None = None
 
 
+def volume_regions(obj: Any, res: Any) -> dict[int, Any]:
+    """{z: MaskRegion} of a propagated object: the slices the propagation reached and the clicked ones."""
+    zs = set(getattr(res, "masks", {}) or {}) | set(obj.slices_with_clicks)
+    return {z: object_region(obj, z) for z in sorted(zs)}
+
+
 def _probe_devices() -> dict[str, bool]:
     import importlib
 
@@ -102,7 +108,7 @@ class SessionJobs(QObject):
     embedding_done = Signal(object)         # Failure | cache warning (str) | None
     predicted = Signal(object, object, float)  # Ticket, {z: mask} | Failure | None (skipped), seconds
     volume_progress = Signal(int, int)      # emitted from the worker thread (queued)
-    volume_done = Signal(object, object, object)  # Ticket, PropagationResult | Failure, (Z, Y, X) mask
+    volume_done = Signal(object, object, object)  # Ticket, PropagationResult | Failure, {z: MaskRegion}
     failed = Signal(object)                 # Failure of a job that broke its own error handling
 
     def __init__(self) -> None:
@@ -314,7 +320,8 @@ class SessionJobs(QObject):
     def predict(self, ticket: Ticket, clicks: list, shown: set[int], is_current: Callable[[Ticket], bool],
                 box: tuple | None = None) -> None:
         """Set the object of ``ticket.epoch`` to ``box`` ((z, Box) or None) and ``clicks``; reports
-        ``predicted`` with the masks of the changed, shown and clicked slices ({z: (Y, X) bool})."""
+        ``predicted`` with the masks of the changed, shown and clicked slices ({z: MaskRegion}: each
+        the object's box on that slice, never a full-size plane)."""
         ctx = self.context
         self.interactive.set()
 
@@ -332,7 +339,7 @@ class SessionJobs(QObject):
                         changed = {}
                     dt = time.perf_counter() - t0
                     zs = set(changed) | shown | {c[0] for c in clicks} | ({box[0]} if box else set())
-                    return {z: np.asarray(obj.mask(z)) for z in zs}, dt
+                    return {z: object_region(obj, z) for z in zs}, dt
             except Exception as exc:
                 return describe_error(exc), 0.0
 
@@ -361,7 +368,7 @@ class SessionJobs(QObject):
                     obj = ctx.object_for(ticket.epoch)
                     set_prompts(obj, clicks, box)
                     res = obj.propagate(iou_threshold=iou, progress=report, cancelled=cancelled)
-                    return res, obj.volume_mask()
+                    return res, volume_regions(obj, res)
             except Exception as exc:
                 return describe_error(exc, "Segment volume"), None
 

@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 from napari.layers import Image
 
-__all__ = ["image_data", "same_transform", "spatial_shape", "transform_kwargs"]
+__all__ = ["image_data", "same_transform", "spatial_shape", "transform_kwargs", "volume_data"]
 
 
 def spatial_shape(layer: Image) -> tuple[int, ...]:
@@ -19,6 +19,12 @@ def spatial_shape(layer: Image) -> tuple[int, ...]:
 def image_data(layer: Image) -> Any:
     """The full-resolution array of an image layer."""
     return layer.data[0] if layer.multiscale else layer.data
+
+
+def volume_data(layer: Image) -> Any:
+    """What the engine's ``ImageVolume`` gets for an image layer: the list of levels (finest first)
+    of a multiscale layer, else the layer's array as is (a dask or zarr array stays lazy)."""
+    return list(layer.data) if layer.multiscale else layer.data
 
 
 def transform_kwargs(layer: Any) -> dict:

@@ -16,6 +16,8 @@ from napari.layers import Image, Labels, Points
 from napari.utils.colormaps import DirectLabelColormap
 from qtpy.QtCore import QObject, QTimer, Signal
 
+from ..core.mask_regions import MaskRegion
+
 from .constants import (
     KEYS,
     NEGATIVE_COLOR,
@@ -27,6 +29,7 @@ from .constants import (
     PROMPTS_NAME,
 )
 from .layer_utils import same_transform, spatial_shape, transform_kwargs
+from .region_layers import full_mask, new_labels_array, write_regions
 
 __all__ = ["PromptLayers"]
 
@@ -59,8 +62,8 @@ class PromptLayers(QObject):
         self._key_owners: list[tuple[Any, str, Any]] = []
         self._keyed_output: Labels | None = None
         self._arranging = False
-        #: the slices shown in the preview, {z: (Y, X) bool}
-        self.masks: dict[int, np.ndarray] = {}
+        #: the slices shown in the preview, {z: MaskRegion} (the object's box on each slice)
+        self.regions: dict[int, MaskRegion] = {}
         self.has_volume = False  # the preview shows a propagated volume
 
     # ------------------------------------------------------------------ keys
@@ -124,16 +127,18 @@ class PromptLayers(QObject):
             found = next((la for la in layers if isinstance(la, Labels) and la.name == PREVIEW_NAME
                           and la.data.shape == shape), None)
             if found is not None:
-                found.data = np.zeros(shape, np.uint8)
+                found.data = new_labels_array(shape, np.uint8)
             else:
                 cmap = DirectLabelColormap(color_dict={None: "transparent", 1: PREVIEW_RGBA})
-                found = self.viewer.add_labels(np.zeros(shape, np.uint8), name=PREVIEW_NAME, opacity=0.5,
+                found = self.viewer.add_labels(new_labels_array(shape, np.uint8), name=PREVIEW_NAME, opacity=0.5,
                                                colormap=cmap, **tf)
             self.preview = found
-        else:
+        elif isinstance(self.preview.data, np.ndarray):
             self.preview.data[...] = 0
             self.preview.refresh()
-        self.masks, self.has_volume = {}, False
+        else:  # a zarr-backed preview: a fresh (empty) array costs nothing
+            self.preview.data = new_labels_array(shape, np.uint8)
+        self.regions, self.has_volume = {}, False
         if self.prompts is not None and (self.prompts not in layers or self.prompts.ndim != ndim):
             old = self.prompts
             self.detach()
@@ -195,7 +200,7 @@ class PromptLayers(QObject):
             self.detach()
             ours = True
         if layer is self.preview:
-            self.preview, self.masks, self.has_volume = None, {}, False
+            self.preview, self.regions, self.has_volume = None, {}, False
             ours = True
         if layer is self.output_new:
             self.output_new = None
@@ -206,9 +211,8 @@ class PromptLayers(QObject):
 
     def create_output(self, image: Image) -> Labels:
         """A new output labels layer for ``image``, inserted just below the preview."""
-        shape = spatial_shape(image)
-        dtype = np.uint32 if np.prod(shape) <= 2**28 else np.uint16  # memory of huge stacks
-        out = Labels(np.zeros(shape, dtype), name=OUTPUT_NAME, **transform_kwargs(image))
+        # numpy up to one 8192x8192 plane, else zarr chunks stored only where labelled
+        out = Labels(new_labels_array(spatial_shape(image), np.uint32), name=OUTPUT_NAME, **transform_kwargs(image))
         layers = self.viewer.layers
         index = layers.index(self.preview) if self.preview in layers else len(layers)
         self.output_new = out
@@ -353,30 +357,26 @@ class PromptLayers(QObject):
         return out, dropped
 
     # ------------------------------------------------------------------ preview
-    def show_masks(self, masks: dict[int, np.ndarray], is_3d: bool, volume: bool = False) -> None:
-        """Show ``{z: (Y, X) bool}`` in the preview (``volume``: replace everything shown)."""
+    def show_masks(self, regions: dict[int, MaskRegion], is_3d: bool, volume: bool = False) -> None:
+        """Show ``{z: MaskRegion}`` in the preview, writing only the boxes of the old and new masks
+        (``volume``: replace everything shown)."""
         preview = self.preview
         if preview is None:
             return
-        data = preview.data
-        if volume or self.has_volume:
-            data[...] = 0
-            self.masks = {}
+        replace = volume or self.has_volume
+        self.regions = write_regions(preview.data, self.regions, regions, is_3d, replace=replace)
+        if replace:
             self.has_volume = volume
-        for z, m in masks.items():
-            plane = data[z] if is_3d else data
-            plane[...] = m
-            if m.any():
-                self.masks[z] = m
-            else:
-                self.masks.pop(z, None)
         preview.refresh()
 
     def clear_preview(self) -> None:
-        if self.preview is not None:
-            self.preview.data[...] = 0
+        if self.preview is not None and self.regions:
+            write_regions(self.preview.data, self.regions, {}, self.preview.ndim == 3, replace=True)
             self.preview.refresh()
-        self.masks, self.has_volume = {}, False
+        self.regions, self.has_volume = {}, False
 
     def current_mask(self) -> np.ndarray | None:
-        return None if self.preview is None else self.preview.data.astype(bool)
+        """The shown object as a full bool array (allocated: for scripts and tests)."""
+        if self.preview is None:
+            return None
+        return full_mask(self.regions, self.preview.data.shape, self.preview.ndim == 3)

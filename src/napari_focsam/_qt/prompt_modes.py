@@ -26,11 +26,14 @@ from napari.qt.threading import create_worker
 from qtpy.QtCore import QObject, Qt, Signal
 
 from ..core.errors import Failure, describe_error
-from ..core.labels import PasteError, plan_paste
-from ..core.multi_prompts import ManyPaste, batch_groups, plan_many, plan_new_labels
+from ..core.labels import PasteError
+from ..core.mask_regions import MaskRegion, crop_region, object_region, plan_many_regions, plan_paste_regions
+from ..core.multi_prompts import ManyPaste, batch_groups, plan_new_labels
 from .box_prompts import BoxPrompts
+from .jobs import volume_regions
 from .layer_utils import image_data
 from .prompt_modes_panel import PromptModesPanel
+from .region_layers import NextLabel, merge_by_slice
 
 __all__ = ["PromptModes"]
 
@@ -58,7 +61,8 @@ class PromptModes(QObject):
         self._objects: dict = {}   # positive click -> session object (many-objects mode)
         self._stale: list = []     # objects to remove from the session (by the next worker)
         self._session = None
-        self._masks: list[tuple[int | None, np.ndarray]] = []  # per object: (z, plane) or (None, volume)
+        self._masks: list[dict[int, MaskRegion]] = []  # per object: {z: MaskRegion}
+        self.next_label = NextLabel()  # the output layer's largest id, kept for zarr-backed layers
         self._workers: set = set()
         self._cancel = threading.Event()
         self.all_running = False
@@ -171,7 +175,7 @@ class PromptModes(QObject):
                         if obj is None:
                             obj = objects[key] = ctx.session.new_object()
                         obj.set_clicks(group)
-                        per.append((key[0], np.asarray(obj.mask(key[0]))))
+                        per.append({key[0]: object_region(obj, key[0])})
             except Exception as exc:
                 return describe_error(exc), 0.0
             return per, time.perf_counter() - t0
@@ -182,10 +186,9 @@ class PromptModes(QObject):
                 jobs.interactive.clear()
             per, dt = result if isinstance(result, tuple) else (result, 0.0)
             masks = per
-            if isinstance(per, list):
-                masks = {z: np.zeros(ctx.plane_shape, bool) for z in shown}
-                for z, m in per:
-                    masks[z] = masks.get(z, np.zeros(ctx.plane_shape, bool)) | m
+            if isinstance(per, list):  # the union of the objects, by region; shown slices left empty
+                masks = {z: crop_region(np.zeros((1, 1), bool), z) for z in shown}
+                masks.update(merge_by_slice(per))
                 if is_current(ticket):
                     self._masks = per
             jobs.predicted.emit(ticket, masks, dt)
@@ -213,22 +216,20 @@ class PromptModes(QObject):
                 pass
 
     # ------------------------------------------------------------------ commit
-    def plan_commit(self, labels: np.ndarray, mask: np.ndarray, overwrite: bool) -> Any:
-        """The pixels and ids of a commit: one object (a ``Paste``), or every batch object (a ``ManyPaste``).
+    def plan_commit(self, out: Any, regions: dict[int, MaskRegion], overwrite: bool,
+                    shape: tuple[int, ...]) -> Any:
+        """The pixels and ids of a commit into the labels layer ``out`` (of the image's ``shape``):
+        one object (a ``Paste``), or every batch object (a ``ManyPaste``); reads only the objects' boxes.
 
-        Raises PasteError (see :func:`~napari_focsam.core.labels.plan_paste`).
+        Raises PasteError (see :func:`~napari_focsam.core.mask_regions.plan_paste_regions`).
         """
+        if tuple(out.data.shape) != tuple(shape):
+            raise PasteError("shape", f"labels shape {tuple(out.data.shape)} differs from the image's {shape}")
+        top = self.next_label.max_label(out)
         if not (self.batch and self._masks):
-            return plan_paste(labels, mask, overwrite=overwrite)
-        full = []
-        for z, m in self._masks:
-            if z is None or m.shape == labels.shape:
-                full.append(m)
-            else:
-                f = np.zeros(labels.shape, bool)
-                f[z] = m
-                full.append(f)
-        return plan_many(labels, full, overwrite=overwrite)
+            return plan_paste_regions(out.data, regions.values(), overwrite=overwrite, max_label=top)
+        return plan_many_regions(out.data, [list(m.values()) for m in self._masks], overwrite=overwrite,
+                                 max_label=top)
 
     @staticmethod
     def describe(paste: Any) -> str:
@@ -273,8 +274,8 @@ class PromptModes(QObject):
                         def step(done, total, i=i):
                             report(100 * i + int(100 * done / max(total, 1)), 100 * n,
                                    f"propagating object {i + 1}/{n}: %p%")
-                        obj.propagate(iou_threshold=iou, progress=step, cancelled=cancel.is_set)
-                        vols.append(np.asarray(obj.volume_mask()))
+                        res = obj.propagate(iou_threshold=iou, progress=step, cancelled=cancel.is_set)
+                        vols.append(volume_regions(obj, res))
                 if not cancel.is_set():
                     report(100 * n, 100 * n, f"propagated {n} objects")
             except Exception as exc:
@@ -293,9 +294,8 @@ class PromptModes(QObject):
             if not vols:
                 self.notify("info", "propagation cancelled before the first object: nothing to commit")
                 return
-            self._masks = [(None, v) for v in vols]
-            union = np.any(np.stack(vols), axis=0)
-            w.managed.show_masks({z: union[z] for z in range(union.shape[0])}, True, volume=True)
+            self._masks = list(vols)
+            w.managed.show_masks(merge_by_slice(vols), True, volume=True)
             if cancel.is_set():
                 self.notify("info", f"propagation cancelled: {len(vols)} of {n} objects are in the preview; "
                                     "press C to commit them, or Shift+C to clear")

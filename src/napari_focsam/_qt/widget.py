@@ -26,13 +26,14 @@ from qtpy.QtCore import QEvent, QTimer
 from qtpy.QtWidgets import QVBoxLayout, QWidget
 
 from ..core.errors import Failure
-from ..core.interaction import Eta, PredictQueue, Ticket, split_objects
+from ..core.interaction import Eta, PredictQueue, Ticket
 from ..core.labels import PasteError, next_label
 from .jobs import LoadResult, SessionJobs
-from .layer_utils import image_data, spatial_shape
+from .layer_utils import spatial_shape, volume_data
 from .panels import ActionPanel, OutputPanel, PromptPanel, SetupPanel, StatusLine
 from .prompt_layers import PromptLayers
 from .prompt_modes import PromptModes
+from .region_layers import split_hint
 from .viewer_sync import ViewerSync
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -232,7 +233,7 @@ class FocSAMWidget(QWidget):
         name = model.replace("\\", "/").rsplit("/", 1)[-1]
         self._headline = f"loading model {name} ..."
         self.actions.show_progress(None, 0, f"loading {name} ...")
-        self.jobs.load(layer, image_data(layer), bool(layer.rgb), model, device, cache, self.setup.refine_wanted,
+        self.jobs.load(layer, volume_data(layer), bool(layer.rgb), model, device, cache, self.setup.refine_wanted,
                        self.setup.threads())  # first: it runs while napari builds our layers
         if not same_image:  # a new image: fresh prompts and preview; a new model keeps the points
             lay.ensure(layer)
@@ -254,7 +255,7 @@ class FocSAMWidget(QWidget):
         self.queue.new_object()
         self.embedded_slices, self._eta_text = 0, ""
         if not keep_layers:
-            self.managed.masks = {}
+            self.managed.regions = {}
         self.actions.hide_progress()
         self._update_buttons()
 
@@ -326,12 +327,12 @@ class FocSAMWidget(QWidget):
         if self.jobs.context is None or self._closed or self.queue.running:
             return
         clicks = self._clicks()
-        if not clicks and not self.managed.masks and not self.modes.has_prompt():
+        if not clicks and not self.managed.regions and not self.modes.has_prompt():
             if self.queue.nothing_to_predict():
                 self.commit()
             return
         self._sent_clicks = [] if self.modes.batch else clicks
-        self.modes.predict(self.queue.start(), clicks, set(self.managed.masks), self.queue.is_current)
+        self.modes.predict(self.queue.start(), clicks, set(self.managed.regions), self.queue.is_current)
 
     def _on_predicted(self, ticket: Ticket, masks: Any, dt: float) -> None:
         failed = isinstance(masks, Failure)
@@ -348,7 +349,7 @@ class FocSAMWidget(QWidget):
             self.last_latency_ms = (time.perf_counter() - self._t_change) * 1000
             self.last_model_ms = dt * 1000
             self._set_status()
-            if self._hinted_epoch != ticket.epoch and split_objects(self._sent_clicks, masks):
+            if self._hinted_epoch != ticket.epoch and split_hint(self._sent_clicks, masks):
                 self._hinted_epoch = ticket.epoch
                 self._notify("info", "positive clicks on separate objects: one object is one cell; "
                                      "commit it (C) and click the next cell, or use a negative click")
@@ -424,19 +425,21 @@ class FocSAMWidget(QWidget):
         if not self.queue.request_commit():
             self._set_status("committing when the current mask is ready ...")
             return None
-        mask = self.managed.current_mask()
-        if mask is None or not mask.any():
+        regions = self.managed.regions  # the object's box on each slice: only those are read and written
+        if self.managed.preview is None or not any(not r.empty for r in regions.values()):
             self._notify("info", "nothing to commit: click on an object first")
             return None
         out = self.sync.output_layer(create=True)
         if out is None:
             return None
+        shape = tuple(self.managed.preview.data.shape)
         try:
-            paste = self.modes.plan_commit(out.data, mask, self.output.overwrite())  # one or many objects
+            paste = self.modes.plan_commit(out, regions, self.output.overwrite(), shape)  # one or many objects
         except PasteError as err:
-            self._notify(*self.output.refusal(err, out, mask.shape))
+            self._notify(*self.output.refusal(err, out, shape))
             return None
         out.data_setitem(paste.index, getattr(paste, "values", paste.label))  # one undo step (Ctrl+Z)
+        self.modes.next_label.wrote(out, paste.label)
         self.last_committed_id = paste.label
         self._reset_object()
         self._set_status(f"committed {self.modes.describe(paste)} to '{out.name}' (Ctrl+Z undoes it)")
@@ -526,7 +529,7 @@ class FocSAMWidget(QWidget):
                 self._notify("error", res.message)
         elif ticket.epoch == self.queue.epoch and vol is not None and self.jobs.context is not None:
             z0, z1 = res.z_range
-            self.managed.show_masks({z: vol[z] for z in range(vol.shape[0])}, True, volume=True)
+            self.managed.show_masks(vol, True, volume=True)
             if res.cancelled:
                 self._notify("info", f"propagation cancelled: slices {z0}-{z1} are in the preview; "
                                      "press C to commit them, or Shift+C to clear")
