@@ -1,11 +1,13 @@
 # Copyright (c) napari-focsam developers.
 # SPDX-License-Identifier: BSD-3-Clause
-"""Geometric augmentation of training images and their masks, and the mask resize it uses.
+"""Augmentation of training images and their masks, and the mask resize it uses.
 
-Augmentations (``AugmentConfig``) are geometric only, drawn from ``default_rng([cache_seed,
+Augmentations (``AugmentConfig``) are drawn from ``default_rng([cache_seed,
 crc32(dataset/image_id), copy])`` (independent of build order), and applied identically to the
 image and its masks: horizontal / vertical flips, quarter turns, and a zoom-in crop.  As SAM
-always resizes the longest side to 1024, a crop *is* the scale augmentation.
+always resizes the longest side to 1024, a crop *is* the scale augmentation.  Photometric
+changes (contrast, brightness, gamma; :func:`photometric`) then alter the image only; they are
+drawn after the geometric ones, so a config without them gives the same copies as before.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import torch.nn.functional as F
 from ..evaluation.datasets import EvalObject
 from .config import AugmentConfig
 
-__all__ = ["AugmentedSample", "augment_sample", "item_rng", "resize_mask"]
+__all__ = ["AugmentedSample", "augment_sample", "item_rng", "photometric", "resize_mask"]
 
 
 def resize_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -41,6 +43,37 @@ class AugmentedSample:
     params: dict
 
 
+def photometric(image: np.ndarray, aug: AugmentConfig, rng: np.random.Generator) -> tuple[np.ndarray, dict]:
+    """Random contrast / brightness / gamma of an (H, W, 3) uint8 image (see :class:`AugmentConfig`).
+
+    Each change is applied with probability ``aug.photometric_prob`` (drawn in that order).
+    Contrast scales the intensities about the image mean by ``exp(U(-contrast, contrast))``,
+    brightness adds ``U(-brightness, brightness) * 255``, gamma maps ``x / 255 -> (x / 255) ** g``
+    with ``log g ~ U(log lo, log hi)``; the result is clipped to 0..255.  Returns the (H, W, 3)
+    uint8 image and the drawn parameters (``None`` for the changes not applied).
+    """
+    p = float(aug.photometric_prob)
+    params: dict[str, Any] = {"contrast": None, "brightness": None, "gamma": None}
+    if p <= 0:
+        return image, params
+    x = image.astype(np.float32)
+    if rng.random() < p and aug.contrast > 0:
+        c = float(np.exp(rng.uniform(-aug.contrast, aug.contrast)))
+        m = float(x.mean())
+        x = (x - m) * c + m
+        params["contrast"] = round(c, 4)
+    if rng.random() < p and aug.brightness > 0:
+        b = float(rng.uniform(-aug.brightness, aug.brightness)) * 255.0
+        x = x + b
+        params["brightness"] = round(b, 2)
+    lo, hi = aug.gamma_range
+    if rng.random() < p and (lo != 1.0 or hi != 1.0):
+        g = float(np.exp(rng.uniform(np.log(lo), np.log(hi))))
+        x = 255.0 * np.power(np.clip(x, 0, 255) / 255.0, g)
+        params["gamma"] = round(g, 4)
+    return np.clip(np.rint(x), 0, 255).astype(np.uint8), params
+
+
 def item_rng(seed: int, dataset: str, image_id: str, copy: int) -> np.random.Generator:
     return np.random.default_rng([int(seed), zlib.crc32(f"{dataset}/{image_id}".encode()), int(copy)])
 
@@ -52,7 +85,8 @@ def augment_sample(
     rng: np.random.Generator,
     identity: bool = False,
 ) -> AugmentedSample:
-    """Flip / rotate / crop an image and its masks identically (see :class:`AugmentConfig`).
+    """Flip / rotate / crop an image and its masks identically, then change the image's
+    intensities (:func:`photometric`; see :class:`AugmentConfig`).
 
     Objects that keep less than ``aug.min_keep_fraction`` of their area after the crop are
     dropped; a crop that would drop every object is redrawn (10 tries, then no crop).  The
@@ -109,6 +143,8 @@ def augment_sample(
                     for i in kept
                 ]
                 break
+    img, photo = photometric(np.ascontiguousarray(img), aug, rng)
+    params.update({k: v for k, v in photo.items() if v is not None})
     img = np.ascontiguousarray(img)
     objs = [
         EvalObject(np.ascontiguousarray(o.gt),

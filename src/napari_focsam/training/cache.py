@@ -45,7 +45,7 @@ from ..core.hashing import sha256_file
 from ..evaluation.datasets import EvalObject, natural_key
 from .augment import augment_sample, item_rng, resize_mask
 from .config import TrainingConfig
-from .data import CANVAS, check_split, file_sha1, source_dataset
+from .data import CANVAS, check_split, entry_digest, source_dataset
 
 __all__ = [
     "CACHE_FORMAT",
@@ -172,7 +172,7 @@ def build_cache(
         for src in cfg.data.val:
             ds = source_dataset(src, root)
             for e in ds._entries:
-                val_hashes[file_sha1(e.image_path)] = f"{ds.name}/{e.image_id}"
+                val_hashes[entry_digest(e)] = f"{ds.name}/{e.image_id}"
 
     stats = {"images": 0, "items_written": 0, "items_skipped": 0, "encode_seconds": 0.0,
              "prep_seconds": 0.0, "write_seconds": 0.0, "objects": 0}
@@ -185,7 +185,7 @@ def build_cache(
             # group identical images (same bytes) so each is encoded once with all its objects
             groups: dict[str, list] = {}
             for e in ds._entries:
-                digest = file_sha1(e.image_path)
+                digest = entry_digest(e)
                 if split == "train" and digest in val_hashes:
                     raise ValueError(
                         f"training image {ds.name}/{e.image_id} has the same content as validation "

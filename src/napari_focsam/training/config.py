@@ -66,6 +66,13 @@ class AugmentConfig:
     crop_scale: tuple[float, float] = (0.5, 1.0)
     #: a crop must keep this fraction of an object's area for the object to be kept
     min_keep_fraction: float = 0.5
+    #: photometric changes of the image only (copies 1.. only), each applied with
+    #: ``photometric_prob``: contrast gain ``exp(U(-contrast, contrast))`` about the mean,
+    #: brightness shift ``U(-brightness, brightness) * 255``, gamma ``exp(U(log gamma_range))``
+    photometric_prob: float = 0.0
+    brightness: float = 0.0
+    contrast: float = 0.0
+    gamma_range: tuple[float, float] = (1.0, 1.0)
 
 
 @dataclass
@@ -108,6 +115,9 @@ class ModelConfig:
     #: so the untrained refiner returns its input and FocSAM-T starts as the plain loop;
     #: "default": the official (random) initialisation.
     init: str = "identity"
+    #: fine-tune: start from the weights of this exported refiner file (``focsam_t_refiner.pt``
+    #: layout; its ``refiner_config`` must match) instead of ``init``; None = train from ``init``
+    init_from: str | None = None
 
 
 @dataclass
@@ -121,6 +131,14 @@ class SimConfig:
     inner_k: float = 1.7
     first_inner_k: float = 1.0
     expand_ratio_range: tuple[float, float] = (1.0, 1.4)
+    #: probability that a batch refines at the product's refine click (``refine_step = 1``:
+    #: the coarse pass and the refiner see the first two clicks) instead of drawing it from
+    #: ``gamma_refine``; the ``n - 1`` later clicks are then all made on the refined embedding
+    refine_at_click2_prob: float = 0.0
+    #: probability that a batch is exactly the product's second click (``n = 1``,
+    #: ``refine_step = 1``): the loss is on the refined prediction after two clicks, which
+    #: trains the second click of objects that are already good after one
+    second_click_prob: float = 0.0
 
 
 @dataclass
@@ -249,7 +267,7 @@ _NESTED = {
     (TrainingConfig, "train"): TrainConfig,
     (SourceConfig, "augment"): AugmentConfig,
 }
-_TUPLES = {"crop_scale", "betas", "expand_ratio_range"}
+_TUPLES = {"crop_scale", "betas", "expand_ratio_range", "gamma_range"}
 
 
 def _convert(cls, name: str, value: Any, where: str):
@@ -290,6 +308,14 @@ def validate(cfg: TrainingConfig) -> None:
             raise ValueError(f"{src.dataset}: augment.crop_scale must satisfy 0 < lo <= hi <= 1")
         if src.augment.copies < 1:
             raise ValueError(f"{src.dataset}: augment.copies must be >= 1")
+        glo, ghi = src.augment.gamma_range
+        if not 0 < glo <= ghi:
+            raise ValueError(f"{src.dataset}: augment.gamma_range must satisfy 0 < lo <= hi")
+    for name in ("refine_at_click2_prob", "second_click_prob"):
+        if not 0.0 <= getattr(cfg.sim, name) <= 1.0:
+            raise ValueError(f"sim.{name} must be in [0, 1]")
+    if cfg.sim.refine_at_click2_prob + cfg.sim.second_click_prob > 1.0:
+        raise ValueError("sim.refine_at_click2_prob + sim.second_click_prob must be <= 1")
     groups = {s.group for s in cfg.data.train}
     for g in groups:
         for table, name in ((cfg.sim.gamma, "sim.gamma"), (cfg.sim.gamma_refine, "sim.gamma_refine")):

@@ -10,18 +10,40 @@ taken from the ids in **natural order** (:func:`natural_key`).  :func:`check_spl
 config whose training and validation selections share an ``(dataset, image id)`` pair, and
 the cache builder also refuses training images whose *file content* equals a validation
 image (SHA-1 of the bytes), whatever the dataset.
+
+Training-only datasets
+----------------------
+Besides the evaluation datasets, sources may name ``cells3d_slices``: 2D slices cut from
+``micro/cells3d/cells3d_nuclei.tif`` and its 3D instance labels ``cells3d_nuclei_label.tif``
+(every ``CELLS3D_STEP``-th z slice, ids ``z00``, ``z03``...; each 3D label's cross-section of at
+least ``CELLS3D_MIN_AREA`` pixels is one object; the image is scaled to uint8 with the whole
+volume's 0.5..99.5 percentiles, as a viewer shows the stack).  Its slices share one file, so
+each entry carries its own content ``digest`` (:func:`entry_digest`).
 """
 
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
-from ..evaluation.datasets import EvalDataset, natural_key, read_dataset, select_ids
+import numpy as np
+
+from ..core.image import to_rgb_uint8
+from ..core.io import read_image
+from ..evaluation.datasets import EvalDataset, EvalObject, canonical_name, natural_key, read_dataset, select_ids
 from .config import SourceConfig, TrainingConfig
 
 __all__ = [
     "CANVAS",
+    "CELLS3D_MIN_AREA",
+    "CELLS3D_STEP",
+    "SliceEntry",
+    "cells3d_slices",
+    "entry_digest",
+    "read_training_dataset",
+    "training_dataset_name",
     "check_split",
     "file_sha1",
     "natural_key",
@@ -34,16 +56,104 @@ __all__ = [
 #: Side of the square canvas the encoder sees; masks and losses live on it.
 CANVAS = 1024
 
+#: cells3d_slices: every CELLS3D_STEP-th z slice; objects need this many pixels in the slice
+CELLS3D_STEP = 3
+CELLS3D_MIN_AREA = 150
+
+_TRAINING_ONLY = {"cells3d_slices": "micro/cells3d/cells3d_nuclei.tif with cells3d_nuclei_label.tif"}
+
+
+@dataclass
+class SliceEntry:
+    """One image of a training-only dataset: the fields of an evaluation entry plus a content
+    ``digest`` (the slices of one volume share a file, so the file's hash cannot tell them apart)."""
+
+    image_id: str
+    image_path: Path
+    load_objects: Callable[[], list[EvalObject]]
+    load_image: Callable[[], np.ndarray]
+    digest: str
+
+
+def entry_digest(entry) -> str:
+    """Content key of a dataset entry: its own ``digest`` if it has one, else the file's SHA-1."""
+    digest = getattr(entry, "digest", None)
+    return digest if digest else file_sha1(entry.image_path)
+
+
+def training_dataset_name(name: str) -> str:
+    """Canonical name of an evaluation dataset or of a training-only one (``cells3d_slices``)."""
+    key = name.strip().lower().replace("-", "_")
+    return key if key in _TRAINING_ONLY else canonical_name(name)
+
+
+def cells3d_slices(root: str | Path, step: int = CELLS3D_STEP, min_area: int = CELLS3D_MIN_AREA) -> EvalDataset:
+    """The ``cells3d_slices`` training dataset (see the module docstring).
+
+    Parameters
+    ----------
+    root : str or Path
+        The data root (``.../data``), its ``micro`` folder or the ``cells3d`` folder itself.
+    step : int
+        Keep z slices ``0, step, 2 * step, ...``.
+    min_area : int
+        Smallest cross-section (pixels of the slice) that counts as an object.
+
+    Returns
+    -------
+    EvalDataset
+        One entry per kept slice that has an object; images (256, 256, 3) uint8.
+    """
+    root = Path(root)
+    folder = next((d for d in (root, root / "cells3d", root / "micro" / "cells3d")
+                   if (d / "cells3d_nuclei.tif").is_file() and (d / "cells3d_nuclei_label.tif").is_file()), None)
+    if folder is None:
+        raise FileNotFoundError(f"dataset 'cells3d_slices' not found under {str(root)!r}: expected "
+                                f"{_TRAINING_ONLY['cells3d_slices']}")
+    img_path, lab_path = folder / "cells3d_nuclei.tif", folder / "cells3d_nuclei_label.tif"
+    volume = np.asarray(read_image(img_path))
+    labels = np.asarray(read_image(lab_path))
+    if volume.ndim != 3 or labels.shape != volume.shape:
+        raise ValueError(f"cells3d_slices: expected a (Z, Y, X) volume and labels of the same shape, got "
+                         f"{volume.shape} and {labels.shape}")
+    limits = tuple(float(v) for v in np.percentile(volume, (0.5, 99.5)))
+    entries = []
+    for z in range(0, volume.shape[0], max(int(step), 1)):
+        lab = labels[z]
+        ids, counts = np.unique(lab[lab > 0], return_counts=True)
+        keep = [int(i) for i, c in zip(ids, counts) if c >= min_area]
+        if not keep:
+            continue
+        image_id = f"z{z:02d}"
+
+        def objects(lab=lab, keep=keep, image_id=image_id) -> list[EvalObject]:
+            return [EvalObject(lab == i, None, f"{image_id}#{i}") for i in keep]
+
+        def image(z=z) -> np.ndarray:
+            return to_rgb_uint8(volume[z], limits)
+
+        digest = hashlib.sha1(volume[z].tobytes() + lab.tobytes()).hexdigest()
+        entries.append(SliceEntry(image_id, img_path, objects, image, digest))
+    return EvalDataset("cells3d_slices", folder, entries)
+
+
+def read_training_dataset(name: str, root: str | Path) -> EvalDataset:
+    """An evaluation dataset (:func:`~napari_focsam.evaluation.datasets.read_dataset`) or a
+    training-only one (``cells3d_slices``)."""
+    if training_dataset_name(name) == "cells3d_slices":
+        return cells3d_slices(root)
+    return read_dataset(name, root)
+
 
 def source_dataset(src: SourceConfig, root: Path) -> EvalDataset:
     """The source's dataset restricted to its selected images (natural order)."""
-    ds = read_dataset(src.dataset, root)
+    ds = read_training_dataset(src.dataset, root)
     keep = select_ids(ds.image_ids, src.images)
     return ds.subset(keep)
 
 
 def source_image_ids(src: SourceConfig, root: Path) -> list[str]:
-    return select_ids(read_dataset(src.dataset, root).image_ids, src.images)
+    return select_ids(read_training_dataset(src.dataset, root).image_ids, src.images)
 
 
 def split_ids(cfg: TrainingConfig, root: Path | None = None) -> dict[str, set[tuple[str, str]]]:
@@ -52,7 +162,7 @@ def split_ids(cfg: TrainingConfig, root: Path | None = None) -> dict[str, set[tu
     out: dict[str, set[tuple[str, str]]] = {"train": set(), "val": set()}
     for split, sources in (("train", cfg.data.train), ("val", cfg.data.val)):
         for src in sources:
-            name = read_dataset(src.dataset, root).name
+            name = training_dataset_name(src.dataset)
             out[split] |= {(name, i) for i in source_image_ids(src, root)}
     return out
 

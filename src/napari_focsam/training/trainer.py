@@ -39,11 +39,10 @@ import torch.nn.functional as F
 
 from ..core.checkpoint import CheckpointError, read_checkpoint
 from ..core.hashing import sha256_file
-from ..evaluation.datasets import canonical_name
 from ..modeling.focsam import FocSAM
 from .config import TrainingConfig
 from .cache import TrainingCache, TrainingItem
-from .data import CANVAS
+from .data import CANVAS, training_dataset_name
 from .sampler import BatchSampler
 from .export import REFINER_FILE, build_refiner, export_refiner, refiner_config
 from .losses import click_loss, normalized_focal_loss
@@ -52,7 +51,7 @@ from .schedule import WarmupPolyLR, param_groups
 from .simulate import sample_geometric, simulate_clicks
 from .validate import evaluate_cached, iou_canvas
 
-__all__ = ["Trainer", "load_resume_state"]
+__all__ = ["Trainer", "draw_click_schedule", "load_refiner_weights", "load_resume_state"]
 
 # --------------------------------------------------------------------------- trainer
 
@@ -77,6 +76,51 @@ def load_resume_state(path: str | Path) -> dict:
     if not isinstance(state, dict) or "iteration" not in state:
         raise CheckpointError(f"{path} is not a napari-focsam training checkpoint (no 'iteration')")
     return state
+
+
+def load_refiner_weights(refiner: torch.nn.Module, path: str | Path) -> None:
+    """Load an exported refiner file (:func:`~.export.export_refiner`) into ``refiner`` (fine-tuning).
+
+    The file is read safely (:func:`~napari_focsam.core.checkpoint.read_checkpoint`); its
+    float16 tensors become the refiner's dtype.  Raises ``CheckpointError`` when the file is not
+    a refiner file or its tensors do not fit the configured refiner (other depth or width).
+    """
+    st = read_checkpoint(path)
+    sd = st.get("state_dict") if isinstance(st, dict) else None
+    if not isinstance(sd, dict):
+        raise CheckpointError(f"{path} is not an exported refiner file (no 'state_dict')")
+    prefix = "focus_refiner."
+    weights = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
+    own = refiner.state_dict()
+    missing = sorted(set(own) - set(weights))
+    extra = sorted(set(weights) - set(own))
+    bad = sorted(k for k in set(own) & set(weights) if tuple(own[k].shape) != tuple(weights[k].shape))
+    if missing or extra or bad:
+        raise CheckpointError(f"{path} does not fit the configured refiner: missing {missing[:3]}, "
+                              f"unexpected {extra[:3]}, other shapes {bad[:3]} (check model.depth / sizes)")
+    refiner.load_state_dict({k: v.to(own[k].dtype) for k, v in weights.items()})
+
+
+def draw_click_schedule(rng: np.random.Generator, sc, group: str, stage: int) -> tuple[int, int | None]:
+    """``(n, refine_step)`` of one batch (``refine_step`` None in stage 1).
+
+    With probability ``sc.second_click_prob`` the batch is the product's second click
+    (``n = 1, refine_step = 1``); with probability ``sc.refine_at_click2_prob`` it refines at the
+    second click (``refine_step = 1``, ``n >= 1`` from ``gamma``) so that all later clicks are
+    made on the refined embedding, as in the product; otherwise ``n`` and ``refine_step`` are
+    geometric (``gamma``, ``gamma_refine``), as in FocSAM.  One uniform draw picks the case
+    only when one of the two probabilities is set (older configs draw exactly as before).
+    """
+    n = sample_geometric(rng, sc.gamma[group], sc.max_num_clicks)
+    if stage != 2:
+        return n, None
+    if sc.second_click_prob > 0 or sc.refine_at_click2_prob > 0:
+        u = float(rng.random())
+        if u < sc.second_click_prob:
+            return 1, 1
+        if u < sc.second_click_prob + sc.refine_at_click2_prob:
+            return max(n, 1), 1
+    return n, sample_geometric(rng, sc.gamma_refine[group], n)
 
 
 class Trainer:
@@ -116,6 +160,8 @@ class Trainer:
             torch.manual_seed(tc.seed)
             model.focus_refiner = build_refiner(cfg.model, cfg.sim.expand_ratio_range,
                                                 embed_dim=model.prompt_encoder.embed_dim)
+            if cfg.model.init_from:
+                load_refiner_weights(model.focus_refiner, cfg.path(cfg.model.init_from))
         self.model = model.to(self.device)
         for p in self.model.parameters():
             p.requires_grad_(False)
@@ -131,7 +177,7 @@ class Trainer:
                 raise ValueError(f"validation images in the training cache: {sorted(both)[:5]}")
         source_weights = {}
         for s in cfg.data.train:
-            source_weights[canonical_name(s.dataset)] = s.weight
+            source_weights[training_dataset_name(s.dataset)] = s.weight
         self.sampler = BatchSampler(self.train_cache, tc.seed, tc.batch_size, cfg.data.group_weights,
                                     source_weights)
         self.total_iters = int(tc.stage1_iters) + int(tc.iters)
@@ -196,8 +242,7 @@ class Trainer:
         sc = self.cfg.sim
         stage = self.stage_of(it)
         rng = np.random.default_rng([self.cfg.train.seed, int(it), 2])
-        n = sample_geometric(rng, sc.gamma[group], sc.max_num_clicks)
-        r = sample_geometric(rng, sc.gamma_refine[group], n) if stage == 2 else None
+        n, r = draw_click_schedule(rng, sc, group, stage)
         self.model.eval()
         sim = simulate_clicks(self.model, e0, samples, n_clicks=n, refine_step=r, rng=rng,
                               inner_k=sc.inner_k, first_inner_k=sc.first_inner_k,
