@@ -7,6 +7,11 @@
 >>> result = obj.propagate()                       # slice by slice, both directions
 >>> labels = obj.volume_mask()                      # (Z, Y, X) bool
 
+A large image (:meth:`ImageVolume.is_large`: long side above 1536 pixels) is tiled
+automatically: embeddings per tile and pyramid level (:class:`TiledEmbeddingStore`), each
+object at the scale that fits it (:mod:`.tiled_object`), masks kept as regions
+(:meth:`SegmentedObject.mask_region`; :meth:`SegmentedObject.mask` still gives the plane).
+
 Each object keeps, per clicked slice, the history of its clicks (the predictor's
 :class:`InteractiveObject`: the decoder's logits and, from the 2nd click when the model has a
 focus refiner, the refined embedding), so that undo restores the exact previous state. Embeddings come from the session's shared
@@ -16,408 +21,33 @@ focus refiner, the refined embedding), so that undo restores the exact previous 
 
 from __future__ import annotations
 
-import dataclasses
-import logging
 import threading
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
-
-import numpy as np
-import torch
+from typing import Any, Callable
 
 from ..modeling.focsam import FocSAM
 from .allocator import release_memory
-from .clicks import Click, checked_click
 from .defaults import DEFAULT_MODEL
 from .embeddings import EmbeddingStore, ImageVolume, SliceEmbedding, model_id
-from .predictor import FocSAMPredictor, InteractiveObject, resolve_device
-from .prompts import Box, checked_box
-from .volume import (
-    DEFAULT_IOU_THRESHOLD,
-    DEFAULT_MULTIMASK,
-    DEFAULT_PROMPT,
-    DIRECTIONS,
-    PropagationResult,
-    propagate,
-)
+from .objects import SegmentedObject
+from .predictor import FocSAMPredictor, resolve_device
+from .regions import MaskRegion
+from .tiled_embeddings import TiledEmbeddingStore
+from .tiles import DEFAULT_HALO, DEFAULT_TILE_SIZE, TileKey
+from .volume import PropagationResult
 
 __all__ = [
     "EmbeddingStore",
     "ImageVolume",
+    "MaskRegion",
     "PropagationResult",
     "SegmentedObject",
     "Session",
     "SliceEmbedding",
+    "TileKey",
+    "TiledEmbeddingStore",
     "model_id",
 ]
-
-log = logging.getLogger(__name__)
-
-
-def _frozen(mask: np.ndarray) -> np.ndarray:
-    mask.flags.writeable = False
-    return mask
-
-
-#: ``set_clicks`` hands freed memory back to the system (see :func:`.allocator.release_memory`)
-#: when it drops at least this many clicks at once.
-RELEASE_AFTER_DROPPED_CLICKS = 16
-
-
-class SegmentedObject:
-    """One object of a :class:`Session`: its clicks on any slices, and its propagation.
-
-    Each clicked slice has its own click history, an :class:`InteractiveObject` of the
-    predictor (the one click loop and undo of the project). Coordinates are image pixels;
-    napari's convention is accepted at the border (pixel ``i`` covers ``[i - 0.5, i + 0.5)``,
-    so a click at -0.4 lands on pixel 0). ``positive`` must be a bool. On a stack, the slice
-    ``z`` must be given (it never defaults to slice 0); on a 2D image it may be left out.
-    Returned masks are read-only arrays.
-    """
-
-    def __init__(self, session: "Session", object_id: int) -> None:
-        self.session = session
-        self.id = object_id
-        self._slices: dict[int, InteractiveObject] = {}  # only slices with at least one click
-        self._order: list[int] = []  # slice of each click, in the order the clicks were made
-        self._propagation: PropagationResult | None = None
-        self._runs: dict = {}  # finished propagation runs, reused when their seed is unchanged
-        self._lock = threading.RLock()  # object state; held briefly (decoder steps, never an encoder pass)
-        self._prop_lock = threading.Lock()  # one propagation of this object at a time
-        self._warned_blank: set[int] = set()
-
-    def __repr__(self) -> str:
-        return f"SegmentedObject(id={self.id}, clicks={len(self._order)}, slices={self.slices_with_clicks})"
-
-    # -- read access
-    @property
-    def volume(self) -> ImageVolume:
-        return self.session.volume
-
-    @property
-    def clicks(self) -> list[tuple[int, float, float, bool]]:
-        """All clicks as (z, y, x, positive), in the order they were made."""
-        with self._lock:
-            seen: dict[int, int] = {}
-            out = []
-            for z in self._order:
-                i = seen.get(z, 0)
-                c = self._slices[z].states[i].click
-                seen[z] = i + 1
-                out.append((z, c.y, c.x, c.is_positive))
-            return out
-
-    @property
-    def slices_with_clicks(self) -> list[int]:
-        with self._lock:
-            return sorted(self._slices)
-
-    @property
-    def last_propagation(self) -> PropagationResult | None:
-        return self._propagation
-
-    @property
-    def box(self) -> tuple[int, Box] | None:
-        """(slice, box) of the object's box prompt, or None (see :meth:`set_box`)."""
-        with self._lock:
-            for z, hist in self._slices.items():
-                if hist.box is not None:
-                    return z, hist.box
-        return None
-
-    def history(self, z: int | None = None) -> InteractiveObject | None:
-        """The click history of slice ``z`` (None when it has no clicks); read it, do not edit it."""
-        z = self._check_z(z)
-        with self._lock:
-            return self._slices.get(z)
-
-    def nbytes(self) -> int:
-        """Bytes of the arrays held by the click histories (logits, refined embeddings, the
-        current masks), independent of the propagation result."""
-        with self._lock:
-            return sum(h.nbytes() for h in self._slices.values())
-
-    def logits(self, z: int | None = None) -> torch.Tensor | None:
-        """The decoder logits (1, 1, 256, 256) after the last click on slice ``z`` (None if none)."""
-        z = self._check_z(z)
-        with self._lock:
-            hist = self._slices.get(z)
-            return hist.logits if hist is not None else None
-
-    def mask(self, z: int | None = None) -> np.ndarray:
-        """(Y, X) bool mask of slice ``z``: from its clicks, else from the last propagation, else empty."""
-        z = self._check_z(z)
-        with self._lock:
-            hist = self._slices.get(z)
-            if hist is not None:
-                return hist.mask
-            if self._propagation is not None and z in self._propagation.masks:
-                return self._propagation.masks[z]
-        return _frozen(np.zeros(self.volume.plane_shape, dtype=bool))
-
-    def volume_mask(self) -> np.ndarray:
-        """(Z, Y, X) bool: the last propagation, with the clicked slices' own masks on top."""
-        with self._lock:
-            out = np.zeros((self.volume.n_slices, *self.volume.plane_shape), dtype=bool)
-            if self._propagation is not None:
-                for z, m in self._propagation.masks.items():
-                    out[z] = m
-            for z, hist in self._slices.items():
-                out[z] = hist.mask
-            return out
-
-    # -- argument checks
-    def _check_z(self, z: Any) -> int:
-        vol = self.volume
-        if z is None:
-            if vol.n_slices > 1:
-                raise ValueError(f"the stack has {vol.n_slices} slices (0..{vol.n_slices - 1}): "
-                                 "pass the slice z explicitly")
-            return 0
-        if isinstance(z, (bool, np.bool_, str, bytes)):
-            raise TypeError(f"slice index z must be an integer, got {z!r}")
-        return vol.check_z(z)
-
-    def _normalise(self, click: Sequence) -> tuple[int, float, float, bool]:
-        try:
-            if isinstance(click, (str, bytes)):
-                raise TypeError
-            z, y, x, positive = click
-        except (TypeError, ValueError):
-            raise ValueError(f"a click is (z, y, x, positive), got {click!r}") from None
-        c = checked_click(y, x, positive, self.volume.plane_shape)
-        return self._check_z(z), c.y, c.x, c.is_positive
-
-    # -- clicks
-    def _new_history(self, z: int) -> InteractiveObject:
-        store = self.session.store
-        return InteractiveObject(self.session.predictor, lambda: store.get(z),
-                                 original_size=self.volume.plane_shape)
-
-    def _check_box_slice(self, zs: Iterable[int]) -> None:
-        """ValueError when the object has a box and a click would go to another slice."""
-        got = self.box
-        if got is not None:
-            for z in zs:
-                if z != got[0]:
-                    raise ValueError(f"this object's box is on slice {got[0]}; a click on slice {z} cannot "
-                                     f"refine it: click on slice {got[0]}, or start a new object")
-
-    def set_box(self, box: Sequence[float] | None, z: int | None = None) -> np.ndarray:
-        """Start the object on slice ``z`` from a box (y0, x0, y1, x1) in image pixels; returns
-        that slice's (Y, X) mask. None removes the box.
-
-        The box stays a prompt for every later click on its slice (which refine it, the
-        refiner's focus region coming from the box step); the slice's earlier clicks are
-        replayed on top of it. An object has one box, and then clicks on that slice only:
-        ValueError when it has clicks (or its box) on another slice, for a box of zero area or
-        off the image, and for a missing or invalid ``z`` on a stack.
-        """
-        z = self._check_z(z)
-        if box is not None:
-            box = checked_box(box, self.volume.plane_shape)
-            with self._lock:
-                other = sorted(k for k in self._slices if k != z)
-            if other:
-                raise ValueError(f"this object already has prompts on slice(s) {other}: a box starts an object "
-                                 f"on one slice; start a new object for a box on slice {z}")
-        self.session.store.get(z)  # a missing embedding is computed before taking the object's lock
-        with self._lock:
-            hist = self._slices.get(z)
-            if hist is None:
-                if box is None:
-                    return self.mask(z)
-                hist = self._new_history(z)
-            hist.set_box(box)
-            if len(hist) or hist.box is not None:
-                self._slices[z] = hist
-            else:
-                self._slices.pop(z, None)
-            self._changed(z)
-            return self.mask(z)
-
-    def _add(self, z: int, hist: InteractiveObject, click: Click) -> None:
-        hist.add(click)
-        if hist.blank and z not in self._warned_blank:
-            log.warning("slice %d is blank (constant after contrast mapping): nothing to segment there", z)
-            self._warned_blank.add(z)
-
-    def _changed(self, z: int) -> None:
-        """The clicks of slice ``z`` changed: its propagated mask (if any) is stale."""
-        prop = self._propagation
-        if prop is not None and z in prop.masks:  # a new result: the caller's copy stays as it was
-            self._propagation = dataclasses.replace(prop, masks={k: m for k, m in prop.masks.items() if k != z})
-
-    def add_click(self, y: float, x: float, positive: bool = True, z: int | None = None) -> np.ndarray:
-        """Add a click on slice ``z``; returns that slice's new (Y, X) bool mask.
-
-        Without a positive click on the slice its mask stays empty (negative clicks only
-        remove). ValueError for coordinates off the image or a missing/invalid ``z`` on a
-        stack, TypeError for a non-bool ``positive``.
-        """
-        z, y, x, positive = self._normalise((z, y, x, positive))
-        self._check_box_slice([z])
-        self.session.store.get(z)  # a missing embedding is computed before taking the object's lock
-        with self._lock:
-            hist = self._slices.get(z)
-            if hist is None:
-                hist = self._new_history(z)
-            self._add(z, hist, Click(y, x, positive))
-            self._slices[z] = hist
-            self._order.append(z)
-            self._changed(z)
-            return hist.mask
-
-    def undo(self, z: int | None = None) -> np.ndarray:
-        """Remove the last click (of slice ``z``, or the last one made); returns that slice's mask."""
-        with self._lock:
-            if z is None:
-                if not self._order:
-                    return _frozen(np.zeros(self.volume.plane_shape, dtype=bool))
-                z = self._order[-1]
-            z = self._check_z(z)
-            hist = self._slices.get(z)
-            if hist is None:
-                return self.mask(z)
-            hist.undo()
-            if not len(hist) and hist.box is None:
-                del self._slices[z]
-            idx = len(self._order) - 1 - self._order[::-1].index(z)
-            del self._order[idx]
-            self._changed(z)
-            return self.mask(z)
-
-    def reset(self) -> None:
-        """Forget all clicks and the propagation (and give the freed memory back to the system)."""
-        self._clear()
-        release_memory()
-
-    def _clear(self) -> None:
-        with self._lock:
-            self._slices.clear()
-            self._order.clear()
-            self._propagation = None
-            self._runs.clear()
-
-    def set_clicks(self, clicks: Iterable[Sequence]) -> dict[int, np.ndarray]:
-        """Replace all clicks by ``clicks`` [(z, y, x, positive), ...], in order.
-
-        Per slice, the clicks shared with the current list (same leading clicks) keep their
-        state; only the difference is undone/added, so adding or removing the last click costs
-        one decoder step. Returns slice -> new mask for the slices whose clicks changed
-        (an empty mask for a slice that lost all its clicks). All clicks are validated
-        before anything changes.
-        """
-        new = [self._normalise(c) for c in clicks]
-        self._check_box_slice(z for z, *_ in new)
-        wanted: dict[int, list[Click]] = {}
-        for z, y, x, p in new:
-            wanted.setdefault(z, []).append(Click(y, x, p))
-        changed: dict[int, np.ndarray] = {}
-        with self._lock:
-            todo = [z for z in wanted if (self._slices[z].clicks if z in self._slices else []) != wanted[z]]
-        for z in todo:  # missing embeddings are computed before taking the object's lock
-            self.session.store.get(z)
-        dropped = 0
-        with self._lock:
-            try:
-                for z in sorted(set(self._slices) | set(wanted)):
-                    hist = self._slices.get(z)
-                    if hist is None:
-                        hist = self._new_history(z)
-                    have, want = hist.clicks, wanted.get(z, [])
-                    k = 0
-                    while k < min(len(have), len(want)) and have[k] == want[k]:
-                        k += 1
-                    if k == len(have) == len(want):
-                        continue
-                    dropped += len(have) - k
-                    hist.truncate(k)
-                    try:
-                        for c in want[k:]:
-                            self._add(z, hist, c)
-                    finally:
-                        if len(hist) or hist.box is not None:
-                            self._slices[z] = hist
-                        else:
-                            self._slices.pop(z, None)
-                        self._changed(z)
-                    changed[z] = self.mask(z)
-            finally:
-                self._rebuild_order([z for z, *_ in new])
-        if dropped >= RELEASE_AFTER_DROPPED_CLICKS:
-            release_memory()
-        return changed
-
-    def _rebuild_order(self, preferred: list[int]) -> None:
-        """Click order = ``preferred`` as far as the per-slice histories allow (after an error
-        part-way through :meth:`set_clicks` the two may differ)."""
-        left = {z: len(h) for z, h in self._slices.items()}
-        order = []
-        for z in preferred:
-            if left.get(z, 0) > 0:
-                order.append(z)
-                left[z] -= 1
-        for z, n in left.items():
-            order.extend([z] * n)
-        self._order = order
-
-    # -- volumes
-    def propagate(
-        self,
-        z_start: int | None = None,
-        *,
-        iou_threshold: float = DEFAULT_IOU_THRESHOLD,
-        directions: Iterable[str] = DIRECTIONS,
-        progress: Callable[[int, int], None] | None = None,
-        cancelled: Callable[[], bool] | None = None,
-        prompt: str = DEFAULT_PROMPT,
-        multimask: bool = DEFAULT_MULTIMASK,
-    ) -> PropagationResult:
-        """Propagate slice by slice from the clicked slices (and ``z_start``) through the stack.
-
-        Every clicked slice is a seed and keeps its own mask; runs go outward from the lowest
-        and highest clicked slices ("down" = towards slice 0, "up" = towards the last slice)
-        and fill the gaps between clicked slices from both ends. ``z_start``: an extra seed, a
-        slice without clicks that holds a mask from the previous propagation (to continue from
-        there); a clicked ``z_start`` changes nothing. A clicked slice whose mask is empty
-        (e.g. only negative clicks) stops the propagation there. Embeddings missing on the way
-        are computed. ``cancelled()`` is checked between slices; a cancelled run keeps (and
-        returns) what it finished. The result also becomes :meth:`volume_mask`.
-
-        Re-propagation after an edit reuses every run whose seed slice, extent and parameters
-        did not change: a click on one slice only re-propagates the runs next to that slice.
-        """
-        with self._prop_lock:
-            with self._lock:
-                seeds = {z: (h.mask, h.logits) for z, h in self._slices.items()}
-                tokens = {z: h.token for z, h in self._slices.items()}
-                if z_start is not None:
-                    z_start = self._check_z(z_start)
-                    if z_start not in seeds:
-                        prev = self._propagation.masks.get(z_start) if self._propagation is not None else None
-                        if prev is None or not prev.any():
-                            raise ValueError(f"slice {z_start} has no clicks and no mask to propagate from: "
-                                             "click on it first")
-                        seeds[z_start] = (prev, None)
-                        tokens[z_start] = ("propagated", id(prev))
-                if not seeds:
-                    raise ValueError("the object has no clicks yet: add a click first")
-            # without the object's lock: mask() etc. stay responsive while this runs
-            result = propagate(self.session.store, seeds, iou_threshold=iou_threshold, directions=directions,
-                               progress=progress, cancelled=cancelled, prompt=prompt, multimask=multimask,
-                               tokens=tokens, memo=self._runs)
-            for m in result.masks.values():
-                _frozen(m)
-            with self._lock:
-                # slices whose clicks changed while this ran: their propagated masks are stale
-                current = {z: h.token for z, h in self._slices.items()}
-                used = {z: t for z, t in tokens.items() if not isinstance(t, tuple)}
-                for z in set(used) | set(current):
-                    if used.get(z) != current.get(z):
-                        result.masks.pop(z, None)
-                self._propagation = result
-            return result
 
 
 class Session:
@@ -426,11 +56,18 @@ class Session:
     model: a registry name ("vit_t", ...), a checkpoint path or a loaded :class:`FocSAM`
     (left on its device unless ``device`` names one); ``predictor`` overrides both.
     cache_dir: optional folder for the on-disk embedding cache (see :class:`EmbeddingStore`).
+
+    tiles: None (default) tiles large images (:meth:`ImageVolume.is_large`) and keeps the single
+    squeezed canvas for the others; True/False force either (False: the behaviour before tiling,
+    for comparisons). tile_size, halo: the tiling (:mod:`.tiles`). On a tiled image,
+    :attr:`store` is a :class:`TiledEmbeddingStore`, and memory is bounded by
+    ``max_memory_bytes`` of tile embeddings plus each object's click history and mask regions.
     """
 
     def __init__(self, vol: ImageVolume | Any, model: str | Path | FocSAM = DEFAULT_MODEL, *,
                  device: str = "auto", refine: bool = True, cache_dir: str | Path | None = None,
-                 predictor: FocSAMPredictor | None = None, max_memory_bytes: int = 512 * 2**20) -> None:
+                 predictor: FocSAMPredictor | None = None, max_memory_bytes: int = 512 * 2**20,
+                 tiles: bool | None = None, tile_size: int = DEFAULT_TILE_SIZE, halo: int = DEFAULT_HALO) -> None:
         if not isinstance(vol, ImageVolume):
             vol = ImageVolume(vol)
         if predictor is None:
@@ -443,13 +80,37 @@ class Session:
             predictor = FocSAMPredictor(net, refine=refine)
         self.volume = vol
         self.predictor = predictor
-        self.store = EmbeddingStore(predictor, vol, cache_dir=cache_dir, max_memory_bytes=max_memory_bytes)
+        self.tiled = bool(vol.is_large(tile_size)) if tiles is None else bool(tiles)
+        if self.tiled:
+            self.store: EmbeddingStore = TiledEmbeddingStore(predictor, vol, cache_dir=cache_dir,
+                                                             max_memory_bytes=max_memory_bytes,
+                                                             tile_size=tile_size, halo=halo)
+        else:
+            self.store = EmbeddingStore(predictor, vol, cache_dir=cache_dir, max_memory_bytes=max_memory_bytes)
         self._objects: list[SegmentedObject] = []
         self._next_id = 1
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"Session({self.volume!r}, model={getattr(self.predictor.model, 'model_type', '?')}, objects={len(self._objects)})"
+
+    # -- tiles (large images)
+    def on_tile(self, fn: Callable[[int, TileKey, str], None]) -> None:
+        """Call ``fn(z, key, state)`` when a tile starts being encoded (``state="embedding"``) and
+        when it is ready (``"ready"``); never called on an image that is not tiled."""
+        if isinstance(self.store, TiledEmbeddingStore):
+            self.store.add_listener(fn)
+
+    def tiles_in_memory(self) -> list[tuple[int, TileKey]]:
+        """``(z, TileKey)`` of the tile embeddings held in memory (empty when not tiled)."""
+        return self.store.tiles_in_memory() if isinstance(self.store, TiledEmbeddingStore) else []
+
+    def tile_window(self, z: int, key: TileKey) -> tuple[int, int, int, int]:
+        """``(y0, y1, x0, x1)`` of tile ``key`` in full-resolution pixels (ValueError when not tiled)."""
+        if not isinstance(self.store, TiledEmbeddingStore):
+            raise ValueError("this session does not tile its image (it is not large): there are no tiles")
+        self.volume.check_z(z)
+        return self.store.tile_window(key)
 
     @property
     def objects(self) -> list[SegmentedObject]:
@@ -481,7 +142,7 @@ class Session:
         with self._lock:
             objects, self._objects = self._objects, []
         for obj in objects:
-            obj._clear()
+            obj.clear()
         self.store.clear_memory()
         release_memory()
 

@@ -1,0 +1,194 @@
+"""Large images: one click per nucleus on mosaics of a real nuclei image, squeezed canvas vs tiles.
+
+    python benchmarks/bench_large_images.py [--data-root ../shared/data] [--model vit_t]
+                                            [--sizes 1 4 8] [--threads 1] [--lazy]
+
+The image is ``coelho2009_gnf/images/dna-1.png`` (1030 x 1349, 8-bit nuclei) and its labels.
+Twelve nuclei are chosen once, spread over the image (in each cell of a 3 x 4 grid, the labelled
+nucleus whose interior point is nearest the cell's centre, nuclei touching the border left out).
+The mosaics repeat the image k x k times (k = 1, 4, 8: up to 8240 x 10792 pixels); the clicks go
+to the copies at the fixed inner position (k // 2, k // 2). Each nucleus gets a new object and one
+positive click at its interior point (the pixel farthest from its boundary), in a fresh
+:class:`Session` per image and mode:
+
+- ``squeezed``: ``Session(..., tiles=False)``, the behaviour before tiling (the whole plane
+  resized to the encoder's 1024 canvas);
+- ``tiles``: ``Session(...)`` as is (tiled automatically above 1536 pixels; the 1x image is not
+  tiled, so both rows are the same code path there).
+
+Printed per image and mode: mean one-click IoU against the labels, time to the first mask
+(embedding included), peak memory (RSS above the level before the run, sampled every 5 ms),
+tiles (or slices) embedded, and where the objects were decoded (levels used).
+
+``--lazy``: also a (20, 8192, 8192) uint16 zarr volume (made in a temporary folder, ~2.6 GB on
+disk, a few nuclei copies per slice) opened lazily: one click and a propagation through all
+slices, with the peak RSS (target < 3 GB) and the number of tiles embedded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "src"))
+
+
+def rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * 4096
+
+
+class PeakRSS:
+    """Peak resident memory above the level at entry, sampled in a thread."""
+
+    def __enter__(self):
+        gc.collect()
+        self.base = rss_bytes()
+        self.peak = self.base
+        self._stop = threading.Event()
+        self._t = threading.Thread(target=self._run, daemon=True)
+        self._t.start()
+        return self
+
+    def _run(self):
+        while not self._stop.wait(0.005):
+            self.peak = max(self.peak, rss_bytes())
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._t.join()
+        self.peak = max(self.peak, rss_bytes())
+
+    @property
+    def delta_mib(self) -> float:
+        return (self.peak - self.base) / 2**20
+
+
+def load(root: Path):
+    from PIL import Image
+
+    d = root / "micro" / "coelho2009_gnf"
+    return (np.array(Image.open(d / "images" / "dna-1.png")), np.array(Image.open(d / "labels" / "dna-1.png")))
+
+
+def pick_nuclei(labels: np.ndarray, rows: int = 3, cols: int = 4) -> list[tuple[int, int, int]]:
+    """(label, y, x) of 12 nuclei spread over the image; (y, x) is the nucleus' interior point."""
+    from scipy import ndimage as ndi
+
+    H, W = labels.shape
+    border = set(np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]])))
+    cands = []
+    for lab in np.unique(labels):
+        if lab == 0 or lab in border:
+            continue
+        m = labels == lab
+        dist = ndi.distance_transform_edt(np.pad(m, 1))[1:-1, 1:-1]
+        y, x = np.unravel_index(int(np.argmax(dist)), dist.shape)
+        cands.append((int(lab), int(y), int(x)))
+    chosen: list[tuple[int, int, int]] = []
+    for r in range(rows):
+        for c in range(cols):
+            cy, cx = (r + 0.5) * H / rows, (c + 0.5) * W / cols
+            left = [n for n in cands if n not in chosen]
+            chosen.append(min(left, key=lambda n: (n[1] - cy) ** 2 + (n[2] - cx) ** 2))
+    return chosen
+
+
+def iou(a: np.ndarray, b: np.ndarray) -> float:
+    u = np.count_nonzero(a | b)
+    return float(np.count_nonzero(a & b) / u) if u else 1.0
+
+
+def run_mode(image, labels, nuclei, k, predictor, tiles: bool | None):
+    from napari_focsam.core.session import ImageVolume, Session
+
+    H, W = labels.shape
+    oy, ox = (k // 2) * H, (k // 2) * W
+    mosaic = np.tile(image, (k, k)) if k > 1 else image
+    ious, levels = [], []
+    with PeakRSS() as mem:
+        t0 = time.perf_counter()
+        session = Session(ImageVolume(mosaic), predictor=predictor, tiles=tiles)
+        first = None
+        for lab, y, x in nuclei:
+            obj = session.new_object()
+            y0, x0, crop = obj.add_click(oy + y, ox + x, z=0, region=True)
+            if first is None:
+                first = time.perf_counter() - t0
+            truth = labels == lab
+            pred = np.zeros_like(truth)
+            # the region, cut to the clicked copy of the image
+            ya, yb = max(y0, oy), min(y0 + crop.shape[0], oy + H)
+            xa, xb = max(x0, ox), min(x0 + crop.shape[1], ox + W)
+            outside = np.count_nonzero(crop)
+            if ya < yb and xa < xb:
+                part = crop[ya - y0:yb - y0, xa - x0:xb - x0]
+                pred[ya - oy:yb - oy, xa - ox:xb - ox] = part
+                outside -= np.count_nonzero(part)
+            inter = np.count_nonzero(pred & truth)
+            union = np.count_nonzero(pred | truth) + outside
+            ious.append(inter / union if union else 1.0)
+            tile = obj.tile(0)
+            levels.append(tile.level if tile is not None else -1)
+        total = time.perf_counter() - t0
+    computed = session.store.stats["computed"]
+    session.close()
+    del session, mosaic
+    gc.collect()
+    return {"miou": float(np.mean(ious)), "first_s": first, "total_s": total, "peak_mib": mem.delta_mib,
+            "embedded": computed, "levels": levels, "ious": ious}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data-root", type=Path, default=REPO.parent / "shared" / "data")
+    ap.add_argument("--model", default="vit_t")
+    ap.add_argument("--sizes", type=int, nargs="+", default=[1, 4, 8])
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--lazy", action="store_true", help="also the (20, 8192, 8192) lazy zarr volume")
+    args = ap.parse_args(argv)
+
+    import torch
+
+    from napari_focsam.core.models import load_model
+    from napari_focsam.core.predictor import FocSAMPredictor
+
+    torch.set_num_threads(args.threads)
+    image, labels = load(args.data_root)
+    nuclei = pick_nuclei(labels)
+    predictor = FocSAMPredictor(load_model(args.model, "cpu"))
+    print(f"model {args.model}, {args.threads} torch thread(s); image dna-1.png {image.shape}; nuclei "
+          f"{[lab for lab, _, _ in nuclei]}")
+    print(f"{'image':>16} {'mode':>9} {'mIoU':>6} {'first mask s':>12} {'all 12 s':>8} {'peak MiB':>8} "
+          f"{'embedded':>8}  levels")
+    rows = {}
+    for k in args.sizes:
+        for mode, tiles in (("squeezed", False), ("tiles", None)):
+            r = run_mode(image, labels, nuclei, k, predictor, tiles)
+            rows[(k, mode)] = r
+            shape = f"{k}x{k} {image.shape[0] * k}x{image.shape[1] * k}"
+            print(f"{shape:>16} {mode:>9} {r['miou']:6.3f} {r['first_s']:12.2f} {r['total_s']:8.2f} "
+                  f"{r['peak_mib']:8.0f} {r['embedded']:8d}  {sorted(set(r['levels']))}", flush=True)
+    if (1, "tiles") in rows:
+        base = rows[(1, "tiles")]
+        for k in args.sizes:
+            if k > 1 and (k, "tiles") in rows:
+                r = rows[(k, "tiles")]
+                print(f"{k}x{k} tiles vs 1x: mIoU {r['miou'] - base['miou']:+.3f}, time to first mask "
+                      f"{r['first_s'] / base['first_s']:.2f}x")
+    if args.lazy:
+        from lazy_volume import run_lazy  # benchmarks/lazy_volume.py
+
+        run_lazy(predictor, image, labels, nuclei)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,225 @@
+"""Slice-by-slice propagation through a tiled stack, with masks kept as regions.
+
+The same rule as :mod:`.volume` (one interior click of the previous slice's mask, optional box
+and logits, multimask selection against the previous mask, the IoU and vanishing stops, seeds
+and gaps filled from both ends), with the object-adaptive scale of :mod:`.tiled_object`: each
+next slice is decoded in the tile, at the level, that holds the previous slice's mask best; when
+the new mask reaches an inner tile edge it moves to another tile or a coarser level and that
+slice is decoded again there.
+
+Memory: the tile embeddings in use (the store's LRU, bounded by its ``max_memory_bytes``),
+a few tile-sized arrays for the current slice (the previous mask at the tile's resolution,
+the decoder's masks: about 4 MiB for 1024 x 1024 tiles), and per slice reached the mask region
+(the object's bounding box at full resolution): nothing of the size of a plane unless the object
+is that large. :class:`RegionMasks` gives planes one at a time on request.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Callable, Iterable, Iterator, Mapping
+
+import numpy as np
+import torch
+
+from .regions import (MaskRegion, downsample_region, region_bbox, region_iou, region_pixels, region_to_plane,
+                      tile_logits_values, values_bbox, values_to_region)
+from .tiled_embeddings import TiledEmbeddingStore
+from .tiled_object import MAX_MOVES, box_at_level, next_placement
+from .tiles import EDGE_MARGIN, TileKey
+from .volume import (DEFAULT_IOU_THRESHOLD, DEFAULT_MULTIMASK, DEFAULT_PROMPT, DIRECTIONS, MIN_MASK_PIXELS,
+                     PROMPT_MODES, PropagationResult, decode_prompt, interior_point, mask_box, mask_to_logits)
+
+__all__ = ["RegionMasks", "plan_runs", "propagate_tiled"]
+
+
+class RegionMasks(Mapping):
+    """slice -> (Y, X) bool mask, stored as :class:`MaskRegion` s and materialised on access.
+
+    ``region(z)`` gives the region itself; iterating over ``items()`` makes one plane at a time.
+    """
+
+    def __init__(self, regions: Mapping[int, MaskRegion], plane_shape: tuple[int, int]) -> None:
+        self.regions = dict(sorted(regions.items()))
+        self.plane_shape = tuple(plane_shape)
+
+    def __repr__(self) -> str:
+        return f"RegionMasks(slices={list(self.regions)}, plane={self.plane_shape})"
+
+    def __getitem__(self, z: int) -> np.ndarray:
+        return region_to_plane(self.regions[z], self.plane_shape)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.regions)
+
+    def __len__(self) -> int:
+        return len(self.regions)
+
+    def __contains__(self, z: object) -> bool:
+        return z in self.regions
+
+    def region(self, z: int) -> MaskRegion:
+        return self.regions[z]
+
+    def pop(self, z: int, default=None):
+        return self.regions.pop(z, default)
+
+    def without(self, z: int) -> "RegionMasks":
+        return RegionMasks({k: r for k, r in self.regions.items() if k != z}, self.plane_shape)
+
+
+def plan_runs(seeds: list[int], empty: set[int], n_slices: int,
+              directions: tuple[str, ...]) -> list[tuple[int, int, int, str | None]]:
+    """The runs ``(start, step, limit (exclusive), outer)`` of a propagation, as in :mod:`.volume`:
+    outward from the outermost seeds ("down"/"up"), and through each gap between seeds from both
+    ends (split in the middle; a seed with an empty mask only stops)."""
+    down, up = "down" in directions, "up" in directions
+    runs: list[tuple[int, int, int, str | None]] = []
+    if down:
+        runs.append((seeds[0], -1, -1, "down"))
+    for a, b in zip(seeds, seeds[1:]):
+        if b - a <= 1:
+            continue
+        from_a, from_b = up and a not in empty, down and b not in empty
+        if from_a and from_b:
+            mid = (a + b) // 2
+            runs += [(a, +1, mid + 1, None), (b, -1, mid, None)]
+        elif from_a:
+            runs.append((a, +1, b, None))
+        elif from_b:
+            runs.append((b, -1, a, None))
+    if up:
+        runs.append((seeds[-1], +1, n_slices, "up"))
+    return runs
+
+
+def _first_key(store: TiledEmbeddingStore, region: MaskRegion, level: int) -> TileKey:
+    """The best tile holding ``region`` (full resolution) at ``level`` or the first coarser level."""
+    box = region_bbox(region)
+    for lv in range(level, store.top_level + 1):
+        lbox = box_at_level(store, box, 0, lv, EDGE_MARGIN)
+        best = store.grid(lv).tiles_for_box(lbox)
+        if best:
+            return best[0]
+    return TileKey(store.top_level, 0, 0)
+
+
+def next_slice_tiled(store: TiledEmbeddingStore, z: int, prev: MaskRegion, prev_key: TileKey | None,
+                     prev_logits: torch.Tensor | None, prompt: str,
+                     multimask: bool) -> tuple[MaskRegion, TileKey, torch.Tensor | None, bool]:
+    """Decode slice ``z`` from the previous slice's region: ``(region, tile, logits, blank)``."""
+    key = _first_key(store, prev, prev_key.level if prev_key is not None else 0)
+    visited = {key}
+    region, logits = None, None
+    for _ in range(MAX_MOVES):
+        emb = store.get_tile(z, key)
+        if emb.blank:
+            return MaskRegion(0, 0, np.zeros((0, 0), bool)), key, None, True
+        window = store.grid(key.level).window(key)
+        ref = downsample_region(prev, window, store.factor(key.level))
+        if not ref.any():  # the previous mask is smaller than a pixel of this level
+            return MaskRegion(0, 0, np.zeros((0, 0), bool)), key, None, False
+        y, x = interior_point(ref)
+        box = None
+        if "box" in prompt:
+            bx0, by0, bx1, by1 = mask_box(ref)
+            box = (bx0, by0, bx1, by1)
+        mask_input = None
+        if "logits" in prompt:
+            mask_input = prev_logits if (prev_logits is not None and key == prev_key) else \
+                mask_to_logits(ref, emb.input_size)
+        _, logits = decode_prompt(store.predictor, emb, [(y, x, True)], box, mask_input,
+                                  multimask=multimask, reference=ref)
+        got = tile_logits_values(logits, emb.input_size, emb.original_size)
+        if got is None:
+            return MaskRegion(0, 0, np.zeros((0, 0), bool)), key, logits, False
+        ty0, _, tx0, _ = window
+        bbox = values_bbox(*got)
+        region = values_to_region(*got, (ty0, tx0), store.factor(key.level), store.volume.plane_shape)
+        if bbox is None:
+            return region, key, logits, False
+        lbox = (bbox[0] + ty0, bbox[1] + ty0, bbox[2] + tx0, bbox[3] + tx0)
+        pbox = region_bbox(prev)
+        nxt = next_placement(store, key, lbox, lambda lv: box_at_level(store, pbox, 0, lv), visited)
+        if nxt is None:
+            break
+        visited.add(nxt)
+        key = nxt
+    return region, key, logits, False
+
+
+def propagate_tiled(
+    store: TiledEmbeddingStore,
+    seeds: Mapping[int, tuple[MaskRegion, TileKey | None, torch.Tensor | None]],
+    *,
+    iou_threshold: float = DEFAULT_IOU_THRESHOLD,
+    directions: Iterable[str] = DIRECTIONS,
+    progress: Callable[[int, int], None] | None = None,
+    cancelled: Callable[[], bool] | None = None,
+    prompt: str = DEFAULT_PROMPT,
+    multimask: bool = DEFAULT_MULTIMASK,
+    min_pixels: int = MIN_MASK_PIXELS,
+) -> PropagationResult:
+    """Propagate from seed slices (slice -> (region, tile or None, logits or None)) through a
+    tiled stack; the result's ``masks`` is a :class:`RegionMasks`. See :func:`.volume.propagate`
+    for the parameters (every run is decoded again: no reuse of unchanged runs here)."""
+    t0 = time.perf_counter()
+    directions = tuple(directions)
+    bad = [d for d in directions if d not in DIRECTIONS]
+    if bad:
+        raise ValueError(f"unknown direction(s) {bad}: expected 'down' (towards slice 0) and/or 'up'")
+    if not 0.0 <= iou_threshold <= 1.0:
+        raise ValueError(f"iou_threshold must be within [0, 1], got {iou_threshold}")
+    if prompt not in PROMPT_MODES:
+        raise ValueError(f"unknown prompt mode {prompt!r}: expected one of {PROMPT_MODES}")
+    if not seeds:
+        raise ValueError("nothing to propagate from: add a click first")
+    n_slices = store.volume.n_slices
+    order = sorted(seeds)
+    regions = {z: r for z, (r, _, _) in seeds.items() if region_pixels(r)}
+    empty = {z for z, (r, _, _) in seeds.items() if not region_pixels(r)}
+    runs = plan_runs(order, empty, n_slices, directions)
+    total = sum(max(0, (limit - start) * step - 1) for start, step, limit, _ in runs)
+    reasons = {d: "not requested" for d in DIRECTIONS}
+    ious: dict[int, float] = {}
+    done, was_cancelled = 0, False
+    for start, step, limit, outer in runs:
+        if was_cancelled:
+            if outer:
+                reasons[outer] = "cancelled"
+            continue
+        prev, key, logits = seeds[start]
+        reason = "border"
+        if not region_pixels(prev):
+            reason = f"the clicked slice {start} has an empty mask"
+        z = start + step
+        while reason == "border" and z != limit:
+            if cancelled is not None and cancelled():
+                was_cancelled, reason = True, "cancelled"
+                break
+            region, key, logits, blank = next_slice_tiled(store, z, prev, key, logits, prompt, multimask)
+            if blank:
+                reason = f"vanished at z={z} (blank slice)"
+                break
+            if region_pixels(region) < min_pixels:
+                reason = f"vanished at z={z}"
+                break
+            iou = region_iou(prev, region)
+            ious[z] = iou
+            if outer and iou < iou_threshold:
+                reason = f"iou {iou:.2f} < {iou_threshold:.2f} at z={z}"
+                break
+            regions[z] = region
+            prev = region
+            done += 1
+            if progress is not None:
+                progress(min(done, total), total)
+            z += step
+        if outer:
+            reasons[outer] = reason
+    if progress is not None and not was_cancelled:
+        progress(total, total)
+    nonempty = [z for z, r in regions.items() if region_pixels(r)]
+    z_range = (min(nonempty), max(nonempty)) if nonempty else (order[0], order[0])
+    return PropagationResult(RegionMasks(regions, store.volume.plane_shape), z_range, reasons, was_cancelled, ious,
+                             time.perf_counter() - t0)
