@@ -181,3 +181,51 @@ def test_v2_config_training_data(shared_data):
     assert len(ds) >= 10
     for s in ds:
         assert all(o.gt.sum() >= 150 for o in s.objects)
+
+
+# ----------------------------------------------------------------------------- comparison / report
+
+
+def test_chosen_objects_are_a_seeded_sample(tmp_path):
+    from PIL import Image
+
+    from napari_focsam.evaluation.datasets import read_dataset
+    from napari_focsam.training.compare import ChosenObjects, markdown_table, sample_objects
+
+    for d in ("images", "labels"):
+        (tmp_path / d).mkdir()
+    for k in range(3):
+        lab = np.zeros((20, 30), np.uint8)
+        for j in range(4):
+            lab[2 + 4 * j : 5 + 4 * j, 2 + 5 * k : 6 + 5 * k] = j + 1
+        Image.fromarray(lab).save(tmp_path / "labels" / f"im-{k}.png")
+        Image.fromarray((lab > 0).astype(np.uint8) * 200).save(tmp_path / "images" / f"im-{k}.png")
+    ds = read_dataset("microscopy", tmp_path)
+    a = sample_objects(ds, 5, seed=1)
+    assert a == sample_objects(ds, 5, seed=1) and sum(map(len, a.values())) == 5
+    assert sum(map(len, sample_objects(ds, None, seed=1).values())) == 12
+    chosen = ChosenObjects(ds, a)
+    got = [(s.image_id, o.object_id) for s in chosen for o in s.objects]
+    assert len(got) == len(chosen) == 5
+    full = {s.image_id: [o.object_id for o in s.objects] for s in ds}
+    assert got == [(i, full[i][j]) for i in a for j in a[i]]
+    summary = {"n_objects": 5, "noc85": 1.2, "noc90": 2.0, "noc95": 3.5, "miou": [0.5] * 20}
+    table = markdown_table({"val": {"plain": summary}}, "abc")
+    assert "| val | plain | 5 | 1.20 | 2.00 | 3.50 |" in table and "abc" in table
+
+
+def test_training_log_plot(tmp_path):
+    import json
+
+    from napari_focsam.training.report import plot_training_log, read_log
+
+    log = tmp_path / "log.jsonl"
+    lines = [{"iter": i, "loss": 1.0 / (i + 1), "nfl": 0.5, "click": 0.1, "iou": 0.8, "plain_iou": 0.7, "lr": 1e-4}
+             for i in range(0, 60, 10)]
+    lines.insert(3, {"event": "resumed", "iteration": 20})
+    lines.append({"iter": 50, "loss": 9.0, "nfl": 0.5, "click": 0.1, "iou": 0.8, "plain_iou": None, "lr": 1e-4})
+    log.write_text("\n".join(json.dumps(r) for r in lines) + "\n")
+    recs = read_log(log)
+    assert [r["iter"] for r in recs] == [0, 10, 20, 30, 40, 50] and recs[-1]["loss"] == 9.0
+    png = plot_training_log(log, tmp_path / "curves.png")
+    assert png.stat().st_size > 1000
