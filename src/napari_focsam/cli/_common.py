@@ -14,14 +14,19 @@ __all__ = [
     "COMMA_VALUE_OPTIONS",
     "add_cluster_options",
     "add_image_model_options",
+    "add_large_image_options",
     "check_output",
     "join_negative_values",
     "layout_of",
     "load_volume",
     "note",
+    "note_tiling",
+    "open_input",
     "parse_limits",
     "progress_bar",
     "read_input",
+    "tile_options",
+    "write_regions",
 ]
 
 #: Options whose value is a comma-separated list of numbers that may start with "-".
@@ -63,6 +68,20 @@ def read_input(path: str | Path):
 
     try:
         return read_image(path)
+    except (ValueError, FileNotFoundError) as exc:
+        raise UserError(str(exc)) from None
+
+
+def open_input(path: str | Path, level: int | None = None):
+    """The image at ``path``: a zarr array or OME-Zarr pyramid (a folder) opened lazily, else
+    read as :func:`read_input` does; :class:`UserError` (one line) if it cannot be opened."""
+    p = Path(path)
+    if not p.is_dir() and level is None:
+        return read_input(p)
+    from ..core.distributed import open_image
+
+    try:
+        return open_image(p, level)
     except (ValueError, FileNotFoundError) as exc:
         raise UserError(str(exc)) from None
 
@@ -154,3 +173,68 @@ def add_image_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
     parser.add_argument("--contrast-limits", type=parse_limits, default=None, metavar="LOW,HIGH",
                         help="intensities mapped to black and white (default: robust percentiles)")
+
+
+def add_large_image_options(parser: argparse.ArgumentParser) -> None:
+    """``--level``, ``--tile-size`` and ``--halo``: pyramids and tiles of large images."""
+    parser.add_argument("--level", type=int, default=None, metavar="N",
+                        help="with an OME-Zarr pyramid: use level N as the image (default: the whole "
+                             "pyramid, full resolution, its coarser levels for large objects)")
+    parser.add_argument("--tile-size", type=int, default=None, metavar="T",
+                        help="encoder tile side for large images (long side above 1536): a multiple of "
+                             "16 within [256, 4096] (default 1024)")
+    parser.add_argument("--halo", type=int, default=None, metavar="H",
+                        help="overlap of neighbouring tiles; objects up to H pixels lie in one tile "
+                             "(0 <= H < T/2, default 256)")
+
+
+def tile_options(args: argparse.Namespace) -> tuple[int, int]:
+    """``(tile_size, halo)`` from ``--tile-size``/``--halo`` (defaults where not given), checked
+    before any work: :class:`UserError` with the valid range otherwise."""
+    from ..core.tiles import DEFAULT_HALO, DEFAULT_TILE_SIZE, check_tiling
+
+    tile = DEFAULT_TILE_SIZE if args.tile_size is None else args.tile_size
+    halo = DEFAULT_HALO if args.halo is None else args.halo
+    try:
+        return check_tiling(tile, halo)
+    except ValueError as exc:
+        text = str(exc).replace("tile_size", "--tile-size").replace("halo", "--halo")
+        raise UserError(text) from None
+
+
+def note_tiling(args: argparse.Namespace, vol, tiling: tuple[int, int]) -> bool:
+    """Whether ``vol`` is tiled (its long side is above the tiling threshold); says so on stderr,
+    and says when ``--tile-size``/``--halo`` were given for an image that is not tiled."""
+    large = vol.is_large(tiling[0])
+    h, w = vol.plane_shape
+    if large:
+        note(f"large image ({h}x{w} per slice): encoded in tiles of {tiling[0]}x{tiling[0]} pixels "
+             f"overlapping by {tiling[1]}, {vol.n_levels} stored level(s)")
+    elif args.tile_size is not None or args.halo is not None:
+        note(f"--tile-size/--halo ignored: the image ({h}x{w}) is small enough for one encoder canvas")
+    return large
+
+
+def write_regions(path: str | Path, shape: tuple[int, ...], region_of: Callable[[int], Any]) -> dict[str, int]:
+    """Write a uint8 mask (1 = object) given by one region per slice (see
+    :func:`~napari_focsam.core.io.write_mask_regions`); the old file stays if anything fails.
+
+    Returns ``{"mask_pixels": ..., "slices_with_mask": ...}``.
+    """
+    import numpy as np
+
+    from ..core.io import write_mask_regions
+
+    seen: set[int] = set()
+
+    def counted(z: int):
+        region = region_of(z)
+        if region is not None and np.asarray(region[2]).any():
+            seen.add(z)
+        return region
+
+    try:
+        n = write_mask_regions(path, shape, counted)
+    except ValueError as exc:  # the checks passed before the work; the folder changed since
+        raise UserError(str(exc)) from None
+    return {"mask_pixels": n, "slices_with_mask": len(seen)}

@@ -7,6 +7,10 @@ read-only folder is reported as such (nothing to do, exit 0). Prints one line of
 With ``--workers N`` the slices are spread over a local dask cluster of N processes, with
 ``--scheduler ADDRESS`` over a running dask cluster (see :mod:`napari_focsam.core.distributed`);
 the store is the same as a single process writes.
+
+A large image (long side above 1536 pixels; a zarr folder or OME-Zarr pyramid is opened lazily)
+is cached tile by tile (``--tile-size``, ``--halo``), at every level the tiled engine uses: the
+units counted are then tiles.
 """
 
 from __future__ import annotations
@@ -16,7 +20,8 @@ import json
 import time
 
 from ..errors import UserError
-from ._common import add_cluster_options, add_image_model_options, layout_of, load_volume, note, progress_bar, read_input
+from ._common import (add_cluster_options, add_image_model_options, add_large_image_options, layout_of, load_volume,
+                      note, note_tiling, open_input, progress_bar, tile_options)
 
 __all__ = ["add_parser", "run"]
 
@@ -27,9 +32,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "precompute", help="compute and cache the embeddings of an image or of every slice of a stack",
         description="Fill the on-disk embedding cache (one zarr store per image and model in DIR); "
                     "an interrupted run resumes where it stopped.")
-    p.add_argument("image", help="2D image (tif/png/jpg) or 3D stack (tif)")
+    p.add_argument("image", help="2D image (tif/png/jpg), 3D stack (tif), or a zarr array / OME-Zarr folder")
     p.add_argument("--cache", required=True, metavar="DIR", help="cache folder (created if needed)")
     add_image_model_options(p)
+    add_large_image_options(p)
     add_cluster_options(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
@@ -43,23 +49,34 @@ def run(args: argparse.Namespace) -> int:
     from ..core.embeddings import EmbeddingStore
     from ..core.predictor import FocSAMPredictor
 
+    tiling = tile_options(args)
     if args.workers is not None or args.scheduler is not None:
         return _run_on_cluster(args)
-    vol = load_volume(read_input(args.image), args.contrast_limits)
+    vol = load_volume(open_input(args.image, args.level), args.contrast_limits)
     if vol.is_3d or vol.has_channels:
         note(f"read {args.image} as {layout_of(vol)}")
+    large = note_tiling(args, vol, tiling)
     model = models.load_model(args.model, args.device)
-    store = EmbeddingStore(FocSAMPredictor(model), vol, cache_dir=args.cache)
+    if large:
+        from ..core.tiled_embeddings import TiledEmbeddingStore
+
+        store = TiledEmbeddingStore(FocSAMPredictor(model), vol, cache_dir=args.cache,
+                                    tile_size=tiling[0], halo=tiling[1])
+        n = store.tiles_per_slice * vol.n_slices
+        what = "tiles"
+    else:
+        store = EmbeddingStore(FocSAMPredictor(model), vol, cache_dir=args.cache)
+        n = vol.n_slices
+        what = "slices"
     if store.cache_path is None:
         raise UserError(f"cannot fill the cache in {args.cache}: {store.disk_error}")
     t0 = time.perf_counter()
-    n = vol.n_slices
     if not store.disk_writable:
         missing = len(store.missing())
         if missing:
             why = store.disk_error or f"the store {store.cache_path} is read-only"
-            raise UserError(f"cannot fill the cache in {args.cache}: {why} ({missing} of {n} slices are missing)")
-        note(f"nothing to do: the read-only cache {store.cache_path} holds all {n} slices")
+            raise UserError(f"cannot fill the cache in {args.cache}: {why} ({missing} of {n} {what} are missing)")
+        note(f"nothing to do: the read-only cache {store.cache_path} holds all {n} {what}")
         computed, reused = 0, n
     else:
         update, close = progress_bar(n, "embeddings", not args.no_progress)
@@ -73,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
         if store.disk_error:
             raise UserError(f"the cache in {store.cache_path} is incomplete: {store.disk_error}")
     print(json.dumps({
-        "image": str(args.image), "shape": list(vol.shape), "slices": n, "units": n,
+        "image": str(args.image), "shape": list(vol.shape), "slices": vol.n_slices, "units": n,
         "computed": computed, "reused": reused, "workers": 1, "seconds": round(time.perf_counter() - t0, 2),
         "model": model.model_type, "model_id": store.model_id[:16], "cache": str(store.cache_path),
     }))
@@ -86,12 +103,16 @@ def _run_on_cluster(args: argparse.Namespace) -> int:
     from ..core.weights import resolve_weights
 
     try:
-        vol = load_volume(open_image(args.image), args.contrast_limits)  # lazily: no whole read here
+        vol = load_volume(open_image(args.image, args.level), args.contrast_limits)  # lazily: no whole read here
     except ValueError as exc:
         raise UserError(str(exc)) from None
     note(f"read {args.image} as {layout_of(vol)}")
+    if vol.is_large(tile_options(args)[0]):
+        h, w = vol.plane_shape
+        raise UserError(f"--workers/--scheduler cache whole slices, and {args.image} is a large image "
+                        f"({h}x{w} per slice) cached tile by tile: run precompute without --workers/--scheduler")
     resolve_weights(args.model)  # fetch once here, not once per worker
-    source = ImageSource(str(args.image), contrast_limits=args.contrast_limits)
+    source = ImageSource(str(args.image), contrast_limits=args.contrast_limits, level=args.level)
     try:
         with connect(args.workers, args.scheduler) as client:
             info = precompute_distributed(client, source, args.cache, model=args.model, device=args.device,

@@ -8,7 +8,14 @@ clicked slice is written, (Y, X); with it, the object is propagated through the 
 image's axes, and warnings (a blank image), go to stderr.
 
 Everything that can be checked is checked before the model is loaded: the output path and
-format, the image, its layout, the slice and the clicks.
+format, the tiling options, the image, its layout, the slice and the clicks.
+
+Large images (long side above 1536 pixels; a zarr folder or OME-Zarr pyramid is opened lazily)
+are segmented in encoder tiles, with the object at the scale that fits it (see
+:mod:`napari_focsam.core.tiles`); their masks are kept as regions and written region by region
+(``--out mask.zarr`` for a chunked zarr array, or a tiled TIFF), never as a full-size array in
+memory (except ``.png``). The output is written to a temporary file and renamed over ``--out``
+only once complete: a failed run leaves an existing output as it was.
 """
 
 from __future__ import annotations
@@ -20,7 +27,8 @@ import time
 from ..core.clicks import Click
 from ..core.defaults import DEFAULT_IOU_THRESHOLD, DEFAULT_MODEL, REFINE_PRECISIONS
 from ..errors import UserError
-from ._common import check_output, layout_of, load_volume, note, progress_bar, read_input
+from ._common import (add_large_image_options, check_output, layout_of, load_volume, note, note_tiling, open_input,
+                      progress_bar, tile_options, write_regions)
 
 __all__ = ["add_parser", "parse_click", "run"]
 
@@ -54,7 +62,8 @@ def box_arg(text: str):
 def add_parser(subparsers) -> argparse.ArgumentParser:
     """Register ``segment`` on ``subparsers``; return its parser."""
     p = subparsers.add_parser("segment", help="segment one object from clicks (headless)")
-    p.add_argument("image", help="2D image (tif/png/jpg, gray or RGB) or a 3D stack (tif)")
+    p.add_argument("image", help="2D image (tif/png/jpg, gray or RGB), a 3D stack (tif), or a zarr array / "
+                                 "OME-Zarr folder (read lazily)")
     p.add_argument("--click", action="append", type=parse_click, default=None,
                    metavar="Y,X[,+|-]", help="a click in pixel coordinates; repeat for more clicks")
     p.add_argument("--box", type=box_arg, default=None, metavar="Y0,X0,Y1,X1",
@@ -73,9 +82,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--refine-precision", choices=REFINE_PRECISIONS, default=None,
                    help="the refiner's matrix products: auto (bf16 on CPUs with native bf16, "
                         "else fp32; default, or $NAPARI_FOCSAM_REFINE_PRECISION), fp32 or bf16")
+    add_large_image_options(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar (--propagate)")
     p.add_argument("--out", required=True,
-                   help="output mask (uint8, 1 = object): .tif, .tiff, .npy, or .png (2D only)")
+                   help="output mask (uint8, 1 = object): .tif, .tiff, .npy, .zarr (a chunked zarr array), "
+                        "or .png (2D only)")
     p.set_defaults(func=run)
     return p
 
@@ -111,8 +122,9 @@ def run(args: argparse.Namespace) -> int:
     if args.propagate and not 0.0 <= args.iou_threshold <= 1.0:
         raise UserError(f"--iou-threshold {args.iou_threshold:g} is out of range: "
                         "iou_threshold must be within [0, 1]")
+    tiling = tile_options(args)
     check_output(args.out, 3 if args.propagate else 2, args.image)
-    vol = load_volume(read_input(args.image))
+    vol = load_volume(open_input(args.image, args.level))
     z = _slice_of(vol, args.slice, args.propagate)
     clicks = list(args.click or [])
     box = None
@@ -128,27 +140,31 @@ def run(args: argparse.Namespace) -> int:
             raise UserError(str(exc)) from None
     if vol.is_3d or vol.has_channels:
         note(f"read {args.image} as {layout_of(vol)}")
+    large = note_tiling(args, vol, tiling)
 
     from ..core import models
     from ..core.session import Session
 
     model = models.load_model(args.model, args.device, refiner=args.refiner, refine_precision=args.refine_precision)
-    session = Session(vol, model, refine=not args.no_refine, cache_dir=args.cache)
+    extra = {"tile_size": tiling[0], "halo": tiling[1]} if large else {}
+    session = Session(vol, model, refine=not args.no_refine, cache_dir=args.cache, **extra)
     obj = session.new_object()
     t0 = time.perf_counter()
-    session.store.get(z)  # a blank slice gets an empty mask, with the engine's warning on stderr
+    if not large:  # a tiled image embeds the tiles under the prompts only, in the first prompt
+        session.store.get(z)  # a blank slice gets an empty mask, with the engine's warning on stderr
     t_embed = time.perf_counter() - t0
     click_s = []
+    as_region = {"region": True} if large else {}
     if box is not None:
         t0 = time.perf_counter()
-        obj.set_box(box, z=z)
+        obj.set_box(box, z=z, **as_region)
         summary_box = {"box": box.to_json(), "box_seconds": round(time.perf_counter() - t0, 4)}
     else:
         summary_box = {}
     for c in clicks:
         t0 = time.perf_counter()
         try:
-            obj.add_click(c.y, c.x, c.is_positive, z=z)
+            obj.add_click(c.y, c.x, c.is_positive, z=z, **as_region)
         except ValueError as exc:
             raise UserError(str(exc)) from None
         click_s.append(round(time.perf_counter() - t0, 4))
@@ -157,6 +173,8 @@ def run(args: argparse.Namespace) -> int:
         "model": model.model_type, "refine": refine, "clicks": len(clicks),
         "refine_precision": models.refine_precision_of(model) if refine else None, **summary_box,
     }
+    if large:
+        return _finish_large(args, vol, session, obj, z, summary, click_s, t_embed, tiling)
     if not args.propagate:
         mask = obj.mask(z).astype("uint8")
         _write(args.out, mask)
@@ -182,6 +200,38 @@ def run(args: argparse.Namespace) -> int:
         "slices_with_mask": int(volume.any(axis=(1, 2)).sum()), "mask_voxels": int(volume.sum()),
         "click_seconds": round(sum(click_s) + t_embed, 3), "propagation_seconds": round(result.seconds, 3),
         "embeddings_computed": session.store.stats["computed"], "shape": list(volume.shape), "out": str(args.out),
+    })
+    print(json.dumps(summary))
+    return 0
+
+
+def _finish_large(args, vol, session, obj, z: int, summary: dict, click_s: list, t_embed: float,
+                  tiling: tuple[int, int]) -> int:
+    """Write the mask of a tiled image region by region (and propagate first with --propagate)."""
+    summary["tiling"] = {"tile_size": tiling[0], "halo": tiling[1], "levels": vol.n_levels}
+    if not args.propagate:
+        counts = write_regions(args.out, vol.plane_shape, lambda _z: obj.mask_region(z))
+        summary.update({"embedding_seconds": round(t_embed, 3), "click_seconds": click_s,
+                        "mask_pixels": counts["mask_pixels"], "shape": list(vol.plane_shape), "out": str(args.out)})
+        if vol.is_3d:
+            summary["slice"] = z
+        print(json.dumps(summary))
+        return 0
+    update, close = progress_bar(vol.n_slices, "propagation", not args.no_progress)
+    try:
+        try:
+            result = obj.propagate(progress=update, iou_threshold=args.iou_threshold)
+        except ValueError as exc:
+            raise UserError(str(exc)) from None
+    finally:
+        close()
+    shape = (vol.n_slices, *vol.plane_shape)
+    counts = write_regions(args.out, shape, obj.mask_region)
+    summary.update({
+        "slice": z, "z_range": list(result.z_range), "stopped": result.stopped_reason,
+        "slices_with_mask": counts["slices_with_mask"], "mask_voxels": counts["mask_pixels"],
+        "click_seconds": round(sum(click_s) + t_embed, 3), "propagation_seconds": round(result.seconds, 3),
+        "embeddings_computed": session.store.stats["computed"], "shape": list(shape), "out": str(args.out),
     })
     print(json.dumps(summary))
     return 0

@@ -55,50 +55,81 @@ class ImageSource:
     Parameters
     ----------
     path : str
-        A TIFF file, a zarr array (folder) or any image file :func:`~.io.read_image` reads.
+        A TIFF file, a zarr array or OME-Zarr group (folder) or any image file
+        :func:`~.io.read_image` reads.
     contrast_limits : tuple of float or None
         Fixed limits for the 8-bit encoder input (None: the volume's robust defaults).
     rgb : bool or None
         Passed to :class:`~.image_volume.ImageVolume` (None: detect).
+    level : int or None
+        One level of an OME-Zarr pyramid to use as the image (None: the whole pyramid).
     """
 
     path: str
     contrast_limits: tuple[float, float] | None = None
     rgb: bool | None = None
+    level: int | None = None
 
     def volume(self):
         """The :class:`~.image_volume.ImageVolume` of this source, opened lazily."""
         from .image_volume import ImageVolume
 
-        return ImageVolume(open_image(self.path), rgb=self.rgb, contrast_limits=self.contrast_limits)
+        return ImageVolume(open_image(self.path, self.level), rgb=self.rgb, contrast_limits=self.contrast_limits)
 
 
-def open_image(path: str | Path) -> Any:
-    """Open an image for slice-by-slice reading without loading all of it.
+def open_image(path: str | Path, level: int | None = None) -> Any:
+    """Open an image for slice-by-slice (or region by region) reading without loading all of it.
 
     Parameters
     ----------
     path : str or Path
-        A zarr array folder (``.zarr``, opened read-only), a TIFF file (through tifffile's zarr
-        view: pages are read when a slice is asked for) or another image file (read whole; such
-        files hold one plane).
+        A zarr array folder (``.zarr``, opened read-only; also an array inside an OME-Zarr group,
+        e.g. ``image.ome.zarr/0``), an OME-Zarr group with ``multiscales`` metadata (the whole
+        pyramid), a TIFF file (through tifffile's zarr view: pages are read when a slice is asked
+        for) or another image file (read whole; such files hold one plane).
+    level : int or None
+        With an OME-Zarr group: use this one level as the image (0 = full resolution).
 
     Returns
     -------
-    array-like
-        A zarr array or a numpy array, shaped as the image.
+    array-like or zarr group
+        A zarr array (or a lazy view of one), a zarr group holding a pyramid (give it to
+        :class:`~.image_volume.ImageVolume`), or a numpy array.
+
+    Raises
+    ------
+    ValueError
+        One line: not a zarr array or group, a group without ``multiscales`` metadata, a level
+        out of range or given for an image that has no levels.
     """
     import zarr
 
+    from .pyramid import as_levels, ngff_view_of
+
     p = Path(path)
+    if level is not None and (not isinstance(level, int) or level < 0):
+        raise ValueError(f"level {level!r} must be a whole number >= 0")
     if p.is_dir():
+        if not any((p / name).is_file() for name in ("zarr.json", ".zarray", ".zgroup")):
+            raise ValueError(f"cannot read {p}: it is a directory, not an image file nor a zarr array or "
+                             "OME-Zarr folder")
         try:
-            arr = zarr.open(str(p), mode="r")
+            node = zarr.open(str(p), mode="r")
         except Exception as exc:
-            raise ValueError(f"cannot read {p}: not a zarr array ({' '.join(str(exc).split())})") from None
-        if not hasattr(arr, "shape") or not hasattr(arr, "dtype"):
-            raise ValueError(f"cannot read {p}: a zarr group, not an array (name the array inside it)")
-        return arr
+            raise ValueError(f"cannot read {p}: not a zarr array or group ({' '.join(str(exc).split())})") from None
+        if hasattr(node, "shape") and hasattr(node, "dtype"):
+            if level not in (None, 0):
+                raise ValueError(f"--level {level} given, but {p} is one zarr array (one level): "
+                                 "drop --level or name the group that holds the pyramid")
+            return ngff_view_of(node, p)
+        levels, _ = as_levels(node)  # a group: ValueError without multiscales metadata
+        if level is None:
+            return node
+        if level >= len(levels):
+            raise ValueError(f"--level {level} is out of range: {p} has {len(levels)} levels (0..{len(levels) - 1})")
+        return levels[level]
+    if level not in (None, 0):
+        raise ValueError(f"--level {level} given, but {p} is not an OME-Zarr pyramid (one level)")
     if p.suffix.lower() in (".tif", ".tiff"):
         import tifffile
 

@@ -7,23 +7,45 @@ image the file declares is in it: a truncated multi-page TIFF is refused, not re
 first page. Other formats (PNG, JPEG, BMP, ...) are read with Pillow.
 
 Masks are written losslessly only: :data:`MASK_FORMATS` lists the suffixes and how many axes
-each holds; :func:`check_mask_path` refuses anything else before any work is done.
+each holds; :func:`check_mask_path` refuses anything else before any work is done. Every mask
+is written to a hidden temporary file (or folder) next to the output and renamed over it only
+once complete, so a failed or interrupted run never leaves a half-written mask nor destroys the
+one that was there. Masks of large images are written region by region
+(:func:`write_mask_regions`): a chunked zarr array, a tiled TIFF or a memory-mapped ``.npy``,
+without a full-size array in memory.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import shutil
 import stat
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
-__all__ = ["LOSSY_SUFFIXES", "MASK_FORMATS", "TIFF_SUFFIXES", "check_mask_path", "read_image", "write_mask"]
+__all__ = [
+    "LOSSY_SUFFIXES",
+    "MASK_CHUNK",
+    "MASK_FORMATS",
+    "MASK_TILE",
+    "TIFF_SUFFIXES",
+    "check_mask_path",
+    "read_image",
+    "replacing",
+    "write_mask",
+    "write_mask_regions",
+]
 
 TIFF_SUFFIXES = (".tif", ".tiff")
-#: Lossless mask formats: suffix -> the most axes a mask in that format may have.
-MASK_FORMATS = {".tif": 3, ".tiff": 3, ".npy": 3, ".png": 2}
+#: Lossless mask formats: suffix -> the most axes a mask in that format may have (.zarr: a folder).
+MASK_FORMATS = {".tif": 3, ".tiff": 3, ".npy": 3, ".png": 2, ".zarr": 3}
+#: Chunk side of zarr masks and tile side of tiled TIFF masks written by region.
+MASK_CHUNK = 1024
+MASK_TILE = 256
 #: Suffixes of lossy formats, refused for masks (a lossy mask has wrong pixels).
 LOSSY_SUFFIXES = frozenset({".jpg", ".jpeg", ".jpe", ".jfif", ".webp", ".jp2", ".j2k", ".jxl", ".heic", ".avif"})
 #: Pillow modes converted to RGB (or gray) when read.
@@ -200,9 +222,15 @@ def check_mask_path(path: str | Path, ndim: int = 2) -> Path:
         not exist or is read-only, or a path that is a folder.
     """
     path = Path(path)
-    if path.is_dir():
-        raise ValueError(f"{path} is a directory: give a file name for the mask")
     suffix = path.suffix.lower()
+    if suffix == ".zarr" and path.exists():
+        if not path.is_dir():
+            raise ValueError(f"cannot write {path}: it exists and is not a folder")
+        if not ((path / "zarr.json").is_file() or (path / ".zarray").is_file()):
+            raise ValueError(f"cannot write {path}: the folder exists and is not a zarr array "
+                             "(remove it or choose another name)")
+    elif path.is_dir():
+        raise ValueError(f"{path} is a directory: give a file name for the mask")
     allowed = ", ".join(s for s, n in MASK_FORMATS.items() if n >= ndim)
     if suffix in LOSSY_SUFFIXES:
         raise ValueError(f"{path}: {suffix} is a lossy format and would change the mask's pixels; "
@@ -219,9 +247,47 @@ def check_mask_path(path: str | Path, ndim: int = 2) -> Path:
     mode = folder.stat().st_mode
     if not mode & (stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH) or not os.access(folder, os.W_OK | os.X_OK):
         raise ValueError(f"cannot write {path}: the folder {folder} is read-only")
-    if path.exists() and not os.access(path, os.W_OK):
+    if path.exists() and not path.is_dir() and not os.access(path, os.W_OK):
         raise ValueError(f"cannot write {path}: the file exists and is read-only")
     return path
+
+
+@contextmanager
+def replacing(path: str | Path) -> Iterator[Path]:
+    """A temporary path next to ``path`` to write to; renamed over ``path`` on success only.
+
+    On an exception the temporary file or folder is removed and ``path`` is left as it was.
+    A folder (``.zarr``) that exists is moved aside, replaced, then removed.
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
+    _remove(tmp)
+    try:
+        yield tmp
+        if tmp.is_dir() and path.is_dir():
+            old = path.with_name(f".{path.name}.old-{os.getpid()}")
+            _remove(old)
+            os.rename(path, old)
+            try:
+                os.rename(tmp, path)
+            except OSError:
+                os.rename(old, path)
+                raise
+            _remove(old)
+        else:
+            os.replace(tmp, path)
+    finally:
+        _remove(tmp)
+
+
+def _remove(p: Path) -> None:
+    if p.is_dir() and not p.is_symlink():
+        shutil.rmtree(p, ignore_errors=True)
+    elif p.exists() or p.is_symlink():
+        try:
+            p.unlink()
+        except OSError:
+            pass
 
 
 def write_mask(path: str | Path, mask: np.ndarray) -> None:
@@ -236,13 +302,149 @@ def write_mask(path: str | Path, mask: np.ndarray) -> None:
     """
     path = check_mask_path(path, mask.ndim)
     suffix = path.suffix.lower()
-    if suffix in TIFF_SUFFIXES:
-        import tifffile
+    if suffix == ".zarr":
+        write_mask_regions(path, mask.shape, lambda z: (0, 0, mask[z] if mask.ndim == 3 else mask),
+                           dtype=mask.dtype)
+        return
+    with replacing(path) as tmp:
+        if suffix in TIFF_SUFFIXES:
+            import tifffile
 
-        tifffile.imwrite(path, mask, compression="zlib")
-    elif suffix == ".npy":
-        np.save(path, mask, allow_pickle=False)
-    else:
-        from PIL import Image
+            tifffile.imwrite(tmp, mask, compression="zlib")
+        elif suffix == ".npy":
+            with open(tmp, "wb") as f:
+                np.save(f, mask, allow_pickle=False)
+        else:
+            from PIL import Image
 
-        Image.fromarray(np.ascontiguousarray(mask)).save(path)
+            Image.fromarray(np.ascontiguousarray(mask)).save(tmp, format="PNG")
+
+
+#: ``region_of(z)`` -> ``(y0, x0, crop)`` (a :class:`~.regions.MaskRegion` or a tuple) or None.
+RegionSource = Callable[[int], "tuple[int, int, np.ndarray] | None"]
+
+
+def write_mask_regions(path: str | Path, shape: Sequence[int], region_of: RegionSource, *,
+                       dtype: np.dtype | type = np.uint8, value: int = 1) -> int:
+    """Write a mask given as one region per slice, without a full-size array in memory.
+
+    Parameters
+    ----------
+    path : str or Path
+        ``.zarr`` (a zarr array, chunks of one slice x :data:`MASK_CHUNK`\ :sup:`2`),
+        ``.tif``/``.tiff`` (tiled, :data:`MASK_TILE`\ :sup:`2` zlib tiles, one page per slice),
+        ``.npy`` (written through a memory map) or ``.png`` (2D; made in memory).
+    shape : (Y, X) or (Z, Y, X)
+        The mask's shape.
+    region_of : callable
+        ``region_of(z)`` -> ``(y0, x0, crop)``: the bool (or integer) crop of slice ``z`` with its
+        top-left full-resolution pixel, or None / an empty crop for an empty slice (z = 0 for 2D).
+    dtype : numpy dtype
+        The mask's dtype (uint8 by default).
+    value : int
+        The value written where a bool crop is True (integer crops are written as they are).
+
+    Returns
+    -------
+    int
+        The number of non-zero pixels written.
+
+    Notes
+    -----
+    Memory: one slice's crop plus one chunk (zarr), one tile (TIFF) or the pages the operating
+    system keeps of the memory map (npy); a PNG holds the whole (Y, X) plane.
+    """
+    shape = tuple(int(n) for n in shape)
+    path = check_mask_path(path, len(shape))
+    suffix = path.suffix.lower()
+    dtype = np.dtype(dtype)
+    n_slices = shape[0] if len(shape) == 3 else 1
+    plane = shape[-2:]
+    crops = _CropReader(region_of, plane, dtype, value)
+    with replacing(path) as tmp:
+        if suffix == ".zarr":
+            import zarr
+
+            chunks = ((1,) if len(shape) == 3 else ()) + tuple(min(MASK_CHUNK, n) for n in plane)
+            arr = zarr.create_array(str(tmp), shape=shape, chunks=chunks, dtype=dtype, fill_value=0)
+            for z in range(n_slices):
+                crop = crops.get(z)
+                if crop is not None:
+                    (y0, y1, x0, x1), block = crop
+                    arr[(z, slice(y0, y1), slice(x0, x1)) if len(shape) == 3 else (slice(y0, y1), slice(x0, x1))] = block
+        elif suffix in TIFF_SUFFIXES:
+            import tifffile
+
+            tile = tuple(min(MASK_TILE, -(-n // 16) * 16) for n in plane)
+            tifffile.imwrite(tmp, _tiff_tiles(crops, n_slices, plane, tile, dtype), shape=shape, dtype=dtype,
+                             tile=tile, compression="zlib")
+        elif suffix == ".npy":
+            out = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=shape)
+            for z in range(n_slices):
+                crop = crops.get(z)
+                if crop is not None:
+                    (y0, y1, x0, x1), block = crop
+                    (out[z] if len(shape) == 3 else out)[y0:y1, x0:x1] = block
+            out.flush()
+            del out
+        else:
+            from PIL import Image
+
+            full = np.zeros(plane, dtype)
+            crop = crops.get(0)
+            if crop is not None:
+                (y0, y1, x0, x1), block = crop
+                full[y0:y1, x0:x1] = block
+            Image.fromarray(full).save(tmp, format="PNG")
+    return crops.nonzero
+
+
+class _CropReader:
+    """Each slice's crop, clipped to the plane, as (window, block) in the mask's dtype."""
+
+    def __init__(self, region_of: RegionSource, plane: tuple[int, int], dtype: np.dtype, value: int) -> None:
+        self.region_of, self.plane, self.dtype, self.value = region_of, plane, dtype, value
+        self.nonzero = 0
+        self._last: tuple[int, object] | None = None
+
+    def get(self, z: int):
+        if self._last is not None and self._last[0] == z:
+            return self._last[1]
+        region = self.region_of(z)
+        out = None
+        if region is not None:
+            y0, x0, crop = int(region[0]), int(region[1]), np.asarray(region[2])
+            H, W = self.plane
+            ya, xa = max(0, y0), max(0, x0)
+            yb, xb = min(H, y0 + crop.shape[0]), min(W, x0 + crop.shape[1])
+            if crop.size and yb > ya and xb > xa:
+                block = crop[ya - y0:yb - y0, xa - x0:xb - x0]
+                block = (block * self.value if block.dtype == bool else block).astype(self.dtype)
+                self.nonzero += int(np.count_nonzero(block))
+                out = ((ya, yb, xa, xb), block)
+        self._last = (z, out)
+        return out
+
+
+def _tiff_tiles(crops: _CropReader, n_slices: int, plane: tuple[int, int], tile: tuple[int, int],
+                dtype: np.dtype) -> Iterator[np.ndarray]:
+    """The tiles of every page in the order tifffile writes them (row by row), each made from
+    the slice's crop only."""
+    H, W = plane
+    th, tw = tile
+    empty = np.zeros(tile, dtype)
+    for z in range(n_slices):
+        crop = crops.get(z)
+        for ty in range(0, H, th):
+            for tx in range(0, W, tw):
+                if crop is None:
+                    yield empty
+                    continue
+                (y0, y1, x0, x1), block = crop
+                ya, yb, xa, xb = max(y0, ty), min(y1, ty + th), max(x0, tx), min(x1, tx + tw)
+                if yb <= ya or xb <= xa:
+                    yield empty
+                    continue
+                t = np.zeros(tile, dtype)
+                t[ya - ty:yb - ty, xa - tx:xb - tx] = block[ya - y0:yb - y0, xa - x0:xb - x0]
+                yield t

@@ -35,6 +35,7 @@ __all__ = [
     "block_mean",
     "chunk_shape",
     "level_factors",
+    "ngff_view_of",
     "read_block",
     "read_virtual_region",
     "store_location",
@@ -205,6 +206,28 @@ def as_levels(data: Any) -> tuple[list[Any], str | None]:
             levels = [_axes_view(lv, axes, loc) for lv in levels]
         return levels, loc
     return [data], None
+
+
+def ngff_view_of(arr: Any, path: str | os.PathLike) -> Any:
+    """An array opened from inside an OME-Zarr group (``image.ome.zarr/0``), with the group's
+    NGFF axes applied as in :func:`as_levels` (``t``/``c`` of length 1 dropped, ``c`` moved
+    last); any other array as it is."""
+    import zarr
+
+    p = os.path.abspath(os.fspath(path))
+    parent, name = os.path.split(p)
+    try:
+        group = zarr.open_group(parent, mode="r")
+    except Exception:
+        return arr
+    ms = _multiscales(group.attrs)
+    if ms is None:
+        return arr
+    for d in ms[0].get("datasets") or []:
+        if isinstance(d, dict) and d.get("path") == name:
+            axes = _axis_names(ms[0].get("axes"), len(arr.shape))
+            return arr if axes is None else _axes_view(arr, axes, p)
+    return arr
 
 
 def _axis_names(axes: Any, ndim: int) -> list[str] | None:
