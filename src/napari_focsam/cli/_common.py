@@ -185,7 +185,7 @@ def add_large_image_options(parser: argparse.ArgumentParser) -> None:
                              "16 within [256, 4096] (default 1024)")
     parser.add_argument("--halo", type=int, default=None, metavar="H",
                         help="overlap of neighbouring tiles; objects up to H pixels lie in one tile "
-                             "(0 <= H < T/2, default 256)")
+                             "(0 <= H < T/2, default 256, or T/4 for tiles under 1024)")
 
 
 def tile_options(args: argparse.Namespace) -> tuple[int, int]:
@@ -194,7 +194,7 @@ def tile_options(args: argparse.Namespace) -> tuple[int, int]:
     from ..core.tiles import DEFAULT_HALO, DEFAULT_TILE_SIZE, check_tiling
 
     tile = DEFAULT_TILE_SIZE if args.tile_size is None else args.tile_size
-    halo = DEFAULT_HALO if args.halo is None else args.halo
+    halo = min(DEFAULT_HALO, tile // 4) if args.halo is None else args.halo  # a quarter of smaller tiles
     try:
         return check_tiling(tile, halo)
     except ValueError as exc:
