@@ -387,7 +387,7 @@ def test_history_memory_does_not_grow_with_the_image_size(refiner_model):
     held = {}
     for size in (256, 2048):
         img = np.random.default_rng(0).integers(0, 255, (size, size), dtype=np.uint8)
-        s = Session(img, refiner_model)
+        s = Session(img, refiner_model, tiles=False)  # the plain history (a 2048 image is tiled by default)
         obj = s.new_object()
         rng = np.random.default_rng(1)
         for i in range(30):
@@ -415,10 +415,12 @@ def test_undo_recomputes_the_exact_mask_from_the_logits(refiner_model):
 
 
 def test_memory_is_given_back_when_much_is_freed(fast_model, monkeypatch):
+    from napari_focsam.core import objects as objects_module
     from napari_focsam.core import session as session_module
 
     calls = []
-    monkeypatch.setattr(session_module, "release_memory", lambda: calls.append(1))
+    for module in (session_module, objects_module):  # SegmentedObject lives in core/objects.py
+        monkeypatch.setattr(module, "release_memory", lambda: calls.append(1))
     s = Session(blobs_stack(2), fast_model)
     a, b = s.new_object(), s.new_object()
     a.add_click(24, 24, z=0)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import threading
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -31,9 +31,6 @@ from .volume import (
     PropagationResult,
     propagate,
 )
-
-if TYPE_CHECKING:
-    from .session import Session
 
 __all__ = ["RELEASE_AFTER_DROPPED_CLICKS", "SegmentedObject"]
 
@@ -61,7 +58,7 @@ class SegmentedObject:
     Returned masks are read-only arrays.
     """
 
-    def __init__(self, session: "Session", object_id: int) -> None:
+    def __init__(self, session: Any, object_id: int) -> None:  # a Session (core/session.py)
         self.session = session
         self.id = object_id
         self._slices: dict[int, InteractiveObject] = {}  # only slices with at least one click
