@@ -229,3 +229,27 @@ def test_training_log_plot(tmp_path):
     assert [r["iter"] for r in recs] == [0, 10, 20, 30, 40, 50] and recs[-1]["loss"] == 9.0
     png = plot_training_log(log, tmp_path / "curves.png")
     assert png.stat().st_size > 1000
+
+
+def test_resume_with_more_iterations_replans_the_schedule(tmp_path):
+    import test_training as tt
+
+    model = tt.make_narrow_focsam()
+    root = tmp_path / "cache"
+    g = torch.Generator().manual_seed(0)
+    m = tt._disc(512, 512, 200, 200, 60)
+    with torch.no_grad():
+        emb = model.encode(torch.randn(1, 3, 1024, 1024, generator=g))
+    tt.write_item(root / "train" / "s" / "a__a00.npz", emb, (512, 512), [EvalObject(m, None, "a#1")],
+                  {"dataset": "s", "image_id": "a", "group": "natural", "copy": 0})
+    setup = (model, root)
+    a = tt._trainer(setup, tmp_path / "w", iters=4, ckpt_every=2)
+    a.run(max_iters=2, resume=False)
+    a.close()
+    b = tt._trainer(setup, tmp_path / "w", iters=40)
+    b.run(max_iters=1, resume=True)
+    b.close()
+    assert b.replanned == (4, 40) and b.scheduler.total == 40
+    assert b.scheduler.get_last_lr()[0] == pytest.approx(b.scheduler.lr_at(2, b.scheduler.base_lrs[0]))
+    log = (tmp_path / "w" / "log.jsonl").read_text()
+    assert "schedule re-planned" in log

@@ -189,6 +189,8 @@ class Trainer:
         self._window: list[dict] = []
         self._pool = ThreadPoolExecutor(max_workers=1)
         self._prefetch: dict[int, Any] = {}
+        #: (old, new) stage length when a resumed checkpoint was planned for another length
+        self.replanned: tuple[int, int] | None = None
 
     # ------------------------------------------------------------------ stages
     def stage_of(self, it: int) -> int:
@@ -354,6 +356,13 @@ class Trainer:
                 self.optimizer.load_state_dict(st["optimizer"])
             if st.get("scheduler") is not None:
                 self.scheduler.load_state_dict(st["scheduler"])
+                # a resumed run whose config changed train.iters (or stage1_iters) follows the
+                # new length: the poly decay is re-planned from the current iteration on
+                planned = self.cfg.train.stage1_iters if stage == 1 else self.cfg.train.iters
+                if self.scheduler.total != max(int(planned), 1):
+                    self.replanned = (self.scheduler.total, int(planned))
+                    self.scheduler.total = max(int(planned), 1)
+                    self.scheduler.step(self.scheduler.last_iter)
         set_rng_state(st["rng"])
 
     def latest_checkpoint(self) -> Path | None:
@@ -396,6 +405,9 @@ class Trainer:
             if ck is not None and Path(ck).is_file():
                 self.load_checkpoint(ck)
                 self._log({"event": "resumed", "checkpoint": str(ck), "iteration": self.iteration})
+                if self.replanned is not None:
+                    self._log({"event": "schedule re-planned", "stage_iters_before": self.replanned[0],
+                               "stage_iters_now": self.replanned[1]})
         if self.iteration == 0:
             (self.work_dir).mkdir(parents=True, exist_ok=True)
             (self.work_dir / "config.json").write_text(json.dumps(self.cfg.to_dict(), indent=2))
