@@ -267,3 +267,31 @@ def test_a_zarr_output_never_replaces_a_folder_that_is_not_a_zarr_array(tmp_path
     with pytest.raises(ValueError, match="the folder exists and is not a zarr array"):
         write_mask_regions(tmp_path / "keep.zarr", (8, 8), lambda z: None)
     assert (tmp_path / "keep.zarr" / "notes.txt").read_text() == "mine"
+
+
+# --------------------------------------------------------------------------- large TIFF files
+
+
+def test_a_large_tiff_is_opened_lazily_and_checked(tiny_ckpt, tmp_path, capsys, monkeypatch):
+    from napari_focsam.cli import _common
+
+    data = np.full(SHAPE, 100, np.uint16)
+    data[1, 740:860, 840:960] = 4000
+    path = tmp_path / "big.tif"
+    tifffile.imwrite(path, data, tile=(256, 256), compression="zlib")
+
+    def no_whole_read(p):
+        raise AssertionError(f"{p} read whole")
+
+    monkeypatch.setattr(_common, "read_input", no_whole_read)
+    rc, out, err = run(["segment", path, "--slice", "1", "--click", "800,900", "--model", tiny_ckpt,
+                        "--out", tmp_path / "m.zarr"], capsys)
+    assert rc == 0, err
+    assert json.loads(out)["tiling"]["tile_size"] == 1024
+    monkeypatch.undo()
+    cut = tmp_path / "cut.tif"
+    cut.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    rc, out, err = run(["segment", cut, "--slice", "1", "--click", "800,900", "--model", tiny_ckpt,
+                        "--out", tmp_path / "m2.zarr"], capsys)
+    assert rc == 2 and "cut.tif" in one_line(err) and ("truncated" in err or "damaged" in err)
+    assert len(err.strip().splitlines()) == 1, err

@@ -73,10 +73,18 @@ def read_input(path: str | Path):
 
 
 def open_input(path: str | Path, level: int | None = None):
-    """The image at ``path``: a zarr array or OME-Zarr pyramid (a folder) opened lazily, else
-    read as :func:`read_input` does; :class:`UserError` (one line) if it cannot be opened."""
+    """The image at ``path``: a zarr array or OME-Zarr pyramid (a folder), or a TIFF file whose
+    planes are large (long side above 1536), opened lazily; else read as :func:`read_input`
+    does. :class:`UserError` (one line) if it cannot be opened."""
     p = Path(path)
     if not p.is_dir() and level is None:
+        if _large_tiff(p):
+            from ..core.io import open_tiff_lazily
+
+            try:
+                return open_tiff_lazily(p)
+            except (ValueError, FileNotFoundError) as exc:
+                raise UserError(str(exc)) from None
         return read_input(p)
     from ..core.distributed import open_image
 
@@ -84,6 +92,30 @@ def open_input(path: str | Path, level: int | None = None):
         return open_image(p, level)
     except (ValueError, FileNotFoundError) as exc:
         raise UserError(str(exc)) from None
+
+
+def _large_tiff(path: Path) -> bool:
+    """Whether ``path`` is a TIFF file whose planes are tiled by the engine (read lazily then)."""
+    if path.suffix.lower() not in (".tif", ".tiff") or not path.is_file():
+        return False
+    import logging
+
+    quiet = logging.NullHandler()  # a damaged file's messages come once, from read_image
+    logger = logging.getLogger("tifffile")
+    logger.addHandler(quiet)
+    try:
+        import tifffile
+
+        from ..core.image_volume import TILING_MIN_SIDE, has_channel_axis
+
+        with tifffile.TiffFile(path) as tif:
+            shape = tuple(int(n) for n in tif.series[0].shape)
+        plane = shape[-3:-1] if has_channel_axis(shape) else shape[-2:]
+        return max(plane) > TILING_MIN_SIDE
+    except Exception:  # anything odd: read_image gives the one-line reason
+        return False
+    finally:
+        logger.removeHandler(quiet)
 
 
 def load_volume(image: Any, contrast_limits: tuple[float, float] | None = None):

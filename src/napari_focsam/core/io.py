@@ -34,6 +34,7 @@ __all__ = [
     "MASK_TILE",
     "TIFF_SUFFIXES",
     "check_mask_path",
+    "open_tiff_lazily",
     "read_image",
     "replacing",
     "write_mask",
@@ -105,6 +106,50 @@ def read_image(path: str | Path, *, palette_indices: bool = False) -> np.ndarray
     if arr.dtype == bool:
         arr = arr.astype(np.uint8) * 255
     return arr
+
+
+def open_tiff_lazily(path: str | Path):
+    """A TIFF file's first series as a lazy array: pixels are read when a region is asked for.
+
+    The file gets the same checks as :func:`read_image` (a truncated or damaged file is refused)
+    without reading its pixels; then tifffile's zarr view of the series is returned, wrapped so
+    that a read that fails later names the file (:class:`~.pyramid.ImageReadError`).
+
+    Raises
+    ------
+    FileNotFoundError, ValueError
+        As :func:`read_image`.
+    """
+    import tifffile
+    import zarr
+
+    from .pyramid import AxisView
+
+    path = Path(path)
+    if not path.is_file():
+        return read_image(path)  # the one wording for missing files, folders, ...
+    logger = logging.getLogger("tifffile")
+    handler = _Collect()
+    logger.addHandler(handler)
+    try:
+        tif = tifffile.TiffFile(path)
+        try:
+            if not tif.series:
+                raise _Refused("the TIFF file holds no image")
+            series = tif.series[0]
+            _check_tiff_complete(tif, series, len(tif.pages), path.stat().st_size, handler.messages)
+            arr = zarr.open(series.aszarr(), mode="r")
+        except BaseException:
+            tif.close()
+            raise
+    except _Refused as exc:
+        raise ValueError(f"cannot read {path}: {exc}") from None
+    except Exception as exc:
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+        raise ValueError(f"cannot read {path}: damaged or unsupported file ({reason})") from None
+    finally:
+        logger.removeHandler(handler)
+    return AxisView(arr, {}, list(range(len(arr.shape))), location=str(path))
 
 
 class _Refused(Exception):

@@ -63,6 +63,9 @@ def store_location(arr: Any) -> str | None:
     Works for zarr 3 (``LocalStore.root``) and zarr 2 (``DirectoryStore.path``) arrays and for
     wrappers that forward ``store``/``path`` (e.g. :class:`AxisView`, test spies).
     """
+    named = getattr(arr, "location", None)
+    if isinstance(named, str):
+        return named
     src = getattr(arr, "source_array", None)
     if src is not None:
         return store_location(src)
@@ -131,7 +134,9 @@ def read_block(arr: Any, index: tuple, what: str) -> np.ndarray:
             raise
         where = loc or type(arr).__name__
         raise ImageReadError(f"cannot read {what} of {where}: {_describe(exc)}") from None
-    if loc is not None and not os.path.isdir(loc):
+    # a zarr store reads its chunk files one by one (a vanished folder reads as fill values);
+    # a TIFF file is read through its open handle, so only zarr folders are checked
+    if loc is not None and os.path.splitext(loc)[1].lower() not in (".tif", ".tiff") and not os.path.isdir(loc):
         raise ImageReadError(f"cannot read {what}: the zarr store {loc} has disappeared "
                              "(moved or deleted while in use)")
     return out
@@ -271,10 +276,14 @@ class AxisView:
         Source axis -> the index taken on it (the axis disappears).
     order : list of int
         The source axes the view shows, in the view's order.
+    location : str or None
+        The file or folder the data comes from, for error messages (see :func:`store_location`).
     """
 
-    def __init__(self, arr: Any, fixed: dict[int, int], order: list[int]) -> None:
+    def __init__(self, arr: Any, fixed: dict[int, int], order: list[int], location: str | None = None) -> None:
         self.source_array = arr
+        if location is not None:
+            self.location = location
         self.fixed = dict(fixed)
         self.order = list(order)
         self.shape = tuple(int(arr.shape[i]) for i in self.order)
