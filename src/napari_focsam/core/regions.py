@@ -45,7 +45,8 @@ UPSAMPLE_BAND_PIXELS = 4 * 2**20
 
 class MaskRegion(NamedTuple):
     """A mask as the full-resolution top-left ``(y0, x0)`` of its bounding box and the (h, w)
-    bool ``crop`` of that box (h = w = 0 for an empty mask)."""
+    bool ``crop`` of that box (h = w = 0 for an empty mask). The functions here also take a
+    plain ``(y0, x0, crop)`` tuple."""
 
     y0: int
     x0: int
@@ -60,6 +61,7 @@ def empty_region() -> MaskRegion:
 
 def region_bbox(region: MaskRegion) -> tuple[int, int, int, int] | None:
     """(y0, y1, x0, x1) of the region's box (half-open), None when empty."""
+    region = MaskRegion(*region)
     h, w = region.crop.shape
     if h == 0 or w == 0:
         return None
@@ -67,7 +69,7 @@ def region_bbox(region: MaskRegion) -> tuple[int, int, int, int] | None:
 
 
 def region_pixels(region: MaskRegion) -> int:
-    return int(np.count_nonzero(region.crop))
+    return int(np.count_nonzero(region[2]))
 
 
 def trimmed(y0: int, x0: int, crop: np.ndarray) -> MaskRegion:
@@ -90,6 +92,7 @@ def region_to_plane(region: MaskRegion, shape: Sequence[int]) -> np.ndarray:
     """The (H, W) bool plane of ``region`` (read-only); parts outside the plane are dropped."""
     H, W = (int(s) for s in shape)
     out = np.zeros((H, W), dtype=bool)
+    region = MaskRegion(*region)
     box = region_bbox(region)
     if box is not None:
         y0, y1, x0, x1 = box
@@ -102,6 +105,7 @@ def region_to_plane(region: MaskRegion, shape: Sequence[int]) -> np.ndarray:
 
 def region_iou(a: MaskRegion, b: MaskRegion) -> float:
     """IoU of two regions (1.0 when both are empty), computed on their joint box only."""
+    a, b = MaskRegion(*a), MaskRegion(*b)
     ba, bb = region_bbox(a), region_bbox(b)
     if ba is None or bb is None:
         return 1.0 if ba is None and bb is None else 0.0
@@ -121,6 +125,7 @@ def downsample_region(region: MaskRegion, window: Sequence[int], factor: float) 
     takes the full-resolution pixel at its centre)."""
     ty0, ty1, tx0, tx1 = (int(v) for v in window)
     out = np.zeros((ty1 - ty0, tx1 - tx0), dtype=bool)
+    region = MaskRegion(*region)
     box = region_bbox(region)
     if box is None:
         return out
