@@ -12,6 +12,7 @@ from ..core.predictor import FocSAMPredictor, InteractiveObject
 from .datasets import read_dataset
 from .metrics import Timings
 from .protocol import evaluate_dataset, plot_miou_curves, write_results
+from .tiled import LargeImageAdapter
 
 
 class PredictorAdapter:
@@ -64,7 +65,7 @@ def run_evaluation(dataset: str, data_root, model, out_dir, *, refine_modes=(Tru
         ds = read_dataset(dataset, data_root, max_objects=max_objects)
         if images:
             ds = ds.select(images)
-        adapter = PredictorAdapter(predictor)
+        adapter = LargeImageAdapter(PredictorAdapter(predictor))  # large images: tiles (evaluation/tiled.py)
         t0 = time.perf_counter()
         per_object, summary = evaluate_dataset(ds, adapter, max_clicks, progress=progress)
         summary.update({"dataset": dataset, "model": net.model_type, "refine": predictor.refine,
