@@ -50,8 +50,9 @@ CONTRAST_SAMPLE_SLICES = 9
 CONTRAST_SAMPLE_PIXELS = 250_000
 #: Large planes: a stored pyramid level with a long side up to this gives the contrast limits.
 CONTRAST_LEVEL_MAX_SIDE = 2048
-#: Large planes: side of the windows sampled for contrast limits and slice signatures ...
-SAMPLE_WINDOW = 256
+#: Large planes: side of the windows sampled for contrast limits and slice signatures (a chunk
+#: is decoded whole anyway: 512 takes a good share of a typical 512-1024 chunk) ...
+SAMPLE_WINDOW = 512
 #: ... on a grid of this many windows per side (9 windows, each within one chunk when chunked).
 SAMPLE_WINDOWS_PER_SIDE = 3
 

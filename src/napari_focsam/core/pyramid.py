@@ -351,7 +351,8 @@ def level_factors(shapes: Sequence[tuple[int, ...]], *, is_3d: bool, has_channel
         if len(shape) != len(base):
             raise ValueError(f"{head}: different numbers of axes")
         if is_3d and shape[0] != base[0]:
-            raise ValueError(f"{head}: the levels must have the same number of slices ({base[0]})")
+            raise ValueError(f"{head}: the levels must have the same number of slices ({base[0]}); a pyramid "
+                             "that also shrinks z can be used one level at a time (open that level's array)")
         if has_channels and shape[-1] != base[-1]:
             raise ValueError(f"{head}: the levels must have the same number of channels ({base[-1]})")
         H, W = shape[ys], shape[ys + 1]
