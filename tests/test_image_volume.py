@@ -195,3 +195,21 @@ def test_dask_stack_is_read_slice_by_slice():
     assert loaded == [2]
     assert vol.slice_signature(4) == ImageVolume(data).slice_signature(4)
     assert loaded == [2, 4]
+
+
+def test_a_dask_array_is_read_only_in_the_chunks_of_a_region():
+    """Issue 14: regions of a chunked dask array read only the chunks they overlap."""
+    da = pytest.importorskip("dask.array")
+    from lazy_helpers import SpyArray
+
+    data = np.arange(3 * 2048 * 1600, dtype=np.uint32).reshape(3, 2048, 1600)
+    spy = SpyArray(data)
+    vol = ImageVolume(da.from_array(spy, chunks=(1, 512, 512), asarray=False))
+    assert vol.is_large()
+    np.testing.assert_array_equal(vol.read_region(2, 500, 530, 1000, 1100), data[2, 500:530, 1000:1100])
+    reads = [r for r in spy.requests if all(b > a for a, b in r)]  # dask also probes with empty slices
+    assert reads and all(r[0] == (2, 3) and 0 <= r[1][0] < r[1][1] <= 1024 and 512 <= r[2][0] < r[2][1] <= 1536
+                         for r in reads)  # within the 4 chunks the region overlaps
+    vol.contrast_limits
+    vol.slice_signature(1)
+    assert spy.whole_slice_requests() == [] and spy.largest_request() <= 512 * 512
