@@ -160,3 +160,24 @@ def test_regions_match_the_plain_post_processing():
     up = values_to_region(y0, x0, values, (0, 0), 2, (2048, 1600))
     plain2 = logits_to_mask(logits, (1024, 800), (2048, 1600))
     assert region_iou(up, region_from_plane(plain2)) > 0.98
+
+
+def test_adopt_takes_tiles_only_from_a_store_with_the_same_tiling(tiny_focsam, tmp_path):
+    pred = FocSAMPredictor(tiny_focsam)
+    img = image_with(disc(1000, 800, 25))
+    tiled = TiledEmbeddingStore(pred, ImageVolume(img))
+    events = []
+    tiled.add_listener(lambda z, key, state: events.append(state))
+    tiled.get_tile(0, TileKey(0, 1, 1))
+    assert events == ["embedding", "ready"]
+    plain = EmbeddingStore(pred, ImageVolume(img))
+    assert plain.adopt(tiled) == 0 and tiled.adopt(plain) == 0  # slices and tiles are other units
+    assert TiledEmbeddingStore(pred, ImageVolume(img), halo=128).adopt(tiled) == 0
+    same = TiledEmbeddingStore(pred, ImageVolume(img))
+    assert same.adopt(tiled) == 1 and same.tiles_in_memory() == [(0, TileKey(0, 1, 1))]
+    # a precompute to disk reports its tiles ready too (the widget shows them as done)
+    disk = TiledEmbeddingStore(pred, ImageVolume(img), cache_dir=tmp_path)
+    seen = []
+    disk.add_listener(lambda z, key, state: seen.append((key, state)))
+    disk.precompute(tiles=[(0, TileKey(1, 0, 0))])
+    assert seen == [(TileKey(1, 0, 0), "embedding"), (TileKey(1, 0, 0), "ready")] and disk.in_memory() == []

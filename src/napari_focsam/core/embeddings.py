@@ -203,7 +203,8 @@ class EmbeddingStore:
         return rgb, bool(rgb.min() == rgb.max())
 
     def _announce(self, u: int, state: str) -> None:
-        """Unit ``u`` starts being encoded (``"embedding"``) or is in memory (``"ready"``)."""
+        """Unit ``u`` starts being encoded (``"embedding"``) or is available (``"ready"``: in memory,
+        or written to the disk cache by :meth:`precompute`)."""
 
     def _store_path(self) -> Path:
         assert self.cache_dir is not None
@@ -294,6 +295,8 @@ class EmbeddingStore:
         """
         if other is self or other.model_id != self.model_id or other.feature_dtype != self.feature_dtype:
             return 0
+        if type(other) is not type(self) or other._extra_meta() != self._extra_meta():
+            return 0  # units of another kind (slices vs tiles) or another tiling
         if (other.volume.volume_key() != self.volume.volume_key()
                 or other.volume.contrast_limits != self.volume.contrast_limits):
             return 0
@@ -374,7 +377,7 @@ class EmbeddingStore:
                     self._mem[z] = entry
                     self._mem.move_to_end(z)
                     self._evict()
-                self._announce(z, "ready")
+            self._announce(z, "ready")  # in memory, or (a precompute with a disk cache) on disk
             return entry, source
         finally:
             with self._lock:

@@ -21,6 +21,7 @@ level, one band of source pixels, see :meth:`ImageVolume.read_region`).
 
 from __future__ import annotations
 
+import logging
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +35,8 @@ from .predictor import FocSAMPredictor, input_size_for
 from .tiles import DEFAULT_HALO, DEFAULT_TILE_SIZE, TileGrid, TileKey, check_tiling
 
 __all__ = ["TILE_STATES", "TileEmbedding", "TiledEmbeddingStore"]
+
+log = logging.getLogger(__name__)
 
 #: States reported to :meth:`TiledEmbeddingStore.add_listener` callbacks.
 TILE_STATES = ("embedding", "ready")
@@ -172,13 +175,17 @@ class TiledEmbeddingStore(EmbeddingStore):
         if listeners:
             z, key = self.tile_of(u)
             for fn in listeners:
-                fn(z, key, state)
+                try:
+                    fn(z, key, state)
+                except Exception:  # a listener's bug must not break segmentation
+                    log.exception("tile listener %r failed", fn)
 
     # -- events
     def add_listener(self, fn: Callable[[int, TileKey, str], None]) -> None:
         """Call ``fn(z, key, state)`` when a tile starts being encoded (``"embedding"``) and when
-        it is in memory (``"ready"``, also after a disk read). Called from the thread that asked
-        for the tile; keep it short."""
+        it is available (``"ready"``: in memory, also after a disk read, or written to the disk
+        cache by :meth:`precompute`). Called from the thread that asked for the tile; keep it
+        short (an exception in ``fn`` is logged, never raised into the encoder's caller)."""
         with self._listener_lock:
             self._listeners.append(fn)
 
