@@ -161,13 +161,18 @@ def test_outputs_that_are_a_folder_a_read_only_folder_or_the_input(tiny_ckpt, tm
     assert loads == []
 
 
-@pytest.mark.parametrize("suffix", [".npy", ".tiff", ".png"])
+@pytest.mark.parametrize("suffix", [".npy", ".tiff", ".png", ".zarr"])
 def test_lossless_outputs_hold_the_exact_mask(tiny_ckpt, tmp_path, capsys, suffix):
     out = tmp_path / f"m{suffix}"
     rc, stdout, err = run(["segment", gray(tmp_path), "--click", "20,20", "--model", tiny_ckpt, "--out", out],
                           capsys)
     assert rc == 0, err
-    mask = np.load(out) if suffix == ".npy" else read_image(out)
+    if suffix == ".zarr":
+        import zarr
+
+        mask = zarr.open_array(str(out), mode="r")[:]
+    else:
+        mask = np.load(out) if suffix == ".npy" else read_image(out)
     assert mask.shape == (40, 48) and mask.dtype == np.uint8 and int(mask.sum()) == json.loads(stdout)["mask_pixels"]
 
 

@@ -102,9 +102,10 @@ def test_tile_options_on_a_small_image_are_said_to_be_ignored(tiny_ckpt, tmp_pat
 # --------------------------------------------------------------------------- large zarr inputs
 
 
-def test_segment_a_large_zarr_slice_writes_a_zarr_mask_by_region(tiny_ckpt, big, tmp_path, capsys):
+@pytest.mark.parametrize("prompt", [["--click", "800,900"], ["--box", "700,800,900,1000", "--click", "800,900"]])
+def test_segment_a_large_zarr_slice_writes_a_zarr_mask_by_region(tiny_ckpt, big, tmp_path, capsys, prompt):
     out_path = tmp_path / "mask.zarr"
-    rc, out, err = run(["segment", big, "--slice", "1", "--click", "800,900", "--model", tiny_ckpt,
+    rc, out, err = run(["segment", big, "--slice", "1", *prompt, "--model", tiny_ckpt,
                         "--out", out_path], capsys)
     assert rc == 0, err
     info = json.loads(out)
