@@ -183,6 +183,12 @@ def test_zarr_groups_without_multiscales_or_with_a_missing_level(tmp_path):
         ImageVolume([])
 
 
+def test_a_list_of_equal_slices_is_still_a_stack():
+    vol = ImageVolume([np.zeros((64, 80), np.uint8)] * 3)
+    assert vol.n_levels == 1 and vol.is_3d and vol.shape == (3, 64, 80)
+    assert ImageVolume([np.zeros((64, 80), np.uint8)]).shape == (1, 64, 80)
+
+
 def test_a_store_that_disappears_between_two_reads_is_a_one_line_oserror(tmp_path):
     arr = make_large_zarr(tmp_path / "gone.zarr", shape=(4, 2048, 2048), chunks=(1, 512, 512),
                           discs=((1, 1000, 1000, 50),))

@@ -165,7 +165,9 @@ def as_levels(data: Any) -> tuple[list[Any], str | None]:
     Parameters
     ----------
     data : array-like, list/tuple of array-likes, or zarr group
-        One array (one level); a napari multiscale layer's ``data`` (finest first); or a zarr
+        One array (one level); a napari multiscale layer's ``data`` (finest first: arrays of
+        different shapes; a list of one array or of arrays of one shape stays a stack of slices,
+        as :func:`numpy.asarray` makes it); or a zarr
         group with OME-Zarr / NGFF ``multiscales`` metadata (its first multiscale's datasets, in
         the order the metadata lists them). NGFF ``t`` and ``c`` axes are handled by
         :class:`AxisView`: a ``t`` or ``c`` axis of length 1 is dropped, a ``c`` axis of 2-4
@@ -183,10 +185,14 @@ def as_levels(data: Any) -> tuple[list[Any], str | None]:
         An empty list, a zarr group without ``multiscales`` metadata, a listed dataset that is
         missing, or NGFF axes that cannot be mapped to (Z, Y, X[, C]).
     """
-    if isinstance(data, (list, tuple)) and data and not np.isscalar(data[0]) and hasattr(data[0], "shape"):
-        return list(data), None
-    if isinstance(data, (list, tuple)) and not data:
-        raise ValueError("an empty list of pyramid levels: give at least one array")
+    if isinstance(data, (list, tuple)):
+        if not data:
+            raise ValueError("an empty list of pyramid levels: give at least one array")
+        arrays = all(hasattr(a, "shape") and hasattr(a, "dtype") and not np.isscalar(a) for a in data)
+        # one array, or arrays of one shape, in a list are a stack of slices (np.asarray), not levels
+        if arrays and len(data) > 1 and len({tuple(a.shape) for a in data}) > 1:
+            return list(data), None
+        return [data], None
     if _is_zarr_group(data):
         loc = store_location(data) or "the zarr group"
         ms = _multiscales(data.attrs)
