@@ -108,6 +108,9 @@ def test_tiled_stack_propagates_with_regions(mobile_sam):
     vol = obj.volume_mask()
     assert vol.shape == (3, H, W) and all(iou(vol[z], truths[z]) > 0.8 for z in range(3))
     assert s.store.stats["computed"] == 3  # one level-0 tile per slice
+    stats = dict(s.store.stats)
+    again = obj.propagate()  # nothing changed: every run is reused, no tile is even looked up
+    assert s.store.stats == stats and again.masks.regions.keys() == result.masks.regions.keys()
 
 
 def test_tiled_disk_cache_is_signed_per_tile_resumable_and_detects_damage(tiny_focsam, tmp_path, caplog):

@@ -501,6 +501,6 @@ class SegmentedObject:
                         tokens[z_start] = ("propagated", id(prev.crop))
                 if not seeds:
                     raise ValueError("the object has no clicks yet: add a click first")
-            result = propagate_tiled(self.session.store, seeds, **kwargs)
+            result = propagate_tiled(self.session.store, seeds, tokens=tokens, memo=self._runs, **kwargs)
             self._finish(result, tokens)
             return result

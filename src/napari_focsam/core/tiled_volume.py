@@ -17,7 +17,7 @@ is that large. :class:`RegionMasks` gives planes one at a time on request.
 from __future__ import annotations
 
 import time
-from typing import Callable, Iterable, Iterator, Mapping
+from typing import Callable, Hashable, Iterable, Iterator, Mapping
 
 import numpy as np
 import torch
@@ -159,10 +159,13 @@ def propagate_tiled(
     prompt: str = DEFAULT_PROMPT,
     multimask: bool = DEFAULT_MULTIMASK,
     min_pixels: int = MIN_MASK_PIXELS,
+    tokens: Mapping[int, Hashable] | None = None,
+    memo: dict | None = None,
 ) -> PropagationResult:
     """Propagate from seed slices (slice -> (region, tile or None, logits or None)) through a
     tiled stack; the result's ``masks`` is a :class:`RegionMasks`. See :func:`.volume.propagate`
-    for the parameters (every run is decoded again: no reuse of unchanged runs here)."""
+    for the parameters, ``tokens`` and ``memo`` included (a run whose seed, extent and parameters
+    did not change since the last call is reused, not decoded again)."""
     t0 = time.perf_counter()
     directions = tuple(directions)
     bad = [d for d in directions if d not in DIRECTIONS]
@@ -183,11 +186,28 @@ def propagate_tiled(
     reasons = {d: "not requested" for d in DIRECTIONS}
     ious: dict[int, float] = {}
     done, was_cancelled = 0, False
+    new_memo: dict = {}
     for start, step, limit, outer in runs:
         if was_cancelled:
             if outer:
                 reasons[outer] = "cancelled"
             continue
+        mkey = None
+        if tokens is not None and start in tokens:
+            mkey = (start, step, limit, outer, tokens[start], iou_threshold if outer else None, prompt, multimask,
+                    min_pixels)
+        if memo is not None and mkey is not None and mkey in memo:
+            run_regions, run_ious, reason = memo[mkey]
+            new_memo[mkey] = memo[mkey]
+            regions.update(run_regions)
+            ious.update(run_ious)
+            done += len(run_regions)
+            if progress is not None:
+                progress(min(done, total), total)
+            if outer:
+                reasons[outer] = reason
+            continue
+        run_regions, run_ious = {}, {}
         prev, key, logits = seeds[start]
         reason = "border"
         if not region_pixels(prev):
@@ -205,18 +225,25 @@ def propagate_tiled(
                 reason = f"vanished at z={z}"
                 break
             iou = region_iou(prev, region)
-            ious[z] = iou
+            run_ious[z] = iou
             if outer and iou < iou_threshold:
                 reason = f"iou {iou:.2f} < {iou_threshold:.2f} at z={z}"
                 break
-            regions[z] = region
+            run_regions[z] = region
             prev = region
             done += 1
             if progress is not None:
                 progress(min(done, total), total)
             z += step
+        regions.update(run_regions)
+        ious.update(run_ious)
+        if mkey is not None and not was_cancelled:
+            new_memo[mkey] = (run_regions, run_ious, reason)
         if outer:
             reasons[outer] = reason
+    if memo is not None and not was_cancelled:
+        memo.clear()
+        memo.update(new_memo)
     if progress is not None and not was_cancelled:
         progress(total, total)
     nonempty = [z for z, r in regions.items() if region_pixels(r)]
