@@ -6,6 +6,8 @@ are about what is read and written, and where, not about segmentation quality.
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 from qtpy.QtCore import Qt
@@ -85,3 +87,87 @@ def test_preview_writes_only_the_object_box(dock, qtbot):
         assert iou(np.asarray(out.data) == n, truth) >= 0.8
         assert not widget.current_mask.any() and not spy.any()  # the commit cleared the box
         assert max(spy.writes) <= 4 * box
+
+
+class ThreadSpy:
+    """A lazy array level that records each read request and whether the GUI thread made it
+    (napari's own display reads) or a worker (the widget's session)."""
+
+    def __init__(self, arr):
+        self.arr = arr
+        self.shape, self.dtype, self.ndim, self.size = arr.shape, arr.dtype, arr.ndim, arr.size
+        self.worker_reads: list[tuple[tuple[int, int], ...]] = []
+
+    def __array__(self, dtype=None, copy=None):  # a whole read
+        self[...]
+        return np.asarray(self.arr, dtype)
+
+    def __getitem__(self, key):
+        import threading
+
+        if key is Ellipsis:
+            key = ()
+        if threading.current_thread() is not threading.main_thread():
+            keys = key if isinstance(key, tuple) else (key,)
+            keys = keys + (slice(None),) * (self.ndim - len(keys))
+            self.worker_reads.append(tuple(
+                k.indices(n)[:2] if isinstance(k, slice) else (int(k), int(k) + 1) for k, n in zip(keys, self.shape)))
+        return np.asarray(self.arr[key])
+
+    def largest_worker_read(self) -> int:
+        return max((int(np.prod([b - a for a, b in r])) for r in self.worker_reads), default=0)
+
+
+def test_multiscale_lazy_layer_tiles_click_commit_cancel(dock, qtbot):
+    """A 3-level multiscale layer of a 4096x4096 image, each level a lazy array: the session gets the
+    levels, reads only tile-sized regions (never a whole level-0 plane), shows the outline of each
+    tile it embeds (with 'embedding tile k of N'), answers a real click in level-0 coordinates,
+    commits by region; Cancel stops the background embedding."""
+    img, discs = disc_image(4096)
+    levels = [ThreadSpy(img), ThreadSpy(img[::2, ::2].copy()), ThreadSpy(img[::4, ::4].copy())]
+    viewer, widget = dock(show=True, layers=[lambda v: v.add_image(levels, multiscale=True, name="pyramid")])
+    layer = viewer.layers["pyramid"]
+    assert layer.multiscale
+    wait_ready(qtbot, widget)
+    assert widget.session.tiled and widget.session.volume.n_levels == 3
+    tiles_layer = widget.tiles.layer
+    assert tiles_layer is not None and tiles_layer in viewer.layers
+    assert viewer.layers.selection.active is widget.prompts_layer  # clicks still add points
+    viewer.reset_view()
+    qtbot.wait(200)
+    pts = widget.prompts_layer
+
+    cy, cx, r = discs[0]
+    click(qtbot, viewer, layer, cy, cx)
+    qtbot.waitUntil(lambda: len(pts.data) == 1, timeout=5000)
+    y, x = pts.data[0]
+    assert abs(y - cy) <= 8 and abs(x - cx) <= 8  # the points layer speaks level-0 pixels
+    wait_idle(qtbot, widget)
+    truth = disc(img.shape, cy, cx, r)
+    assert iou(widget.current_mask, truth) >= 0.8
+    shown = widget.tiles.outlines_shown
+    assert any(y0 <= cy < y1 and x0 <= cx < x1 for _, _, (y0, y1, x0, x1) in shown), shown
+    assert any(re.match(r"embedding tile \d+ of \d+ \(level \d, tile \d+,\d+\)", t) for t in widget.tiles.texts)
+
+    key(qtbot, viewer, Qt.Key.Key_C)
+    qtbot.waitUntil(lambda: len(pts.data) == 0, timeout=WAIT_MS)
+    out = widget.output_layer
+    assert iou(np.asarray(out.data) == 1, truth) >= 0.8
+
+    # Cancel stops the background embedding of the tiles in view; outlines are removed when ready
+    assert widget.tiles.running  # 26 tiles: the background is still at work
+    assert not widget.cancel_button.isHidden()
+    widget.cancel_button.click()
+    qtbot.waitUntil(lambda: not widget.jobs.embedding, timeout=WAIT_MS)
+    qtbot.waitUntil(lambda: len(tiles_layer.data) == 0, timeout=WAIT_MS)
+    assert widget.tiles.cancelled and "tile embedding stopped" in widget.tiles.last_text
+    assert widget.cancel_button.isHidden()
+    viewer.camera.zoom *= 2  # a new view does not restart it
+    qtbot.wait(600)
+    assert not widget.jobs.embedding
+
+    # no whole plane of any level was read by the session, only tile-sized regions
+    for k, lv in enumerate(levels):
+        h, w = lv.shape
+        assert all(not (rr[0] == (0, h) and rr[1] == (0, w)) for rr in lv.worker_reads) or h * w <= 1024 * 1024
+    assert levels[0].worker_reads and levels[0].largest_worker_read() <= 1024 * 1024

@@ -20,6 +20,10 @@ prompt_modes
     ``PromptModes``: boxes, one object per positive point, and Segment all, with their workers.
 jobs
     ``SessionJobs``: the background workers (model load, embeddings, prediction, volume).
+region_layers
+    Labels layers written by region (preview, commit), zarr-backed above one 8192x8192 plane.
+tile_view
+    ``TileView``: large images: tiles embedded in the background, the outline of the tile being embedded.
 widget
     ``FocSAMWidget``: composes the parts above and keeps the widget's public API.
 """

@@ -24,11 +24,10 @@ from qtpy.QtCore import QObject, Qt, Signal
 
 from ..core.errors import Failure, describe_error, is_oom
 from ..core.interaction import Ticket
-from ..core.mask_regions import object_region
 from ..core.multi_prompts import set_prompts
 from .constants import EMBEDDING_BYTES
 
-__all__ = ["LoadResult", "SessionContext", "SessionJobs", "volume_regions"]
+__all__ = ["LoadResult", "SessionContext", "SessionJobs"]
 
 
 @dataclass
@@ -72,12 +71,6 @@ class LoadResult:
     failure: Failure | None = None
 
 
-def volume_regions(obj: Any, res: Any) -> dict[int, Any]:
-    """{z: MaskRegion} of a propagated object: the slices the propagation reached and the clicked ones."""
-    zs = set(getattr(res, "masks", {}) or {}) | set(obj.slices_with_clicks)
-    return {z: object_region(obj, z) for z in sorted(zs)}
-
-
 def _probe_devices() -> dict[str, bool]:
     import importlib
 
@@ -105,6 +98,7 @@ class SessionJobs(QObject):
     devices_found = Signal(object)          # {device: available}
     loaded = Signal(object)                 # LoadResult
     embedded = Signal(int, int)             # slices done, slices to do
+    tiles_embedded = Signal(int, int, object)  # tiled sessions: tiles done, done + still wanted, (z, TileKey)
     embedding_done = Signal(object)         # Failure | cache warning (str) | None
     predicted = Signal(object, object, float)  # Ticket, {z: mask} | Failure | None (skipped), seconds
     volume_progress = Signal(int, int)      # emitted from the worker thread (queued)
@@ -311,6 +305,47 @@ class SessionJobs(QObject):
         worker.yielded.connect(on_yield)
         return total
 
+    def start_tile_embedding(self, wanted: Callable[[], list]) -> None:
+        """Tiled sessions: embed the tiles ``wanted()`` lists (``(z, TileKey)``, most wanted first,
+        read again before each tile: it follows the view) that are not cached yet, one at a time,
+        pausing while ``interactive`` is set (a click's own tile goes first); reports
+        ``tiles_embedded(done, total, tile)`` and ``embedding_done``; ends when no wanted tile is missing."""
+        ctx = self.context
+        if ctx is None:
+            return
+        self.stop_embedding()
+        stop = self._embed_stop = threading.Event()
+        store, interactive = ctx.session.store, self.interactive
+
+        def embed():
+            done = 0
+            try:
+                while not stop.is_set():
+                    while interactive.is_set() and not stop.is_set():
+                        time.sleep(0.02)
+                    if stop.is_set():
+                        return None
+                    todo = [t for t in wanted() if not store.has_tile(*t)]
+                    if not todo:
+                        break
+                    store.precompute(tiles=todo[:1])  # with a cache folder: to disk, then "ready" here
+                    done += 1
+                    yield done, done + len(todo) - 1, todo[0]
+            except Exception as exc:
+                return describe_error(exc, "computing tile embeddings")
+            return store.disk_error
+
+        def on_yield(counts) -> None:
+            if not self.closed:  # also after a stop: the tile in flight is done (its outline goes)
+                self.tiles_embedded.emit(*counts)
+
+        def done(result):
+            if not stop.is_set():
+                self.embedding_done.emit(result)
+
+        worker = self._start(embed, "_embed_worker", done)
+        worker.yielded.connect(on_yield)
+
     def stop_embedding(self) -> None:
         self._embed_stop.set()
         if self._embed_worker is not None:
@@ -339,7 +374,7 @@ class SessionJobs(QObject):
                         changed = {}
                     dt = time.perf_counter() - t0
                     zs = set(changed) | shown | {c[0] for c in clicks} | ({box[0]} if box else set())
-                    return {z: object_region(obj, z) for z in zs}, dt
+                    return {z: obj.mask_region(z) for z in zs}, dt
             except Exception as exc:
                 return describe_error(exc), 0.0
 
@@ -368,7 +403,7 @@ class SessionJobs(QObject):
                     obj = ctx.object_for(ticket.epoch)
                     set_prompts(obj, clicks, box)
                     res = obj.propagate(iou_threshold=iou, progress=report, cancelled=cancelled)
-                    return res, volume_regions(obj, res)
+                    return res, obj.volume_regions()
             except Exception as exc:
                 return describe_error(exc, "Segment volume"), None
 

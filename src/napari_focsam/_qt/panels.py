@@ -352,12 +352,13 @@ class ActionPanel(QGroupBox):
         self.cancel_button.clicked.connect(lambda *_: self.cancel_clicked.emit())
         self._pbar = None
 
-    def show_state(self, *, ready: bool, is_3d: bool, volume_running: bool) -> None:
+    def show_state(self, *, ready: bool, is_3d: bool, volume_running: bool, cancellable: bool = False) -> None:
+        """``cancellable``: Cancel is shown for other work too (tiles embedding in the background)."""
         self.commit_button.setEnabled(ready)
         self.clear_button.setEnabled(ready)
         self.volume_button.setEnabled(ready and is_3d and not volume_running)
         self.iou_spin.setEnabled(is_3d)
-        self.cancel_button.setVisible(volume_running)
+        self.cancel_button.setVisible(volume_running or cancellable)
 
     def show_progress(self, done: int | None, total: int, fmt: str) -> None:
         """Show the bar: ``done`` of ``total`` (``done`` None or ``total`` 0: busy, no count)."""

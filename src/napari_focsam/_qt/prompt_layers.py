@@ -16,7 +16,7 @@ from napari.layers import Image, Labels, Points
 from napari.utils.colormaps import DirectLabelColormap
 from qtpy.QtCore import QObject, QTimer, Signal
 
-from ..core.mask_regions import MaskRegion
+from ..core.regions import MaskRegion
 
 from .constants import (
     KEYS,

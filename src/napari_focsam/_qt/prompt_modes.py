@@ -27,10 +27,10 @@ from qtpy.QtCore import QObject, Qt, Signal
 
 from ..core.errors import Failure, describe_error
 from ..core.labels import PasteError
-from ..core.mask_regions import MaskRegion, crop_region, object_region, plan_many_regions, plan_paste_regions
+from ..core.region_paste import plan_many_regions, plan_paste_regions
+from ..core.regions import MaskRegion, empty_region
 from ..core.multi_prompts import ManyPaste, batch_groups, plan_new_labels
 from .box_prompts import BoxPrompts
-from .jobs import volume_regions
 from .layer_utils import image_data
 from .prompt_modes_panel import PromptModesPanel
 from .region_layers import NextLabel, merge_by_slice
@@ -175,7 +175,7 @@ class PromptModes(QObject):
                         if obj is None:
                             obj = objects[key] = ctx.session.new_object()
                         obj.set_clicks(group)
-                        per.append({key[0]: object_region(obj, key[0])})
+                        per.append({key[0]: obj.mask_region(key[0])})
             except Exception as exc:
                 return describe_error(exc), 0.0
             return per, time.perf_counter() - t0
@@ -187,7 +187,7 @@ class PromptModes(QObject):
             per, dt = result if isinstance(result, tuple) else (result, 0.0)
             masks = per
             if isinstance(per, list):  # the union of the objects, by region; shown slices left empty
-                masks = {z: crop_region(np.zeros((1, 1), bool), z) for z in shown}
+                masks = {z: empty_region() for z in shown}
                 masks.update(merge_by_slice(per))
                 if is_current(ticket):
                     self._masks = per
@@ -221,15 +221,14 @@ class PromptModes(QObject):
         """The pixels and ids of a commit into the labels layer ``out`` (of the image's ``shape``):
         one object (a ``Paste``), or every batch object (a ``ManyPaste``); reads only the objects' boxes.
 
-        Raises PasteError (see :func:`~napari_focsam.core.mask_regions.plan_paste_regions`).
+        Raises PasteError (see :func:`~napari_focsam.core.region_paste.plan_paste_regions`).
         """
         if tuple(out.data.shape) != tuple(shape):
             raise PasteError("shape", f"labels shape {tuple(out.data.shape)} differs from the image's {shape}")
         top = self.next_label.max_label(out)
         if not (self.batch and self._masks):
-            return plan_paste_regions(out.data, regions.values(), overwrite=overwrite, max_label=top)
-        return plan_many_regions(out.data, [list(m.values()) for m in self._masks], overwrite=overwrite,
-                                 max_label=top)
+            return plan_paste_regions(out.data, regions, overwrite=overwrite, max_label=top)
+        return plan_many_regions(out.data, self._masks, overwrite=overwrite, max_label=top)
 
     @staticmethod
     def describe(paste: Any) -> str:
@@ -274,8 +273,8 @@ class PromptModes(QObject):
                         def step(done, total, i=i):
                             report(100 * i + int(100 * done / max(total, 1)), 100 * n,
                                    f"propagating object {i + 1}/{n}: %p%")
-                        res = obj.propagate(iou_threshold=iou, progress=step, cancelled=cancel.is_set)
-                        vols.append(volume_regions(obj, res))
+                        obj.propagate(iou_threshold=iou, progress=step, cancelled=cancel.is_set)
+                        vols.append(obj.volume_regions())
                 if not cancel.is_set():
                     report(100 * n, 100 * n, f"propagated {n} objects")
             except Exception as exc:

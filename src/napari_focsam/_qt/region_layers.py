@@ -3,8 +3,9 @@
 The preview layer's array is made once per image; each answer writes only the box that holds
 the old and the new mask of a slice (:func:`write_regions`), so a click on a 8192x8192 image
 costs the object's box, not a full-size array. The widget keeps what it shows as
-``{z: MaskRegion}`` (:class:`~napari_focsam.core.mask_regions.MaskRegion`), and commits from
-those regions (:func:`~napari_focsam.core.mask_regions.plan_paste_regions`).
+``{z: MaskRegion}`` (:class:`~napari_focsam.core.regions.MaskRegion`, from the session's
+``obj.mask_region(z)``), and commits from those regions
+(:func:`~napari_focsam.core.region_paste.plan_paste_regions`).
 
 Arrays of our labels layers (:func:`new_labels_array`): numpy up to :data:`NUMPY_MAX_PIXELS`
 pixels; above, an in-memory zarr array in (1, 2048, 2048) chunks that stores only the chunks
@@ -19,7 +20,8 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from ..core.interaction import split_objects
-from ..core.mask_regions import MaskRegion, labels_max, merge_regions, region_key, union_bbox
+from ..core.region_paste import labels_max, merge_regions, region_key, union_bbox
+from ..core.regions import MaskRegion, region_bbox
 
 __all__ = ["CHUNK_SIDE", "NUMPY_MAX_PIXELS", "NextLabel", "full_mask", "merge_by_slice", "new_labels_array",
            "split_hint", "write_regions"]
@@ -59,18 +61,17 @@ def write_regions(data: Any, shown: Mapping[int, MaskRegion], new: Mapping[int, 
     zs = set(new) | (set(shown) if replace else set())
     ndim = 3 if is_3d else 2
     for z in sorted(zs):
-        old = shown.get(z)
-        reg = new.get(z)
-        box = union_bbox(None if old is None or old.empty else old.bbox,
-                         None if reg is None or reg.empty else reg.bbox)
+        old, reg = shown.get(z), new.get(z)
+        new_box = None if reg is None else region_bbox(reg)
+        box = union_bbox(None if old is None else region_bbox(old), new_box)
         if box is not None:
             y0, y1, x0, x1 = box
             block = np.zeros((y1 - y0, x1 - x0), np.dtype(data.dtype))
-            if reg is not None and not reg.empty:
-                ry0, ry1, rx0, rx1 = reg.bbox
+            if new_box is not None:
+                ry0, ry1, rx0, rx1 = new_box
                 block[ry0 - y0: ry1 - y0, rx0 - x0: rx1 - x0] = np.where(reg.crop, value, 0)
             data[region_key(box, ndim, z)] = block
-        if reg is None or reg.empty:
+        if new_box is None:
             out.pop(z, None)
         else:
             out[z] = reg
@@ -81,8 +82,9 @@ def full_mask(regions: Mapping[int, MaskRegion], spatial: Sequence[int], is_3d: 
     """The regions as one full bool array ((Y, X) or (Z, Y, X)); allocates it (scripts, tests)."""
     out = np.zeros(tuple(spatial), bool)
     for z, r in regions.items():
-        if not r.empty:
-            out[region_key(r, 3 if is_3d else 2)] |= r.crop
+        box = region_bbox(r)
+        if box is not None:
+            out[region_key(box, 3 if is_3d else 2, z)] |= r.crop
     return out
 
 
@@ -92,7 +94,7 @@ def merge_by_slice(objects: Sequence[Mapping[int, MaskRegion]]) -> dict[int, Mas
     for obj in objects:
         for z, r in obj.items():
             per.setdefault(int(z), []).append(r)
-    return {z: merge_regions(rs, z) for z, rs in per.items()}
+    return {z: merge_regions(rs) for z, rs in per.items()}
 
 
 def split_hint(clicks: Sequence[tuple[int, float, float, bool]], regions: Mapping[int, MaskRegion]) -> list[int]:
@@ -100,10 +102,11 @@ def split_hint(clicks: Sequence[tuple[int, float, float, bool]], regions: Mappin
     clicks landed on separate pieces of the object (clicks outside a box hit background)."""
     crops, shifted = {}, []
     for z, r in regions.items():
-        if r.empty:
+        box = region_bbox(r)
+        if box is None:
             continue
         crops[z] = r.crop
-        y0, y1, x0, x1 = r.bbox
+        y0, y1, x0, x1 = box
         shifted += [(cz, y - y0, x - x0, p) for cz, y, x, p in clicks
                     if cz == z and y0 - 0.5 <= y < y1 - 0.5 and x0 - 0.5 <= x < x1 - 0.5]
     return split_objects(shifted, crops)

@@ -34,6 +34,7 @@ from .panels import ActionPanel, OutputPanel, PromptPanel, SetupPanel, StatusLin
 from .prompt_layers import PromptLayers
 from .prompt_modes import PromptModes
 from .region_layers import split_hint
+from .tile_view import TileView
 from .viewer_sync import ViewerSync
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -93,6 +94,7 @@ class FocSAMWidget(QWidget):
         self._hinted_epoch = -1
 
         self.sync = ViewerSync(self.viewer, self.setup, self.output, self.managed)
+        self.tiles = TileView(self, self._set_status)  # large images: tiles embedded, their outlines
         self._wire()
         self.jobs.probe_devices()
         self.sync.refresh()
@@ -121,6 +123,7 @@ class FocSAMWidget(QWidget):
         j.loaded.connect(self._on_loaded)
         j.embedded.connect(self._on_embedded)
         j.embedding_done.connect(self._on_embedding_done)
+        j.tiles_embedded.connect(self.tiles.on_progress)
         j.predicted.connect(self._on_predicted)
         j.volume_progress.connect(self.actions.volume_progress)
         j.volume_done.connect(self._on_volume_done)
@@ -152,7 +155,7 @@ class FocSAMWidget(QWidget):
     def _update_buttons(self) -> None:
         ctx = self.jobs.context
         self.actions.show_state(ready=ctx is not None, is_3d=bool(ctx and ctx.is_3d),
-                                volume_running=self.jobs.volume_running)
+                                volume_running=self.jobs.volume_running, cancellable=self.tiles.running)
         self.setup.show_refiner(None if ctx is None else ctx.has_refiner)
         self.modes.show_state()
 
@@ -252,6 +255,7 @@ class FocSAMWidget(QWidget):
 
     def _drop_context(self, keep_layers: bool = False) -> None:
         self.jobs.drop()
+        self.tiles.drop()
         self.queue.new_object()
         self.embedded_slices, self._eta_text = 0, ""
         if not keep_layers:
@@ -272,11 +276,12 @@ class FocSAMWidget(QWidget):
         self._update_buttons()
         self._headline = READY
         self.sync.update_view_z()
-        self._embed_total = self.jobs.start_embedding(lambda: self.sync.view_z)
+        tiled = self.tiles.start(result.context)  # a large image: tiles in view, not whole slices
+        self._embed_total = 0 if tiled else self.jobs.start_embedding(lambda: self.sync.view_z)
         self._eta, self._eta_text = Eta(self._embed_total, time.perf_counter()), ""
         self._set_status(f"{READY} (model loaded in {result.seconds:.1f} s)")
         self.embedded_slices = 0
-        if result.context.is_3d and not self.jobs.volume_running:
+        if result.context.is_3d and not tiled and not self.jobs.volume_running:
             self.actions.show_progress(0, self._embed_total, "embeddings %v/%m")
         if self.managed.n_points() and self.queue.points_changed():
             self._start_predict()
@@ -294,6 +299,7 @@ class FocSAMWidget(QWidget):
 
     def _on_embedding_done(self, result: Any) -> None:
         self._eta_text = ""
+        self.tiles.finished()
         if not self.jobs.volume_running:
             self.actions.hide_progress()
         if isinstance(result, Failure):
@@ -426,7 +432,7 @@ class FocSAMWidget(QWidget):
             self._set_status("committing when the current mask is ready ...")
             return None
         regions = self.managed.regions  # the object's box on each slice: only those are read and written
-        if self.managed.preview is None or not any(not r.empty for r in regions.values()):
+        if self.managed.preview is None or not any(r.crop.any() for r in regions.values()):
             self._notify("info", "nothing to commit: click on an object first")
             return None
         out = self.sync.output_layer(create=True)
@@ -514,6 +520,7 @@ class FocSAMWidget(QWidget):
         """Stop a running volume propagation (the finished slices stay in the preview)."""
         self.jobs.cancel_volume()
         self.modes.cancel()
+        self.tiles.cancel()
 
     def _on_volume_done(self, ticket: Ticket, res: Any, vol: Any) -> None:
         self.actions.end_volume_progress()
@@ -574,6 +581,7 @@ class FocSAMWidget(QWidget):
             return
         self._closed = True
         self.jobs.close()
+        self.tiles.close()
         self.modes.close()
         self.managed.release()
         self.sync.close()
