@@ -226,6 +226,31 @@ def test_a_zarr_that_disappears_mid_run_fails_clearly_and_keeps_the_old_output(t
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mask.tif"]
 
 
+def test_chunk_files_deleted_between_two_reads_fail_clearly_and_keep_the_old_output(tiny_ckpt, big, tmp_path,
+                                                                                     capsys, monkeypatch):
+    from napari_focsam.core.image_volume import ImageVolume
+
+    out_path = tmp_path / "vol.zarr"
+    write_mask(out_path, np.ones(SHAPE, np.uint8))
+    real = ImageVolume.read_region
+    calls = []
+
+    def read_then_delete(self, *args, **kwargs):
+        out = real(self, *args, **kwargs)
+        if not calls:
+            shutil.rmtree(big / "c")  # every chunk file goes after the first read; the metadata stays
+        calls.append(args)
+        return out
+
+    monkeypatch.setattr(ImageVolume, "read_region", read_then_delete)
+    rc, out, err = run(["segment", big, "--slice", "1", "--click", "800,900", "--propagate", "--no-progress",
+                        "--model", tiny_ckpt, "--out", out_path], capsys)
+    assert rc == 1 and out == ""
+    assert re.search(r"the chunk file .*big.zarr/c/1/1/1 has disappeared since it was last seen", one_line(err)), err
+    assert int(zarr.open_array(str(out_path), mode="r")[:].min()) == 1  # the old mask, untouched
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["big.zarr", "vol.zarr"]
+
+
 # --------------------------------------------------------------------------- writing masks by region
 
 

@@ -211,3 +211,21 @@ def test_a_damaged_chunk_is_a_one_line_oserror(tmp_path):
     with pytest.raises(OSError, match=r"cannot read slice 0, level 0, rows 0:10, columns 0:10 of .*bad.zarr: ") as info:
         vol.rgb_region(0, 0, 10, 0, 10)
     assert "\n" not in str(info.value)
+
+
+def test_chunk_files_deleted_between_two_reads_are_a_one_line_oserror(tmp_path):
+    """zarr reads a missing chunk as its fill value (an unwritten chunk is legal): a chunk file
+    that was there at the first read (of any region of that level) and is gone at the second is
+    an error, not an empty tile."""
+    arr = make_large_zarr(tmp_path / "chunks.zarr", shape=(2, 2048, 2048), chunks=(1, 512, 512),
+                          discs=((1, 1000, 1000, 50),))
+    vol = ImageVolume(arr)
+    assert vol.read_region(0, 0, 600, 0, 600)[0, 0] == 100  # never-written chunks: the fill value
+    shutil.rmtree(tmp_path / "chunks.zarr" / "c")  # every chunk file; the metadata stays
+    with pytest.raises(OSError, match=r"cannot read slice 1, level 0, rows 950:1050, columns 950:1050: the chunk "
+                                      r"file .*chunks.zarr/c/1/1/1 has disappeared since it was last seen") as info:
+        vol.read_region(1, 950, 1050, 950, 1050)
+    assert "\n" not in str(info.value)
+    with pytest.raises(OSError, match="has disappeared since it was last seen"):
+        vol.read_region(1, 0, 256, 0, 256, level=2)  # a virtual level reads the same chunks
+    assert pyramid.stored_chunk_files(SpyArray(arr), (0, slice(0, 10))) is None  # unknown for wrappers

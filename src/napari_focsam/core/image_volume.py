@@ -25,8 +25,8 @@ from typing import Any
 import numpy as np
 
 from .image import DEFAULT_PERCENTILES, robust_limits, to_rgb_uint8
-from .pyramid import (MAX_VIRTUAL_SIDE, TILING_MIN_SIDE, ImageReadError, as_levels, chunk_shape, level_factors,
-                      read_block, read_virtual_region, to_dtype)
+from .pyramid import (MAX_VIRTUAL_SIDE, TILING_MIN_SIDE, ImageReadError, as_levels, chunk_file_inventory, chunk_shape,
+                      level_factors, read_block, read_virtual_region, to_dtype)
 
 __all__ = [
     "CHANNEL_USE",
@@ -213,6 +213,10 @@ class ImageVolume:
             shapes.append((-(-shapes[-1][0] // 2), -(-shapes[-1][1] // 2)))
         self._level_shapes: list[tuple[int, int]] = shapes
         self._signatures: dict[int, str] = {}
+        #: chunk files of local zarr levels seen at earlier reads (one that vanishes is an error),
+        #: listed once per level at its first read
+        self._chunks_seen: set[str] = set()
+        self._inventoried: set[int] = set()
         self._key: str | None = None
         self._lock = threading.RLock()
 
@@ -251,9 +255,10 @@ class ImageVolume:
         z = self.check_z(z)
         if isinstance(self.data, np.ndarray):
             return self.data[z] if self.is_3d else self.data
+        self._take_inventory(0)
         if self.is_3d:
-            return read_block(self.data, z, f"slice {z}")
-        return read_block(self.data, (slice(None),) * len(self.shape), "the image")
+            return read_block(self.data, z, f"slice {z}", self._chunks_seen)
+        return read_block(self.data, (slice(None),) * len(self.shape), "the image", self._chunks_seen)
 
     # -- levels and regions
     @property
@@ -345,12 +350,22 @@ class ImageVolume:
         what = (f"slice {z}, " if self.is_3d else "") + f"level {lv}, rows {y0}:{y1}, columns {x0}:{x1}"
         head = (z,) if self.is_3d else ()
         n = self.n_levels
+        self._take_inventory(min(lv, n - 1))
         if lv < n:
-            return read_block(self.levels[lv], (*head, slice(y0, y1), slice(x0, x1)), what)
+            return read_block(self.levels[lv], (*head, slice(y0, y1), slice(x0, x1)), what, self._chunks_seen)
         values = read_virtual_region(self.levels[n - 1], z if self.is_3d else None, (y0, y1), (x0, x1),
                                      2 ** (lv - n + 1), self._level_shapes[n - 1],
-                                     has_channels=self.has_channels, what=what)
+                                     has_channels=self.has_channels, what=what, seen=self._chunks_seen)
         return to_dtype(values, self.dtype)
+
+    def _take_inventory(self, stored_level: int) -> None:
+        """List a local zarr level's chunk files before its first read (see :func:`.pyramid.read_block`)."""
+        if stored_level in self._inventoried:
+            return
+        with self._lock:
+            if stored_level not in self._inventoried:
+                self._chunks_seen.update(chunk_file_inventory(self.levels[stored_level]))
+                self._inventoried.add(stored_level)
 
     def rgb_region(self, z: int, y0: int, y1: int, x0: int, x1: int, level: int = 0) -> np.ndarray:
         """The encoder input of one region: (h, w, 3) uint8, through the same

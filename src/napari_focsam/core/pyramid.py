@@ -26,6 +26,7 @@ from typing import Any, Sequence
 import numpy as np
 
 __all__ = [
+    "INVENTORY_MAX_FILES",
     "MAX_VIRTUAL_SIDE",
     "TILING_MIN_SIDE",
     "VIRTUAL_BAND_PIXELS",
@@ -33,12 +34,14 @@ __all__ = [
     "ImageReadError",
     "as_levels",
     "block_mean",
+    "chunk_file_inventory",
     "chunk_shape",
     "level_factors",
     "ngff_view_of",
     "read_block",
     "read_virtual_region",
     "store_location",
+    "stored_chunk_files",
     "to_dtype",
 ]
 
@@ -102,7 +105,67 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
-def read_block(arr: Any, index: tuple, what: str) -> np.ndarray:
+def stored_chunk_files(arr: Any, index: Any) -> list[str] | None:
+    """The files of a local zarr array's stored chunks (shards) that ``arr[index]`` touches.
+
+    None when unknown (not a local zarr array, or an index other than ints and slices). Uses
+    the array's own chunk-key encoding (zarr 2 and 3), so any layout zarr writes is named right.
+    """
+    loc = store_location(arr)
+    encode = getattr(getattr(arr, "metadata", None), "encode_chunk_key", None)
+    grid = getattr(arr, "shards", None) or getattr(arr, "chunks", None)
+    if loc is None or encode is None or grid is None or getattr(arr, "source_array", None) is not None:
+        return None
+    key = index if isinstance(index, tuple) else (index,)
+    shape = tuple(int(n) for n in arr.shape)
+    if len(key) > len(shape) or any(not isinstance(k, (slice, int, np.integer)) for k in key):
+        return None
+    key = key + (slice(None),) * (len(shape) - len(key))
+    axes = []
+    for k, n, c in zip(key, shape, grid):
+        if isinstance(k, slice):
+            a, b, step = k.indices(n)
+            if step != 1 or b <= a:
+                return None if step != 1 else []
+        else:
+            a = int(k) % n
+            b = a + 1
+        axes.append(range(a // int(c), (b - 1) // int(c) + 1))
+    import itertools
+
+    try:
+        return [os.path.join(loc, encode(tuple(coords))) for coords in itertools.product(*axes)]
+    except Exception:
+        return None
+
+
+#: At most this many chunk files are listed by :func:`chunk_file_inventory`.
+INVENTORY_MAX_FILES = 200_000
+_METADATA_FILES = frozenset({"zarr.json", ".zarray", ".zattrs", ".zgroup", ".zmetadata"})
+
+
+def chunk_file_inventory(arr: Any, limit: int | None = None) -> list[str]:
+    """The chunk files a local zarr array has now (at most ``limit``, default
+    :data:`INVENTORY_MAX_FILES`), to notice later that one has gone; [] when not a local zarr
+    array. One directory listing per folder of the store, no file is opened."""
+    loc = store_location(arr)
+    if loc is None or getattr(getattr(arr, "metadata", None), "encode_chunk_key", None) is None:
+        return []
+    limit = INVENTORY_MAX_FILES if limit is None else limit
+    out: list[str] = []
+    for root, dirs, files in os.walk(loc):
+        if root != loc:
+            dirs[:] = [d for d in dirs if not os.path.isfile(os.path.join(root, d, "zarr.json"))]
+        else:  # arrays nested in this folder (a group's levels) are not this array's chunks
+            dirs[:] = [d for d in dirs if not any(os.path.isfile(os.path.join(root, d, m)) for m in
+                                                   ("zarr.json", ".zarray", ".zgroup"))]
+        out.extend(os.path.join(root, f) for f in files if f not in _METADATA_FILES)
+        if len(out) >= limit:
+            return out[:limit]
+    return out
+
+
+def read_block(arr: Any, index: tuple, what: str, seen: set[str] | None = None) -> np.ndarray:
     """``arr[index]`` as a numpy array, with storage failures as one-line :class:`ImageReadError`.
 
     Parameters
@@ -113,15 +176,28 @@ def read_block(arr: Any, index: tuple, what: str) -> np.ndarray:
         The index (ints and slices).
     what : str
         The region in words for the message, e.g. ``"slice 3, rows 0:1024, columns 0:1024"``.
+    seen : set of str or None
+        The chunk files of a local zarr array seen so far (listed by
+        :func:`chunk_file_inventory` before the first read, updated here): a chunk file that was
+        there before and is gone now is an error (zarr itself would read it as the fill value,
+        as it does every chunk never written).
 
     Raises
     ------
     ImageReadError
-        When the read fails in the storage (missing or damaged files, a codec error), or when
+        When the read fails in the storage (missing or damaged files, a codec error), when
         the zarr store's folder is gone after the read (zarr then returns its fill value
-        silently: an absent store reads as an empty image).
+        silently: an absent store reads as an empty image), or when a chunk file seen before
+        has disappeared.
     """
     loc = store_location(arr)
+    files = stored_chunk_files(arr, index) if seen is not None else None
+    present = [f for f in files if os.path.exists(f)] if files else []
+    if files:
+        gone = [f for f in files if f in seen and f not in present]
+        if gone:
+            raise ImageReadError(f"cannot read {what}: the chunk file {gone[0]} has disappeared since it was "
+                                 "last seen (the zarr store changed while in use)")
     try:
         out = arr[index]
         if hasattr(out, "compute"):
@@ -139,6 +215,8 @@ def read_block(arr: Any, index: tuple, what: str) -> np.ndarray:
     if loc is not None and os.path.splitext(loc)[1].lower() not in (".tif", ".tiff") and not os.path.isdir(loc):
         raise ImageReadError(f"cannot read {what}: the zarr store {loc} has disappeared "
                              "(moved or deleted while in use)")
+    if present:
+        seen.update(present)
     return out
 
 
@@ -411,7 +489,8 @@ def to_dtype(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
 
 
 def read_virtual_region(arr: Any, z: int | None, ys: tuple[int, int], xs: tuple[int, int], r: int,
-                        src_shape: tuple[int, int], *, has_channels: bool, what: str) -> np.ndarray:
+                        src_shape: tuple[int, int], *, has_channels: bool, what: str,
+                        seen: set[str] | None = None) -> np.ndarray:
     """A region of a level ``r`` times coarser than ``arr``, by block means of ``arr``'s region.
 
     Parameters
@@ -430,6 +509,8 @@ def read_virtual_region(arr: Any, z: int | None, ys: tuple[int, int], xs: tuple[
         Whether the data ends with a channel axis.
     what : str
         The region in words, for error messages.
+    seen : set of str or None
+        Passed to :func:`read_block`.
 
     Returns
     -------
@@ -459,7 +540,7 @@ def read_virtual_region(arr: Any, z: int | None, ys: tuple[int, int], xs: tuple[
     head = () if z is None else (z,)
     for y in range(sy0, sy1, band):
         yb = min(y + band, sy1)
-        block = read_block(arr, (*head, slice(y, yb), slice(sx0, sx1)), what)
+        block = read_block(arr, (*head, slice(y, yb), slice(sx0, sx1)), what, seen)
         parts.append(block_mean(block, r))
         del block
     return np.concatenate(parts, axis=0)
