@@ -1,6 +1,7 @@
 """The dock widget as a user meets it: time to "ready", click-to-preview latency, Segment volume wait.
 
     python benchmarks/bench_widget.py [--clicks 40] [--threads N] [--volume] [--think 30]
+                                      [--sizes 1024,2048,8192 [--skip-2d]]
 
 Drives the real widget in a real napari viewer (an Xvfb display is started when none is set):
 
@@ -9,7 +10,11 @@ Drives the real widget in a real napari viewer (an Xvfb display is started when 
 2. click-to-preview latency inside the widget (``widget.last_latency_ms``: from the change of the
    prompts layer to the preview showing the new mask) over ``--clicks`` clicks on the nuclei of the
    2D sample, alternating a first click and a second (refining) click; median and 95th percentile;
-3. with ``--volume``: the 60-slice cells3d stack (the 36-slice sample if the shared data is
+3. with ``--sizes 1024,2048,8192``: click-to-preview on synthetic images of those sizes (discs of
+   radius 30 on a textured background; background tile embedding off): the first click on each
+   disc (on a large, tiled image this includes embedding the disc's tile) and the median of the
+   later clicks (tile embedded: the decoder, the mask region and the preview write);
+4. with ``--volume``: the 60-slice cells3d stack (the 36-slice sample if the shared data is
    absent), no disk cache; one click on the middle slice, ``--think`` seconds of "user time", then
    Segment volume: the time it waits, with the background embedding of the stack and without it
    (only the slice in view embedded).
@@ -119,6 +124,61 @@ def bench_2d(app, args):
     viewer.close()
 
 
+def disc_image(n, radius=30, n_discs=5):
+    """(n, n) uint16: a textured background and ``n_discs`` discs of ``radius`` spread over the image."""
+    yy, xx = np.ogrid[:n, :n]
+    img = (800 + 60 * np.sin(yy / 37.0) * np.cos(xx / 53.0)).astype(np.uint16)
+    rng = np.random.default_rng(1)
+    centres = [(int(rng.uniform(0.1, 0.9) * n), int(rng.uniform(0.1, 0.9) * n)) for _ in range(n_discs)]
+    for cy, cx in centres:
+        y0, y1, x0, x1 = cy - radius, cy + radius + 1, cx - radius, cx + radius + 1
+        sub = img[y0:y1, x0:x1]
+        sub[(yy[y0:y1] - cy) ** 2 + (xx[:, x0:x1] - cx) ** 2 <= radius**2] = 9000
+    return img, centres
+
+
+def bench_sizes(app, args):
+    import napari
+
+    for n in (int(v) for v in args.sizes.split(",")):
+        img, centres = disc_image(n)
+        viewer = napari.Viewer(show=True)
+        viewer.add_image(img, name=f"discs {n}")
+        _, widget = viewer.window.add_plugin_dock_widget("napari-focsam", "FocSAM")
+        widget.jobs.background_embedding = False  # only the clicks' tiles (or the slice) are embedded
+        if args.threads:
+            widget.threads_spin.setValue(args.threads)
+        t_ready = wait(app, lambda: widget.is_ready and not widget.is_busy())
+        pts = widget.prompts_layer
+        first, later, model, shown = [], [], [], []
+        show = widget.managed.show_masks
+
+        def timed_show(*a, **k):  # the preview's part: write the boxes, refresh the layer
+            t0 = time.perf_counter()
+            show(*a, **k)
+            shown.append((time.perf_counter() - t0) * 1000)
+        widget.managed.show_masks = timed_show
+        for rep in range(args.repeats + 1):
+            for cy, cx in centres:
+                widget.clear()
+                pts.data = np.array([[cy, cx]], float)
+                wait(app, lambda: not widget.is_busy())
+                app.processEvents()
+                (first if rep == 0 else later).append(widget.last_latency_ms)
+                if rep:
+                    model.append(widget.last_model_ms)
+        tiled = widget.session.tiled
+        tiles = len(widget.session.tiles_in_memory()) if tiled else 0
+        print(f"{n}x{n}: ready after {t_ready:.1f} s, {'tiled' if tiled else 'one canvas'}"
+              f"{f' ({tiles} tiles embedded)' if tiled else ''}; click-to-preview: first click on a disc "
+              f"median {np.median(first):.0f} ms (max {np.max(first):.0f}), later clicks median "
+              f"{np.median(later):.0f} ms (p95 {np.percentile(later, 95):.0f}, {len(later)} clicks; model part "
+              f"{np.median(model):.0f} ms, preview write + refresh {np.median(shown):.1f} ms)", flush=True)
+        widget.close_session()
+        wait(app, lambda: not widget.has_running_workers())
+        viewer.close()
+
+
 def bench_volume(app, args, background: bool):
     import napari
 
@@ -160,6 +220,8 @@ def main() -> None:
     ap.add_argument("--volume", action="store_true", help="also time Segment volume on the stack")
     ap.add_argument("--think", type=float, default=30.0, help="seconds between the click and Segment volume")
     ap.add_argument("--skip-2d", action="store_true")
+    ap.add_argument("--sizes", default="", help="comma-separated image sizes for the large-image clicks")
+    ap.add_argument("--repeats", type=int, default=3, help="later clicks per disc (--sizes)")
     args = ap.parse_args()
     xvfb = ensure_display()
     try:
@@ -168,6 +230,8 @@ def main() -> None:
         app = get_qapp()  # the Qt application with napari's settings
         if not args.skip_2d:
             bench_2d(app, args)
+        if args.sizes:
+            bench_sizes(app, args)
         if args.volume:
             bench_volume(app, args, background=True)
             bench_volume(app, args, background=False)

@@ -115,9 +115,10 @@ def split_hint(clicks: Sequence[tuple[int, float, float, bool]], regions: Mappin
 class NextLabel:
     """The next free id of a labels layer, without rereading a large array at every commit.
 
-    A numpy array is read each time (its maximum is cheap); for other arrays (zarr) the largest
-    id is read once, block by block, then kept up to date by :meth:`wrote`, and read again after
-    any other change of the layer (painting, undo, new data).
+    A numpy array is read each time (its maximum is cheap). For other arrays (zarr) the largest
+    id is read once, block by block, then kept up to date by :meth:`wrote`, and read again after a
+    paint stroke or new data; an undo does not lower it (an upper bound: an undone id is not
+    reused, and a (20, 8192, 8192) layer is not reread at every commit).
     """
 
     def __init__(self) -> None:
