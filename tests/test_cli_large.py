@@ -137,6 +137,28 @@ def test_segment_propagate_on_a_large_zarr_writes_a_3d_mask(tiny_ckpt, big, tmp_
     assert int(mask.any(axis=(1, 2)).sum()) == info["slices_with_mask"]
 
 
+def test_segment_propagate_reads_the_zarr_by_bounded_regions(tiny_ckpt, big, tmp_path, capsys, monkeypatch):
+    from lazy_helpers import SpyArray
+
+    from napari_focsam.core import distributed, pyramid
+
+    spies = []
+    real = distributed.open_image
+
+    def spied(path, level=None):
+        spies.append(SpyArray(real(path, level)))
+        return spies[-1]
+
+    monkeypatch.setattr(distributed, "open_image", spied)
+    rc, out, err = run(["segment", big, "--slice", "1", "--click", "800,900", "--propagate", "--no-progress",
+                        "--model", tiny_ckpt, "--out", tmp_path / "m.tif"], capsys)
+    assert rc == 0, err
+    (spy,) = spies
+    assert spy.requests and all(r[0][1] - r[0][0] == 1 for r in spy.requests)  # one slice per read
+    assert spy.largest_request() <= pyramid.VIRTUAL_BAND_PIXELS  # tiles and bands, never more
+    assert spy.whole_slice_requests() == []
+
+
 def test_precompute_a_large_zarr_tile_by_tile_and_resume(tiny_ckpt, big, tmp_path, capsys):
     argv = ["precompute", big, "--cache", tmp_path / "cache", "--model", tiny_ckpt, "--no-progress"]
     rc, out, err = run(argv, capsys)

@@ -521,8 +521,8 @@ def read_virtual_region(arr: Any, z: int | None, ys: tuple[int, int], xs: tuple[
     -----
     Memory: the output (``h * w * C`` float64) plus one band of at most
     :data:`VIRTUAL_BAND_PIXELS` source pixels (times C, in the source dtype; a band is at
-    least ``r`` source rows). Bands are aligned to the source chunks where possible so that
-    each chunk is decoded once.
+    least ``r`` source rows, at most half the plane's rows, so no read covers a whole slice).
+    Bands are aligned to the source chunks where possible so that each chunk is decoded once.
     """
     Hs, Ws = src_shape
     sy0, sy1 = ys[0] * r, min(ys[1] * r, Hs)
@@ -530,6 +530,7 @@ def read_virtual_region(arr: Any, z: int | None, ys: tuple[int, int], xs: tuple[
     C = int(arr.shape[-1]) if has_channels else 1
     width = max(1, (sx1 - sx0) * C)
     band = max(r, (VIRTUAL_BAND_PIXELS // width) // r * r)
+    band = min(band, max(r, (Hs // 2) // r * r))  # never the whole plane in one read
     chunks = chunk_shape(arr)
     if chunks is not None:
         ch = chunks[-3 if has_channels else -2]
