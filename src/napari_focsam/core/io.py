@@ -416,7 +416,8 @@ def write_mask_regions(path: str | Path, shape: Sequence[int], region_of: Region
                 crop = crops.get(z)
                 if crop is not None:
                     (y0, y1, x0, x1), block = crop
-                    arr[(z, slice(y0, y1), slice(x0, x1)) if len(shape) == 3 else (slice(y0, y1), slice(x0, x1))] = block
+                    window = (slice(y0, y1), slice(x0, x1))
+                    arr[(z, *window) if len(shape) == 3 else window] = block
         elif suffix in TIFF_SUFFIXES:
             import tifffile
 
