@@ -204,13 +204,14 @@ def test_an_ome_zarr_pyramid_and_one_of_its_levels(tiny_ckpt, tmp_path, capsys):
     ("pyramid", ["--level", "2"], r"--level 2 is out of range: .* has 2 levels \(0..1\)"),
     ("plain_group", [], "is a zarr group without OME-Zarr 'multiscales' metadata: name the array inside it"),
     ("plain_folder", [], "is a directory, not an image file nor a zarr array"),
+    ("out_inside", [], r"--out .*ok.zarr/old.zarr is part of the input .*ok.zarr: choose a new name"),
 ])
 def test_bad_zarr_inputs_are_one_line_errors_before_the_model_loads(tiny_ckpt, big, tmp_path, capsys, loads,
                                                                     make, extra, message):
     base = np.zeros((2, 1600, 1700), np.uint8)
     if make == "bad_pyramid":
         path = _ome_zarr(tmp_path / "bad.zarr", [base, base[:, ::2, ::4].copy()])
-    elif make == "pyramid":
+    elif make in ("pyramid", "out_inside"):
         path = _ome_zarr(tmp_path / "ok.zarr", [base, base[:, ::2, ::2].copy()])
     elif make == "plain_group":
         path = tmp_path / "g.zarr"
@@ -220,8 +221,12 @@ def test_bad_zarr_inputs_are_one_line_errors_before_the_model_loads(tiny_ckpt, b
         path.mkdir()
     else:
         path = big
+    out_path = tmp_path / "m.tif"
+    if make == "out_inside":  # an array inside the input group, with a mask's name
+        out_path = path / "old.zarr"
+        zarr.create_array(str(out_path), shape=(8, 8), dtype="uint8")
     rc, out, err = run(["segment", path, *extra, "--slice", "1", "--click", "10,10", "--model", tiny_ckpt,
-                        "--out", tmp_path / "m.tif"], capsys)
+                        "--out", out_path], capsys)
     assert rc == 2 and out == "" and loads == []
     assert re.search(message, one_line(err)), err
 

@@ -148,6 +148,13 @@ def check_output(path: str | Path, ndim: int, image_path: str | Path | None = No
             same = False
         if same:
             raise UserError(f"--out {out} is the input image: choose another file for the mask")
+        try:
+            inside = out.exists() and Path(image_path).is_dir() and out.resolve().is_relative_to(
+                Path(image_path).resolve())
+        except OSError:
+            inside = False
+        if inside:
+            raise UserError(f"--out {out} is part of the input {image_path}: choose a new name for the mask")
     return out
 
 

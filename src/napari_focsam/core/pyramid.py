@@ -208,7 +208,7 @@ def read_block(arr: Any, index: tuple, what: str, seen: set[str] | None = None) 
     except Exception as exc:
         if loc is None and isinstance(exc, (IndexError, TypeError)):  # a bad index, not the storage
             raise
-        where = loc or type(arr).__name__
+        where = loc or f"the {type(arr).__module__.split('.')[0]} array"
         raise ImageReadError(f"cannot read {what} of {where}: {_describe(exc)}") from None
     # a zarr store reads its chunk files one by one (a vanished folder reads as fill values);
     # a TIFF file is read through its open handle, so only zarr folders are checked
