@@ -171,3 +171,37 @@ def test_multiscale_lazy_layer_tiles_click_commit_cancel(dock, qtbot):
         h, w = lv.shape
         assert all(not (rr[0] == (0, h) and rr[1] == (0, w)) for rr in lv.worker_reads) or h * w <= 1024 * 1024
     assert levels[0].worker_reads and levels[0].largest_worker_read() <= 1024 * 1024
+
+
+def test_tiled_stack_click_segment_volume_commit(dock, qtbot):
+    """A (3, 2048, 2048) stack is tiled: the outline of the tile being embedded is drawn on the
+    slice it belongs to, Segment volume propagates through the tiles and commits every slice by
+    region."""
+    img, discs = disc_image(2048)
+    stack = np.stack([img, img, img])
+    viewer, widget = dock(show=True, layers=[lambda v: v.add_image(stack, name="stack 2048")])
+    widget.jobs.background_embedding = False  # only the tiles the clicks and the propagation need
+    layer = viewer.layers["stack 2048"]
+    viewer.dims.set_current_step(0, 1)
+    wait_ready(qtbot, widget)
+    assert widget.session.tiled and widget.session.volume.is_3d
+    viewer.reset_view()
+    qtbot.wait(100)
+    pts = widget.prompts_layer
+    cy, cx, r = discs[1]
+    click(qtbot, viewer, layer, cy, cx)
+    qtbot.waitUntil(lambda: len(pts.data) == 1, timeout=5000)
+    assert int(round(pts.data[0][0])) == 1
+    wait_idle(qtbot, widget)
+    truth = disc(img.shape, cy, cx, r)
+    assert iou(widget.current_mask[1], truth) >= 0.8 and not widget.current_mask[0].any()
+    assert any(z == 1 for z, _, _ in widget.tiles.outlines_shown)
+    assert widget.tiles.layer.ndim == 3
+
+    key(qtbot, viewer, Qt.Key.Key_S, Qt.KeyboardModifier.ShiftModifier)  # Segment volume, then commit
+    qtbot.waitUntil(lambda: widget.last_committed_id == 1, timeout=WAIT_MS)
+    wait_idle(qtbot, widget)
+    out = np.asarray(widget.output_layer.data)
+    assert all(iou(out[z] == 1, truth) >= 0.8 for z in range(3))
+    assert {z for z, _, _ in widget.tiles.outlines_shown} == {0, 1, 2}  # each slice's tile, on its slice
+    assert not widget.current_mask.any() and len(widget.tiles.layer.data) == 0

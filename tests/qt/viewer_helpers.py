@@ -63,7 +63,7 @@ def press(layer_or_viewer, key_name):
 def _canvas_point(viewer, layer, y, x):
     from qtpy.QtCore import QPoint
 
-    wy, wx = layer.data_to_world((y, x))
+    wy, wx = layer.data_to_world((0,) * (layer.ndim - 2) + (y, x))[-2:]  # a stack: the slice in view
     cy, cx = viewer.camera.center[-2:]
     zoom = viewer.camera.zoom
     size = viewer.window._qt_viewer.canvas.native.size()
@@ -71,7 +71,7 @@ def _canvas_point(viewer, layer, y, x):
 
 
 def click(qtbot, viewer, layer, y, x, modifier=None):
-    """A real left click on the canvas at the data point (y, x) of a 2D layer."""
+    """A real left click on the canvas at the data point (y, x) of a layer (of a stack: on the slice in view)."""
     from qtpy.QtCore import Qt
 
     mod = modifier if modifier is not None else Qt.KeyboardModifier.NoModifier
