@@ -19,6 +19,7 @@ line naming the store and the region, never a ``KeyError`` traceback from zarr.
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 from typing import Any, Sequence
@@ -131,8 +132,6 @@ def stored_chunk_files(arr: Any, index: Any) -> list[str] | None:
             a = int(k) % n
             b = a + 1
         axes.append(range(a // int(c), (b - 1) // int(c) + 1))
-    import itertools
-
     try:
         return [os.path.join(loc, encode(tuple(coords))) for coords in itertools.product(*axes)]
     except Exception:
@@ -192,7 +191,7 @@ def read_block(arr: Any, index: tuple, what: str, seen: set[str] | None = None) 
     """
     loc = store_location(arr)
     files = stored_chunk_files(arr, index) if seen is not None else None
-    present = [f for f in files if os.path.exists(f)] if files else []
+    present = {f for f in files if os.path.exists(f)} if files else set()
     if files:
         gone = [f for f in files if f in seen and f not in present]
         if gone:
