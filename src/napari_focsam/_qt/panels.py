@@ -403,12 +403,15 @@ class StatusLine(QLabel):
 
     def show_state(self, *, text: str | None = None, headline: str = "", model: str | None = None,
                    embedded: int = 0, n_slices: int | None = None, is_3d: bool = False, eta: str = "",
-                   latency_ms: float | None = None, next_id: int | None = None) -> None:
-        """One line: a message (else the headline), model, embeddings (ETA), last click, next id."""
+                   latency_ms: float | None = None, next_id: int | None = None, tiles: str | None = None) -> None:
+        """One line: a message (else the headline), model, embeddings (ETA; ``tiles``: the tiles of a
+        large image instead), last click, next id."""
         parts = [text] if text else ([headline] if headline else [])
         if model is not None:
             parts.append(f"model {model}")
-            if is_3d:
+            if tiles is not None:
+                parts.append(tiles)
+            elif is_3d:
                 parts.append(f"embeddings {embedded}/{n_slices}" + (f" ({eta})" if eta else ""))
             elif not embedded:
                 parts.append("computing the image embedding ...")

@@ -134,6 +134,15 @@ class TileView(QObject):
         """True while the background embeds tiles."""
         return self.tiled and self.widget.jobs.embedding
 
+    def summary(self) -> str | None:
+        """The tiles in words for the status line (None: the image is not tiled)."""
+        if not self.tiled:
+            return None
+        store = self.session.store
+        n = len(self.session.tiles_in_memory())
+        return (f"large image: {store.tile_size} px tiles on {store.top_level + 1} levels, {n} in memory"
+                + (f", embedding {len(self.embedding)}" if self.embedding else ""))
+
     def wanted(self) -> list:
         """The current plan, most wanted first (read by the embedding worker)."""
         with self._lock:

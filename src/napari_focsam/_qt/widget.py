@@ -141,7 +141,8 @@ class FocSAMWidget(QWidget):
             model=None if ctx is None else f"{ctx.model_name} on {ctx.session.predictor.device}",
             embedded=self.embedded_slices, n_slices=None if ctx is None else ctx.n_slices,
             is_3d=bool(ctx and ctx.is_3d), eta=self._eta_text, latency_ms=self.last_latency_ms,
-            next_id=next_label(out.data) if out is not None and out.data.size <= 2**25 else None)
+            next_id=next_label(out.data) if out is not None and out.data.size <= 2**25 else None,
+            tiles=self.tiles.summary())
 
     def _notify(self, level: str, message: str) -> None:
         """All user messages go through here (one line, napari notification, status line)."""
@@ -512,7 +513,7 @@ class FocSAMWidget(QWidget):
         self.jobs.segment_volume(ticket, clicks, float(self.iou_spin.value()), box=box)
         self._update_buttons()
         left = ctx.n_slices - self.embedded_slices
-        self._set_status("segmenting the volume ..." if left <= 0 else
+        self._set_status("segmenting the volume ..." if left <= 0 or self.tiles.tiled else
                          f"segmenting the volume: {self.embedded_slices}/{ctx.n_slices} slices embedded, "
                          f"the other {left} are embedded on the way ...")
 
