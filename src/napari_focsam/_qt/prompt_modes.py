@@ -21,7 +21,6 @@ import threading
 import time
 from typing import Any, Callable
 
-import numpy as np
 from napari.qt.threading import create_worker
 from qtpy.QtCore import QObject, Qt, Signal
 
@@ -31,11 +30,14 @@ from ..core.region_paste import plan_many_regions, plan_paste_regions
 from ..core.regions import MaskRegion, empty_region
 from ..core.multi_prompts import ManyPaste, batch_groups, plan_new_labels
 from .box_prompts import BoxPrompts
-from .layer_utils import image_data
 from .prompt_modes_panel import PromptModesPanel
 from .region_layers import NextLabel, merge_by_slice
 
-__all__ = ["PromptModes"]
+__all__ = ["SEGMENT_ALL_MAX_SIDE", "SEGMENT_ALL_MAX_PIXELS", "PromptModes"]
+
+#: Segment all holds the whole slice (and its 8-bit RGB copy): refused above this many pixels.
+SEGMENT_ALL_MAX_SIDE = 4096
+SEGMENT_ALL_MAX_PIXELS = SEGMENT_ALL_MAX_SIDE * SEGMENT_ALL_MAX_SIDE
 
 
 class PromptModes(QObject):
@@ -318,9 +320,14 @@ class PromptModes(QObject):
         except ValueError as err:
             self.notify("error", str(err))
             return
+        h, wd = ctx.plane_shape
+        if h * wd > SEGMENT_ALL_MAX_PIXELS:
+            self.notify("warning", f"Segment all reads and encodes the whole slice: this one is {h}x{wd} pixels, "
+                                   f"above {SEGMENT_ALL_MAX_SIDE}x{SEGMENT_ALL_MAX_SIDE}; open a crop of it "
+                                   "(e.g. a region of the layer's data) or click on the objects")
+            return
         z = int(w.sync.view_z) if ctx.is_3d else None
-        data = image_data(image)
-        plane = np.asarray(data[z] if z is not None else data)
+        vol = ctx.session.volume
         cancel = self._cancel = threading.Event()
         report = self.progress.emit
         self.all_running = True
@@ -332,6 +339,7 @@ class PromptModes(QObject):
             from ..core.automatic import segment_all
 
             try:
+                plane = vol.plane(z or 0)  # read here, not on the GUI thread (a lazy layer)
                 emb = ctx.session.store.get(z or 0) if params.tiles == 1 else None
                 return segment_all(ctx.session.predictor, plane, params, embedding=emb,
                                    progress=lambda d, t: report(d, t, "segment all: %v/%m"),
