@@ -86,6 +86,9 @@ def test_undo_and_boxes_keep_working_in_tiled_mode(mobile_sam):
     assert obj.tile() != key
     np.testing.assert_array_equal(obj.undo(), first)
     assert obj.tile() == key and obj.clicks == [(0, 600.0, 500.0, True)]
+    changed = obj.set_clicks([(0, 600, 500, True), (0, 640, 500, False)], region=True)
+    y0, x0, crop = changed[0]
+    assert crop.shape[0] < 100 and obj.tile() == key  # one step more on the same tile
     boxed = s.new_object()
     mask = boxed.set_box((560, 460, 640, 540))
     assert iou(mask, small) > 0.8 and boxed.tile().level == 0

@@ -357,14 +357,15 @@ class SegmentedObject:
             self._propagation = None
             self._runs.clear()
 
-    def set_clicks(self, clicks: Iterable[Sequence]) -> dict[int, np.ndarray]:
+    def set_clicks(self, clicks: Iterable[Sequence], *,
+                   region: bool = False) -> dict[int, np.ndarray | MaskRegion]:
         """Replace all clicks by ``clicks`` [(z, y, x, positive), ...], in order.
 
         Per slice, the clicks shared with the current list (same leading clicks) keep their
         state; only the difference is undone/added, so adding or removing the last click costs
         one decoder step. Returns slice -> new mask for the slices whose clicks changed
-        (an empty mask for a slice that lost all its clicks). All clicks are validated
-        before anything changes.
+        (an empty mask for a slice that lost all its clicks; :meth:`mask_region` s with
+        ``region=True``). All clicks are validated before anything changes.
         """
         new = [self._normalise(c) for c in clicks]
         self._check_box_slice(z for z, *_ in new)
@@ -400,7 +401,7 @@ class SegmentedObject:
                         else:
                             self._slices.pop(z, None)
                         self._changed(z)
-                    changed[z] = self.mask(z)
+                    changed[z] = self.mask_region(z) if region else self.mask(z)
             finally:
                 self._rebuild_order([z for z, *_ in new])
         if dropped >= RELEASE_AFTER_DROPPED_CLICKS:
