@@ -14,7 +14,10 @@ Drives the real widget in a real napari viewer (an Xvfb display is started when 
    radius 30 on a textured background; background tile embedding off): the first click on each
    disc (on a large, tiled image this includes embedding the disc's tile) and the median of the
    later clicks (tile embedded: the decoder, the mask region and the preview write);
-4. with ``--volume``: the 60-slice cells3d stack (the 36-slice sample if the shared data is
+4. with ``--zarr``: a lazily opened (20, 8192, 8192) uint16 zarr (written to a temporary folder; a
+   disc through slices 8-12): one click on slice 10, Segment volume (commit), the tiles embedded
+   and the process's peak memory (ru_maxrss) before and after;
+5. with ``--volume``: the 60-slice cells3d stack (the 36-slice sample if the shared data is
    absent), no disk cache; one click on the middle slice, ``--think`` seconds of "user time", then
    Segment volume: the time it waits, with the background embedding of the stack and without it
    (only the slice in view embedded).
@@ -179,6 +182,54 @@ def bench_sizes(app, args):
         viewer.close()
 
 
+def bench_zarr(app, args):
+    import resource
+    import tempfile
+
+    import napari
+    import zarr
+
+    def peak_mb():
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+    with tempfile.TemporaryDirectory() as tmp:
+        arr = zarr.create_array(f"{tmp}/big.zarr", shape=(20, 8192, 8192), chunks=(1, 1024, 1024), dtype="uint16",
+                                fill_value=100)
+        cy, cx, r = 4096, 4096, 90
+        yy, xx = np.mgrid[cy - r: cy + r + 1, cx - r: cx + r + 1]
+        for z in range(8, 13):
+            block = np.full(yy.shape, 100, np.uint16)
+            block[(yy - cy) ** 2 + (xx - cx) ** 2 <= r * r] = 4000
+            arr[z, cy - r: cy + r + 1, cx - r: cx + r + 1] = block
+        data = zarr.open_array(f"{tmp}/big.zarr", mode="r")
+        viewer = napari.Viewer(show=True)
+        viewer.add_image(data, name="big zarr", contrast_limits=(0, 4000))
+        viewer.dims.set_current_step(0, 10)
+        print(f"zarr (20, 8192, 8192) uint16 lazily in napari: peak memory {peak_mb():.0f} MB before the dock")
+        _, widget = viewer.window.add_plugin_dock_widget("napari-focsam", "FocSAM")
+        widget.jobs.background_embedding = False
+        if args.threads:
+            widget.threads_spin.setValue(args.threads)
+        wait(app, lambda: widget.is_ready and not widget.is_busy())
+        t0 = time.perf_counter()
+        widget.prompts_layer.data = np.array([[10, cy, cx]], float)
+        wait(app, lambda: not widget.is_busy())
+        t_click = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        widget.segment_volume()
+        wait(app, lambda: not widget.is_busy() and widget.last_committed_id == 1, timeout=1800)
+        t_vol = time.perf_counter() - t0
+        out = widget.output_layer
+        zs = [z for z in range(20) if np.asarray(out.data[z, cy, cx]) == 1]
+        print(f"first click (its tile embedded): {t_click:.1f} s; Segment volume + commit: {t_vol:.1f} s, label 1 on "
+              f"slices {zs}; {len(widget.tiles.outlines_shown)} tiles embedded; output layer "
+              f"{type(out.data).__module__}.{type(out.data).__name__} ({out.data.nchunks_initialized} chunks stored); "
+              f"peak memory {peak_mb():.0f} MB", flush=True)
+        widget.close_session()
+        wait(app, lambda: not widget.has_running_workers())
+        viewer.close()
+
+
 def bench_volume(app, args, background: bool):
     import napari
 
@@ -222,6 +273,7 @@ def main() -> None:
     ap.add_argument("--skip-2d", action="store_true")
     ap.add_argument("--sizes", default="", help="comma-separated image sizes for the large-image clicks")
     ap.add_argument("--repeats", type=int, default=3, help="later clicks per disc (--sizes)")
+    ap.add_argument("--zarr", action="store_true", help="click and Segment volume on a lazy (20, 8192, 8192) zarr")
     args = ap.parse_args()
     xvfb = ensure_display()
     try:
@@ -232,6 +284,8 @@ def main() -> None:
             bench_2d(app, args)
         if args.sizes:
             bench_sizes(app, args)
+        if args.zarr:
+            bench_zarr(app, args)
         if args.volume:
             bench_volume(app, args, background=True)
             bench_volume(app, args, background=False)

@@ -10,6 +10,7 @@ from napari_focsam._qt.region_layers import (
     full_mask,
     merge_by_slice,
     new_labels_array,
+    output_dtype,
     split_hint,
     write_regions,
 )
@@ -50,11 +51,12 @@ def test_write_regions_touches_only_the_old_and_new_boxes():
 def test_large_labels_arrays_store_only_labelled_chunks():
     small = new_labels_array((100, 100), np.uint32)
     assert isinstance(small, np.ndarray) and small.dtype == np.uint32
+    assert output_dtype((3, 4096, 4096)) == np.uint32 and output_dtype((8192, 8192)) == np.uint16
     big = new_labels_array((20, 8192, 8192), np.uint32)  # 5.4 GB as numpy
     assert not isinstance(big, np.ndarray) and 20 * 8192 * 8192 > NUMPY_MAX_PIXELS
     r = region_from_plane(_disc((8192, 8192), 4000, 5000, 40))
     write_regions(big, {}, {7: r}, True, value=3)
-    assert big.nchunks_initialized == 1  # one 2048x2048 chunk of 16 MiB, not 5.4 GB
+    assert big.nchunks_initialized == 1  # one 2048x2048 chunk, not the whole 5.4 GB
     assert int(np.asarray(big[7, 4000, 5000])) == 3 and not np.asarray(big[6, 4000, 5000])
     write_regions(big, {7: r}, {7: empty_region()}, True)
     assert big.nchunks_initialized == 0  # an emptied chunk is dropped again

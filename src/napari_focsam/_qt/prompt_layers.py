@@ -29,7 +29,7 @@ from .constants import (
     PROMPTS_NAME,
 )
 from .layer_utils import same_transform, spatial_shape, transform_kwargs
-from .region_layers import full_mask, new_labels_array, write_regions
+from .region_layers import full_mask, new_labels_array, output_dtype, write_regions
 
 __all__ = ["PromptLayers"]
 
@@ -211,8 +211,10 @@ class PromptLayers(QObject):
 
     def create_output(self, image: Image) -> Labels:
         """A new output labels layer for ``image``, inserted just below the preview."""
-        # numpy up to one 8192x8192 plane, else zarr chunks stored only where labelled
-        out = Labels(new_labels_array(spatial_shape(image), np.uint32), name=OUTPUT_NAME, **transform_kwargs(image))
+        # numpy up to one 8192x8192 plane, else zarr chunks stored only where labelled; uint16 planes
+        # above 4096x4096 (napari's display buffers of a uint32 plane are 4x larger)
+        shape = spatial_shape(image)
+        out = Labels(new_labels_array(shape, output_dtype(shape)), name=OUTPUT_NAME, **transform_kwargs(image))
         layers = self.viewer.layers
         index = layers.index(self.preview) if self.preview in layers else len(layers)
         self.output_new = out

@@ -26,7 +26,7 @@ import numpy as np
 from napari.layers import Shapes
 from qtpy.QtCore import QObject, Qt, QTimer, Signal
 
-from .layer_utils import transform_kwargs
+from .layer_utils import same_transform, transform_kwargs
 
 __all__ = ["EMBEDDING_COLOR", "MAX_VIEW_TILES", "TILES_NAME", "TileView", "tiles_in_view", "view_box"]
 
@@ -252,8 +252,10 @@ class TileView(QObject):
         viewer = self.widget.viewer
         if image is None:
             return None
-        if self.layer is not None and self.layer in viewer.layers and self.layer.ndim == image.ndim:
-            return self.layer
+        if self.layer is not None and self.layer in viewer.layers:
+            if self.layer.ndim == image.ndim and same_transform(self.layer, image):
+                return self.layer
+            viewer.layers.remove(self.layer)  # it belonged to another image
         active = viewer.layers.selection.active
         H, W = self.session.store.volume.plane_shape if self.session is not None else (1024, 1024)
         self.layer = viewer.add_shapes(ndim=image.ndim, name=TILES_NAME, face_color="transparent",
