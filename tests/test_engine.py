@@ -464,3 +464,70 @@ print(released, before - after)
     if out == ["skip"]:
         pytest.skip("not glibc")
     assert out[0] == "True" and int(out[1]) > 100 * 2**20, out
+
+
+# --------------------------------------------------------------------------- clicks after the refine (issue 17)
+
+
+def scripted_decoder(model, embedding, monkeypatch, *, original_logit: float, refined_logit: float) -> list:
+    """Make ``model.decode`` give a constant mask: ``original_logit`` everywhere on the image's
+    own embedding, ``refined_logit`` on any other (the refined one). Records which it served."""
+    served = []
+    decode = model.decode
+
+    def fake(features, points, labels, mask_input=None, multimask_output=False):
+        out = decode(features, points, labels, mask_input, multimask_output)
+        own = features is embedding.features
+        served.append("original" if own else "refined")
+        value = original_logit if own else refined_logit
+        return out._replace(logits=torch.full_like(out.logits, value))
+
+    monkeypatch.setattr(model, "decode", fake)
+    return served
+
+
+@pytest.mark.parametrize("policy", ["pick", "reuse"])
+def test_later_clicks_keep_the_prediction_that_agrees_with_more_clicks(refiner_model, monkeypatch, policy):
+    """From the 3rd click on, "pick" decodes on both embeddings and keeps the mask that agrees
+    with more clicks; "reuse" (the published loop) keeps the refined embedding's."""
+    from napari_focsam.core.predictor import InteractiveObject, click_agreement
+
+    pred = FocSAMPredictor(refiner_model, later_clicks=policy)
+    emb = pred.embed(blobs_stack(1, size=40)[0])
+    served = scripted_decoder(refiner_model, emb, monkeypatch, original_logit=5.0, refined_logit=-5.0)
+    obj = InteractiveObject(pred, emb)
+    assert obj.add_click(20, 20, True).all()  # click 1: the original embedding (everything)
+    assert not obj.add_click(10, 10, True).any()  # click 2: the refined one (nothing)
+    assert served == ["original", "original", "refined"]  # coarse pass, refine, final pass
+    mask = obj.add_click(30, 30, True)
+    if policy == "pick":
+        assert mask.all() and click_agreement(mask, obj.clicks) == 3
+        assert sorted(served[3:]) == ["original", "refined"]
+        assert obj.refined is not None  # the refined embedding stays for the next clicks
+    else:
+        assert not mask.any() and served[3:] == ["refined"]
+
+
+def test_later_clicks_prefer_the_refined_embedding_on_a_tie(refiner_model, monkeypatch):
+    from napari_focsam.core.predictor import InteractiveObject
+
+    pred = FocSAMPredictor(refiner_model)
+    emb = pred.embed(blobs_stack(1, size=40)[0])
+    served = scripted_decoder(refiner_model, emb, monkeypatch, original_logit=9.0, refined_logit=3.0)
+    obj = InteractiveObject(pred, emb)
+    for y, x in [(20, 20), (10, 10), (30, 30)]:
+        obj.add_click(y, x, True)
+    assert obj.mask.all() and float(obj.logits.max()) == 3.0  # the refined mask agrees with every click
+    assert served[3:] == ["refined"]  # ... so the original embedding is not decoded at all
+
+
+def test_click_agreement_counts_positives_inside_and_negatives_outside():
+    from napari_focsam.core.predictor import click_agreement
+
+    mask = np.zeros((10, 10), bool)
+    mask[2:5, 2:5] = True
+    clicks = [Click(3, 3, True), Click(8, 8, False), Click(8, 8, True), Click(4.4, 4.4, False)]
+    assert click_agreement(mask, clicks) == 2
+    assert click_agreement(mask, []) == 0
+    with pytest.raises(ValueError, match="later_clicks"):
+        FocSAMPredictor(make_fast_focsam(), later_clicks="sometimes")

@@ -469,3 +469,52 @@ def test_clicked_mask_takes_sub_pixel_clicks():
 
     mask = clicked_mask([Click(2.4, 3.6, True), (0.4, 0.49), Click(9.7, 1.0, False)], (5, 6))
     assert sorted(zip(*np.nonzero(mask))) == [(0, 0), (2, 4)]  # (9.7, 1) rounds to row 10: outside
+
+
+def test_sample_objects_draws_a_fixed_subset_across_images(tmp_path):
+    root = tmp_path / "cells"
+    (root / "images").mkdir(parents=True)
+    (root / "labels").mkdir()
+    for k in range(3):
+        lab = np.zeros((H, W), np.uint8)
+        for j in range(4):
+            lab[2 + 4 * j : 5 + 4 * j, 2 + 5 * k : 6 + 5 * k] = j + 1
+        _save(root / "images" / f"c{k}.png", np.full((H, W), 100, np.uint8))
+        _save(root / "labels" / f"c{k}.png", lab)
+    ds = read_dataset("microscopy", root)
+    ids = lambda d: [o.object_id for s in d for o in s.objects]  # noqa: E731
+    every = ids(ds)
+    assert len(every) == 12
+    picked = ids(ds.sample_objects(5, seed=3))
+    assert len(picked) == 5 and set(picked) <= set(every)
+    assert picked == sorted(picked, key=every.index)  # image order is kept
+    assert picked == ids(ds.sample_objects(5, seed=3)) != ids(ds.sample_objects(5, seed=4))
+    assert ids(ds.sample_objects(50)) == every
+    with pytest.raises(ValueError):
+        ds.sample_objects(0)
+
+
+def test_adapter_keeps_embeddings_on_disk(tmp_path):
+    import sys
+
+    import torch
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from engine_helpers import make_fast_focsam
+
+    from napari_focsam.core.predictor import FocSAMPredictor
+    from napari_focsam.evaluation.runner import PredictorAdapter
+
+    model = make_fast_focsam()
+    image = _rgb()
+    first = PredictorAdapter(FocSAMPredictor(model), cache_dir=tmp_path)
+    first.set_image(image)
+    assert model.image_encoder.calls == 1 and len(list(tmp_path.rglob("*.pt"))) == 1
+    again = PredictorAdapter(FocSAMPredictor(model), cache_dir=tmp_path)
+    again.set_image(image)
+    assert model.image_encoder.calls == 1  # read back, not encoded
+    torch.testing.assert_close(again._embedding.features, first._embedding.features, rtol=0, atol=0)
+    assert again._embedding.input_size == first._embedding.input_size
+    assert again._embedding.original_size == first._embedding.original_size
+    again.set_image(image[::-1].copy())  # another image: encoded
+    assert model.image_encoder.calls == 2

@@ -144,19 +144,49 @@ def object_click_count(clicks: Sequence[Click]) -> int:
     return 0
 
 
+def click_agreement(mask: np.ndarray, clicks: Sequence[Click]) -> int:
+    """How many ``clicks`` an (H, W) bool mask agrees with: positives inside, negatives outside.
+
+    A click at (y, x) reads the pixel it falls in (pixel i spans i - 0.5 .. i + 0.5).
+    """
+    H, W = mask.shape
+    n = 0
+    for c in clicks:
+        y = min(max(int(np.floor(c.y + 0.5)), 0), H - 1)
+        x = min(max(int(np.floor(c.x + 0.5)), 0), W - 1)
+        n += bool(mask[y, x]) == bool(c.is_positive)
+    return n
+
+
+#: What serves the clicks after the refine click (:class:`FocSAMPredictor` ``later_clicks``).
+LATER_CLICKS = ("pick", "reuse")
+
+
 class FocSAMPredictor:
     """Runs a :class:`FocSAM` model on images and clicks.
 
     refine: use the focus refiner at the ``refine_click``-th click when the model has
     one (False runs the plain SAM loop with the same weights).
+
+    later_clicks: what serves the clicks after the refine click. ``"reuse"`` is the
+    published loop: the refined embedding alone. ``"pick"`` (default) decodes on both the
+    refined and the original embedding and keeps the prediction that agrees with more of the
+    object's clicks (:func:`click_agreement`), the refined one on a tie: the refined embedding
+    is trained for the region around the mask of the 2nd click, and a later click outside it
+    (or a correction it ignores) is better served by the original embedding. The second
+    decoder pass runs only when the refined mask disagrees with a click (otherwise the refined
+    one wins anyway). Measured with ``benchmarks/bench_refine_policy.py``.
     """
 
     def __init__(self, model: FocSAM, *, refine: bool = True, refine_click: int = 2,
-                 channel_order: str | None = None) -> None:
+                 channel_order: str | None = None, later_clicks: str = "pick") -> None:
         tune_malloc()  # per-click tensors of several MiB: avoid a page fault per 4 KiB
+        if later_clicks not in LATER_CLICKS:
+            raise ValueError(f"later_clicks must be one of {', '.join(LATER_CLICKS)}, got {later_clicks!r}")
         self.model = model.eval()
         self.refine = refine and model.has_refiner
         self.refine_click = refine_click
+        self.later_clicks = later_clicks
         self.channel_order = channel_order or model.channel_order
 
     @property
@@ -216,6 +246,7 @@ class FocSAMPredictor:
         features = embedding.features.to(self.device)
         refine_s = 0.0
         t0 = time.perf_counter()
+        later = refined is not None
         if refined is None and self.refine and n == self.refine_click:
             coarse = self.model.decode(features, pts, lab, prev_logits)
             t1 = time.perf_counter()
@@ -224,6 +255,13 @@ class FocSAMPredictor:
         out = self.model.decode(refined if refined is not None else features, pts, lab, prev_logits)
         logits = out.logits
         mask = logits_to_mask(logits, embedding.input_size, embedding.original_size)
+        if later and self.later_clicks == "pick":
+            agree = click_agreement(mask, clicks)
+            if agree < len(clicks):  # the refined mask misses a click: is the original better?
+                plain = self.model.decode(features, pts, lab, prev_logits)
+                plain_mask = logits_to_mask(plain.logits, embedding.input_size, embedding.original_size)
+                if click_agreement(plain_mask, clicks) > agree:
+                    logits, mask = plain.logits, plain_mask
         total = time.perf_counter() - t0
         return StepResult(mask, logits, refined, total - refine_s, refine_s)
 

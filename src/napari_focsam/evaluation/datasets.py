@@ -169,6 +169,30 @@ class EvalDataset:
         """Images chosen by ``all``, ``first:N``, ``last:N``, ``range:A:B`` or a list (:func:`select_ids`)."""
         return self.subset(select_ids(self.image_ids, spec))
 
+    def sample_objects(self, n: int, seed: int = 0) -> "EvalDataset":
+        """A copy yielding ``n`` objects drawn without replacement from all images (a fixed
+        ``seed`` gives the same objects every time), in image order; all objects when there
+        are at most ``n``. Reads every mask once to count the objects."""
+        if n < 1:
+            raise ValueError("n must be >= 1")
+        counts = [sum(1 for o in e.load_objects() if o.gt.any()) for e in self._entries]
+        total = sum(counts)
+        chosen = set(range(total)) if total <= n else set(
+            np.random.default_rng(seed).choice(total, size=n, replace=False).tolist())
+        entries, start = [], 0
+        for e, c in zip(self._entries, counts):
+            keep = {i - start for i in range(start, start + c) if i in chosen}
+            start += c
+            if not keep:
+                continue
+
+            def load(e=e, keep=keep):
+                objs = [o for o in e.load_objects() if o.gt.any()]
+                return [o for i, o in enumerate(objs) if i in keep]
+
+            entries.append(_Entry(e.image_id, e.image_path, load, e.load_image))
+        return EvalDataset(self.name, self.root, entries, self.max_objects)
+
     def __iter__(self) -> Iterator[EvalSample]:
         remaining = self.max_objects
         for e in self._entries:

@@ -3,12 +3,14 @@
 
 from __future__ import annotations
 
+import hashlib
 import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
-from ..core.predictor import FocSAMPredictor, InteractiveObject
+from ..core.predictor import FocSAMPredictor, ImageEmbedding, InteractiveObject
 from .datasets import read_dataset
 from .metrics import Timings
 from .protocol import evaluate_dataset, plot_miou_curves, write_results
@@ -21,17 +23,43 @@ class PredictorAdapter:
     The embedding is computed once per image (``set_image``) and shared by its objects;
     each object gets a fresh :class:`InteractiveObject`; seconds are split into embedding,
     decoder and refine.
+
+    cache_dir: when given, each image's float32 embedding is also kept there
+    (``<cache_dir>/<encoder id>/<sha1 of the image>.pt``) and read back by later runs, so that
+    benchmarks comparing click policies encode every image once. A read embedding is the same
+    tensor the encoder gave; its seconds still count as ``embedding``.
     """
 
-    def __init__(self, predictor: FocSAMPredictor) -> None:
+    def __init__(self, predictor: FocSAMPredictor, cache_dir: str | Path | None = None) -> None:
         self.predictor = predictor
         self.timings = Timings()
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else None
         self._embedding = None
         self._object: InteractiveObject | None = None
 
+    def _cache_file(self, image: np.ndarray) -> Path:
+        from ..core.embeddings import model_id
+
+        arr = np.ascontiguousarray(image)
+        h = hashlib.sha1(f"{arr.shape}|{arr.dtype}|".encode())
+        h.update(arr.tobytes())
+        return self.cache_dir / model_id(self.predictor)[:16] / f"{h.hexdigest()}.pt"
+
     def set_image(self, image: np.ndarray) -> None:
         with self.timings.measure("embedding"):
+            path = self._cache_file(image) if self.cache_dir is not None else None
+            if path is not None and path.is_file():
+                d = torch.load(path, map_location=self.predictor.device, weights_only=True)
+                self._embedding = ImageEmbedding(d["features"], tuple(d["input_size"]), tuple(d["original_size"]))
+                return
             self._embedding = self.predictor.embed(image)
+            if path is not None:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                tmp = path.with_suffix(".tmp")
+                emb = self._embedding
+                torch.save({"features": emb.features.cpu(), "input_size": list(emb.input_size),
+                            "original_size": list(emb.original_size)}, tmp)
+                tmp.replace(path)
 
     def reset(self) -> None:
         self._object = InteractiveObject(self.predictor, self._embedding)

@@ -1,0 +1,286 @@
+"""Which embedding serves the clicks after the refine click: mean IoU per click, plain vs FocSAM.
+
+    nice python benchmarks/bench_refine_policy.py [--data-root ../shared/data] [--refiner FILE]
+        [--sets grabcut,coelho_val,coco_last50] [--policies plain,reuse,...] [--out DIR]
+
+Runs the 20-click protocol of ``napari_focsam.evaluation`` (design §5.2; the harness's
+:class:`~napari_focsam.evaluation.runner.PredictorAdapter` and ``evaluate_dataset``) on the
+validation splits with several click policies of the same vit_t + FocSAM-T weights, and prints
+NoC@85/90/95 and the mean IoU at every click 1..20 side by side, with the difference to the
+plain loop. Each (set, policy) result is kept in ``--out`` and reused by later runs (delete the
+file to recompute); embeddings are cached on disk (``--cache``).
+
+Sets: ``grabcut`` (all 50 objects, natural, never trained on); ``coelho_val`` (the last 16
+images of coelho2009_gnf, 60 nuclei drawn with seed 0); ``coco_last50`` (COCO_MVal's last 50
+images: held out from the shipped refiner, which was trained on the first 200 only).
+
+Policies (``refine_click`` = 2; "E0" is the original embedding, "E1" the refined one):
+
+``plain``     the plain SAM loop on E0 (no refiner);
+``reuse``     FocSAM as published: E1 serves click 2 and every later click;
+``pick``      the shipped policy (:data:`napari_focsam.core.predictor.LATER_CLICKS`): from click
+              3 on, decode on E0 and E1 and keep the prediction that agrees with more clicks
+              (positives inside the mask, negatives outside), ties to E1;
+``pick_iou``  as ``pick``, ties broken by the decoder's predicted IoU;
+``pick_e0``   as ``pick``, ties to E0;
+``fallbackN`` E1 for clicks 2..N, E0 afterwards;
+``rerefine``  E1 reused until the mask's expanded box leaves the refined windows, then refine
+              again from the current mask;
+``every``     refine again at every click from the 2nd;
+``gate``      ``pick``, and at click 2 keep the coarse (E0) mask when the refined one breaks
+              click consistency and the coarse one does not, or when the decoder predicts a
+              lower IoU for it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+SETS = {
+    # name: (dataset, image selection, objects sampled (None: all), seed)
+    "grabcut": ("grabcut", "all", None, 0),
+    "coelho_val": ("coelho2009_gnf", "last:16", 60, 0),
+    "coco_last50": ("coco_mval", "last:50", None, 0),
+}
+THRESHOLDS = ("85", "90", "95")
+
+
+def build_predictor(model, policy: str):
+    """A FocSAMPredictor running ``policy`` (see the module docstring)."""
+    from napari_focsam.core.predictor import (
+        FocSAMPredictor, StepResult, click_agreement, logits_to_mask, object_click_count)
+    from napari_focsam.modeling.focus_region import focus_token_mask
+
+    if policy == "plain":
+        return FocSAMPredictor(model, refine=False)
+    if policy == "pick":
+        return FocSAMPredictor(model, later_clicks="pick")
+    if policy == "reuse":
+        return FocSAMPredictor(model, later_clicks="reuse")
+
+    class PolicyPredictor(FocSAMPredictor):
+        """The experimental policies (kept out of the product)."""
+
+        focus: dict[int, torch.Tensor] = {}
+
+        @torch.inference_mode()
+        def step(self, embedding, clicks, prev_logits=None, refined=None, *, box=None):
+            n = object_click_count(clicks)
+            if n == 0:
+                return StepResult(np.zeros(embedding.original_size, dtype=bool), None, refined, 0.0)
+            pts, lab = self._prompts(embedding, clicks)
+            e0 = embedding.features.to(self.device)
+            t0 = time.perf_counter()
+            refine_s = 0.0
+
+            def to_mask(lg):
+                return logits_to_mask(lg, embedding.input_size, embedding.original_size)
+
+            def do_refine(src_logits, token):
+                nonlocal refine_s
+                t1 = time.perf_counter()
+                out = self.model.refine(e0, src_logits, token)
+                refine_s += time.perf_counter() - t1
+                self.focus[id(out)] = focus_token_mask(src_logits)[0]
+                return out
+
+            if refined is None and n < self.refine_click:
+                out = self.model.decode(e0, pts, lab, prev_logits)
+                logits, mask = out.logits, to_mask(out.logits)
+            elif refined is None and n == self.refine_click:
+                coarse = self.model.decode(e0, pts, lab, prev_logits)
+                refined = do_refine(coarse.logits, coarse.token)
+                fine = self.model.decode(refined, pts, lab, prev_logits)
+                logits, mask = fine.logits, to_mask(fine.logits)
+                if policy == "gate":
+                    cmask = to_mask(coarse.logits)
+                    ca, fa = click_agreement(cmask, clicks), click_agreement(mask, clicks)
+                    if ca > fa or (ca == fa and float(coarse.iou[0, 0]) > float(fine.iou[0, 0])):
+                        logits, mask = coarse.logits, cmask
+            elif refined is None:  # refiner off / object started earlier without it
+                out = self.model.decode(e0, pts, lab, prev_logits)
+                logits, mask = out.logits, to_mask(out.logits)
+            else:
+                if policy.startswith("fallback"):
+                    use = refined if n <= int(policy[len("fallback"):]) else e0
+                    out = self.model.decode(use, pts, lab, prev_logits)
+                    logits, mask = out.logits, to_mask(out.logits)
+                elif policy == "every":
+                    coarse = self.model.decode(e0, pts, lab, prev_logits)
+                    refined = do_refine(coarse.logits, coarse.token)
+                    out = self.model.decode(refined, pts, lab, prev_logits)
+                    logits, mask = out.logits, to_mask(out.logits)
+                elif policy == "rerefine":
+                    out = self.model.decode(refined, pts, lab, prev_logits)
+                    inside = self.focus.get(id(refined))
+                    now = focus_token_mask(out.logits)[0]
+                    if inside is not None and bool((now & ~inside).any()):
+                        coarse = self.model.decode(e0, pts, lab, prev_logits)
+                        refined = do_refine(coarse.logits, coarse.token)
+                        out = self.model.decode(refined, pts, lab, prev_logits)
+                    logits, mask = out.logits, to_mask(out.logits)
+                elif policy in ("pick_iou", "pick_e0", "gate"):
+                    a = self.model.decode(refined, pts, lab, prev_logits)
+                    b = self.model.decode(e0, pts, lab, prev_logits)
+                    ma, mb = to_mask(a.logits), to_mask(b.logits)
+                    sa, sb = click_agreement(ma, clicks), click_agreement(mb, clicks)
+                    if policy == "pick_iou":
+                        take_b = sb > sa or (sb == sa and float(b.iou[0, 0]) > float(a.iou[0, 0]))
+                    elif policy == "pick_e0":
+                        take_b = sb >= sa
+                    else:
+                        take_b = sb > sa
+                    logits, mask = (b.logits, mb) if take_b else (a.logits, ma)
+                else:
+                    raise ValueError(f"unknown policy {policy!r}")
+            total = time.perf_counter() - t0
+            return StepResult(mask, logits, refined, total - refine_s, refine_s)
+
+    return PolicyPredictor(model)
+
+
+def make_dataset(set_name: str, root):
+    from napari_focsam.evaluation.datasets import read_dataset
+
+    name, images, n_objects, seed = SETS[set_name]
+    ds = read_dataset(name, root).select(images)
+    return ds.sample_objects(n_objects, seed) if n_objects else ds
+
+
+def run_one(set_name, policy, model, root, cache, out: Path, log) -> dict:
+    from napari_focsam.evaluation.protocol import evaluate_dataset
+    from napari_focsam.evaluation.runner import PredictorAdapter
+
+    path = out / f"{set_name}__{policy}.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    adapter = PredictorAdapter(build_predictor(model, policy), cache_dir=cache)
+    t0 = time.perf_counter()
+    per_object, summary = evaluate_dataset(make_dataset(set_name, root), adapter,
+                                           progress=lambda k, _id: log(f"\r  {set_name} {policy}: {k}", end=""))
+    summary["wall_seconds"] = time.perf_counter() - t0
+    log(f"\r  {set_name} {policy}: {summary['n_objects']} objects, {summary['wall_seconds']:.0f} s")
+    res = {"summary": summary, "ious": [o["ious"] for o in per_object]}
+    out.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(res))
+    return res
+
+
+def report(set_name, results: dict[str, dict], log) -> None:
+    base = results.get("plain")
+    log(f"\n== {set_name} ({next(iter(results.values()))['summary']['n_objects']} objects) ==")
+    log(f"{'policy':12s}" + "".join(f"{'NoC' + t:>8s}" for t in THRESHOLDS)
+        + f"{'dec ms':>8s}{'ref ms':>8s}  worst click vs plain")
+    for pol, r in results.items():
+        s = r["summary"]
+        worst = ""
+        if base is not None and pol != "plain":
+            d = np.asarray(s["miou"]) - np.asarray(base["summary"]["miou"])
+            k = int(np.argmin(d))
+            worst = f"{d[k]:+.4f} @ {k + 1}"
+        log(f"{pol:12s}" + "".join(f"{s['noc' + t]:8.2f}" for t in THRESHOLDS)
+            + f"{1000 * s['spc']['decoder']:8.1f}{1000 * s['spc']['refine']:8.1f}  {worst}")
+    log("mean IoU per click" + (" (policy - plain below the plain column)" if base else ""))
+    pols = list(results)
+    log(f"{'click':>5s}" + "".join(f"{p[:9]:>10s}" for p in pols))
+    for i in range(len(next(iter(results.values()))["summary"]["miou"])):
+        row = f"{i + 1:5d}"
+        for p in pols:
+            v = results[p]["summary"]["miou"][i]
+            if base is None or p == "plain":
+                row += f"{v:10.4f}"
+            else:
+                row += f"{v - base['summary']['miou'][i]:+10.4f}"
+        log(row)
+
+
+def time_clicks(model, root, cache, log, n_objects: int = 6) -> None:
+    """Seconds per later click (3..20) of ``reuse`` and ``pick`` on the first GrabCut objects, the
+    two policies interleaved click by click (same load on the machine); decoder + mask only."""
+    from napari_focsam.core.predictor import FocSAMPredictor, InteractiveObject
+    from napari_focsam.evaluation.clicker import next_click
+    from napari_focsam.evaluation.runner import PredictorAdapter
+
+    preds = {p: FocSAMPredictor(model, later_clicks=p) for p in ("reuse", "pick")}
+    secs: dict[str, list[float]] = {p: [] for p in preds}
+    ds = make_dataset("grabcut", root)
+    done = 0
+    for sample in ds:
+        adapter = PredictorAdapter(preds["reuse"], cache_dir=cache)
+        adapter.set_image(sample.load_image())
+        for obj in sample.objects:
+            objs = {p: InteractiveObject(pr, adapter._embedding) for p, pr in preds.items()}
+            pred = np.zeros(obj.gt.shape, bool)
+            clicks = []
+            for k in range(20):
+                c = next_click(obj.gt, pred, obj.ignore, clicks)
+                if c is None:
+                    break
+                clicks.append(c)
+                for p, o in objs.items():
+                    t0 = time.perf_counter()
+                    m = o.add(c).mask
+                    if k >= 2:
+                        secs[p].append(time.perf_counter() - t0)
+                    if p == "reuse":
+                        pred = m
+            done += 1
+            if done >= n_objects:
+                break
+        if done >= n_objects:
+            break
+    for p, v in secs.items():
+        log(f"later click, {p:6s}: median {1000 * np.median(v):6.1f} ms, mean {1000 * np.mean(v):6.1f} ms "
+            f"({len(v)} clicks, torch threads {torch.get_num_threads()})")
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data-root", default=os.environ.get("FOCSAM_DATA", str(REPO.parent / "shared" / "data")))
+    p.add_argument("--model", default="vit_t", help="base model (registry name or checkpoint)")
+    p.add_argument("--refiner", default=None, help="refiner file (default: the shipped focsam_t)")
+    p.add_argument("--sets", default="grabcut,coelho_val")
+    p.add_argument("--policies", default="plain,reuse,pick")
+    p.add_argument("--out", default="results/refine_policy")
+    p.add_argument("--cache", default=str(REPO / "results" / "embedding_cache"))
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--time", action="store_true", help="only time later clicks of reuse vs pick")
+    args = p.parse_args(argv)
+
+    from napari_focsam.core.models import load_model
+
+    torch.set_num_threads(args.threads)
+
+    def log(*a, **k):
+        print(*a, **k, flush=True)
+
+    root = Path(args.data_root)
+    if not root.is_dir():
+        log(f"no data at {root}: pass --data-root")
+        return 1
+    if args.refiner:
+        model = load_model(args.model, "cpu", refiner=args.refiner)
+    else:
+        model = load_model("focsam_t", "cpu")
+    if args.time:
+        time_clicks(model, root, args.cache, log)
+        return 0
+    out = Path(args.out)
+    for set_name in args.sets.split(","):
+        results = {pol: run_one(set_name, pol, model, root, args.cache, out, log)
+                   for pol in args.policies.split(",")}
+        report(set_name, results, log)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
