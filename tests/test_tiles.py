@@ -69,3 +69,25 @@ def test_foreign_key_is_refused():
         g.window(TileKey(1, 0, 0))
     with pytest.raises(ValueError, match="not a tile"):
         g.window(TileKey(0, 5, 0))
+
+
+def test_next_placement_moves_to_a_same_level_tile_or_a_coarser_level(tiny_focsam):
+    import numpy as np
+
+    from napari_focsam.core.predictor import FocSAMPredictor
+    from napari_focsam.core.session import ImageVolume
+    from napari_focsam.core.tiled_embeddings import TiledEmbeddingStore
+    from napari_focsam.core.tiled_object import next_placement
+
+    store = TiledEmbeddingStore(FocSAMPredictor(tiny_focsam), ImageVolume(np.zeros((4096, 4096), np.uint8)))
+    assert [g.shape for g in store.grids] == [(4096, 4096), (2048, 2048), (1024, 1024)]
+    k = TileKey(0, 1, 1)  # window (768, 1792, 768, 1792)
+    none = lambda lv: None  # noqa: E731
+    assert next_placement(store, k, (1000, 1100, 1000, 1100), none, {k}) is None  # inside, small
+    # reaches the bottom edge: a tile of the same level holds it with room
+    moved = next_placement(store, k, (1700, 1790, 1000, 1100), none, {k})
+    assert moved.level == 0 and store.grid(0).contains(moved, (1700, 1900, 1000, 1100))
+    # more than the halo across: the first coarser level where it is at most 256 pixels
+    assert next_placement(store, k, (900, 1200, 900, 1100), none, {k}).level == 1
+    assert next_placement(store, k, (800, 1700, 900, 1100), none, {k}).level == 2
+    assert next_placement(store, TileKey(2, 0, 0), (0, 1024, 0, 1024), none, set()) is None  # top level
