@@ -57,6 +57,7 @@ def test_small_object_is_segmented_in_one_full_resolution_tile(mobile_sam):
     key = obj.tile()
     assert key.level == 0 and s.store.stats["computed"] == 1
     assert events == [(0, key, "embedding"), (0, key, "ready")] and s.tiles_in_memory() == [(0, key)]
+    s.off_tile(events.append)  # not registered: nothing happens
     ty0, ty1, tx0, tx1 = s.tile_window(0, key)
     assert ty0 + 128 <= 1000 < ty1 - 128 and tx0 + 128 <= 800 < tx1 - 128  # the click well inside
     assert crop.shape[0] < 80 and crop.shape[1] < 80  # a region, not a plane

@@ -101,6 +101,11 @@ class Session:
         if isinstance(self.store, TiledEmbeddingStore):
             self.store.add_listener(fn)
 
+    def off_tile(self, fn: Callable[[int, TileKey, str], None]) -> None:
+        """Stop calling ``fn`` (see :meth:`on_tile`)."""
+        if isinstance(self.store, TiledEmbeddingStore):
+            self.store.remove_listener(fn)
+
     def tiles_in_memory(self) -> list[tuple[int, TileKey]]:
         """``(z, TileKey)`` of the tile embeddings held in memory (empty when not tiled)."""
         return self.store.tiles_in_memory() if isinstance(self.store, TiledEmbeddingStore) else []
