@@ -7,7 +7,12 @@ stop (``iou_threshold=0``) while recording IoU(previous slice, slice) along the 
 gives the result for every stop threshold exactly (a run with threshold t is the same run cut
 at the first slice whose IoU is below t).
 
-    python benchmarks/bench_volume_quality.py [--data-root ../shared/data] [--model vit_t] [--quick]
+    python benchmarks/bench_volume_quality.py [--data-root ../shared/data] [--model focsam_t] [--quick]
+        [--refine both|on|off]
+
+With a model that has a focus refiner (``focsam_t``), ``--refine both`` (default) runs every
+variant with and without the refiner on each new slice (``+ref`` in the variant name; see
+:func:`napari_focsam.core.volume.next_slice`).
 
 Embeddings are cached on disk (``--cache``, default a folder in the temp dir) so reruns and
 the variants reuse them. Data files are read in place, never copied.
@@ -67,6 +72,7 @@ def iou3d(masks: dict[int, np.ndarray], gt: np.ndarray) -> float:
 
 def run_dataset(name, image, labels, model, variants, cache, quick, log):
     from napari_focsam.core.session import ImageVolume, Session
+    from napari_focsam.core.volume import propagate
 
     vol = ImageVolume(image)
     session = Session(vol, model, cache_dir=cache)
@@ -81,13 +87,14 @@ def run_dataset(name, image, labels, model, variants, cache, quick, log):
         gt = labels == i
         z, y, x = seed_click(gt)
         row = {"label": i, "voxels": int(gt.sum()), "z": z, "click": [y, x], "variants": {}}
-        for prompt, multimask in variants:
+        for prompt, multimask, refine in variants:
             obj = session.new_object()
             m2d = obj.add_click(y, x, True, z=z)
             t1 = time.perf_counter()
-            res = obj.propagate(iou_threshold=0.0, prompt=prompt, multimask=multimask)
+            res = propagate(session.store, {z: (m2d, obj.logits(z))}, iou_threshold=0.0, prompt=prompt,
+                            multimask=multimask, refine=refine)
             dt = time.perf_counter() - t1
-            key = f"{prompt}{'+mm' if multimask else ''}"
+            key = f"{prompt}{'+mm' if multimask else ''}{'+ref' if refine else ''}"
             row["variants"][key] = {
                 "iou2d_seed": float(np.count_nonzero(m2d & gt[z]) / max(1, np.count_nonzero(m2d | gt[z]))),
                 "iou3d": {f"{t:.2f}": iou3d(cut(res, z, t), gt) for t in THRESHOLDS},
@@ -143,7 +150,9 @@ def main(argv=None) -> int:
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data-root", default=os.environ.get("FOCSAM_DATA", str(REPO.parent / "shared" / "data")))
-    p.add_argument("--model", default="vit_t")
+    p.add_argument("--model", default="focsam_t")
+    p.add_argument("--refiner", default=None, help="refiner file for --model (default: its own)")
+    p.add_argument("--refine", default="both", choices=("both", "on", "off"))
     p.add_argument("--device", default="auto")
     p.add_argument("--quick", action="store_true", help="6 objects per dataset, 2 variants")
     p.add_argument("--datasets", default=",".join(DATASETS))
@@ -168,10 +177,13 @@ def main(argv=None) -> int:
     root = Path(args.data_root)
     prompts = args.prompts.split(",")
     mm = {"both": (False, True), "on": (True,), "off": (False,)}[args.multimask]
-    variants = [(pr, m) for pr in prompts for m in mm]
+    refines = {"both": (False, True), "on": (True,), "off": (False,)}[args.refine]
+    variants = [(pr, m, r) for pr in prompts for m in mm for r in refines]
     if args.quick:
-        variants = [("point", True), ("point_logits", False)]
-    model = load_model(args.model, args.device)
+        variants = [("point", True, r) for r in refines]
+    model = load_model(args.model, args.device, refiner=args.refiner)
+    if not model.has_refiner:
+        variants = list(dict.fromkeys((pr, m, False) for pr, m, _ in variants))
     log(f"model {model.model_type} on {model.device}, torch threads {torch.get_num_threads()}, "
         f"variants {len(variants)}, cache {args.cache}")
     all_rows = {}

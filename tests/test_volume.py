@@ -41,7 +41,7 @@ def scripted(monkeypatch):
     truth = ball_masks()
     visits = []
 
-    def fake_next_slice(predictor, emb, prev_mask, prev_logits, prompt=None, multimask=None):
+    def fake_next_slice(predictor, emb, prev_mask, prev_logits, prompt=None, multimask=None, refine=False):
         assert prev_mask.any()
         visits.append(emb.z)
         return truth[emb.z].copy(), torch.zeros(1, 1, 256, 256)
@@ -267,6 +267,39 @@ def test_every_prompt_mode_runs_on_the_real_decoder(fast_model, prompt, multimas
     emb = s.store.get(1)
     mask, logits = V.next_slice(s.predictor, emb, prev, None, prompt, multimask)
     assert mask.shape == (S, S) and mask.dtype == bool and logits.shape == (1, 1, 256, 256)
+
+
+def test_propagation_refines_each_new_slice_once_only_when_asked(monkeypatch):
+    """Refining the propagated slices measured worse on cells3d (module docs): off by default,
+    even with a model that has a refiner; ``refine=True`` refines every new slice once."""
+    model = make_fast_focsam(refiner_depth=1)
+    s = Session(blobs_stack(6, size=S), model)
+    obj = s.new_object()
+    seed_mask = obj.add_click(S // 2, S // 2, True, z=3)
+    seeds = {3: (seed_mask, obj.logits(3))}
+    refines, visited = [], []
+    original_refine, original_get = model.refine, s.store.get
+    monkeypatch.setattr(model, "refine", lambda *a: (refines.append(1), original_refine(*a))[1])
+    monkeypatch.setattr(s.store, "get", lambda z=0: (visited.append(z), original_get(z))[1])
+    assert V.DEFAULT_REFINE_3D is False
+    V.propagate(s.store, seeds, iou_threshold=0.0, min_pixels=0)
+    assert refines == [] and sorted(visited) == [0, 1, 2, 4, 5]
+    visited.clear()
+    V.propagate(s.store, seeds, iou_threshold=0.0, min_pixels=0, refine=True)
+    assert len(refines) == len(visited) == 5
+
+
+def test_a_refined_slice_is_decoded_on_the_refined_embedding(monkeypatch):
+    model = make_fast_focsam(refiner_depth=1)
+    s = Session(blobs_stack(2, size=S), model)
+    emb, prev = s.store.get(1), ball_masks()[5]
+    seen = []
+    decode = model.mask_decoder.forward
+    monkeypatch.setattr(model.mask_decoder, "forward", lambda feats, *a: (seen.append(feats), decode(feats, *a))[1])
+    plain_mask, plain_logits = V.next_slice(s.predictor, emb, prev, None)
+    refined_mask, refined_logits = V.next_slice(s.predictor, emb, prev, None, refine=True)
+    assert len(seen) == 3 and seen[1] is seen[0] is not seen[2]  # coarse pass on the slice, then the refined one
+    assert not torch.equal(plain_logits, refined_logits) and refined_mask.shape == plain_mask.shape
 
 
 # --------------------------------------------------------------------------- CLI
