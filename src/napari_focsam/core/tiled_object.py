@@ -147,7 +147,7 @@ class TiledHistory:
         self._steps: list[TileObject] = []  # the placement holding the state after click i
         self._base: TileObject | None = None  # the placement of the box step
         self._region: tuple[int | None, MaskRegion] | None = None
-        #: what the last click did, in words (placements visited), for logs and benchmarks
+        #: the placements the last click went through (first to last), for logs and benchmarks
         self.last_moves: list[TileKey] = []
 
     def __repr__(self) -> str:
