@@ -139,7 +139,13 @@ def compare_runs(runs: dict[str, tuple[str, str | None]], data_root, out_dir, *,
                                 "n_objects": summary["n_objects"], "wall_s": summary["wall_seconds"]}))
         plot_miou_curves({lab: s["miou"] for lab, s in results[split].items()}, out_dir / f"miou_{split}.png",
                          title=f"{split}: mean IoU per click ({len(objs)} objects)")
-    info = {"git_commit": git_commit(Path(__file__).resolve().parents[3]), "max_nuclei": max_nuclei, "seed": seed,
+    import hashlib
+
+    pred_file = Path(__file__).resolve().parents[1] / "core" / "predictor.py"
+    info = {"git_commit": git_commit(Path(__file__).resolve().parents[3]),
+            # the working tree is shared: the exact predictor that ran (sha1 of its text)
+            "predictor_sha1": hashlib.sha1(pred_file.read_bytes()).hexdigest(),
+            "max_nuclei": max_nuclei, "seed": seed,
             "max_clicks": max_clicks, "runs": {k: list(v) for k, v in runs.items()},
             "chosen": {s: chosen[s].chosen for s in names}, "results": results}
     (out_dir / "compare.json").write_text(json.dumps(info, indent=1, default=float))
