@@ -115,6 +115,8 @@ def test_tiled_stack_propagates_with_regions(mobile_sam):
     stats = dict(s.store.stats)
     again = obj.propagate()  # nothing changed: every run is reused, no tile is even looked up
     assert s.store.stats == stats and again.masks.regions.keys() == result.masks.regions.keys()
+    boxed = obj.propagate(prompt="point_box_logits", multimask=False)  # the other prompt modes work too
+    assert sorted(boxed.masks) == [0, 1, 2] and all(iou(boxed.masks[z], truths[z]) > 0.7 for z in (0, 2))
 
 
 def test_tiled_disk_cache_is_signed_per_tile_resumable_and_detects_damage(tiny_focsam, tmp_path, caplog):
