@@ -9,14 +9,13 @@ points into clicks. It reports through two signals and never calls the widget:
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from napari.layers import Image, Labels, Points
 from napari.utils.colormaps import DirectLabelColormap
 from qtpy.QtCore import QObject, QTimer, Signal
 
-from ..core.regions import MaskRegion
 
 from .constants import (
     KEYS,
@@ -30,6 +29,9 @@ from .constants import (
 )
 from .layer_utils import same_transform, spatial_shape, transform_kwargs
 from .region_layers import full_mask, new_labels_array, output_dtype, write_regions
+
+if TYPE_CHECKING:  # pragma: no cover - core.regions imports torch (kept off the GUI thread's imports)
+    from ..core.regions import MaskRegion
 
 __all__ = ["PromptLayers"]
 
@@ -63,7 +65,7 @@ class PromptLayers(QObject):
         self._keyed_output: Labels | None = None
         self._arranging = False
         #: the slices shown in the preview, {z: MaskRegion} (the object's box on each slice)
-        self.regions: dict[int, MaskRegion] = {}
+        self.regions: dict[int, "MaskRegion"] = {}
         self.has_volume = False  # the preview shows a propagated volume
 
     # ------------------------------------------------------------------ keys
@@ -359,7 +361,7 @@ class PromptLayers(QObject):
         return out, dropped
 
     # ------------------------------------------------------------------ preview
-    def show_masks(self, regions: dict[int, MaskRegion], is_3d: bool, volume: bool = False) -> None:
+    def show_masks(self, regions: dict[int, "MaskRegion"], is_3d: bool, volume: bool = False) -> None:
         """Show ``{z: MaskRegion}`` in the preview, writing only the boxes of the old and new masks
         (``volume``: replace everything shown)."""
         preview = self.preview

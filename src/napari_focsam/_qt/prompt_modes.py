@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from napari.qt.threading import create_worker
 from qtpy.QtCore import QObject, Qt, Signal
@@ -27,11 +27,13 @@ from qtpy.QtCore import QObject, Qt, Signal
 from ..core.errors import Failure, describe_error
 from ..core.labels import PasteError
 from ..core.region_paste import plan_many_regions, plan_paste_regions
-from ..core.regions import MaskRegion, empty_region
 from ..core.multi_prompts import ManyPaste, batch_groups, plan_new_labels
 from .box_prompts import BoxPrompts
 from .prompt_modes_panel import PromptModesPanel
 from .region_layers import NextLabel, merge_by_slice
+
+if TYPE_CHECKING:  # pragma: no cover - core.regions imports torch (kept off the GUI thread's imports)
+    from ..core.regions import MaskRegion
 
 __all__ = ["SEGMENT_ALL_MAX_SIDE", "SEGMENT_ALL_MAX_PIXELS", "PromptModes"]
 
@@ -63,7 +65,7 @@ class PromptModes(QObject):
         self._objects: dict = {}   # positive click -> session object (many-objects mode)
         self._stale: list = []     # objects to remove from the session (by the next worker)
         self._session = None
-        self._masks: list[dict[int, MaskRegion]] = []  # per object: {z: MaskRegion}
+        self._masks: list[dict[int, "MaskRegion"]] = []  # per object: {z: MaskRegion}
         self.next_label = NextLabel()  # the output layer's largest id, kept for zarr-backed layers
         self._workers: set = set()
         self._cancel = threading.Event()
@@ -189,6 +191,8 @@ class PromptModes(QObject):
             per, dt = result if isinstance(result, tuple) else (result, 0.0)
             masks = per
             if isinstance(per, list):  # the union of the objects, by region; shown slices left empty
+                from ..core.regions import empty_region  # torch is loaded by now (a model answered)
+
                 masks = {z: empty_region() for z in shown}
                 masks.update(merge_by_slice(per))
                 if is_current(ticket):
@@ -218,7 +222,7 @@ class PromptModes(QObject):
                 pass
 
     # ------------------------------------------------------------------ commit
-    def plan_commit(self, out: Any, regions: dict[int, MaskRegion], overwrite: bool,
+    def plan_commit(self, out: Any, regions: dict[int, "MaskRegion"], overwrite: bool,
                     shape: tuple[int, ...]) -> Any:
         """The pixels and ids of a commit into the labels layer ``out`` (of the image's ``shape``):
         one object (a ``Paste``), or every batch object (a ``ManyPaste``); reads only the objects' boxes.

@@ -17,13 +17,15 @@ are four times larger; 65535 ids).
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 
 from ..core.interaction import split_objects
-from ..core.region_paste import labels_max, merge_regions, region_key, union_bbox
-from ..core.regions import MaskRegion, region_bbox
+from ..core.region_paste import labels_max, merge_regions, region_box, region_key, union_bbox
+
+if TYPE_CHECKING:  # pragma: no cover - core.regions imports torch (kept off the GUI thread's imports)
+    from ..core.regions import MaskRegion
 
 __all__ = ["CHUNK_SIDE", "NUMPY_MAX_PIXELS", "UINT32_MAX_PLANE_PIXELS", "NextLabel", "full_mask", "merge_by_slice",
            "new_labels_array", "output_dtype", "split_hint", "write_regions"]
@@ -57,8 +59,8 @@ def new_labels_array(shape: Sequence[int], dtype: Any, numpy_max: int = NUMPY_MA
                              fill_value=0, compressors=None, config={"write_empty_chunks": False})
 
 
-def write_regions(data: Any, shown: Mapping[int, MaskRegion], new: Mapping[int, MaskRegion], is_3d: bool,
-                  replace: bool = False, value: int = 1) -> dict[int, MaskRegion]:
+def write_regions(data: Any, shown: Mapping[int, "MaskRegion"], new: Mapping[int, "MaskRegion"], is_3d: bool,
+                  replace: bool = False, value: int = 1) -> dict[int, "MaskRegion"]:
     """Write ``new`` ({z: region}) into the labels array ``data``, touching only boxes.
 
     Each slice of ``new`` rewrites the box holding its old (``shown``) and its new region; with
@@ -74,8 +76,8 @@ def write_regions(data: Any, shown: Mapping[int, MaskRegion], new: Mapping[int, 
     ndim = 3 if is_3d else 2
     for z in sorted(zs):
         old, reg = shown.get(z), new.get(z)
-        new_box = None if reg is None else region_bbox(reg)
-        box = union_bbox(None if old is None else region_bbox(old), new_box)
+        new_box = None if reg is None else region_box(reg)
+        box = union_bbox(None if old is None else region_box(old), new_box)
         if box is not None:
             y0, y1, x0, x1 = box
             block = np.zeros((y1 - y0, x1 - x0), np.dtype(data.dtype))
@@ -90,31 +92,31 @@ def write_regions(data: Any, shown: Mapping[int, MaskRegion], new: Mapping[int, 
     return out
 
 
-def full_mask(regions: Mapping[int, MaskRegion], spatial: Sequence[int], is_3d: bool) -> np.ndarray:
+def full_mask(regions: Mapping[int, "MaskRegion"], spatial: Sequence[int], is_3d: bool) -> np.ndarray:
     """The regions as one full bool array ((Y, X) or (Z, Y, X)); allocates it (scripts, tests)."""
     out = np.zeros(tuple(spatial), bool)
     for z, r in regions.items():
-        box = region_bbox(r)
+        box = region_box(r)
         if box is not None:
             out[region_key(box, 3 if is_3d else 2, z)] |= r.crop
     return out
 
 
-def merge_by_slice(objects: Sequence[Mapping[int, MaskRegion]]) -> dict[int, MaskRegion]:
+def merge_by_slice(objects: Sequence[Mapping[int, "MaskRegion"]]) -> dict[int, "MaskRegion"]:
     """The union of several objects' regions, slice by slice."""
-    per: dict[int, list[MaskRegion]] = {}
+    per: dict[int, list["MaskRegion"]] = {}
     for obj in objects:
         for z, r in obj.items():
             per.setdefault(int(z), []).append(r)
     return {z: merge_regions(rs) for z, rs in per.items()}
 
 
-def split_hint(clicks: Sequence[tuple[int, float, float, bool]], regions: Mapping[int, MaskRegion]) -> list[int]:
+def split_hint(clicks: Sequence[tuple[int, float, float, bool]], regions: Mapping[int, "MaskRegion"]) -> list[int]:
     """:func:`~napari_focsam.core.interaction.split_objects` on regions: the slices where positive
     clicks landed on separate pieces of the object (clicks outside a box hit background)."""
     crops, shifted = {}, []
     for z, r in regions.items():
-        box = region_bbox(r)
+        box = region_box(r)
         if box is None:
             continue
         crops[z] = r.crop

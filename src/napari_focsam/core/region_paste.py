@@ -19,13 +19,15 @@ that are not in memory; :func:`merge_regions` is the union of regions of one sli
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
 from .labels import Paste, PasteError, label_limit
 from .multi_prompts import ManyPaste
-from .regions import MaskRegion, empty_region, region_bbox
+
+if TYPE_CHECKING:  # pragma: no cover - .regions imports torch: the widget's GUI thread must not
+    from .regions import MaskRegion
 
 __all__ = [
     "LABELS_MAX_BLOCK",
@@ -33,6 +35,7 @@ __all__ = [
     "merge_regions",
     "plan_many_regions",
     "plan_paste_regions",
+    "region_box",
     "region_key",
     "union_bbox",
 ]
@@ -41,6 +44,15 @@ __all__ = [
 LABELS_MAX_BLOCK = 2048 * 2048
 
 Bbox = tuple[int, int, int, int]  # (y0, y1, x0, x1), end exclusive
+
+
+def region_box(region: "MaskRegion") -> Bbox | None:
+    """(y0, y1, x0, x1) of a region's box (half-open), None when empty (as :func:`.regions.region_bbox`,
+    without importing torch: this module serves the widget's GUI thread)."""
+    h, w = region.crop.shape
+    if h == 0 or w == 0:
+        return None
+    return int(region.y0), int(region.y0) + h, int(region.x0), int(region.x0) + w
 
 
 def union_bbox(*boxes: Bbox | None) -> Bbox | None:
@@ -59,17 +71,19 @@ def region_key(box: Bbox, ndim: int, z: int = 0) -> tuple:
     return (int(z), *key) if ndim == 3 else key
 
 
-def merge_regions(regions: Iterable[MaskRegion]) -> MaskRegion:
+def merge_regions(regions: Iterable["MaskRegion"]) -> "MaskRegion":
     """The union of several regions of one slice (on the box holding them all)."""
-    live = [r for r in regions if region_bbox(r) is not None]
+    from .regions import MaskRegion, empty_region  # torch: imported by then (regions come from a session)
+
+    live = [r for r in regions if region_box(r) is not None]
     if not live:
         return empty_region()
     if len(live) == 1:
         return live[0]
-    y0, y1, x0, x1 = union_bbox(*(region_bbox(r) for r in live))
+    y0, y1, x0, x1 = union_bbox(*(region_box(r) for r in live))
     out = np.zeros((y1 - y0, x1 - x0), bool)
     for r in live:
-        ry0, ry1, rx0, rx1 = region_bbox(r)
+        ry0, ry1, rx0, rx1 = region_box(r)
         out[ry0 - y0: ry1 - y0, rx0 - x0: rx1 - x0] |= r.crop
     return MaskRegion(y0, x0, out)
 
@@ -93,14 +107,14 @@ def labels_max(labels: Any, block: int = LABELS_MAX_BLOCK) -> int:
     return best
 
 
-def _live(regions: Mapping[int, MaskRegion], shape: tuple[int, ...]) -> list[tuple[int, MaskRegion]]:
+def _live(regions: Mapping[int, "MaskRegion"], shape: tuple[int, ...]) -> list[tuple[int, "MaskRegion"]]:
     """The non-empty regions, checked against the labels' ``shape``."""
     if len(shape) not in (2, 3):
         raise PasteError("shape", f"labels of shape {shape}: expected (Y, X) or (Z, Y, X)")
     h, w = shape[-2:]
     out = []
     for z, r in sorted(regions.items()):
-        box = region_bbox(r)
+        box = region_box(r)
         if box is None or not r.crop.any():
             continue
         y0, y1, x0, x1 = box
@@ -112,11 +126,11 @@ def _live(regions: Mapping[int, MaskRegion], shape: tuple[int, ...]) -> list[tup
     return out
 
 
-def _writable(labels: Any, z: int, r: MaskRegion, overwrite: bool) -> tuple[np.ndarray, ...]:
+def _writable(labels: Any, z: int, r: "MaskRegion", overwrite: bool) -> tuple[np.ndarray, ...]:
     """Index arrays (labels' coordinates) of the region's pixels that a commit writes."""
     crop = np.asarray(r.crop, bool)
     if not overwrite:
-        crop = crop & (np.asarray(labels[region_key(region_bbox(r), len(labels.shape), z)]) == 0)
+        crop = crop & (np.asarray(labels[region_key(region_box(r), len(labels.shape), z)]) == 0)
     ys, xs = np.nonzero(crop)
     ys, xs = ys.astype(np.intp) + r.y0, xs.astype(np.intp) + r.x0
     return (np.full(ys.shape, z, np.intp), ys, xs) if len(labels.shape) == 3 else (ys, xs)
@@ -128,7 +142,7 @@ def _concat(parts: list[tuple[np.ndarray, ...]], ndim: int) -> tuple[np.ndarray,
     return tuple(np.concatenate([p[i] for p in parts]) for i in range(ndim))
 
 
-def plan_paste_regions(labels: Any, regions: Mapping[int, MaskRegion], *, overwrite: bool = False,
+def plan_paste_regions(labels: Any, regions: Mapping[int, "MaskRegion"], *, overwrite: bool = False,
                        max_label: int | None = None) -> Paste:
     """Which pixels of ``labels`` a commit of one object writes, reading only the object's boxes.
 
@@ -166,7 +180,7 @@ def plan_paste_regions(labels: Any, regions: Mapping[int, MaskRegion], *, overwr
     return Paste(index, new_id)
 
 
-def plan_many_regions(labels: Any, objects: Sequence[Mapping[int, MaskRegion]], *, overwrite: bool = False,
+def plan_many_regions(labels: Any, objects: Sequence[Mapping[int, "MaskRegion"]], *, overwrite: bool = False,
                       max_label: int | None = None) -> ManyPaste:
     """New ids for several objects (each ``{z: MaskRegion}``, in order), reading only their boxes.
 
