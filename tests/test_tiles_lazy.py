@@ -41,3 +41,20 @@ def test_click_and_propagate_on_a_lazy_8k_stack_read_no_whole_slice(mobile_sam, 
     assert spy.requests and spy.whole_slice_requests() == []
     assert spy.largest_request() <= 1024 * 1024
     assert session.store.stats["computed"] == 5  # slices 8..12, one level-0 tile each
+
+
+def test_coarse_tiles_come_from_the_pyramid_level_when_there_is_one(tiny_focsam):
+    from napari_focsam.core.predictor import FocSAMPredictor
+    from napari_focsam.core.tiled_embeddings import TiledEmbeddingStore
+    from napari_focsam.core.tiles import TileKey
+
+    full = np.random.default_rng(0).integers(0, 4000, (4096, 3000), dtype=np.uint16)
+    half = full.reshape(2048, 2, 1500, 2).mean(axis=(1, 3)).astype(np.uint16)
+    spies = [SpyArray(full), SpyArray(half)]
+    store = TiledEmbeddingStore(FocSAMPredictor(tiny_focsam), ImageVolume(spies, contrast_limits=(0, 4000)))
+    assert [g.shape for g in store.grids] == [(4096, 3000), (2048, 1500), (1024, 750)]
+    store.get_tile(0, TileKey(1, 1, 0))  # a stored level: read there, not from level 0
+    assert spies[0].requests == [] and spies[1].requests == [((768, 1792), (0, 1024))]
+    store.get_tile(0, TileKey(2, 0, 0))  # a virtual level: block means of the coarsest stored level
+    assert spies[0].requests == [] and len(spies[1].requests) > 1  # level 0 is never read
+    assert store.tile_window(TileKey(1, 1, 0)) == (1536, 3584, 0, 2048)
