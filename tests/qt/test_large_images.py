@@ -18,6 +18,7 @@ from viewer_helpers import (
     iou,
     key,
     qt_embedding_cache,  # noqa: F401  (fixture)
+    save_screenshot,
     wait_idle,
     wait_ready,
 )
@@ -144,7 +145,9 @@ def test_multiscale_lazy_layer_tiles_click_commit_cancel(dock, qtbot):
     assert tiles_layer is not None and tiles_layer in viewer.layers
     assert viewer.layers.selection.active is widget.prompts_layer  # clicks still add points
     viewer.reset_view()
+    qtbot.waitUntil(lambda: len(tiles_layer.data) > 0, timeout=WAIT_MS)  # the background at work
     qtbot.wait(200)
+    save_screenshot(viewer, "issue14_tile_being_embedded")
     pts = widget.prompts_layer
 
     cy, cx, r = discs[0]
@@ -163,6 +166,7 @@ def test_multiscale_lazy_layer_tiles_click_commit_cancel(dock, qtbot):
     qtbot.waitUntil(lambda: len(pts.data) == 0, timeout=WAIT_MS)
     out = widget.output_layer
     assert iou(np.asarray(out.data) == 1, truth) >= 0.8
+    save_screenshot(viewer, "issue14_committed_on_pyramid")
 
     # Cancel stops the background embedding of the tiles in view; outlines are removed when ready
     assert widget.tiles.running  # 26 tiles: the background is still at work

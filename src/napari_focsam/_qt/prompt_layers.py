@@ -157,7 +157,8 @@ class PromptLayers(QObject):
                     np.zeros((0, ndim)), ndim=ndim, name=PROMPTS_NAME,
                     features={"positive": np.zeros(0, bool)}, feature_defaults={"positive": True},
                     face_color="positive", face_color_cycle={True: POSITIVE_COLOR, False: NEGATIVE_COLOR},
-                    border_color="white", border_width=0.1, size=size, **tf)
+                    border_color="white", border_width=0.1, size=size,
+                    canvas_size_limits=(8, 10000), **tf)  # visible on a large image seen whole
             self.attach(found)
         if adopted:
             self._apply_symbols()

@@ -257,9 +257,8 @@ class TileView(QObject):
                 return self.layer
             viewer.layers.remove(self.layer)  # it belonged to another image
         active = viewer.layers.selection.active
-        H, W = self.session.store.volume.plane_shape if self.session is not None else (1024, 1024)
         self.layer = viewer.add_shapes(ndim=image.ndim, name=TILES_NAME, face_color="transparent",
-                                       edge_color=EMBEDDING_COLOR, edge_width=max(2.0, max(H, W) / 400),
+                                       edge_color=EMBEDDING_COLOR, edge_width=self._edge_width(),
                                        **transform_kwargs(image))
         if active is not None and active in viewer.layers:  # clicks keep going to the prompts
             viewer.layers.selection.active = active
@@ -274,11 +273,15 @@ class TileView(QObject):
         for (z, _key), (y0, y1, x0, x1) in self.embedding.items():
             corners = [(y0, x0), (y0, x1), (y1, x1), (y1, x0)]
             rects.append(np.array([(z, y, x) if layer.ndim == 3 else (y, x) for y, x in corners], float))
-        layer.data = rects
-        if rects:
-            layer.shape_type = ["rectangle"] * len(rects)
-            layer.edge_color = EMBEDDING_COLOR
-            layer.face_color = "transparent"
+        layer.data = []
+        if rects:  # (the data setter would draw them 1 pixel wide)
+            layer.add_rectangles(rects, edge_color=EMBEDDING_COLOR, edge_width=self._edge_width(),
+                                 face_color="transparent")
+
+    def _edge_width(self) -> float:
+        """Outline width in image pixels: about 3 screen pixels when the whole image is in view."""
+        H, W = self.session.store.volume.plane_shape if self.session is not None else (1024, 1024)
+        return max(2.0, max(H, W) / 250)
 
     def _on_tile(self, z: int, key: Any, state: str) -> None:
         if self.session is None or self.closed:
