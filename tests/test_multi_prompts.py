@@ -79,3 +79,18 @@ def test_set_prompts_box_then_clicks_and_wrong_slice():
     assert obj.box is not None and len(obj.clicks) == 1
     changed = set_prompts(obj, [(2, 20.0, 20.0, True)], None)  # box removed: clicks only
     assert obj.box is None and obj.slices_with_clicks == [2] and 1 in changed
+
+
+def test_set_prompts_region_gives_regions_equal_to_the_planes():
+    from napari_focsam.core.regions import MaskRegion, region_to_plane
+
+    session = Session(blobs_stack(3), make_fast_focsam())
+    obj = session.new_object()
+    changed = set_prompts(obj, [(1, 20.0, 20.0, True)], (1, (10, 10, 30, 30)), region=True)
+    assert set(changed) == {1} and isinstance(changed[1], MaskRegion)
+    shape = obj.volume.plane_shape
+    np.testing.assert_array_equal(region_to_plane(changed[1], shape), obj.mask(1))
+    changed = set_prompts(obj, [(2, 20.0, 20.0, True)], None, region=True)  # box removed: slice 1 emptied
+    assert set(changed) == {1, 2} and all(isinstance(r, MaskRegion) for r in changed.values())
+    assert not region_to_plane(changed[1], shape).any()
+    np.testing.assert_array_equal(region_to_plane(changed[2], shape), obj.mask(2))

@@ -368,7 +368,7 @@ class SessionJobs(QObject):
                     obj = ctx.object_for(ticket.epoch)
                     t0 = time.perf_counter()
                     if clicks or box is not None or obj.box is not None:
-                        changed = set_prompts(obj, clicks, box)
+                        changed = set_prompts(obj, clicks, box, region=True)
                     else:
                         obj.reset()
                         changed = {}
@@ -401,7 +401,7 @@ class SessionJobs(QObject):
             try:
                 with ctx.lock:
                     obj = ctx.object_for(ticket.epoch)
-                    set_prompts(obj, clicks, box)
+                    set_prompts(obj, clicks, box, region=True)
                     res = obj.propagate(iou_threshold=iou, progress=report, cancelled=cancelled)
                     return res, obj.volume_regions()
             except Exception as exc:

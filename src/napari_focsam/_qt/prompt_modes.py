@@ -178,7 +178,7 @@ class PromptModes(QObject):
                         obj = objects.get(key)
                         if obj is None:
                             obj = objects[key] = ctx.session.new_object()
-                        obj.set_clicks(group)
+                        obj.set_clicks(group, region=True)
                         per.append({key[0]: obj.mask_region(key[0])})
             except Exception as exc:
                 return describe_error(exc), 0.0
@@ -274,7 +274,7 @@ class PromptModes(QObject):
                         obj = objects.get(key)
                         if obj is None:
                             obj = objects[key] = ctx.session.new_object()
-                        obj.set_clicks(group)
+                        obj.set_clicks(group, region=True)
 
                         def step(done, total, i=i):
                             report(100 * i + int(100 * done / max(total, 1)), 100 * n,

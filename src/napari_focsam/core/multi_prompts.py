@@ -50,13 +50,15 @@ class ManyPaste:
         return self.ids[-1]
 
 
-def set_prompts(obj: Any, clicks: Sequence[Click], box: tuple[int, Sequence[float]] | None) -> dict[int, np.ndarray]:
+def set_prompts(obj: Any, clicks: Sequence[Click], box: tuple[int, Sequence[float]] | None, *,
+                region: bool = False) -> dict[int, Any]:
     """Set ``obj``'s prompts to ``box`` ((z, (y0, x0, y1, x1)) or None) and ``clicks``.
 
     A changed box restarts the object (box first, then the clicks replayed on it); an unchanged
     one keeps the object's state and only the clicks' difference is decoded. Returns
-    ``{z: (Y, X) bool}`` of the slices that changed. ValueError (from the session) for a
-    degenerate box or a click on another slice than the box.
+    ``{z: (Y, X) bool}`` of the slices that changed, or with ``region=True``
+    ``{z: MaskRegion}`` (no full-size plane is made: what the widget uses on large images).
+    ValueError (from the session) for a degenerate box or a click on another slice than the box.
     """
     have = obj.box
     want = None if box is None else (int(box[0]), tuple(float(v) for v in box[1]))
@@ -71,10 +73,12 @@ def set_prompts(obj: Any, clicks: Sequence[Click], box: tuple[int, Sequence[floa
     if (None if have is None else (have[0], tuple(float(v) for v in have[1]))) != want:
         old = set(obj.slices_with_clicks)
         obj.reset()
-        changed.update({z: np.zeros(obj.volume.plane_shape, bool) for z in old})
+        changed.update({z: (obj.mask_region(z) if region else np.zeros(obj.volume.plane_shape, bool))
+                        for z in old})
         if want is not None:
-            changed[want[0]] = np.asarray(obj.set_box(want[1], want[0]))
-    changed.update(obj.set_clicks(list(clicks)))
+            out = obj.set_box(want[1], want[0], region=region)
+            changed[want[0]] = out if region else np.asarray(out)
+    changed.update(obj.set_clicks(list(clicks), region=region))
     return changed
 
 
