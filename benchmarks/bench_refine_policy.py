@@ -18,11 +18,15 @@ Policies (``refine_click`` = 2; "E0" is the original embedding, "E1" the refined
 
 ``plain``     the plain SAM loop on E0 (no refiner);
 ``reuse``     FocSAM as published: E1 serves click 2 and every later click;
-``pick``      the shipped policy (:data:`napari_focsam.core.predictor.LATER_CLICKS`): from click
-              3 on, decode on E0 and E1 and keep the prediction that agrees with more clicks
-              (positives inside the mask, negatives outside), ties to E1;
-``pick_iou``  as ``pick``, ties broken by the decoder's predicted IoU;
-``pick_e0``   as ``pick``, ties to E0;
+``pick``      the shipped policy (``later_clicks="pick"`` of
+              :class:`napari_focsam.core.predictor.FocSAMPredictor`): from click 3 on, E1's
+              mask unless it misses a click (positive outside, negative inside) and E0's mask
+              agrees with more clicks and overlaps E1's with an IoU below 0.8;
+``pick_any``  as ``pick`` without the IoU condition (E0 whenever it agrees with more clicks);
+``pick_iou``  decode on both, keep the one agreeing with more clicks, ties broken by the
+              decoder's predicted IoU;
+``pick_e0``   as ``pick_iou``, ties to E0;
+``pick_farT`` as ``pick`` with the IoU condition below T/100 (``pick_far80`` is ``pick``);
 ``fallbackN`` E1 for clicks 2..N, E0 afterwards;
 ``rerefine``  E1 reused until the mask's expanded box leaves the refined windows, then refine
               again from the current mask;
@@ -64,6 +68,8 @@ def build_predictor(model, policy: str):
         return FocSAMPredictor(model, refine=False)
     if policy == "pick":
         return FocSAMPredictor(model, later_clicks="pick")
+    if policy == "pick_any":
+        policy = "pick_far101"  # the IoU condition always holds
     if policy == "reuse":
         return FocSAMPredictor(model, later_clicks="reuse")
 
@@ -128,6 +134,17 @@ def build_predictor(model, policy: str):
                         refined = do_refine(coarse.logits, coarse.token)
                         out = self.model.decode(refined, pts, lab, prev_logits)
                     logits, mask = out.logits, to_mask(out.logits)
+                elif policy.startswith("pick_far"):  # pick, only where the two masks differ much
+                    a = self.model.decode(refined, pts, lab, prev_logits)
+                    logits, mask = a.logits, to_mask(a.logits)
+                    agree = click_agreement(mask, clicks)
+                    if agree < len(clicks):
+                        b = self.model.decode(e0, pts, lab, prev_logits)
+                        mb = to_mask(b.logits)
+                        inter, union = np.count_nonzero(mb & mask), np.count_nonzero(mb | mask)
+                        far = union and inter / union < int(policy[len("pick_far"):]) / 100
+                        if far and click_agreement(mb, clicks) > agree:
+                            logits, mask = b.logits, mb
                 elif policy in ("pick_iou", "pick_e0", "gate"):
                     a = self.model.decode(refined, pts, lab, prev_logits)
                     b = self.model.decode(e0, pts, lab, prev_logits)
@@ -212,6 +229,15 @@ def time_clicks(model, root, cache, log, n_objects: int = 6) -> None:
 
     preds = {p: FocSAMPredictor(model, later_clicks=p) for p in ("reuse", "pick")}
     secs: dict[str, list[float]] = {p: [] for p in preds}
+    decodes = {p: 0 for p in preds}
+    decode = model.decode
+    current = ["reuse"]
+
+    def counting(*a, **k):
+        decodes[current[0]] += 1
+        return decode(*a, **k)
+
+    model.decode = counting
     ds = make_dataset("grabcut", root)
     done = 0
     for sample in ds:
@@ -227,6 +253,7 @@ def time_clicks(model, root, cache, log, n_objects: int = 6) -> None:
                     break
                 clicks.append(c)
                 for p, o in objs.items():
+                    current[0] = p
                     t0 = time.perf_counter()
                     m = o.add(c).mask
                     if k >= 2:
@@ -238,9 +265,11 @@ def time_clicks(model, root, cache, log, n_objects: int = 6) -> None:
                 break
         if done >= n_objects:
             break
+    del model.decode
     for p, v in secs.items():
         log(f"later click, {p:6s}: median {1000 * np.median(v):6.1f} ms, mean {1000 * np.mean(v):6.1f} ms "
-            f"({len(v)} clicks, torch threads {torch.get_num_threads()})")
+            f"({len(v)} clicks, torch threads {torch.get_num_threads()}); decoder passes over all clicks: "
+            f"{decodes[p]}")
 
 
 def main(argv=None) -> int:

@@ -469,9 +469,10 @@ print(released, before - after)
 # --------------------------------------------------------------------------- clicks after the refine (issue 17)
 
 
-def scripted_decoder(model, embedding, monkeypatch, *, original_logit: float, refined_logit: float) -> list:
-    """Make ``model.decode`` give a constant mask: ``original_logit`` everywhere on the image's
-    own embedding, ``refined_logit`` on any other (the refined one). Records which it served."""
+def scripted_decoder(model, embedding, monkeypatch, *, original_logit, refined_logit) -> list:
+    """Make ``model.decode`` give fixed logits: ``original_logit`` on the image's own embedding,
+    ``refined_logit`` on any other (the refined one); a float fills the map, a (256, 256)
+    tensor is used as it is. Records which embedding it served."""
     served = []
     decode = model.decode
 
@@ -480,6 +481,8 @@ def scripted_decoder(model, embedding, monkeypatch, *, original_logit: float, re
         own = features is embedding.features
         served.append("original" if own else "refined")
         value = original_logit if own else refined_logit
+        if isinstance(value, torch.Tensor):
+            return out._replace(logits=value.expand_as(out.logits).clone())
         return out._replace(logits=torch.full_like(out.logits, value))
 
     monkeypatch.setattr(model, "decode", fake)
@@ -506,6 +509,35 @@ def test_later_clicks_keep_the_prediction_that_agrees_with_more_clicks(refiner_m
         assert obj.refined is not None  # the refined embedding stays for the next clicks
     else:
         assert not mask.any() and served[3:] == ["refined"]
+
+
+@pytest.mark.parametrize("hole_rows, switch", [(32, False), (160, True)])
+def test_later_clicks_switch_only_to_a_substantially_different_mask(refiner_model, monkeypatch, hole_rows, switch):
+    """The refined mask misses a negative click that the original one honours: the original
+    mask is taken only when the two differ by more than a boundary strip (IoU < 0.8)."""
+    from napari_focsam.core.predictor import PICK_BELOW_IOU, InteractiveObject, mask_iou
+
+    pred = FocSAMPredictor(refiner_model)
+    emb = pred.embed(blobs_stack(1, size=40)[0])
+    holed = torch.full((256, 256), 5.0)
+    holed[:hole_rows, :32] = -5.0  # a hole in the top-left corner, 32 / 160 rows of the logits
+    holed[:hole_rows, 32:] = -5.0 if switch else 5.0
+    scripted_decoder(refiner_model, emb, monkeypatch, original_logit=holed, refined_logit=5.0)
+    obj = InteractiveObject(pred, emb)
+    obj.add_click(30, 30, True)
+    obj.add_click(35, 20, True)
+    refined_mask = obj.mask.copy()
+    assert refined_mask.all()
+    mask = obj.add_click(2, 2, False)  # inside the hole
+    original_mask = logits_to_mask_of(holed, emb)
+    assert (mask_iou(original_mask, refined_mask) < PICK_BELOW_IOU) == switch
+    np.testing.assert_array_equal(mask, original_mask if switch else refined_mask)
+
+
+def logits_to_mask_of(logits: torch.Tensor, emb) -> np.ndarray:
+    from napari_focsam.core.predictor import logits_to_mask
+
+    return logits_to_mask(logits[None, None], emb.input_size, emb.original_size)
 
 
 def test_later_clicks_prefer_the_refined_embedding_on_a_tie(refiner_model, monkeypatch):

@@ -54,7 +54,7 @@ from scipy import ndimage as ndi
 
 from ..modeling.focsam import FocSAM
 from .defaults import DEFAULT_IOU_THRESHOLD  # the measured stop threshold (re-exported)
-from .predictor import FocSAMPredictor, ImageEmbedding, logits_to_mask
+from .predictor import FocSAMPredictor, ImageEmbedding, logits_to_mask, mask_iou  # mask_iou re-exported
 
 if TYPE_CHECKING:
     from .embeddings import EmbeddingStore
@@ -117,11 +117,6 @@ class PropagationResult:
 
 
 # --------------------------------------------------------------------------- prompts
-
-
-def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
-    union = np.count_nonzero(a | b)
-    return float(np.count_nonzero(a & b) / union) if union else 1.0
 
 
 def interior_point(mask: np.ndarray) -> tuple[int, int]:
