@@ -20,13 +20,16 @@ Policies (``refine_click`` = 2; "E0" is the original embedding, "E1" the refined
 ``reuse``     FocSAM as published: E1 serves click 2 and every later click;
 ``pick``      the shipped policy (``later_clicks="pick"`` of
               :class:`napari_focsam.core.predictor.FocSAMPredictor`): from click 3 on, E1's
-              mask unless it misses a click (positive outside, negative inside) and E0's mask
-              agrees with more clicks and overlaps E1's with an IoU below 0.8;
-``pick_any``  as ``pick`` without the IoU condition (E0 whenever it agrees with more clicks);
+              mask unless it misses a click (positive outside, negative inside), E0's mask
+              overlaps it with an IoU below 0.8 and agrees better with the clicks: ranked by
+              (agrees with the newest click, number of clicks agreed);
+``pick_any``  E1's mask unless E0's agrees with more clicks (no IoU condition, no newest-click
+              rank);
 ``pick_iou``  decode on both, keep the one agreeing with more clicks, ties broken by the
               decoder's predicted IoU;
 ``pick_e0``   as ``pick_iou``, ties to E0;
-``pick_farT`` as ``pick`` with the IoU condition below T/100 (``pick_far80`` is ``pick``);
+``pick_farT`` as ``pick_any``, and E0 only where the masks' IoU is below T/100;
+``pick_new``  ``pick_far80`` ranked by (newest click, clicks agreed): the same as ``pick``;
 ``fallbackN`` E1 for clicks 2..N, E0 afterwards;
 ``rerefine``  E1 reused until the mask's expanded box leaves the refined windows, then refine
               again from the current mask;
@@ -134,6 +137,19 @@ def build_predictor(model, policy: str):
                         refined = do_refine(coarse.logits, coarse.token)
                         out = self.model.decode(refined, pts, lab, prev_logits)
                     logits, mask = out.logits, to_mask(out.logits)
+                elif policy == "pick_new":  # pick_far80, ranked by (newest click, all clicks)
+                    a = self.model.decode(refined, pts, lab, prev_logits)
+                    logits, mask = a.logits, to_mask(a.logits)
+                    agree = click_agreement(mask, clicks)
+                    if agree < len(clicks):
+                        b = self.model.decode(e0, pts, lab, prev_logits)
+                        mb = to_mask(b.logits)
+                        inter, union = np.count_nonzero(mb & mask), np.count_nonzero(mb | mask)
+                        last = clicks[-1:]
+                        rank_a = (click_agreement(mask, last), agree)
+                        rank_b = (click_agreement(mb, last), click_agreement(mb, clicks))
+                        if union and inter / union < 0.8 and rank_b > rank_a:
+                            logits, mask = b.logits, mb
                 elif policy.startswith("pick_far"):  # pick, only where the two masks differ much
                     a = self.model.decode(refined, pts, lab, prev_logits)
                     logits, mask = a.logits, to_mask(a.logits)

@@ -563,3 +563,21 @@ def test_click_agreement_counts_positives_inside_and_negatives_outside():
     assert click_agreement(mask, []) == 0
     with pytest.raises(ValueError, match="later_clicks"):
         FocSAMPredictor(make_fast_focsam(), later_clicks="sometimes")
+
+
+def test_later_clicks_rank_the_newest_click_first(refiner_model, monkeypatch):
+    """A refined mask that lost the object (empty) agrees with the older negative clicks but not
+    with the newest, positive one: the original embedding's mask, which does, is taken."""
+    from napari_focsam.core.predictor import InteractiveObject, click_agreement
+
+    pred = FocSAMPredictor(refiner_model)
+    emb = pred.embed(blobs_stack(1, size=40)[0])
+    scripted_decoder(refiner_model, emb, monkeypatch, original_logit=5.0, refined_logit=-5.0)
+    obj = InteractiveObject(pred, emb)
+    obj.add_click(30, 30, True)
+    obj.add_click(35, 20, True)
+    for y, x in [(5, 5), (6, 30), (10, 10), (3, 20)]:
+        assert not obj.add_click(y, x, False).any()  # the empty refined mask honours the newest click
+    mask = obj.add_click(20, 20, True)
+    assert click_agreement(np.zeros_like(mask), obj.clicks) == 4 > click_agreement(mask, obj.clicks) == 3
+    assert mask.all()  # fewer clicks agreed, but the newest one

@@ -183,12 +183,13 @@ class FocSAMPredictor:
     published loop: the refined embedding alone. ``"pick"`` (default) keeps the refined
     embedding's mask unless it disagrees with one of the object's clicks
     (:func:`click_agreement`: positives inside, negatives outside); then the same prompt is
-    decoded on the original embedding too, and its mask is taken when it agrees with more
-    clicks and differs substantially from the refined one (IoU below
-    :data:`PICK_BELOW_IOU`). The refined embedding is trained for the region around the mask
-    of the 2nd click; a refined prediction that collapses or ignores a correction later is
-    replaced by the original embedding's. The second decoder pass runs only on such clicks.
-    Measured with ``benchmarks/bench_refine_policy.py`` (no ground truth is used).
+    decoded on the original embedding too, and its mask is taken when it differs
+    substantially from the refined one (IoU below :data:`PICK_BELOW_IOU`) and agrees better
+    with the clicks: first with the newest click (the user's correction), then with more
+    clicks in all. The refined embedding is trained for the region around the mask of the
+    2nd click; a refined prediction that later collapses or ignores a correction is replaced
+    by the original embedding's. The second decoder pass runs only on such clicks. Measured
+    with ``benchmarks/bench_refine_policy.py`` (no ground truth is used).
     """
 
     def __init__(self, model: FocSAM, *, refine: bool = True, refine_click: int = 2,
@@ -273,8 +274,12 @@ class FocSAMPredictor:
             if agree < len(clicks):  # the refined mask misses a click: is the original better?
                 plain = self.model.decode(features, pts, lab, prev_logits)
                 plain_mask = logits_to_mask(plain.logits, embedding.input_size, embedding.original_size)
-                if mask_iou(plain_mask, mask) < PICK_BELOW_IOU and click_agreement(plain_mask, clicks) > agree:
-                    logits, mask = plain.logits, plain_mask
+                if mask_iou(plain_mask, mask) < PICK_BELOW_IOU:
+                    newest = clicks[-1:]
+                    rank_refined = (click_agreement(mask, newest), agree)
+                    rank_plain = (click_agreement(plain_mask, newest), click_agreement(plain_mask, clicks))
+                    if rank_plain > rank_refined:
+                        logits, mask = plain.logits, plain_mask
         total = time.perf_counter() - t0
         return StepResult(mask, logits, refined, total - refine_s, refine_s)
 
