@@ -1,6 +1,6 @@
 """Full interactive-segmentation benchmark: NoC@85/90/95 per dataset, with and without refinement.
 
-    python benchmarks/bench_harness.py --data-root ../shared/data [--model vit_t] [--refiner FILE]
+    python benchmarks/bench_harness.py --data-root ../shared/data [--model focsam_t] [--refiner FILE]
         [--datasets grabcut davis coco_mval coelho2009_gnf] [--max-objects N] [--out results/harness]
 
 Runs the FocSAM click protocol (design §5.2, 20 clicks) through ``napari-focsam evaluate``'s
@@ -15,13 +15,14 @@ import argparse
 import json
 from pathlib import Path
 
+from napari_focsam.core.defaults import DEFAULT_MODEL
 from napari_focsam.evaluation.runner import run_evaluation
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data-root", default=str(Path(__file__).resolve().parents[1].parent / "shared" / "data"))
-    ap.add_argument("--model", default="vit_t")
+    ap.add_argument("--model", default=DEFAULT_MODEL)
     ap.add_argument("--refiner", default=None)
     ap.add_argument("--datasets", nargs="+", default=["grabcut", "davis", "coco_mval", "coelho2009_gnf"])
     ap.add_argument("--max-objects", type=int, default=None)
