@@ -260,7 +260,7 @@ def time_clicks(model, root, cache, log, n_objects: int = 6) -> None:
         adapter = PredictorAdapter(preds["reuse"], cache_dir=cache)
         adapter.set_image(sample.load_image())
         for obj in sample.objects:
-            objs = {p: InteractiveObject(pr, adapter._embedding) for p, pr in preds.items()}
+            objs = {p: InteractiveObject(pr, adapter.embedding) for p, pr in preds.items()}
             pred = np.zeros(obj.gt.shape, bool)
             clicks = []
             for k in range(20):

@@ -513,8 +513,8 @@ def test_adapter_keeps_embeddings_on_disk(tmp_path):
     again = PredictorAdapter(FocSAMPredictor(model), cache_dir=tmp_path)
     again.set_image(image)
     assert model.image_encoder.calls == 1  # read back, not encoded
-    torch.testing.assert_close(again._embedding.features, first._embedding.features, rtol=0, atol=0)
-    assert again._embedding.input_size == first._embedding.input_size
-    assert again._embedding.original_size == first._embedding.original_size
+    torch.testing.assert_close(again.embedding.features, first.embedding.features, rtol=0, atol=0)
+    assert again.embedding.input_size == first.embedding.input_size
+    assert again.embedding.original_size == first.embedding.original_size
     again.set_image(image[::-1].copy())  # another image: encoded
     assert model.image_encoder.calls == 2

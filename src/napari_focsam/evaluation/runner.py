@@ -37,6 +37,11 @@ class PredictorAdapter:
         self._embedding = None
         self._object: InteractiveObject | None = None
 
+    @property
+    def embedding(self) -> ImageEmbedding | None:
+        """The current image's embedding (None before :meth:`set_image`)."""
+        return self._embedding
+
     def _cache_file(self, image: np.ndarray) -> Path:
         from ..core.embeddings import model_id
 
