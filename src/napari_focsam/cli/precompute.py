@@ -100,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
 def _run_on_cluster(args: argparse.Namespace) -> int:
     """``precompute --workers N`` or ``--scheduler ADDRESS``: the slices as dask tasks."""
     from ..core.distributed import ImageSource, connect, open_image, precompute_distributed
-    from ..core.weights import resolve_weights
+    from ..core.models import model_files
 
     try:
         vol = load_volume(open_image(args.image, args.level), args.contrast_limits)  # lazily: no whole read here
@@ -111,7 +111,7 @@ def _run_on_cluster(args: argparse.Namespace) -> int:
         h, w = vol.plane_shape
         raise UserError(f"--workers/--scheduler cache whole slices, and {args.image} is a large image "
                         f"({h}x{w} per slice) cached tile by tile: run precompute without --workers/--scheduler")
-    resolve_weights(args.model)  # fetch once here, not once per worker
+    model_files(args.model)  # fetch once here (a refiner entry: its base too), not once per worker
     source = ImageSource(str(args.image), contrast_limits=args.contrast_limits, level=args.level)
     try:
         with connect(args.workers, args.scheduler) as client:

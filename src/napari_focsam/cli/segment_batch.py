@@ -78,9 +78,9 @@ def run(args: argparse.Namespace) -> int:
             finally:
                 close()
         else:
-            from ..core.weights import resolve_weights
+            from ..core.models import model_files
 
-            resolve_weights(args.model)  # fetch once here, not once per worker
+            model_files(args.model)  # fetch once here (a refiner entry: its base too), not once per worker
             with connect(args.workers, args.scheduler) as client:
                 workers = len(client.scheduler_info().get("workers", {}))
                 results = segment_seeds(source, seeds, client=client, **kwargs)
