@@ -28,7 +28,8 @@ from .tiled_embeddings import TiledEmbeddingStore
 from .tiled_object import MAX_MOVES, box_at_level, next_placement
 from .tiles import EDGE_MARGIN, TileKey
 from .volume import (DEFAULT_IOU_THRESHOLD, DEFAULT_MULTIMASK, DEFAULT_PROMPT, DIRECTIONS, MIN_MASK_PIXELS,
-                     PROMPT_MODES, PropagationResult, decode_prompt, interior_point, mask_box, mask_to_logits)
+                     PropagationResult, check_propagation, decode_prompt, interior_point, mask_box,
+                     mask_to_logits)
 
 __all__ = ["RegionMasks", "plan_runs", "propagate_tiled"]
 
@@ -167,16 +168,7 @@ def propagate_tiled(
     for the parameters, ``tokens`` and ``memo`` included (a run whose seed, extent and parameters
     did not change since the last call is reused, not decoded again)."""
     t0 = time.perf_counter()
-    directions = tuple(directions)
-    bad = [d for d in directions if d not in DIRECTIONS]
-    if bad:
-        raise ValueError(f"unknown direction(s) {bad}: expected 'down' (towards slice 0) and/or 'up'")
-    if not 0.0 <= iou_threshold <= 1.0:
-        raise ValueError(f"iou_threshold must be within [0, 1], got {iou_threshold}")
-    if prompt not in PROMPT_MODES:
-        raise ValueError(f"unknown prompt mode {prompt!r}: expected one of {PROMPT_MODES}")
-    if not seeds:
-        raise ValueError("nothing to propagate from: add a click first")
+    directions = check_propagation(seeds, directions, iou_threshold, prompt)
     n_slices = store.volume.n_slices
     order = sorted(seeds)
     regions = {z: r for z, (r, _, _) in seeds.items() if region_pixels(r)}

@@ -45,7 +45,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable, Hashable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Hashable, Iterable, Mapping
 
 import numpy as np
 import torch
@@ -66,6 +66,7 @@ __all__ = [
     "MIN_MASK_PIXELS",
     "PROMPT_MODES",
     "PropagationResult",
+    "check_propagation",
     "decode_prompt",
     "interior_point",
     "mask_iou",
@@ -291,6 +292,23 @@ def _plan(seeds: list[int], empty: set[int], n_slices: int, directions: tuple[st
     return runs
 
 
+def check_propagation(seeds: Mapping[int, Any], directions: Iterable[str], iou_threshold: float,
+                      prompt: str) -> tuple[str, ...]:
+    """Validate the arguments shared by :func:`propagate` and the tiled propagation; returns
+    ``directions`` as a tuple. ValueError with the valid values otherwise."""
+    directions = tuple(directions)
+    bad = [d for d in directions if d not in DIRECTIONS]
+    if bad:
+        raise ValueError(f"unknown direction(s) {bad}: expected 'down' (towards slice 0) and/or 'up'")
+    if not 0.0 <= iou_threshold <= 1.0:
+        raise ValueError(f"iou_threshold must be within [0, 1], got {iou_threshold}")
+    if prompt not in PROMPT_MODES:
+        raise ValueError(f"unknown prompt mode {prompt!r}: expected one of {PROMPT_MODES}")
+    if not seeds:
+        raise ValueError("nothing to propagate from: add a click first")
+    return directions
+
+
 def propagate(
     store: "EmbeddingStore",
     seeds: Mapping[int, tuple[np.ndarray, torch.Tensor | None]],
@@ -320,16 +338,7 @@ def propagate(
     with a model that has one). Off by default (:data:`DEFAULT_REFINE_3D`, measured).
     """
     t0 = time.perf_counter()
-    directions = tuple(directions)
-    bad = [d for d in directions if d not in DIRECTIONS]
-    if bad:
-        raise ValueError(f"unknown direction(s) {bad}: expected 'down' (towards slice 0) and/or 'up'")
-    if not 0.0 <= iou_threshold <= 1.0:
-        raise ValueError(f"iou_threshold must be within [0, 1], got {iou_threshold}")
-    if prompt not in PROMPT_MODES:
-        raise ValueError(f"unknown prompt mode {prompt!r}: expected one of {PROMPT_MODES}")
-    if not seeds:
-        raise ValueError("nothing to propagate from: add a click first")
+    directions = check_propagation(seeds, directions, iou_threshold, prompt)
     n_slices = store.volume.n_slices
     refine = bool(refine) and store.predictor.model.has_refiner
     order = sorted(seeds)
