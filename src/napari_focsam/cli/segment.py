@@ -185,14 +185,7 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(summary))
         return 0
 
-    update, close = progress_bar(vol.n_slices, "propagation", not args.no_progress)
-    try:
-        try:
-            result = obj.propagate(progress=update, iou_threshold=args.iou_threshold)
-        except ValueError as exc:
-            raise UserError(str(exc)) from None
-    finally:
-        close()
+    result = _propagate(args, vol, obj)
     volume = obj.volume_mask().astype("uint8")
     _write(args.out, volume)
     summary.update({
@@ -203,6 +196,17 @@ def run(args: argparse.Namespace) -> int:
     })
     print(json.dumps(summary))
     return 0
+
+
+def _propagate(args, vol, obj):
+    """``obj.propagate`` with a progress bar; a refused propagation is a one-line UserError."""
+    update, close = progress_bar(vol.n_slices, "propagation", not args.no_progress)
+    try:
+        return obj.propagate(progress=update, iou_threshold=args.iou_threshold)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    finally:
+        close()
 
 
 def _finish_large(args, vol, session, obj, z: int, summary: dict, click_s: list, t_embed: float,
@@ -217,14 +221,7 @@ def _finish_large(args, vol, session, obj, z: int, summary: dict, click_s: list,
             summary["slice"] = z
         print(json.dumps(summary))
         return 0
-    update, close = progress_bar(vol.n_slices, "propagation", not args.no_progress)
-    try:
-        try:
-            result = obj.propagate(progress=update, iou_threshold=args.iou_threshold)
-        except ValueError as exc:
-            raise UserError(str(exc)) from None
-    finally:
-        close()
+    result = _propagate(args, vol, obj)
     shape = (vol.n_slices, *vol.plane_shape)
     counts = write_regions(args.out, shape, obj.mask_region)
     summary.update({
