@@ -23,6 +23,10 @@ Policies (``refine_click`` = 2; "E0" is the original embedding, "E1" the refined
               mask unless it misses a click (positive outside, negative inside), E0's mask
               overlaps it with an IoU below 0.8 and agrees better with the clicks: ranked by
               (agrees with the newest click, number of clicks agreed);
+              With the refine gate (``refine_gate``): at click 2, E0's mask and the plain
+              loop afterwards when E1's mask bridges positive clicks that E0's has on
+              separate pieces;
+``pick_nogate`` ``pick`` without the refine gate (the policy before it);
 ``pick_any``  E1's mask unless E0's agrees with more clicks (no IoU condition, no newest-click
               rank);
 ``pick_iou``  decode on both, keep the one agreeing with more clicks, ties broken by the
@@ -71,6 +75,8 @@ def build_predictor(model, policy: str):
         return FocSAMPredictor(model, refine=False)
     if policy == "pick":
         return FocSAMPredictor(model, later_clicks="pick")
+    if policy == "pick_nogate":
+        return FocSAMPredictor(model, later_clicks="pick", refine_gate=False)
     if policy == "pick_any":
         policy = "pick_far101"  # the IoU condition always holds
     if policy == "reuse":
@@ -189,16 +195,45 @@ def make_dataset(set_name: str, root):
     return ds.sample_objects(n_objects, seed) if n_objects else ds
 
 
-def run_one(set_name, policy, model, root, cache, out: Path, log) -> dict:
+class FirstObjects:
+    """The first ``n`` objects of a dataset, in its order (a cheaper run on the same objects)."""
+
+    def __init__(self, dataset, n: int) -> None:
+        self.dataset, self.n = dataset, n
+
+    def __iter__(self):
+        import dataclasses
+
+        left = self.n
+        for sample in self.dataset:
+            if left <= 0:
+                return
+            objs = list(sample.objects)[:left]
+            left -= len(objs)
+            yield dataclasses.replace(sample, objects=objs) if dataclasses.is_dataclass(sample) else sample
+
+
+def run_one(set_name, policy, model, root, cache, out: Path, log, first: int | None = None) -> dict:
     from napari_focsam.evaluation.protocol import evaluate_dataset
     from napari_focsam.evaluation.runner import PredictorAdapter
 
     path = out / f"{set_name}__{policy}.json"
     if path.is_file():
-        return json.loads(path.read_text())
+        res = json.loads(path.read_text())
+        if first and len(res["ious"]) > first:  # a full run: its first objects
+            from napari_focsam.evaluation.metrics import summarize
+
+            res = {"summary": {**summarize(res["ious"][:first], None), "spc": res["summary"]["spc"]},
+                   "ious": res["ious"][:first]}
+        if not first or len(res["ious"]) == first:
+            return res
+        path = out / f"{set_name}__{policy}__first{first}.json"
+        if path.is_file():
+            return json.loads(path.read_text())
     adapter = PredictorAdapter(build_predictor(model, policy), cache_dir=cache)
     t0 = time.perf_counter()
-    per_object, summary = evaluate_dataset(make_dataset(set_name, root), adapter,
+    ds = make_dataset(set_name, root)
+    per_object, summary = evaluate_dataset(FirstObjects(ds, first) if first else ds, adapter,
                                            progress=lambda k, _id: log(f"\r  {set_name} {policy}: {k}", end=""))
     summary["wall_seconds"] = time.perf_counter() - t0
     log(f"\r  {set_name} {policy}: {summary['n_objects']} objects, {summary['wall_seconds']:.0f} s")
@@ -298,6 +333,8 @@ def main(argv=None) -> int:
     p.add_argument("--out", default="results/refine_policy")
     p.add_argument("--cache", default=str(REPO / "results" / "embedding_cache"))
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--first", type=int, default=None,
+                   help="only the first N objects of each set (full runs kept in --out are cut to them)")
     p.add_argument("--time", action="store_true", help="only time later clicks of reuse vs pick")
     args = p.parse_args(argv)
 
@@ -321,7 +358,7 @@ def main(argv=None) -> int:
         return 0
     out = Path(args.out)
     for set_name in args.sets.split(","):
-        results = {pol: run_one(set_name, pol, model, root, args.cache, out, log)
+        results = {pol: run_one(set_name, pol, model, root, args.cache, out, log, args.first)
                    for pol in args.policies.split(",")}
         report(set_name, results, log)
     return 0

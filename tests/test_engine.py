@@ -581,3 +581,50 @@ def test_later_clicks_rank_the_newest_click_first(refiner_model, monkeypatch):
     mask = obj.add_click(20, 20, True)
     assert click_agreement(np.zeros_like(mask), obj.clicks) == 4 > click_agreement(mask, obj.clicks) == 3
     assert mask.all()  # fewer clicks agreed, but the newest one
+
+
+def test_joins_clicked_pieces_sees_a_bridge_between_two_clicked_pieces():
+    from napari_focsam.core.predictor import joins_clicked_pieces
+
+    coarse = np.zeros((20, 30), bool)
+    coarse[2:8, 2:8] = coarse[12:18, 20:28] = True
+    bridged = coarse.copy()
+    bridged[7:13, 7:21] = True
+    two, one = [Click(4, 4, True), Click(15, 24, True)], [Click(4, 4, True), Click(15, 24, False)]
+    assert joins_clicked_pieces(coarse, bridged, two)
+    assert not joins_clicked_pieces(coarse, coarse, two)  # still apart
+    assert not joins_clicked_pieces(coarse, bridged, one)  # one positive click: nothing to keep apart
+    assert not joins_clicked_pieces(bridged, bridged, two)  # one piece in the coarse mask already
+    assert not joins_clicked_pieces(coarse, bridged, [Click(4, 4, True), Click(4, 5, True)])
+
+
+def two_squares_and_bridge() -> tuple[torch.Tensor, torch.Tensor]:
+    """(256, 256) logits: two separate squares, and one rectangle covering both (a bridge)."""
+    apart = torch.full((256, 256), -5.0)
+    apart[20:100, 20:100] = apart[150:230, 150:230] = 5.0
+    bridge = torch.full((256, 256), -5.0)
+    bridge[20:230, 20:230] = 5.0
+    return apart, bridge
+
+
+@pytest.mark.parametrize("gate", [True, False])
+def test_refine_gate_keeps_the_coarse_mask_when_the_refine_bridges_two_clicked_cells(
+        refiner_model, monkeypatch, gate):
+    """Issue 17: positive clicks on two separate cells; the refined mask joins them into one
+    piece. The gate keeps the coarse mask (two pieces: the widget's 'one object is one cell'
+    hint) and the object goes on without the refined embedding (a negative click on one cell
+    then removes it on the original embedding)."""
+    from napari_focsam.core.predictor import InteractiveObject
+
+    pred = FocSAMPredictor(refiner_model, refine_gate=gate)
+    emb = pred.embed(blobs_stack(1, size=40)[0])
+    apart, bridge = two_squares_and_bridge()
+    served = scripted_decoder(refiner_model, emb, monkeypatch, original_logit=apart, refined_logit=bridge)
+    obj = InteractiveObject(pred, emb)
+    obj.add_click(9, 9, True)
+    mask = obj.add_click(29, 29, True)
+    assert served == ["original", "original", "refined"]  # coarse pass, refine, final pass
+    np.testing.assert_array_equal(mask, logits_to_mask_of(apart if gate else bridge, emb))
+    assert (obj.refined is None) == gate
+    obj.add_click(29, 29, False)
+    assert served[3:] == (["original"] if gate else ["refined", "original"])

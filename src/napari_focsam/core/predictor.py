@@ -158,6 +158,42 @@ def click_agreement(mask: np.ndarray, clicks: Sequence[Click]) -> int:
     return n
 
 
+def joins_clicked_pieces(coarse: np.ndarray, fine: np.ndarray, clicks: Sequence[Click]) -> bool:
+    """Whether ``fine`` joins positive clicks that lie on separate pieces of ``coarse`` into one piece.
+
+    coarse, fine: (H, W) bool masks of the same object (8-connected pieces). Two positive
+    clicks on two separate pieces of the coarse mask (two cells, say) that end up on one
+    connected piece of the refined mask: the refiner bridged them. Only the bounding box of
+    the two masks is labelled.
+    """
+    from scipy import ndimage as ndi
+
+    pos = [c for c in clicks if c.is_positive]
+    if len(pos) < 2:
+        return False
+    both = coarse | fine
+    rows, cols = np.flatnonzero(both.any(axis=1)), np.flatnonzero(both.any(axis=0))
+    if rows.size == 0:
+        return False
+    y0, y1, x0, x1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
+    H, W = coarse.shape
+    eight = np.ones((3, 3), bool)
+    pieces_c, _ = ndi.label(coarse[y0:y1, x0:x1], structure=eight)
+    pieces_f, _ = ndi.label(fine[y0:y1, x0:x1], structure=eight)
+    seen: dict[int, int] = {}  # piece of the fine mask -> piece of the coarse mask
+    for c in pos:
+        y = min(max(int(np.floor(c.y + 0.5)), 0), H - 1)
+        x = min(max(int(np.floor(c.x + 0.5)), 0), W - 1)
+        if not (y0 <= y < y1 and x0 <= x < x1):
+            continue
+        pc, pf = int(pieces_c[y - y0, x - x0]), int(pieces_f[y - y0, x - x0])
+        if pc == 0 or pf == 0:
+            continue
+        if seen.setdefault(pf, pc) != pc:
+            return True
+    return False
+
+
 def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
     """IoU of two (H, W) bool masks (1.0 when both are empty)."""
     union = np.count_nonzero(a | b)
@@ -190,10 +226,20 @@ class FocSAMPredictor:
     2nd click; a refined prediction that later collapses or ignores a correction is replaced
     by the original embedding's. The second decoder pass runs only on such clicks. Measured
     with ``benchmarks/bench_refine_policy.py`` (no ground truth is used).
+
+    refine_gate: the refined mask is shown only when it keeps apart positive clicks that the
+    coarse mask (the original embedding's, same prompts) has on separate pieces
+    (:func:`joins_clicked_pieces`): the refiner focuses on one object, and a focus region
+    around two clicked cells makes it bridge them. Otherwise the coarse mask is kept and the
+    object goes on with the plain loop (no refined embedding): the user clicked several
+    objects (the widget hints that one object is one cell), and a later negative click on
+    one of them is served by the original embedding, which removes it (the refined one,
+    focused on both, left a ring of the removed cell; a refine at that later click too).
+    False: the refine is taken as it is.
     """
 
     def __init__(self, model: FocSAM, *, refine: bool = True, refine_click: int = 2,
-                 channel_order: str | None = None, later_clicks: str = "pick") -> None:
+                 channel_order: str | None = None, later_clicks: str = "pick", refine_gate: bool = True) -> None:
         tune_malloc()  # per-click tensors of several MiB: avoid a page fault per 4 KiB
         if later_clicks not in LATER_CLICKS:
             raise ValueError(f"later_clicks must be one of {', '.join(LATER_CLICKS)}, got {later_clicks!r}")
@@ -201,6 +247,7 @@ class FocSAMPredictor:
         self.refine = refine and model.has_refiner
         self.refine_click = refine_click
         self.later_clicks = later_clicks
+        self.refine_gate = refine_gate
         self.channel_order = channel_order or model.channel_order
 
     @property
@@ -261,6 +308,7 @@ class FocSAMPredictor:
         refine_s = 0.0
         t0 = time.perf_counter()
         later = refined is not None
+        coarse = None
         if refined is None and self.refine and n == self.refine_click:
             coarse = self.model.decode(features, pts, lab, prev_logits)
             t1 = time.perf_counter()
@@ -269,6 +317,10 @@ class FocSAMPredictor:
         out = self.model.decode(refined if refined is not None else features, pts, lab, prev_logits)
         logits = out.logits
         mask = logits_to_mask(logits, embedding.input_size, embedding.original_size)
+        if coarse is not None and self.refine_gate:
+            coarse_mask = logits_to_mask(coarse.logits, embedding.input_size, embedding.original_size)
+            if joins_clicked_pieces(coarse_mask, mask, clicks):  # bridged: not one object's refine
+                logits, mask, refined = coarse.logits, coarse_mask, None
         if later and self.later_clicks == "pick":
             agree = click_agreement(mask, clicks)
             if agree < len(clicks):  # the refined mask misses a click: is the original better?
