@@ -115,6 +115,12 @@ def compare_runs(runs: dict[str, tuple[str, str | None]], data_root, out_dir, *,
     from ..evaluation.protocol import evaluate_dataset, plot_miou_curves, write_results
     from ..evaluation.runner import PredictorAdapter
 
+    import hashlib
+
+    # the working tree may be shared and edited while this runs: record what was imported
+    pred_file = Path(__file__).resolve().parents[1] / "core" / "predictor.py"
+    predictor_sha1 = hashlib.sha1(pred_file.read_bytes()).hexdigest()
+    commit = git_commit(Path(__file__).resolve().parents[3])
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     chosen = validation_splits(data_root, max_nuclei, seed)
@@ -139,12 +145,7 @@ def compare_runs(runs: dict[str, tuple[str, str | None]], data_root, out_dir, *,
                                 "n_objects": summary["n_objects"], "wall_s": summary["wall_seconds"]}))
         plot_miou_curves({lab: s["miou"] for lab, s in results[split].items()}, out_dir / f"miou_{split}.png",
                          title=f"{split}: mean IoU per click ({len(objs)} objects)")
-    import hashlib
-
-    pred_file = Path(__file__).resolve().parents[1] / "core" / "predictor.py"
-    info = {"git_commit": git_commit(Path(__file__).resolve().parents[3]),
-            # the working tree is shared: the exact predictor that ran (sha1 of its text)
-            "predictor_sha1": hashlib.sha1(pred_file.read_bytes()).hexdigest(),
+    info = {"git_commit": commit, "predictor_sha1": predictor_sha1,
             "max_nuclei": max_nuclei, "seed": seed,
             "max_clicks": max_clicks, "runs": {k: list(v) for k, v in runs.items()},
             "chosen": {s: chosen[s].chosen for s in names}, "results": results}
