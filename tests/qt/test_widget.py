@@ -275,11 +275,11 @@ def test_switch_images_models_and_gpu_fallback(focsam, qtbot, vit_t_path, tmp_pa
     real = SegmentedObject.set_clicks
     calls = []
 
-    def oom_once(self, clicks):
+    def oom_once(self, clicks, **kwargs):
         calls.append(1)
         if len(calls) == 1:
             raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-        return real(self, clicks)
+        return real(self, clicks, **kwargs)
 
     monkeypatch.setattr(SegmentedObject, "set_clicks", oom_once)
     widget.prompts_layer.add(np.array(interior(gt == B), float))

@@ -40,9 +40,9 @@ def slow_predictions(monkeypatch, seconds=0.6):
 
     real = SegmentedObject.set_clicks
 
-    def slow(self, clicks):
+    def slow(self, clicks, **kwargs):
         time.sleep(seconds)
-        return real(self, clicks)
+        return real(self, clicks, **kwargs)
 
     monkeypatch.setattr(SegmentedObject, "set_clicks", slow)
 
