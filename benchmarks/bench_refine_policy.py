@@ -26,7 +26,12 @@ Policies (``refine_click`` = 2; "E0" is the original embedding, "E1" the refined
               With the refine gate (``refine_gate``): at click 2, E0's mask and the plain
               loop afterwards when E1's mask bridges positive clicks that E0's has on
               separate pieces;
-``pick_nogate`` ``pick`` without the refine gate (the policy before it);
+              Every policy built on FocSAMPredictor leaves out of the prompt a click taken back
+              by a later one of the other polarity on the same pixel (``live_clicks``);
+``pick_nogate`` ``pick`` without the refine gate;
+``--two-cells N`` a positive click on a nucleus, one on its nearest neighbour, a negative one
+              on the same point of the neighbour (the 'one object is one cell' hint after
+              click 2, IoU with the first nucleus and the neighbour's remainder after click 3);
 ``pick_any``  E1's mask unless E0's agrees with more clicks (no IoU condition, no newest-click
               rank);
 ``pick_iou``  decode on both, keep the one agreeing with more clicks, ties broken by the
@@ -217,19 +222,18 @@ def run_one(set_name, policy, model, root, cache, out: Path, log, first: int | N
     from napari_focsam.evaluation.protocol import evaluate_dataset
     from napari_focsam.evaluation.runner import PredictorAdapter
 
-    path = out / f"{set_name}__{policy}.json"
-    if path.is_file():
-        res = json.loads(path.read_text())
-        if first and len(res["ious"]) > first:  # a full run: its first objects
-            from napari_focsam.evaluation.metrics import summarize
-
-            res = {"summary": {**summarize(res["ious"][:first], None), "spc": res["summary"]["spc"]},
-                   "ious": res["ious"][:first]}
-        if not first or len(res["ious"]) == first:
+    full = out / f"{set_name}__{policy}.json"
+    if full.is_file():
+        res = json.loads(full.read_text())
+        if not first or len(res["ious"]) <= first:
             return res
-        path = out / f"{set_name}__{policy}__first{first}.json"
-        if path.is_file():
-            return json.loads(path.read_text())
+        from napari_focsam.evaluation.metrics import summarize  # a full run: its first objects
+
+        return {"summary": {**summarize(res["ious"][:first], None), "spc": res["summary"]["spc"]},
+                "ious": res["ious"][:first]}
+    path = out / f"{set_name}__{policy}__first{first}.json" if first else full
+    if path.is_file():
+        return json.loads(path.read_text())
     adapter = PredictorAdapter(build_predictor(model, policy), cache_dir=cache)
     t0 = time.perf_counter()
     ds = make_dataset(set_name, root)
@@ -323,6 +327,59 @@ def time_clicks(model, root, cache, log, n_objects: int = 6) -> None:
             f"{decodes[p]}")
 
 
+def two_cells(model, root, cache, log, n_pairs: int, policies: list[str]) -> None:
+    """The 'two cells, then take one back' sequence on Coelho validation nuclei.
+
+    For each nucleus A and its nearest neighbour B (one pair per A, the first ``n_pairs``):
+    a positive click inside A, a positive one inside B (the user clicked two cells), then a
+    negative click at the same point of B. Reports, per policy: the share of pairs whose
+    mask after click 2 has A and B on separate pieces (the widget's 'one object is one cell'
+    hint, :func:`napari_focsam.core.interaction.split_objects`), and after click 3 the mean
+    IoU with A and the mean share of B left in the mask.
+    """
+    from scipy import ndimage as ndi
+
+    from napari_focsam.core.clicks import Click
+    from napari_focsam.core.interaction import split_objects
+    from napari_focsam.core.predictor import InteractiveObject, mask_iou
+    from napari_focsam.evaluation.runner import PredictorAdapter
+
+    def inside(m):
+        d = ndi.distance_transform_edt(np.pad(m, 1))[1:-1, 1:-1]
+        return np.unravel_index(int(d.argmax()), d.shape)
+
+    ds = make_dataset("coelho_val", root)
+    preds = {p: build_predictor(model, p) for p in policies}
+    rows: dict[str, list[tuple[bool, float, float]]] = {p: [] for p in policies}
+    for sample in ds:
+        adapter = PredictorAdapter(preds[policies[0]], cache_dir=cache)
+        adapter.set_image(sample.load_image())
+        gts = [np.asarray(o.gt, bool) for o in sample.objects]
+        centres = np.array([np.argwhere(g).mean(0) for g in gts])
+        for i, a in enumerate(gts):
+            if len(gts) < 2 or len(rows[policies[0]]) >= n_pairs:
+                break
+            d = np.linalg.norm(centres - centres[i], axis=1)
+            d[i] = np.inf
+            b = gts[int(d.argmin())]
+            ya, xa = inside(a)
+            yb, xb = inside(b)
+            for p, pr in preds.items():
+                obj = InteractiveObject(pr, adapter.embedding)
+                obj.add(Click(float(ya), float(xa), True))
+                m2 = obj.add(Click(float(yb), float(xb), True)).mask
+                hint = bool(split_objects([(0, ya, xa, True), (0, yb, xb, True)], {0: m2}))
+                m3 = obj.add(Click(float(yb), float(xb), False)).mask
+                rows[p].append((hint, mask_iou(m3, a), np.count_nonzero(m3 & b) / max(1, np.count_nonzero(b))))
+        if len(rows[policies[0]]) >= n_pairs:
+            break
+    log(f"\n== two cells, then a negative click on the second (coelho_val, {len(rows[policies[0]])} pairs) ==")
+    log(f"{'policy':12s}{'hint@2':>8s}{'IoU A@3':>9s}{'B left@3':>9s}{'B>10%':>7s}")
+    for p, r in rows.items():
+        h, ia, bl = (np.array(v, float) for v in zip(*r))
+        log(f"{p:12s}{h.mean():8.2f}{ia.mean():9.4f}{bl.mean():9.4f}{int((bl > 0.1).sum()):7d}")
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data-root", default=os.environ.get("FOCSAM_DATA", str(REPO.parent / "shared" / "data")))
@@ -336,6 +393,8 @@ def main(argv=None) -> int:
     p.add_argument("--first", type=int, default=None,
                    help="only the first N objects of each set (full runs kept in --out are cut to them)")
     p.add_argument("--time", action="store_true", help="only time later clicks of reuse vs pick")
+    p.add_argument("--two-cells", type=int, default=0, metavar="N",
+                   help="only the two-cells sequence on N Coelho validation pairs (see two_cells)")
     args = p.parse_args(argv)
 
     from napari_focsam.core.models import load_model
@@ -355,6 +414,9 @@ def main(argv=None) -> int:
         model = load_model("focsam_t", "cpu")
     if args.time:
         time_clicks(model, root, args.cache, log)
+        return 0
+    if args.two_cells:
+        two_cells(model, root, args.cache, log, args.two_cells, args.policies.split(","))
         return 0
     out = Path(args.out)
     for set_name in args.sets.split(","):

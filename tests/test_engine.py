@@ -628,3 +628,39 @@ def test_refine_gate_keeps_the_coarse_mask_when_the_refine_bridges_two_clicked_c
     assert (obj.refined is None) == gate
     obj.add_click(29, 29, False)
     assert served[3:] == (["original"] if gate else ["refined", "original"])
+
+
+def test_a_click_of_the_other_polarity_on_the_same_pixel_takes_the_earlier_one_back():
+    from napari_focsam.core.predictor import live_clicks
+
+    a, b, b_neg = Click(3, 3, True), Click(8, 8, True), Click(8.2, 7.9, False)
+    assert live_clicks([a, b, b_neg], (20, 20)) == [a, b_neg]
+    assert live_clicks([a, b, b_neg, Click(8, 8, True)], (20, 20)) == [a, Click(8, 8, True)]
+    assert live_clicks([a, a, Click(8, 9, False)], (20, 20)) == [a, a, Click(8, 9, False)]  # same polarity, other pixel
+
+
+def test_a_negative_click_on_a_positive_one_is_decoded_without_it(refiner_model, monkeypatch):
+    """Issue 17: positive clicks on cells A and B, then a negative one on B's click: the decoder
+    gets A's positive and B's negative click only (no mask can honour both on B); a negative
+    click on the only positive one leaves nothing selected."""
+    from napari_focsam.core.predictor import InteractiveObject
+
+    pred = FocSAMPredictor(refiner_model)
+    emb = pred.embed(blobs_stack(1, size=40)[0])
+    labels = []
+    decode = refiner_model.decode
+
+    def spy(features, points, lab, mask_input=None, multimask_output=False):
+        labels.append(lab[0].tolist())
+        return decode(features, points, lab, mask_input, multimask_output)
+
+    monkeypatch.setattr(refiner_model, "decode", spy)
+    obj = InteractiveObject(pred, emb)
+    obj.add_click(9, 9, True)
+    obj.add_click(29, 29, True)
+    labels.clear()
+    obj.add_click(29, 29, False)
+    assert labels and all(lab == [1, 0] for lab in labels)
+    alone = InteractiveObject(pred, emb)
+    alone.add_click(9, 9, True)
+    assert not alone.add_click(9, 9, False).any() and alone.logits is None

@@ -144,6 +144,28 @@ def object_click_count(clicks: Sequence[Click]) -> int:
     return 0
 
 
+def click_pixel(click: Click, shape: tuple[int, int]) -> tuple[int, int]:
+    """The (row, col) pixel of an (H, W) image that a click at (y, x) falls in (pixel i spans i - 0.5 .. i + 0.5)."""
+    H, W = shape
+    return (min(max(int(np.floor(click.y + 0.5)), 0), H - 1), min(max(int(np.floor(click.x + 0.5)), 0), W - 1))
+
+
+def live_clicks(clicks: Sequence[Click], shape: tuple[int, int]) -> list[Click]:
+    """The clicks without those taken back: a click followed by one of the other polarity on the
+    same pixel of an (H, W) image (a positive click on a second cell, then a negative one on it).
+
+    No mask can honour both; the prompt keeps the newer one only.
+    """
+    later: dict[tuple[int, int], set[bool]] = {}  # pixel -> polarities of the later clicks on it
+    live = []
+    for c in reversed(clicks):
+        seen = later.setdefault(click_pixel(c, shape), set())
+        if (not c.is_positive) not in seen:
+            live.append(c)
+        seen.add(bool(c.is_positive))
+    return live[::-1]
+
+
 def click_agreement(mask: np.ndarray, clicks: Sequence[Click]) -> int:
     """How many ``clicks`` an (H, W) bool mask agrees with: positives inside, negatives outside.
 
@@ -293,6 +315,10 @@ class FocSAMPredictor:
         :func:`object_click_count`) and has no refined embedding yet. Without any positive
         click the mask is empty and the decoder does not run (``logits`` is None).
 
+        A click followed by one of the other polarity on the same pixel is left out of the prompt
+        (:func:`live_clicks`: the user took it back, e.g. a negative click on a cell clicked
+        positive by mistake); the mask is empty when no positive click is left.
+
         box: a box prompt (image pixels, see :mod:`.prompts`) kept with every click; it is the
         object's first prompt, so the clicks count from 2 and the refiner runs at the first
         click after the box (its focus region comes from the box step's mask).
@@ -301,7 +327,8 @@ class FocSAMPredictor:
             raise ValueError("at least one click is needed")
         check_clicks_inside(clicks, embedding.original_size)
         n = object_click_count(clicks) if box is None else len(clicks) + 1
-        if n == 0:  # only negative clicks: nothing is selected
+        clicks = live_clicks(clicks, embedding.original_size)
+        if n == 0 or (box is None and object_click_count(clicks) == 0):  # no positive click (left)
             return StepResult(np.zeros(embedding.original_size, dtype=bool), None, refined, 0.0)
         pts, lab = self._prompts(embedding, clicks, box)
         features = embedding.features.to(self.device)
