@@ -612,8 +612,8 @@ def test_refine_gate_keeps_the_coarse_mask_when_the_refine_bridges_two_clicked_c
         refiner_model, monkeypatch, gate):
     """Issue 17: positive clicks on two separate cells; the refined mask joins them into one
     piece. The gate keeps the coarse mask (two pieces: the widget's 'one object is one cell'
-    hint) and the object goes on without the refined embedding (a negative click on one cell
-    then removes it on the original embedding)."""
+    hint), keeps no refined embedding and tries the refine again at the next click: a negative
+    click on the second cell takes its positive click back, and the refine is taken."""
     from napari_focsam.core.predictor import InteractiveObject
 
     pred = FocSAMPredictor(refiner_model, refine_gate=gate)
@@ -627,7 +627,9 @@ def test_refine_gate_keeps_the_coarse_mask_when_the_refine_bridges_two_clicked_c
     np.testing.assert_array_equal(mask, logits_to_mask_of(apart if gate else bridge, emb))
     assert (obj.refined is None) == gate
     obj.add_click(29, 29, False)
-    assert served[3:] == (["original"] if gate else ["refined", "original"])
+    # gate: coarse pass, refine, final pass again; no gate: pick decodes on both embeddings
+    assert served[3:] == (["original", "refined"] if gate else ["refined", "original"])
+    assert obj.refined is not None
 
 
 def test_a_click_of_the_other_polarity_on_the_same_pixel_takes_the_earlier_one_back():

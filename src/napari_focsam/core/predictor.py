@@ -252,12 +252,10 @@ class FocSAMPredictor:
     refine_gate: the refined mask is shown only when it keeps apart positive clicks that the
     coarse mask (the original embedding's, same prompts) has on separate pieces
     (:func:`joins_clicked_pieces`): the refiner focuses on one object, and a focus region
-    around two clicked cells makes it bridge them. Otherwise the coarse mask is kept and the
-    object goes on with the plain loop (no refined embedding): the user clicked several
-    objects (the widget hints that one object is one cell), and a later negative click on
-    one of them is served by the original embedding, which removes it (the refined one,
-    focused on both, left a ring of the removed cell; a refine at that later click too).
-    False: the refine is taken as it is.
+    around two clicked cells makes it bridge them. Otherwise the coarse mask is kept (the
+    widget then hints that one object is one cell), no refined embedding is kept, and the
+    refine is tried again at the next click (after a negative click took the second cell
+    back, say). False: the refine is taken as it is, at the ``refine_click``-th click only.
     """
 
     def __init__(self, model: FocSAM, *, refine: bool = True, refine_click: int = 2,
@@ -312,7 +310,8 @@ class FocSAMPredictor:
         prev_logits: (1, 1, 256, 256) logits of the previous click (None at the first);
         refined: the refined embedding once there is one. The refiner runs when the object
         reaches its ``refine_click``-th click (counted from its first positive click, see
-        :func:`object_click_count`) and has no refined embedding yet. Without any positive
+        :func:`object_click_count`) and has no refined embedding yet, or at a later click
+        without a refined embedding when ``refine_gate`` is on. Without any positive
         click the mask is empty and the decoder does not run (``logits`` is None).
 
         A click followed by one of the other polarity on the same pixel is left out of the prompt
@@ -336,7 +335,8 @@ class FocSAMPredictor:
         t0 = time.perf_counter()
         later = refined is not None
         coarse = None
-        if refined is None and self.refine and n == self.refine_click:
+        due = n == self.refine_click or (self.refine_gate and n > self.refine_click)
+        if refined is None and self.refine and due:
             coarse = self.model.decode(features, pts, lab, prev_logits)
             t1 = time.perf_counter()
             refined = self.model.refine(features, coarse.logits, coarse.token)
