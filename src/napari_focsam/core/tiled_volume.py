@@ -29,9 +29,9 @@ from .tiled_object import MAX_MOVES, box_at_level, next_placement
 from .tiles import EDGE_MARGIN, TileKey
 from .volume import (DEFAULT_IOU_THRESHOLD, DEFAULT_MULTIMASK, DEFAULT_PROMPT, DIRECTIONS, MIN_MASK_PIXELS,
                      PropagationResult, check_propagation, decode_prompt, interior_point, mask_box,
-                     mask_to_logits)
+                     mask_to_logits, plan_runs)
 
-__all__ = ["RegionMasks", "plan_runs", "propagate_tiled"]
+__all__ = ["RegionMasks", "propagate_tiled"]
 
 
 class RegionMasks(Mapping):
@@ -67,31 +67,6 @@ class RegionMasks(Mapping):
 
     def without(self, z: int) -> "RegionMasks":
         return RegionMasks({k: r for k, r in self.regions.items() if k != z}, self.plane_shape)
-
-
-def plan_runs(seeds: list[int], empty: set[int], n_slices: int,
-              directions: tuple[str, ...]) -> list[tuple[int, int, int, str | None]]:
-    """The runs ``(start, step, limit (exclusive), outer)`` of a propagation, as in :mod:`.volume`:
-    outward from the outermost seeds ("down"/"up"), and through each gap between seeds from both
-    ends (split in the middle; a seed with an empty mask only stops)."""
-    down, up = "down" in directions, "up" in directions
-    runs: list[tuple[int, int, int, str | None]] = []
-    if down:
-        runs.append((seeds[0], -1, -1, "down"))
-    for a, b in zip(seeds, seeds[1:]):
-        if b - a <= 1:
-            continue
-        from_a, from_b = up and a not in empty, down and b not in empty
-        if from_a and from_b:
-            mid = (a + b) // 2
-            runs += [(a, +1, mid + 1, None), (b, -1, mid, None)]
-        elif from_a:
-            runs.append((a, +1, b, None))
-        elif from_b:
-            runs.append((b, -1, a, None))
-    if up:
-        runs.append((seeds[-1], +1, n_slices, "up"))
-    return runs
 
 
 def _first_key(store: TiledEmbeddingStore, region: MaskRegion, level: int) -> TileKey:
@@ -174,7 +149,7 @@ def propagate_tiled(
     regions = {z: r for z, (r, _, _) in seeds.items() if region_pixels(r)}
     empty = {z for z, (r, _, _) in seeds.items() if not region_pixels(r)}
     runs = plan_runs(order, empty, n_slices, directions)
-    total = sum(max(0, (limit - start) * step - 1) for start, step, limit, _ in runs)
+    total = sum(r.n_slices for r in runs)
     reasons = {d: "not requested" for d in DIRECTIONS}
     ious: dict[int, float] = {}
     done, was_cancelled = 0, False

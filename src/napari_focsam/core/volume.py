@@ -45,7 +45,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Hashable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Hashable, Iterable, Mapping, NamedTuple
 
 import numpy as np
 import torch
@@ -66,11 +66,13 @@ __all__ = [
     "MIN_MASK_PIXELS",
     "PROMPT_MODES",
     "PropagationResult",
+    "PropagationRun",
     "check_propagation",
     "decode_prompt",
     "interior_point",
     "mask_iou",
     "mask_to_logits",
+    "plan_runs",
     "propagate",
 ]
 
@@ -257,38 +259,45 @@ def next_slice(
 # --------------------------------------------------------------------------- propagation
 
 
-@dataclass
-class _Run:
-    start: int
-    step: int  # -1 (down) or +1 (up)
-    limit: int  # exclusive
-    outer: str | None  # "down"/"up" for the runs beyond the outermost seeds, None inside a gap
+class PropagationRun(NamedTuple):
+    """One run of a propagation: from seed slice ``start`` in steps of ``step`` (-1 down, +1 up)
+    up to ``limit`` (exclusive); ``outer`` is "down"/"up" for the runs beyond the outermost
+    seeds, None inside a gap between seeds."""
 
-    def __len__(self) -> int:
+    start: int
+    step: int
+    limit: int
+    outer: str | None
+
+    @property
+    def n_slices(self) -> int:
+        """The slices this run may decode (its seed excluded)."""
         return max(0, (self.limit - self.start) * self.step - 1)
 
 
-def _plan(seeds: list[int], empty: set[int], n_slices: int, directions: tuple[str, ...]) -> list[_Run]:
+def plan_runs(seeds: list[int], empty: set[int], n_slices: int,
+              directions: tuple[str, ...]) -> list[PropagationRun]:
     """The runs: outward from the outermost seeds, and through each gap between seeds (split in
-    the middle when both ends may propagate; an empty seed only stops)."""
+    the middle when both ends may propagate; an empty seed only stops). Used by the plain and
+    the tiled propagation."""
     down, up = "down" in directions, "up" in directions
     runs = []
     if down:
-        runs.append(_Run(seeds[0], -1, -1, "down"))
+        runs.append(PropagationRun(seeds[0], -1, -1, "down"))
     for a, b in zip(seeds, seeds[1:]):
         if b - a <= 1:
             continue
         from_a, from_b = up and a not in empty, down and b not in empty
         if from_a and from_b:
             mid = (a + b) // 2
-            runs.append(_Run(a, +1, mid + 1, None))
-            runs.append(_Run(b, -1, mid, None))
+            runs.append(PropagationRun(a, +1, mid + 1, None))
+            runs.append(PropagationRun(b, -1, mid, None))
         elif from_a:
-            runs.append(_Run(a, +1, b, None))
+            runs.append(PropagationRun(a, +1, b, None))
         elif from_b:
-            runs.append(_Run(b, -1, a, None))
+            runs.append(PropagationRun(b, -1, a, None))
     if up:
-        runs.append(_Run(seeds[-1], +1, n_slices, "up"))
+        runs.append(PropagationRun(seeds[-1], +1, n_slices, "up"))
     return runs
 
 
@@ -346,8 +355,8 @@ def propagate(
     ious: dict[int, float] = {}
     reasons = {d: "not requested" for d in DIRECTIONS}
     empty = {z for z, (m, _) in seeds.items() if not np.any(m)}
-    runs = _plan(order, empty, n_slices, directions)
-    total = sum(len(r) for r in runs)
+    runs = plan_runs(order, empty, n_slices, directions)
+    total = sum(r.n_slices for r in runs)
     state = {"done": 0, "cancelled": False}
     new_memo: dict = {}
 
@@ -388,7 +397,7 @@ def propagate(
                              time.perf_counter() - t0)
 
 
-def _run(store, run: _Run, seed, iou_threshold, prompt, multimask, min_pixels, tick, cancelled, state,
+def _run(store, run: PropagationRun, seed, iou_threshold, prompt, multimask, min_pixels, tick, cancelled, state,
          refine=False):
     """One run from a seed: (masks, ious, reason why it ended)."""
     prev_mask, prev_logits = seed
