@@ -43,7 +43,29 @@ from .constants import (
     default_threads,
 )
 
-__all__ = ["ActionPanel", "OutputPanel", "PromptPanel", "SetupPanel", "StatusLine"]
+__all__ = ["ActionPanel", "OutputPanel", "PromptPanel", "SetupPanel", "StatusLine", "progress_row", "show_bar"]
+
+
+def progress_row() -> tuple[QHBoxLayout, QProgressBar, QPushButton]:
+    """A hidden progress bar with its hidden Cancel button, side by side: (row, bar, button)."""
+    row = QHBoxLayout()
+    bar = QProgressBar()
+    bar.setTextVisible(True)
+    bar.setVisible(False)
+    cancel = QPushButton("Cancel")
+    cancel.setVisible(False)
+    row.addWidget(bar, 1)
+    row.addWidget(cancel)
+    return row, bar, cancel
+
+
+def show_bar(bar: QProgressBar, done: int | None, total: int, fmt: str) -> None:
+    """Show ``bar`` at ``done`` of ``total`` (``done`` None or ``total`` 0: busy, no count)."""
+    bar.setRange(0, max(int(total), 0))
+    if done is not None:
+        bar.setValue(int(done))
+    bar.setFormat(fmt)
+    bar.setVisible(True)
 
 
 class SetupPanel(QGroupBox):
@@ -337,14 +359,7 @@ class ActionPanel(QGroupBox):
                                  "slice's mask less than this (intersection over union)")
         form.addRow("Stop below IoU", self.iou_spin)
         box.addLayout(form)
-        row = QHBoxLayout()
-        self.progress_bar = QProgressBar()
-        self.progress_bar.setTextVisible(True)
-        self.progress_bar.setVisible(False)
-        self.cancel_button = QPushButton("Cancel")
-        self.cancel_button.setVisible(False)
-        row.addWidget(self.progress_bar, 1)
-        row.addWidget(self.cancel_button)
+        row, self.progress_bar, self.cancel_button = progress_row()
         box.addLayout(row)
         self.commit_button.clicked.connect(lambda *_: self.commit_clicked.emit())
         self.clear_button.clicked.connect(lambda *_: self.clear_clicked.emit())
@@ -362,12 +377,7 @@ class ActionPanel(QGroupBox):
 
     def show_progress(self, done: int | None, total: int, fmt: str) -> None:
         """Show the bar: ``done`` of ``total`` (``done`` None or ``total`` 0: busy, no count)."""
-        bar = self.progress_bar
-        bar.setRange(0, max(total, 0))
-        if done is not None:
-            bar.setValue(done)
-        bar.setFormat(fmt)
-        bar.setVisible(True)
+        show_bar(self.progress_bar, done, total, fmt)
 
     def hide_progress(self) -> None:
         self.progress_bar.setVisible(False)

@@ -11,15 +11,14 @@ from qtpy.QtWidgets import (
     QCheckBox,
     QFormLayout,
     QGroupBox,
-    QHBoxLayout,
     QLabel,
-    QProgressBar,
     QPushButton,
     QSpinBox,
     QVBoxLayout,
 )
 
 from ..core.auto_params import SegmentAllParams
+from .panels import progress_row, show_bar
 
 __all__ = ["PromptModesPanel"]
 
@@ -60,14 +59,7 @@ class PromptModesPanel(QGroupBox):
         self.segment_all_button.setToolTip("Find every object of the image (or slice in view) automatically; "
                                            "writes new labels on background pixels only (Ctrl+Z undoes it)")
         box.addWidget(self.segment_all_button)
-        row = QHBoxLayout()
-        self.progress_bar = QProgressBar()
-        self.progress_bar.setTextVisible(True)
-        self.progress_bar.setVisible(False)
-        self.cancel_button = QPushButton("Cancel")
-        self.cancel_button.setVisible(False)
-        row.addWidget(self.progress_bar, 1)
-        row.addWidget(self.cancel_button)
+        row, self.progress_bar, self.cancel_button = progress_row()
         box.addLayout(row)
         self.batch_check.toggled.connect(lambda on: self.batch_toggled.emit(bool(on)))
         self.segment_all_button.clicked.connect(lambda *_: self.segment_all_clicked.emit())
@@ -83,8 +75,4 @@ class PromptModesPanel(QGroupBox):
             self.progress_bar.setVisible(False)
 
     def show_progress(self, done: int, total: int, fmt: str) -> None:
-        bar = self.progress_bar
-        bar.setRange(0, max(int(total), 0))
-        bar.setValue(int(done))
-        bar.setFormat(fmt)
-        bar.setVisible(True)
+        show_bar(self.progress_bar, done, total, fmt)
