@@ -493,7 +493,8 @@ def scripted_decoder(model, embedding, monkeypatch, *, original_logit, refined_l
 def test_later_clicks_keep_the_prediction_that_agrees_with_more_clicks(refiner_model, monkeypatch, policy):
     """From the 3rd click on, "pick" decodes on both embeddings and keeps the mask that agrees
     with more clicks; "reuse" (the published loop) keeps the refined embedding's."""
-    from napari_focsam.core.predictor import InteractiveObject, click_agreement
+    from napari_focsam.core.click_rules import click_agreement
+    from napari_focsam.core.predictor import InteractiveObject
 
     pred = FocSAMPredictor(refiner_model, later_clicks=policy)
     emb = pred.embed(blobs_stack(1, size=40)[0])
@@ -515,7 +516,8 @@ def test_later_clicks_keep_the_prediction_that_agrees_with_more_clicks(refiner_m
 def test_later_clicks_switch_only_to_a_substantially_different_mask(refiner_model, monkeypatch, hole_rows, switch):
     """The refined mask misses a negative click that the original one honours: the original
     mask is taken only when the two differ by more than a boundary strip (IoU < 0.8)."""
-    from napari_focsam.core.predictor import PICK_BELOW_IOU, InteractiveObject, mask_iou
+    from napari_focsam.core.click_rules import mask_iou
+    from napari_focsam.core.predictor import PICK_BELOW_IOU, InteractiveObject
 
     pred = FocSAMPredictor(refiner_model)
     emb = pred.embed(blobs_stack(1, size=40)[0])
@@ -554,7 +556,7 @@ def test_later_clicks_prefer_the_refined_embedding_on_a_tie(refiner_model, monke
 
 
 def test_click_agreement_counts_positives_inside_and_negatives_outside():
-    from napari_focsam.core.predictor import click_agreement
+    from napari_focsam.core.click_rules import click_agreement
 
     mask = np.zeros((10, 10), bool)
     mask[2:5, 2:5] = True
@@ -568,7 +570,8 @@ def test_click_agreement_counts_positives_inside_and_negatives_outside():
 def test_later_clicks_rank_the_newest_click_first(refiner_model, monkeypatch):
     """A refined mask that lost the object (empty) agrees with the older negative clicks but not
     with the newest, positive one: the original embedding's mask, which does, is taken."""
-    from napari_focsam.core.predictor import InteractiveObject, click_agreement
+    from napari_focsam.core.click_rules import click_agreement
+    from napari_focsam.core.predictor import InteractiveObject
 
     pred = FocSAMPredictor(refiner_model)
     emb = pred.embed(blobs_stack(1, size=40)[0])
@@ -584,7 +587,7 @@ def test_later_clicks_rank_the_newest_click_first(refiner_model, monkeypatch):
 
 
 def test_joins_clicked_pieces_sees_a_bridge_between_two_clicked_pieces():
-    from napari_focsam.core.predictor import joins_clicked_pieces
+    from napari_focsam.core.click_rules import joins_clicked_pieces
 
     coarse = np.zeros((20, 30), bool)
     coarse[2:8, 2:8] = coarse[12:18, 20:28] = True
@@ -633,7 +636,7 @@ def test_refine_gate_keeps_the_coarse_mask_when_the_refine_bridges_two_clicked_c
 
 
 def test_a_click_of_the_other_polarity_on_the_same_pixel_takes_the_earlier_one_back():
-    from napari_focsam.core.predictor import live_clicks
+    from napari_focsam.core.click_rules import live_clicks
 
     a, b, b_neg = Click(3, 3, True), Click(8, 8, True), Click(8.2, 7.9, False)
     assert live_clicks([a, b, b_neg], (20, 20)) == [a, b_neg]

@@ -29,7 +29,9 @@ import torch.nn.functional as F
 from ..modeling.focsam import PIXEL_MEAN, PIXEL_STD, FocSAM
 from ..modeling.mask_resize import logits_to_mask_roi
 from .allocator import tune_malloc
-from .clicks import Click, check_positive, checked_click
+from .click_rules import (
+    check_clicks_inside, click_agreement, joins_clicked_pieces, live_clicks, mask_iou, object_click_count)
+from .clicks import Click, checked_click
 from .image import to_rgb_uint8
 from .prompts import Box, checked_box
 
@@ -121,105 +123,6 @@ class StepResult:
     refined: torch.Tensor | None
     decoder_seconds: float
     refine_seconds: float = 0.0
-
-
-def check_clicks_inside(clicks: Sequence[Click], original_size: tuple[int, int]) -> None:
-    """ValueError unless every click lies on an (H, W) image; TypeError for a non-bool label."""
-    H, W = original_size
-    for c in clicks:
-        if not (0 <= c.y < H and 0 <= c.x < W):
-            raise ValueError(f"click (y={c.y}, x={c.x}) is outside the image of shape {(H, W)}")
-        check_positive(c.is_positive)
-
-
-def object_click_count(clicks: Sequence[Click]) -> int:
-    """How many clicks the object has had since its first positive click (0: none yet).
-
-    Negative clicks made before any positive one cannot segment anything, so the object's
-    click count (the one the refiner is scheduled on) starts at the first positive click.
-    """
-    for i, c in enumerate(clicks):
-        if c.is_positive:
-            return len(clicks) - i
-    return 0
-
-
-def click_pixel(click: Click, shape: tuple[int, int]) -> tuple[int, int]:
-    """The (row, col) pixel of an (H, W) image that a click at (y, x) falls in (pixel i spans i - 0.5 .. i + 0.5)."""
-    H, W = shape
-    return (min(max(int(np.floor(click.y + 0.5)), 0), H - 1), min(max(int(np.floor(click.x + 0.5)), 0), W - 1))
-
-
-def live_clicks(clicks: Sequence[Click], shape: tuple[int, int]) -> list[Click]:
-    """The clicks without those taken back: a click followed by one of the other polarity on the
-    same pixel of an (H, W) image (a positive click on a second cell, then a negative one on it).
-
-    No mask can honour both; the prompt keeps the newer one only.
-    """
-    later: dict[tuple[int, int], set[bool]] = {}  # pixel -> polarities of the later clicks on it
-    live = []
-    for c in reversed(clicks):
-        seen = later.setdefault(click_pixel(c, shape), set())
-        if (not c.is_positive) not in seen:
-            live.append(c)
-        seen.add(bool(c.is_positive))
-    return live[::-1]
-
-
-def click_agreement(mask: np.ndarray, clicks: Sequence[Click]) -> int:
-    """How many ``clicks`` an (H, W) bool mask agrees with: positives inside, negatives outside.
-
-    A click at (y, x) reads the pixel it falls in (pixel i spans i - 0.5 .. i + 0.5).
-    """
-    H, W = mask.shape
-    n = 0
-    for c in clicks:
-        y = min(max(int(np.floor(c.y + 0.5)), 0), H - 1)
-        x = min(max(int(np.floor(c.x + 0.5)), 0), W - 1)
-        n += bool(mask[y, x]) == bool(c.is_positive)
-    return n
-
-
-def joins_clicked_pieces(coarse: np.ndarray, fine: np.ndarray, clicks: Sequence[Click]) -> bool:
-    """Whether ``fine`` joins positive clicks that lie on separate pieces of ``coarse`` into one piece.
-
-    coarse, fine: (H, W) bool masks of the same object (8-connected pieces). Two positive
-    clicks on two separate pieces of the coarse mask (two cells, say) that end up on one
-    connected piece of the refined mask: the refiner bridged them. Only the bounding box of
-    the two masks is labelled.
-    """
-    from scipy import ndimage as ndi
-
-    pos = [c for c in clicks if c.is_positive]
-    if len(pos) < 2:
-        return False
-    both = coarse | fine
-    rows, cols = np.flatnonzero(both.any(axis=1)), np.flatnonzero(both.any(axis=0))
-    if rows.size == 0:
-        return False
-    y0, y1, x0, x1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
-    H, W = coarse.shape
-    eight = np.ones((3, 3), bool)
-    pieces_c, _ = ndi.label(coarse[y0:y1, x0:x1], structure=eight)
-    pieces_f, _ = ndi.label(fine[y0:y1, x0:x1], structure=eight)
-    seen: dict[int, int] = {}  # piece of the fine mask -> piece of the coarse mask
-    for c in pos:
-        y = min(max(int(np.floor(c.y + 0.5)), 0), H - 1)
-        x = min(max(int(np.floor(c.x + 0.5)), 0), W - 1)
-        if not (y0 <= y < y1 and x0 <= x < x1):
-            continue
-        pc, pf = int(pieces_c[y - y0, x - x0]), int(pieces_f[y - y0, x - x0])
-        if pc == 0 or pf == 0:
-            continue
-        if seen.setdefault(pf, pc) != pc:
-            return True
-    return False
-
-
-def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
-    """IoU of two (H, W) bool masks (1.0 when both are empty)."""
-    union = np.count_nonzero(a | b)
-    return float(np.count_nonzero(a & b) / union) if union else 1.0
 
 
 #: What serves the clicks after the refine click (:class:`FocSAMPredictor` ``later_clicks``).

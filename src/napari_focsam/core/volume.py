@@ -54,7 +54,8 @@ from scipy import ndimage as ndi
 
 from ..modeling.focsam import FocSAM
 from .defaults import DEFAULT_IOU_THRESHOLD  # the measured stop threshold (re-exported)
-from .predictor import FocSAMPredictor, ImageEmbedding, logits_to_mask, mask_iou  # mask_iou re-exported
+from .click_rules import mask_iou
+from .predictor import FocSAMPredictor, ImageEmbedding, logits_to_mask
 
 if TYPE_CHECKING:
     from .embeddings import EmbeddingStore
@@ -70,7 +71,6 @@ __all__ = [
     "check_propagation",
     "decode_prompt",
     "interior_point",
-    "mask_iou",
     "mask_to_logits",
     "plan_runs",
     "propagate",
