@@ -1,7 +1,7 @@
 """Which embedding serves the clicks after the refine click: mean IoU per click, plain vs FocSAM.
 
     nice python benchmarks/bench_refine_policy.py [--data-root ../shared/data] [--refiner FILE]
-        [--sets grabcut,coelho_val,coco_last50] [--policies plain,reuse,...] [--out DIR]
+        [--sets grabcut,coelho_val,coco_last50,davis_last50] [--policies plain,pick,steady,...] [--out DIR]
 
 Runs the 20-click protocol of ``napari_focsam.evaluation`` (design §5.2; the harness's
 :class:`~napari_focsam.evaluation.runner.PredictorAdapter` and ``evaluate_dataset``) on the
@@ -12,13 +12,21 @@ file to recompute); embeddings are cached on disk (``--cache``).
 
 Sets: ``grabcut`` (all 50 objects, natural, never trained on); ``coelho_val`` (the last 16
 images of coelho2009_gnf, 60 nuclei drawn with seed 0); ``coco_last50`` (COCO_MVal's last 50
-images: held out from the shipped refiner, which was trained on the first 200 only).
+images: held out from the shipped refiner, which was trained on the first 200 only);
+``davis_last50`` (DAVIS's last 50 images, held out from the shipped refiner, trained on the
+first 100; multi-part objects, the hardest of the four).
 
 Policies (``refine_click`` = 2; "E0" is the original embedding, "E1" the refined one):
 
 ``plain``     the plain SAM loop on E0 (no refiner);
+``steady``    the shipped policy (``later_clicks="steady"``, the default): from click 3 on,
+              decode on E1 and E0 and keep, of E1's logits, E0's and their mean, the one
+              agreeing with the most clicks, then the one closest to the previous mask (IoU);
+              the experimental ``local3`` is the same rule without the refine gate;
+``local``     as ``steady`` with the two embeddings' masks only; ``local4`` adds both decoded
+              without the previous logits (much worse: the mask input matters);
 ``reuse``     FocSAM as published: E1 serves click 2 and every later click;
-``pick``      the shipped policy (``later_clicks="pick"`` of
+``pick``      the policy shipped before ``steady`` (``later_clicks="pick"`` of
               :class:`napari_focsam.core.predictor.FocSAMPredictor`): from click 3 on, E1's
               mask unless it misses a click (positive outside, negative inside), E0's mask
               overlaps it with an IoU below 0.8 and agrees better with the clicks: ranked by
@@ -40,6 +48,12 @@ Policies (``refine_click`` = 2; "E0" is the original embedding, "E1" the refined
 ``pick_farT`` as ``pick_any``, and E0 only where the masks' IoU is below T/100;
 ``pick_new``  ``pick_far80`` ranked by (newest click, clicks agreed): the same as ``pick``;
 ``fallbackN`` E1 for clicks 2..N, E0 afterwards;
+``avg2``/``avgL`` the mean of E1's and E0's logits from click 2 / from click 3 on (``avgLW``:
+              weight W % on E1);
+``agavg``     decode on both, the one agreeing with more clicks, a tie averaged;
+``dual``      two decoder chains (E1's and E0's, each fed its own previous logits), their mean
+              shown; ``dualag``: the mean unless one chain agrees with more clicks;
+              ``dualE0``/``dualE1``: one chain's mask, ties to E0 / E1;
 ``rerefine``  E1 reused until the mask's expanded box leaves the refined windows, then refine
               again from the current mask;
 ``every``     refine again at every click from the 2nd;
@@ -66,20 +80,23 @@ SETS = {
     "grabcut": ("grabcut", "all", None, 0),
     "coelho_val": ("coelho2009_gnf", "last:16", 60, 0),
     "coco_last50": ("coco_mval", "last:50", None, 0),
+    "davis_last50": ("davis", "last:50", None, 0),
 }
 THRESHOLDS = ("85", "90", "95")
 
 
 def build_predictor(model, policy: str):
     """A FocSAMPredictor running ``policy`` (see the module docstring)."""
-    from napari_focsam.core.predictor import (
-        FocSAMPredictor, StepResult, click_agreement, logits_to_mask, object_click_count)
+    from napari_focsam.core.click_rules import click_agreement, mask_iou, object_click_count
+    from napari_focsam.core.predictor import FocSAMPredictor, StepResult, logits_to_mask
     from napari_focsam.modeling.focus_region import focus_token_mask
 
     if policy == "plain":
         return FocSAMPredictor(model, refine=False)
-    if policy == "pick":
-        return FocSAMPredictor(model, later_clicks="pick")
+    if policy in ("steady", "pick"):
+        return FocSAMPredictor(model, later_clicks=policy)
+    if policy.startswith("steadypm"):
+        return merging_predictor(model, int(policy[len("steadypm"):]))
     if policy == "pick_nogate":
         return FocSAMPredictor(model, later_clicks="pick", refine_gate=False)
     if policy == "pick_any":
@@ -91,6 +108,7 @@ def build_predictor(model, policy: str):
         """The experimental policies (kept out of the product)."""
 
         focus: dict[int, torch.Tensor] = {}
+        chains: dict[int, tuple] = {}
 
         @torch.inference_mode()
         def step(self, embedding, clicks, prev_logits=None, refined=None, *, box=None):
@@ -121,6 +139,12 @@ def build_predictor(model, policy: str):
                 refined = do_refine(coarse.logits, coarse.token)
                 fine = self.model.decode(refined, pts, lab, prev_logits)
                 logits, mask = fine.logits, to_mask(fine.logits)
+                if policy.startswith("dual"):
+                    self.chains[id(logits)] = (logits, fine.logits, coarse.logits)
+                if policy.startswith("avg2"):
+                    w = int(policy[4:] or 50) / 100
+                    logits = w * fine.logits + (1 - w) * coarse.logits
+                    mask = to_mask(logits)
                 if policy == "gate":
                     cmask = to_mask(coarse.logits)
                     ca, fa = click_agreement(cmask, clicks), click_agreement(mask, clicks)
@@ -130,7 +154,64 @@ def build_predictor(model, policy: str):
                 out = self.model.decode(e0, pts, lab, prev_logits)
                 logits, mask = out.logits, to_mask(out.logits)
             else:
-                if policy.startswith("fallback"):
+                if policy.startswith("dual"):  # two decoder chains, each fed its own previous logits
+                    w = 0.5
+                    _, pa, pb = self.chains.get(id(prev_logits), (None, prev_logits, prev_logits))
+                    a = self.model.decode(refined, pts, lab, pa)
+                    b = self.model.decode(e0, pts, lab, pb)
+                    logits = w * a.logits + (1 - w) * b.logits
+                    mask = to_mask(logits)
+                    if policy in ("dualE0", "dualE1"):  # one chain's mask: more clicks agreed, ties as named
+                        ma, mb = to_mask(a.logits), to_mask(b.logits)
+                        sa, sb = click_agreement(ma, clicks), click_agreement(mb, clicks)
+                        take_b = sb > sa or (sb == sa and policy == "dualE0")
+                        logits, mask = (b.logits.clone(), mb) if take_b else (a.logits.clone(), ma)
+                    if policy == "dualag":  # the blend unless one chain agrees with more clicks
+                        ma, mb = to_mask(a.logits), to_mask(b.logits)
+                        sa, sb, sm = (click_agreement(m, clicks) for m in (ma, mb, mask))
+                        if sa > sm and sa >= sb:
+                            logits, mask = a.logits.clone(), ma
+                        elif sb > sm and sb > sa:
+                            logits, mask = b.logits.clone(), mb
+                    self.chains[id(logits)] = (logits, a.logits, b.logits)
+                elif policy.startswith("local"):  # rank by (clicks agreed, IoU with the previous mask)
+                    a = self.model.decode(refined, pts, lab, prev_logits)
+                    b = self.model.decode(e0, pts, lab, prev_logits)
+                    cands = [a.logits, b.logits]
+                    if policy == "local3":
+                        cands.append((a.logits + b.logits) / 2)
+                    if policy == "local4":  # and both without the previous logits as mask input
+                        cands += [self.model.decode(refined, pts, lab, None).logits,
+                                  self.model.decode(e0, pts, lab, None).logits]
+                    prev = to_mask(prev_logits)
+                    best = None
+                    for i, lg in enumerate(cands):
+                        m = to_mask(lg)
+                        key = (click_agreement(m, clicks), mask_iou(m, prev), -i)
+                        if best is None or key > best[0]:
+                            best = (key, lg, m)
+                    _, logits, mask = best
+                elif policy.startswith("agavg"):  # more clicks agreed wins; a tie averages the two
+                    a = self.model.decode(refined, pts, lab, prev_logits)
+                    b = self.model.decode(e0, pts, lab, prev_logits)
+                    ma, mb = to_mask(a.logits), to_mask(b.logits)
+                    sa, sb = click_agreement(ma, clicks), click_agreement(mb, clicks)
+                    if sa > sb:
+                        logits, mask = a.logits, ma
+                    elif sb > sa:
+                        logits, mask = b.logits, mb
+                    else:
+                        logits = (a.logits + b.logits) / 2
+                        mask = to_mask(logits)
+                        if click_agreement(mask, clicks) < sa:
+                            logits, mask = a.logits, ma
+                elif policy.startswith(("avg2", "avgL")):
+                    w = int(policy[4:] or 50) / 100
+                    a = self.model.decode(refined, pts, lab, prev_logits)
+                    b = self.model.decode(e0, pts, lab, prev_logits)
+                    logits = w * a.logits + (1 - w) * b.logits
+                    mask = to_mask(logits)
+                elif policy.startswith("fallback"):
                     use = refined if n <= int(policy[len("fallback"):]) else e0
                     out = self.model.decode(use, pts, lab, prev_logits)
                     logits, mask = out.logits, to_mask(out.logits)
@@ -192,6 +273,41 @@ def build_predictor(model, policy: str):
     return PolicyPredictor(model)
 
 
+def merging_predictor(model, from_click: int):
+    """``steady``, then from click ``from_click`` on a progressive merge (after FocalClick): of
+    the change between the previous logits and the new ones (signs on the 256 x 256 grid),
+    only the connected piece holding the newest click is kept; the rest of the previous mask
+    stays. A click the new logits do not change at its cell takes the new logits whole."""
+    from scipy import ndimage as ndi
+
+    from napari_focsam.core.click_rules import object_click_count
+    from napari_focsam.core.predictor import FocSAMPredictor, StepResult, logits_to_mask
+
+    class Merging(FocSAMPredictor):
+        def step(self, embedding, clicks, prev_logits=None, refined=None, *, box=None):
+            res = super().step(embedding, clicks, prev_logits, refined, box=box)
+            if prev_logits is None or res.logits is None or object_click_count(clicks) < from_click:
+                return res
+            new, old = res.logits[0, 0], prev_logits[0, 0]
+            change = ((new > 0) != (old > 0)).numpy()
+            H, W = embedding.original_size
+            h, w = embedding.input_size
+            c = clicks[-1]
+            cy = min(int(c.y * h / H / 4), 255)
+            cx = min(int(c.x * w / W / 4), 255)
+            pieces, _ = ndi.label(change, structure=np.ones((3, 3), bool))
+            near = pieces[max(cy - 1, 0):cy + 2, max(cx - 1, 0):cx + 2]
+            ids = np.unique(near[near > 0])
+            if ids.size == 0:
+                return res
+            keep = torch.from_numpy(np.isin(pieces, ids))
+            merged = torch.where(keep, new, old)[None, None].clone()
+            mask = logits_to_mask(merged, embedding.input_size, embedding.original_size)
+            return StepResult(mask, merged, res.refined, res.decoder_seconds, res.refine_seconds)
+
+    return Merging(model)
+
+
 def make_dataset(set_name: str, root):
     from napari_focsam.evaluation.datasets import read_dataset
 
@@ -251,14 +367,14 @@ def report(set_name, results: dict[str, dict], log) -> None:
     base = results.get("plain")
     log(f"\n== {set_name} ({next(iter(results.values()))['summary']['n_objects']} objects) ==")
     log(f"{'policy':12s}" + "".join(f"{'NoC' + t:>8s}" for t in THRESHOLDS)
-        + f"{'dec ms':>8s}{'ref ms':>8s}  worst click vs plain")
+        + f"{'dec ms':>8s}{'ref ms':>8s}  worst click vs plain, clicks below it, mean difference 1..20")
     for pol, r in results.items():
         s = r["summary"]
         worst = ""
         if base is not None and pol != "plain":
             d = np.asarray(s["miou"]) - np.asarray(base["summary"]["miou"])
             k = int(np.argmin(d))
-            worst = f"{d[k]:+.4f} @ {k + 1}"
+            worst = f"{d[k]:+.4f} @ {k + 1}, {int((d < 0).sum())} below, {d.mean():+.4f}"
         log(f"{pol:12s}" + "".join(f"{s['noc' + t]:8.2f}" for t in THRESHOLDS)
             + f"{1000 * s['spc']['decoder']:8.1f}{1000 * s['spc']['refine']:8.1f}  {worst}")
     log("mean IoU per click" + (" (policy - plain below the plain column)" if base else ""))
@@ -275,14 +391,42 @@ def report(set_name, results: dict[str, dict], log) -> None:
         log(row)
 
 
+def plot_differences(all_results: dict[str, dict[str, dict]], path: str) -> None:
+    """One panel per set: each policy's mean IoU per click minus the plain loop's."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sets = [s for s, r in all_results.items() if "plain" in r]
+    fig, axes = plt.subplots(1, len(sets), figsize=(4.2 * len(sets), 3.4), squeeze=False)
+    for ax, set_name in zip(axes[0], sets):
+        res = all_results[set_name]
+        base = np.asarray(res["plain"]["summary"]["miou"])
+        clicks = np.arange(1, len(base) + 1)
+        ax.axhline(0.0, color="k", lw=0.8, label="plain (0)")
+        for pol, r in res.items():
+            if pol != "plain":
+                ax.plot(clicks, np.asarray(r["summary"]["miou"]) - base, marker=".", label=pol)
+        ax.set_title(f"{set_name} ({res['plain']['summary']['n_objects']} objects)")
+        ax.set_xlabel("click")
+        ax.set_xticks([1, 5, 10, 15, 20])
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("mean IoU minus the plain loop's")
+    axes[0][-1].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
 def time_clicks(model, root, cache, log, n_objects: int = 6) -> None:
-    """Seconds per later click (3..20) of ``reuse`` and ``pick`` on the first GrabCut objects, the
-    two policies interleaved click by click (same load on the machine); decoder + mask only."""
+    """Seconds per later click (3..20) of ``reuse``, ``pick`` and ``steady`` on the first GrabCut
+    objects, the policies interleaved click by click (same load on the machine); decoder + masks
+    only. The clicks follow ``reuse``'s masks."""
     from napari_focsam.core.predictor import FocSAMPredictor, InteractiveObject
     from napari_focsam.evaluation.clicker import next_click
     from napari_focsam.evaluation.runner import PredictorAdapter
 
-    preds = {p: FocSAMPredictor(model, later_clicks=p) for p in ("reuse", "pick")}
+    preds = {p: FocSAMPredictor(model, later_clicks=p) for p in ("reuse", "pick", "steady")}
     secs: dict[str, list[float]] = {p: [] for p in preds}
     decodes = {p: 0 for p in preds}
     decode = model.decode
@@ -341,7 +485,8 @@ def two_cells(model, root, cache, log, n_pairs: int, policies: list[str]) -> Non
 
     from napari_focsam.core.clicks import Click
     from napari_focsam.core.interaction import split_objects
-    from napari_focsam.core.predictor import InteractiveObject, mask_iou
+    from napari_focsam.core.click_rules import mask_iou
+    from napari_focsam.core.predictor import InteractiveObject
     from napari_focsam.evaluation.runner import PredictorAdapter
 
     def inside(m):
@@ -385,14 +530,15 @@ def main(argv=None) -> int:
     p.add_argument("--data-root", default=os.environ.get("FOCSAM_DATA", str(REPO.parent / "shared" / "data")))
     p.add_argument("--model", default="vit_t", help="base model (registry name or checkpoint)")
     p.add_argument("--refiner", default=None, help="refiner file (default: the shipped focsam_t)")
-    p.add_argument("--sets", default="grabcut,coelho_val")
-    p.add_argument("--policies", default="plain,reuse,pick")
+    p.add_argument("--sets", default="grabcut,coelho_val,coco_last50,davis_last50")
+    p.add_argument("--policies", default="plain,pick,steady")
     p.add_argument("--out", default="results/refine_policy")
     p.add_argument("--cache", default=str(REPO / "results" / "embedding_cache"))
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--first", type=int, default=None,
                    help="only the first N objects of each set (full runs kept in --out are cut to them)")
-    p.add_argument("--time", action="store_true", help="only time later clicks of reuse vs pick")
+    p.add_argument("--plot", default=None, metavar="PNG", help="write the per-click differences to the plain loop")
+    p.add_argument("--time", action="store_true", help="only time later clicks of reuse, pick and steady")
     p.add_argument("--two-cells", type=int, default=0, metavar="N",
                    help="only the two-cells sequence on N Coelho validation pairs (see two_cells)")
     args = p.parse_args(argv)
@@ -419,10 +565,15 @@ def main(argv=None) -> int:
         two_cells(model, root, args.cache, log, args.two_cells, args.policies.split(","))
         return 0
     out = Path(args.out)
+    all_results = {}
     for set_name in args.sets.split(","):
         results = {pol: run_one(set_name, pol, model, root, args.cache, out, log, args.first)
                    for pol in args.policies.split(",")}
         report(set_name, results, log)
+        all_results[set_name] = results
+    if args.plot:
+        plot_differences(all_results, args.plot)
+        log(f"figure: {args.plot}")
     return 0
 
 

@@ -489,10 +489,10 @@ def scripted_decoder(model, embedding, monkeypatch, *, original_logit, refined_l
     return served
 
 
-@pytest.mark.parametrize("policy", ["pick", "reuse"])
+@pytest.mark.parametrize("policy", ["steady", "pick", "reuse"])
 def test_later_clicks_keep_the_prediction_that_agrees_with_more_clicks(refiner_model, monkeypatch, policy):
-    """From the 3rd click on, "pick" decodes on both embeddings and keeps the mask that agrees
-    with more clicks; "reuse" (the published loop) keeps the refined embedding's."""
+    """From the 3rd click on, "steady" and "pick" decode on both embeddings and keep the mask
+    that agrees with more clicks; "reuse" (the published loop) keeps the refined embedding's."""
     from napari_focsam.core.click_rules import click_agreement
     from napari_focsam.core.predictor import InteractiveObject
 
@@ -504,7 +504,7 @@ def test_later_clicks_keep_the_prediction_that_agrees_with_more_clicks(refiner_m
     assert not obj.add_click(10, 10, True).any()  # click 2: the refined one (nothing)
     assert served == ["original", "original", "refined"]  # coarse pass, refine, final pass
     mask = obj.add_click(30, 30, True)
-    if policy == "pick":
+    if policy in ("steady", "pick"):
         assert mask.all() and click_agreement(mask, obj.clicks) == 3
         assert sorted(served[3:]) == ["original", "refined"]
         assert obj.refined is not None  # the refined embedding stays for the next clicks
@@ -519,7 +519,7 @@ def test_later_clicks_switch_only_to_a_substantially_different_mask(refiner_mode
     from napari_focsam.core.click_rules import mask_iou
     from napari_focsam.core.predictor import PICK_BELOW_IOU, InteractiveObject
 
-    pred = FocSAMPredictor(refiner_model)
+    pred = FocSAMPredictor(refiner_model, later_clicks="pick")
     emb = pred.embed(blobs_stack(1, size=40)[0])
     holed = torch.full((256, 256), 5.0)
     holed[:hole_rows, :32] = -5.0  # a hole in the top-left corner, 32 / 160 rows of the logits
@@ -536,6 +536,50 @@ def test_later_clicks_switch_only_to_a_substantially_different_mask(refiner_mode
     np.testing.assert_array_equal(mask, original_mask if switch else refined_mask)
 
 
+def test_steady_later_clicks_keep_the_candidate_that_changes_the_previous_mask_least(refiner_model, monkeypatch):
+    """Both embeddings' masks honour every click: "steady" keeps the one closer to the mask
+    shown before the click (here the refined one, with its hole), decoding both every time."""
+    from napari_focsam.core.click_rules import mask_iou
+    from napari_focsam.core.predictor import InteractiveObject
+
+    pred = FocSAMPredictor(refiner_model)
+    assert pred.later_clicks == "steady"  # the default
+    emb = pred.embed(blobs_stack(1, size=40)[0])
+    holed = torch.full((256, 256), 5.0)
+    holed[:96, :96] = -5.0  # a hole in the top-left corner (15 x 15 pixels of the 40 x 40 image)
+    served = scripted_decoder(refiner_model, emb, monkeypatch, original_logit=5.0, refined_logit=holed)
+    obj = InteractiveObject(pred, emb)
+    obj.add_click(30, 30, True)
+    before = obj.add_click(35, 20, True).copy()  # the refine click: the holed mask
+    assert not before[:10, :10].any() and before[30:, 30:].all()
+    for k, (y, x) in enumerate([(25, 35), (38, 5), (20, 25)]):
+        mask = obj.add_click(y, x, True)
+        np.testing.assert_array_equal(mask, before)  # the full original mask would redraw the corner
+        assert sorted(served[3 + 2 * k:5 + 2 * k]) == ["original", "refined"]
+    assert mask_iou(mask, np.ones_like(mask)) < 1.0
+    # a positive click in the hole: the refined mask and the mean (zero there) miss it, the
+    # original full mask agrees with every click and is kept although it changes more
+    assert obj.add_click(3, 3, True).all()
+
+
+def test_steadiest_candidate_ranks_clicks_agreed_then_closeness_then_order():
+    from napari_focsam.core.click_rules import steadiest_candidate
+
+    small, big, other = (np.zeros((20, 20), bool) for _ in range(3))
+    small[5:10, 5:10] = True
+    big[2:15, 2:15] = True
+    other[12:18, 12:18] = True
+    pos = [Click(6, 6, True)]
+    assert steadiest_candidate([other, small, big], pos, small) == 1  # agreement first
+    assert steadiest_candidate([big, small], pos, small) == 1  # then closest to the previous mask
+    assert steadiest_candidate([big, small], pos, big) == 0
+    assert steadiest_candidate([small, small.copy()], pos, big) == 0  # then the first
+    assert steadiest_candidate([big, small], pos, None) == 0  # no previous mask: order
+    assert steadiest_candidate([small, big], pos + [Click(12, 12, True)], small) == 1
+    with pytest.raises(ValueError, match="candidate"):
+        steadiest_candidate([], pos, small)
+
+
 def logits_to_mask_of(logits: torch.Tensor, emb) -> np.ndarray:
     from napari_focsam.core.predictor import logits_to_mask
 
@@ -545,7 +589,7 @@ def logits_to_mask_of(logits: torch.Tensor, emb) -> np.ndarray:
 def test_later_clicks_prefer_the_refined_embedding_on_a_tie(refiner_model, monkeypatch):
     from napari_focsam.core.predictor import InteractiveObject
 
-    pred = FocSAMPredictor(refiner_model)
+    pred = FocSAMPredictor(refiner_model, later_clicks="pick")
     emb = pred.embed(blobs_stack(1, size=40)[0])
     served = scripted_decoder(refiner_model, emb, monkeypatch, original_logit=9.0, refined_logit=3.0)
     obj = InteractiveObject(pred, emb)
@@ -573,7 +617,7 @@ def test_later_clicks_rank_the_newest_click_first(refiner_model, monkeypatch):
     from napari_focsam.core.click_rules import click_agreement
     from napari_focsam.core.predictor import InteractiveObject
 
-    pred = FocSAMPredictor(refiner_model)
+    pred = FocSAMPredictor(refiner_model, later_clicks="pick")
     emb = pred.embed(blobs_stack(1, size=40)[0])
     scripted_decoder(refiner_model, emb, monkeypatch, original_logit=5.0, refined_logit=-5.0)
     obj = InteractiveObject(pred, emb)

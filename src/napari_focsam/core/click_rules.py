@@ -2,8 +2,9 @@
 
 Which clicks count (:func:`object_click_count`, :func:`live_clicks`), which pixel a click
 reads (:func:`click_pixel`), how well a mask honours the clicks (:func:`click_agreement`),
-whether a refined mask bridged clicked pieces (:func:`joins_clicked_pieces`) and the IoU
-of two masks (:func:`mask_iou`). Pure numpy on (H, W) bool masks; no model.
+whether a refined mask bridged clicked pieces (:func:`joins_clicked_pieces`), the IoU
+of two masks (:func:`mask_iou`) and which candidate mask a later click keeps
+(:func:`steadiest_candidate`). Pure numpy on (H, W) bool masks; no model.
 """
 
 from __future__ import annotations
@@ -112,3 +113,23 @@ def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
     """IoU of two (H, W) bool masks (1.0 when both are empty)."""
     union = np.count_nonzero(a | b)
     return float(np.count_nonzero(a & b) / union) if union else 1.0
+
+
+def steadiest_candidate(masks: Sequence[np.ndarray], clicks: Sequence[Click], previous: np.ndarray | None) -> int:
+    """Index of the candidate mask a click keeps: the one agreeing with the most ``clicks``
+    (:func:`click_agreement`), then the one closest to the ``previous`` mask (IoU), then the
+    first.
+
+    masks: (H, W) bool candidates for the same prompt; previous: the (H, W) bool mask shown
+    before this click (None: no tie-break on it). A corrective click should fix the error it
+    was put on; of two masks that honour every click, the one that redraws less of the object
+    is the safer answer.
+    """
+    if not masks:
+        raise ValueError("no candidate mask")
+    best, best_key = 0, None
+    for i, m in enumerate(masks):
+        key = (click_agreement(m, clicks), mask_iou(m, previous) if previous is not None else 0.0)
+        if best_key is None or key > best_key:
+            best, best_key = i, key
+    return best
