@@ -66,6 +66,32 @@ def tiny_focsam():
     return make_tiny_focsam()
 
 
+@pytest.fixture(scope="session")
+def tiny_ckpt(tmp_path_factory):
+    """A checkpoint file of :func:`make_tiny_focsam` (for the CLI tests)."""
+    from napari_focsam.core.checkpoint import save_checkpoint
+
+    path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
+    save_checkpoint(make_tiny_focsam(), path)
+    return path
+
+
+@pytest.fixture
+def loads(monkeypatch):
+    """Records every model load (to show that a check came before any work)."""
+    from napari_focsam.core import models
+
+    seen = []
+    real = models.load_model
+
+    def load(*args, **kwargs):
+        seen.append(args)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(models, "load_model", load)
+    return seen
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _one_torch_thread():
     """One torch thread for the whole suite: on CI's 2 shared cores (Xvfb and Qt beside us),

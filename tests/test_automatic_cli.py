@@ -8,18 +8,9 @@ import numpy as np
 import pytest
 import tifffile
 
-from conftest import make_tiny_focsam
 from napari_focsam.cli import main
-from napari_focsam.core.checkpoint import save_checkpoint
 from napari_focsam.evaluation.instances import match_instances
 from test_automatic import discs
-
-
-@pytest.fixture(scope="module")
-def tiny_ckpt(tmp_path_factory):
-    path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
-    save_checkpoint(make_tiny_focsam(), path)
-    return path
 
 
 def _summary(capsys) -> dict:

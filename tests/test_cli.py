@@ -13,13 +13,6 @@ from napari_focsam.cli import main
 from napari_focsam.core.checkpoint import save_checkpoint
 
 
-@pytest.fixture(scope="module")
-def tiny_ckpt(tmp_path_factory):
-    path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
-    save_checkpoint(make_tiny_focsam(), path)
-    return path
-
-
 @pytest.fixture
 def images(tmp_path):
     rng = np.random.default_rng(0)

@@ -13,33 +13,9 @@ import numpy as np
 import pytest
 import tifffile
 
-from conftest import make_tiny_focsam
 from napari_focsam.cli import main
 from napari_focsam.cli._common import join_negative_values
-from napari_focsam.core import models
-from napari_focsam.core.checkpoint import save_checkpoint
 from napari_focsam.core.io import read_image
-
-
-@pytest.fixture(scope="module")
-def tiny_ckpt(tmp_path_factory):
-    path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
-    save_checkpoint(make_tiny_focsam(), path)
-    return path
-
-
-@pytest.fixture
-def loads(monkeypatch):
-    """Records every model load (to show that a check came before any work)."""
-    seen = []
-    real = models.load_model
-
-    def load(*args, **kwargs):
-        seen.append(args)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(models, "load_model", load)
-    return seen
 
 
 def run(argv, capsys):

@@ -16,12 +16,10 @@ import pytest
 import tifffile
 
 sys.path.insert(0, str(Path(__file__).parent))
-from conftest import make_tiny_focsam  # noqa: E402
 from lazy_helpers import make_large_zarr  # noqa: E402
 
 from napari_focsam.cli import main  # noqa: E402
 from napari_focsam.core import models  # noqa: E402
-from napari_focsam.core.checkpoint import save_checkpoint  # noqa: E402
 from napari_focsam.core.io import read_image, write_mask, write_mask_regions  # noqa: E402
 
 zarr = pytest.importorskip("zarr")
@@ -29,27 +27,6 @@ zarr = pytest.importorskip("zarr")
 #: (Z, Y, X) of the "large" test stack: above the 1536 tiling threshold, 5 tiles per slice.
 SHAPE = (2, 1600, 1700)
 DISC = (1, 800, 900, 60)
-
-
-@pytest.fixture(scope="module")
-def tiny_ckpt(tmp_path_factory):
-    path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
-    save_checkpoint(make_tiny_focsam(), path)
-    return path
-
-
-@pytest.fixture
-def loads(monkeypatch):
-    """Records every model load (to show that a check came before any work)."""
-    seen = []
-    real = models.load_model
-
-    def load(*args, **kwargs):
-        seen.append(args)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(models, "load_model", load)
-    return seen
 
 
 @pytest.fixture
