@@ -23,6 +23,9 @@ Policies (``refine_click`` = 2; "E0" is the original embedding, "E1" the refined
               decode on E1 and E0 and keep, of E1's logits, E0's and their mean, the one
               agreeing with the most clicks, then the one closest to the previous mask (IoU);
               the experimental ``local3`` is the same rule without the refine gate;
+``steadypmN`` ``steady`` and, from click N on, a progressive merge (only the change connected
+              to the newest click is kept); ``steadyrr``: ``steady`` and a new refine when the
+              previous mask leaves the refined embedding's focus region;
 ``local``     as ``steady`` with the two embeddings' masks only; ``local4`` adds both decoded
               without the previous logits (much worse: the mask input matters);
 ``reuse``     FocSAM as published: E1 serves click 2 and every later click;
@@ -97,6 +100,8 @@ def build_predictor(model, policy: str):
         return FocSAMPredictor(model, later_clicks=policy)
     if policy.startswith("steadypm"):
         return merging_predictor(model, int(policy[len("steadypm"):]))
+    if policy == "steadyrr":
+        return rerefining_predictor(model)
     if policy == "pick_nogate":
         return FocSAMPredictor(model, later_clicks="pick", refine_gate=False)
     if policy == "pick_any":
@@ -306,6 +311,37 @@ def merging_predictor(model, from_click: int):
             return StepResult(mask, merged, res.refined, res.decoder_seconds, res.refine_seconds)
 
     return Merging(model)
+
+
+def rerefining_predictor(model):
+    """``steady``, and the refine run again (from the original embedding's decode of the click)
+    when the previous mask reaches tokens outside the focus region of the refined embedding."""
+    from napari_focsam.core.predictor import FocSAMPredictor
+    from napari_focsam.modeling.focus_region import focus_token_mask
+
+    class Rerefining(FocSAMPredictor):
+        focus: dict[int, tuple] = {}
+
+        @torch.inference_mode()
+        def step(self, embedding, clicks, prev_logits=None, refined=None, *, box=None):
+            extra = 0.0
+            if refined is not None and prev_logits is not None:
+                inside = self.focus.get(id(refined), (None, None))[1]
+                if inside is not None and bool((focus_token_mask(prev_logits)[0] & ~inside).any()):
+                    e0 = embedding.features
+                    pts, lab = self._prompts(embedding, clicks)
+                    t0 = time.perf_counter()
+                    coarse = self.model.decode(e0, pts, lab, prev_logits)
+                    refined = self.model.refine(e0, coarse.logits, coarse.token)
+                    extra = time.perf_counter() - t0
+                    self.focus[id(refined)] = (refined, focus_token_mask(coarse.logits)[0])
+            res = super().step(embedding, clicks, prev_logits, refined, box=box)
+            if res.refined is not None and id(res.refined) not in self.focus and res.logits is not None:
+                self.focus[id(res.refined)] = (res.refined, focus_token_mask(res.logits)[0])
+            res.refine_seconds += extra
+            return res
+
+    return Rerefining(model)
 
 
 def make_dataset(set_name: str, root):
