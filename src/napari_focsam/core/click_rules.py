@@ -64,13 +64,7 @@ def click_agreement(mask: np.ndarray, clicks: Sequence[Click]) -> int:
 
     A click at (y, x) reads the pixel it falls in (pixel i spans i - 0.5 .. i + 0.5).
     """
-    H, W = mask.shape
-    n = 0
-    for c in clicks:
-        y = min(max(int(np.floor(c.y + 0.5)), 0), H - 1)
-        x = min(max(int(np.floor(c.x + 0.5)), 0), W - 1)
-        n += bool(mask[y, x]) == bool(c.is_positive)
-    return n
+    return sum(bool(mask[click_pixel(c, mask.shape)]) == bool(c.is_positive) for c in clicks)
 
 
 def joins_clicked_pieces(coarse: np.ndarray, fine: np.ndarray, clicks: Sequence[Click]) -> bool:
@@ -91,14 +85,12 @@ def joins_clicked_pieces(coarse: np.ndarray, fine: np.ndarray, clicks: Sequence[
     if rows.size == 0:
         return False
     y0, y1, x0, x1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
-    H, W = coarse.shape
     eight = np.ones((3, 3), bool)
     pieces_c, _ = ndi.label(coarse[y0:y1, x0:x1], structure=eight)
     pieces_f, _ = ndi.label(fine[y0:y1, x0:x1], structure=eight)
     seen: dict[int, int] = {}  # piece of the fine mask -> piece of the coarse mask
     for c in pos:
-        y = min(max(int(np.floor(c.y + 0.5)), 0), H - 1)
-        x = min(max(int(np.floor(c.x + 0.5)), 0), W - 1)
+        y, x = click_pixel(c, coarse.shape)
         if not (y0 <= y < y1 and x0 <= x < x1):
             continue
         pc, pf = int(pieces_c[y - y0, x - x0]), int(pieces_f[y - y0, x - x0])
