@@ -9,7 +9,8 @@ Drives the real widget in a real napari viewer (an Xvfb display is started when 
    from docking to "ready" (model loaded and the image embedded: clicks are answered at once);
 2. click-to-preview latency inside the widget (``widget.last_latency_ms``: from the change of the
    prompts layer to the preview showing the new mask) over ``--clicks`` clicks on the nuclei of the
-   2D sample, alternating a first click and a second (refining) click; median and 95th percentile;
+   2D sample, ``--per-object`` clicks per object (default 2: a first click and a second, refining
+   one); median and 95th percentile, and the median per kind of click (1st, refine, later);
 3. with ``--sizes 1024,2048,8192``: click-to-preview on synthetic images of those sizes (discs of
    radius 30 on a textured background; background tile embedding off): the first click on each
    disc (on a large, tiled image this includes embedding the disc's tile) and the median of the
@@ -115,15 +116,15 @@ def bench_2d(app, args):
 
     ids = [i for i in np.unique(gt) if i and (gt == i).sum() > 150]
     rng = np.random.default_rng(0)
-    lat, model = [], []
+    lat, model, nth = [], [], []
     pts = widget.prompts_layer
     first = ids[0]
     for k in range(args.clicks):
-        if k % 2 == 0:
+        if k % args.per_object == 0:
             first = rng.choice(ids)
             widget.clear()
             pts.data = np.array([interior(gt == first)], float)
-        else:  # a second click on the same object, off its centre
+        else:  # a further click on the same object, off its centre
             ys, xs = np.nonzero(gt == first)
             j = rng.integers(len(ys))
             pts.add(np.array([ys[j], xs[j]], float))
@@ -131,12 +132,17 @@ def bench_2d(app, args):
         app.processEvents()
         lat.append(widget.last_latency_ms)
         model.append(widget.last_model_ms)
-    lat, model = np.array(lat[2:]), np.array(model[2:])  # the first clicks warm the decoder up
+        nth.append(k % args.per_object + 1)
+    lat, model, nth = np.array(lat[2:]), np.array(model[2:]), np.array(nth[2:])  # warm-up clicks out
     import torch
 
     print(f"click-to-preview latency ({len(lat)} clicks, torch threads {torch.get_num_threads()}): "
           f"median {np.median(lat):.0f} ms, p95 {np.percentile(lat, 95):.0f} ms "
           f"(model part: median {np.median(model):.0f} ms, p95 {np.percentile(model, 95):.0f} ms)")
+    for name, sel in (("1st click", nth == 1), ("2nd (refine) click", nth == 2), ("later clicks", nth > 2)):
+        if sel.any():
+            print(f"  {name:18s}: median {np.median(lat[sel]):.0f} ms (model part {np.median(model[sel]):.0f} ms), "
+                  f"{int(sel.sum())} clicks")
     widget.close_session()
     viewer.close()
 
@@ -283,6 +289,8 @@ def main() -> None:
     ap.add_argument("--clicks", type=int, default=40)
     ap.add_argument("--threads", type=int, default=0, help="CPU threads (0: the widget's default)")
     ap.add_argument("--volume", action="store_true", help="also time Segment volume on the stack")
+    ap.add_argument("--per-object", type=int, default=2,
+                    help="clicks per object in the 2D latency run (1st, 2nd = refine, later)")
     ap.add_argument("--think", type=float, default=30.0, help="seconds between the click and Segment volume")
     ap.add_argument("--skip-2d", action="store_true")
     ap.add_argument("--sizes", default="", help="comma-separated image sizes for the large-image clicks")
