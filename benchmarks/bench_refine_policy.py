@@ -49,7 +49,6 @@ Policies (``refine_click`` = 2; "E0" is the original embedding, "E1" the refined
               decoder's predicted IoU;
 ``pick_e0``   as ``pick_iou``, ties to E0;
 ``pick_farT`` as ``pick_any``, and E0 only where the masks' IoU is below T/100;
-``pick_new``  ``pick_far80`` ranked by (newest click, clicks agreed): the same as ``pick``;
 ``fallbackN`` E1 for clicks 2..N, E0 afterwards;
 ``avg2``/``avgL`` the mean of E1's and E0's logits from click 2 / from click 3 on (``avgLW``:
               weight W % on E1);

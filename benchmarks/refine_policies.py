@@ -158,19 +158,6 @@ def build_predictor(model, policy: str):
                         refined = do_refine(coarse.logits, coarse.token)
                         out = self.model.decode(refined, pts, lab, prev_logits)
                     logits, mask = out.logits, to_mask(out.logits)
-                elif policy == "pick_new":  # pick_far80, ranked by (newest click, all clicks)
-                    a = self.model.decode(refined, pts, lab, prev_logits)
-                    logits, mask = a.logits, to_mask(a.logits)
-                    agree = click_agreement(mask, clicks)
-                    if agree < len(clicks):
-                        b = self.model.decode(e0, pts, lab, prev_logits)
-                        mb = to_mask(b.logits)
-                        inter, union = np.count_nonzero(mb & mask), np.count_nonzero(mb | mask)
-                        last = clicks[-1:]
-                        rank_a = (click_agreement(mask, last), agree)
-                        rank_b = (click_agreement(mb, last), click_agreement(mb, clicks))
-                        if union and inter / union < 0.8 and rank_b > rank_a:
-                            logits, mask = b.logits, mb
                 elif policy.startswith("pick_far"):  # pick, only where the two masks differ much
                     a = self.model.decode(refined, pts, lab, prev_logits)
                     logits, mask = a.logits, to_mask(a.logits)
