@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import hashlib
-
-from weights_fixtures import cache, temp_entry  # noqa: F401
+from weights_fixtures import cache, temp_entry, tiny_refiner_entry  # noqa: F401
 
 from napari_focsam.core import defaults
 from napari_focsam.core import weights as W
@@ -33,19 +31,9 @@ def test_cli_and_session_default_to_focsam_t():
 
 
 def test_model_files_of_a_refiner_entry_are_its_base_and_itself(tmp_path, temp_entry, cache):  # noqa: F811
-    from conftest import make_tiny_focsam
-    from napari_focsam.core.checkpoint import save_checkpoint
     from napari_focsam.core.models import model_files
 
-    base = tmp_path / "base.pt"
-    save_checkpoint(make_tiny_focsam(), base)
-    refiner = tmp_path / "tiny_refiner.pt"
-    save_checkpoint(make_tiny_focsam(refiner_depth=1), refiner, only_refiner=True,
-                    refiner_config={"depth": 1, "mlp_ratio": 1.0})
-    data = refiner.read_bytes()
-    temp_entry(W.ModelWeights(name="test_default_refiner", filename="tiny_refiner.pt", size=len(data),
-                              sha256=hashlib.sha256(data).hexdigest(), sources=(refiner.as_uri(),),
-                              base=str(base)))
+    base, _, data = tiny_refiner_entry(tmp_path, temp_entry, "test_default_refiner", depth=1)
     path, rpath = model_files("test_default_refiner")
     assert path == base.resolve() and rpath is not None and rpath.read_bytes() == data
     assert model_files(base) == (base.resolve(), None)

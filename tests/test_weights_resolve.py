@@ -21,6 +21,7 @@ from weights_fixtures import (  # noqa: F401
     shaped_checkpoint,
     temp_entry,
     tiny,
+    tiny_refiner_entry,
 )
 
 from napari_focsam.core import weights as W
@@ -242,23 +243,11 @@ def test_cli_path_no_download(tiny, capsys):
 
 def test_refiner_only_entry_loads_on_its_base(tmp_path, temp_entry):
     """A registry entry with ``base`` (FocSAM-T style) loads the base plus itself as refiner."""
-    import hashlib
-
     import torch
 
-    from conftest import make_tiny_focsam
-    from napari_focsam.core.checkpoint import save_checkpoint
     from napari_focsam.core.models import load_model
 
-    base = tmp_path / "base.pt"
-    save_checkpoint(make_tiny_focsam(), base)
-    refiner = tmp_path / "tiny_refiner.pt"
-    save_checkpoint(make_tiny_focsam(refiner_depth=2), refiner, only_refiner=True,
-                    refiner_config={"depth": 2, "mlp_ratio": 1.0})
-    data = refiner.read_bytes()
-    temp_entry(W.ModelWeights(name="test_focsam_t", filename="tiny_refiner.pt", size=len(data),
-                              sha256=hashlib.sha256(data).hexdigest(), sources=(refiner.as_uri(),),
-                              base=str(base)))
+    base, refiner, _ = tiny_refiner_entry(tmp_path, temp_entry, "test_focsam_t", depth=2)
     model = load_model("test_focsam_t", "cpu", refine_precision="fp32")
     assert model.has_refiner and len(model.focus_refiner.blocks) == 2
     plain = load_model(base, "cpu")

@@ -133,6 +133,24 @@ def temp_entry():
         W.unregister(n)
 
 
+def tiny_refiner_entry(folder: Path, add, name: str, depth: int) -> tuple[Path, Path, bytes]:
+    """Write a tiny base checkpoint and a refiner-only file of ``depth`` blocks into ``folder``
+    and register ``name`` (FocSAM-T style: the refiner file, with ``base``) through ``add``
+    (the :func:`temp_entry` fixture). Returns (base path, refiner path, refiner bytes)."""
+    from conftest import make_tiny_focsam
+    from napari_focsam.core.checkpoint import save_checkpoint
+
+    base = folder / "base.pt"
+    save_checkpoint(make_tiny_focsam(), base)
+    refiner = folder / "tiny_refiner.pt"
+    save_checkpoint(make_tiny_focsam(refiner_depth=depth), refiner, only_refiner=True,
+                    refiner_config={"depth": depth, "mlp_ratio": 1.0})
+    data = refiner.read_bytes()
+    add(W.ModelWeights(name=name, filename="tiny_refiner.pt", size=len(data), sha256=sha(data),
+                       sources=(refiner.as_uri(),), base=str(base)))
+    return base, refiner, data
+
+
 def files(folder: Path) -> list[str]:
     """All files below ``folder`` (relative paths); empty folders do not count."""
     if not folder.exists():
