@@ -16,17 +16,28 @@ images: held out from the shipped refiner, which was trained on the first 200 on
 ``davis_last50`` (DAVIS's last 50 images, held out from the shipped refiner, trained on the
 first 100; multi-part objects, the hardest of the four).
 
-Policies (``refine_click`` = 2; "E0" is the original embedding, "E1" the refined one):
+Policies ("E0" is the original embedding, "E1" the refined one; the refine runs at the
+object's 1st click for ``steady`` and its variants marked so, at the 2nd for the others):
 
 ``plain``     the plain SAM loop on E0 (no refiner);
-``steady``    the shipped policy (``later_clicks="steady"``, the default): from click 3 on,
-              decode on E1 and E0 and keep, of E1's logits, E0's and their mean, the one
-              agreeing with the most clicks, then the one closest to the previous mask (IoU);
-              the experimental ``local3`` is the same rule without the refine gate;
-``steadypmN`` ``steady`` and, from click N on, a progressive merge (only the change connected
-              to the newest click is kept); ``steadyrr``: ``steady`` and a new refine when the
-              previous mask leaves the refined embedding's focus region;
-``local``     as ``steady`` with the two embeddings' masks only; ``local4`` adds both decoded
+``steady``    the shipped predictor (``FocSAMPredictor`` defaults): refine at click 1; from
+              click 2 on, decode on E1 and E0 and keep, of E1's logits, E0's and their mean,
+              one that follows the newest click (a positive click removes at most 30 % of the
+              previous mask, a negative one adds at most 30 %), then the one agreeing with the
+              most clicks, then the one closest to the previous mask (IoU); a candidate that
+              bridges positive clicks E0 keeps apart is left out;
+``steady2``   the same rule with the refine at click 2 (FocSAM's refine click);
+``steady_s5`` the default of session 5: refine at click 2, no check of the newest click;
+``steady_r1`` as ``steady_s5`` with the refine at click 1; ``steady_r12``: refine at click 1
+              and again at click 2; ``steady_noE1`` / ``steady_nomean``: ``steady`` without the
+              E1 / the mean candidate;
+``--boxes``   box prompts (the ground-truth box, then two clicks): the plain loop, ``steady``
+              (the refine at the first click after the box) and a refine of the box step itself;
+``steadypmN`` ``steady2`` and, from click N on, a progressive merge (only the change connected
+              to the newest click is kept); ``steadyrr``: ``steady2`` and a new refine when the
+              previous mask leaves the refined embedding's focus region (both measured on
+              ``steady_s5``, before the newest-click check);
+``local``     as ``steady_s5`` with the two embeddings' masks only; ``local4`` adds both decoded
               without the previous logits (much worse: the mask input matters);
 ``reuse``     FocSAM as published: E1 serves click 2 and every later click;
 ``pick``      the policy shipped before ``steady`` (``later_clicks="pick"`` of
@@ -305,6 +316,40 @@ def two_cells(model, root, cache, log, n_pairs: int, policies: list[str]) -> Non
         log(f"{p:12s}{h.mean():8.2f}{ia.mean():9.4f}{bl.mean():9.4f}{int((bl > 0.1).sum()):7d}")
 
 
+def box_prompts(model, root, cache, log, sets: list[str], extra_clicks: int = 2) -> None:
+    """Box prompts: each object's ground-truth bounding box, then ``extra_clicks`` protocol
+    clicks; mean IoU after the box and after each click, for the plain loop, the shipped
+    predictor (the refiner runs at the first click after the box) and the refine of the box
+    step's own mask (``box_refine``)."""
+    from napari_focsam.core.predictor import InteractiveObject
+    from napari_focsam.evaluation.clicker import next_click
+    from napari_focsam.evaluation.metrics import iou
+    from napari_focsam.evaluation.runner import PredictorAdapter
+    from refine_policies import box_refining_predictor
+
+    preds = {"plain": build_predictor(model, "plain"), "steady": build_predictor(model, "steady"),
+             "box_refine": box_refining_predictor(model)}
+    for set_name in sets:
+        rows: dict[str, list[list[float]]] = {p: [] for p in preds}
+        adapter = PredictorAdapter(preds["plain"], cache_dir=cache)
+        for sample in make_dataset(set_name, root):
+            adapter.set_image(sample.load_image())
+            for ob in sample.objects:
+                ys, xs = np.nonzero(ob.gt)
+                box = (ys.min(), xs.min(), ys.max() + 1, xs.max() + 1)
+                for name, pred in preds.items():
+                    obj = InteractiveObject(pred, adapter.embedding)
+                    row = [iou(ob.gt, obj.set_box(box), ob.ignore)]
+                    for _ in range(extra_clicks):
+                        c = next_click(ob.gt, obj.mask, ob.ignore, clicked=obj.clicks)
+                        row.append(row[-1] if c is None else iou(ob.gt, obj.add(c).mask, ob.ignore))
+                    rows[name].append(row)
+        log(f"\n== box prompts, {set_name} ({len(rows['plain'])} objects): mean IoU after the box, "
+            f"then after each click ==")
+        for name, r in rows.items():
+            log(f"{name:12s}" + "".join(f"{v:8.4f}" for v in np.mean(r, axis=0)))
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data-root", default=os.environ.get("FOCSAM_DATA", str(REPO.parent / "shared" / "data")))
@@ -319,6 +364,7 @@ def main(argv=None) -> int:
                    help="only the first N objects of each set (full runs kept in --out are cut to them)")
     p.add_argument("--plot", default=None, metavar="PNG", help="write the per-click differences to the plain loop")
     p.add_argument("--time", action="store_true", help="only time later clicks of reuse, pick and steady")
+    p.add_argument("--boxes", action="store_true", help="only box prompts on --sets (see box_prompts)")
     p.add_argument("--two-cells", type=int, default=0, metavar="N",
                    help="only the two-cells sequence on N Coelho validation pairs (see two_cells)")
     args = p.parse_args(argv)
@@ -340,6 +386,9 @@ def main(argv=None) -> int:
         model = load_model("focsam_t", "cpu")
     if args.time:
         time_clicks(model, root, args.cache, log)
+        return 0
+    if args.boxes:
+        box_prompts(model, root, args.cache, log, args.sets.split(","))
         return 0
     if args.two_cells:
         two_cells(model, root, args.cache, log, args.two_cells, args.policies.split(","))

@@ -70,12 +70,14 @@ def iou3d(masks: dict[int, np.ndarray], gt: np.ndarray) -> float:
     return inter / union if union else 1.0
 
 
-def run_dataset(name, image, labels, model, variants, cache, quick, log):
+def run_dataset(name, image, labels, model, variants, cache, quick, log, refine_click=None):
     from napari_focsam.core.session import ImageVolume, Session
     from napari_focsam.core.volume import propagate
 
     vol = ImageVolume(image)
     session = Session(vol, model, cache_dir=cache)
+    if refine_click is not None:  # the seed click's refine (the default refines at click 1)
+        session.predictor.refine_click = refine_click
     t0 = time.perf_counter()
     n = session.store.precompute(progress=lambda d, t: log(f"\r  {name}: embeddings {d}/{t}", end=""))
     log(f"\n  {name}: {n} embeddings computed, {vol.n_slices - n} reused, {time.perf_counter() - t0:.1f} s")
@@ -153,6 +155,8 @@ def main(argv=None) -> int:
     p.add_argument("--model", default="focsam_t")
     p.add_argument("--refiner", default=None, help="refiner file for --model (default: its own)")
     p.add_argument("--refine", default="both", choices=("both", "on", "off"))
+    p.add_argument("--refine-click", type=int, default=None,
+                   help="the 2D click that refines (default: the predictor's, 1; 2 as published)")
     p.add_argument("--device", default="auto")
     p.add_argument("--quick", action="store_true", help="6 objects per dataset, 2 variants")
     p.add_argument("--datasets", default=",".join(DATASETS))
@@ -195,7 +199,8 @@ def main(argv=None) -> int:
         image = tifffile.imread(root / img_rel)
         labels = tifffile.imread(root / lab_rel)
         t0 = time.perf_counter()
-        all_rows[name] = run_dataset(name, image, labels, model, variants, args.cache, args.quick, log)
+        all_rows[name] = run_dataset(name, image, labels, model, variants, args.cache, args.quick, log,
+                                     args.refine_click)
         log(f"  {name}: {time.perf_counter() - t0:.1f} s")
     if not all_rows:
         log("no data found: pass --data-root")

@@ -20,18 +20,26 @@ def build_predictor(model, policy: str):
 
     if policy == "plain":
         return FocSAMPredictor(model, refine=False)
-    if policy in ("steady", "pick"):
-        return FocSAMPredictor(model, later_clicks=policy)
+    if policy == "steady":
+        return FocSAMPredictor(model)
+    if policy == "steady2":
+        return FocSAMPredictor(model, refine_click=2)
+    if policy in ("steady_s5", "steady_r1"):
+        return ranked_predictor(model, agreement_then_closeness, 2 if policy == "steady_s5" else 1)
+    if policy in ("steady_noE1", "steady_nomean"):
+        return ranked_predictor(model, without_candidate(0 if policy.endswith("E1") else 2), 1)
+    if policy == "steady_r12":
+        return twice_refining_predictor(model)
     if policy.startswith("steadypm"):
         return merging_predictor(model, int(policy[len("steadypm"):]))
     if policy == "steadyrr":
         return rerefining_predictor(model)
+    if policy in ("pick", "reuse"):
+        return FocSAMPredictor(model, later_clicks=policy, refine_click=2)
     if policy == "pick_nogate":
-        return FocSAMPredictor(model, later_clicks="pick", refine_gate=False)
+        return FocSAMPredictor(model, later_clicks="pick", refine_gate=False, refine_click=2)
     if policy == "pick_any":
         policy = "pick_far101"  # the IoU condition always holds
-    if policy == "reuse":
-        return FocSAMPredictor(model, later_clicks="reuse")
 
     class PolicyPredictor(FocSAMPredictor):
         """The experimental policies (kept out of the product)."""
@@ -186,7 +194,7 @@ def build_predictor(model, policy: str):
             total = time.perf_counter() - t0
             return StepResult(mask, logits, refined, total - refine_s, refine_s)
 
-    return PolicyPredictor(model)
+    return PolicyPredictor(model, refine_click=2)
 
 
 def merging_predictor(model, from_click: int):
@@ -221,7 +229,7 @@ def merging_predictor(model, from_click: int):
             mask = logits_to_mask(merged, embedding.input_size, embedding.original_size)
             return StepResult(mask, merged, res.refined, res.decoder_seconds, res.refine_seconds)
 
-    return Merging(model)
+    return Merging(model, refine_click=2)
 
 
 def rerefining_predictor(model):
@@ -252,4 +260,81 @@ def rerefining_predictor(model):
             res.refine_seconds += extra
             return res
 
-    return Rerefining(model)
+    return Rerefining(model, refine_click=2)
+
+
+def twice_refining_predictor(model):
+    """``steady`` refining at click 1 and again at click 2 (from the 2-click coarse mask)."""
+    from napari_focsam.core.click_rules import object_click_count
+    from napari_focsam.core.predictor import FocSAMPredictor
+
+    class TwiceRefining(FocSAMPredictor):
+        def step(self, embedding, clicks, prev_logits=None, refined=None, *, box=None):
+            if box is None and refined is not None and object_click_count(clicks) == 2:
+                self.refine_click = 2
+                try:
+                    return super().step(embedding, clicks, prev_logits, None)
+                finally:
+                    self.refine_click = 1
+            return super().step(embedding, clicks, prev_logits, refined, box=box)
+
+    return TwiceRefining(model, refine_click=1)
+
+
+def agreement_then_closeness(masks, clicks, previous):
+    """The ``steady`` rule of session 5: the most clicks agreed, then the closest to the
+    previous mask, then the first (no check of the newest click's intent)."""
+    from napari_focsam.core.click_rules import click_agreement, mask_iou
+
+    keys = [(click_agreement(m, clicks), mask_iou(m, previous) if previous is not None else 0.0) for m in masks]
+    return max(range(len(masks)), key=lambda i: (keys[i], -i))
+
+
+def without_candidate(left_out: int):
+    """The shipped rule with one of the three later-click candidates left out (0: the
+    refined embedding's, 2: the mean)."""
+    from napari_focsam.core.click_rules import steadiest_candidate
+
+    def rank(masks, clicks, previous):
+        idx = [i for i in range(len(masks)) if i != left_out] if len(masks) == 3 else list(range(len(masks)))
+        return idx[steadiest_candidate([masks[i] for i in idx], clicks, previous)]
+
+    return rank
+
+
+def ranked_predictor(model, rank, refine_click: int):
+    """The shipped predictor with ``rank`` in place of ``steadiest_candidate`` (same signature)."""
+    import napari_focsam.core.predictor as predictor_module
+
+    class Ranked(predictor_module.FocSAMPredictor):
+        def step(self, *args, **kwargs):
+            saved = predictor_module.steadiest_candidate
+            predictor_module.steadiest_candidate = rank
+            try:
+                return super().step(*args, **kwargs)
+            finally:
+                predictor_module.steadiest_candidate = saved
+
+    return Ranked(model, refine_click=refine_click)
+
+
+def box_refining_predictor(model):
+    """The shipped predictor, and a box step refined from its own mask (the shipped one
+    refines at the first click after a box)."""
+    from napari_focsam.core.predictor import FocSAMPredictor, StepResult, logits_to_mask
+
+    class BoxRefining(FocSAMPredictor):
+        @torch.inference_mode()
+        def step(self, embedding, clicks, prev_logits=None, refined=None, *, box=None):
+            res = super().step(embedding, clicks, prev_logits, refined, box=box)
+            if box is None or clicks or res.logits is None or not self.refine:
+                return res
+            pts, lab = self._prompts(embedding, clicks, box)
+            t0 = time.perf_counter()
+            coarse = self.model.decode(embedding.features, pts, lab, None)
+            refined = self.model.refine(embedding.features, coarse.logits, coarse.token)
+            out = self.model.decode(refined, pts, lab, None)
+            mask = logits_to_mask(out.logits, embedding.input_size, embedding.original_size)
+            return StepResult(mask, out.logits, refined, res.decoder_seconds, time.perf_counter() - t0)
+
+    return BoxRefining(model)

@@ -81,11 +81,16 @@ def test_undo_restores_the_exact_previous_state_and_reset(refiner_model):
     obj = s.new_object()
     m1 = obj.add_click(20, 20).copy()
     l1 = obj.logits(0).clone()
+    r1 = obj.history(0).refined
+    assert r1 is not None  # the focus refiner ran at the 1st click
     obj.add_click(10, 30, positive=False)
-    assert obj.history(0).refined is not None  # the focus refiner ran at the 2nd click
+    assert obj.history(0).refined is r1  # ... once: later clicks share its embedding
     np.testing.assert_array_equal(obj.undo(), m1)
     torch.testing.assert_close(obj.logits(0), l1)
-    assert obj.history(0).refined is None
+    assert obj.history(0).refined is r1
+    obj.undo()
+    assert obj.history(0) is None and not obj.mask(0).any()  # no click left on the slice
+    np.testing.assert_array_equal(obj.add_click(20, 20), m1)
     m2 = obj.add_click(10, 30, positive=False)
     np.testing.assert_array_equal(obj.undo(0), m1)
     np.testing.assert_array_equal(obj.add_click(10, 30, positive=False), m2)  # same again
@@ -254,7 +259,7 @@ def test_a_slice_history_is_the_predictors_interactive_object(refiner_model):
     hist = obj.history(1)
     assert isinstance(hist, InteractiveObject) and obj.history(0) is None
     assert [c.coords for c in hist.clicks] == [(20.0, 20.0), (10.0, 30.0)]
-    assert hist.refined is not None and hist.states[0].refined is None  # refined once, at the 2nd click
+    assert hist.refined is not None and hist.states[0].refined is hist.refined  # refined once, at the 1st click
     assert hist.states[1].refined is hist.refined  # ... and shared, not copied, by the later steps
     np.testing.assert_array_equal(obj.mask(1), hist.mask)
     torch.testing.assert_close(obj.logits(1), hist.logits)
@@ -282,19 +287,25 @@ def test_only_negative_clicks_select_nothing_and_propagate_nothing(fast_model, m
     np.testing.assert_array_equal(obj.undo(), np.zeros((48, 48), bool))
 
 
-def test_refiner_runs_at_the_second_click_counted_from_the_first_positive(refiner_model, monkeypatch):
+@pytest.mark.parametrize("refine_click", [1, 2])
+def test_refiner_runs_at_its_click_counted_from_the_first_positive(refiner_model, monkeypatch, refine_click):
+    """The default refines at the object's 1st click, FocSAM as published (``refine_click=2``)
+    at the 2nd; a negative click before the first positive one does not count; once only."""
     from napari_focsam.core.predictor import InteractiveObject
 
     calls = []
     original = refiner_model.refine
     monkeypatch.setattr(refiner_model, "refine", lambda *a: (calls.append(1), original(*a))[1])
-    pred = FocSAMPredictor(refiner_model)
+    pred = FocSAMPredictor(refiner_model, refine_click=refine_click)
     obj = InteractiveObject(pred, pred.embed(blobs_stack(1, size=40)[0]))
     obj.add_click(5, 5, False)
-    obj.add_click(20, 20, True)
     assert calls == [] and obj.refined is None
+    obj.add_click(20, 20, True)
+    assert (calls == [1]) == (refine_click == 1) and (obj.refined is not None) == (refine_click == 1)
     obj.add_click(30, 8, False)
+    obj.add_click(8, 30, False)
     assert calls == [1] and obj.refined is not None
+    assert FocSAMPredictor(refiner_model).refine_click == 1
 
 
 @pytest.mark.parametrize("positive", ["false", "True", 1, 0, None, 1.0, np.array([True])])
@@ -496,7 +507,7 @@ def test_later_clicks_keep_the_prediction_that_agrees_with_more_clicks(refiner_m
     from napari_focsam.core.click_rules import click_agreement
     from napari_focsam.core.predictor import InteractiveObject
 
-    pred = FocSAMPredictor(refiner_model, later_clicks=policy)
+    pred = FocSAMPredictor(refiner_model, later_clicks=policy, refine_click=2)
     emb = pred.embed(blobs_stack(1, size=40)[0])
     served = scripted_decoder(refiner_model, emb, monkeypatch, original_logit=5.0, refined_logit=-5.0)
     obj = InteractiveObject(pred, emb)
@@ -519,7 +530,7 @@ def test_later_clicks_switch_only_to_a_substantially_different_mask(refiner_mode
     from napari_focsam.core.click_rules import mask_iou
     from napari_focsam.core.predictor import PICK_BELOW_IOU, InteractiveObject
 
-    pred = FocSAMPredictor(refiner_model, later_clicks="pick")
+    pred = FocSAMPredictor(refiner_model, later_clicks="pick", refine_click=2)
     emb = pred.embed(blobs_stack(1, size=40)[0])
     holed = torch.full((256, 256), 5.0)
     holed[:hole_rows, :32] = -5.0  # a hole in the top-left corner, 32 / 160 rows of the logits
@@ -542,8 +553,8 @@ def test_steady_later_clicks_keep_the_candidate_that_changes_the_previous_mask_l
     from napari_focsam.core.click_rules import mask_iou
     from napari_focsam.core.predictor import InteractiveObject
 
-    pred = FocSAMPredictor(refiner_model)
-    assert pred.later_clicks == "steady"  # the default
+    assert FocSAMPredictor(refiner_model).later_clicks == "steady"  # the default
+    pred = FocSAMPredictor(refiner_model, refine_click=2)
     emb = pred.embed(blobs_stack(1, size=40)[0])
     holed = torch.full((256, 256), 5.0)
     holed[:96, :96] = -5.0  # a hole in the top-left corner (15 x 15 pixels of the 40 x 40 image)
@@ -580,6 +591,71 @@ def test_steadiest_candidate_ranks_clicks_agreed_then_closeness_then_order():
         steadiest_candidate([], pos, small)
 
 
+def test_steadiest_candidate_puts_a_mask_against_the_newest_click_last():
+    """A positive click that makes a candidate lose most of the previous mask (a collapse), or
+    a negative one that makes it grow by more than the tolerance (a leak), goes against the
+    click: such a candidate is kept only when every candidate does, even when it agrees with
+    more clicks (an empty mask honours every negative click)."""
+    from napari_focsam.core.click_rules import INTENT_TOLERANCE, follows_click, steadiest_candidate
+
+    full, empty, part = np.ones((20, 20), bool), np.zeros((20, 20), bool), np.zeros((20, 20), bool)
+    part[:, :15] = True  # 75 % of the full mask
+    clicks = [Click(1, 1, False), Click(2, 2, False), Click(10, 10, True), Click(5, 18, True)]
+    assert follows_click(part, full, clicks[-1]) and not follows_click(empty, full, clicks[-1])
+    assert steadiest_candidate([empty, full], clicks[:3], full) == 1  # empty agrees with 2, full with 1
+    assert steadiest_candidate([empty, empty.copy()], clicks, full) == 0  # all against it: as before
+    grown = np.zeros((20, 20), bool)
+    grown[:, :10] = True
+    neg = Click(15, 15, False)
+    assert not follows_click(full, grown, neg) and follows_click(grown, grown, neg)
+    assert steadiest_candidate([full, part], [Click(5, 2, True), neg], grown) == 1
+    assert follows_click(full, empty, neg)  # nothing shown before: anything goes
+    assert 0 < INTENT_TOLERANCE < 1
+
+
+def test_default_refines_at_the_first_click_and_steadies_the_later_ones(refiner_model, monkeypatch):
+    """The default: the 1st click is decoded on the original embedding (coarse pass), refined,
+    and decoded again on the refined embedding, which is shown; each later click decodes on
+    both, and a refined mask that collapses after a positive click is not shown."""
+    from napari_focsam.core.predictor import InteractiveObject
+
+    pred = FocSAMPredictor(refiner_model)
+    emb = pred.embed(blobs_stack(1, size=40)[0])
+    part = torch.full((256, 256), -5.0)
+    part[:, :200] = 5.0
+    served = scripted_decoder(refiner_model, emb, monkeypatch, original_logit=part, refined_logit=5.0)
+    obj = InteractiveObject(pred, emb)
+    res = obj.add(Click(20, 20, True))
+    assert served == ["original", "refined"] and res.refine_seconds > 0 and res.mask.all()
+    monkeypatch.setattr(refiner_model, "decode", refiner_model.decode)  # keep the scripted one
+    served.clear()
+    obj.add_click(5, 5, True)
+    assert sorted(served) == ["original", "refined"] and obj.mask.all()
+    collapsed = torch.full((256, 256), -5.0)
+    collapsed[:8, :8] = 5.0  # the refined embedding loses the object but keeps the clicks
+    served2 = scripted_decoder(refiner_model, emb, monkeypatch, original_logit=5.0, refined_logit=collapsed)
+    mask = obj.add_click(1, 1, True)
+    assert mask.all() and sorted(served2) == ["original", "refined"]
+
+
+def test_steady_later_clicks_leave_out_a_refined_mask_that_bridges_two_clicked_cells(refiner_model, monkeypatch):
+    """Refined at the 1st click on one cell, a positive click on a second cell: the refined
+    embedding's mask joins the two cells, the original's keeps them apart and is shown (the
+    widget's 'one object is one cell' hint); without the gate the bridge may be shown."""
+    from napari_focsam.core.predictor import InteractiveObject
+
+    apart, bridge = two_squares_and_bridge()
+    for gate in (True, False):
+        pred = FocSAMPredictor(refiner_model, refine_gate=gate)
+        emb = pred.embed(blobs_stack(1, size=40)[0])
+        scripted_decoder(refiner_model, emb, monkeypatch, original_logit=apart, refined_logit=bridge)
+        obj = InteractiveObject(pred, emb)
+        obj.add_click(9, 9, True)
+        mask = obj.add_click(29, 29, True)
+        np.testing.assert_array_equal(mask, logits_to_mask_of(apart if gate else bridge, emb))
+        assert obj.refined is not None
+
+
 def logits_to_mask_of(logits: torch.Tensor, emb) -> np.ndarray:
     from napari_focsam.core.predictor import logits_to_mask
 
@@ -589,7 +665,7 @@ def logits_to_mask_of(logits: torch.Tensor, emb) -> np.ndarray:
 def test_later_clicks_prefer_the_refined_embedding_on_a_tie(refiner_model, monkeypatch):
     from napari_focsam.core.predictor import InteractiveObject
 
-    pred = FocSAMPredictor(refiner_model, later_clicks="pick")
+    pred = FocSAMPredictor(refiner_model, later_clicks="pick", refine_click=2)
     emb = pred.embed(blobs_stack(1, size=40)[0])
     served = scripted_decoder(refiner_model, emb, monkeypatch, original_logit=9.0, refined_logit=3.0)
     obj = InteractiveObject(pred, emb)
@@ -617,7 +693,7 @@ def test_later_clicks_rank_the_newest_click_first(refiner_model, monkeypatch):
     from napari_focsam.core.click_rules import click_agreement
     from napari_focsam.core.predictor import InteractiveObject
 
-    pred = FocSAMPredictor(refiner_model, later_clicks="pick")
+    pred = FocSAMPredictor(refiner_model, later_clicks="pick", refine_click=2)
     emb = pred.embed(blobs_stack(1, size=40)[0])
     scripted_decoder(refiner_model, emb, monkeypatch, original_logit=5.0, refined_logit=-5.0)
     obj = InteractiveObject(pred, emb)
@@ -663,7 +739,7 @@ def test_refine_gate_keeps_the_coarse_mask_when_the_refine_bridges_two_clicked_c
     click on the second cell takes its positive click back, and the refine is taken."""
     from napari_focsam.core.predictor import InteractiveObject
 
-    pred = FocSAMPredictor(refiner_model, refine_gate=gate)
+    pred = FocSAMPredictor(refiner_model, refine_gate=gate, refine_click=2)
     emb = pred.embed(blobs_stack(1, size=40)[0])
     apart, bridge = two_squares_and_bridge()
     served = scripted_decoder(refiner_model, emb, monkeypatch, original_logit=apart, refined_logit=bridge)

@@ -194,29 +194,34 @@ def test_preprocess_sizes_and_padding():
     assert xb[0, 0, 0, 0] == pytest.approx((255 - 123.675) / 58.395, rel=1e-5)
 
 
-def test_object_loop_refines_once_at_second_click():
+@pytest.mark.parametrize("refine_click", [1, 2])
+def test_object_loop_refines_once_at_its_refine_click(refine_click):
     torch.manual_seed(0)
     model = make_tiny_focsam(refiner_depth=2)
     calls = []
     original = model.focus_refiner.forward
     model.focus_refiner.forward = lambda *a, **k: (calls.append(1), original(*a, **k))[1]
-    pred = FocSAMPredictor(model)
+    pred = FocSAMPredictor(model, refine_click=refine_click)
     emb = pred.embed(np.random.default_rng(0).integers(0, 255, (120, 200), dtype=np.uint8))
     obj = InteractiveObject(pred, emb)
     m1 = obj.add_click(60, 100)
-    assert m1.shape == (120, 200) and obj.refined is None
+    assert m1.shape == (120, 200) and (obj.refined is None) == (refine_click == 2)
     r2 = obj.add(Click(10, 10, False))
-    assert len(calls) == 1 and obj.refined is not None and r2.refine_seconds > 0
+    assert len(calls) == 1 and obj.refined is not None and (r2.refine_seconds > 0) == (refine_click == 2)
     obj.add_click(50, 50)
     obj.add_click(70, 150, False)
     assert len(calls) == 1  # later clicks reuse the refined embedding
     obj.undo()
     obj.undo()
     obj.undo()
-    assert obj.refined is None and len(obj.clicks) == 1
+    assert (obj.refined is None) == (refine_click == 2) and len(obj.clicks) == 1
     assert np.array_equal(obj.mask, m1)
     obj.add_click(10, 10, False)
-    assert len(calls) == 2  # the 2nd click was replaced, so the object is refined again
+    assert len(calls) == refine_click  # refined again only when the refine click was replaced
+    obj.undo()
+    obj.undo()
+    obj.add_click(60, 100)
+    assert len(calls) == 2 and np.array_equal(obj.mask, m1)  # the same click, the same mask
     with pytest.raises(ValueError, match="outside the image"):
         obj.add_click(120, 5)
 
@@ -352,8 +357,8 @@ def test_folded_attention_equals_projected_attention(n_tokens):
 
 
 def test_shipped_focsam_t_refines_real_nuclei(mobile_sam):
-    """The packaged FocSAM-T (registry name, hash-checked) loads on vit_t, refines at the 2nd
-    click and keeps real nuclei segmented (IoU >= 0.85 after two protocol clicks)."""
+    """The packaged FocSAM-T (registry name, hash-checked) loads on vit_t, refines at the 1st
+    click and keeps real nuclei segmented (IoU >= 0.85 after one and after two protocol clicks)."""
     from napari_focsam._demo import pick_separated_objects
     from napari_focsam._sample_data import load_nuclei
     from napari_focsam.core.models import load_model
@@ -369,11 +374,11 @@ def test_shipped_focsam_t_refines_real_nuclei(mobile_sam):
     for label in pick_separated_objects(gt, 3):
         obj = InteractiveObject(pred, emb)
         target = gt == label
-        first = obj.add_click(*interior_point(target))
-        click = next_click(target, first, clicked=obj.clicks)
-        res = obj.add(click)
+        res = obj.add(Click(*interior_point(target), True))
         assert res.refine_seconds > 0 and obj.refined is not None  # the focus refiner ran
-        assert iou(target, obj.mask) >= 0.85, label
+        assert iou(target, res.mask) >= 0.85, label
+        res = obj.add(next_click(target, res.mask, clicked=obj.clicks))
+        assert res.refine_seconds == 0 and iou(target, obj.mask) >= 0.85, label
 
 
 def test_decoder_reuses_image_tokens_only_for_the_same_image():

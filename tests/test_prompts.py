@@ -72,7 +72,7 @@ def test_box_starts_the_object_and_clicks_refine_it_with_the_refiner_after_the_b
     assert obj.refined is not None  # the first click after the box is the object's 2nd prompt
     plain = InteractiveObject(pred, emb)
     plain.add_click(24, 24, True)
-    assert plain.refined is None
+    assert plain.refined is not None  # without a box the 1st click refines
     # the box stays a prompt: the same click without the box decodes differently
     assert not torch.equal(obj.logits, plain.logits)
     np.testing.assert_array_equal(obj.undo(), box_mask)  # undo goes back to the box's mask

@@ -3,7 +3,8 @@
 Which clicks count (:func:`object_click_count`, :func:`live_clicks`), which pixel a click
 reads (:func:`click_pixel`), how well a mask honours the clicks (:func:`click_agreement`),
 whether a refined mask bridged clicked pieces (:func:`joins_clicked_pieces`), the IoU
-of two masks (:func:`mask_iou`) and which candidate mask a later click keeps
+of two masks (:func:`mask_iou`), whether a mask goes the way a click asks
+(:func:`follows_click`) and which candidate mask a later click keeps
 (:func:`steadiest_candidate`). Pure numpy on (H, W) bool masks; no model.
 """
 
@@ -107,21 +108,51 @@ def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.count_nonzero(a & b) / union) if union else 1.0
 
 
+#: How much of the previous mask a candidate may undo against the newest click's intent
+#: (a positive click removing it, a negative one adding as much again) and still count
+#: as following the click (:func:`follows_click`).
+INTENT_TOLERANCE = 0.3
+
+
+def follows_click(mask: np.ndarray, previous: np.ndarray, click: Click,
+                  tolerance: float = INTENT_TOLERANCE) -> bool:
+    """Whether ``mask`` goes the way ``click`` asks from the ``previous`` mask.
+
+    A positive click adds to the object: a mask that lost more than ``tolerance`` of the
+    previous mask's pixels goes against it (a collapse). A negative click takes away: a mask
+    that gained more than ``tolerance`` times the previous area goes against it (a leak).
+    mask, previous: (H, W) bool. Always True when the previous mask is empty.
+    """
+    area = int(np.count_nonzero(previous))
+    if area == 0:
+        return True
+    against = (previous & ~mask) if click.is_positive else (mask & ~previous)
+    return int(np.count_nonzero(against)) <= tolerance * area
+
+
 def steadiest_candidate(masks: Sequence[np.ndarray], clicks: Sequence[Click], previous: np.ndarray | None) -> int:
-    """Index of the candidate mask a click keeps: the one agreeing with the most ``clicks``
+    """Index of the candidate mask a click keeps: one that follows the newest click's intent
+    (:func:`follows_click`), then the one agreeing with the most ``clicks``
     (:func:`click_agreement`), then the one closest to the ``previous`` mask (IoU), then the
     first.
 
     masks: (H, W) bool candidates for the same prompt; previous: the (H, W) bool mask shown
-    before this click (None: no tie-break on it). A corrective click should fix the error it
-    was put on; of two masks that honour every click, the one that redraws less of the object
-    is the safer answer.
+    before this click (None: no intent check, no tie-break on it). A corrective click should
+    fix the error it was put on; of two masks that honour every click, the one that redraws
+    less of the object is the safer answer. The intent check comes first because a mask
+    collapsing after a positive click can agree with more clicks than a good one (every
+    negative click is honoured by an empty mask, and boundary clicks are often missed by
+    good masks).
     """
     if not masks:
         raise ValueError("no candidate mask")
     best, best_key = 0, None
     for i, m in enumerate(masks):
-        key = (click_agreement(m, clicks), mask_iou(m, previous) if previous is not None else 0.0)
+        if previous is None:
+            key = (True, click_agreement(m, clicks), 0.0)
+        else:
+            key = (not clicks or follows_click(m, previous, clicks[-1]), click_agreement(m, clicks),
+                   mask_iou(m, previous))
         if best_key is None or key > best_key:
             best, best_key = i, key
     return best

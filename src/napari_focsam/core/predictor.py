@@ -2,9 +2,13 @@
 
 The image encoder runs once per image (:meth:`FocSAMPredictor.embed`). Each object
 is an :class:`InteractiveObject`: every click runs the light decoder on all clicks so
-far plus the previous raw logits; at the 2nd click, when the model has a focus
-refiner, a coarse pass on the original embedding feeds the refiner once and the
-refined embedding serves that click and every later one.
+far plus the previous raw logits; at the object's first click, when the model has a
+focus refiner, a coarse pass on the original embedding feeds the refiner once, the
+refined embedding serves that click, and every later click chooses between the refined
+and the original embedding (``later_clicks``). FocSAM as published refines at the 2nd
+click (``refine_click=2``); refining at the 1st is this project's default, measured with
+``benchmarks/bench_refine_policy.py``: the single-click mask is the one SAM gets most
+often wrong (a part instead of the object), and the refined embedding fixes most of it.
 
 This is the project's one click loop (:meth:`FocSAMPredictor.step`) and its one click
 history (:class:`InteractiveObject`): the session keeps one :class:`InteractiveObject`
@@ -141,17 +145,24 @@ class FocSAMPredictor:
     refine: use the focus refiner at the ``refine_click``-th click when the model has
     one (False runs the plain SAM loop with the same weights).
 
+    refine_click: the click of an object that refines (counted from its first positive
+    click). 1 (default): the coarse mask of the first click sets the focus region and the
+    first click is decoded again on the refined embedding; on four held-out splits this
+    raises the mean IoU after one click by 0.04 (nuclei) to 0.30 (DAVIS) and lowers NoC@90 on
+    every split (``docs/focsam_t/README.md``). 2: FocSAM as published.
+
     later_clicks: what serves the clicks after the refine click. ``"steady"`` (default)
     decodes every later click on both embeddings and chooses among three candidates, the
     refined embedding's logits, the original embedding's and their mean
-    (:func:`steadiest_candidate`): the one that agrees with the most clicks, then the one
-    that changes the previous mask least. A corrective click is meant to fix the error it
-    was placed on, not to redraw the object; the refined embedding serves the region around
-    the 2nd click's mask, the original one the rest, and their mean is often better than
-    either on natural images. Measured with ``benchmarks/bench_refine_policy.py`` on four
-    held-out splits (no ground truth is used): it keeps the refiner's gains on nuclei and
-    halves the later-click losses of ``"pick"`` on natural images. It costs a second decoder
-    pass at every later click. ``"reuse"`` is the
+    (:func:`steadiest_candidate`): one that goes the way the newest click asks (a positive
+    click does not remove much of the mask, a negative one does not add much), then the one
+    that agrees with the most clicks, then the one that changes the previous mask least. A
+    corrective click is meant to fix the error it was placed on, not to redraw the object;
+    the refined embedding serves the region around the refine click's mask, the original one
+    the rest, and their mean is often better than either on natural images. Measured with
+    ``benchmarks/bench_refine_policy.py`` on four held-out splits (no ground truth is used):
+    it keeps the refiner's gains on nuclei and halves the later-click losses of ``"pick"`` on
+    natural images. It costs a second decoder pass at every later click. ``"reuse"`` is the
     published loop: the refined embedding alone. ``"pick"`` keeps the refined
     embedding's mask unless it disagrees with one of the object's clicks
     (:func:`click_agreement`: positives inside, negatives outside); then the same prompt is
@@ -159,20 +170,21 @@ class FocSAMPredictor:
     substantially from the refined one (IoU below :data:`PICK_BELOW_IOU`) and agrees better
     with the clicks: first with the newest click (the user's correction), then with more
     clicks in all. The refined embedding is trained for the region around the mask of the
-    2nd click; a refined prediction that later collapses or ignores a correction is replaced
+    refine click; a refined prediction that later collapses or ignores a correction is replaced
     by the original embedding's. The second decoder pass runs only on such clicks. Measured
     with ``benchmarks/bench_refine_policy.py`` (no ground truth is used).
 
-    refine_gate: the refined mask is shown only when it keeps apart positive clicks that the
-    coarse mask (the original embedding's, same prompts) has on separate pieces
+    refine_gate: a refined mask is shown only when it keeps apart positive clicks that the
+    original embedding's mask (same prompts) has on separate pieces
     (:func:`joins_clicked_pieces`): the refiner focuses on one object, and a focus region
-    around two clicked cells makes it bridge them. Otherwise the coarse mask is kept (the
-    widget then hints that one object is one cell), no refined embedding is kept, and the
-    refine is tried again at the next click (after a negative click took the second cell
-    back, say). False: the refine is taken as it is, at the ``refine_click``-th click only.
+    around two clicked cells makes it bridge them. At the refine click the coarse mask is
+    then kept (the widget hints that one object is one cell), no refined embedding is kept,
+    and the refine is tried again at the next click (after a negative click took the second
+    cell back, say); at a later ``"steady"`` click the bridging candidates are left out.
+    False: the refine is taken as it is, at the ``refine_click``-th click only.
     """
 
-    def __init__(self, model: FocSAM, *, refine: bool = True, refine_click: int = 2,
+    def __init__(self, model: FocSAM, *, refine: bool = True, refine_click: int = 1,
                  channel_order: str | None = None, later_clicks: str = "steady", refine_gate: bool = True) -> None:
         tune_malloc()  # per-click tensors of several MiB: avoid a page fault per 4 KiB
         if later_clicks not in LATER_CLICKS:
@@ -234,7 +246,10 @@ class FocSAMPredictor:
 
         box: a box prompt (image pixels, see :mod:`.prompts`) kept with every click; it is the
         object's first prompt, so the clicks count from 2 and the refiner runs at the first
-        click after the box (its focus region comes from the box step's mask).
+        click after the box (its focus region comes from the box step's mask), also with
+        ``refine_click=1``: a box already bounds the object, and refining the box step's
+        own mask lost mean IoU at the box and at the next click on GrabCut (0.957 / 0.966
+        against 0.961 / 0.977 without, ``benchmarks/bench_refine_policy.py --boxes``).
         """
         if not clicks and box is None:
             raise ValueError("at least one click is needed")
@@ -249,7 +264,8 @@ class FocSAMPredictor:
         t0 = time.perf_counter()
         later = refined is not None
         coarse = None
-        due = n == self.refine_click or (self.refine_gate and n > self.refine_click)
+        at = self.refine_click if box is None else max(self.refine_click, 2)  # a box: its next click
+        due = n == at or (self.refine_gate and n > at)
         if refined is None and self.refine and due:
             coarse = self.model.decode(features, pts, lab, prev_logits)
             t1 = time.perf_counter()
@@ -268,7 +284,9 @@ class FocSAMPredictor:
             masks = [mask] + [logits_to_mask(c, embedding.input_size, embedding.original_size) for c in candidates[1:]]
             previous = (None if prev_logits is None
                         else logits_to_mask(prev_logits, embedding.input_size, embedding.original_size))
-            best = steadiest_candidate(masks, clicks, previous)
+            keep = [i for i, m in enumerate(masks)  # the original embedding's mask never bridges
+                    if i == 1 or not (self.refine_gate and joins_clicked_pieces(masks[1], m, clicks))]
+            best = keep[steadiest_candidate([masks[i] for i in keep], clicks, previous)]
             logits, mask = candidates[best], masks[best]
         if later and self.later_clicks == "pick":
             agree = click_agreement(mask, clicks)

@@ -17,7 +17,7 @@ Object-adaptive scale, after every click (and box):
    of the same level that holds the mask's box with room to spare (not visited yet for this
    click), else to the next coarser level (2x, 4x, ...: the image's own pyramid levels where it
    has them), in the tile that holds the mask and the clicks best; all its clicks are replayed
-   there (the refiner runs again at the 2nd click, on that tile).
+   there (the refiner runs again at the refine click, on that tile).
    A mask more than ``halo`` (256) level pixels across goes to the first coarser level where it
    is at most that: there it is sure to fit in a tile, and it is decoded at the scale of the
    tiles' guarantee (measured with ``benchmarks/bench_large_images.py --zoom 4 8``: nuclei of

@@ -237,7 +237,7 @@ def next_slice(
     refine: when the predictor's model has a focus refiner, the slice's mask from the prompt
     is the coarse mask of one refine step: the refiner rewrites the slice's embedding around
     it (with the decoder's output token) and the same prompt is decoded again on the refined
-    embedding (as at the 2nd click of a 2D object).
+    embedding (as at the refine click of a 2D object).
     """
     if prompt not in PROMPT_MODES:
         raise ValueError(f"unknown prompt mode {prompt!r}: expected one of {PROMPT_MODES}")
