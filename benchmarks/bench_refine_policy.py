@@ -24,13 +24,14 @@ object's 1st click for ``steady`` and its variants marked so, at the 2nd for the
               click 2 on, decode on E1 and E0 and keep, of E1's logits, E0's and their mean,
               one that follows the newest click (a positive click removes at most 30 % of the
               previous mask, a negative one adds at most 30 %), then the one agreeing with the
-              most clicks, then the one closest to the previous mask (IoU); a candidate that
-              bridges positive clicks E0 keeps apart is left out;
+              most clicks, then the one closest to the previous mask (IoU);
 ``steady2``   the same rule with the refine at click 2 (FocSAM's refine click);
 ``steady_s5`` the default of session 5: refine at click 2, no check of the newest click;
 ``steady_r1`` as ``steady_s5`` with the refine at click 1; ``steady_r12``: refine at click 1
               and again at click 2; ``steady_noE1`` / ``steady_nomean``: ``steady`` without the
               E1 / the mean candidate;
+``steady_g1M`` ``steady``, keeping the coarse mask at click 1 when the decoder predicts a
+              higher IoU for it than for the refined one (by more than M/100);
 ``--boxes``   box prompts (the ground-truth box, then two clicks): the plain loop, ``steady``
               (the refine at the first click after the box) and a refine of the box step itself;
 ``steadypmN`` ``steady2`` and, from click N on, a progressive merge (only the change connected

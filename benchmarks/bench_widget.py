@@ -9,8 +9,10 @@ Drives the real widget in a real napari viewer (an Xvfb display is started when 
    from docking to "ready" (model loaded and the image embedded: clicks are answered at once);
 2. click-to-preview latency inside the widget (``widget.last_latency_ms``: from the change of the
    prompts layer to the preview showing the new mask) over ``--clicks`` clicks on the nuclei of the
-   2D sample, ``--per-object`` clicks per object (default 2: a first click and a second, refining
-   one); median and 95th percentile, and the median per kind of click (1st, refine, later);
+   2D sample, ``--per-object`` clicks per object (default 2: a first, refining click and a
+   second); median and 95th percentile, and the median per kind of click (1st, 2nd, later).
+   The objects alternate between the default predictor (the refine at the 1st click) and the
+   published schedule (``refine_click=2``), so both are timed side by side in one run;
 3. with ``--sizes 1024,2048,8192``: click-to-preview on synthetic images of those sizes (discs of
    radius 30 on a textured background; background tile embedding off): the first click on each
    disc (on a large, tiled image this includes embedding the disc's tile) and the median of the
@@ -116,13 +118,14 @@ def bench_2d(app, args):
 
     ids = [i for i in np.unique(gt) if i and (gt == i).sum() > 150]
     rng = np.random.default_rng(0)
-    lat, model, nth = [], [], []
+    lat, model, nth, sched = [], [], [], []
     pts = widget.prompts_layer
     first = ids[0]
     for k in range(args.clicks):
         if k % args.per_object == 0:
             first = rng.choice(ids)
             widget.clear()
+            widget.session.predictor.refine_click = 1 + (k // args.per_object) % 2
             pts.data = np.array([interior(gt == first)], float)
         else:  # a further click on the same object, off its centre
             ys, xs = np.nonzero(gt == first)
@@ -133,16 +136,21 @@ def bench_2d(app, args):
         lat.append(widget.last_latency_ms)
         model.append(widget.last_model_ms)
         nth.append(k % args.per_object + 1)
-    lat, model, nth = np.array(lat[2:]), np.array(model[2:]), np.array(nth[2:])  # warm-up clicks out
+        sched.append(widget.session.predictor.refine_click)
+    widget.session.predictor.refine_click = 1
+    lat, model, nth, sched = (np.array(v[2:]) for v in (lat, model, nth, sched))  # warm-up clicks out
     import torch
 
     print(f"click-to-preview latency ({len(lat)} clicks, torch threads {torch.get_num_threads()}): "
           f"median {np.median(lat):.0f} ms, p95 {np.percentile(lat, 95):.0f} ms "
           f"(model part: median {np.median(model):.0f} ms, p95 {np.percentile(model, 95):.0f} ms)")
-    for name, sel in (("1st click", nth == 1), ("2nd (refine) click", nth == 2), ("later clicks", nth > 2)):
-        if sel.any():
-            print(f"  {name:18s}: median {np.median(lat[sel]):.0f} ms (model part {np.median(model[sel]):.0f} ms), "
-                  f"{int(sel.sum())} clicks")
+    for rc in (1, 2):
+        print(f" objects refined at click {rc}{' (default)' if rc == 1 else ' (published schedule)'}:")
+        for name, sel in (("1st click", nth == 1), ("2nd click", nth == 2), ("later clicks", nth > 2)):
+            sel = sel & (sched == rc)
+            if sel.any():
+                print(f"  {name:18s}: median {np.median(lat[sel]):.0f} ms (model part "
+                      f"{np.median(model[sel]):.0f} ms), {int(sel.sum())} clicks")
     widget.close_session()
     viewer.close()
 

@@ -22,6 +22,8 @@ def build_predictor(model, policy: str):
         return FocSAMPredictor(model, refine=False)
     if policy == "steady":
         return FocSAMPredictor(model)
+    if policy.startswith("steady_g1"):
+        return first_click_gated_predictor(model, int(policy[len("steady_g1"):] or 0) / 100)
     if policy == "steady2":
         return FocSAMPredictor(model, refine_click=2)
     if policy in ("steady_s5", "steady_r1"):
@@ -338,3 +340,27 @@ def box_refining_predictor(model):
             return StepResult(mask, out.logits, refined, res.decoder_seconds, time.perf_counter() - t0)
 
     return BoxRefining(model)
+
+
+def first_click_gated_predictor(model, margin: float = 0.0):
+    """The shipped predictor, but at the refine click (the 1st) the coarse mask is kept when
+    the decoder predicts a higher IoU for it than for the refined one (by more than
+    ``margin``); the refined embedding is kept for the later clicks either way."""
+    from napari_focsam.core.click_rules import object_click_count
+    from napari_focsam.core.predictor import FocSAMPredictor, StepResult, logits_to_mask
+
+    class Gated(FocSAMPredictor):
+        @torch.inference_mode()
+        def step(self, embedding, clicks, prev_logits=None, refined=None, *, box=None):
+            res = super().step(embedding, clicks, prev_logits, refined, box=box)
+            if box is not None or refined is not None or res.refined is None or object_click_count(clicks) != 1:
+                return res
+            pts, lab = self._prompts(embedding, clicks)
+            coarse = self.model.decode(embedding.features, pts, lab, None)
+            fine = self.model.decode(res.refined, pts, lab, None)
+            if float(coarse.iou[0, 0]) > float(fine.iou[0, 0]) + margin:
+                mask = logits_to_mask(coarse.logits, embedding.input_size, embedding.original_size)
+                return StepResult(mask, coarse.logits, res.refined, res.decoder_seconds, res.refine_seconds)
+            return res
+
+    return Gated(model)

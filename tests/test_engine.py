@@ -638,24 +638,6 @@ def test_default_refines_at_the_first_click_and_steadies_the_later_ones(refiner_
     assert mask.all() and sorted(served2) == ["original", "refined"]
 
 
-def test_steady_later_clicks_leave_out_a_refined_mask_that_bridges_two_clicked_cells(refiner_model, monkeypatch):
-    """Refined at the 1st click on one cell, a positive click on a second cell: the refined
-    embedding's mask joins the two cells, the original's keeps them apart and is shown (the
-    widget's 'one object is one cell' hint); without the gate the bridge may be shown."""
-    from napari_focsam.core.predictor import InteractiveObject
-
-    apart, bridge = two_squares_and_bridge()
-    for gate in (True, False):
-        pred = FocSAMPredictor(refiner_model, refine_gate=gate)
-        emb = pred.embed(blobs_stack(1, size=40)[0])
-        scripted_decoder(refiner_model, emb, monkeypatch, original_logit=apart, refined_logit=bridge)
-        obj = InteractiveObject(pred, emb)
-        obj.add_click(9, 9, True)
-        mask = obj.add_click(29, 29, True)
-        np.testing.assert_array_equal(mask, logits_to_mask_of(apart if gate else bridge, emb))
-        assert obj.refined is not None
-
-
 def logits_to_mask_of(logits: torch.Tensor, emb) -> np.ndarray:
     from napari_focsam.core.predictor import logits_to_mask
 

@@ -180,8 +180,11 @@ class FocSAMPredictor:
     around two clicked cells makes it bridge them. At the refine click the coarse mask is
     then kept (the widget hints that one object is one cell), no refined embedding is kept,
     and the refine is tried again at the next click (after a negative click took the second
-    cell back, say); at a later ``"steady"`` click the bridging candidates are left out.
-    False: the refine is taken as it is, at the ``refine_click``-th click only.
+    cell back, say). This matters for ``refine_click=2``: with one click nothing can be
+    bridged. (Leaving bridging candidates out of later ``"steady"`` clicks too was measured:
+    no change on the two-cells sequence, 0.004-0.011 mean IoU lost at clicks 2-3 on natural
+    images, whose objects have several pieces.) False: the refine is taken as it is, at the
+    ``refine_click``-th click only.
     """
 
     def __init__(self, model: FocSAM, *, refine: bool = True, refine_click: int = 1,
@@ -284,9 +287,7 @@ class FocSAMPredictor:
             masks = [mask] + [logits_to_mask(c, embedding.input_size, embedding.original_size) for c in candidates[1:]]
             previous = (None if prev_logits is None
                         else logits_to_mask(prev_logits, embedding.input_size, embedding.original_size))
-            keep = [i for i, m in enumerate(masks)  # the original embedding's mask never bridges
-                    if i == 1 or not (self.refine_gate and joins_clicked_pieces(masks[1], m, clicks))]
-            best = keep[steadiest_candidate([masks[i] for i in keep], clicks, previous)]
+            best = steadiest_candidate(masks, clicks, previous)
             logits, mask = candidates[best], masks[best]
         if later and self.later_clicks == "pick":
             agree = click_agreement(mask, clicks)
