@@ -6,9 +6,9 @@
         --run plain=vit_t --run old=vit_t+weights/old_refiner.pt --run new=vit_t+runs/x/focsam_t_refiner.pt
 
 Each ``--run LABEL=MODEL[+REFINER]`` is one loop: ``MODEL`` alone is the plain SAM loop of that
-model (no refinement), ``MODEL+REFINER`` refines at the product's refine click.  Every run
-sees the same objects: all of GrabCut (natural images) and, of the Coelho validation images
-(``last:16``), ``max_nuclei`` nuclei drawn with a fixed seed.  Clicks, IoU and NoC come from
+model (no refinement), ``MODEL+REFINER`` refines at the product's refine click (the 1st).
+Every run sees the same objects: all of GrabCut (natural images) and, of the Coelho
+validation images (``last:16``), ``max_nuclei`` nuclei drawn with a fixed seed.  Clicks, IoU and NoC come from
 :func:`napari_focsam.evaluation.protocol.evaluate_dataset` and the engine's per-object loop
 (:class:`napari_focsam.evaluation.runner.PredictorAdapter`, embeddings computed once per image
 and shared by the runs through its cache folder).

@@ -131,11 +131,13 @@ class SimConfig:
     inner_k: float = 1.7
     first_inner_k: float = 1.0
     expand_ratio_range: tuple[float, float] = (1.0, 1.4)
-    #: probability that a batch refines at the product's refine click (``refine_step = 1``:
+    #: probability that a batch refines at FocSAM's refine click, the 2nd (``refine_step = 1``:
     #: the coarse pass and the refiner see the first two clicks) instead of drawing it from
-    #: ``gamma_refine``; the ``n - 1`` later clicks are then all made on the refined embedding
+    #: ``gamma_refine`` (whose most frequent draw, ``refine_step = 0``, is the product's
+    #: default refine at the 1st click); the ``n - 1`` later clicks are then all made on the
+    #: refined embedding
     refine_at_click2_prob: float = 0.0
-    #: probability that a batch is exactly the product's second click (``n = 1``,
+    #: probability that a batch is exactly FocSAM's second click (``n = 1``,
     #: ``refine_step = 1``): the loss is on the refined prediction after two clicks, which
     #: trains the second click of objects that are already good after one
     second_click_prob: float = 0.0

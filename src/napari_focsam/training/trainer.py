@@ -104,10 +104,10 @@ def load_refiner_weights(refiner: torch.nn.Module, path: str | Path) -> None:
 def draw_click_schedule(rng: np.random.Generator, sc, group: str, stage: int) -> tuple[int, int | None]:
     """``(n, refine_step)`` of one batch (``refine_step`` None in stage 1).
 
-    With probability ``sc.second_click_prob`` the batch is the product's second click
+    With probability ``sc.second_click_prob`` the batch is FocSAM's refine click, the second
     (``n = 1, refine_step = 1``); with probability ``sc.refine_at_click2_prob`` it refines at the
     second click (``refine_step = 1``, ``n >= 1`` from ``gamma``) so that all later clicks are
-    made on the refined embedding, as in the product; otherwise ``n`` and ``refine_step`` are
+    made on the refined embedding; otherwise ``n`` and ``refine_step`` are
     geometric (``gamma``, ``gamma_refine``), as in FocSAM.  One uniform draw picks the case
     only when one of the two probabilities is set (older configs draw exactly as before).
     """
