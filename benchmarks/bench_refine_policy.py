@@ -30,8 +30,11 @@ object's 1st click for ``steady`` and its variants marked so, at the 2nd for the
 ``steady_r1`` as ``steady_s5`` with the refine at click 1; ``steady_r12``: refine at click 1
               and again at click 2; ``steady_noE1`` / ``steady_nomean``: ``steady`` without the
               E1 / the mean candidate;
+``steady_e1`` ``steady``, but E1's candidate whenever it follows the newest click;
 ``steady_g1M`` ``steady``, keeping the coarse mask at click 1 when the decoder predicts a
               higher IoU for it than for the refined one (by more than M/100);
+``--candidates`` the shipped rule's choice among the later-click candidates against the
+              best one (the ground truth known) on the same clicks;
 ``--boxes``   box prompts (the ground-truth box, then two clicks): the plain loop, ``steady``
               (the refine at the first click after the box) and a refine of the box step itself;
 ``steadypmN`` ``steady2`` and, from click N on, a progressive merge (only the change connected
@@ -351,6 +354,47 @@ def box_prompts(model, root, cache, log, sets: list[str], extra_clicks: int = 2)
             log(f"{name:12s}" + "".join(f"{v:8.4f}" for v in np.mean(r, axis=0)))
 
 
+def candidate_choice(model, root, cache, log, sets: list[str]) -> None:
+    """How good the shipped rule's choice among the three later-click candidates is: the
+    shipped predictor is replayed on each set and, at every click after the refine, the
+    ground-truth IoU of each candidate (E1's, E0's, their mean) is recorded; printed: the
+    mean IoU of the candidate chosen, of each candidate, and of the best one (an oracle that
+    knows the ground truth, on the same click trajectory)."""
+    import napari_focsam.core.predictor as predictor_module
+    from napari_focsam.evaluation.metrics import iou
+    from napari_focsam.evaluation.protocol import run_object
+    from napari_focsam.evaluation.runner import PredictorAdapter
+
+    rule = predictor_module.steadiest_candidate
+    current: dict = {}
+    rows: list[tuple[int, list[float]]] = []
+
+    def recording(masks, clicks, previous):
+        best = rule(masks, clicks, previous)
+        rows.append((best, [iou(current["gt"], m, current["ignore"]) for m in masks]))
+        return best
+
+    predictor_module.steadiest_candidate = recording
+    try:
+        for set_name in sets:
+            rows.clear()
+            adapter = PredictorAdapter(build_predictor(model, "steady"), cache_dir=cache)
+            for sample in make_dataset(set_name, root):
+                adapter.set_image(sample.load_image())
+                for ob in sample.objects:
+                    current.update(gt=np.asarray(ob.gt, bool), ignore=ob.ignore)
+                    adapter.reset()
+                    run_object(adapter.predict, ob.gt, ob.ignore)
+            gt = np.array([r[1] for r in rows])
+            pick = np.array([r[0] for r in rows])
+            log(f"\n== later-click candidates, {set_name} ({len(rows)} clicks): picked E1 / E0 / mean "
+                f"{' / '.join(str(int(c)) for c in np.bincount(pick, minlength=3))} times ==")
+            log(f"mean IoU: chosen {gt[np.arange(len(gt)), pick].mean():.4f}, E1 {gt[:, 0].mean():.4f}, "
+                f"E0 {gt[:, 1].mean():.4f}, mean {gt[:, 2].mean():.4f}, oracle {gt.max(axis=1).mean():.4f}")
+    finally:
+        predictor_module.steadiest_candidate = rule
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data-root", default=os.environ.get("FOCSAM_DATA", str(REPO.parent / "shared" / "data")))
@@ -366,6 +410,8 @@ def main(argv=None) -> int:
     p.add_argument("--plot", default=None, metavar="PNG", help="write the per-click differences to the plain loop")
     p.add_argument("--time", action="store_true", help="only time later clicks of reuse, pick and steady")
     p.add_argument("--boxes", action="store_true", help="only box prompts on --sets (see box_prompts)")
+    p.add_argument("--candidates", action="store_true",
+                   help="only the later-click candidates' IoU against an oracle choice on --sets")
     p.add_argument("--two-cells", type=int, default=0, metavar="N",
                    help="only the two-cells sequence on N Coelho validation pairs (see two_cells)")
     args = p.parse_args(argv)
@@ -387,6 +433,9 @@ def main(argv=None) -> int:
         model = load_model("focsam_t", "cpu")
     if args.time:
         time_clicks(model, root, args.cache, log)
+        return 0
+    if args.candidates:
+        candidate_choice(model, root, args.cache, log, args.sets.split(","))
         return 0
     if args.boxes:
         box_prompts(model, root, args.cache, log, args.sets.split(","))

@@ -30,6 +30,8 @@ def build_predictor(model, policy: str):
         return ranked_predictor(model, agreement_then_closeness, 2 if policy == "steady_s5" else 1)
     if policy in ("steady_noE1", "steady_nomean"):
         return ranked_predictor(model, without_candidate(0 if policy.endswith("E1") else 2), 1)
+    if policy == "steady_e1":
+        return ranked_predictor(model, refined_unless_against_click, 1)
     if policy == "steady_r12":
         return twice_refining_predictor(model)
     if policy.startswith("steadypm"):
@@ -290,6 +292,20 @@ def agreement_then_closeness(masks, clicks, previous):
 
     keys = [(click_agreement(m, clicks), mask_iou(m, previous) if previous is not None else 0.0) for m in masks]
     return max(range(len(masks)), key=lambda i: (keys[i], -i))
+
+
+def refined_unless_against_click(masks, clicks, previous):
+    """E1's candidate whenever it follows the newest click; otherwise the shipped rule's order
+    (follows the click, clicks agreed, closeness to the previous mask)."""
+    from napari_focsam.core.click_rules import click_agreement, follows_click, mask_iou
+
+    def key(i):
+        m = masks[i]
+        if previous is None:
+            return (True, i == 0, click_agreement(m, clicks), 0.0)
+        return (follows_click(m, previous, clicks[-1]), i == 0, click_agreement(m, clicks), mask_iou(m, previous))
+
+    return max(range(len(masks)), key=lambda i: (key(i), -i))
 
 
 def without_candidate(left_out: int):
