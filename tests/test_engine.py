@@ -306,6 +306,9 @@ def test_refiner_runs_at_its_click_counted_from_the_first_positive(refiner_model
     obj.add_click(8, 30, False)
     assert calls == [1] and obj.refined is not None
     assert FocSAMPredictor(refiner_model).refine_click == 1
+    for bad in (0, -1, 1.5, True, "2"):
+        with pytest.raises(ValueError, match="refine_click must be a click number"):
+            FocSAMPredictor(refiner_model, refine_click=bad)
 
 
 @pytest.mark.parametrize("positive", ["false", "True", 1, 0, None, 1.0, np.array([True])])

@@ -112,8 +112,8 @@ class SetupPanel(QGroupBox):
         self.refine_check = QCheckBox("focus refiner")
         self.refine_check.setChecked(True)
         self.refine_check.setEnabled(False)
-        self.refine_check.setToolTip("FocSAM's focus refinement of the embedding around each object, from its 1st click on; "
-                                     "available when the model has a focus refiner")
+        self.refine_check.setToolTip("FocSAM's focus refinement of the embedding around each object, "
+                                     "from its 1st click on; available when the model has a focus refiner")
         form.addRow("Refine", self.refine_check)
         self.refine_wanted = True  # the user's choice, kept while a model without refiner is loaded
 

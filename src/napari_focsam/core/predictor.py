@@ -190,6 +190,8 @@ class FocSAMPredictor:
     def __init__(self, model: FocSAM, *, refine: bool = True, refine_click: int = 1,
                  channel_order: str | None = None, later_clicks: str = "steady", refine_gate: bool = True) -> None:
         tune_malloc()  # per-click tensors of several MiB: avoid a page fault per 4 KiB
+        if isinstance(refine_click, bool) or not isinstance(refine_click, int) or refine_click < 1:
+            raise ValueError(f"refine_click must be a click number >= 1, got {refine_click!r}")
         if later_clicks not in LATER_CLICKS:
             raise ValueError(f"later_clicks must be one of {', '.join(LATER_CLICKS)}, got {later_clicks!r}")
         self.model = model.eval()
@@ -252,7 +254,7 @@ class FocSAMPredictor:
         click after the box (its focus region comes from the box step's mask), also with
         ``refine_click=1``: a box already bounds the object, and refining the box step's
         own mask lost mean IoU at the box and at the next click on GrabCut (0.957 / 0.966
-        against 0.961 / 0.977 without, ``benchmarks/bench_refine_policy.py --boxes``).
+        against 0.961 / 0.976 without, ``benchmarks/bench_refine_policy.py --boxes``).
         """
         if not clicks and box is None:
             raise ValueError("at least one click is needed")

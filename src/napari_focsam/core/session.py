@@ -14,9 +14,9 @@ object at the scale that fits it (:mod:`.tiled_object`), masks kept as regions
 
 Each object keeps, per clicked slice, the history of its clicks (the predictor's
 :class:`InteractiveObject`: the decoder's logits and, from the refine click when the model
-has a focus refiner, the refined embedding), so that undo restores the exact previous state. Embeddings come from the session's shared
-:class:`EmbeddingStore`; objects are independent of each other. All methods are thread-safe
-(one lock per object; the store has its own).
+has a focus refiner, the refined embedding), so that undo restores the exact previous state.
+Embeddings come from the session's shared :class:`EmbeddingStore`; objects are independent
+of each other. All methods are thread-safe (one lock per object; the store has its own).
 """
 
 from __future__ import annotations
