@@ -27,9 +27,9 @@ from .regions import (MaskRegion, downsample_region, region_bbox, region_iou, re
 from .tiled_embeddings import TiledEmbeddingStore
 from .tiled_object import MAX_MOVES, box_at_level, next_placement
 from .tiles import EDGE_MARGIN, TileKey
-from .volume import (DEFAULT_IOU_THRESHOLD, DEFAULT_MULTIMASK, DEFAULT_PROMPT, DIRECTIONS, MIN_MASK_PIXELS,
-                     PropagationResult, check_propagation, decode_prompt, interior_point, mask_box,
-                     mask_to_logits, plan_runs)
+from .volume import (CANCELLED, DEFAULT_IOU_THRESHOLD, DEFAULT_MULTIMASK, DEFAULT_PROMPT, DIRECTIONS,
+                     MIN_MASK_PIXELS, PropagationResult, check_propagation, decode_prompt, interior_point,
+                     mask_box, mask_to_logits, plan_runs, run_all)
 
 __all__ = ["RegionMasks", "propagate_tiled"]
 
@@ -149,70 +149,36 @@ def propagate_tiled(
     regions = {z: r for z, (r, _, _) in seeds.items() if region_pixels(r)}
     empty = {z for z, (r, _, _) in seeds.items() if not region_pixels(r)}
     runs = plan_runs(order, empty, n_slices, directions)
-    total = sum(r.n_slices for r in runs)
-    reasons = {d: "not requested" for d in DIRECTIONS}
-    ious: dict[int, float] = {}
-    done, was_cancelled = 0, False
-    new_memo: dict = {}
-    for start, step, limit, outer in runs:
-        if was_cancelled:
-            if outer:
-                reasons[outer] = "cancelled"
-            continue
-        mkey = None
-        if tokens is not None and start in tokens:
-            mkey = (start, step, limit, outer, tokens[start], iou_threshold if outer else None, prompt, multimask,
-                    min_pixels)
-        if memo is not None and mkey is not None and mkey in memo:
-            run_regions, run_ious, reason = memo[mkey]
-            new_memo[mkey] = memo[mkey]
-            regions.update(run_regions)
-            ious.update(run_ious)
-            done += len(run_regions)
-            if progress is not None:
-                progress(min(done, total), total)
-            if outer:
-                reasons[outer] = reason
-            continue
-        run_regions, run_ious = {}, {}
-        prev, key, logits = seeds[start]
-        reason = "border"
+
+    def run_one(run, tick: Callable[[], None]):
+        run_regions: dict[int, MaskRegion] = {}
+        run_ious: dict[int, float] = {}
+        prev, key, logits = seeds[run.start]
         if not region_pixels(prev):
-            reason = f"the clicked slice {start} has an empty mask"
-        z = start + step
-        while reason == "border" and z != limit:
+            return run_regions, run_ious, f"the clicked slice {run.start} has an empty mask"
+        z = run.start + run.step
+        while z != run.limit:
             if cancelled is not None and cancelled():
-                was_cancelled, reason = True, "cancelled"
-                break
+                return run_regions, run_ious, CANCELLED
             region, key, logits, blank = next_slice_tiled(store, z, prev, key, logits, prompt, multimask)
             if blank:
-                reason = f"vanished at z={z} (blank slice)"
-                break
+                return run_regions, run_ious, f"vanished at z={z} (blank slice)"
             if region_pixels(region) < min_pixels:
-                reason = f"vanished at z={z}"
-                break
+                return run_regions, run_ious, f"vanished at z={z}"
             iou = region_iou(prev, region)
             run_ious[z] = iou
-            if outer and iou < iou_threshold:
-                reason = f"iou {iou:.2f} < {iou_threshold:.2f} at z={z}"
-                break
+            if run.outer and iou < iou_threshold:
+                return run_regions, run_ious, f"iou {iou:.2f} < {iou_threshold:.2f} at z={z}"
             run_regions[z] = region
             prev = region
-            done += 1
-            if progress is not None:
-                progress(min(done, total), total)
-            z += step
-        regions.update(run_regions)
-        ious.update(run_ious)
-        if mkey is not None and not was_cancelled:
-            new_memo[mkey] = (run_regions, run_ious, reason)
-        if outer:
-            reasons[outer] = reason
-    if memo is not None and not was_cancelled:
-        memo.clear()
-        memo.update(new_memo)
-    if progress is not None and not was_cancelled:
-        progress(total, total)
+            tick()
+            z += run.step
+        return run_regions, run_ious, "border"
+
+    run_regions, ious, reasons, was_cancelled = run_all(
+        runs, run_one, iou_threshold=iou_threshold, params=(prompt, multimask, min_pixels),
+        tokens=tokens, memo=memo, progress=progress)
+    regions.update(run_regions)
     nonempty = [z for z, r in regions.items() if region_pixels(r)]
     z_range = (min(nonempty), max(nonempty)) if nonempty else (order[0], order[0])
     return PropagationResult(RegionMasks(regions, store.volume.plane_shape), z_range, reasons, was_cancelled, ious,

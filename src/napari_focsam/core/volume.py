@@ -318,6 +318,64 @@ def check_propagation(seeds: Mapping[int, Any], directions: Iterable[str], iou_t
     return directions
 
 
+#: The reason of a run stopped by the caller's ``cancelled``.
+CANCELLED = "cancelled"
+
+
+def run_all(runs: Iterable[PropagationRun], run_one: Callable, *, iou_threshold: float, params: tuple,
+            tokens: Mapping[int, Hashable] | None, memo: dict | None,
+            progress: Callable[[int, int], None] | None) -> tuple[dict, dict, dict, bool]:
+    """Execute propagation ``runs`` in order, reusing the finished runs kept in ``memo``.
+
+    run_one(run, tick) -> (results by slice, IoU with the previous slice by slice, reason the
+    run ended); it calls ``tick()`` once per slice kept and returns the reason
+    :data:`CANCELLED` when it was cancelled, which skips the runs left. A run's memo key is its
+    extent, its seed's ``tokens`` entry (no key without one), ``iou_threshold`` for the outer
+    runs and ``params``; ``memo`` is replaced by this call's runs unless it was cancelled (see
+    :func:`propagate`). Returns (results, ious, reasons per direction, cancelled).
+    """
+    runs = list(runs)
+    total = sum(r.n_slices for r in runs)
+    results: dict = {}
+    ious: dict[int, float] = {}
+    reasons = {d: "not requested" for d in DIRECTIONS}
+    new_memo: dict = {}
+    done, was_cancelled = 0, False
+
+    def tick(n: int = 1) -> None:
+        nonlocal done
+        done += n
+        if progress is not None:
+            progress(min(done, total), total)
+
+    for run in runs:
+        if was_cancelled:
+            if run.outer:
+                reasons[run.outer] = CANCELLED
+            continue
+        key = None
+        if tokens is not None and run.start in tokens:
+            key = (*run, tokens[run.start], iou_threshold if run.outer else None, *params)
+        if memo is not None and key is not None and key in memo:
+            got = memo[key]
+            tick(len(got[0]))
+        else:
+            got = run_one(run, tick)
+            was_cancelled = got[2] == CANCELLED
+        if key is not None and not was_cancelled:
+            new_memo[key] = got
+        results.update(got[0])
+        ious.update(got[1])
+        if run.outer:
+            reasons[run.outer] = got[2]
+    if memo is not None and not was_cancelled:
+        memo.clear()
+        memo.update(new_memo)
+    if progress is not None and not was_cancelled:
+        progress(total, total)
+    return results, ious, reasons, was_cancelled
+
+
 def propagate(
     store: "EmbeddingStore",
     seeds: Mapping[int, tuple[np.ndarray, torch.Tensor | None]],
@@ -352,54 +410,26 @@ def propagate(
     refine = bool(refine) and store.predictor.model.has_refiner
     order = sorted(seeds)
     masks = {z: np.asarray(m, dtype=bool) for z, (m, _) in seeds.items() if np.any(m)}
-    ious: dict[int, float] = {}
-    reasons = {d: "not requested" for d in DIRECTIONS}
     empty = {z for z, (m, _) in seeds.items() if not np.any(m)}
     runs = plan_runs(order, empty, n_slices, directions)
-    total = sum(r.n_slices for r in runs)
-    state = {"done": 0, "cancelled": False}
-    new_memo: dict = {}
 
-    def tick(n: int = 1) -> None:
-        state["done"] += n
-        if progress is not None:
-            progress(min(state["done"], total), total)
+    def run_one(run: PropagationRun, tick: Callable[[], None]):
+        return _run(store, run, seeds[run.start], iou_threshold, prompt, multimask, min_pixels, tick, cancelled,
+                    refine)
 
-    for run in runs:
-        if state["cancelled"]:
-            if run.outer:
-                reasons[run.outer] = "cancelled"
-            continue
-        key = None
-        if tokens is not None and run.start in tokens:
-            key = (run.start, run.step, run.limit, run.outer, tokens[run.start],
-                   iou_threshold if run.outer else None, prompt, multimask, min_pixels, refine)
-        if memo is not None and key is not None and key in memo:
-            run_masks, run_ious, reason = memo[key]
-            tick(len(run_masks))
-        else:
-            run_masks, run_ious, reason = _run(store, run, seeds[run.start], iou_threshold, prompt, multimask,
-                                               min_pixels, tick, cancelled, state, refine)
-        if key is not None and not state["cancelled"]:
-            new_memo[key] = (run_masks, run_ious, reason)
-        masks.update(run_masks)
-        ious.update(run_ious)
-        if run.outer:
-            reasons[run.outer] = reason
-    if memo is not None and not state["cancelled"]:
-        memo.clear()
-        memo.update(new_memo)
-    if progress is not None and not state["cancelled"]:
-        progress(total, total)
+    run_masks, ious, reasons, was_cancelled = run_all(
+        runs, run_one, iou_threshold=iou_threshold, params=(prompt, multimask, min_pixels, refine),
+        tokens=tokens, memo=memo, progress=progress)
+    masks.update(run_masks)
     nonempty = [z for z, m in masks.items() if m.any()]
     z_range = (min(nonempty), max(nonempty)) if nonempty else (order[0], order[0])
-    return PropagationResult(dict(sorted(masks.items())), z_range, reasons, state["cancelled"], ious,
+    return PropagationResult(dict(sorted(masks.items())), z_range, reasons, was_cancelled, ious,
                              time.perf_counter() - t0)
 
 
-def _run(store, run: PropagationRun, seed, iou_threshold, prompt, multimask, min_pixels, tick, cancelled, state,
+def _run(store, run: PropagationRun, seed, iou_threshold, prompt, multimask, min_pixels, tick, cancelled,
          refine=False):
-    """One run from a seed: (masks, ious, reason why it ended)."""
+    """One run from a seed: (masks, ious, reason why it ended; "cancelled" when it was)."""
     prev_mask, prev_logits = seed
     prev_mask = np.asarray(prev_mask, dtype=bool)
     masks: dict[int, np.ndarray] = {}
@@ -409,8 +439,7 @@ def _run(store, run: PropagationRun, seed, iou_threshold, prompt, multimask, min
     z = run.start + run.step
     while z != run.limit:
         if cancelled is not None and cancelled():
-            state["cancelled"] = True
-            return masks, ious, "cancelled"
+            return masks, ious, CANCELLED
         emb = store.get(z)
         if getattr(emb, "blank", False):
             return masks, ious, f"vanished at z={z} (blank slice)"
