@@ -27,9 +27,9 @@ from .regions import (MaskRegion, downsample_region, region_bbox, region_iou, re
 from .tiled_embeddings import TiledEmbeddingStore
 from .tiled_object import MAX_MOVES, box_at_level, next_placement
 from .tiles import EDGE_MARGIN, TileKey
-from .volume import (CANCELLED, DEFAULT_IOU_THRESHOLD, DEFAULT_MULTIMASK, DEFAULT_PROMPT, DIRECTIONS,
-                     MIN_MASK_PIXELS, PropagationResult, check_propagation, decode_prompt, interior_point,
-                     mask_box, mask_to_logits, plan_runs, run_all)
+from .volume import (DEFAULT_IOU_THRESHOLD, DEFAULT_MULTIMASK, DEFAULT_PROMPT, DIRECTIONS, MIN_MASK_PIXELS,
+                     PropagationResult, check_propagation, decode_prompt, interior_point, mask_box,
+                     mask_to_logits, plan_runs, run_all, walk_run)
 
 __all__ = ["RegionMasks", "propagate_tiled"]
 
@@ -150,30 +150,14 @@ def propagate_tiled(
     empty = {z for z, (r, _, _) in seeds.items() if not region_pixels(r)}
     runs = plan_runs(order, empty, n_slices, directions)
 
+    def next_region(z: int, prev: MaskRegion, state: tuple):
+        region, key, logits, blank = next_slice_tiled(store, z, prev, *state, prompt, multimask)
+        return region, (key, logits), blank
+
     def run_one(run, tick: Callable[[], None]):
-        run_regions: dict[int, MaskRegion] = {}
-        run_ious: dict[int, float] = {}
         prev, key, logits = seeds[run.start]
-        if not region_pixels(prev):
-            return run_regions, run_ious, f"the clicked slice {run.start} has an empty mask"
-        z = run.start + run.step
-        while z != run.limit:
-            if cancelled is not None and cancelled():
-                return run_regions, run_ious, CANCELLED
-            region, key, logits, blank = next_slice_tiled(store, z, prev, key, logits, prompt, multimask)
-            if blank:
-                return run_regions, run_ious, f"vanished at z={z} (blank slice)"
-            if region_pixels(region) < min_pixels:
-                return run_regions, run_ious, f"vanished at z={z}"
-            iou = region_iou(prev, region)
-            run_ious[z] = iou
-            if run.outer and iou < iou_threshold:
-                return run_regions, run_ious, f"iou {iou:.2f} < {iou_threshold:.2f} at z={z}"
-            run_regions[z] = region
-            prev = region
-            tick()
-            z += run.step
-        return run_regions, run_ious, "border"
+        return walk_run(run, prev, (key, logits), next_region, region_pixels, region_iou,
+                        iou_threshold=iou_threshold, min_pixels=min_pixels, tick=tick, cancelled=cancelled)
 
     run_regions, ious, reasons, was_cancelled = run_all(
         runs, run_one, iou_threshold=iou_threshold, params=(prompt, multimask, min_pixels),

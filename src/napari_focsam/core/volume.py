@@ -413,9 +413,17 @@ def propagate(
     empty = {z for z, (m, _) in seeds.items() if not np.any(m)}
     runs = plan_runs(order, empty, n_slices, directions)
 
+    def next_mask(z: int, prev: np.ndarray, logits: torch.Tensor | None):
+        emb = store.get(z)
+        if getattr(emb, "blank", False):
+            return None, logits, True
+        mask, logits = next_slice(store.predictor, emb, prev, logits, prompt, multimask, refine=refine)
+        return mask, logits, False
+
     def run_one(run: PropagationRun, tick: Callable[[], None]):
-        return _run(store, run, seeds[run.start], iou_threshold, prompt, multimask, min_pixels, tick, cancelled,
-                    refine)
+        seed_mask, seed_logits = seeds[run.start]
+        return walk_run(run, np.asarray(seed_mask, dtype=bool), seed_logits, next_mask, np.count_nonzero, mask_iou,
+                        iou_threshold=iou_threshold, min_pixels=min_pixels, tick=tick, cancelled=cancelled)
 
     run_masks, ious, reasons, was_cancelled = run_all(
         runs, run_one, iou_threshold=iou_threshold, params=(prompt, multimask, min_pixels, refine),
@@ -427,31 +435,39 @@ def propagate(
                              time.perf_counter() - t0)
 
 
-def _run(store, run: PropagationRun, seed, iou_threshold, prompt, multimask, min_pixels, tick, cancelled,
-         refine=False):
-    """One run from a seed: (masks, ious, reason why it ended; "cancelled" when it was)."""
-    prev_mask, prev_logits = seed
-    prev_mask = np.asarray(prev_mask, dtype=bool)
-    masks: dict[int, np.ndarray] = {}
+def walk_run(run: PropagationRun, seed: Any, state: Any, next_mask: Callable, pixels: Callable, overlap: Callable,
+             *, iou_threshold: float, min_pixels: int, tick: Callable[[], None],
+             cancelled: Callable[[], bool] | None) -> tuple[dict, dict[int, float], str]:
+    """Walk one run from its seed slice, one slice at a time, until a stop rule ends it.
+
+    seed: the seed slice's mask (any type ``pixels`` and ``overlap`` take: an (H, W) bool
+    array, a mask region); state: what the decoder carries from slice to slice (logits, a
+    tile). next_mask(z, previous mask, state) -> (mask, state, blank) decodes slice ``z``.
+    The run stops at the border, on a blank slice, when the mask has fewer than
+    ``min_pixels`` pixels, when its IoU with the previous slice (``overlap``) falls below
+    ``iou_threshold`` (outer runs only) or when ``cancelled()`` (reason :data:`CANCELLED`).
+    Returns (mask by slice, IoU with the previous slice by slice, reason the run ended).
+    """
+    masks: dict = {}
     ious: dict[int, float] = {}
-    if not prev_mask.any():
+    if not pixels(seed):
         return masks, ious, f"the clicked slice {run.start} has an empty mask"
+    prev = seed
     z = run.start + run.step
     while z != run.limit:
         if cancelled is not None and cancelled():
             return masks, ious, CANCELLED
-        emb = store.get(z)
-        if getattr(emb, "blank", False):
+        mask, state, blank = next_mask(z, prev, state)
+        if blank:
             return masks, ious, f"vanished at z={z} (blank slice)"
-        mask, logits = next_slice(store.predictor, emb, prev_mask, prev_logits, prompt, multimask, refine=refine)
-        if np.count_nonzero(mask) < min_pixels:
+        if pixels(mask) < min_pixels:
             return masks, ious, f"vanished at z={z}"
-        iou = mask_iou(prev_mask, mask)
+        iou = overlap(prev, mask)
         ious[z] = iou
         if run.outer and iou < iou_threshold:
             return masks, ious, f"iou {iou:.2f} < {iou_threshold:.2f} at z={z}"
         masks[z] = mask
-        prev_mask, prev_logits = mask, logits
+        prev = mask
         tick()
         z += run.step
     return masks, ious, "border"
