@@ -31,6 +31,8 @@ object's 1st click for ``steady`` and its variants marked so, at the 2nd for the
               and again at click 2; ``steady_noE1`` / ``steady_nomean``: ``steady`` without the
               E1 / the mean candidate;
 ``steady_e1`` ``steady``, but E1's candidate whenever it follows the newest click;
+``steady_kT``  ``steady``, keeping the coarse mask at click 1 when the refined one overlaps
+              it with an IoU >= T/100;
 ``steady_g1M`` ``steady``, keeping the coarse mask at click 1 when the decoder predicts a
               higher IoU for it than for the refined one (by more than M/100);
 ``--candidates`` the shipped rule's choice among the later-click candidates against the

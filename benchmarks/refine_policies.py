@@ -22,6 +22,8 @@ def build_predictor(model, policy: str):
         return FocSAMPredictor(model, refine=False)
     if policy == "steady":
         return FocSAMPredictor(model)
+    if policy.startswith("steady_k"):
+        return close_coarse_predictor(model, int(policy[len("steady_k"):]) / 100)
     if policy.startswith("steady_g1"):
         return first_click_gated_predictor(model, int(policy[len("steady_g1"):] or 0) / 100)
     if policy == "steady2":
@@ -380,3 +382,26 @@ def first_click_gated_predictor(model, margin: float = 0.0):
             return res
 
     return Gated(model)
+
+
+def close_coarse_predictor(model, threshold: float):
+    """The shipped predictor, but at the refine click (the 1st) the coarse mask is kept when
+    the refined one overlaps it with an IoU of at least ``threshold`` (the refiner only moved
+    the boundary); the refined embedding is kept for the later clicks either way."""
+    from napari_focsam.core.click_rules import mask_iou, object_click_count
+    from napari_focsam.core.predictor import FocSAMPredictor, StepResult, logits_to_mask
+
+    class CloseCoarse(FocSAMPredictor):
+        @torch.inference_mode()
+        def step(self, embedding, clicks, prev_logits=None, refined=None, *, box=None):
+            res = super().step(embedding, clicks, prev_logits, refined, box=box)
+            if box is not None or refined is not None or res.refined is None or object_click_count(clicks) != 1:
+                return res
+            pts, lab = self._prompts(embedding, clicks)
+            coarse = self.model.decode(embedding.features, pts, lab, None)
+            mask = logits_to_mask(coarse.logits, embedding.input_size, embedding.original_size)
+            if mask_iou(mask, res.mask) >= threshold:
+                return StepResult(mask, coarse.logits, res.refined, res.decoder_seconds, res.refine_seconds)
+            return res
+
+    return CloseCoarse(model)
