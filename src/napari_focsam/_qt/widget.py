@@ -17,6 +17,7 @@ Ctrl+Z removes the newest point, or (with no points) undoes the last commit; Ctr
 from __future__ import annotations
 
 import time
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -78,6 +79,7 @@ class FocSAMWidget(QWidget):
         self._config: tuple | None = None
         self._closed = False
         self._was_docked = False
+        self._watched_window = None
         self._t_change = 0.0
         self._dropped_warned = 0
         self._cpu_fallback_done = False
@@ -95,6 +97,8 @@ class FocSAMWidget(QWidget):
 
         self.sync = ViewerSync(self.viewer, self.setup, self.output, self.managed)
         self.tiles = TileView(self, self._set_status)  # large images: tiles embedded, their outlines
+        # deleted without a close (its window went away): the parts stop, nothing reports to Qt
+        self.destroyed.connect(partial(_stop_parts, (self.jobs, self.tiles, self.modes, self.managed, self.sync)))
         self._wire()
         self.jobs.probe_devices()
         self.sync.refresh()
@@ -564,13 +568,25 @@ class FocSAMWidget(QWidget):
 
     # ------------------------------------------------------------------ closing
     def event(self, ev) -> bool:
-        """napari removes a closed dock by un-parenting its widget: stop everything then."""
+        """napari removes a closed dock by un-parenting its widget: stop everything then. Docked,
+        the widget also watches its main window, which may close (and delete every widget in it)
+        while a job runs."""
         if ev.type() == QEvent.Type.ParentChange:
             if self.parent() is not None:
                 self._was_docked = True
+                top = self.window()
+                if top is not self and top is not self._watched_window:
+                    top.installEventFilter(self)
+                    self._watched_window = top
             elif self._was_docked:
                 self.close_session()
         return super().event(ev)
+
+    def eventFilter(self, obj, ev) -> bool:  # noqa: N802 (Qt API)
+        """The main window closes: stop every job before Qt deletes the widgets they report to."""
+        if obj is self._watched_window and ev.type() == QEvent.Type.Close:
+            self.close_session()
+        return False
 
     def closeEvent(self, event) -> None:  # noqa: N802 (Qt API)
         self.close_session()
@@ -581,9 +597,28 @@ class FocSAMWidget(QWidget):
         if self._closed:
             return
         self._closed = True
-        self.jobs.close()
-        self.tiles.close()
-        self.modes.close()
-        self.managed.release()
-        self.sync.close()
+        if self._watched_window is not None:
+            try:
+                self._watched_window.removeEventFilter(self)
+            except RuntimeError:  # the window is already deleted
+                pass
+            self._watched_window = None
+        try:
+            self.destroyed.disconnect()  # stopped here: not again when Qt deletes the widget
+        except (RuntimeError, TypeError):
+            pass
+        _stop_parts((self.jobs, self.tiles, self.modes, self.managed, self.sync))
+
+
+def _stop_parts(parts: tuple, *_: Any) -> None:
+    """Close the widget's parts: jobs cancelled, nothing reported, keys and events given back.
+
+    A module function (not a method), so that it can run from ``destroyed`` after Qt deleted the
+    widget; each part is closed even when an earlier one fails on a deleted Qt object.
+    """
+    for part in parts:
+        try:
+            (getattr(part, "close", None) or part.release)()
+        except RuntimeError:  # a Qt object of the part is already deleted
+            pass
 

@@ -134,28 +134,30 @@ def layout_of(vol) -> str:
 
 
 def check_output(path: str | Path, ndim: int, image_path: str | Path | None = None) -> Path:
-    """Check the output mask path before any work (format, folder, not the input itself)."""
+    """Check the output mask path before any work: format and folder, not the input nor anything
+    inside it, not an existing zarr store unless it is a mask this tool wrote (an image, an
+    embedding cache), nothing inside a zarr store (see
+    :func:`~napari_focsam.core.io.check_mask_path`)."""
     from ..core.io import check_mask_path
 
+    out = Path(path)
     try:
-        out = check_mask_path(path, ndim)
+        target = out.absolute().parent.resolve() / out.name
+    except OSError:
+        target = out.absolute()
+    try:
+        source = None if image_path is None else Path(image_path).resolve()
+    except OSError:
+        source = None
+    if source is not None and target == source:
+        raise UserError(f"--out {out} is the input image: choose another file for the mask")
+    zarr_input = source is not None and any((source / f).is_file() for f in ("zarr.json", ".zarray", ".zgroup"))
+    if zarr_input and target.is_relative_to(source):
+        raise UserError(f"--out {out} is part of the input {image_path}: choose a new name for the mask")
+    try:
+        return check_mask_path(out, ndim)
     except ValueError as exc:
         raise UserError(str(exc)) from None
-    if image_path is not None:
-        try:
-            same = out.exists() and out.resolve() == Path(image_path).resolve()
-        except OSError:
-            same = False
-        if same:
-            raise UserError(f"--out {out} is the input image: choose another file for the mask")
-        try:
-            inside = out.exists() and Path(image_path).is_dir() and out.resolve().is_relative_to(
-                Path(image_path).resolve())
-        except OSError:
-            inside = False
-        if inside:
-            raise UserError(f"--out {out} is part of the input {image_path}: choose a new name for the mask")
-    return out
 
 
 def parse_limits(text: str) -> tuple[float, float]:

@@ -43,9 +43,22 @@ __all__ = [
     "open_image",
     "paint_objects",
     "precompute_distributed",
+    "progress_on_stderr",
     "read_seeds",
     "segment_seeds",
 ]
+
+
+def progress_on_stderr(futures: Sequence[Any]) -> None:
+    """dask's text progress bar for ``futures``, drawn on stderr (it draws on stdout, which the
+    command line keeps for its one JSON line); returns when all are done."""
+    import contextlib
+    import sys
+
+    from distributed import progress as dask_progress
+
+    with contextlib.redirect_stdout(sys.stderr):
+        dask_progress(futures, notebook=False)
 
 
 @dataclass(frozen=True)
@@ -270,7 +283,6 @@ def precompute_distributed(client: Any, source: ImageSource, cache_dir: str | Pa
         worker that died may still have written some of them), ``errors`` (why) and
         ``worker_max_rss_mb`` (peak resident memory of each worker process).
     """
-    from distributed import progress as dask_progress
     from distributed import wait
 
     t0 = time.perf_counter()
@@ -282,7 +294,7 @@ def precompute_distributed(client: Any, source: ImageSource, cache_dir: str | Pa
                              retries=retries, key=f"focsam-fill-{g[0]}-{os.getpid()}-{time.time_ns()}")
                for g in groups]
     if futures and progress:
-        dask_progress(futures, notebook=False)
+        progress_on_stderr(futures)
     wait(futures)
     # A unit of a finished task was filled during this run: by that task, or by a worker that
     # died after writing it (its task was then re-run and found the slice done).
@@ -458,14 +470,13 @@ def segment_seeds(source: ImageSource, seeds: np.ndarray, *, model: str, device:
                 if on_object is not None:
                     on_object(n, len(items))
         return out
-    from distributed import progress as dask_progress
     from distributed import wait
 
     groups = [items[k:k + max(1, seeds_per_task)] for k in range(0, len(items), max(1, seeds_per_task))]
     futures = [client.submit(_segment_task, source, cache, model, device, g, propagate, iou_threshold,
                              threads, pure=False, retries=retries) for g in groups]
     if futures and progress:
-        dask_progress(futures, notebook=False)
+        progress_on_stderr(futures)
     wait(futures)
     results: list[ObjectResult] = []
     for g, fut in zip(groups, futures):

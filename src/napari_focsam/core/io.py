@@ -31,6 +31,7 @@ __all__ = [
     "LOSSY_SUFFIXES",
     "MASK_CHUNK",
     "MASK_FORMATS",
+    "MASK_MARK",
     "MASK_TILE",
     "TIFF_SUFFIXES",
     "check_mask_path",
@@ -264,16 +265,27 @@ def check_mask_path(path: str | Path, ndim: int = 2) -> Path:
     ------
     ValueError
         A lossy or unknown format, a format that cannot hold ``ndim`` axes, a folder that does
-        not exist or is read-only, or a path that is a folder.
+        not exist or is read-only, a path that is a folder, a path inside a zarr store, or an
+        existing ``.zarr`` folder that is not a mask this tool wrote (a group, an image, a cache).
     """
     path = Path(path)
     suffix = path.suffix.lower()
+    store = _zarr_store_above(path)
+    if store is not None:
+        raise ValueError(f"cannot write {path}: it lies inside the zarr store {store}, which this "
+                         "tool never changes; choose a path outside it")
     if suffix == ".zarr" and path.exists():
         if not path.is_dir():
             raise ValueError(f"cannot write {path}: it exists and is not a folder")
-        if not ((path / "zarr.json").is_file() or (path / ".zarray").is_file()):
+        kind, attrs = _zarr_node(path)
+        if kind is None:
             raise ValueError(f"cannot write {path}: the folder exists and is not a zarr array "
                              "(remove it or choose another name)")
+        if kind != "array" or not isinstance(attrs.get(MASK_MARK), dict):
+            what = "a zarr group (an image, a cache or a dataset)" if kind == "group" else \
+                "a zarr array this tool did not write"
+            raise ValueError(f"cannot write {path}: it is {what}; only a mask written earlier by "
+                             "napari-focsam is ever replaced: choose another name")
     elif path.is_dir():
         raise ValueError(f"{path} is a directory: give a file name for the mask")
     allowed = ", ".join(s for s, n in MASK_FORMATS.items() if n >= ndim)
@@ -295,6 +307,50 @@ def check_mask_path(path: str | Path, ndim: int = 2) -> Path:
     if path.exists() and not path.is_dir() and not os.access(path, os.W_OK):
         raise ValueError(f"cannot write {path}: the file exists and is read-only")
     return path
+
+
+#: The attribute that marks a zarr array as a mask written by this tool (the only kind of
+#: existing zarr folder an output may replace).
+MASK_MARK = "napari_focsam"
+_ZARR_FILES = ("zarr.json", ".zarray", ".zgroup")
+
+
+def _read_small_json(path: Path) -> dict:
+    """A JSON object from a metadata file of at most 1 MiB; {} for anything else."""
+    import json
+
+    try:
+        if path.stat().st_size > 2**20:
+            return {}
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _zarr_node(folder: Path) -> tuple[str | None, dict]:
+    """What a folder is as zarr ('array', 'group' or None) and its attributes (v2 and v3)."""
+    if (folder / "zarr.json").is_file():
+        meta = _read_small_json(folder / "zarr.json")
+        attrs = meta.get("attributes")
+        return (meta.get("node_type") if meta.get("node_type") in ("array", "group") else "group",
+                attrs if isinstance(attrs, dict) else {})
+    if (folder / ".zarray").is_file() or (folder / ".zgroup").is_file():
+        kind = "array" if (folder / ".zarray").is_file() else "group"
+        return kind, _read_small_json(folder / ".zattrs")
+    return None, {}
+
+
+def _zarr_store_above(path: Path) -> Path | None:
+    """The nearest folder above ``path`` that is a zarr array or group, if any."""
+    try:
+        parent = path.absolute().parent.resolve()
+    except OSError:
+        return None
+    for folder in (parent, *parent.parents):
+        if any((folder / name).is_file() for name in _ZARR_FILES):
+            return folder
+    return None
 
 
 @contextmanager
@@ -411,7 +467,8 @@ def write_mask_regions(path: str | Path, shape: Sequence[int], region_of: Region
             import zarr
 
             chunks = ((1,) if len(shape) == 3 else ()) + tuple(min(MASK_CHUNK, n) for n in plane)
-            arr = zarr.create_array(str(tmp), shape=shape, chunks=chunks, dtype=dtype, fill_value=0)
+            arr = zarr.create_array(str(tmp), shape=shape, chunks=chunks, dtype=dtype, fill_value=0,
+                                    attributes={MASK_MARK: {"kind": "mask"}})
             for z in range(n_slices):
                 crop = crops.get(z)
                 if crop is not None:
