@@ -42,6 +42,14 @@ A, B = 17, 14  # two well separated nuclei of the mid slice (labels of the groun
 # --------------------------------------------------------------------------- helpers
 
 
+def image_layer_name(viewer):
+    """The name of the (one) image layer: the output labels layer is named after it."""
+    from napari.layers import Image
+
+    (name,) = [la.name for la in viewer.layers if isinstance(la, Image)]
+    return name
+
+
 @pytest.fixture(scope="module")
 def embedding_cache(tmp_path_factory):
     return tmp_path_factory.mktemp("focsam-embeddings")
@@ -126,7 +134,7 @@ def test_click_negative_commit_undo_clear_2d(focsam, qtbot):
     pts.data = np.array([interior(gt == A)], float)
     wait_idle(qtbot, widget)
     press(pts, "C")
-    out = viewer.layers["FocSAM labels"]
+    out = viewer.layers[f"{image_layer_name(viewer)} labels"]
     assert widget.output_layer is out and out.data.shape == image.shape
     assert set(np.unique(out.data)) == {0, 1}
     assert iou(out.data == 1, gt == A) >= 0.8
@@ -208,7 +216,7 @@ def test_stack_click_and_segment_volume(focsam, qtbot, monkeypatch):
     # Segment volume [Shift+S]: propagation through the stack, then a commit into 3D labels
     press(pts, "Shift-S")
     qtbot.waitUntil(lambda: not widget.is_busy(), timeout=WAIT_MS)
-    out = viewer.layers["FocSAM labels"]
+    out = viewer.layers[f"{image_layer_name(viewer)} labels"]
     assert out.data.shape == image.shape
     assert widget.last_committed_id == 1 and "volume segmented" in widget.last_message
     assert iou(out.data == 1, gt == A) >= 0.8

@@ -60,8 +60,9 @@ def test_commit_pressed_while_the_mask_is_computing(dock, qtbot, monkeypatch):
     press(pts, "C")  # twice: still one object
     assert "committing when the current mask is ready" in widget.status_label.text()
     wait_idle(qtbot, widget)
-    qtbot.waitUntil(lambda: "FocSAM labels" in viewer.layers, timeout=5000)
-    out = viewer.layers["FocSAM labels"]
+    qtbot.waitUntil(lambda: widget.output_layer is not None, timeout=5000)
+    out = widget.output_layer
+    assert out.name == f"{widget.sync.image.name} labels"  # named after its image
     assert set(np.unique(out.data)) == {0, 1} and iou(out.data == 1, gt == A) >= 0.8
     assert widget.last_committed_id == 1 and len(pts.data) == 0
 

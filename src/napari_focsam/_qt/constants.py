@@ -6,12 +6,11 @@ import os
 
 __all__ = [
     "CUSTOM_FILE", "DEVICES", "THREADS_ENV", "default_threads", "EMBEDDING_BYTES", "EMBEDDING_CACHE_ENV", "KEYS", "NEGATIVE_COLOR",
-    "NEW_LABELS", "OUTPUT_KEYS", "OUTPUT_NAME", "POSITIVE_COLOR", "PREVIEW_NAME", "PREVIEW_RGBA", "PROMPTS_NAME",
+    "NEW_LABELS", "OUTPUT_KEYS", "POSITIVE_COLOR", "PREVIEW_NAME", "PREVIEW_RGBA", "PROMPTS_NAME",
 ]
 
 PROMPTS_NAME = "FocSAM prompts"
 PREVIEW_NAME = "FocSAM preview"
-OUTPUT_NAME = "FocSAM labels"
 NEW_LABELS = "New labels layer"
 CUSTOM_FILE = "Custom file..."
 DEVICES = ("auto", "cpu", "cuda", "mps")

@@ -7,7 +7,11 @@ from typing import Any
 import numpy as np
 from napari.layers import Image
 
-__all__ = ["image_data", "same_transform", "spatial_shape", "transform_kwargs", "volume_data"]
+__all__ = ["OWNER_KEY", "image_data", "output_name", "owner_of", "same_transform", "spatial_shape", "transform_kwargs",
+           "volume_data"]
+
+#: Metadata key of an output labels layer made by the widget: the name of the image it labels.
+OWNER_KEY = "napari_focsam_image"
 
 
 def spatial_shape(layer: Image) -> tuple[int, ...]:
@@ -44,3 +48,15 @@ def same_transform(a: Any, b: Any) -> bool:
     return bool(np.allclose(a.scale, b.scale) and np.allclose(a.translate, b.translate)
                 and np.allclose(a.affine.affine_matrix, b.affine.affine_matrix)
                 and np.allclose(a.rotate, b.rotate) and np.allclose(a.shear, b.shear))
+
+
+def output_name(image: Any) -> str:
+    """The name of a new output labels layer for ``image``: named after the image."""
+    return f"{image.name} labels"
+
+
+def owner_of(layer: Any) -> str | None:
+    """The name of the image whose objects the output labels ``layer`` holds (None: not known)."""
+    meta = getattr(layer, "metadata", None)
+    owner = meta.get(OWNER_KEY) if isinstance(meta, dict) else None
+    return owner if isinstance(owner, str) else None

@@ -21,13 +21,12 @@ from .constants import (
     KEYS,
     NEGATIVE_COLOR,
     OUTPUT_KEYS,
-    OUTPUT_NAME,
     POSITIVE_COLOR,
     PREVIEW_NAME,
     PREVIEW_RGBA,
     PROMPTS_NAME,
 )
-from .layer_utils import same_transform, spatial_shape, transform_kwargs
+from .layer_utils import OWNER_KEY, output_name, same_transform, spatial_shape, transform_kwargs
 from .region_layers import full_mask, new_labels_array, output_dtype, write_regions
 
 if TYPE_CHECKING:  # pragma: no cover - core.regions imports torch (kept off the GUI thread's imports)
@@ -56,7 +55,6 @@ class PromptLayers(QObject):
         self.viewer = viewer
         self.prompts: Points | None = None
         self.preview: Labels | None = None
-        self.output_new: Labels | None = None
         self.positive = True
         self._next_positive: bool | None = None  # one-shot polarity of a Ctrl+click
         self._ignore = False
@@ -205,8 +203,6 @@ class PromptLayers(QObject):
         if layer is self.preview:
             self.preview, self.regions, self.has_volume = None, {}, False
             ours = True
-        if layer is self.output_new:
-            self.output_new = None
         if layer is self._keyed_output:
             self._unbind(layer)
             self._keyed_output = None
@@ -217,10 +213,10 @@ class PromptLayers(QObject):
         # numpy up to one 8192x8192 plane, else zarr chunks stored only where labelled; uint16 planes
         # above 4096x4096 (napari's display buffers of a uint32 plane are 4x larger)
         shape = spatial_shape(image)
-        out = Labels(new_labels_array(shape, output_dtype(shape)), name=OUTPUT_NAME, **transform_kwargs(image))
+        out = Labels(new_labels_array(shape, output_dtype(shape)), name=output_name(image),
+                     metadata={OWNER_KEY: image.name}, **transform_kwargs(image))
         layers = self.viewer.layers
         index = layers.index(self.preview) if self.preview in layers else len(layers)
-        self.output_new = out
         layers.insert(index, out)
         return out
 
@@ -230,12 +226,13 @@ class PromptLayers(QObject):
             self.viewer.layers.selection.active = self.prompts
             self.prompts.mode = "add"
 
-    def arrange(self, image: Image | None, output: Labels | None) -> None:
-        """Keep output < preview < prompts, all above ``image`` (napari draws the last layer on top)."""
+    def arrange(self, image: Image | None, output: Labels | None, boxes: Any = None) -> None:
+        """Keep output < preview < boxes < prompts, all above ``image`` (napari draws the last layer
+        on top)."""
         layers = self.viewer.layers
         if self._arranging or image is None or image not in layers:
             return
-        ours = [la for la in (output, self.preview, self.prompts) if la is not None and la in layers]
+        ours = [la for la in (output, self.preview, boxes, self.prompts) if la is not None and la in layers]
         idx = [layers.index(la) for la in ours]
         if not ours or (min(idx) > layers.index(image) and idx == sorted(idx)):
             return

@@ -9,14 +9,14 @@ deleted; reported after napari finished removing it).
 
 from __future__ import annotations
 
-from typing import Any
+import weakref
+from typing import Any, Callable
 
 import numpy as np
 from napari.layers import Image, Labels
 from qtpy.QtCore import QObject, QTimer, Signal
 
-from .constants import OUTPUT_NAME
-from .layer_utils import spatial_shape
+from .layer_utils import owner_of, spatial_shape
 from .panels import OutputPanel, SetupPanel
 from .prompt_layers import PromptLayers
 
@@ -37,7 +37,12 @@ class ViewerSync(QObject):
         self.image: Image | None = None
         self.view_z = 0
         self.closed = False
+        #: the boxes layer (owned by the prompt modes), kept above the image with the others
+        self.boxes_layer: Callable[[], Any] = lambda: None
         self._watched: set[int] = set()
+        #: each image's output labels layer (made for it, or chosen by the user while it was chosen)
+        self._outputs: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+        output.output_combo.activated.connect(self._on_output_chosen)
         events = viewer.layers.events
         for ev in (events.inserted, events.removed, events.moved):
             ev.connect(self._on_layers_changed)
@@ -116,21 +121,37 @@ class ViewerSync(QObject):
         images = [la for la in layers if isinstance(la, Image)]
         self.setup.show_images(images, self.image, layers.selection.active)
         labels = [la for la in layers if isinstance(la, Labels) and la is not self.managed.preview]
-        prev, new = self.output.current(), self.managed.output_new
-        target = prev if prev in labels else (new if new in labels else None)
-        if target is None and self.image is not None:
-            shape = spatial_shape(self.image)
-            target = next((la for la in labels if la.name == OUTPUT_NAME and la.data.shape == shape), None)
-        self.output.show_labels(labels, target)
+        prev = self.output.current()
+        self.output.show_labels(labels, prev if prev in labels else self._output_of(self.image, labels))
 
-    def pick_output(self, shape: tuple[int, ...]) -> None:
-        """Keep the chosen output layer if it fits the image, else one named like ours, else 'new'."""
-        current = self.output.current()
-        if current is not None and tuple(current.data.shape) == tuple(shape):
+    def _on_output_chosen(self, *_: Any) -> None:
+        """The user chose an output layer (or "New labels layer") for the chosen image."""
+        if self.image is None:
             return
-        fit = next((la for la in self.output.layers()
-                    if la.name.startswith(OUTPUT_NAME) and tuple(la.data.shape) == tuple(shape)), None)
-        self.output.choose(fit)
+        layer = self.output.current()
+        if layer is None:
+            self._outputs.pop(self.image, None)
+        else:
+            self._outputs[self.image] = layer
+
+    def _output_of(self, image: Image | None, labels: list) -> Labels | None:
+        """The output layer of ``image`` among ``labels``: the one made or chosen for it in this
+        session, else one made for an image of its name; never another image's."""
+        if image is None:
+            return None
+        shape = tuple(spatial_shape(image))
+
+        def fits(la: Any) -> bool:
+            return la is not None and la in labels and tuple(la.data.shape) == shape
+
+        chosen = self._outputs.get(image)
+        if fits(chosen):
+            return chosen
+        return next((la for la in labels if owner_of(la) == image.name and fits(la)), None)
+
+    def pick_output(self) -> None:
+        """A new image is chosen: choose its own output layer, else "New labels layer"."""
+        self.output.choose(self._output_of(self.image, self.output.layers()))
 
     # ------------------------------------------------------------------ managed layers
     def output_layer(self, *, create: bool) -> Labels | None:
@@ -142,6 +163,7 @@ class ViewerSync(QObject):
         if not create or self.image is None:
             return None
         out = self.managed.create_output(self.image)
+        self._outputs[self.image] = out
         self.refresh()
         self.output.choose(out)
         self.managed.bind_output_keys(out)
@@ -155,7 +177,7 @@ class ViewerSync(QObject):
             if self.closed:
                 return
             try:
-                self.managed.arrange(self.image, self.output.current())
+                self.managed.arrange(self.image, self.output.current(), self.boxes_layer())
                 self.managed.select_prompts()
             except RuntimeError:  # the dock was deleted with its viewer meanwhile
                 self.closed = True

@@ -17,7 +17,6 @@ Ctrl+Z removes the newest point, or (with no points) undoes the last commit; Ctr
 from __future__ import annotations
 
 import time
-from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -29,8 +28,9 @@ from qtpy.QtWidgets import QVBoxLayout, QWidget
 from ..core.errors import Failure
 from ..core.interaction import Eta, PredictQueue, Ticket
 from ..core.labels import PasteError, next_label
+from .closing import CloseGuard
 from .jobs import LoadResult, SessionJobs
-from .layer_utils import spatial_shape, volume_data
+from .layer_utils import owner_of, volume_data
 from .panels import ActionPanel, OutputPanel, PromptPanel, SetupPanel, StatusLine
 from .prompt_layers import PromptLayers
 from .prompt_modes import PromptModes
@@ -77,9 +77,7 @@ class FocSAMWidget(QWidget):
         root.addStretch(1)
 
         self._config: tuple | None = None
-        self._closed = False
         self._was_docked = False
-        self._watched_window = None
         self._t_change = 0.0
         self._dropped_warned = 0
         self._cpu_fallback_done = False
@@ -96,9 +94,9 @@ class FocSAMWidget(QWidget):
         self._hinted_epoch = -1
 
         self.sync = ViewerSync(self.viewer, self.setup, self.output, self.managed)
+        self.sync.boxes_layer = lambda: self.modes.boxes.layer
         self.tiles = TileView(self, self._set_status)  # large images: tiles embedded, their outlines
-        # deleted without a close (its window went away): the parts stop, nothing reports to Qt
-        self.destroyed.connect(partial(_stop_parts, (self.jobs, self.tiles, self.modes, self.managed, self.sync)))
+        self.closing = CloseGuard(self, (self.jobs, self.tiles, self.modes, self.managed, self.sync))
         self._wire()
         self.jobs.probe_devices()
         self.sync.refresh()
@@ -181,7 +179,7 @@ class FocSAMWidget(QWidget):
 
     def _deferred_image_check(self) -> None:
         try:
-            if not self._closed and self.sync.image is None:
+            if not self.closing.closed and self.sync.image is None:
                 self._on_image_selected()
         except RuntimeError:  # the widget was deleted meanwhile
             pass
@@ -217,7 +215,7 @@ class FocSAMWidget(QWidget):
 
     def _on_setup_changed(self, *_: Any) -> None:
         """(Re)build the session when the image, model, device or cache folder changed."""
-        if self._closed:
+        if self.closing.closed:
             return
         layer = self.sync.image
         if layer is None:
@@ -246,7 +244,7 @@ class FocSAMWidget(QWidget):
         if not same_image:  # a new image: fresh prompts and preview; a new model keeps the points
             lay.ensure(layer)
             self.modes.ensure(layer)
-            self.sync.pick_output(spatial_shape(layer))
+            self.sync.pick_output()
             self.sync.settle()
         self._set_status()
 
@@ -272,6 +270,7 @@ class FocSAMWidget(QWidget):
         self.actions.hide_progress()
         if result.failure is not None:
             self._config = None
+            self.queue.cancel_commit()
             self._notify("error", result.failure.message)
             return
         if self.sync.image is None:
@@ -335,7 +334,7 @@ class FocSAMWidget(QWidget):
         return clicks
 
     def _start_predict(self) -> None:
-        if self.jobs.context is None or self._closed or self.queue.running:
+        if self.jobs.context is None or self.closing.closed or self.queue.running:
             return
         clicks = self._clicks()
         if not clicks and not self.managed.regions and not self.modes.has_prompt():
@@ -428,7 +427,11 @@ class FocSAMWidget(QWidget):
         newest mask arrives.
         """
         if self.jobs.context is None:
-            self._notify("warning", "nothing to commit: no image/model loaded yet")
+            if self.jobs.loading and (self.managed.n_points() or self.modes.boxes.has_box()):
+                self.queue.defer_commit()
+                self._set_status("committing once the model is loaded and the mask is ready ...")
+            else:
+                self._notify("warning", "nothing to commit: no image/model loaded yet")
             return None
         if self.jobs.volume_running or self.modes.volume_running:
             self._notify("warning", "wait for the volume propagation to finish (or cancel it)")
@@ -443,6 +446,8 @@ class FocSAMWidget(QWidget):
         out = self.sync.output_layer(create=True)
         if out is None:
             return None
+        image, owner = self.sync.image, owner_of(out)
+        foreign = owner is not None and image is not None and owner != image.name
         shape = tuple(self.managed.preview.data.shape)
         try:
             paste = self.modes.plan_commit(out, regions, self.output.overwrite(), shape)  # one or many objects
@@ -453,7 +458,12 @@ class FocSAMWidget(QWidget):
         self.modes.next_label.wrote(out, paste.label)
         self.last_committed_id = paste.label
         self._reset_object()
-        self._set_status(f"committed {self.modes.describe(paste)} to '{out.name}' (Ctrl+Z undoes it)")
+        done = f"committed {self.modes.describe(paste)} to '{out.name}' (Ctrl+Z undoes it)"
+        if foreign:  # chosen by hand under Output: written, but never silently
+            self._notify("warning", f"{done}: that layer holds the objects of image '{owner}', "
+                                    f"not of '{image.name}'")
+        else:
+            self._set_status(done)
         return paste.label
 
     def clear(self) -> None:
@@ -555,7 +565,7 @@ class FocSAMWidget(QWidget):
 
     # ------------------------------------------------------------------ GPU fallback
     def _fallback_to_cpu(self) -> None:
-        if self._closed:
+        if self.closing.closed:
             return
         if self.setup.device() == "cpu" and self._cpu_fallback_done:
             self._notify("error", "out of memory even on the CPU: try a smaller model or image")
@@ -569,24 +579,15 @@ class FocSAMWidget(QWidget):
     # ------------------------------------------------------------------ closing
     def event(self, ev) -> bool:
         """napari removes a closed dock by un-parenting its widget: stop everything then. Docked,
-        the widget also watches its main window, which may close (and delete every widget in it)
-        while a job runs."""
+        the widget also watches its main window, which may close while a job runs."""
         if ev.type() == QEvent.Type.ParentChange:
             if self.parent() is not None:
                 self._was_docked = True
-                top = self.window()
-                if top is not self and top is not self._watched_window:
-                    top.installEventFilter(self)
-                    self._watched_window = top
+                if self.window() is not self:
+                    self.closing.watch(self.window())
             elif self._was_docked:
                 self.close_session()
         return super().event(ev)
-
-    def eventFilter(self, obj, ev) -> bool:  # noqa: N802 (Qt API)
-        """The main window closes: stop every job before Qt deletes the widgets they report to."""
-        if obj is self._watched_window and ev.type() == QEvent.Type.Close:
-            self.close_session()
-        return False
 
     def closeEvent(self, event) -> None:  # noqa: N802 (Qt API)
         self.close_session()
@@ -594,31 +595,4 @@ class FocSAMWidget(QWidget):
 
     def close_session(self) -> None:
         """Stop all work and release key bindings (called when the widget closes)."""
-        if self._closed:
-            return
-        self._closed = True
-        if self._watched_window is not None:
-            try:
-                self._watched_window.removeEventFilter(self)
-            except RuntimeError:  # the window is already deleted
-                pass
-            self._watched_window = None
-        try:
-            self.destroyed.disconnect()  # stopped here: not again when Qt deletes the widget
-        except (RuntimeError, TypeError):
-            pass
-        _stop_parts((self.jobs, self.tiles, self.modes, self.managed, self.sync))
-
-
-def _stop_parts(parts: tuple, *_: Any) -> None:
-    """Close the widget's parts: jobs cancelled, nothing reported, keys and events given back.
-
-    A module function (not a method), so that it can run from ``destroyed`` after Qt deleted the
-    widget; each part is closed even when an earlier one fails on a deleted Qt object.
-    """
-    for part in parts:
-        try:
-            (getattr(part, "close", None) or part.release)()
-        except RuntimeError:  # a Qt object of the part is already deleted
-            pass
-
+        self.closing.close()

@@ -169,6 +169,11 @@ class PredictQueue:
         self._commit_pending = False
         return True
 
+    def defer_commit(self) -> None:
+        """A commit was asked for before anything can be predicted (the model still loads): it
+        fires with the first mask shown after that."""
+        self._commit_pending = True
+
     def cancel_commit(self) -> None:
         """Drop a pending commit."""
         self._commit_pending = False

@@ -1,0 +1,105 @@
+"""Several images in one viewer: each gets its own output labels layer, the widget's layers follow
+the chosen image, and a commit pressed before the model is ready is not lost."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+from viewer_helpers import (
+    A,
+    B,
+    WAIT_MS,
+    dock,  # noqa: F401 (fixture)
+    interior,
+    iou,
+    load_nuclei,
+    press,
+    qt_embedding_cache,  # noqa: F401 (fixture)
+    save_screenshot,
+    wait_idle,
+    wait_ready,
+)
+
+pytestmark = pytest.mark.gui
+
+
+def _two_images(viewer):
+    image, _ = load_nuclei("2d")
+    viewer.add_image(image, name="dna-1")
+    viewer.add_image(image.copy(), name="dna-2")  # same shape (same pixels: one embedding for both)
+
+
+def _commit_click(qtbot, viewer, widget, point):
+    widget.prompts_layer.data = np.array([point], float)
+    wait_idle(qtbot, widget)
+    qtbot.waitUntil(lambda: widget.current_mask is not None and widget.current_mask.any(), timeout=WAIT_MS)
+    press(viewer, "C")
+    wait_idle(qtbot, widget)
+
+
+def test_each_image_gets_its_own_labels_layer_chosen_again_with_the_image(dock, qtbot):  # noqa: F811
+    viewer, widget = dock(show=True, layers=[_two_images])
+    _, gt = load_nuclei("2d")
+    one, two = viewer.layers["dna-1"], viewer.layers["dna-2"]
+    widget.set_image_layer(one)
+    wait_ready(qtbot, widget)
+    _commit_click(qtbot, viewer, widget, interior(gt == A))
+    out1 = widget.output_layer
+    assert out1.name == "dna-1 labels" and iou(out1.data == 1, gt == A) >= 0.8
+
+    widget.image_combo.setCurrentIndex(widget.image_combo.findText("dna-2"))  # as a user does
+    wait_ready(qtbot, widget)
+    assert widget.output_layer is None  # "New labels layer": never dna-1's
+    _commit_click(qtbot, viewer, widget, interior(gt == B))
+    out2 = widget.output_layer
+    assert out2 is not out1 and out2.name == "dna-2 labels"
+    assert set(np.unique(out1.data)) == {0, 1} and iou(out1.data == 1, gt == A) >= 0.8  # dna-1 untouched
+    assert set(np.unique(out2.data)) == {0, 1} and iou(out2.data == 1, gt == B) >= 0.8
+
+    # item 5: every layer of the widget is above the chosen (upper) image, the boxes layer too
+    names = [la.name for la in viewer.layers]
+    for ours in ("dna-2 labels", "FocSAM preview", "FocSAM boxes", "FocSAM prompts"):
+        assert names.index(ours) > names.index("dna-2"), names
+    save_screenshot(viewer, "two_images_own_labels")
+
+    widget.image_combo.setCurrentIndex(widget.image_combo.findText("dna-1"))
+    wait_ready(qtbot, widget)
+    assert widget.output_layer is out1  # chosen again with its image
+
+    # dna-1's layer chosen by hand for dna-2: written, but with a warning that names both
+    widget.image_combo.setCurrentIndex(widget.image_combo.findText("dna-2"))
+    wait_ready(qtbot, widget)
+    assert widget.output_layer is out2
+    combo = widget.output_combo
+    combo.setCurrentIndex(combo.findText("dna-1 labels"))
+    combo.activated.emit(combo.currentIndex())
+    other = next(i for i in np.unique(gt) if i not in (0, A, B) and (gt == i).sum() > 300)
+    _commit_click(qtbot, viewer, widget, interior(gt == other))
+    assert set(np.unique(out1.data)) == {0, 1, 2}
+    assert "holds the objects of image 'dna-1'" in widget.last_message
+
+
+def test_a_commit_pressed_while_the_model_loads_fires_when_the_mask_arrives(dock, qtbot, monkeypatch):  # noqa: F811
+    from napari_focsam.core import models
+
+    real, release = models.load_model, threading.Event()
+
+    def held(*args, **kwargs):  # a slow disk: the model still loads when the user commits
+        release.wait(60)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(models, "load_model", held)
+    viewer, widget = dock(layers=[lambda v: v.add_image(load_nuclei("2d")[0], name="dna-1")])
+    _, gt = load_nuclei("2d")
+    qtbot.waitUntil(lambda: widget.jobs.loading and widget.prompts_layer is not None, timeout=10_000)
+    widget.prompts_layer.data = np.array([interior(gt == A)], float)
+    press(widget.prompts_layer, "C")
+    assert not widget.is_ready and "committing once the model is loaded" in widget.status_label.text()
+    release.set()
+    qtbot.waitUntil(lambda: widget.output_layer is not None and widget.output_layer.data.any(), timeout=WAIT_MS)
+    wait_idle(qtbot, widget)
+    out = widget.output_layer
+    assert set(np.unique(out.data)) == {0, 1} and iou(out.data == 1, gt == A) >= 0.8
+    assert len(widget.prompts_layer.data) == 0 and widget.last_committed_id == 1
