@@ -148,6 +148,15 @@ def test_multiscale_lazy_layer_tiles_click_commit_cancel(dock, qtbot):
     qtbot.waitUntil(lambda: len(tiles_layer.data) > 0, timeout=WAIT_MS)  # the background at work
     qtbot.wait(200)
     save_screenshot(viewer, "issue14_tile_being_embedded")
+    # the outlines stay a few screen pixels wide at every zoom (here 1 data pixel = 1 world unit)
+    from napari_focsam._qt.tile_view import OUTLINE_SCREEN_PX
+
+    for factor in (1, 16):
+        viewer.camera.zoom *= factor
+        qtbot.waitUntil(lambda: len(tiles_layer.data) > 0, timeout=WAIT_MS)
+        on_screen = np.asarray(tiles_layer.edge_width, float) * viewer.camera.zoom
+        assert np.allclose(on_screen, OUTLINE_SCREEN_PX, rtol=0.05), (factor, on_screen)
+    viewer.reset_view()
     pts = widget.prompts_layer
 
     cy, cx, r = discs[0]

@@ -114,9 +114,16 @@ def test_widget_layers_stay_above_their_image(dock, qtbot):
     wait_ready(qtbot, widget)
     qtbot.wait(50)
     names = [la.name for la in viewer.layers]
-    order = [names.index(n) for n in ("flipped", out.name, "FocSAM preview", "FocSAM prompts")]
+    order = [names.index(n) for n in ("flipped", "FocSAM preview", "FocSAM boxes", "FocSAM prompts")]
     assert order == sorted(order), names
     assert viewer.layers.selection.active is widget.prompts_layer
+    assert widget.output_layer is None  # the first image's labels are not the flipped image's
+    widget.prompts_layer.data = np.array([interior(gt[::-1] == A)], float)
+    wait_idle(qtbot, widget)
+    assert widget.commit() == 1 and widget.output_layer is not out
+    names = [la.name for la in viewer.layers]
+    order = [names.index(n) for n in ("flipped", "flipped labels", "FocSAM preview", "FocSAM prompts")]
+    assert order == sorted(order), names
 
 
 def test_undo_after_commit_from_anywhere(dock, qtbot):

@@ -286,6 +286,9 @@ class OutputPanel(QGroupBox):
         if err.reason == "occupied":
             return "warning", ("the object lies entirely on existing labels: nothing written "
                                "(tick 'Overwrite existing labels' to replace them)")
+        if err.reason == "covered":
+            return "warning", (f"not committed: {err} (it would leave fragments around them); tick "
+                               "'Overwrite existing labels' to replace them, or click an unlabelled object")
         if err.reason == "shape":
             return "error", (f"the output labels layer '{out.name}' has shape {tuple(out.data.shape)}, "
                              f"the image {tuple(shape)}: choose another one or '{NEW_LABELS}'")

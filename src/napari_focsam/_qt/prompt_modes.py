@@ -26,7 +26,7 @@ from qtpy.QtCore import QObject, Qt, Signal
 
 from ..core.errors import Failure, describe_error
 from ..core.labels import PasteError
-from ..core.region_paste import plan_many_regions, plan_paste_regions
+from ..core.region_paste import MAX_COVERED, plan_many_regions, plan_paste_regions
 from ..core.multi_prompts import ManyPaste, batch_groups, plan_new_labels
 from .box_prompts import BoxPrompts
 from .prompt_modes_panel import PromptModesPanel
@@ -233,7 +233,8 @@ class PromptModes(QObject):
             raise PasteError("shape", f"labels shape {tuple(out.data.shape)} differs from the image's {shape}")
         top = self.next_label.max_label(out)
         if not (self.batch and self._masks):
-            return plan_paste_regions(out.data, regions, overwrite=overwrite, max_label=top)
+            return plan_paste_regions(out.data, regions, overwrite=overwrite, max_label=top,
+                                      max_covered=MAX_COVERED)
         return plan_many_regions(out.data, self._masks, overwrite=overwrite, max_label=top)
 
     @staticmethod
@@ -352,6 +353,8 @@ class PromptModes(QObject):
                 return describe_error(exc, "Segment all")
 
         def done(res):
+            if cancel is not self._cancel:  # cancelled and already answered (see cancel)
+                return
             self.all_running = False
             if not w.jobs.predicting and not w.jobs.volume_running:
                 w.jobs.interactive.clear()
@@ -385,8 +388,20 @@ class PromptModes(QObject):
                             "Ctrl+Z undoes it)")
 
     def cancel(self) -> None:
-        """Stop Segment all or a many-objects propagation (the widget's Cancel calls this too)."""
+        """Stop Segment all or a many-objects propagation (the widget's Cancel calls this too).
+
+        Segment all is answered at once: nothing of it is written, the buttons come back, and its
+        worker ends at its next check (within one batch of points) without reporting.
+        """
         self._cancel.set()
+        if self.all_running:
+            self._cancel = threading.Event()  # the running worker's result is ignored
+            self.all_running = False
+            w = self.widget
+            if not w.jobs.predicting and not w.jobs.volume_running:
+                w.jobs.interactive.clear()
+            self.show_state()
+            self.notify("info", "Segment all cancelled: nothing was written")
 
     # ------------------------------------------------------------------ workers
     def _start(self, func: Callable, on_done: Callable[[Any], None]) -> Any:

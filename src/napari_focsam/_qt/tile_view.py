@@ -28,8 +28,11 @@ from qtpy.QtCore import QObject, Qt, QTimer, Signal
 
 from .layer_utils import same_transform, transform_kwargs
 
-__all__ = ["EMBEDDING_COLOR", "MAX_VIEW_TILES", "TILES_NAME", "TileView", "tiles_in_view", "view_box"]
+__all__ = ["EMBEDDING_COLOR", "MAX_VIEW_TILES", "OUTLINE_SCREEN_PX", "TILES_NAME", "TileView", "tiles_in_view",
+           "view_box"]
 
+#: Width of the tile outlines on screen, whatever the zoom.
+OUTLINE_SCREEN_PX = 3.0
 TILES_NAME = "FocSAM tiles"
 #: Outline of a tile being embedded.
 EMBEDDING_COLOR = "#ff9900"
@@ -117,6 +120,7 @@ class TileView(QObject):
         viewer = widget.viewer
         viewer.camera.events.center.connect(self._schedule)
         viewer.camera.events.zoom.connect(self._schedule)
+        viewer.camera.events.zoom.connect(self._restyle)
         viewer.dims.events.current_step.connect(self._schedule)
 
     def status(self, text: str) -> None:
@@ -181,9 +185,10 @@ class TileView(QObject):
         self._timer.stop()
         self.drop()
         viewer = self.widget.viewer
-        for ev in (viewer.camera.events.center, viewer.camera.events.zoom, viewer.dims.events.current_step):
+        for ev, func in ((viewer.camera.events.center, self._schedule), (viewer.camera.events.zoom, self._schedule),
+                         (viewer.camera.events.zoom, self._restyle), (viewer.dims.events.current_step, self._schedule)):
             try:
-                ev.disconnect(self._schedule)
+                ev.disconnect(func)
             except (TypeError, ValueError, RuntimeError):
                 pass
 
@@ -279,9 +284,17 @@ class TileView(QObject):
                                  face_color="transparent")
 
     def _edge_width(self) -> float:
-        """Outline width in image pixels: about 3 screen pixels when the whole image is in view."""
-        H, W = self.session.store.volume.plane_shape if self.session is not None else (1024, 1024)
-        return max(2.0, max(H, W) / 250)
+        """Outline width in image pixels: :data:`OUTLINE_SCREEN_PX` screen pixels at the current zoom."""
+        image = self.widget.sync.image
+        scale = float(abs(image.scale[-1])) if image is not None else 1.0
+        return OUTLINE_SCREEN_PX / max(float(self.widget.viewer.camera.zoom) * scale, 1e-6)
+
+    def _restyle(self, event=None) -> None:
+        """The zoom changed: the outlines keep their width on screen."""
+        layer = self.layer
+        if self.closed or layer is None or layer not in self.widget.viewer.layers or not len(layer.data):
+            return
+        layer.edge_width = [self._edge_width()] * len(layer.data)
 
     def _on_tile(self, z: int, key: Any, state: str) -> None:
         if self.session is None or self.closed:

@@ -28,6 +28,7 @@ from qtpy.QtWidgets import QVBoxLayout, QWidget
 from ..core.errors import Failure
 from ..core.interaction import Eta, PredictQueue, Ticket
 from ..core.labels import PasteError, next_label
+from .click_checks import ClickChecks
 from .closing import CloseGuard
 from .jobs import LoadResult, SessionJobs
 from .layer_utils import owner_of, volume_data
@@ -79,7 +80,7 @@ class FocSAMWidget(QWidget):
         self._config: tuple | None = None
         self._was_docked = False
         self._t_change = 0.0
-        self._dropped_warned = 0
+        self.click_checks = ClickChecks(self._notify)  # points outside the image or on NaN: dropped
         self._cpu_fallback_done = False
         self._embed_total = 0
         self.last_message = ""
@@ -328,10 +329,7 @@ class FocSAMWidget(QWidget):
         if ctx is None or image is None:
             return []
         clicks, dropped = self.managed.clicks(image, ctx.plane_shape, ctx.n_slices, ctx.is_3d)
-        if dropped > self._dropped_warned:
-            self._notify("warning", f"{dropped} point(s) outside the image ignored")
-        self._dropped_warned = dropped
-        return clicks
+        return self.click_checks(clicks, dropped, ctx.session.volume, ctx.is_3d)
 
     def _start_predict(self) -> None:
         if self.jobs.context is None or self.closing.closed or self.queue.running:
@@ -411,8 +409,7 @@ class FocSAMWidget(QWidget):
 
     # ------------------------------------------------------------------ keys
     def _on_action(self, action: str) -> None:
-        {"commit": self.commit, "clear": self.clear, "volume": self.segment_volume,
-         "toggle": self.toggle_polarity, "undo": self.undo, "redo": self.redo}[action]()
+        getattr(self, {"volume": "segment_volume", "toggle": "toggle_polarity"}.get(action, action))()
 
     def toggle_polarity(self, positive: bool | None = None) -> None:
         """Switch the polarity of the next click (or set it)."""
@@ -467,7 +464,11 @@ class FocSAMWidget(QWidget):
         return paste.label
 
     def clear(self) -> None:
-        """Drop the current object and its points."""
+        """Drop the current object and its points (Esc); a running Segment volume is cancelled."""
+        if self.jobs.volume_running or self.modes.volume_running:
+            self.cancel_volume()
+            self._reset_object()
+            return self._notify("info", "Segment volume cancelled (Esc): the object was cleared, nothing committed")
         self._reset_object()
         self._set_status("cleared")
 

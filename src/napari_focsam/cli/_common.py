@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import re
 import sys
 from pathlib import Path
@@ -22,7 +23,9 @@ __all__ = [
     "note",
     "note_tiling",
     "open_input",
+    "local_workers",
     "parse_limits",
+    "positive_int",
     "progress_bar",
     "read_input",
     "tile_options",
@@ -166,6 +169,9 @@ def parse_limits(text: str) -> tuple[float, float]:
         lo, hi = (float(v) for v in text.split(","))
     except ValueError:
         raise argparse.ArgumentTypeError(f"contrast limits {text!r} must be LOW,HIGH") from None
+    if not (math.isfinite(lo) and math.isfinite(hi)) or hi <= lo:
+        raise argparse.ArgumentTypeError(f"contrast limits {text!r} make no sense: LOW must be below HIGH "
+                                         "(both finite), or every pixel would map to one value")
     return lo, hi
 
 
@@ -194,14 +200,37 @@ def progress_bar(total: int, desc: str, enabled: bool = True) -> tuple[Callable[
     return update, bar.close
 
 
+def positive_int(text: str) -> int:
+    """An integer >= 1, for counts given on the command line."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{n} makes no sense: give 1 or more")
+    return n
+
+
+def local_workers(text: str) -> int:
+    """``--workers N``: 1 to the machine's cores (each worker runs the model on its own core)."""
+    import os
+
+    n, cores = positive_int(text), os.cpu_count() or 1
+    if n > cores:
+        raise argparse.ArgumentTypeError(f"{n} local workers on a machine with {cores} cores would only compete "
+                                         f"for them: give at most {cores}, or run a cluster and pass --scheduler")
+    return n
+
+
 def add_cluster_options(parser: argparse.ArgumentParser) -> None:
     """``--workers N`` / ``--scheduler ADDRESS`` (mutually exclusive) and ``--units-per-task``."""
     group = parser.add_mutually_exclusive_group()
-    group.add_argument("--workers", type=int, default=None, metavar="N",
-                       help="spread the work over a local dask cluster of N worker processes")
+    group.add_argument("--workers", type=local_workers, default=None, metavar="N",
+                       help="spread the work over a local dask cluster of N worker processes (at most the "
+                            "machine's cores)")
     group.add_argument("--scheduler", default=None, metavar="ADDRESS",
                        help="spread the work over a running dask cluster (e.g. tcp://host:8786)")
-    parser.add_argument("--units-per-task", type=int, default=1, metavar="K",
+    parser.add_argument("--units-per-task", type=positive_int, default=1, metavar="K",
                         help="slices (or seeds) per dask task (default 1)")
 
 

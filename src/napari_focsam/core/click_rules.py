@@ -26,6 +26,29 @@ def check_clicks_inside(clicks: Sequence[Click], original_size: tuple[int, int])
         check_positive(c.is_positive)
 
 
+def clicks_on_nothing(volume, clicks: Sequence[tuple[int, float, float, bool]], radius: int = 1) -> list[int]:
+    """Indices of the positive clicks that land where the image holds no value: every pixel of the
+    (2 ``radius`` + 1)\ :sup:`2` window around the click is NaN or infinite (a masked-out or
+    padded region). Such a click has nothing to segment; reads only those windows.
+
+    Parameters
+    ----------
+    volume : ImageVolume
+        The image (its :meth:`read_region` is used).
+    clicks : sequence of (z, y, x, positive)
+        In full-resolution pixel coordinates.
+    """
+    out = []
+    for i, (z, y, x, positive) in enumerate(clicks):
+        if not positive:
+            continue
+        yi, xi = int(y), int(x)
+        window = np.asarray(volume.read_region(int(z), yi - radius, yi + radius + 1, xi - radius, xi + radius + 1))
+        if window.dtype.kind in "fc" and window.size and not np.isfinite(window).any():
+            out.append(i)
+    return out
+
+
 def object_click_count(clicks: Sequence[Click]) -> int:
     """How many clicks the object has had since its first positive click (0: none yet).
 

@@ -185,8 +185,11 @@ def connect(workers: int | None = None, scheduler: str | None = None,
     if scheduler is not None:
         try:
             client = Client(scheduler, timeout="20s")
-        except (OSError, TimeoutError) as exc:
-            raise ValueError(f"cannot reach the dask scheduler at {scheduler}: {exc}") from None
+        except Exception as exc:  # refused, a timeout, TLS without keys, a server that is not dask ...
+            why = " ".join(str(exc).split()) or type(exc).__name__
+            raise ValueError(f"cannot use the dask scheduler at {scheduler}: {why[:300]} (is it a dask "
+                             "scheduler, and does the address give the right protocol, tcp:// or tls:// "
+                             "with its security settings?)") from None
         try:
             yield client
         finally:
@@ -349,8 +352,14 @@ def read_seeds(path: str | Path, ndim: int) -> np.ndarray:
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"cannot read seeds {path}: no such file")
-    with open(path, newline="") as fh:
-        rows = list(csv.reader(fh))
+    try:
+        with open(path, newline="", encoding="utf-8") as fh:
+            rows = list(csv.reader(fh))
+    except UnicodeDecodeError:
+        raise ValueError(f"seeds file {path} is not a text (CSV) file: save the points layer from napari "
+                         "(File > Save Selected Layers, .csv)") from None
+    except csv.Error as exc:
+        raise ValueError(f"seeds file {path} is not a readable CSV file ({exc})") from None
     if not rows:
         raise ValueError(f"seeds file {path} is empty")
     header = [h.strip() for h in rows[0]]

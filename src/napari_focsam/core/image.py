@@ -8,9 +8,17 @@ import numpy as np
 DEFAULT_PERCENTILES = (0.5, 99.5)
 
 
+def work_dtype(dtype: np.dtype) -> type:
+    """The float type for arithmetic on values of ``dtype``: float64 for 8-byte data (float64
+    values beyond float32's range, 64-bit integers beyond its precision), else float32."""
+    dtype = np.dtype(dtype)
+    return np.float64 if dtype.kind in "fiuc" and dtype.itemsize > 4 else np.float32
+
+
 def robust_limits(image: np.ndarray, percentiles: tuple[float, float] = DEFAULT_PERCENTILES) -> tuple[float, float]:
     """(low, high) intensity percentiles over the finite pixels; (0, 1) if there are none."""
-    values = np.asarray(image, dtype=np.float32)
+    values = np.asarray(image)
+    values = values.astype(work_dtype(values.dtype), copy=False)
     finite = values[np.isfinite(values)]
     if finite.size == 0:
         return 0.0, 1.0
@@ -60,10 +68,10 @@ def to_rgb_uint8(
         else:
             lo, hi = robust_limits(arr)
             if hi <= lo:  # (nearly) constant image: fall back to the full range
-                finite = np.asarray(arr, np.float32)[np.isfinite(arr)]
+                finite = np.asarray(arr, work_dtype(arr.dtype))[np.isfinite(arr)]
                 lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
         scale = 255.0 / (hi - lo) if hi > lo else 0.0
-        f = (arr.astype(np.float32) - lo) * scale
+        f = (arr.astype(work_dtype(arr.dtype)) - lo) * scale  # float64 data stays float64 (1e300 is no inf)
         f = np.nan_to_num(f, nan=0.0, posinf=255.0, neginf=0.0)
         out = np.clip(f, 0, 255).round().astype(np.uint8)
     if out.ndim == 2:

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from .image import DEFAULT_PERCENTILES, robust_limits, to_rgb_uint8
+from .image import DEFAULT_PERCENTILES, robust_limits, to_rgb_uint8, work_dtype
 from .pyramid import (MAX_VIRTUAL_SIDE, TILING_MIN_SIDE, ImageReadError, as_levels, chunk_file_inventory, chunk_shape,
                       level_factors, read_block, read_virtual_region, to_dtype)
 
@@ -425,7 +425,8 @@ class ImageVolume:
             return robust_limits(self.plane(0))
         parts = []
         for z in self._sampled_slices():
-            v = np.asarray(self.plane(int(z)), dtype=np.float32).reshape(-1)
+            plane = np.asarray(self.plane(int(z)))
+            v = plane.astype(work_dtype(plane.dtype), copy=False).reshape(-1)
             v = v[np.isfinite(v)]
             if v.size > CONTRAST_SAMPLE_PIXELS:
                 v = v[:: int(np.ceil(v.size / CONTRAST_SAMPLE_PIXELS))]
@@ -456,7 +457,7 @@ class ImageVolume:
                 pieces = [plane[::step, ::step]]
             else:
                 pieces = [self.read_region(z, *w) for w in self.sample_windows()]
-            v = np.concatenate([np.asarray(p, np.float32).reshape(-1) for p in pieces])
+            v = np.concatenate([np.asarray(p, work_dtype(np.asarray(p).dtype)).reshape(-1) for p in pieces])
             v = v[np.isfinite(v)]
             if v.size > CONTRAST_SAMPLE_PIXELS:
                 v = v[:: int(np.ceil(v.size / CONTRAST_SAMPLE_PIXELS))]

@@ -38,7 +38,7 @@ class Paste:
 
 class PasteError(ValueError):
     """Why an object cannot be committed; ``reason`` is one of
-    ``"empty"``, ``"shape"``, ``"full"``, ``"occupied"``."""
+    ``"empty"``, ``"shape"``, ``"full"``, ``"occupied"``, ``"covered"``."""
 
     def __init__(self, reason: str, message: str) -> None:
         super().__init__(message)

@@ -31,6 +31,7 @@ if TYPE_CHECKING:  # pragma: no cover - .regions imports torch: the widget's GUI
 
 __all__ = [
     "LABELS_MAX_BLOCK",
+    "MAX_COVERED",
     "labels_max",
     "merge_regions",
     "plan_many_regions",
@@ -44,6 +45,11 @@ __all__ = [
 LABELS_MAX_BLOCK = 2048 * 2048
 
 Bbox = tuple[int, int, int, int]  # (y0, y1, x0, x1), end exclusive
+
+
+#: A new object of which more than this fraction lies on existing labels is not committed
+#: (without overwrite): the rest would be fragments, e.g. a ring around a nucleus clicked again.
+MAX_COVERED = 0.75
 
 
 def region_box(region: "MaskRegion") -> Bbox | None:
@@ -143,7 +149,7 @@ def _concat(parts: list[tuple[np.ndarray, ...]], ndim: int) -> tuple[np.ndarray,
 
 
 def plan_paste_regions(labels: Any, regions: Mapping[int, "MaskRegion"], *, overwrite: bool = False,
-                       max_label: int | None = None) -> Paste:
+                       max_label: int | None = None, max_covered: float | None = None) -> Paste:
     """Which pixels of ``labels`` a commit of one object writes, reading only the object's boxes.
 
     Parameters
@@ -156,6 +162,10 @@ def plan_paste_regions(labels: Any, regions: Mapping[int, "MaskRegion"], *, over
         False: only background (0) pixels are written.
     max_label : int, optional
         The largest id in ``labels`` when the caller knows it (else :func:`labels_max`).
+    max_covered : float, optional
+        Without ``overwrite``: refuse an object of which more than this fraction lies on existing
+        labels (what is left would be fragments around them, e.g. a ring around a labelled
+        nucleus clicked again). None: only a fully covered object is refused.
 
     Returns
     -------
@@ -165,7 +175,8 @@ def plan_paste_regions(labels: Any, regions: Mapping[int, "MaskRegion"], *, over
     Raises
     ------
     PasteError
-        As :func:`.labels.plan_paste`: ``empty``, ``shape``, ``full``, ``occupied``.
+        As :func:`.labels.plan_paste`: ``empty``, ``shape``, ``full``, ``occupied``; and
+        ``covered`` (more than ``max_covered`` of the object is labelled already).
     """
     shape = tuple(int(s) for s in labels.shape)
     live = _live(regions, shape)
@@ -177,6 +188,11 @@ def plan_paste_regions(labels: Any, regions: Mapping[int, "MaskRegion"], *, over
     index = _concat([_writable(labels, z, r, overwrite) for z, r in live], len(shape))
     if not index[0].size:
         raise PasteError("occupied", "the object lies entirely on existing labels")
+    if not overwrite and max_covered is not None:
+        total = sum(int(np.count_nonzero(r.crop)) for _, r in live)
+        covered = 1.0 - index[0].size / max(total, 1)
+        if covered > max_covered:
+            raise PasteError("covered", f"{covered:.0%} of the object lies on existing labels")
     return Paste(index, new_id)
 
 

@@ -61,9 +61,12 @@ def copy_verified(fh: IO[bytes], dest: Path, size: int | None, sha256: str | Non
     try:
         with open(dest, "wb") as out:
             while chunk := fh.read(CHUNK_SIZE):
+                n += len(chunk)
+                if size is not None and n > size:  # stop at once: a decompression bomb, a wrong file
+                    raise TransferError(f"the data does not match the registry: more than {size} bytes "
+                                        "(the expected size); stopped reading")
                 h.update(chunk)
                 out.write(chunk)
-                n += len(chunk)
     except BaseException:
         dest.unlink(missing_ok=True)
         raise

@@ -49,6 +49,7 @@ from .verify import check_checkpoint
 
 __all__ = [
     "CACHE_ENV",
+    "CacheFolderError",
     "OFFLINE_ENV",
     "STALE_PARTIAL_SECONDS",
     "WeightsInfo",
@@ -57,6 +58,7 @@ __all__ = [
     "cached_path",
     "clean_stale_partials",
     "discard",
+    "ensure_partial_root",
     "forget_verified",
     "is_offline",
     "list_weights",
@@ -112,6 +114,39 @@ def is_offline() -> bool:
 def partial_root() -> Path:
     """The work folder of fetches and imports (on the cache's file system, for atomic moves)."""
     return cache_dir() / ".partial"
+
+
+class CacheFolderError(OSError):
+    """The weights cache folder cannot be used (a file in its place, read-only, ...)."""
+
+
+def ensure_partial_root() -> Path:
+    """Create the weights folder and its work folder (:func:`partial_root`) and check that they
+    can be written; returns the work folder.
+
+    Raises
+    ------
+    CacheFolderError
+        One line that names the folder, what is wrong with it, and what to do.
+    """
+    root = cache_root()
+    where = f"the cache folder {root}" + (f" (from ${CACHE_ENV})" if os.environ.get(CACHE_ENV, "").strip() else "")
+    fix = f"set {CACHE_ENV} to a writable folder"
+    for p in (root, *root.parents):
+        if p.exists() or p.is_symlink():
+            if not p.is_dir():
+                what = "is a file" if p == root else f"lies under {p}, which is a file"
+                raise CacheFolderError(f"{where} {what}, not a folder: {fix}")
+            break
+    partial = partial_root()
+    try:
+        partial.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=partial):
+            pass
+    except OSError as exc:
+        why = "is read-only" if isinstance(exc, PermissionError) or exc.errno == 30 else f"cannot be written ({exc})"
+        raise CacheFolderError(f"{where} {why}: {fix}") from None
+    return partial
 
 
 def clean_stale_partials(root: Path) -> None:

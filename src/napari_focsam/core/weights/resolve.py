@@ -40,7 +40,7 @@ from .cache import (
     discard,
     is_offline,
     make_readable,
-    partial_root,
+    ensure_partial_root,
     verify_cached,
     write_meta,
 )
@@ -189,12 +189,7 @@ def _obtain(
         raise WeightsUnavailableError(entry, failures)
 
     final = cached_path(entry)
-    try:
-        partial = partial_root()
-        partial.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        failures.append(("cache folder", f"cannot write to {cache_dir()}: {exc}"))
-        raise WeightsUnavailableError(entry, failures) from exc
+    partial = ensure_partial_root()
     clean_stale_partials(partial)
 
     for src in candidates:
@@ -251,9 +246,7 @@ def import_weights(name: str, file: PathLike) -> Path:
     if not src.is_file():
         raise FileNotFoundError(f"file not found: {src}")
     final = cached_path(entry)
-    cache_dir().mkdir(parents=True, exist_ok=True)
-    partial = partial_root()
-    partial.mkdir(parents=True, exist_ok=True)
+    partial = ensure_partial_root()
     workdir = Path(tempfile.mkdtemp(dir=partial, prefix=f"import-{entry.name}-"))
     try:
         dest = workdir / entry.filename

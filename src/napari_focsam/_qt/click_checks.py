@@ -1,0 +1,38 @@
+"""``ClickChecks``: the points a prediction must not use, each reported to the user once."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from ..core.click_rules import clicks_on_nothing
+
+__all__ = ["ClickChecks"]
+
+
+class ClickChecks:
+    """Drops points outside the image and positive points where the image has no values (NaN).
+
+    Parameters
+    ----------
+    notify : callable
+        ``notify(level, message)``: the widget's one way to tell the user something.
+    """
+
+    def __init__(self, notify: Callable[[str, str], None]) -> None:
+        self.notify = notify
+        self._outside = 0
+        self._empty: set[int] = set()
+
+    def __call__(self, clicks: list, outside: int, volume: Any, is_3d: bool) -> list:
+        """The usable ``clicks`` ((z, y, x, positive) tuples); ``outside``: points already dropped."""
+        if outside > self._outside:
+            self.notify("warning", f"{outside} point(s) outside the image ignored")
+        self._outside = outside
+        empty = set(clicks_on_nothing(volume, clicks)) if clicks else set()
+        for i in sorted(empty - self._empty):
+            z, y, x, _ = clicks[i]
+            where = (f"slice {z}, " if is_3d else "") + f"y={y:.0f}, x={x:.0f}"
+            self.notify("warning", f"nothing to segment at {where}: the image has no values there (NaN); "
+                                   "that point is ignored")
+        self._empty = empty
+        return [c for i, c in enumerate(clicks) if i not in empty]
