@@ -4,8 +4,6 @@ Cancel of Segment all that answers at once."""
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import pytest
 from viewer_helpers import (
@@ -103,12 +101,10 @@ def test_cancel_of_segment_all_answers_within_a_second(dock, qtbot):  # noqa: F8
     panel.points_spin.setValue(64)  # long enough to be cancelled mid-run
     panel.segment_all_button.click()
     qtbot.waitUntil(lambda: panel.progress_bar.value() > 0, timeout=WAIT_MS)  # decoding, not encoding
-    t0 = time.perf_counter()
     panel.cancel_button.click()
-    qtbot.waitUntil(lambda: not widget.modes.busy() and panel.segment_all_button.isEnabled(), timeout=WAIT_MS)
-    waited = time.perf_counter() - t0
+    # answered at once, not when the worker reaches its next check: buttons back, nothing written
+    assert not widget.modes.busy() and panel.segment_all_button.isEnabled()
     assert "Segment all cancelled: nothing was written" in widget.last_message
     qtbot.waitUntil(lambda: not widget.modes.running(), timeout=WAIT_MS)  # its worker ends quietly
+    assert "Segment all cancelled: nothing was written" in widget.last_message
     assert widget.output_layer is None or not widget.output_layer.data.any()
-    print(f"cancel answered in {waited:.2f} s")
-    assert waited < 1.0, waited
