@@ -135,6 +135,23 @@ class Claims:
         path = self._dir(unit)
         return path.exists() and not self._is_stale(path)
 
+    def describe_holder(self, unit: int | str) -> str | None:
+        """Whose claim holds ``unit`` and until when it counts, in words (None: not claimed)."""
+        path = self._dir(unit)
+        try:
+            since = path.stat().st_mtime
+        except FileNotFoundError:
+            return None
+        try:
+            owner = json.loads((path / "owner.json").read_text())
+        except (OSError, ValueError):
+            owner = {}
+        owner = owner if isinstance(owner, dict) else {}
+        who = f"host {owner.get('host', '?')}, process {owner.get('pid', '?')}"
+        fmt = "%Y-%m-%d %H:%M:%S"
+        return (f"{who}, since {time.strftime(fmt, time.localtime(since))}; taken over at "
+                f"{time.strftime(fmt, time.localtime(since + self.timeout_s))} if that process stops")
+
     def _is_stale(self, path: Path) -> bool:
         try:
             age = time.time() - path.stat().st_mtime

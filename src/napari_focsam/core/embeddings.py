@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import threading
 import time
 import weakref
@@ -26,6 +27,7 @@ import torch
 
 from .disk_cache import CACHE_FORMAT_VERSION, FEATURE_SHAPE, CacheUnavailable, CacheWriteError, DiskCache
 from .image_volume import ImageVolume
+from .pyramid import ImageReadError
 from .predictor import PREPROCESS_VERSION, FocSAMPredictor, ImageEmbedding, input_size_for, preprocess
 
 __all__ = [
@@ -41,6 +43,8 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+#: Seconds between two notes that a precompute waits for units claimed by another process.
+WAIT_NOTE_S = 30.0
 
 
 # --------------------------------------------------------------------------- model identity
@@ -466,6 +470,7 @@ class EmbeddingStore:
                 disk.check_space(sum(not disk.is_done(z, self._unit_signature(z)) for z in zs))
             pending = list(zs)
             first_pass = True
+            said_at = -math.inf  # when the wait for another process's claims was last said
             while pending:
                 progressed = False
                 for z in list(pending):
@@ -482,6 +487,11 @@ class EmbeddingStore:
                         progress(info["total"] - len(pending), info["total"])
                 first_pass = False
                 if pending and not progressed:
+                    if time.monotonic() >= said_at + WAIT_NOTE_S and disk is not None:
+                        said_at = time.monotonic()
+                        log.warning("%s: waiting for %d unit(s) that another process is computing (unit %s: %s)",
+                                    disk.path, len(pending), pending[0],
+                                    disk.claims.describe_holder(pending[0]) or "released just now")
                     time.sleep(poll_s)
             return info["computed"]
         except CacheWriteError as exc:
@@ -517,7 +527,7 @@ class EmbeddingStore:
                     source = "reused"
                 else:
                     _, source = self._obtain(z, memorize=False)
-        except CacheUnavailable:
+        except (CacheUnavailable, ImageReadError):  # the input failed, not the cache: said as it is
             raise
         except OSError as exc:  # the claim itself could not be written (full disk, ...)
             disk.read_only = True

@@ -17,9 +17,11 @@ without a full-size array in memory.
 
 from __future__ import annotations
 
+import glob
 import logging
 import os
 import shutil
+import socket
 import stat
 from contextlib import contextmanager
 from pathlib import Path
@@ -38,6 +40,7 @@ __all__ = [
     "open_tiff_lazily",
     "read_image",
     "replacing",
+    "sweep_stale_partials",
     "write_mask",
     "write_mask_regions",
 ]
@@ -361,12 +364,14 @@ def replacing(path: str | Path) -> Iterator[Path]:
     A folder (``.zarr``) that exists is moved aside, replaced, then removed.
     """
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
+    tag = f"{socket.gethostname()}-{os.getpid()}"
+    sweep_stale_partials(path)
+    tmp = path.with_name(f".{path.name}.partial-{tag}")
     _remove(tmp)
     try:
         yield tmp
         if tmp.is_dir() and path.is_dir():
-            old = path.with_name(f".{path.name}.old-{os.getpid()}")
+            old = path.with_name(f".{path.name}.old-{tag}")
             _remove(old)
             os.rename(path, old)
             try:
@@ -379,6 +384,36 @@ def replacing(path: str | Path) -> Iterator[Path]:
             os.replace(tmp, path)
     finally:
         _remove(tmp)
+
+
+def sweep_stale_partials(path: str | Path) -> list[Path]:
+    """Remove the temporary files and folders that runs killed while writing ``path`` left
+    beside it (``.<name>.partial-<host>-<pid>``, ``.<name>.old-<host>-<pid>``): only those of
+    this host whose process is gone. Returns what was removed."""
+    path = Path(path)
+    host = socket.gethostname()
+    removed = []
+    for kind in ("partial", "old"):
+        for p in path.parent.glob(f".{glob.escape(path.name)}.{kind}-*"):
+            owner = p.name.rsplit(f".{kind}-", 1)[1]
+            owner_host, _, pid = owner.rpartition("-")
+            if owner_host not in ("", host) or not pid.isdigit() or _alive(int(pid)):
+                continue
+            _remove(p)
+            removed.append(p)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, owned by another user
+        return True
+    return True
 
 
 def _remove(p: Path) -> None:

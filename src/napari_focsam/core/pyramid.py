@@ -20,6 +20,7 @@ line naming the store and the region, never a ``KeyError`` traceback from zarr.
 from __future__ import annotations
 
 import itertools
+import logging
 import math
 import os
 from typing import Any, Sequence
@@ -45,6 +46,8 @@ __all__ = [
     "stored_chunk_files",
     "to_dtype",
 ]
+
+log = logging.getLogger(__name__)
 
 #: Planes whose long side is above this many pixels are tiled (see ImageVolume.is_large);
 #: planes up to it keep the single-canvas path (resized to 1024 for the encoder).
@@ -216,6 +219,14 @@ def read_block(arr: Any, index: tuple, what: str, seen: set[str] | None = None) 
                              "(moved or deleted while in use)")
     if present:
         seen.update(present)
+    if files and seen is not None:
+        never = [f for f in files if f not in present and f not in seen]
+        key = f"missing-chunks-warned:{loc}"
+        if never and key not in seen:
+            seen.add(key)  # once per store and volume: a sparse store would repeat it on every read
+            log.warning("%s: %d chunk file(s) of %s were never written (e.g. %s): zarr reads them as its "
+                        "fill value; if the data is incomplete, a click there segments an empty block",
+                        loc, len(never), what, os.path.relpath(never[0], loc) if loc else never[0])
     return out
 
 
@@ -286,9 +297,12 @@ def as_levels(data: Any) -> tuple[list[Any], str | None]:
         levels = []
         for p in paths:
             try:
-                levels.append(data[p])
+                level = data[p]
             except Exception:
                 raise ValueError(f"{loc}: pyramid level {p!r} listed in 'multiscales' is missing") from None
+            if not hasattr(level, "shape") or not hasattr(level, "dtype"):
+                raise ValueError(f"{loc}: pyramid level {p!r} listed in 'multiscales' is a group, not an array")
+            levels.append(level)
         axes = _axis_names(first.get("axes"), levels[0].ndim)
         if axes is not None:
             levels = [_axes_view(lv, axes, loc) for lv in levels]
