@@ -25,6 +25,11 @@ name               folder (relative to the data root)           ground truth
 ``coelho2009_gnf`` ``micro/coelho2009_gnf`` (microscopy)        as ``microscopy``
 ``stardist2d``     ``micro/stardist/stardist_img2d.tif`` +      as ``microscopy``
                    ``stardist_mask2d.tif``
+``chloroplasts_em`` ``micro/plant_chloroplasts_em`` stack:      every label of a slice; see
+``yeast_phase``    ``micro/yeast_phase`` stack                   :mod:`.stacks` (one image per
+``vnc_neurites``   ``micro/em_vnc_sstem`` + neurite labels       slice or tile, size and tile-edge
+``vnc_mitochondria`` ``micro/em_vnc_sstem`` + mitochondria       filters, ids ``z08`` /
+``stardist2d_halves`` the stardist 2D image, left / right half   ``z08-r1c2``)
 =================  ===========================================  ==================================
 
 Binary rule (GrabCut, Berkeley, COCO_MVal): a mask whose maximum is <= 1 takes ``== 1`` as the
@@ -50,6 +55,7 @@ import numpy as np
 
 from ..core.image import to_rgb_uint8 as _core_to_rgb_uint8
 from ..core.io import read_image
+from .stacks import STACKS, find_stack_folder, stack_entries
 
 __all__ = [
     "DATASET_NAMES",
@@ -104,6 +110,8 @@ class _Entry:
     image_path: Path
     load_objects: Callable[[], list[EvalObject]]
     load_image: Callable[[], np.ndarray]
+    #: content key when the file is shared by several images (stack slices); "" = the file's
+    digest: str = ""
 
 
 def natural_key(text: str):
@@ -190,7 +198,7 @@ class EvalDataset:
                 objs = [o for o in e.load_objects() if o.gt.any()]
                 return [o for i, o in enumerate(objs) if i in keep]
 
-            entries.append(_Entry(e.image_id, e.image_path, load, e.load_image))
+            entries.append(_Entry(e.image_id, e.image_path, load, e.load_image, e.digest))
         return EvalDataset(self.name, self.root, entries, self.max_objects)
 
     def __iter__(self) -> Iterator[EvalSample]:
@@ -391,6 +399,13 @@ def _stardist2d_entries(root: Path) -> list[_Entry]:
     ]
 
 
+def _stack_entry(e) -> _Entry:
+    def load_objects(e=e):
+        return [EvalObject(m, None, f"{e.image_id}#{i}") for i, m in e.load_objects()]
+
+    return _Entry(e.image_id, e.path, load_objects, e.load_image, e.digest)
+
+
 # name -> (sub-folders tried below the data root, layout check, entries factory, layout text)
 def _has(*rel):
     return lambda d: all((d / r).exists() for r in rel)
@@ -435,14 +450,14 @@ _ALIASES = {
     "sbd_val": "sbd",
 }
 
-DATASET_NAMES = tuple(_SUBDIRS)
+DATASET_NAMES = tuple(_SUBDIRS) + tuple(STACKS)
 
 
 def canonical_name(name: str) -> str:
     """The canonical dataset name for ``name`` (case, dashes and aliases ignored); ValueError if unknown."""
     key = name.strip().lower().replace("-", "_")
     key = _ALIASES.get(key, key)
-    if key not in _SUBDIRS:
+    if key not in _SUBDIRS and key not in STACKS:
         raise ValueError(f"unknown dataset {name!r}; known: {', '.join(DATASET_NAMES)}")
     return key
 
@@ -465,6 +480,8 @@ def resolve_dataset_root(name: str, root) -> Path:
     """Folder of dataset ``name``: ``root`` itself or one of its known sub-folders."""
     key = canonical_name(name)
     root = Path(os.fspath(root)).expanduser()
+    if key in STACKS:
+        return find_stack_folder(key, root)
     tried = [root] + [root / s for s in _SUBDIRS[key]]
     for d in tried:
         if _layout_ok(key, d):
@@ -480,6 +497,8 @@ def read_dataset(name: str, root, max_objects: int | None = None) -> EvalDataset
     except the file listings."""
     key = canonical_name(name)
     d = resolve_dataset_root(key, root)
+    if key in STACKS:
+        return EvalDataset(key, d, [_stack_entry(e) for e in stack_entries(key, root)], max_objects)
     if key in _PAIRED:
         pairs, rule = _PAIRED[key]
         img_dir, mask_dir = next((a, b) for a, b in pairs if _has(a, b)(d))
