@@ -24,6 +24,9 @@ def build_predictor(model, policy: str):
         return FocSAMPredictor(model)
     if policy.startswith("steady_k"):
         return close_coarse_predictor(model, int(policy[len("steady_k"):]) / 100)
+    if policy.startswith("steady_grow"):  # steady_growF (x10) / steady_growFk: coarse when F/10 x larger
+        spec = policy[len("steady_grow"):]
+        return grow_gated_predictor(model, int(spec.rstrip("k")) / 10, keep_refined=spec.endswith("k"))
     if policy.startswith("steady_g1"):
         return first_click_gated_predictor(model, int(policy[len("steady_g1"):] or 0) / 100)
     if policy == "steady2":
@@ -405,3 +408,29 @@ def close_coarse_predictor(model, threshold: float):
             return res
 
     return CloseCoarse(model)
+
+
+def grow_gated_predictor(model, factor: float, keep_refined: bool = False):
+    """The shipped predictor, but at the refine click (the 1st) the coarse mask is kept when the
+    refined one is more than ``factor`` times larger (the refiner jumped from the clicked cell to
+    the cluster around it, issue 31). ``keep_refined``: the refined embedding still serves the
+    later clicks; otherwise it is dropped and the refine is tried again at the next click (the
+    refine gate's rule)."""
+    from napari_focsam.core.click_rules import object_click_count
+    from napari_focsam.core.predictor import FocSAMPredictor, StepResult, logits_to_mask
+
+    class GrowGated(FocSAMPredictor):
+        @torch.inference_mode()
+        def step(self, embedding, clicks, prev_logits=None, refined=None, *, box=None):
+            res = super().step(embedding, clicks, prev_logits, refined, box=box)
+            if box is not None or refined is not None or res.refined is None or object_click_count(clicks) != 1:
+                return res
+            pts, lab = self._prompts(embedding, clicks)
+            coarse = self.model.decode(embedding.features, pts, lab, None)
+            mask = logits_to_mask(coarse.logits, embedding.input_size, embedding.original_size)
+            if np.count_nonzero(res.mask) > factor * max(1, np.count_nonzero(mask)):
+                return StepResult(mask, coarse.logits, res.refined if keep_refined else None,
+                                  res.decoder_seconds, res.refine_seconds)
+            return res
+
+    return GrowGated(model)

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from ..evaluation.datasets import EvalObject
 from .config import AugmentConfig
 
-__all__ = ["AugmentedSample", "augment_sample", "item_rng", "photometric", "resize_mask"]
+__all__ = ["AugmentedSample", "augment_sample", "item_rng", "microscopy_photometric", "photometric", "resize_mask"]
 
 
 def resize_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -71,7 +71,33 @@ def photometric(image: np.ndarray, aug: AugmentConfig, rng: np.random.Generator)
         g = float(np.exp(rng.uniform(np.log(lo), np.log(hi))))
         x = 255.0 * np.power(np.clip(x, 0, 255) / 255.0, g)
         params["gamma"] = round(g, 4)
+    x = microscopy_photometric(x, aug, rng, params)
     return np.clip(np.rint(x), 0, 255).astype(np.uint8), params
+
+
+def microscopy_photometric(x: np.ndarray, aug: AugmentConfig, rng: np.random.Generator,
+                           params: dict[str, Any]) -> np.ndarray:
+    """Inversion, blur and noise of an (H, W, 3) float32 image in 0..255 (see :class:`AugmentConfig`).
+
+    Each is drawn only when configured (``invert > 0``, ``blur_sigma[1] > 0``, ``noise_std > 0``),
+    so configs without them consume no random numbers here. Writes the drawn values into
+    ``params`` (``invert``, ``blur``, ``noise``) and returns the (H, W, 3) float32 image.
+    """
+    if aug.invert > 0 and rng.random() < aug.invert:
+        x = 255.0 - np.clip(x, 0, 255)
+        params["invert"] = True
+    lo, hi = aug.blur_sigma
+    if hi > 0 and rng.random() < aug.photometric_prob:
+        from scipy.ndimage import gaussian_filter
+
+        s = float(rng.uniform(lo, hi))
+        x = gaussian_filter(x, sigma=(s, s, 0))
+        params["blur"] = round(s, 3)
+    if aug.noise_std > 0 and rng.random() < aug.photometric_prob:
+        sd = float(rng.uniform(0, aug.noise_std)) * 255.0
+        x = x + rng.normal(0.0, sd, size=x.shape[:2])[..., None].astype(np.float32)
+        params["noise"] = round(sd, 2)
+    return x
 
 
 def item_rng(seed: int, dataset: str, image_id: str, copy: int) -> np.random.Generator:

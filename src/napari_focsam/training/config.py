@@ -73,6 +73,14 @@ class AugmentConfig:
     brightness: float = 0.0
     contrast: float = 0.0
     gamma_range: tuple[float, float] = (1.0, 1.0)
+    #: microscopy (drawn after the changes above, only when set, so older configs give the
+    #: same copies): probability of an intensity inversion (``255 - x``: dark cells on a bright
+    #: field and the reverse), a Gaussian blur of sigma ``U(blur_sigma)`` pixels (with
+    #: ``photometric_prob``), additive Gaussian noise of std ``U(0, noise_std) * 255``
+    #: (with ``photometric_prob``)
+    invert: float = 0.0
+    blur_sigma: tuple[float, float] = (0.0, 0.0)
+    noise_std: float = 0.0
 
 
 @dataclass
@@ -269,7 +277,7 @@ _NESTED = {
     (TrainingConfig, "train"): TrainConfig,
     (SourceConfig, "augment"): AugmentConfig,
 }
-_TUPLES = {"crop_scale", "betas", "expand_ratio_range", "gamma_range"}
+_TUPLES = {"crop_scale", "betas", "expand_ratio_range", "gamma_range", "blur_sigma"}
 
 
 def _convert(cls, name: str, value: Any, where: str):
@@ -313,6 +321,10 @@ def validate(cfg: TrainingConfig) -> None:
         glo, ghi = src.augment.gamma_range
         if not 0 < glo <= ghi:
             raise ValueError(f"{src.dataset}: augment.gamma_range must satisfy 0 < lo <= hi")
+        blo, bhi = src.augment.blur_sigma
+        if not 0 <= blo <= bhi or not 0 <= src.augment.invert <= 1 or src.augment.noise_std < 0:
+            raise ValueError(f"{src.dataset}: augment.blur_sigma must satisfy 0 <= lo <= hi, "
+                             f"augment.invert be in [0, 1] and augment.noise_std >= 0")
     for name in ("refine_at_click2_prob", "second_click_prob"):
         if not 0.0 <= getattr(cfg.sim, name) <= 1.0:
             raise ValueError(f"sim.{name} must be in [0, 1]")
