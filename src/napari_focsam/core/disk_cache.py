@@ -4,7 +4,8 @@ On-disk layout (one zarr group per image and model, ``<cache_dir>/<model>-<key>.
 
     features    (Z, 256, 64, 64) float16, one chunk per slice (zstd with checksum on zarr 3)
     signatures  (Z, 20) uint8, sha1 of the pixel data each slice's features were computed from
-    checksums   (Z, 20) uint8, sha1 of each slice's stored features, signature and flag
+    checksums   (Z, 20) uint8, HMAC-SHA1 with the user's key (:mod:`.signing`) of each slice's
+                number, stored features, signature and flag
     done        (Z,) uint8, one chunk per slice: 0 = not computed, 1 = done, 2 = done (blank slice)
     attrs       format version, model_id, PREPROCESS_VERSION, image shape/dtype, volume key,
                 contrast limits, input_size/original_size, feature dtype, tiling (tiled stores)
@@ -35,7 +36,6 @@ a slice (an atomic directory under ``claims/``) before encoding it, so no slice 
 from __future__ import annotations
 
 import errno
-import hashlib
 import json
 import logging
 import os
@@ -50,6 +50,7 @@ from typing import Any
 import numpy as np
 
 from .claims import CLAIM_TIMEOUT_S, Claims
+from .signing import entry_mac
 
 __all__ = [
     "CACHE_FORMAT_VERSION",
@@ -63,8 +64,9 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: Version of the on-disk layout; part of every store's signature (2: per-slice checksums).
-CACHE_FORMAT_VERSION = 2
+#: Version of the on-disk layout; part of every store's signature (2: per-slice checksums;
+#: 3: the checksums are HMACs with the user's key, see :mod:`.signing`).
+CACHE_FORMAT_VERSION = 3
 #: Shape of one slice's image embedding.
 FEATURE_SHAPE = (256, 64, 64)
 #: File in the store's root that marks it as ours (with the format version).
@@ -81,12 +83,14 @@ class CacheWriteError(CacheUnavailable):
     """Writing to the disk cache failed (disk full, permissions changed) or would not fit."""
 
 
-def features_checksum(features: np.ndarray, signature: bytes, flag: int) -> bytes:
-    """sha1 (20 bytes) of one slice's stored features (C order), pixel signature and done flag."""
-    h = hashlib.sha1(np.ascontiguousarray(features).reshape(-1).view(np.uint8))
-    h.update(bytes(signature))
-    h.update(bytes([int(flag)]))
-    return h.digest()
+def features_checksum(z: int, features: np.ndarray, signature: bytes, flag: int) -> bytes:
+    """The 20-byte authentication code of unit ``z``: an HMAC-SHA1 with the user's key (see
+    :mod:`.signing`) of its stored features (C order), pixel signature and done flag.
+
+    Raises OSError when the user's key cannot be read or made.
+    """
+    return entry_mac(z, np.ascontiguousarray(features).reshape(-1).view(np.uint8), bytes(signature),
+                     bytes([int(flag)]))
 
 
 def _writable(path: Path) -> bool:
@@ -375,9 +379,15 @@ class DiskCache:
             log.warning("embedding cache %s: slice %d holds invalid values (NaN/inf): recomputing it",
                         self.path, z)
             return None
-        if stored_sum != features_checksum(feats.astype(self.feature_dtype, copy=False), sig, flag):
-            log.warning("embedding cache %s: slice %d is damaged or incomplete (checksum mismatch, e.g. "
-                        "a missing chunk): recomputing it", self.path, z)
+        try:
+            expected = features_checksum(z, feats.astype(self.feature_dtype, copy=False), sig, flag)
+        except OSError as exc:
+            log.warning("embedding cache %s: cannot check slice %d (%s): recomputing it", self.path, z, exc)
+            return None
+        if stored_sum != expected:
+            log.warning("embedding cache %s: slice %d is damaged, incomplete or not written by this user "
+                        "(its signature does not match, e.g. a missing chunk or an entry copied from another "
+                        "slice): recomputing it", self.path, z)
             return None
         return feats, flag == 2
 
@@ -394,7 +404,7 @@ class DiskCache:
         with self._lock:
             try:
                 self._write_arrays(z, feats, flag, np.frombuffer(sig, dtype=np.uint8),
-                                   np.frombuffer(features_checksum(feats, sig, flag), dtype=np.uint8))
+                                   np.frombuffer(features_checksum(z, feats, sig, flag), dtype=np.uint8))
             except Exception as exc:
                 self._unmark(z)
                 raise CacheWriteError(f"cannot write slice {z} to {self.path}: {_why(exc)}") from exc
