@@ -135,3 +135,46 @@ def test_an_address_answered_by_a_server_that_is_not_dask_is_one_error():
                 pass
     finally:
         server.close()
+
+
+@pytest.mark.slow
+def test_the_local_cluster_accepts_only_this_process():
+    distributed = pytest.importorskip("distributed")
+    from napari_focsam.core.distributed import connect
+
+    with connect(workers=1) as client:
+        address = client.scheduler.address
+        assert address.startswith("tls://127.0.0.1:")
+        assert client.submit(abs, -3).result() == 3
+        for other in (address.replace("tls://", "tcp://"), address):  # no keys: refused
+            with pytest.raises(Exception):
+                distributed.Client(other, timeout="3s")
+
+
+def test_a_scheduler_lost_mid_run_gives_a_summary_not_a_traceback(tmp_path, monkeypatch):
+    distributed = pytest.importorskip("distributed")
+    import time
+
+    from napari_focsam.core import distributed as dist
+
+    def plan(*args, **kwargs):
+        return 4, [0, 1, 2, 3]
+
+    def slow_fill(*args, **kwargs):
+        time.sleep(6)
+        return {"worker_pid": 0}
+
+    monkeypatch.setattr(dist, "missing_units", plan)
+    monkeypatch.setattr(dist, "fill_units", slow_fill)
+    cluster = distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None)
+    client = distributed.Client(cluster)
+    killer = threading.Timer(2.0, cluster.close)
+    killer.start()
+    try:
+        info = dist.precompute_distributed(client, dist.ImageSource(str(tmp_path / "x.tif")), tmp_path / "c",
+                                           model="vit_t", progress=False, retries=0)
+    finally:
+        killer.join()
+        client.close()
+    assert info["failed"] == [0, 1, 2, 3] and info["computed"] == 0
+    assert info["errors"][0].startswith("the cluster went away during the run")

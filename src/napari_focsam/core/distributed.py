@@ -40,6 +40,7 @@ __all__ = [
     "ImageSource",
     "ObjectResult",
     "connect",
+    "local_security",
     "open_image",
     "paint_objects",
     "precompute_distributed",
@@ -59,6 +60,25 @@ def progress_on_stderr(futures: Sequence[Any]) -> None:
 
     with contextlib.redirect_stdout(sys.stderr):
         dask_progress(futures, notebook=False)
+
+
+def local_security() -> Any:
+    """TLS with a key and certificate made for this run only (dask's ``Security.temporary``):
+    the scheduler and workers of a local cluster accept only clients holding them, so another
+    local process cannot connect and run code on the workers (plain dask accepts any).
+
+    Raises
+    ------
+    ValueError
+        The ``cryptography`` package that makes the certificate is missing.
+    """
+    from distributed.security import Security
+
+    try:
+        return Security.temporary()
+    except ImportError:
+        raise ValueError("a local cluster runs with TLS and needs the 'cryptography' package: "
+                         "pip install cryptography") from None
 
 
 @dataclass(frozen=True)
@@ -199,9 +219,9 @@ def connect(workers: int | None = None, scheduler: str | None = None,
         raise ValueError(f"--workers must be at least 1, got {workers}")
     torch_threads = threads_per_worker or max(1, (os.cpu_count() or 1) // workers)
     env = {"OMP_NUM_THREADS": str(torch_threads), "MKL_NUM_THREADS": str(torch_threads)}
-    cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                           dashboard_address=None, silence_logs=40, env=env)
-    client = Client(cluster)
+    cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
+                           dashboard_address=None, silence_logs=40, env=env, security=local_security())
+    client = Client(cluster, security=cluster.security)
     try:
         yield client
     finally:
@@ -296,26 +316,41 @@ def precompute_distributed(client: Any, source: ImageSource, cache_dir: str | Pa
     futures = [client.submit(fill_units, source, cache_dir, model, device, g, threads, pure=False,
                              retries=retries, key=f"focsam-fill-{g[0]}-{os.getpid()}-{time.time_ns()}")
                for g in groups]
-    if futures and progress:
-        progress_on_stderr(futures)
-    wait(futures)
+    lost = None
+    try:
+        if futures and progress:
+            progress_on_stderr(futures)
+        wait(futures)
+    except Exception as exc:  # the scheduler went away mid-run: say what was done, not a traceback
+        lost = f"the cluster went away during the run ({type(exc).__name__}: {' '.join(str(exc).split())[:200]})"
     # A unit of a finished task was filled during this run: by that task, or by a worker that
     # died after writing it (its task was then re-run and found the slice done).
     computed, failed, rss, errors = 0, [], {}, []
     for group, fut in zip(groups, futures):
         if fut.status == "finished":
-            info = fut.result()
             computed += len(group)
-            rss[info["worker_pid"]] = info.get("max_rss_mb")
+            try:
+                info = fut.result(timeout=5)
+                rss[info["worker_pid"]] = info.get("max_rss_mb")
+            except Exception:  # done, but its report is gone with the scheduler
+                pass
         else:
             failed.extend(group)
+            if lost is not None:
+                continue
             try:
                 exc = fut.exception(timeout=5)
             except Exception as err:  # cancelled, or the scheduler is gone
                 exc = err
             errors.append(f"slices {group}: {type(exc).__name__}: {' '.join(str(exc).split())[:200]}")
+    if lost is not None:
+        errors.insert(0, f"{lost}; slices {failed} were not confirmed (those written are reused next time)")
+    try:
+        n_workers = len(client.scheduler_info().get("workers", {}))
+    except Exception:
+        n_workers = 0
     return {"units": n_units, "computed": computed, "reused": n_units - len(todo),
-            "workers": len(client.scheduler_info().get("workers", {})),
+            "workers": n_workers,
             "seconds": round(time.perf_counter() - t0, 2), "failed": failed, "errors": errors,
             "worker_max_rss_mb": [round(v, 1) for v in rss.values() if v is not None]}
 
