@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from .allocator import release_memory
+from .anchors import AnchorHistory, inside
 from .clicks import Click, checked_click
 from .image_volume import ImageVolume
 from .predictor import InteractiveObject
@@ -57,6 +58,11 @@ class SegmentedObject:
     ``z`` must be given (it never defaults to slice 0); on a 2D image it may be left out.
     Returned masks are read-only arrays.
     """
+
+    #: A click on a slice the last propagation reached (and without clicks of its own) corrects
+    #: the propagated mask there (:class:`~.anchors.AnchorHistory`); False: it starts the slice
+    #: afresh, as before issue 28 (kept for comparisons).
+    anchor_corrections = True
 
     def __init__(self, session: Any, object_id: int) -> None:  # a Session (core/session.py)
         self.session = session
@@ -210,10 +216,20 @@ class SegmentedObject:
         return self._check_z(z), c.y, c.x, c.is_positive
 
     # -- clicks
-    def _new_history(self, z: int) -> InteractiveObject | TiledHistory:
+    def _new_history(self, z: int, first: Click | None = None) -> InteractiveObject | TiledHistory | AnchorHistory:
+        """A click history for slice ``z``, whose first click will be ``first``.
+
+        A correction on a slice the last propagation reached starts from its propagated mask
+        (:class:`AnchorHistory`): a positive click, or a negative one inside the mask. A first
+        negative click outside the mask leaves the slice empty (a stop slice), as before.
+        """
         store = self.session.store
         if isinstance(store, TiledEmbeddingStore):
             return TiledHistory(store, self.session.predictor, z)
+        prop = self._propagation
+        prior = prop.masks.get(z) if first is not None and self.anchor_corrections and prop is not None else None
+        if prior is not None and prior.any() and (first.is_positive or inside(prior, first)):
+            return AnchorHistory(self.session.predictor, lambda: store.get(z), self.volume.plane_shape, prior)
         return InteractiveObject(self.session.predictor, lambda: store.get(z),
                                  original_size=self.volume.plane_shape)
 
@@ -317,7 +333,7 @@ class SegmentedObject:
         with self._lock:
             hist = self._slices.get(z)
             if hist is None:
-                hist = self._new_history(z)
+                hist = self._new_history(z, click)
             self._add(z, hist, click)
             self._slices[z] = hist
             self._order.append(z)
@@ -383,7 +399,7 @@ class SegmentedObject:
                 for z in sorted(set(self._slices) | set(wanted)):
                     hist = self._slices.get(z)
                     if hist is None:
-                        hist = self._new_history(z)
+                        hist = self._new_history(z, wanted[z][0] if wanted.get(z) else None)
                     have, want = hist.clicks, wanted.get(z, [])
                     k = 0
                     while k < min(len(have), len(want)) and have[k] == want[k]:
