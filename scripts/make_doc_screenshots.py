@@ -25,6 +25,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "docs" / "images"
 WIDTH = 1100  # pixels of the saved PNGs (the window is 1280 wide)
+MAX_BYTES = 290 * 1024  # each PNG stays below 300 KB
 A, B, C = 17, 14, 12  # well separated nuclei of the 2D sample (ground-truth labels)
 
 
@@ -93,7 +94,9 @@ def commit(widget) -> None:
 
 def grab_rgb(widget) -> np.ndarray:
     """A widget's pixels as (H, W, 3) uint8."""
-    image = widget.grab().toImage().convertToFormat(4)  # QImage.Format_RGB32 (B, G, R, A bytes)
+    from qtpy.QtGui import QImage
+
+    image = widget.grab().toImage().convertToFormat(QImage.Format.Format_RGB32)  # B, G, R, A bytes
     ptr = image.constBits()
     ptr.setsize(image.sizeInBytes())
     bgra = np.frombuffer(ptr, np.uint8).reshape(image.height(), image.bytesPerLine() // 4, 4)
@@ -122,10 +125,14 @@ def save(viewer, name: str, overlay=None) -> Path:
         rgb[y0 : y0 + pixels.shape[0], x0 : x0 + pixels.shape[1]] = pixels
     img = Image.fromarray(np.ascontiguousarray(rgb))
     img = img.resize((WIDTH, round(img.height * WIDTH / img.width)), Image.Resampling.LANCZOS)
-    img = img.quantize(colors=256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE)
     OUT.mkdir(parents=True, exist_ok=True)
     path = OUT / f"{name}.png"
-    img.save(path, optimize=True)
+    for width in (WIDTH, 960, 860):  # smaller until the file is small enough (fewer colours lose labels)
+        small = img if width == WIDTH else img.resize((width, round(img.height * width / img.width)),
+                                                       Image.Resampling.LANCZOS)
+        small.quantize(colors=256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE).save(path, optimize=True)
+        if path.stat().st_size < MAX_BYTES:
+            break
     print(f"{path.relative_to(REPO)}: {path.stat().st_size // 1024} KB", flush=True)
     return path
 
@@ -226,7 +233,7 @@ def shot_large() -> None:
     y, x = interior(gt == C)
     click(widget, 3 * 256 + y, 5 * 256 + x)
     viewer.camera.center = (3 * 256 + 128, 5 * 256 + 128)  # the clicked region, its tile in view
-    viewer.camera.zoom *= 1.8
+    viewer.camera.zoom *= 2.6
     save(viewer, "large-image")
     close(viewer, widget)
 
