@@ -160,3 +160,17 @@ def test_rejects_mask_only_near_the_prompt_point():
     assert not rejects_mask(Click(centre.y, centre.x, True), centre, radius)
     with pytest.raises(ValueError, match="non-empty"):
         prior_prompt(np.zeros((4, 4), bool))
+
+
+def test_a_positive_click_next_to_the_object_uses_the_neighbouring_mask(session, scripted):
+    truth, visits, steps, _ = scripted
+    obj = propagated(session, truth)  # slices 2..9
+    steps.clear()
+    obj.add_click(S // 2, S // 2, True, z=10)  # beyond the end the propagation found
+    hist = obj.history(10)
+    assert isinstance(hist, AnchorHistory) and hist.context and not hist.stopped
+    clicks, prev = steps[-1]
+    assert clicks == [Click(S // 2, S // 2, True)]  # the user's click only
+    assert prev is not None and (prev > 0).sum() > 0  # slice 9's mask is the mask input
+    obj.add_click(S // 2, S // 2, True, z=0)  # no neighbour with a mask: a fresh slice
+    assert isinstance(obj.history(0), InteractiveObject)

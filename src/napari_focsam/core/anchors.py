@@ -19,6 +19,12 @@ centre of (the largest disc inside the mask) rejects the mask as a whole, the pr
 prompt is taken back, the slice comes out empty and the propagation stops there. A negative
 click elsewhere in the mask (a leak at its side, a neighbour it spilled into) only removes
 that part.
+
+A positive click on a slice next to the object where the propagation left nothing (it
+stopped one slice too early, or the user stopped it there) is decoded with the neighbouring
+slice's mask as the decoder's mask input (``context=True``): a fresh single click at a blurred
+object end otherwise often grabbed a large blob, and the outer run from it leaked through the
+following slices.
 """
 
 from __future__ import annotations
@@ -90,13 +96,17 @@ class AnchorHistory:
         The propagated mask of the slice (non-empty).
     prior_logits : (1, 1, 256, 256) tensor, optional
         The propagation's logits of the slice; made from ``prior`` when None.
+    context : bool
+        ``prior`` is a neighbouring slice's mask (the slice itself has none: the user extends
+        the object beyond where the propagation stopped): it is the decoder's mask input for
+        the first click, but its prompt point is not kept, and there is no "stop here".
     """
 
     box = None  # an anchor never holds the object's box
 
     def __init__(self, predictor: FocSAMPredictor, embedding: Callable[[], ImageEmbedding],
                  original_size: tuple[int, int], prior: np.ndarray,
-                 prior_logits: torch.Tensor | None = None) -> None:
+                 prior_logits: torch.Tensor | None = None, *, context: bool = False) -> None:
         self.predictor = predictor
         self._source = embedding
         self.original_size = (int(original_size[0]), int(original_size[1]))
@@ -106,6 +116,7 @@ class AnchorHistory:
         self.prior_click, self.prior_radius = prior_prompt(self.prior)
         self.prior_logits = (prior_logits if prior_logits is not None
                              else mask_to_logits(self.prior, self.input_size))
+        self.context = bool(context)
         self.blank = False
         self._states: list[ClickState] = []
         self._mask: np.ndarray | None = None
@@ -142,13 +153,13 @@ class AnchorHistory:
     @property
     def stopped(self) -> bool:
         """The user rejected the propagated mask here (a "stop here" slice)."""
-        return any(rejects_mask(c, self.prior_click, self.prior_radius) for c in self.clicks)
+        return not self.context and any(rejects_mask(c, self.prior_click, self.prior_radius) for c in self.clicks)
 
     @property
     def mask(self) -> np.ndarray:
         """(H, W) bool, read-only: the slice's mask after the last click (the prior without clicks)."""
         if not self._states:
-            return self.prior
+            return np.zeros(self.original_size, dtype=bool) if self.context else self.prior
         last = self._states[-1]
         if self._mask is None or self._mask_serial != last.serial:
             if last.logits is None:
@@ -167,7 +178,7 @@ class AnchorHistory:
     def prompt(self, clicks: Sequence[Click]) -> list[Click]:
         """The decoder's clicks for the user's ``clicks``: the propagated prompt first, unless a
         negative click rejects the mask (then the user's clicks alone)."""
-        if any(rejects_mask(c, self.prior_click, self.prior_radius) for c in clicks):
+        if self.context or any(rejects_mask(c, self.prior_click, self.prior_radius) for c in clicks):
             return list(clicks)
         return [self.prior_click, *clicks]
 

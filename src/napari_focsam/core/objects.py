@@ -230,8 +230,24 @@ class SegmentedObject:
         prior = prop.masks.get(z) if first is not None and self.anchor_corrections and prop is not None else None
         if prior is not None and prior.any() and (first.is_positive or inside(prior, first)):
             return AnchorHistory(self.session.predictor, lambda: store.get(z), self.volume.plane_shape, prior)
+        if prop is not None and first is not None and first.is_positive and self.anchor_corrections:
+            near = [m for m in (self._slice_mask(z - 1), self._slice_mask(z + 1)) if m is not None and m.any()]
+            if near:  # beyond where the object stopped: the neighbouring mask as context
+                near.sort(key=lambda m: (inside(m, first), int(m.sum())), reverse=True)
+                return AnchorHistory(self.session.predictor, lambda: store.get(z), self.volume.plane_shape,
+                                     near[0], context=True)
         return InteractiveObject(self.session.predictor, lambda: store.get(z),
                                  original_size=self.volume.plane_shape)
+
+    def _slice_mask(self, z: int) -> np.ndarray | None:
+        """Slice ``z``'s current mask (clicked or propagated), None off the stack or without one."""
+        if not 0 <= z < self.volume.n_slices:
+            return None
+        hist = self._slices.get(z)
+        if hist is not None:
+            return hist.mask
+        prop = self._propagation
+        return prop.masks.get(z) if prop is not None else None
 
     def _prefetch(self, z: int, click: Click | None = None, box: Box | None = None) -> None:
         """Compute the embedding the next prompt on slice ``z`` needs before taking the object's
