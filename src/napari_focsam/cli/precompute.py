@@ -80,6 +80,7 @@ def run(args: argparse.Namespace) -> int:
         computed, reused = 0, n
     else:
         update, close = progress_bar(n, "embeddings", not args.no_progress)
+        update(0, n)  # at once: a huge image starts with its first unit, not after a planning pass
         try:
             computed = store.precompute(progress=update)
         except CacheWriteError as exc:  # e.g. the disk filled up on the way

@@ -44,7 +44,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     """Handle ``napari-focsam segment-batch``; return the exit code."""
-    from ..core.distributed import ImageSource, connect, open_image, paint_objects, read_seeds, segment_seeds
+    from ..core.distributed import ImageSource, connect, open_image, read_seeds, segment_seeds
+    from ..core.labels_writer import check_labels_output, write_object_labels
 
     t0 = time.perf_counter()
     try:
@@ -55,6 +56,11 @@ def run(args: argparse.Namespace) -> int:
     if args.propagate and not vol.is_3d:
         raise UserError(f"--propagate needs a 3D stack, but {args.image} is {layout_of(vol)}: drop --propagate")
     out = check_output(args.out, ndim, args.image)
+    shape = ((vol.n_slices,) if vol.is_3d else ()) + tuple(vol.plane_shape)
+    try:
+        check_labels_output(out, shape)  # e.g. a TIFF too large to compress: before any work
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
     try:
         seeds = read_seeds(args.points, ndim)
     except ValueError as exc:
@@ -87,10 +93,10 @@ def run(args: argparse.Namespace) -> int:
     except (ValueError, OSError) as exc:
         raise UserError(str(exc)) from None
     shape = ((vol.n_slices,) if vol.is_3d else ()) + tuple(vol.plane_shape)
-    labels = paint_objects(shape, results)
-    from ..core.io import write_mask
-
-    write_mask(out, labels)
+    try:
+        write_object_labels(out, shape, results)  # object by object: no full-size labels array
+    except ValueError as exc:  # the checks passed before the work; the folder changed since
+        raise UserError(str(exc)) from None
     empty = [r.index + 1 for r in results if r.mask is None]
     if empty:
         note(f"{len(empty)} seed(s) gave an empty object (ids {empty[:10]}{' ...' if len(empty) > 10 else ''})")

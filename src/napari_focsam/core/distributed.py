@@ -46,6 +46,7 @@ __all__ = [
     "precompute_distributed",
     "progress_on_stderr",
     "read_seeds",
+    "regions_to_crop",
     "segment_seeds",
 ]
 
@@ -421,34 +422,41 @@ def read_seeds(path: str | Path, ndim: int) -> np.ndarray:
     return arr
 
 
-def _crop(mask: np.ndarray) -> tuple[tuple[int, int, int], np.ndarray | None]:
-    m = mask if mask.ndim == 3 else mask[None]
-    if not m.any():
+def regions_to_crop(regions: dict[int, Any]) -> tuple[tuple[int, int, int], np.ndarray | None]:
+    """``{z: (y0, x0, crop)}`` -> the ``(z, y, x)`` corner and the 3D bool crop of their common
+    bounding box (None when empty): bounded by the object's extent, never by the image's."""
+    live = {z: r for z, r in regions.items() if np.asarray(r[2]).any()}
+    if not live:
         return (0, 0, 0), None
-    lo = [int(np.flatnonzero(m.any(axis=tuple(a for a in range(3) if a != ax)))[0]) for ax in range(3)]
-    hi = [int(np.flatnonzero(m.any(axis=tuple(a for a in range(3) if a != ax)))[-1]) + 1 for ax in range(3)]
-    return (lo[0], lo[1], lo[2]), np.ascontiguousarray(m[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]])
+    zs = sorted(live)
+    y0 = min(int(r[0]) for r in live.values())
+    x0 = min(int(r[1]) for r in live.values())
+    y1 = max(int(r[0]) + np.asarray(r[2]).shape[0] for r in live.values())
+    x1 = max(int(r[1]) + np.asarray(r[2]).shape[1] for r in live.values())
+    out = np.zeros((zs[-1] - zs[0] + 1, y1 - y0, x1 - x0), bool)
+    for z, (ry, rx, crop) in live.items():
+        crop = np.asarray(crop, bool)
+        out[z - zs[0], ry - y0:ry - y0 + crop.shape[0], rx - x0:rx - x0 + crop.shape[1]] |= crop
+    return (zs[0], y0, x0), out
 
 
 def segment_one(session: Any, index: int, seed: Sequence[float], propagate: bool,
                 iou_threshold: float | None = None) -> ObjectResult:
-    """One object from one positive seed (and its propagation through a stack)."""
+    """One object from one positive seed (and its propagation through a stack); works region by
+    region, so memory follows the object, not the image (no full plane of a huge image)."""
     vol = session.volume
     z = int(round(seed[0])) if vol.is_3d else 0
     y, x = float(seed[-2]), float(seed[-1])
     obj = session.new_object()
     try:
-        mask2d = obj.add_click(y, x, True, z) if vol.is_3d else obj.add_click(y, x, True)
+        region = obj.add_click(y, x, True, z, region=True) if vol.is_3d else obj.add_click(y, x, True, region=True)
         if vol.is_3d and propagate:
             kwargs = {} if iou_threshold is None else {"iou_threshold": iou_threshold}
             obj.propagate(**kwargs)
-            full = obj.volume_mask()
-        elif vol.is_3d:
-            full = np.zeros((vol.n_slices, *vol.plane_shape), bool)
-            full[z] = mask2d
+            regions = obj.volume_regions()
         else:
-            full = mask2d
-        offset, crop = _crop(np.asarray(full, bool))
+            regions = {z: region}
+        offset, crop = regions_to_crop(regions)
         return ObjectResult(index, offset, crop)
     finally:
         session.remove_object(obj)

@@ -467,7 +467,10 @@ class EmbeddingStore:
         try:
             if filling:
                 assert disk is not None
-                disk.check_space(sum(not disk.is_done(z, self._unit_signature(z)) for z in zs))
+                # units not marked done: no pixel is read or hashed before the work starts (a unit's
+                # signature is computed when the unit is visited)
+                done = set(disk.done_slices())
+                disk.check_space(sum(z not in done for z in zs))
             pending = list(zs)
             first_pass = True
             said_at = -math.inf  # when the wait for another process's claims was last said
