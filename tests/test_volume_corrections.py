@@ -174,3 +174,27 @@ def test_a_positive_click_next_to_the_object_uses_the_neighbouring_mask(session,
     assert prev is not None and (prev > 0).sum() > 0  # slice 9's mask is the mask input
     obj.add_click(S // 2, S // 2, True, z=0)  # no neighbour with a mask: a fresh slice
     assert isinstance(obj.history(0), InteractiveObject)
+
+
+# --------------------------------------------------------------------------- the end of an object
+
+
+def walk(radii, outer="down", **kw):
+    """walk_run from a disc of radius 8 on slice len(radii) downwards, slice z decoded as the disc
+    radii[z] (0: vanished)."""
+    masks = {z: disc(r) for z, r in enumerate(radii)}
+    run = V.PropagationRun(len(radii), -1, -1, outer)
+    return V.walk_run(run, disc(8), None, lambda z, prev, st: (masks[z], st, False), np.count_nonzero, V.mask_iou,
+                      iou_threshold=0.0, min_pixels=V.MIN_MASK_PIXELS, tick=lambda: None, cancelled=None, **kw)
+
+
+def test_an_outer_run_stops_where_a_shrinking_mask_grows_again():
+    # from the seed (slice 6) down: radii 7, 6, 5, 4 (the object ends at slice 2), then 6, 7 (the blur)
+    kept, _, reason = walk([7, 6, 4, 5, 6, 7])
+    assert sorted(kept) == [2, 3, 4, 5] and reason.startswith("ends at z=2")
+    kept, _, reason = walk([7, 6, 4, 5, 6, 7], rebound=None)  # without the rule: to the border
+    assert sorted(kept) == [0, 1, 2, 3, 4, 5] and reason == "border"
+    kept, _, reason = walk([8, 8, 8, 8, 8, 9])  # no shrink first: not an end
+    assert reason == "border"
+    kept, _, reason = walk([7, 6, 4, 5, 6, 7], outer=None)  # between anchors the user showed both ends
+    assert reason == "border"
