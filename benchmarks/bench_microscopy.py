@@ -76,8 +76,9 @@ def load(refiner: str | None):
     return load_model("vit_t", "cpu", refiner=refiner) if refiner else load_model("focsam_t", "cpu")
 
 
-def run_set(set_name: str, name: str, policy: str, model, root, cache, out: Path, log) -> dict:
-    """The 20-click protocol of one run on one set; kept in ``out`` and reused."""
+def run_set(set_name: str, name: str, policy: str, model, root, cache, out: Path, log,
+            max_clicks: int = 20) -> dict:
+    """The click protocol (``max_clicks``) of one run on one set; kept in ``out`` and reused."""
     from napari_focsam.evaluation.protocol import evaluate_dataset
     from napari_focsam.evaluation.runner import PredictorAdapter
 
@@ -86,7 +87,7 @@ def run_set(set_name: str, name: str, policy: str, model, root, cache, out: Path
         return json.loads(path.read_text())
     adapter = PredictorAdapter(build_predictor(model, policy), cache_dir=cache)
     t0 = time.perf_counter()
-    per_object, summary = evaluate_dataset(brp.make_dataset(set_name, root), adapter,
+    per_object, summary = evaluate_dataset(brp.make_dataset(set_name, root), adapter, max_clicks,
                                            progress=lambda k, _i: log(f"\r  {set_name} {name}: {k}", end=""))
     summary["wall_seconds"] = time.perf_counter() - t0
     log(f"\r  {set_name} {name}: {summary['n_objects']} objects, {summary['wall_seconds']:.0f} s")
@@ -138,16 +139,17 @@ def first_click_records(set_name: str, model, root, cache, refiners: dict) -> li
             multi = plain.model.decode(feats, pts, lab, None, multimask_output=True)
             m_single = logits_to_mask(single.logits, emb.input_size, emb.original_size)
             m_multi = [logits_to_mask(multi.logits[:, k:k + 1], emb.input_size, emb.original_size) for k in range(3)]
+            ign = ob.ignore
             row = {"object": ob.object_id, "click": [click.y, click.x], "gt_area": int(gt.sum()),
-                   "single_iou": iou(gt, m_single), "single_area": int(m_single.sum()),
+                   "single_iou": iou(gt, m_single, ign), "single_area": int(m_single.sum()),
                    "single_pred_iou": float(single.iou[0, 0]),
-                   "multi_iou": [iou(gt, m) for m in m_multi], "multi_area": [int(m.sum()) for m in m_multi],
+                   "multi_iou": [iou(gt, m, ign) for m in m_multi], "multi_area": [int(m.sum()) for m in m_multi],
                    "multi_pred_iou": [float(v) for v in multi.iou[0]],
                    "single_is": int(np.argmax([mask_iou(m_single, m) for m in m_multi]))}
             masks = {"plain": m_single}
             for name, pred in refiners.items():
                 m = InteractiveObject(pred, emb).add(click).mask
-                row[f"{name}_iou"], row[f"{name}_area"] = iou(gt, m), int(m.sum())
+                row[f"{name}_iou"], row[f"{name}_area"] = iou(gt, m, ign), int(m.sum())
                 masks[name] = m
             row["_masks"], row["_gt"], row["_image"] = masks, gt, sample.image_id
             rows.append(row)
@@ -229,6 +231,8 @@ def main(argv=None) -> int:
     p.add_argument("--out", default=str(REPO / "results" / "microscopy"))
     p.add_argument("--cache", default=str(REPO / "results" / "embedding_cache"))
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--max-clicks", type=int, default=20, help="clicks per object (NoC is capped there)")
+    p.add_argument("--objects", type=int, default=None, help="objects per set (default: each set's own)")
     p.add_argument("--first-click", action="store_true", help="only the first-click candidate analysis")
     p.add_argument("--figure", default=None, metavar="PNG", help="with --first-click: draw the masks")
     args = p.parse_args(argv)
@@ -242,6 +246,9 @@ def main(argv=None) -> int:
         log(f"no data at {root}: pass --data-root")
         return 1
     runs = [parse_run(s) for s in args.runs.split(",")]
+    if args.objects:
+        for k, (ds, images, _n, seed) in list(brp.SETS.items()):
+            brp.SETS[k] = (ds, images, args.objects, seed)
     models = {ref: load(ref) for ref in {r for _, _, r in runs}}
     sets = args.sets.split(",")
     if args.first_click:
@@ -262,7 +269,8 @@ def main(argv=None) -> int:
         return 0
     results: dict[str, dict[str, dict]] = {}
     for set_name in sets:
-        results[set_name] = {name: run_set(set_name, name, pol, models[ref], root, args.cache, Path(args.out), log)
+        results[set_name] = {name: run_set(set_name, name, pol, models[ref], root, args.cache, Path(args.out), log,
+                                             args.max_clicks)
                              for name, pol, ref in runs}
     log(markdown_table(results))
     return 0

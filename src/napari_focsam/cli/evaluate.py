@@ -19,7 +19,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     """Register ``evaluate`` on ``subparsers``; return its parser."""
     p = subparsers.add_parser("evaluate", help="NoC@85/90/95 with the FocSAM click protocol")
     p.add_argument("--dataset", required=True,
-                   help="grabcut, davis, coco_mval, berkeley, sbd, coelho2009_gnf, stardist2d, microscopy")
+                   help="grabcut, davis, coco_mval, berkeley, sbd, coelho2009_gnf, stardist2d, microscopy, "
+                        "or a microscopy stack: chloroplasts_em, yeast_phase, vnc_neurites, vnc_mitochondria, "
+                        "stardist2d_halves (one image per slice or tile, ids zZZ / zZZ-rRcC)")
     p.add_argument("--data-root", required=True, help="folder holding the dataset (e.g. ../shared/data)")
     p.add_argument("--model", default=DEFAULT_MODEL, help="registry name or checkpoint path")
     p.add_argument("--refiner", default=None, metavar="FILE_OR_NAME",
@@ -27,7 +29,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--no-refine", action="store_true", help="plain SAM loop with the same weights")
     p.add_argument("--compare", action="store_true", help="run with and without refinement")
     p.add_argument("--images", default=None, metavar="SPEC",
-                   help="image selection: first:N, last:N or range:A:B in natural order (e.g. a validation split)")
+                   help="image selection: first:N, last:N or range:A:B in natural order (e.g. a validation split: "
+                        "yeast_phase last:2, vnc_* last:4, chloroplasts_em range:48:60)")
     p.add_argument("--max-objects", type=int, default=None)
     p.add_argument("--max-clicks", type=int, default=20)
     p.add_argument("--device", default="auto")
