@@ -119,10 +119,10 @@ def run(args: argparse.Namespace) -> int:
         note(f"warning: {result.message}; the labels image is empty")
     labels = result.labels
     labels = labels.astype(np.uint16 if result.n_objects < 2**16 else np.uint32)
-    from ..core.io import write_mask
+    from ..core.labels_writer import write_labels_array
 
     try:
-        write_mask(args.out, labels)
+        write_labels_array(args.out, labels)  # *.ome.zarr: an NGFF label image with its pyramid
     except ValueError as exc:  # the checks passed before the work; the folder changed since
         raise UserError(str(exc)) from None
     summary = {

@@ -284,7 +284,7 @@ def check_mask_path(path: str | Path, ndim: int = 2) -> Path:
         if kind is None:
             raise ValueError(f"cannot write {path}: the folder exists and is not a zarr array "
                              "(remove it or choose another name)")
-        if kind != "array" or not isinstance(attrs.get(MASK_MARK), dict):
+        if not isinstance(attrs.get(MASK_MARK), dict):
             what = "a zarr group (an image, a cache or a dataset)" if kind == "group" else \
                 "a zarr array this tool did not write"
             raise ValueError(f"cannot write {path}: it is {what}; only a mask written earlier by "

@@ -7,7 +7,7 @@ largest to the smallest, so where two overlap the smaller keeps the pixels (a la
 swallows a small cell) -- the rule of :func:`~.distributed.paint_objects`, which paints the same
 labels in memory for small images.
 
-Formats: a zarr array (each object's box read, painted and written back; chunks that no object
+Formats: ``*.ome.zarr`` (an NGFF label image with a pyramid, :mod:`.ome_labels`), a zarr array (each object's box read, painted and written back; chunks that no object
 touches are never written), a memory-mapped ``.npy``, a tiled TIFF (each tile painted from the
 objects that touch it; empty tiles share one array) or a PNG (2D; the plane in memory). A TIFF
 compresses every tile, the empty ones too: above :data:`MAX_TIFF_TILES` tiles the writer refuses
@@ -21,9 +21,11 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from .io import MASK_CHUNK, MASK_MARK, MASK_TILE, TIFF_SUFFIXES, check_mask_path, replacing
+from .io import MASK_CHUNK, MASK_MARK, MASK_TILE, TIFF_SUFFIXES, check_mask_path, replacing, write_mask
+from .ome_labels import is_ome_zarr, write_ome_labels
 
-__all__ = ["MAX_PNG_PIXELS", "MAX_TIFF_TILES", "check_labels_output", "labels_dtype", "write_object_labels"]
+__all__ = ["MAX_PNG_PIXELS", "MAX_TIFF_TILES", "check_labels_output", "labels_dtype", "write_labels_array",
+           "write_object_labels"]
 
 #: A TIFF labels image with more tiles than this is refused (zlib of every empty tile: minutes).
 MAX_TIFF_TILES = 65_536
@@ -99,6 +101,9 @@ def write_object_labels(path: str | Path, shape: Sequence[int], objects: Sequenc
     shape3 = shape if len(shape) == 3 else (1, *shape)
     dtype = labels_dtype(max((o.index for o in objects), default=-1) + 1)
     painted = _painted(objects)
+    if is_ome_zarr(path):  # an NGFF label image: level 0 painted as below, then its pyramid
+        write_ome_labels(path, shape, lambda arr: _paint_into(arr, painted, shape3), dtype=dtype)
+        return len(painted)
     with replacing(path) as tmp:
         if suffix in (".zarr", ".npy"):
             if suffix == ".zarr":
@@ -109,14 +114,7 @@ def write_object_labels(path: str | Path, shape: Sequence[int], objects: Sequenc
                                         attributes={MASK_MARK: {"kind": "labels"}})
             else:
                 arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=shape)
-            for obj in painted:
-                box = _box(obj, shape3)
-                if box is not None:
-                    zs, ys, xs, sub = box
-                    window, sub = ((zs, ys, xs), sub) if len(shape) == 3 else ((ys, xs), sub[0])
-                    block = np.asarray(arr[window])
-                    block[sub] = obj.index + 1
-                    arr[window] = block
+            _paint_into(arr, painted, shape3)
             if suffix == ".npy":
                 arr.flush()
                 del arr
@@ -137,6 +135,33 @@ def write_object_labels(path: str | Path, shape: Sequence[int], objects: Sequenc
 
             Image.fromarray(full[0]).save(tmp, format="PNG")
     return len(painted)
+
+
+def _paint_into(arr: Any, painted: list[Any], shape3: tuple[int, int, int]) -> None:
+    """Paint the objects (in order) into ``arr`` ((Y, X) or (Z, Y, X)), one object's box at a time."""
+    for obj in painted:
+        box = _box(obj, shape3)
+        if box is not None:
+            zs, ys, xs, sub = box
+            window, sub = ((zs, ys, xs), sub) if len(arr.shape) == 3 else ((ys, xs), sub[0])
+            block = np.asarray(arr[window])
+            block[sub] = obj.index + 1
+            arr[window] = block
+
+
+def write_labels_array(path: str | Path, labels: np.ndarray) -> None:
+    """Write a labels array that is in memory (segment-all of one slice): any format of
+    :func:`~.io.write_mask`, and ``*.ome.zarr`` as an NGFF label image."""
+    if not is_ome_zarr(path):
+        write_mask(path, labels)
+        return
+
+    def paint(arr: Any) -> None:
+        step = MASK_CHUNK
+        for y in range(0, labels.shape[-2], step):
+            arr[..., y:y + step, :] = labels[..., y:y + step, :]
+
+    write_ome_labels(path, labels.shape, paint, dtype=labels.dtype)
 
 
 def _label_tiles(painted: list[Any], shape3: tuple[int, int, int], tile: tuple[int, int],
