@@ -101,3 +101,21 @@ def test_waiting_for_another_hosts_claim_says_whose_and_until_when(tmp_path, cap
     assert "waiting for 1 unit(s) that another process is computing" in text
     assert "host node42, process 4242, since" in text and "taken over at" in text
     assert store.missing() == []
+
+
+def test_a_huge_image_starts_at_once_and_hashes_a_unit_only_when_it_is_computed(tmp_path, monkeypatch):
+    from napari_focsam.core.tiled_embeddings import TiledEmbeddingStore
+
+    path = tmp_path / "huge.zarr"
+    zarr.create_array(str(path), shape=(20_000, 20_000), chunks=(2048, 2048), dtype="uint8")  # declared, empty
+    vol = ImageVolume(zarr.open_array(str(path), mode="r"))
+    store = TiledEmbeddingStore(FocSAMPredictor(make_fast_focsam()), vol, cache_dir=tmp_path / "cache",
+                                tile_size=1024, halo=64)
+    hashed, seen = [], []
+    real = TiledEmbeddingStore._unit_signature
+    monkeypatch.setattr(TiledEmbeddingStore, "_unit_signature",
+                        lambda self, u: hashed.append(u) or real(self, u))
+    store.precompute(progress=lambda done, total: seen.append((done, len(hashed))),
+                     cancelled=lambda: len(seen) >= 2)
+    assert store._unit_count() > 400
+    assert seen[0][0] == 1 and seen[0][1] <= 3  # the first unit done after hashing only itself
