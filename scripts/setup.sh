@@ -30,7 +30,7 @@ echo "$TORCH_SPEC" > "$constraints"
 if .venv/bin/python -m pip install -q uv >/dev/null 2>&1; then
   links=()
   [ -d /opt/wheels ] && links=(--find-links /opt/wheels)
-  inst() { .venv/bin/python -m uv pip install -q --python .venv/bin/python "${links[@]}" -c "$constraints" "$@"; }
+  inst() { .venv/bin/python -m uv pip install -q --compile-bytecode --python .venv/bin/python "${links[@]}" -c "$constraints" "$@"; }
 else
   inst() { .venv/bin/python -m pip install -q -c "$constraints" "$@"; }
 fi

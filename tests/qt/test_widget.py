@@ -330,8 +330,8 @@ def test_helpful_messages(make_napari_viewer, qtbot, tmp_path, monkeypatch):
     # an RGB image: prompts and preview are 2D (the colour axis is not a spatial one)
     viewer.add_image(np.zeros((48, 40, 3), np.uint8), name="rgb", rgb=True)
     widget.set_image_layer(viewer.layers["rgb"])
+    wait_idle(qtbot, widget)  # the preview layer is built off the GUI thread, then added
     assert widget.prompts_layer.ndim == 2 and widget.preview_layer.data.shape == (48, 40)
-    wait_idle(qtbot, widget)
 
     # keys do nothing harmful without a model
     widget.commit()

@@ -117,6 +117,7 @@ class SessionJobs(QObject):
         self._embed_stop = threading.Event()
         self._predict_worker = None
         self._volume_worker = None
+        self._layer_worker = None
         self._volume_cancel = threading.Event()
         #: set while a click is answered or a volume runs: background embedding pauses
         self.interactive = threading.Event()
@@ -138,6 +139,10 @@ class SessionJobs(QObject):
         return self._embed_worker is not None
 
     @property
+    def building_layer(self) -> bool:
+        return self._layer_worker is not None
+
+    @property
     def predicting(self) -> bool:
         return self._predict_worker is not None
 
@@ -147,7 +152,21 @@ class SessionJobs(QObject):
 
     def any_running(self) -> bool:
         return any(w is not None for w in (self._probe_worker, self._load_worker, self._embed_worker,
-                                          self._predict_worker, self._volume_worker))
+                                          self._predict_worker, self._volume_worker, self._layer_worker))
+
+    def build_layer(self, make: Callable[[], Any], on_done: Callable[[Any], None]) -> None:
+        """Build a napari layer *model* with ``make()`` in a worker; ``on_done(layer)`` on the GUI
+        thread (a Failure if it failed). A labels layer's model costs ~0.6 s the first time (its
+        feature table, the default label colours): off the GUI thread, the window stays responsive;
+        only adding it to the viewer (its vispy visual) remains on the GUI thread."""
+
+        def run():
+            try:
+                return make()
+            except Exception as exc:
+                return describe_error(exc, "building a layer")
+
+        self._start(run, "_layer_worker", on_done)
 
     def _start(self, func: Callable, attr: str, on_done: Callable[[Any], None] | None, **kwargs) -> Any:
         """Start ``func`` in a worker stored in ``self.<attr>``; ``on_done(result)`` runs after it ended.

@@ -11,7 +11,6 @@ import os
 from pathlib import Path
 from typing import Any
 
-from napari.utils import progress as napari_progress
 from qtpy.QtCore import Qt, Signal
 from qtpy.QtWidgets import (
     QCheckBox,
@@ -368,7 +367,6 @@ class ActionPanel(QGroupBox):
         self.clear_button.clicked.connect(lambda *_: self.clear_clicked.emit())
         self.volume_button.clicked.connect(lambda *_: self.volume_clicked.emit())
         self.cancel_button.clicked.connect(lambda *_: self.cancel_clicked.emit())
-        self._pbar = None
 
     def show_state(self, *, ready: bool, is_3d: bool, volume_running: bool, cancellable: bool = False) -> None:
         """``cancellable``: Cancel is shown for other work too (tiles embedding in the background)."""
@@ -386,24 +384,16 @@ class ActionPanel(QGroupBox):
         self.progress_bar.setVisible(False)
 
     def start_volume_progress(self) -> None:
-        """Busy bar and a napari progress bar (activity dock) for a propagation."""
-        self.end_volume_progress()
-        self._pbar = napari_progress(total=0, desc="FocSAM: segment volume")
+        """Busy bar for a propagation, in the dock only: napari's activity progress (its animated
+        indicator repainting all the while) made Segment volume 1.4-1.8x slower on a 2-core
+        machine (benchmarks/bench_widget_responsiveness.py)."""
         self.show_progress(None, 0, "propagating %v/%m")
 
     def volume_progress(self, done: int, total: int) -> None:
         self.show_progress(done, max(total, 1), "propagating %v/%m")
-        pbar = self._pbar
-        if pbar is not None:
-            if pbar.total != total:
-                pbar.total = total
-            if done > pbar.n:
-                pbar.update(done - pbar.n)
 
     def end_volume_progress(self) -> None:
-        if self._pbar is not None:
-            self._pbar.close()
-            self._pbar = None
+        """The propagation ended (the caller hides or reuses the bar)."""
 
 
 class StatusLine(QLabel):

@@ -9,6 +9,7 @@ points into clicks. It reports through two signals and never calls the widget:
 
 from __future__ import annotations
 
+import warnings
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -115,8 +116,19 @@ class PromptLayers(QObject):
         self._keyed_output = None
 
     # ------------------------------------------------------------------ layers
-    def ensure(self, image: Image) -> None:
-        """Create or adopt the prompts and preview layers for ``image`` (fresh points and mask)."""
+    @staticmethod
+    def new_preview(image: Image) -> Labels:
+        """A preview labels layer for ``image``, not yet in a viewer (any thread may build it)."""
+        # napari computes its default label colours first and warns about clipped LAB values
+        warnings.filterwarnings("ignore", message="Conversion from CIE-LAB", category=UserWarning)
+        cmap = DirectLabelColormap(color_dict={None: "transparent", 1: PREVIEW_RGBA})
+        shape = spatial_shape(image)
+        return Labels(new_labels_array(shape, np.uint8), name=PREVIEW_NAME, opacity=0.5, colormap=cmap,
+                      **transform_kwargs(image))
+
+    def ensure(self, image: Image, preview: Labels | None = None) -> None:
+        """Create or adopt the prompts and preview layers for ``image`` (fresh points and mask);
+        ``preview``: a layer from :meth:`new_preview`, used when no preview layer is there."""
         layers = self.viewer.layers
         ndim, shape, tf = image.ndim, spatial_shape(image), transform_kwargs(image)
         if self.preview is not None and (self.preview not in layers or self.preview.data.shape != shape):
@@ -129,9 +141,8 @@ class PromptLayers(QObject):
             if found is not None:
                 found.data = new_labels_array(shape, np.uint8)
             else:
-                cmap = DirectLabelColormap(color_dict={None: "transparent", 1: PREVIEW_RGBA})
-                found = self.viewer.add_labels(new_labels_array(shape, np.uint8), name=PREVIEW_NAME, opacity=0.5,
-                                               colormap=cmap, **tf)
+                fits = preview is not None and tuple(preview.data.shape) == tuple(shape) and same_transform(preview, image)
+                found = self.viewer.add_layer(preview if fits else self.new_preview(image))
             self.preview = found
         elif isinstance(self.preview.data, np.ndarray):
             self.preview.data[...] = 0

@@ -136,7 +136,6 @@ class FocSAMWidget(QWidget):
         self.sync.image_data_changed.connect(self._on_image_data)
         self.sync.managed_removed.connect(self._restore_layers)
 
-    # ------------------------------------------------------------------ status and messages
     def _set_status(self, text: str | None = None) -> None:
         ctx, out = self.jobs.context, self.sync.output_layer(create=False)
         self.status_label.show_state(
@@ -189,7 +188,6 @@ class FocSAMWidget(QWidget):
         if self.sync.restore_layers():
             self._notify("info", "the FocSAM prompts/preview layer was deleted: a new one was added")
 
-    # ------------------------------------------------------------------ setup changes
     def set_model(self, name_or_path: str) -> None:
         """Select a registry model by name or a checkpoint file by path (adds it to the list)."""
         self.setup.set_model(name_or_path)
@@ -242,11 +240,18 @@ class FocSAMWidget(QWidget):
         self.actions.show_progress(None, 0, f"loading {name} ...")
         self.jobs.load(layer, volume_data(layer), bool(layer.rgb), model, device, cache, self.setup.refine_wanted,
                        self.setup.threads())  # first: it runs while napari builds our layers
-        if not same_image:  # a new image: fresh prompts and preview; a new model keeps the points
-            lay.ensure(layer)
-            self.modes.ensure(layer)
+        if not same_image:  # a new image: its output now; fresh prompts and preview (built off the GUI thread)
             self.sync.pick_output()
-            self.sync.settle()
+            self.jobs.build_layer(lambda: PromptLayers.new_preview(layer), lambda built: self._add_layers(layer, built))
+        self._set_status()
+
+    def _add_layers(self, layer: Image, preview: Any) -> None:
+        """The preview is built: the widget's layers for ``layer`` (if it is still the chosen image)."""
+        if self.closing.closed or layer is not self.sync.image or layer not in self.viewer.layers:
+            return
+        self.managed.ensure(layer, preview if isinstance(preview, Labels) else None)
+        self.modes.ensure(layer)
+        self.sync.settle()
         self._set_status()
 
     def _on_refine_toggled(self, on: bool) -> None:
@@ -291,7 +296,6 @@ class FocSAMWidget(QWidget):
         if self.managed.n_points() and self.queue.points_changed():
             self._start_predict()
 
-    # ------------------------------------------------------------------ embeddings
     def _on_embedded(self, done: int, total: int) -> None:
         self.embedded_slices = done
         left = self._eta.update(done, time.perf_counter()) if self._eta is not None else None
@@ -317,7 +321,6 @@ class FocSAMWidget(QWidget):
         else:
             self._set_status()
 
-    # ------------------------------------------------------------------ prediction
     def _schedule_predict(self) -> None:
         self._t_change = time.perf_counter()
         if self.queue.points_changed():
@@ -370,7 +373,7 @@ class FocSAMWidget(QWidget):
         """True while a model load, a prediction or a propagation is running or queued."""
         j = self.jobs
         return j.loading or j.predicting or j.volume_running or (self.queue.dirty and j.context is not None) \
-            or self.modes.running()
+            or self.modes.running() or j.building_layer
 
     def has_running_workers(self) -> bool:
         """True while any background job (load, embeddings, prediction, volume) is running."""
@@ -407,7 +410,6 @@ class FocSAMWidget(QWidget):
         """The current object's mask as shown in the preview ((Y, X) or (Z, Y, X) bool)."""
         return self.managed.current_mask()
 
-    # ------------------------------------------------------------------ keys
     def _on_action(self, action: str) -> None:
         getattr(self, {"volume": "segment_volume", "toggle": "toggle_polarity"}.get(action, action))()
 
@@ -564,7 +566,6 @@ class FocSAMWidget(QWidget):
         if self.queue.dirty and not self.queue.running:
             self._start_predict()
 
-    # ------------------------------------------------------------------ GPU fallback
     def _fallback_to_cpu(self) -> None:
         if self.closing.closed:
             return

@@ -1,0 +1,197 @@
+"""Is the window ever frozen? The worst event-loop gap of napari with the dock, and Segment volume
+in the widget beside the engine's own propagation.
+
+    python benchmarks/bench_widget_responsiveness.py [--objects 3] [--threads 1] [--repeats 2]
+
+A 20 ms QTimer runs in the viewer's event loop; the longest interval between two of its ticks is
+the longest time the window could not repaint or answer a key (the "worst gap"). Measured:
+
+1. from docking the widget (the sample image open) to "ready" (model loaded, image embedded);
+2. during a first click on a nucleus (the preview appearing);
+3. during a Segment volume of a nucleus on the cells3d stack (every slice's embedding cached).
+
+Then Segment volume, the same nuclei with the same cached embeddings, timed in the widget (from
+the button press to the committed labels) and in the engine alone
+(:meth:`~napari_focsam.core.objects.SegmentedObject.propagate` on a :class:`Session` with the
+same cache folder), interleaved object by object; medians and the widget/engine ratio.
+The display comes from Xvfb when none is set.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_widget import ensure_display, interior, load_stack, wait  # noqa: E402
+
+
+class GapMeter:
+    """The longest interval between two ticks of a 20 ms timer in the Qt event loop."""
+
+    def __init__(self) -> None:
+        from qtpy.QtCore import QTimer
+
+        self.timer = QTimer()
+        self.timer.setInterval(20)
+        self.timer.timeout.connect(self._tick)
+        self.last = None
+        self.worst = 0.0
+
+    def _tick(self) -> None:
+        now = time.perf_counter()
+        if self.last is not None:
+            self.worst = max(self.worst, now - self.last)
+        self.last = now
+
+    def start(self) -> None:
+        self.last, self.worst = time.perf_counter(), 0.0
+        self.timer.start()
+
+    def stop(self) -> float:
+        self.timer.stop()
+        return self.worst * 1000
+
+
+def pause(app, seconds: float) -> None:
+    """Let the event loop run for ``seconds``."""
+    t_end = time.perf_counter() + seconds
+    while time.perf_counter() < t_end:
+        app.processEvents()
+        time.sleep(0.005)
+
+
+def wait_in_loop(app, cond, timeout: float = 3600.0) -> float:
+    """Wait for ``cond()`` inside a Qt event loop, as napari does (blocked until an event comes,
+    the interpreter free for the workers), checking every 20 ms; returns the seconds waited."""
+    from qtpy.QtCore import QEventLoop, QTimer
+
+    t0 = time.perf_counter()
+    loop, timer = QEventLoop(), QTimer()
+    timer.setInterval(20)
+    timer.timeout.connect(lambda: loop.quit() if cond() or time.perf_counter() - t0 > timeout else None)
+    timer.start()
+    if not cond():
+        loop.exec()
+    timer.stop()
+    if not cond():
+        raise TimeoutError("timed out")
+    return time.perf_counter() - t0
+
+
+def dock_gaps(app, args) -> None:
+    import napari
+
+    from napari_focsam._sample_data import load_nuclei
+
+    viewer = napari.Viewer(show=True)
+    viewer.open_sample("napari-focsam", "nuclei_2d")
+    _, gt = load_nuclei("2d")
+    pause(app, 1.0)  # napari settles
+    meter = GapMeter()
+    meter.start()
+    t0 = time.perf_counter()
+    _, widget = viewer.window.add_plugin_dock_widget("napari-focsam", "FocSAM")
+    widget.threads_spin.setValue(args.threads)
+    wait_in_loop(app, lambda: widget.is_ready and widget.embedded_slices >= 1 and not widget.is_busy())
+    ready = time.perf_counter() - t0
+    print(f"docking -> ready: {ready:.1f} s, worst event-loop gap {meter.stop():.0f} ms")
+    ids = [i for i in np.unique(gt) if i and (gt == i).sum() > 300][:3]
+    gaps = []
+    for i in ids:
+        widget.clear()
+        meter.start()
+        widget.prompts_layer.data = np.array([interior(gt == i)], float)
+        wait(app, lambda: not widget.is_busy())
+        pause(app, 0.1)
+        gaps.append(meter.stop())
+    print(f"first click on a nucleus: worst gap {max(gaps):.0f} ms (per click {', '.join(f'{g:.0f}' for g in gaps)})")
+    widget.close_session()
+    viewer.close()
+
+
+def volume_vs_engine(app, args) -> None:
+    import napari
+    import torch
+
+    from napari_focsam.core.session import Session
+
+    image, gt, what = load_stack()
+    cache = Path(args.cache) if args.cache else Path(tempfile.mkdtemp(prefix="focsam-bench-cache-"))
+    os.environ["NAPARI_FOCSAM_EMBEDDING_CACHE"] = str(cache)
+    viewer = napari.Viewer(show=True)
+    viewer.add_image(image, name="stack")
+    z = image.shape[0] // 2
+    viewer.dims.set_current_step(0, z)
+    _, widget = viewer.window.add_plugin_dock_widget("napari-focsam", "FocSAM")
+    widget.threads_spin.setValue(args.threads)
+    t0 = time.perf_counter()
+    wait(app, lambda: widget.is_ready and widget.embedded_slices >= image.shape[0] and not widget.is_busy(),
+         timeout=3600)
+    print(f"{what}: every slice embedded (cached in {cache}) in {time.perf_counter() - t0:.0f} s")
+    ids, counts = np.unique(gt[z][gt[z] > 0], return_counts=True)
+    objs = [int(i) for i in ids[np.argsort(-counts)][: args.objects]]
+    torch.set_num_threads(args.threads)
+    engine = Session(np.asarray(image), widget.setup.model_spec(), device="cpu", cache_dir=cache)
+    t_widget, t_engine, gaps = [], [], []
+    for _ in range(args.repeats):
+        for obj in objs:
+            point = [z, *interior(gt[z] == obj)]
+            # the widget: click, then Segment volume until its commit
+            widget.clear()
+            widget.prompts_layer.data = np.array([point], float)
+            wait(app, lambda: not widget.is_busy())
+            meter = GapMeter()
+            meter.start()
+            t0 = time.perf_counter()
+            widget.segment_volume()
+            wait_in_loop(app, lambda: not widget.is_busy())
+            t_widget.append(time.perf_counter() - t0)
+            gaps.append(meter.stop())
+            # the engine, same object, same cache
+            o = engine.new_object()
+            o.add_click(point[1], point[2], True, z)
+            t0 = time.perf_counter()
+            o.propagate(iou_threshold=float(widget.iou_spin.value()))
+            t_engine.append(time.perf_counter() - t0)
+            engine.remove_object(o)
+    engine.close()
+    w, e = np.median(t_widget), np.median(t_engine)
+    print(f"Segment volume, {len(objs)} nuclei x {args.repeats} (interleaved, cached embeddings, "
+          f"{args.threads} thread(s)): widget median {w:.2f} s, engine median {e:.2f} s, ratio {w / e:.2f}; "
+          f"worst event-loop gap during it {max(gaps):.0f} ms")
+    widget.close_session()
+    viewer.close()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--objects", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--skip-volume", action="store_true")
+    ap.add_argument("--skip-dock", action="store_true")
+    ap.add_argument("--cache", default="", help="embedding cache folder to reuse between runs")
+    args = ap.parse_args()
+    xvfb = ensure_display()
+    try:
+        from napari.qt import get_qapp
+
+        app = get_qapp()
+        if not args.skip_dock:
+            dock_gaps(app, args)
+        if not args.skip_volume:
+            volume_vs_engine(app, args)
+    finally:
+        if xvfb is not None:
+            xvfb.terminate()
+
+
+if __name__ == "__main__":
+    main()
