@@ -108,3 +108,16 @@ def test_cancel_of_segment_all_answers_within_a_second(dock, qtbot):  # noqa: F8
     qtbot.waitUntil(lambda: not widget.modes.running(), timeout=WAIT_MS)  # its worker ends quietly
     assert "Segment all cancelled: nothing was written" in widget.last_message
     assert widget.output_layer is None or not widget.output_layer.data.any()
+
+
+def test_the_no_image_hint_goes_when_an_image_opens(dock, qtbot):  # noqa: F811
+    from napari.utils.notifications import notification_manager
+
+    before = len(notification_manager.records)
+    viewer, widget = dock()
+    assert "no image layer yet" in widget.status_label.text()
+    assert len(notification_manager.records) == before  # a hint in the dock, no lasting notification
+    add_2d(viewer)
+    qtbot.waitUntil(lambda: "no image layer" not in widget.status_label.text(), timeout=5000)
+    wait_ready(qtbot, widget)
+    assert "no image layer" not in widget.status_label.text()

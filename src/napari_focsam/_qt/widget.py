@@ -105,8 +105,8 @@ class FocSAMWidget(QWidget):
             # after the dock is on screen: napari's first labels/points layers take seconds to build
             QTimer.singleShot(100, self._deferred_image_check)
         else:
-            self._notify("info", "no image layer yet: open an image (File > Open Sample > FocSAM, "
-                                 "or drop a file on the viewer)")
+            self.last_message = "no image layer yet: open an image (File > Open Sample > FocSAM, or drop a file)"
+            self._set_status(self.last_message)
 
     def _wire(self) -> None:
         s, a, j, la = self.setup, self.actions, self.jobs, self.managed
