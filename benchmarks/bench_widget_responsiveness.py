@@ -166,6 +166,7 @@ def volume_vs_engine(app, args) -> None:
     print(f"Segment volume, {len(objs)} nuclei x {args.repeats} (interleaved, cached embeddings, "
           f"{args.threads} thread(s)): widget median {w:.2f} s, engine median {e:.2f} s, ratio {w / e:.2f}; "
           f"worst event-loop gap during it {max(gaps):.0f} ms")
+    print("  pairs (widget s, engine s):", ", ".join(f"({a:.2f}, {b:.2f})" for a, b in zip(t_widget, t_engine)))
     widget.close_session()
     viewer.close()
 

@@ -59,12 +59,20 @@ def progress_row() -> tuple[QHBoxLayout, QProgressBar, QPushButton]:
 
 
 def show_bar(bar: QProgressBar, done: int | None, total: int, fmt: str) -> None:
-    """Show ``bar`` at ``done`` of ``total`` (``done`` None or ``total`` 0: busy, no count)."""
-    bar.setRange(0, max(int(total), 0))
-    if done is not None:
+    """Show ``bar`` at ``done`` of ``total`` (``done`` None or ``total`` 0: busy, no count).
+
+    Only what changed is set: each setter repaints (and a range or format change re-lays out the
+    dock), which on a per-slice progress took GUI time from the propagation's worker.
+    """
+    total = max(int(total), 0)
+    if bar.maximum() != total or bar.minimum() != 0:
+        bar.setRange(0, total)
+    if done is not None and bar.value() != int(done):
         bar.setValue(int(done))
-    bar.setFormat(fmt)
-    bar.setVisible(True)
+    if bar.format() != fmt:
+        bar.setFormat(fmt)
+    if not bar.isVisible():
+        bar.setVisible(True)
 
 
 class SetupPanel(QGroupBox):
