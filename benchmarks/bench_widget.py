@@ -304,6 +304,9 @@ def main() -> None:
     ap.add_argument("--sizes", default="", help="comma-separated image sizes for the large-image clicks")
     ap.add_argument("--repeats", type=int, default=3, help="later clicks per disc (--sizes)")
     ap.add_argument("--zarr", action="store_true", help="click and Segment volume on a lazy (20, 8192, 8192) zarr")
+    ap.add_argument("--responsiveness", action="store_true",
+                    help="the worst event-loop gaps and Segment volume widget vs engine "
+                         "(bench_widget_responsiveness.py, with its defaults)")
     args = ap.parse_args()
     xvfb = ensure_display()
     try:
@@ -319,6 +322,12 @@ def main() -> None:
         if args.volume:
             bench_volume(app, args, background=True)
             bench_volume(app, args, background=False)
+        if args.responsiveness:
+            import bench_widget_responsiveness as responsiveness
+
+            gap_args = argparse.Namespace(threads=args.threads or 1, objects=3, repeats=2, cache="")
+            responsiveness.dock_gaps(app, gap_args)
+            responsiveness.volume_vs_engine(app, gap_args)
     finally:
         if xvfb is not None:
             xvfb.terminate()
