@@ -90,3 +90,12 @@ def test_segment_batch_on_a_huge_lazy_image_allocates_no_full_plane(vit_t_path, 
     disc_mask = (yy - disc[1]) ** 2 + (xx - disc[2]) ** 2 <= disc[3] ** 2
     iou = ((window == 1) & disc_mask).sum() / ((window == 1) | disc_mask).sum()
     assert iou > 0.8 and (window == 1).sum() == (np.asarray(labels[0, 11_000:13_000, 14_000:16_000]) == 1).sum()
+
+
+def test_segment_to_a_tiff_too_large_to_compress_is_refused_before_the_model_loads(tiny_ckpt, tmp_path, capsys,
+                                                                                    loads):
+    big = tmp_path / "scan.zarr"
+    zarr.create_array(str(big), shape=(50_000, 90_000), chunks=(4096, 4096), dtype="uint8")
+    rc, out, err = run(["segment", big, "--click", "100,100", "--model", tiny_ckpt, "--out", tmp_path / "m.tif"],
+                       capsys)
+    assert rc == 2 and loads == [] and "write .zarr, the format for masks of this size" in one_line(err)

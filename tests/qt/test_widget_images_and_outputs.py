@@ -103,3 +103,25 @@ def test_a_commit_pressed_while_the_model_loads_fires_when_the_mask_arrives(dock
     out = widget.output_layer
     assert set(np.unique(out.data)) == {0, 1} and iou(out.data == 1, gt == A) >= 0.8
     assert len(widget.prompts_layer.data) == 0 and widget.last_committed_id == 1
+
+
+def test_the_preview_layer_is_built_off_the_gui_thread(dock, qtbot, monkeypatch):  # noqa: F811
+    """The first labels layer of a session costs napari ~0.6 s (feature table, default colours):
+    built in a worker, only added to the viewer on the GUI thread (the window never freezes)."""
+    from napari.layers import Labels
+
+    from napari_focsam._qt.constants import PREVIEW_NAME
+
+    built_on = []
+    real = Labels.__init__
+
+    def spy(self, *args, **kwargs):
+        if kwargs.get("name") == PREVIEW_NAME:
+            built_on.append(threading.current_thread() is threading.main_thread())
+        real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Labels, "__init__", spy)
+    viewer, widget = dock(layers=[lambda v: v.add_image(load_nuclei("2d")[0], name="dna-1")])
+    qtbot.waitUntil(lambda: widget.preview_layer is not None, timeout=WAIT_MS)
+    assert built_on == [False]
+    assert widget.preview_layer in viewer.layers

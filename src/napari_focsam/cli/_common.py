@@ -17,6 +17,7 @@ __all__ = [
     "add_image_model_options",
     "add_large_image_options",
     "check_output",
+    "check_size",
     "join_negative_values",
     "layout_of",
     "load_volume",
@@ -159,6 +160,17 @@ def check_output(path: str | Path, ndim: int, image_path: str | Path | None = No
         raise UserError(f"--out {out} is part of the input {image_path}: choose a new name for the mask")
     try:
         return check_mask_path(out, ndim)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+
+
+def check_size(path: str | Path, shape: tuple[int, ...]) -> None:
+    """Refuse, before any work, an output format that cannot hold a mask of ``shape`` in
+    reasonable time or memory (a TIFF of too many tiles, a huge PNG): name ``.zarr`` instead."""
+    from ..core.labels_writer import check_labels_output
+
+    try:
+        check_labels_output(path, shape)
     except ValueError as exc:
         raise UserError(str(exc)) from None
 

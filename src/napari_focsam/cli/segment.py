@@ -27,8 +27,8 @@ import time
 from ..core.clicks import Click
 from ..core.defaults import DEFAULT_IOU_THRESHOLD, DEFAULT_MODEL, REFINE_PRECISIONS
 from ..errors import UserError
-from ._common import (add_large_image_options, check_output, layout_of, load_volume, note, note_tiling, open_input,
-                      progress_bar, tile_options, write_regions)
+from ._common import (add_large_image_options, check_output, check_size, layout_of, load_volume, note, note_tiling,
+                      open_input, progress_bar, tile_options, write_regions)
 
 __all__ = ["add_parser", "parse_click", "run"]
 
@@ -125,6 +125,7 @@ def run(args: argparse.Namespace) -> int:
     tiling = tile_options(args)
     check_output(args.out, 3 if args.propagate else 2, args.image)
     vol = load_volume(open_input(args.image, args.level))
+    check_size(args.out, (((vol.n_slices,) if args.propagate else ()) + tuple(vol.plane_shape)))
     z = _slice_of(vol, args.slice, args.propagate)
     clicks = list(args.click or [])
     box = None
