@@ -99,7 +99,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run_on_cluster(args: argparse.Namespace) -> int:
-    """``precompute --workers N`` or ``--scheduler ADDRESS``: the slices as dask tasks."""
+    """``precompute --workers N`` or ``--scheduler ADDRESS``: the slices (or, on a large image,
+    the tiles of every level) as dask tasks."""
     from ..core.distributed import ImageSource, connect, open_image, precompute_distributed
     from ..core.models import model_files
 
@@ -108,12 +109,11 @@ def _run_on_cluster(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise UserError(str(exc)) from None
     note(f"read {args.image} as {layout_of(vol)}")
-    if vol.is_large(tile_options(args)[0]):
-        h, w = vol.plane_shape
-        raise UserError(f"--workers/--scheduler cache whole slices, and {args.image} is a large image "
-                        f"({h}x{w} per slice) cached tile by tile: run precompute without --workers/--scheduler")
+    tiling = tile_options(args)
+    large = note_tiling(args, vol, tiling)  # tiled: every tile of every level is a unit of the same store
     model_files(args.model)  # fetch once here (a refiner entry: its base too), not once per worker
-    source = ImageSource(str(args.image), contrast_limits=args.contrast_limits, level=args.level)
+    source = ImageSource(str(args.image), contrast_limits=args.contrast_limits, level=args.level,
+                         tiling=tuple(tiling) if large else None)
     try:
         with connect(args.workers, args.scheduler) as client:
             info = precompute_distributed(client, source, args.cache, model=args.model, device=args.device,
@@ -123,7 +123,7 @@ def _run_on_cluster(args: argparse.Namespace) -> int:
     info = {"image": str(args.image), **info, "cache": str(args.cache)}
     print(json.dumps(info))
     if info["failed"]:
-        note(f"{len(info['failed'])} slice(s) failed on the cluster ({info['errors'][0]}); "
+        note(f"{len(info['failed'])} unit(s) failed on the cluster ({info['errors'][0]}); "
              "run the same command again to finish them")
         return 1
     return 0

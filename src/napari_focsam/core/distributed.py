@@ -97,12 +97,16 @@ class ImageSource:
         Passed to :class:`~.image_volume.ImageVolume` (None: detect).
     level : int or None
         One level of an OME-Zarr pyramid to use as the image (None: the whole pyramid).
+    tiling : (tile_size, halo) or None
+        A large image is cached tile by tile (every tile of every level is one unit of work,
+        the same signed store a single process fills); None: whole slices.
     """
 
     path: str
     contrast_limits: tuple[float, float] | None = None
     rgb: bool | None = None
     level: int | None = None
+    tiling: tuple[int, int] | None = None
 
     def volume(self):
         """The :class:`~.image_volume.ImageVolume` of this source, opened lazily."""
@@ -244,16 +248,29 @@ def _worker_store(source: ImageSource, cache_dir: str, model: str, device: str, 
     if threads:
         torch.set_num_threads(int(threads))
     net = load_model(model, device)
+    if source.tiling is not None:
+        from .tiled_embeddings import TiledEmbeddingStore
+
+        tile_size, halo = source.tiling
+        return TiledEmbeddingStore(FocSAMPredictor(net), source.volume(), cache_dir=cache_dir, max_memory_bytes=0,
+                                   tile_size=tile_size, halo=halo)
     return EmbeddingStore(FocSAMPredictor(net), source.volume(), cache_dir=cache_dir, max_memory_bytes=0)
 
 
 def missing_units(source: ImageSource, cache_dir: str, model: str, device: str = "cpu",
                   threads: int | None = None) -> tuple[int, list[int]]:
-    """``(n_slices, slices not yet in the cache)`` (runs wherever it is called)."""
+    """``(units, units still to compute)`` (runs wherever it is called): the slices missing from
+    the cache (verified), or for a tiled source the tiles of every level not marked done (only
+    the done flags are read: a tile's pixels are hashed when a worker visits it, so a huge scan
+    is planned at once)."""
     store = _worker_store(source, cache_dir, model, device, threads)
     if store.disk_error:
         raise ValueError(store.disk_error)
-    return store.volume.n_slices, store.missing()
+    if source.tiling is None:
+        return store.volume.n_slices, store.missing()
+    units = store.units()
+    done = set(store.done_units())
+    return len(units), [u for u in units if u not in done]
 
 
 def fill_units(source: ImageSource, cache_dir: str, model: str, device: str, units: Sequence[int],
@@ -262,7 +279,10 @@ def fill_units(source: ImageSource, cache_dir: str, model: str, device: str, uni
     store = _worker_store(source, cache_dir, model, device, threads)
     if store.disk_error:
         raise OSError(store.disk_error)
-    store.precompute(list(units))
+    if source.tiling is not None:  # units are tiles: given as (slice, tile key) pairs
+        store.precompute(tiles=[store.tile_of(int(u)) for u in units])
+    else:
+        store.precompute(list(units))
     info = dict(store.last_precompute)
     info["worker_pid"] = os.getpid()
     try:

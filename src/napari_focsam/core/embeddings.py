@@ -323,6 +323,11 @@ class EmbeddingStore:
         disk = self._ensure_disk()
         return disk is not None and disk.verify(z, self._unit_signature(z))
 
+    def done_units(self) -> list[int]:
+        """The units marked complete in the disk cache (not verified; empty without a cache)."""
+        disk = self._ensure_disk()
+        return [] if disk is None else disk.done_slices()
+
     def missing(self, slices: Iterable[int] | None = None) -> list[int]:
         """The slices (default: all) that :meth:`precompute` would still have to encode.
 
