@@ -148,7 +148,7 @@ def test_the_local_cluster_accepts_only_this_process():
         assert client.submit(abs, -3).result() == 3
         for other in (address.replace("tls://", "tcp://"), address):  # no keys: refused
             with pytest.raises(Exception):
-                distributed.Client(other, timeout="3s")
+                distributed.Client(other, timeout="3s", set_as_default=False)
 
 
 def test_a_scheduler_lost_mid_run_gives_a_summary_not_a_traceback(tmp_path, monkeypatch):
@@ -167,7 +167,7 @@ def test_a_scheduler_lost_mid_run_gives_a_summary_not_a_traceback(tmp_path, monk
     monkeypatch.setattr(dist, "missing_units", plan)
     monkeypatch.setattr(dist, "fill_units", slow_fill)
     cluster = distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None)
-    client = distributed.Client(cluster)
+    client = distributed.Client(cluster, set_as_default=False)
     killer = threading.Timer(2.0, cluster.close)
     killer.start()
     try:
