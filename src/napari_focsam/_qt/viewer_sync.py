@@ -37,6 +37,8 @@ class ViewerSync(QObject):
         self.image: Image | None = None
         self.view_z = 0
         self.closed = False
+        #: deferred passes of :meth:`settle` still to run (they make the prompts layer active)
+        self.settling = 0
         #: the boxes layer (owned by the prompt modes), kept above the image with the others
         self.boxes_layer: Callable[[], Any] = lambda: None
         self._watched: set[int] = set()
@@ -173,7 +175,9 @@ class ViewerSync(QObject):
     def settle(self) -> None:
         """Prompts active in add mode, our layers above the image: now and after napari's own
         handling of the current event (it makes a layer it just inserted the active one)."""
-        def run():
+        def run(last: bool = False):
+            if last:
+                self.settling -= 1
             if self.closed:
                 return
             try:
@@ -182,7 +186,8 @@ class ViewerSync(QObject):
             except RuntimeError:  # the dock was deleted with its viewer meanwhile
                 self.closed = True
         run()
-        QTimer.singleShot(0, run)
+        self.settling += 1  # the widget counts as busy until the second pass ran
+        QTimer.singleShot(0, lambda: run(last=True))
 
     def restore_layers(self) -> bool:
         """Recreate a deleted prompts or preview layer of the chosen image; True if one was."""

@@ -373,7 +373,7 @@ class FocSAMWidget(QWidget):
         """True while a model load, a prediction or a propagation is running or queued."""
         j = self.jobs
         return j.loading or j.predicting or j.volume_running or (self.queue.dirty and j.context is not None) \
-            or self.modes.running() or j.building_layer
+            or self.modes.running() or j.building_layer or self.sync.settling > 0
 
     def has_running_workers(self) -> bool:
         """True while any background job (load, embeddings, prediction, volume) is running."""
