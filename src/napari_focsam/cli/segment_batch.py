@@ -16,7 +16,8 @@ import time
 
 from ..core.defaults import DEFAULT_IOU_THRESHOLD
 from ..errors import UserError
-from ._common import add_cluster_options, add_image_model_options, check_output, layout_of, load_volume, note, progress_bar
+from ._common import (add_cluster_options, add_image_model_options, check_output, check_size, layout_of, load_volume,
+                      note, progress_bar)
 
 __all__ = ["add_parser", "run"]
 
@@ -45,7 +46,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     """Handle ``napari-focsam segment-batch``; return the exit code."""
     from ..core.distributed import ImageSource, connect, open_image, read_seeds, segment_seeds
-    from ..core.labels_writer import check_labels_output, write_object_labels
+    from ..core.labels_writer import write_object_labels
 
     t0 = time.perf_counter()
     try:
@@ -57,10 +58,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--propagate needs a 3D stack, but {args.image} is {layout_of(vol)}: drop --propagate")
     out = check_output(args.out, ndim, args.image)
     shape = ((vol.n_slices,) if vol.is_3d else ()) + tuple(vol.plane_shape)
-    try:
-        check_labels_output(out, shape)  # e.g. a TIFF too large to compress: before any work
-    except ValueError as exc:
-        raise UserError(str(exc)) from None
+    check_size(out, shape)  # e.g. a TIFF too large to compress: before any work
     try:
         seeds = read_seeds(args.points, ndim)
     except ValueError as exc:
@@ -92,7 +90,6 @@ def run(args: argparse.Namespace) -> int:
                 results = segment_seeds(source, seeds, client=client, **kwargs)
     except (ValueError, OSError) as exc:
         raise UserError(str(exc)) from None
-    shape = ((vol.n_slices,) if vol.is_3d else ()) + tuple(vol.plane_shape)
     try:
         write_object_labels(out, shape, results)  # object by object: no full-size labels array
     except ValueError as exc:  # the checks passed before the work; the folder changed since

@@ -36,6 +36,8 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
+from .labels_writer import labels_dtype, paint_objects_into
+
 __all__ = [
     "ImageSource",
     "ObjectResult",
@@ -575,14 +577,6 @@ def paint_objects(shape: tuple[int, ...], results: Sequence[ObjectResult]) -> np
     numpy.ndarray
         uint16 labels (uint32 beyond 65,535 seeds) of ``shape``.
     """
-    n = max((r.index for r in results), default=-1) + 1
-    dtype = np.uint16 if n < 2**16 else np.uint32
-    labels = np.zeros((1, *shape) if len(shape) == 2 else shape, dtype)
-    for r in sorted(results, key=lambda r: -r.area):
-        if r.mask is None:
-            continue
-        z, y, x = r.offset
-        dz, dy, dx = r.mask.shape
-        view = labels[z:z + dz, y:y + dy, x:x + dx]
-        view[r.mask] = r.index + 1
-    return labels[0] if len(shape) == 2 else labels
+    labels = np.zeros(shape, labels_dtype(max((r.index for r in results), default=-1) + 1))
+    paint_objects_into(labels, results)
+    return labels

@@ -24,8 +24,8 @@ import numpy as np
 from .io import MASK_CHUNK, MASK_MARK, MASK_TILE, TIFF_SUFFIXES, check_mask_path, replacing, write_mask
 from .ome_labels import is_ome_zarr, write_ome_labels
 
-__all__ = ["MAX_PNG_PIXELS", "MAX_TIFF_TILES", "check_labels_output", "labels_dtype", "write_labels_array",
-           "write_object_labels"]
+__all__ = ["MAX_PNG_PIXELS", "MAX_TIFF_TILES", "check_labels_output", "labels_dtype", "paint_objects_into",
+           "write_labels_array", "write_object_labels"]
 
 #: A TIFF labels image with more tiles than this is refused (zlib of every empty tile: minutes).
 MAX_TIFF_TILES = 65_536
@@ -102,7 +102,7 @@ def write_object_labels(path: str | Path, shape: Sequence[int], objects: Sequenc
     dtype = labels_dtype(max((o.index for o in objects), default=-1) + 1)
     painted = _painted(objects)
     if is_ome_zarr(path):  # an NGFF label image: level 0 painted as below, then its pyramid
-        write_ome_labels(path, shape, lambda arr: _paint_into(arr, painted, shape3), dtype=dtype)
+        write_ome_labels(path, shape, lambda arr: paint_objects_into(arr, painted), dtype=dtype)
         return len(painted)
     with replacing(path) as tmp:
         if suffix in (".zarr", ".npy"):
@@ -114,7 +114,7 @@ def write_object_labels(path: str | Path, shape: Sequence[int], objects: Sequenc
                                         attributes={MASK_MARK: {"kind": "labels"}})
             else:
                 arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=shape)
-            _paint_into(arr, painted, shape3)
+            paint_objects_into(arr, painted)
             if suffix == ".npy":
                 arr.flush()
                 del arr
@@ -125,20 +125,20 @@ def write_object_labels(path: str | Path, shape: Sequence[int], objects: Sequenc
             tifffile.imwrite(tmp, _label_tiles(painted, shape3, tile, dtype), shape=shape, dtype=dtype,
                              tile=tile, compression="zlib")
         else:
-            full = np.zeros(shape3, dtype)
-            for obj in painted:
-                box = _box(obj, shape3)
-                if box is not None:
-                    *window, sub = box
-                    full[tuple(window)][sub] = obj.index + 1
+            full = np.zeros(shape, dtype)
+            paint_objects_into(full, painted)
             from PIL import Image
 
-            Image.fromarray(full[0]).save(tmp, format="PNG")
+            Image.fromarray(full).save(tmp, format="PNG")
     return len(painted)
 
 
-def _paint_into(arr: Any, painted: list[Any], shape3: tuple[int, int, int]) -> None:
-    """Paint the objects (in order) into ``arr`` ((Y, X) or (Z, Y, X)), one object's box at a time."""
+def paint_objects_into(arr: Any, objects: Sequence[Any]) -> int:
+    """Paint ``objects`` (id = ``index + 1``, the largest first so the smaller keeps an overlap)
+    into the zero-filled (Y, X) or (Z, Y, X) array ``arr`` (numpy, zarr or a memory map), one
+    object's box at a time; returns the number painted."""
+    painted = _painted(objects)
+    shape3 = tuple(arr.shape) if len(arr.shape) == 3 else (1, *arr.shape)
     for obj in painted:
         box = _box(obj, shape3)
         if box is not None:
@@ -147,6 +147,7 @@ def _paint_into(arr: Any, painted: list[Any], shape3: tuple[int, int, int]) -> N
             block = np.asarray(arr[window])
             block[sub] = obj.index + 1
             arr[window] = block
+    return len(painted)
 
 
 def write_labels_array(path: str | Path, labels: np.ndarray) -> None:
