@@ -22,13 +22,23 @@ class ClickChecks:
         self.notify = notify
         self._outside = 0
         self._empty: set[int] = set()
+        #: click -> whether it lands on no value, for ``self._volume``: each window is read once,
+        #: not at every prediction (a lazy image would read a chunk on the GUI thread each time)
+        self._known: dict[tuple, bool] = {}
+        self._volume: Any = None
 
     def __call__(self, clicks: list, outside: int, volume: Any, is_3d: bool) -> list:
         """The usable ``clicks`` ((z, y, x, positive) tuples); ``outside``: points already dropped."""
         if outside > self._outside:
             self.notify("warning", f"{outside} point(s) outside the image ignored")
         self._outside = outside
-        empty = set(clicks_on_nothing(volume, clicks)) if clicks else set()
+        if volume is not self._volume or len(self._known) > 10_000:
+            self._volume, self._known = volume, {}
+        new = [c for c in clicks if tuple(c) not in self._known]
+        if new:
+            hits = set(clicks_on_nothing(volume, new))
+            self._known.update((tuple(c), i in hits) for i, c in enumerate(new))
+        empty = {i for i, c in enumerate(clicks) if self._known[tuple(c)]}
         for i in sorted(empty - self._empty):
             z, y, x, _ = clicks[i]
             where = (f"slice {z}, " if is_3d else "") + f"y={y:.0f}, x={x:.0f}"

@@ -355,10 +355,7 @@ class PromptModes(QObject):
         def done(res):
             if cancel is not self._cancel:  # cancelled and already answered (see cancel)
                 return
-            self.all_running = False
-            if not w.jobs.predicting and not w.jobs.volume_running:
-                w.jobs.interactive.clear()
-            self.show_state()
+            self._end_segment_all()
             self._write_all(res, z)
 
         self._start(run, done)
@@ -396,12 +393,16 @@ class PromptModes(QObject):
         self._cancel.set()
         if self.all_running:
             self._cancel = threading.Event()  # the running worker's result is ignored
-            self.all_running = False
-            w = self.widget
-            if not w.jobs.predicting and not w.jobs.volume_running:
-                w.jobs.interactive.clear()
-            self.show_state()
+            self._end_segment_all()
             self.notify("info", "Segment all cancelled: nothing was written")
+
+    def _end_segment_all(self) -> None:
+        """Segment all is over (done or cancelled): clicks may pause the background again."""
+        self.all_running = False
+        jobs = self.widget.jobs
+        if not jobs.predicting and not jobs.volume_running:
+            jobs.interactive.clear()
+        self.show_state()
 
     # ------------------------------------------------------------------ workers
     def _start(self, func: Callable, on_done: Callable[[Any], None]) -> Any:

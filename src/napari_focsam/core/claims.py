@@ -38,6 +38,15 @@ CLAIM_TIMEOUT_S = 600.0
 _HOST = socket.gethostname()
 
 
+def _read_owner(path: Path) -> dict | None:
+    """The ``owner.json`` of a claim directory as a dict, or None when unreadable."""
+    try:
+        owner = json.loads((path / "owner.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return owner if isinstance(owner, dict) else None
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -142,11 +151,7 @@ class Claims:
             since = path.stat().st_mtime
         except FileNotFoundError:
             return None
-        try:
-            owner = json.loads((path / "owner.json").read_text())
-        except (OSError, ValueError):
-            owner = {}
-        owner = owner if isinstance(owner, dict) else {}
+        owner = _read_owner(path) or {}
         who = f"host {owner.get('host', '?')}, process {owner.get('pid', '?')}"
         fmt = "%Y-%m-%d %H:%M:%S"
         return (f"{who}, since {time.strftime(fmt, time.localtime(since))}; taken over at "
@@ -157,11 +162,8 @@ class Claims:
             age = time.time() - path.stat().st_mtime
         except FileNotFoundError:
             return True
-        try:
-            owner = json.loads((path / "owner.json").read_text())
-        except (OSError, ValueError):
-            owner = None  # being written just now, or its holder died in between
-        if isinstance(owner, dict) and owner.get("host") == _HOST and isinstance(owner.get("pid"), int):
+        owner = _read_owner(path)  # None: being written just now, or its holder died in between
+        if owner is not None and owner.get("host") == _HOST and isinstance(owner.get("pid"), int):
             if owner.get("token") != self.token and not _pid_alive(owner["pid"]):
                 return True
         return age > self.timeout_s
