@@ -50,6 +50,7 @@ __all__ = [
     "read_seeds",
     "regions_to_crop",
     "segment_seeds",
+    "worker_store",
 ]
 
 
@@ -239,8 +240,10 @@ def connect(workers: int | None = None, scheduler: str | None = None,
 # ----------------------------------------------------------------------------- precompute
 
 
-def _worker_store(source: ImageSource, cache_dir: str, model: str, device: str, threads: int | None):
-    """Runs on a worker: the volume, the (kept) model and a store bound to the shared cache."""
+def worker_store(source: ImageSource, cache_dir: str | None, model: str, device: str, threads: int | None):
+    """Runs on a worker: the volume, the (kept) model and a store bound to the shared cache
+    (a :class:`~.tiled_embeddings.TiledEmbeddingStore` when ``source.tiling`` is set, else an
+    :class:`~.embeddings.EmbeddingStore`; no memory LRU: each unit is used once per task)."""
     import torch
 
     from .embeddings import EmbeddingStore
@@ -265,7 +268,7 @@ def missing_units(source: ImageSource, cache_dir: str, model: str, device: str =
     the cache (verified), or for a tiled source the tiles of every level not marked done (only
     the done flags are read: a tile's pixels are hashed when a worker visits it, so a huge scan
     is planned at once)."""
-    store = _worker_store(source, cache_dir, model, device, threads)
+    store = worker_store(source, cache_dir, model, device, threads)
     if store.disk_error:
         raise ValueError(store.disk_error)
     if source.tiling is None:
@@ -278,7 +281,7 @@ def missing_units(source: ImageSource, cache_dir: str, model: str, device: str =
 def fill_units(source: ImageSource, cache_dir: str, model: str, device: str, units: Sequence[int],
                threads: int | None = None) -> dict[str, Any]:
     """Runs on a worker: encode ``units`` into the shared store; returns the counts."""
-    store = _worker_store(source, cache_dir, model, device, threads)
+    store = worker_store(source, cache_dir, model, device, threads)
     if store.disk_error:
         raise OSError(store.disk_error)
     if source.tiling is not None:  # units are tiles: given as (slice, tile key) pairs
