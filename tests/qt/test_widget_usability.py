@@ -389,3 +389,30 @@ def test_switching_to_a_model_with_the_same_encoder_reuses_the_embedding(dock, q
     qtbot.waitUntil(lambda: not widget.is_busy() and widget.current_mask.any(), timeout=WAIT_MS)
     assert iou(widget.current_mask, gt == A) >= 0.8
     assert store.stats["computed"] == 0
+
+
+def test_docking_leaves_the_event_loop_free(dock, qtbot):
+    """The GUI thread is never held by all of the widget's start-up at once: no torch import runs
+    while napari lays out the dock (the device probe starts from the event loop afterwards), and the
+    preview, prompts and boxes layers arrive in separate event-loop turns (napari draws each new
+    layer before the next one comes)."""
+    from qtpy.QtCore import QTimer
+
+    from napari_focsam._qt.box_prompts import BOXES_NAME
+    from napari_focsam._qt.constants import PREVIEW_NAME, PROMPTS_NAME
+
+    turns = [0]
+    ticker = QTimer()
+    ticker.setInterval(0)
+    ticker.timeout.connect(lambda: turns.__setitem__(0, turns[0] + 1))
+    ticker.start()
+    viewer, widget = dock(show=True, layers=[add_2d])
+    # constructed and docked, nothing has run in the event loop yet: the probe is only scheduled
+    assert widget.jobs._probe_worker is None and widget.has_running_workers()
+    inserted = {}
+    viewer.layers.events.inserted.connect(lambda e: inserted.setdefault(e.value.name, turns[0]))
+    wait_ready(qtbot, widget)
+    ticker.stop()
+    ours = [inserted[name] for name in (PREVIEW_NAME, PROMPTS_NAME, BOXES_NAME)]
+    assert len(set(ours)) == 3, inserted
+    assert widget.prompts_layer is viewer.layers.selection.active  # ready for clicks at the end

@@ -44,8 +44,15 @@ class BoxPrompts(QObject):
         viewer.layers.events.removed.connect(self._on_removed)
 
     # ------------------------------------------------------------------ layer
-    def ensure(self, image: Image) -> Shapes:
-        """Create (or adopt) the boxes layer for ``image``, empty, just above it."""
+    @staticmethod
+    def new_layer(image: Image) -> Shapes:
+        """An empty boxes layer for ``image``, not yet in a viewer (any thread may build it)."""
+        return Shapes(ndim=image.ndim, name=BOXES_NAME, edge_color=BOX_COLOR, face_color="transparent",
+                      edge_width=max(1.0, max(spatial_shape(image)[-2:]) / 300), **transform_kwargs(image))
+
+    def ensure(self, image: Image, built: Shapes | None = None) -> Shapes:
+        """Create (or adopt) the boxes layer for ``image``, empty, just above it; ``built``: a
+        layer from :meth:`new_layer`, used when no boxes layer is there."""
         layers = self.viewer.layers
         ndim = image.ndim
         if self.layer is not None and (self.layer not in layers or self.layer.ndim != ndim):
@@ -57,9 +64,8 @@ class BoxPrompts(QObject):
             found = next((la for la in layers if isinstance(la, Shapes) and la.name == BOXES_NAME
                           and la.ndim == ndim), None)
             if found is None:
-                found = Shapes(ndim=ndim, name=BOXES_NAME, edge_color=BOX_COLOR, face_color="transparent",
-                               edge_width=max(1.0, max(spatial_shape(image)[-2:]) / 300),
-                               **transform_kwargs(image))
+                fits = built is not None and built.ndim == ndim and same_transform(built, image)
+                found = built if fits else self.new_layer(image)
                 layers.insert(layers.index(image) + 1 if image in layers else len(layers), found)
             self.attach(found)
         self.clear()

@@ -31,7 +31,9 @@ class CloseGuard(QObject):
         self.parts = tuple(parts)
         self.closed = False
         self._window: Any = None
+        self._widget, self._docked = widget, False
         widget.destroyed.connect(self.close)
+        widget.installEventFilter(self)  # docked / un-docked (napari removes a closed dock)
 
     def watch(self, window: Any) -> None:
         """Close when ``window`` (the widget's main window) closes."""
@@ -44,6 +46,13 @@ class CloseGuard(QObject):
     def eventFilter(self, obj: Any, ev: Any) -> bool:  # noqa: N802 (Qt API)
         if obj is self._window and ev.type() == QEvent.Type.Close:
             self.close()
+        elif obj is self._widget and ev.type() == QEvent.Type.ParentChange:
+            if obj.parent() is not None:  # docked: also watch the main window, which may close
+                self._docked = True
+                if obj.window() is not obj:
+                    self.watch(obj.window())
+            elif self._docked:  # napari removed the dock by un-parenting the widget
+                self.close()
         return False
 
     def close(self, *_: Any) -> None:
@@ -52,6 +61,10 @@ class CloseGuard(QObject):
             return
         self.closed = True
         self._unwatch()
+        try:
+            self._widget.removeEventFilter(self)
+        except RuntimeError:  # the widget is already deleted
+            pass
         for part in self.parts:
             try:
                 (getattr(part, "close", None) or part.release)()

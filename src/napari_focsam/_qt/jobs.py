@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from napari.qt.threading import create_worker
-from qtpy.QtCore import QObject, Qt, Signal
+from qtpy.QtCore import QObject, Qt, QTimer, Signal
 
 from ..core.errors import Failure, describe_error, is_oom
 from ..core.interaction import Ticket
@@ -150,6 +150,7 @@ class SessionJobs(QObject):
         self._threads = 1
         self._probed = threading.Event()  # set: no device probe is importing torch right now
         self._probed.set()
+        self._probe_due = False  # a probe is scheduled (probe_devices with a delay)
         atexit.register(_await_jobs, weakref.ref(self))
 
     # ------------------------------------------------------------------ state
@@ -174,7 +175,7 @@ class SessionJobs(QObject):
         return self._volume_worker is not None
 
     def any_running(self) -> bool:
-        return any(w is not None for w in (self._probe_worker, self._load_worker, self._embed_worker,
+        return self._probe_due or any(w is not None for w in (self._probe_worker, self._load_worker, self._embed_worker,
                                           self._predict_worker, self._volume_worker, self._layer_worker))
 
     def build_layer(self, make: Callable[[], Any], on_done: Callable[[Any], None]) -> None:
@@ -216,10 +217,22 @@ class SessionJobs(QObject):
         return worker
 
     # ------------------------------------------------------------------ devices
-    def probe_devices(self) -> None:
-        """Import torch and the model code in the background; report the devices found."""
+    def probe_devices(self, delay_ms: int | None = None) -> None:
+        """Import torch and the model code in the background; report the devices found.
+
+        ``delay_ms``: start after that long in the event loop (counted as running meanwhile), e.g.
+        once napari has laid out the dock: a torch import competes with the GUI for the interpreter.
+        """
         probed = self._probed
         probed.clear()
+        if delay_ms is not None:
+            self._probe_due = True
+            QTimer.singleShot(delay_ms, lambda: self.probe_devices() if self._probe_due else None)
+            return
+        self._probe_due = False
+        if self.closed:
+            probed.set()
+            return
 
         def probe():
             try:
@@ -465,6 +478,9 @@ class SessionJobs(QObject):
     def close(self) -> None:
         """Stop everything; nothing is reported any more."""
         self.closed = True
+        if self._probe_due:  # scheduled, never started
+            self._probe_due = False
+            self._probed.set()
         self.drop()
         self._last_store = None
         self.interactive.clear()

@@ -129,8 +129,14 @@ class PromptLayers(QObject):
     def ensure(self, image: Image, preview: Labels | None = None) -> None:
         """Create or adopt the prompts and preview layers for ``image`` (fresh points and mask);
         ``preview``: a layer from :meth:`new_preview`, used when no preview layer is there."""
+        self.ensure_preview(image, preview)
+        self.ensure_prompts(image)
+
+    def ensure_preview(self, image: Image, preview: Labels | None = None) -> None:
+        """Create or adopt the preview layer for ``image`` (an empty mask); ``preview``: a layer
+        from :meth:`new_preview`, used when no preview layer is there."""
         layers = self.viewer.layers
-        ndim, shape, tf = image.ndim, spatial_shape(image), transform_kwargs(image)
+        shape = spatial_shape(image)
         if self.preview is not None and (self.preview not in layers or self.preview.data.shape != shape):
             if self.preview in layers:
                 layers.remove(self.preview)
@@ -150,6 +156,25 @@ class PromptLayers(QObject):
         else:  # a zarr-backed preview: a fresh (empty) array costs nothing
             self.preview.data = new_labels_array(shape, np.uint8)
         self.regions, self.has_volume = {}, False
+
+    @staticmethod
+    def new_prompts(image: Image) -> Points:
+        """An empty prompts (points) layer for ``image``, not yet in a viewer (any thread may build
+        it: the first points layer of a process costs ~0.5 s, its colour manager and feature table)."""
+        ndim, shape = image.ndim, spatial_shape(image)
+        size = float(np.clip(max(shape[-2:]) / 40, 3, 25))
+        return Points(np.zeros((0, ndim)), ndim=ndim, name=PROMPTS_NAME,
+                      features={"positive": np.zeros(0, bool)}, feature_defaults={"positive": True},
+                      face_color="positive", face_color_cycle={True: POSITIVE_COLOR, False: NEGATIVE_COLOR},
+                      border_color="white", border_width=0.1, size=size,
+                      canvas_size_limits=(8, 10000), **transform_kwargs(image))  # visible on a large image seen whole
+
+    def ensure_prompts(self, image: Image, prompts: Points | None = None) -> None:
+        """Create or adopt the prompts (points) layer for ``image``: fresh points, or the points of
+        an existing prompts layer it adopts; ``prompts``: a layer from :meth:`new_prompts`, used
+        when no prompts layer is there."""
+        layers = self.viewer.layers
+        ndim = image.ndim
         if self.prompts is not None and (self.prompts not in layers or self.prompts.ndim != ndim):
             old = self.prompts
             self.detach()
@@ -161,13 +186,8 @@ class PromptLayers(QObject):
                           and la.ndim == ndim), None)
             adopted = found is not None  # an existing prompts layer keeps its points
             if found is None:
-                size = float(np.clip(max(shape[-2:]) / 40, 3, 25))
-                found = self.viewer.add_points(
-                    np.zeros((0, ndim)), ndim=ndim, name=PROMPTS_NAME,
-                    features={"positive": np.zeros(0, bool)}, feature_defaults={"positive": True},
-                    face_color="positive", face_color_cycle={True: POSITIVE_COLOR, False: NEGATIVE_COLOR},
-                    border_color="white", border_width=0.1, size=size,
-                    canvas_size_limits=(8, 10000), **tf)  # visible on a large image seen whole
+                fits = prompts is not None and prompts.ndim == ndim and same_transform(prompts, image)
+                found = self.viewer.add_layer(prompts if fits else self.new_prompts(image))
             self.attach(found)
         if adopted:
             self._apply_symbols()

@@ -95,9 +95,9 @@ class PromptModes(QObject):
     def show_state(self) -> None:
         self.panel.show_state(ready=self.widget.jobs.context is not None, running=self.busy())
 
-    def ensure(self, image: Any) -> None:
-        """A new image: a fresh boxes layer for it."""
-        self.boxes.ensure(image)
+    def ensure(self, image: Any, built: Any = None) -> None:
+        """A new image: a fresh boxes layer for it (``built``: one from ``BoxPrompts.new_layer``)."""
+        self.boxes.ensure(image, built)
 
     def _restore_boxes(self) -> None:
         """The boxes layer was deleted: a new one for the chosen image (not while closing)."""

@@ -22,6 +22,9 @@ from .prompt_layers import PromptLayers
 
 __all__ = ["ViewerSync"]
 
+#: the pause between two steps of :meth:`ViewerSync.staged` (ms): room for napari's draw of a new layer
+STAGE_MS = 10
+
 
 class ViewerSync(QObject):
     """The widget's view of the viewer's layers (see the module docs)."""
@@ -188,6 +191,26 @@ class ViewerSync(QObject):
         run()
         self.settling += 1  # the widget counts as busy until the second pass ran
         QTimer.singleShot(0, lambda: run(last=True))
+
+    def staged(self, steps: list[Callable[[], Any]], still: Callable[[], bool]) -> None:
+        """Run ``steps`` one per event-loop turn (napari draws each new layer in between, so the
+        window never waits for all of them at once), while ``still()`` holds; counted in
+        :attr:`settling` (the widget is busy) until the last one ran or the rest was dropped."""
+        self.settling += 1
+
+        def run(i: int) -> None:
+            if self.closed or not still():
+                self.settling -= 1
+                return
+            try:
+                steps[i]()
+            except RuntimeError:  # the dock was deleted with its viewer meanwhile
+                self.closed = True
+            if i + 1 < len(steps):
+                QTimer.singleShot(STAGE_MS, lambda: run(i + 1))
+            else:
+                self.settling -= 1
+        run(0)
 
     def restore_layers(self) -> bool:
         """Recreate a deleted prompts or preview layer of the chosen image; True if one was."""

@@ -22,12 +22,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from napari.layers import Image, Labels, Points
 from napari.utils.notifications import show_error, show_info, show_warning
-from qtpy.QtCore import QEvent, QTimer
+from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import QVBoxLayout, QWidget
 
 from ..core.errors import Failure
 from ..core.interaction import Eta, PredictQueue, Ticket
 from ..core.labels import PasteError, next_label
+from .box_prompts import BoxPrompts
 from .click_checks import ClickChecks
 from .closing import CloseGuard
 from .jobs import LoadResult, SessionJobs
@@ -78,7 +79,6 @@ class FocSAMWidget(QWidget):
         root.addStretch(1)
 
         self._config: tuple | None = None
-        self._was_docked = False
         self._t_change = 0.0
         self.click_checks = ClickChecks(self._notify)  # points outside the image or on NaN: dropped
         self._cpu_fallback_done = False
@@ -99,7 +99,9 @@ class FocSAMWidget(QWidget):
         self.tiles = TileView(self, self._set_status)  # large images: tiles embedded, their outlines
         self.closing = CloseGuard(self, (self.jobs, self.tiles, self.modes, self.managed, self.sync))
         self._wire()
-        self.jobs.probe_devices()
+        # after napari docked us (it lays the dock out synchronously): a torch import in a worker
+        # competes with that layout for the interpreter
+        self.jobs.probe_devices(delay_ms=0)
         self.sync.refresh()
         if self.setup.image() is not None:
             # after the dock is on screen: napari's first labels/points layers take seconds to build
@@ -242,17 +244,18 @@ class FocSAMWidget(QWidget):
                        self.setup.threads())  # first: it runs while napari builds our layers
         if not same_image:  # a new image: its output now; fresh prompts and preview (built off the GUI thread)
             self.sync.pick_output()
-            self.jobs.build_layer(lambda: PromptLayers.new_preview(layer), lambda built: self._add_layers(layer, built))
+            self.jobs.build_layer(lambda: (PromptLayers.new_preview(layer), PromptLayers.new_prompts(layer),
+                                           BoxPrompts.new_layer(layer)), lambda built: self._add_layers(layer, built))
         self._set_status()
 
-    def _add_layers(self, layer: Image, preview: Any) -> None:
-        """The preview is built: the widget's layers for ``layer`` (if it is still the chosen image)."""
-        if self.closing.closed or layer is not self.sync.image or layer not in self.viewer.layers:
-            return
-        self.managed.ensure(layer, preview if isinstance(preview, Labels) else None)
-        self.modes.ensure(layer)
-        self.sync.settle()
-        self._set_status()
+    def _add_layers(self, layer: Image, built: Any) -> None:
+        """The layer models are built: the widget's layers for ``layer`` (while it is the chosen
+        image), one per event-loop turn, so napari draws each before the next comes."""
+        preview, prompts, boxes = built if isinstance(built, tuple) else (None, None, None)
+        self.sync.staged([lambda: self.managed.ensure_preview(layer, preview),
+                          lambda: self.managed.ensure_prompts(layer, prompts),
+                          lambda: self.modes.ensure(layer, boxes), lambda: (self.sync.settle(), self._set_status())],
+                         still=lambda: not self.closing.closed and layer is self.sync.image and layer in self.viewer.layers)
 
     def _on_refine_toggled(self, on: bool) -> None:
         ctx = self.jobs.context
@@ -579,18 +582,6 @@ class FocSAMWidget(QWidget):
         self.device_combo.setCurrentText("cpu")  # triggers a new session on the CPU
 
     # ------------------------------------------------------------------ closing
-    def event(self, ev) -> bool:
-        """napari removes a closed dock by un-parenting its widget: stop everything then. Docked,
-        the widget also watches its main window, which may close while a job runs."""
-        if ev.type() == QEvent.Type.ParentChange:
-            if self.parent() is not None:
-                self._was_docked = True
-                if self.window() is not self:
-                    self.closing.watch(self.window())
-            elif self._was_docked:
-                self.close_session()
-        return super().event(ev)
-
     def closeEvent(self, event) -> None:  # noqa: N802 (Qt API)
         self.close_session()
         super().closeEvent(event)
