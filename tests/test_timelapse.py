@@ -180,3 +180,49 @@ def test_profile_and_repropagate_report_anchors_stops_and_changed_slices(fast_mo
     assert prof.anchors == [0, 3] and prof.stops == [3] and prof.z_range == (0, 2)
     assert list(prof.areas[3:]) == [0, 0, 0]
     assert ndi.label(obj.volume_mask())[1] == 1
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def test_track_command_writes_labels_and_tracks(scripted, tiny_ckpt, tmp_path, capsys):
+    import json
+
+    import tifffile
+
+    from napari_focsam.cli import main
+
+    movie = tmp_path / "movie.tif"
+    tifffile.imwrite(movie, np.random.default_rng(0).random((T, S, S)).astype(np.float32))
+    seeds = tmp_path / "seeds.csv"
+    seeds.write_text("index,axis-0,axis-1,axis-2\n0,0,16,16\n1,4,6,26\n")
+    divide = tmp_path / "divide.csv"
+    divide.write_text("index,axis-0,axis-1,axis-2\n0,3,22,9\n")
+    out, tracks = tmp_path / "labels.tif", tmp_path / "tracks.csv"
+    rc = main(["track", str(movie), "--axes", "TYX", "--points", str(seeds), "--divide", str(divide),
+               "--out", str(out), "--tracks", str(tracks), "--model", str(tiny_ckpt), "--no-progress"])
+    assert rc == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["objects"] == 4 and summary["divisions"] == 1
+    labels = tifffile.imread(out)
+    assert labels.shape == (T, S, S)
+    frames = {i: sorted({int(t) for t in np.flatnonzero((labels == i).any(axis=(1, 2)))}) for i in (1, 2, 3, 4)}
+    assert frames == {1: [0, 1, 2], 2: [2, 3, 4, 5], 3: [3, 4, 5], 4: [3, 4, 5]}
+    with open(tracks, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert {r["parent_id"] for r in rows if r["object_id"] in ("3", "4")} == {"1"}
+    assert len(rows) == 3 + 4 + 3 + 3
+
+
+def test_track_command_checks_the_axes(tiny_ckpt, tmp_path, capsys):
+    import tifffile
+
+    from napari_focsam.cli import main
+
+    movie = tmp_path / "movie.tif"
+    tifffile.imwrite(movie, np.zeros((T, S, S), np.float32))
+    seeds = tmp_path / "seeds.csv"
+    seeds.write_text("index,axis-0,axis-1,axis-2\n0,0,16,16\n")
+    rc = main(["track", str(movie), "--axes", "tzyx", "--points", str(seeds), "--out", str(tmp_path / "l.tif"),
+               "--model", str(tiny_ckpt)])
+    assert rc == 2 and "needs a 4D image" in capsys.readouterr().err
