@@ -1,7 +1,7 @@
 """The dock widget as a user meets it: time to "ready", click-to-preview latency, Segment volume wait.
 
-    python benchmarks/bench_widget.py [--clicks 40] [--threads N] [--volume] [--think 30]
-                                      [--sizes 1024,2048,8192 [--skip-2d]]
+    python benchmarks/bench_widget.py [--clicks 40] [--threads N[,N...]] [--volume] [--think 30]
+                                      [--sizes 1024,2048,8192 [--skip-2d]] [--no-compare]
 
 Drives the real widget in a real napari viewer (an Xvfb display is started when none is set):
 
@@ -10,9 +10,12 @@ Drives the real widget in a real napari viewer (an Xvfb display is started when 
 2. click-to-preview latency inside the widget (``widget.last_latency_ms``: from the change of the
    prompts layer to the preview showing the new mask) over ``--clicks`` clicks on the nuclei of the
    2D sample, ``--per-object`` clicks per object (default 2: a first, refining click and a
-   second); median and 95th percentile, and the median per kind of click (1st, 2nd, later).
-   The objects alternate between the default predictor (the refine at the 1st click) and the
-   published schedule (``refine_click=2``), so both are timed side by side in one run;
+   second); median and 95th percentile, and the median and p95 per kind of click (1st, 2nd,
+   later, after the 1st). The objects alternate between the default predictor (the refine at the
+   1st click) and the published schedule (``refine_click=2``), and (``--compare``, the default)
+   between this build and today's later clicks (the ``steady`` rule's two decoder passes one after
+   the other instead of one batched call), so all are timed side by side, interleaved object by
+   object; ``--threads 1,2`` runs the clicks with each thread count in turn;
 3. with ``--sizes 1024,2048,8192``: click-to-preview on synthetic images of those sizes (discs of
    radius 30 on a textured background; background tile embedding off): the first click on each
    disc (on a large, tiled image this includes embedding the disc's tile) and the median of the
@@ -98,8 +101,18 @@ def load_stack():
     return image, gt, f"3D sample ({image.shape[0]} slices)"
 
 
+def sequential_pairs(model) -> None:
+    """Today's later click: the two decoder passes of the ``steady`` rule one after the other
+    (prompt encoded twice), instead of :meth:`FocSAM.decode_pair`'s one batched call."""
+    def decode_pair(first, second, points, labels, mask_input=None):
+        return model.decode(first, points, labels, mask_input), model.decode(second, points, labels, mask_input)
+
+    model.decode_pair = decode_pair
+
+
 def bench_2d(app, args):
     import napari
+    import torch
 
     from napari_focsam._sample_data import load_nuclei
 
@@ -109,48 +122,66 @@ def bench_2d(app, args):
     t0 = time.perf_counter()
     _, widget = viewer.window.add_plugin_dock_widget("napari-focsam", "FocSAM")
     t_dock = time.perf_counter() - t0
-    if args.threads:
-        widget.threads_spin.setValue(args.threads)
+    threads = args.threads_list
+    if threads[0]:
+        widget.threads_spin.setValue(threads[0])
     wait(app, lambda: widget.is_ready and widget.embedded_slices >= 1 and not widget.is_busy())
     t_ready = time.perf_counter() - t0
     print(f"dock on screen after {t_dock * 1000:.0f} ms; ready to click after {t_ready:.1f} s "
           f"(model + image embedding; status: {widget.status_label.text()!r})")
 
     ids = [i for i in np.unique(gt) if i and (gt == i).sum() > 150]
-    rng = np.random.default_rng(0)
-    lat, model, nth, sched = [], [], [], []
-    pts = widget.prompts_layer
-    first = ids[0]
-    for k in range(args.clicks):
-        if k % args.per_object == 0:
-            first = rng.choice(ids)
-            widget.clear()
-            widget.session.predictor.refine_click = 1 + (k // args.per_object) % 2
-            pts.data = np.array([interior(gt == first)], float)
-        else:  # a further click on the same object, off its centre
-            ys, xs = np.nonzero(gt == first)
-            j = rng.integers(len(ys))
-            pts.add(np.array([ys[j], xs[j]], float))
-        wait(app, lambda: not widget.is_busy())
-        app.processEvents()
-        lat.append(widget.last_latency_ms)
-        model.append(widget.last_model_ms)
-        nth.append(k % args.per_object + 1)
-        sched.append(widget.session.predictor.refine_click)
-    widget.session.predictor.refine_click = 1
-    lat, model, nth, sched = (np.array(v[2:]) for v in (lat, model, nth, sched))  # warm-up clicks out
-    import torch
-
-    print(f"click-to-preview latency ({len(lat)} clicks, torch threads {torch.get_num_threads()}): "
-          f"median {np.median(lat):.0f} ms, p95 {np.percentile(lat, 95):.0f} ms "
-          f"(model part: median {np.median(model):.0f} ms, p95 {np.percentile(model, 95):.0f} ms)")
-    for rc in (1, 2):
-        print(f" objects refined at click {rc}{' (default)' if rc == 1 else ' (published schedule)'}:")
-        for name, sel in (("1st click", nth == 1), ("2nd click", nth == 2), ("later clicks", nth > 2)):
-            sel = sel & (sched == rc)
-            if sel.any():
-                print(f"  {name:18s}: median {np.median(lat[sel]):.0f} ms (model part "
-                      f"{np.median(model[sel]):.0f} ms), {int(sel.sum())} clicks")
+    model = widget.session.predictor.model
+    batched = model.decode_pair
+    # objects cycle through (refine click, build): both schedules, this build and today's
+    # sequential later clicks (--compare), interleaved object by object
+    combos = [(rc, b) for b in (("new", "today") if args.compare else ("new",)) for rc in (1, 2)]
+    for n_threads in threads:
+        if n_threads:
+            torch.set_num_threads(n_threads)  # the widget's workers share the process's setting
+        rng = np.random.default_rng(0)
+        rows = []  # (latency, model part, nth click, refine click, build)
+        pts = widget.prompts_layer
+        first = ids[0]
+        for k in range(args.clicks):
+            if k % args.per_object == 0:
+                first = rng.choice(ids)
+                widget.clear()
+                rc, build = combos[(k // args.per_object) % len(combos)]
+                widget.session.predictor.refine_click = rc
+                if build == "today":
+                    sequential_pairs(model)
+                else:
+                    model.decode_pair = batched
+                pts.data = np.array([interior(gt == first)], float)
+            else:  # a further click on the same object, off its centre
+                ys, xs = np.nonzero(gt == first)
+                j = rng.integers(len(ys))
+                pts.add(np.array([ys[j], xs[j]], float))
+            wait(app, lambda: not widget.is_busy())
+            app.processEvents()
+            rows.append((widget.last_latency_ms, widget.last_model_ms, k % args.per_object + 1, rc, build))
+        model.decode_pair = batched
+        widget.session.predictor.refine_click = 1
+        rows = rows[2:]  # warm-up clicks out
+        lat = np.array([r[0] for r in rows])
+        mod = np.array([r[1] for r in rows])
+        nth = np.array([r[2] for r in rows])
+        sched = np.array([r[3] for r in rows])
+        builds = np.array([r[4] for r in rows])
+        print(f"\nclick-to-preview latency ({len(lat)} clicks, torch threads {torch.get_num_threads()}, load "
+              f"{os.getloadavg()[0]:.1f}): median {np.median(lat):.0f} ms, p95 {np.percentile(lat, 95):.0f} ms "
+              f"(model part: median {np.median(mod):.0f} ms, p95 {np.percentile(mod, 95):.0f} ms)")
+        for rc in (1, 2):
+            print(f" objects refined at click {rc}{' (default)' if rc == 1 else ' (published schedule)'}:")
+            for build in (("new", "today") if args.compare else ("new",)):
+                for name, sel in (("1st click", nth == 1), ("2nd click", nth == 2), ("later clicks", nth > 2),
+                                  ("after the 1st", nth > 1)):
+                    sel = sel & (sched == rc) & (builds == build)
+                    if sel.any():
+                        print(f"  {build:5s} {name:14s}: median {np.median(lat[sel]):4.0f} ms, p95 "
+                              f"{np.percentile(lat[sel], 95):4.0f} ms (model part median {np.median(mod[sel]):3.0f} ms, "
+                              f"p95 {np.percentile(mod[sel], 95):3.0f} ms), {int(sel.sum())} clicks")
     widget.close_session()
     viewer.close()
 
@@ -245,6 +276,8 @@ def bench_zarr(app, args):
         t_click = time.perf_counter() - t0
         t0 = time.perf_counter()
         widget.segment_volume()
+        wait(app, lambda: not widget.is_busy() and "volume segmented" in widget.last_message, timeout=1800)
+        widget.commit()
         wait(app, lambda: not widget.is_busy() and widget.last_committed_id == 1, timeout=1800)
         t_vol = time.perf_counter() - t0
         out = widget.output_layer
@@ -295,7 +328,10 @@ def bench_volume(app, args, background: bool):
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--clicks", type=int, default=40)
-    ap.add_argument("--threads", type=int, default=0, help="CPU threads (0: the widget's default)")
+    ap.add_argument("--threads", default="0",
+                    help="CPU threads (0: the widget's default); for the 2D clicks a list runs each, e.g. 1,2")
+    ap.add_argument("--compare", action=argparse.BooleanOptionalAction, default=True,
+                    help="2D clicks: alternate objects with today's sequential later clicks (the baseline)")
     ap.add_argument("--volume", action="store_true", help="also time Segment volume on the stack")
     ap.add_argument("--per-object", type=int, default=2,
                     help="clicks per object in the 2D latency run (1st, 2nd = refine, later)")
@@ -308,6 +344,8 @@ def main() -> None:
                     help="the worst event-loop gaps and Segment volume widget vs engine "
                          "(bench_widget_responsiveness.py, with its defaults)")
     args = ap.parse_args()
+    args.threads_list = [int(v) for v in args.threads.split(",")]
+    args.threads = args.threads_list[0]
     xvfb = ensure_display()
     try:
         from napari.qt import get_qapp

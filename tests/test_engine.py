@@ -484,7 +484,7 @@ print(released, before - after)
 
 
 def scripted_decoder(model, embedding, monkeypatch, *, original_logit, refined_logit) -> list:
-    """Make ``model.decode`` give fixed logits: ``original_logit`` on the image's own embedding,
+    """Make ``model.decode`` (and ``decode_pair``, pass by pass) give fixed logits: ``original_logit`` on the image's own embedding,
     ``refined_logit`` on any other (the refined one); a float fills the map, a (256, 256)
     tensor is used as it is. Records which embedding it served."""
     served = []
@@ -499,7 +499,11 @@ def scripted_decoder(model, embedding, monkeypatch, *, original_logit, refined_l
             return out._replace(logits=value.expand_as(out.logits).clone())
         return out._replace(logits=torch.full_like(out.logits, value))
 
+    def fake_pair(first, second, points, labels, mask_input=None):
+        return (fake(first, points, labels, mask_input), fake(second, points, labels, mask_input))
+
     monkeypatch.setattr(model, "decode", fake)
+    monkeypatch.setattr(model, "decode_pair", fake_pair)
     return served
 
 

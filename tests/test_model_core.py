@@ -421,3 +421,20 @@ def test_region_mask_resize_equals_logits_to_mask(size):
         got = logits_to_mask_roi(low[None, None], input_size, size)
         assert got.shape == size and got.dtype == bool
         assert np.array_equal(got, want), name
+
+
+def test_decode_pair_is_two_decodes_in_one_call():
+    """The steady rule's two passes (refined and original embedding, same prompts) in one
+    batched decoder call: the same logits, IoUs and tokens as two decode calls (float rounding)."""
+    torch.manual_seed(0)
+    model = FocSAM(torch.nn.Identity()).eval()
+    a, b = torch.randn(1, 256, 64, 64), torch.randn(1, 256, 64, 64)
+    pts, lab = torch.tensor([[[300.0, 200.0], [500.0, 700.0]]]), torch.tensor([[1, 0]])
+    with torch.inference_mode():
+        for mask in (None, torch.randn(1, 1, 256, 256)):
+            pair = model.decode_pair(a, b, pts, lab, mask)
+            for got, emb in zip(pair, (a, b)):
+                want = model.decode(emb, pts, lab, mask)
+                assert got.logits.shape == (1, 1, 256, 256)
+                for g, w in zip(got, want):
+                    torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-4)

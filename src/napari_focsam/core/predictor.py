@@ -162,9 +162,9 @@ class FocSAMPredictor:
     the rest, and their mean is often better than either on natural images. Measured with
     ``benchmarks/bench_refine_policy.py`` on four held-out splits (no ground truth is used):
     it keeps the refiner's gains on nuclei and halves the later-click losses of ``"pick"`` on
-    natural images. It costs a second decoder pass at every later click. ``"reuse"`` is the
-    published loop: the refined embedding alone. ``"pick"`` keeps the refined
-    embedding's mask unless it disagrees with one of the object's clicks
+    natural images. Both embeddings are decoded at every later click, in one batched decoder
+    call (:meth:`FocSAM.decode_pair`). ``"reuse"`` is the published loop: the refined
+    embedding alone. ``"pick"`` keeps the refined embedding's mask unless it disagrees with one of the object's clicks
     (:func:`click_agreement`: positives inside, negatives outside); then the same prompt is
     decoded on the original embedding too, and its mask is taken when it differs
     substantially from the refined one (IoU below :data:`PICK_BELOW_IOU`) and agrees better
@@ -276,15 +276,18 @@ class FocSAMPredictor:
             t1 = time.perf_counter()
             refined = self.model.refine(features, coarse.logits, coarse.token)
             refine_s = time.perf_counter() - t1
-        out = self.model.decode(refined if refined is not None else features, pts, lab, prev_logits)
+        steady = later and self.later_clicks == "steady"
+        if steady:  # both embeddings in one decoder call (the prompt encoded once)
+            out, plain = self.model.decode_pair(refined, features, pts, lab, prev_logits)
+        else:
+            out = self.model.decode(refined if refined is not None else features, pts, lab, prev_logits)
         logits = out.logits
         mask = logits_to_mask(logits, embedding.input_size, embedding.original_size)
         if coarse is not None and self.refine_gate:
             coarse_mask = logits_to_mask(coarse.logits, embedding.input_size, embedding.original_size)
             if joins_clicked_pieces(coarse_mask, mask, clicks):  # bridged: not one object's refine
                 logits, mask, refined = coarse.logits, coarse_mask, None
-        if later and self.later_clicks == "steady":
-            plain = self.model.decode(features, pts, lab, prev_logits)
+        if steady:
             candidates = [logits, plain.logits, (logits + plain.logits) / 2]
             masks = [mask] + [logits_to_mask(c, embedding.input_size, embedding.original_size) for c in candidates[1:]]
             previous = (None if prev_logits is None
