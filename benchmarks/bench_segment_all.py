@@ -6,6 +6,11 @@ held-out validation split (dna-33..49; the first few by default). Data from ``--
 
     python benchmarks/bench_segment_all.py                      # defaults, stardist + 3 Coelho
     python benchmarks/bench_segment_all.py --grid "points_per_side=32,48;tiles=1,2" --coelho 0
+    python benchmarks/bench_segment_all.py --scan --mosaics 2x4 8x8 --workers 2 --em --scaling 1 2 4
+
+``--scan``: whole scans (``benchmarks/scan_bench.py``): one Coelho image (the baseline) against
+mosaics of it through ``segment-all --workers N --out scan.ome.zarr``, a chloroplast EM slice,
+and tiles per second with 1, 2, 4 workers.
 
 Each configuration prints one line per image and a mean; ``--json FILE`` also writes all rows.
 Times are wall-clock seconds of :func:`segment_all` (encoder passes included) on this machine
@@ -83,11 +88,31 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--grid", default="", help='parameter grid, e.g. "points_per_side=32,48;tiles=1,2"')
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json", default=None, help="also write every row to this file")
+    scan = ap.add_argument_group("whole scans (--scan)")
+    scan.add_argument("--scan", action="store_true", help="mosaics, EM slice and workers instead of the grid")
+    scan.add_argument("--image", default="dna-33", help="the Coelho image of the mosaics")
+    scan.add_argument("--mosaics", nargs="*", default=["2x4", "8x8"], help="ROWSxCOLS mosaics")
+    scan.add_argument("--points", type=int, default=32, help="points per side (per tile for the scans)")
+    scan.add_argument("--no-split", action="store_true", help="no clump splitting (faster)")
+    scan.add_argument("--workers", type=int, default=2, help="local workers of the mosaic runs (0: one process)")
+    scan.add_argument("--max-level", type=int, default=None, help="--max-level of the mosaic runs")
+    scan.add_argument("--no-again", action="store_true", help="no second run of the mosaics (cache reuse)")
+    scan.add_argument("--em", action="store_true", help="also a chloroplast EM slice")
+    scan.add_argument("--em-slice", type=int, default=9)
+    scan.add_argument("--em-points", type=int, default=16)
+    scan.add_argument("--scaling", type=int, nargs="*", default=[], help="worker counts for tiles/s (e.g. 1 2 4)")
+    scan.add_argument("--workdir", default=None, help="folder for the mosaics, caches and outputs")
     args = ap.parse_args(argv)
     root = data_root(args.data)
     if root is None:
         print("bench_segment_all: data folder not found (set FOCSAM_DATA); nothing to do")
         return 0
+    if args.scan:
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from scan_bench import main as scan_main
+
+        args.data = str(root)
+        return scan_main(args, load_images)
     import torch
 
     from napari_focsam.core.automatic import segment_all

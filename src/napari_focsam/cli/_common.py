@@ -243,7 +243,7 @@ def add_cluster_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--scheduler", default=None, metavar="ADDRESS",
                        help="spread the work over a running dask cluster (e.g. tcp://host:8786)")
     parser.add_argument("--units-per-task", type=positive_int, default=1, metavar="K",
-                        help="slices (or seeds) per dask task (default 1)")
+                        help="slices (or seeds, or tiles for segment-all) per dask task (default 1)")
 
 
 def add_image_model_options(parser: argparse.ArgumentParser) -> None:

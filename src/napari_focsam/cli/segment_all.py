@@ -5,6 +5,11 @@ prompts (:func:`napari_focsam.core.automatic.segment_all`), written as a labels 
 1..n and no overlaps. Prints one line of JSON on stdout; a blank image gives an empty labels
 image and a note on stderr. The output path, the image and the parameters are checked before
 the model is loaded.
+
+A large slice (long side above 1536 pixels; a zarr folder, OME-Zarr pyramid or large TIFF is
+opened lazily), ``--workers N``/``--scheduler ADDRESS`` and ``--into-input-labels NAME`` go to
+:mod:`.segment_all_scan`: one grid of prompts per tile of the tiled embedding store, seams and
+levels resolved, labels written chunk by chunk.
 """
 
 from __future__ import annotations
@@ -15,7 +20,8 @@ import json
 from ..core.auto_params import SegmentAllParams
 from ..core.defaults import DEFAULT_MODEL
 from ..errors import UserError
-from ._common import check_output, layout_of, load_volume, note, parse_limits, progress_bar, read_input
+from ._common import (add_cluster_options, add_large_image_options, check_output, layout_of, load_volume, note,
+                      open_input, parse_limits, progress_bar, tile_options)
 
 __all__ = ["add_parser", "params_from_args", "run"]
 
@@ -29,7 +35,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         description="Automatic instance segmentation from a grid of point prompts, scored by the "
                     "decoder's predicted IoU and stability, duplicates removed; writes a labels image.")
     p.add_argument("image", help="2D image (tif/png/jpg, gray or RGB) or a 3D stack (tif, with --slice)")
-    p.add_argument("--out", required=True, help="output labels (ids 1..n): .tif, .tiff, .npy or .png")
+    p.add_argument("--out", default=None,
+                   help="output labels (ids 1..n): .tif, .tiff, .npy, .png, .zarr or .ome.zarr (an NGFF label "
+                        "image with a pyramid; the format for large images)")
+    p.add_argument("--into-input-labels", default=None, metavar="NAME",
+                   help="with an OME-Zarr image as input: write the labels into its labels/NAME group (the "
+                        "image itself is never changed; an existing NAME only if this tool wrote it)")
     p.add_argument("--slice", type=int, default=None, metavar="Z", help="slice of a 3D stack")
     p.add_argument("--points-per-side", type=int, default=_DEFAULTS.points_per_side, metavar="N",
                    help=f"grid of N x N point prompts over the image (default {_DEFAULTS.points_per_side})")
@@ -46,6 +57,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--tiles", type=int, default=_DEFAULTS.tiles, metavar="N",
                    help="cut the image into N x N overlapping tiles, each encoded on its own canvas "
                         f"(small objects; N times the encoder work; default {_DEFAULTS.tiles})")
+    p.add_argument("--no-split", action="store_true",
+                   help="do not decode clumps of touching objects again per object (faster)")
     p.add_argument("--all-points", action="store_true",
                    help="decode every grid point (default: skip the dark background of fluorescence "
                         "images and points inside objects already found)")
@@ -55,6 +68,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="intensities mapped to black and white (default: robust percentiles)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_large_image_options(p)
+    p.add_argument("--max-level", type=int, default=None, metavar="L",
+                   help="large images: the coarsest pyramid level scanned for objects larger than the halo "
+                        "(default: all; 0: full resolution only, when every object is smaller than the halo)")
+    add_cluster_options(p)
     p.set_defaults(func=run)
     return p
 
@@ -65,7 +83,8 @@ def params_from_args(args: argparse.Namespace) -> SegmentAllParams:
         return SegmentAllParams(
             points_per_side=args.points_per_side, pred_iou_thresh=args.pred_iou_thresh,
             stability_thresh=args.stability_thresh, nms_iou_thresh=args.nms_thresh, min_area=args.min_area,
-            max_area_fraction=args.max_area_fraction, tiles=args.tiles, skip_background=not args.all_points)
+            max_area_fraction=args.max_area_fraction, tiles=args.tiles, skip_background=not args.all_points,
+            split_clumps=not args.no_split)
     except ValueError as exc:
         raise UserError(f"bad option: {exc}") from None
 
@@ -85,11 +104,19 @@ def _slice_of(vol, z: int | None) -> int:
 def run(args: argparse.Namespace) -> int:
     """Handle ``napari-focsam segment-all``; return the exit code."""
     params = params_from_args(args)
-    check_output(args.out, 2, args.image)
-    vol = load_volume(read_input(args.image), args.contrast_limits)
+    if args.out is None and args.into_input_labels is None:
+        raise UserError("give --out LABELS (or, for an OME-Zarr input, --into-input-labels NAME)")
+    if args.out is not None:
+        check_output(args.out, 2, args.image)
+    vol = load_volume(open_input(args.image, args.level), args.contrast_limits)
     z = _slice_of(vol, args.slice)
     if vol.is_3d or vol.has_channels:
         note(f"read {args.image} as {layout_of(vol)}")
+    if (vol.is_large(tile_options(args)[0]) or args.workers is not None or args.scheduler is not None
+            or args.into_input_labels is not None):
+        from .segment_all_scan import run_scan
+
+        return run_scan(args, params, vol, z)
 
     import numpy as np
 
