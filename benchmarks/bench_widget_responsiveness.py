@@ -189,6 +189,7 @@ def volume_vs_engine(app, args) -> None:
             t0 = time.perf_counter()
             widget.segment_volume()
             wait_in_loop(app, lambda: not widget.is_busy())
+            widget.commit()  # the object stays open for corrections until C
             t_widget.append(time.perf_counter() - t0)
             gaps.append(meter.stop())
             # the engine, same object, same cache

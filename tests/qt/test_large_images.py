@@ -219,7 +219,10 @@ def test_tiled_stack_click_segment_volume_commit(dock, qtbot):
     assert any(z == 1 for z, _, _ in widget.tiles.outlines_shown)
     assert widget.tiles.layer.ndim == 3
 
-    key(qtbot, viewer, Qt.Key.Key_S, Qt.KeyboardModifier.ShiftModifier)  # Segment volume, then commit
+    key(qtbot, viewer, Qt.Key.Key_S, Qt.KeyboardModifier.ShiftModifier)  # Segment volume
+    qtbot.waitUntil(lambda: "volume segmented" in widget.last_message, timeout=WAIT_MS)
+    wait_idle(qtbot, widget)
+    key(qtbot, viewer, Qt.Key.Key_C)  # commit
     qtbot.waitUntil(lambda: widget.last_committed_id == 1, timeout=WAIT_MS)
     wait_idle(qtbot, widget)
     out = np.asarray(widget.output_layer.data)

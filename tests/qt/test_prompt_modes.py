@@ -146,6 +146,9 @@ def test_bad_boxes_give_messages_and_keep_commits(dock, qtbot):
     widget.segment_volume()
     qtbot.waitUntil(lambda: not widget.jobs.volume_running, timeout=WAIT_MS)
     wait_idle(qtbot, widget)
+    np.testing.assert_array_equal(widget.output_layer.data, committed)  # shown, not yet committed
+    press(viewer, "C")
+    wait_idle(qtbot, widget)
     out = widget.output_layer.data
     new = out == committed.max() + 1
     assert new[z].any() and sum(new[k].any() for k in range(out.shape[0])) >= 2, widget.last_message

@@ -213,12 +213,16 @@ def test_stack_click_and_segment_volume(focsam, qtbot, monkeypatch):
     assert "cancelled" in widget.last_message
     assert widget.output_layer is None or not widget.output_layer.data.any()
 
-    # Segment volume [Shift+S]: propagation through the stack, then a commit into 3D labels
+    # Segment volume [Shift+S]: propagation through the stack, shown, then C commits it into 3D labels
     press(pts, "Shift-S")
+    qtbot.waitUntil(lambda: not widget.is_busy(), timeout=WAIT_MS)
+    assert "volume segmented" in widget.last_message and widget.output_layer is None
+    assert widget.z_profile.isVisibleTo(widget) and widget.z_profile.anchors == {1}
+    press(pts, "C")
     qtbot.waitUntil(lambda: not widget.is_busy(), timeout=WAIT_MS)
     out = viewer.layers[f"{image_layer_name(viewer)} labels"]
     assert out.data.shape == image.shape
-    assert widget.last_committed_id == 1 and "volume segmented" in widget.last_message
+    assert widget.last_committed_id == 1 and not widget.z_profile.isVisibleTo(widget)
     assert iou(out.data == 1, gt == A) >= 0.8
     for z in range(image.shape[0]):
         assert iou(out.data[z] == 1, gt[z] == A) >= 0.7, z

@@ -368,6 +368,8 @@ def test_stack_embeds_in_the_background_with_eta(dock, qtbot, monkeypatch):
     qtbot.waitUntil(lambda: widget.embedded_slices == 4 or not widget.has_running_workers(), timeout=WAIT_MS)
     z_view = order[0]
     assert abs(order[1] - z_view) == 1
+    assert "volume segmented" in widget.last_message
+    widget.commit()
     assert widget.last_committed_id == 1
 
 

@@ -390,13 +390,15 @@ class PromptLayers(QObject):
         return out, dropped
 
     # ------------------------------------------------------------------ preview
-    def show_masks(self, regions: dict[int, "MaskRegion"], is_3d: bool, volume: bool = False) -> None:
+    def show_masks(self, regions: dict[int, "MaskRegion"], is_3d: bool, volume: bool = False,
+                   merge: bool = False) -> None:
         """Show ``{z: MaskRegion}`` in the preview, writing only the boxes of the old and new masks
-        (``volume``: replace everything shown)."""
+        (``volume``: replace everything shown; ``merge``: only the given slices change, a shown
+        volume stays one)."""
         preview = self.preview
         if preview is None:
             return
-        replace = volume or self.has_volume
+        replace = not merge and (volume or self.has_volume)
         self.regions = write_regions(preview.data, self.regions, regions, is_3d, replace=replace)
         if replace:
             self.has_volume = volume

@@ -3,8 +3,8 @@
 It keeps the image and labels combos of the panels in step with the layers (added, removed,
 moved, renamed), holds the chosen image layer (and watches its pixels), tracks the slice in view,
 and reports what the widget must decide on through signals: ``image_inserted(layer)``,
-``image_removed``, ``image_data_changed`` and ``managed_removed`` (a prompts or preview layer was
-deleted; reported after napari finished removing it).
+``image_removed``, ``image_data_changed`` ``managed_removed`` (a prompts or preview layer was
+deleted; reported after napari finished removing it) and ``view_z_changed(z)``.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ class ViewerSync(QObject):
     image_removed = Signal()
     image_data_changed = Signal()
     managed_removed = Signal()
+    view_z_changed = Signal(int)
 
     def __init__(self, viewer: Any, setup: SetupPanel, output: OutputPanel, managed: PromptLayers) -> None:
         super().__init__()
@@ -100,7 +101,10 @@ class ViewerSync(QObject):
             z = image.world_to_data(self.viewer.dims.point)[0]
         except Exception:
             return
-        self.view_z = int(np.clip(round(float(z)), 0, spatial_shape(image)[0] - 1))
+        z = int(np.clip(round(float(z)), 0, spatial_shape(image)[0] - 1))
+        if z != self.view_z:
+            self.view_z = z
+            self.view_z_changed.emit(z)
 
     # ------------------------------------------------------------------ state
     def set_image(self, layer: Image | None) -> None:

@@ -39,6 +39,8 @@ from .prompt_modes import PromptModes
 from .region_layers import split_hint
 from .tile_view import TileView
 from .viewer_sync import ViewerSync
+from .volume_flow import VolumeFlow, WidgetHooks
+from .z_profile import ZProfile
 
 if TYPE_CHECKING:  # pragma: no cover
     import napari
@@ -61,7 +63,7 @@ class FocSAMWidget(QWidget):
         self.managed = PromptLayers(self.viewer)
         self.setup, self.output = SetupPanel(), OutputPanel()
         self.prompt_panel, self.actions = PromptPanel(), ActionPanel()
-        self.status_label = StatusLine()
+        self.status_label, self.z_profile = StatusLine(), ZProfile()
         self.modes = PromptModes(self, self._notify)  # boxes, many objects, Segment all
         # the panels' controls, by the names scripts and tests use
         for panel, names in ((self.setup, ("image_combo", "model_combo", "device_combo", "refine_check",
@@ -74,7 +76,8 @@ class FocSAMWidget(QWidget):
                 setattr(self, name, getattr(panel, name))
         root = QVBoxLayout(self)
         root.setContentsMargins(6, 6, 6, 6)
-        for part in (self.setup, self.output, self.prompt_panel, self.modes.panel, self.actions, self.status_label):
+        for part in (self.setup, self.output, self.prompt_panel, self.modes.panel, self.actions, self.z_profile,
+                     self.status_label):
             root.addWidget(part)
         root.addStretch(1)
 
@@ -97,6 +100,14 @@ class FocSAMWidget(QWidget):
         self.sync = ViewerSync(self.viewer, self.setup, self.output, self.managed)
         self.sync.boxes_layer = lambda: self.modes.boxes.layer
         self.tiles = TileView(self, self._set_status)  # large images: tiles embedded, their outlines
+        self.volume = VolumeFlow(self.jobs, self.queue, self.managed, self.actions, self.modes, self.tiles,
+                                 self.z_profile, WidgetHooks(
+                                     notify=self._notify, set_status=self._set_status,
+                                     update_buttons=self._update_buttons, clicks=self._clicks,
+                                     start_predict=self._start_predict, failed=self._failed,
+                                     iou=lambda: float(self.iou_spin.value()),
+                                     embedded=lambda: (self.embedded_slices, self._embed_total)))
+        self.sync.view_z_changed.connect(self.z_profile.set_view)
         self.closing = CloseGuard(self, (self.jobs, self.tiles, self.modes, self.managed, self.sync))
         self._wire()
         # after napari docked us (it lays the dock out synchronously): a torch import in a worker
@@ -131,7 +142,6 @@ class FocSAMWidget(QWidget):
         j.tiles_embedded.connect(self.tiles.on_progress)
         j.predicted.connect(self._on_predicted)
         j.volume_progress.connect(self.actions.volume_progress)
-        j.volume_done.connect(self._on_volume_done)
         la.bind_viewer_keys()
         self.sync.image_inserted.connect(self._on_image_inserted)
         self.sync.image_removed.connect(self._on_image_removed)
@@ -266,6 +276,7 @@ class FocSAMWidget(QWidget):
             self._start_predict()
 
     def _drop_context(self, keep_layers: bool = False) -> None:
+        self.volume.reset()
         self.jobs.drop()
         self.tiles.drop()
         self.queue.new_object()
@@ -315,10 +326,7 @@ class FocSAMWidget(QWidget):
         if not self.jobs.volume_running:
             self.actions.hide_progress()
         if isinstance(result, Failure):
-            if result.oom:
-                self._fallback_to_cpu()
-            else:
-                self._notify("error", result.message)
+            self._failed(result)
         elif isinstance(result, str) and result:
             self._notify("warning", f"embedding cache: {result}")
         else:
@@ -353,13 +361,11 @@ class FocSAMWidget(QWidget):
         current = self.queue.is_current(ticket)
         outcome = self.queue.finish(ticket, ok=not failed)
         if failed:
-            if masks.oom:
-                self._fallback_to_cpu()
-            elif current:
-                self._notify("error", masks.message)
+            self._failed(masks, quiet=not current)
         ctx = self.jobs.context
         if outcome.show and isinstance(masks, dict) and ctx is not None:
-            self.managed.show_masks(masks, ctx.is_3d)
+            if not self.volume.show_predicted(masks, ctx.is_3d):  # an open volume: corrected, propagated again
+                self.managed.show_masks(masks, ctx.is_3d)
             self.last_latency_ms = (time.perf_counter() - self._t_change) * 1000
             self.last_model_ms = dt * 1000
             self._set_status()
@@ -478,6 +484,7 @@ class FocSAMWidget(QWidget):
         self._set_status("cleared")
 
     def _reset_object(self) -> None:
+        self.volume.reset()
         self.queue.new_object()
         if not self.jobs.predicting and not self.jobs.volume_running:
             self.jobs.interactive.clear()
@@ -512,62 +519,19 @@ class FocSAMWidget(QWidget):
 
     # ------------------------------------------------------------------ volume
     def segment_volume(self) -> None:
-        """Propagate the current object through the stack, then commit it."""
-        ctx = self.jobs.context
-        if ctx is None:
-            self._notify("warning", "no model loaded yet")
-            return
-        if not ctx.is_3d:
-            self._notify("info", "Segment volume needs a 3D stack (this image is 2D)")
-            return
-        if self.jobs.volume_running or self.modes.busy():
-            return
-        clicks, box = self._clicks(), self.modes.box()
-        if self.modes.batch:
-            return self.modes.segment_volume(clicks, float(self.iou_spin.value()))
-        if not clicks and box is None:
-            self._notify("info", "click on the object in a slice first, then Segment volume")
-            return
-        ticket = self.queue.supersede()  # a newer state than any running prediction
-        self.actions.start_volume_progress()
-        self.jobs.segment_volume(ticket, clicks, float(self.iou_spin.value()), box=box)
-        self._update_buttons()
-        left = ctx.n_slices - self.embedded_slices
-        self._set_status("segmenting the volume ..." if left <= 0 or self.tiles.tiled else
-                         f"segmenting the volume: {self.embedded_slices}/{ctx.n_slices} slices embedded, "
-                         f"the other {left} are embedded on the way ...")
+        """Propagate the current object through the stack; it stays open for corrections (C commits)."""
+        self.volume.segment()
 
     def cancel_volume(self) -> None:
         """Stop a running volume propagation (the finished slices stay in the preview)."""
-        self.jobs.cancel_volume()
-        self.modes.cancel()
-        self.tiles.cancel()
+        self.volume.cancel()
 
-    def _on_volume_done(self, ticket: Ticket, res: Any, vol: Any) -> None:
-        self.actions.end_volume_progress()
-        self._update_buttons()
-        if self.jobs.embedding and self.jobs.context is not None and self.jobs.context.is_3d:
-            self.actions.show_progress(self.embedded_slices, self._embed_total, "embeddings %v/%m")
-        else:
-            self.actions.hide_progress()
-        if isinstance(res, Failure):
-            if res.oom:
-                self._fallback_to_cpu()
-            else:
-                self._notify("error", res.message)
-        elif ticket.epoch == self.queue.epoch and vol is not None and self.jobs.context is not None:
-            z0, z1 = res.z_range
-            self.managed.show_masks(vol, True, volume=True)
-            if res.cancelled:
-                self._notify("info", f"propagation cancelled: slices {z0}-{z1} are in the preview; "
-                                     "press C to commit them, or Shift+C to clear")
-            else:
-                why = ", ".join(f"{d}: {r}" for d, r in res.stopped_reason.items())
-                new_id = self.commit()
-                self._notify("info", f"volume segmented on slices {z0}-{z1} ({why})"
-                                     + (f"; committed as label {new_id}" if new_id else ""))
-        if self.queue.dirty and not self.queue.running:
-            self._start_predict()
+    def _failed(self, failure: Failure, quiet: bool = False) -> None:
+        """A job failed: out of GPU memory falls back to the CPU; otherwise say why (unless ``quiet``)."""
+        if failure.oom:
+            self._fallback_to_cpu()
+        elif not quiet:
+            self._notify("error", failure.message)
 
     def _fallback_to_cpu(self) -> None:
         if self.closing.closed:

@@ -1,0 +1,96 @@
+"""3D corrections in the widget: after Segment volume the object stays open; a click on another
+slice corrects that slice and the object is propagated again by itself; the z-profile shows where
+the object is and which slices were clicked; C commits the corrected object."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import ndimage as ndi
+from viewer_helpers import (
+    A,
+    WAIT_MS,
+    add_3d_crop,
+    click,
+    crop_3d,
+    dock,  # noqa: F401 (fixture)
+    interior,
+    iou,
+    key,
+    qt_embedding_cache,  # noqa: F401 (fixture)
+    save_screenshot,
+    wait_idle,
+    wait_ready,
+)
+
+pytestmark = pytest.mark.gui
+
+
+def centre(mask):
+    """The pixel farthest from the mask's border (where a negative click means "stop here")."""
+    d = ndi.distance_transform_edt(np.pad(mask, 1))[1:-1, 1:-1]
+    return np.unravel_index(int(d.argmax()), d.shape)
+
+
+def test_a_click_on_another_slice_propagates_again_and_c_commits(dock, qtbot):  # noqa: F811
+    from qtpy.QtCore import Qt
+
+    ctrl = Qt.KeyboardModifier.ControlModifier
+    viewer, widget = dock(show=True, layers=[add_3d_crop])
+    image, gt = crop_3d()
+    layer = viewer.layers["stack crop"]
+    wait_ready(qtbot, widget)
+    qtbot.waitUntil(lambda: widget.embedded_slices == image.shape[0], timeout=WAIT_MS)
+    viewer.dims.set_current_step(0, 1)
+    viewer.reset_view()
+    qtbot.wait(100)
+    pts = widget.prompts_layer
+    click(qtbot, viewer, layer, *interior(gt[1] == A))
+    qtbot.waitUntil(lambda: len(pts.data) == 1, timeout=5000)
+    wait_idle(qtbot, widget)
+
+    key(qtbot, viewer, Qt.Key.Key_S, Qt.KeyboardModifier.ShiftModifier)  # Segment volume
+    qtbot.waitUntil(lambda: "volume segmented" in widget.last_message, timeout=WAIT_MS)
+    wait_idle(qtbot, widget)
+    first = widget.current_mask.copy()
+    on = [z for z in range(image.shape[0]) if first[z].any()]
+    assert len(on) >= 3 and widget.output_layer is None  # shown, not committed
+    prof = widget.z_profile
+    assert prof.isVisibleTo(widget) and prof.anchors == {1} and prof.extent() == (on[0], on[-1])
+    assert prof.view_z == 1
+
+    # "stop here": a negative click at the centre of the propagated mask on the last slice
+    z_end = on[-1]
+    viewer.dims.set_current_step(0, z_end)
+    qtbot.waitUntil(lambda: prof.view_z == z_end, timeout=5000)
+    click(qtbot, viewer, layer, *centre(first[z_end]), modifier=ctrl)
+    qtbot.waitUntil(lambda: len(pts.data) == 2, timeout=5000)
+    qtbot.waitUntil(lambda: widget.volume.repropagations == 1, timeout=WAIT_MS)
+    wait_idle(qtbot, widget)
+    corrected = widget.current_mask
+    assert not corrected[z_end].any()  # the object ends before that slice now
+    assert all(corrected[z].any() for z in on if z < z_end)
+    assert prof.anchors == {1, z_end} and prof.extent()[1] < z_end
+    assert widget.output_layer is None
+    save_screenshot(viewer, "volume_correction_stop_here")
+
+    # Ctrl+Z takes the correction back: propagated again, the slice is back
+    key(qtbot, viewer, Qt.Key.Key_Z, ctrl)
+    qtbot.waitUntil(lambda: len(pts.data) == 1, timeout=5000)
+    qtbot.waitUntil(lambda: widget.volume.repropagations == 2, timeout=WAIT_MS)
+    wait_idle(qtbot, widget)
+    assert widget.current_mask[z_end].any() and prof.anchors == {1}
+
+    # a positive correction on another slice, then C commits the whole object
+    z_fix = on[0]
+    viewer.dims.set_current_step(0, z_fix)
+    click(qtbot, viewer, layer, *interior(gt[z_fix] == A))
+    qtbot.waitUntil(lambda: widget.volume.repropagations == 3, timeout=WAIT_MS)
+    wait_idle(qtbot, widget)
+    shown = widget.current_mask.copy()
+    key(qtbot, viewer, Qt.Key.Key_C)
+    qtbot.waitUntil(lambda: widget.last_committed_id == 1, timeout=WAIT_MS)
+    out = np.asarray(widget.output_layer.data)
+    assert np.array_equal(out == 1, shown)
+    assert iou(out == 1, gt == A) >= 0.75
+    assert len(pts.data) == 0 and not prof.isVisibleTo(widget) and not widget.volume.is_open()
