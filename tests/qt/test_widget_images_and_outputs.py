@@ -11,6 +11,7 @@ from viewer_helpers import (
     A,
     B,
     WAIT_MS,
+    add_2d,
     dock,  # noqa: F401 (fixture)
     interior,
     iou,
@@ -125,3 +126,35 @@ def test_the_preview_layer_is_built_off_the_gui_thread(dock, qtbot, monkeypatch)
     qtbot.waitUntil(lambda: widget.preview_layer is not None, timeout=WAIT_MS)
     assert built_on == [False]
     assert widget.preview_layer in viewer.layers
+
+
+def test_save_output_labels_as_ome_zarr_from_the_dock(dock, qtbot, tmp_path, monkeypatch):  # noqa: F811
+    """Output > Save as OME-Zarr: the chosen labels layer goes to an NGFF label image, written in
+    a worker (the dialog answered by the test); with no labels yet, a message and no dialog."""
+    import zarr
+    from qtpy.QtCore import Qt
+
+    from napari_focsam._qt import widget as widget_module
+
+    import napari.utils.notifications as nt
+
+    asked, notes = [], []
+    monkeypatch.setattr(nt, "show_info", notes.append)
+    target = tmp_path / "my nuclei.ome.zarr"
+    monkeypatch.setattr(widget_module, "ask_ome_zarr_path", lambda parent, start: asked.append(start) or target)
+    viewer, widget = dock(layers=[add_2d])
+    _, gt = load_nuclei("2d")
+    wait_ready(qtbot, widget)
+    qtbot.mouseClick(widget.output.save_button, Qt.MouseButton.LeftButton)
+    assert "nothing to save" in widget.last_message and not asked
+    widget.prompts_layer.data = np.array([interior(gt == A)], float)
+    wait_idle(qtbot, widget)
+    press(viewer, "C")
+    out = widget.output_layer
+    assert out is not None and (out.data == 1).any()
+    qtbot.mouseClick(widget.output.save_button, Qt.MouseButton.LeftButton)
+    assert asked == [f"{out.name}.ome.zarr"]
+    qtbot.waitUntil(lambda: any("saved the labels" in m for m in notes), timeout=WAIT_MS)
+    group = zarr.open_group(str(target), mode="r")
+    np.testing.assert_array_equal(group["0"][:], np.asarray(out.data))
+    assert group.attrs["multiscales"][0]["name"] == out.name

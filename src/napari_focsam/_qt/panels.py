@@ -251,7 +251,10 @@ class SetupPanel(QGroupBox):
 
 
 class OutputPanel(QGroupBox):
-    """The labels layer that receives committed objects, and the overwrite rule."""
+    """The labels layer that receives committed objects, the overwrite rule, and saving it as an
+    OME-Zarr label image (emits ``save_clicked``)."""
+
+    save_clicked = Signal()
 
     def __init__(self) -> None:
         super().__init__("Output")
@@ -261,7 +264,14 @@ class OutputPanel(QGroupBox):
         form.addRow("Labels", self.output_combo)
         self.overwrite_check = QCheckBox("Overwrite existing labels")
         self.overwrite_check.setToolTip("Off: a commit only fills background (0) pixels")
-        form.addRow("", self.overwrite_check)
+        self.save_button = QPushButton("Save as OME-Zarr ...")
+        self.save_button.setToolTip("Write the chosen labels layer as an OME-Zarr label image (NGFF, with a "
+                                    "pyramid), in the background")
+        self.save_button.clicked.connect(self.save_clicked)
+        row = QHBoxLayout()
+        row.addWidget(self.overwrite_check)
+        row.addWidget(self.save_button)
+        form.addRow("", row)
 
     def current(self) -> Any:
         """The chosen labels layer (None: "New labels layer")."""

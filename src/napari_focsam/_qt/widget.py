@@ -37,6 +37,7 @@ from .panels import ActionPanel, OutputPanel, PromptPanel, SetupPanel, StatusLin
 from .prompt_layers import PromptLayers
 from .prompt_modes import PromptModes
 from .region_layers import split_hint
+from .save_labels import ask_ome_zarr_path, save_labels_as_ome_zarr
 from .tile_view import TileView
 from .viewer_sync import ViewerSync
 from .volume_flow import VolumeFlow, WidgetHooks
@@ -128,6 +129,7 @@ class FocSAMWidget(QWidget):
         s.refine_toggled.connect(self._on_refine_toggled)
         s.threads_changed.connect(j.set_threads)
         self.prompt_panel.toggle_clicked.connect(lambda: self.toggle_polarity())
+        self.output.save_clicked.connect(lambda: self.save_labels())
         a.commit_clicked.connect(lambda: self.commit())
         a.clear_clicked.connect(lambda: self.clear())
         a.volume_clicked.connect(lambda: self.segment_volume())
@@ -473,6 +475,16 @@ class FocSAMWidget(QWidget):
         else:
             self._set_status(done)
         return paste.label
+
+    def save_labels(self, path: str | None = None) -> Any:
+        """Save the chosen output labels layer as an OME-Zarr label image (asks where when ``path``
+        is None), in a worker; returns the worker (None when nothing was saved)."""
+        out = self.sync.output_layer(create=False)
+        if out is None:
+            self._notify("info", "nothing to save: commit an object first (or choose a labels layer under Output)")
+            return None
+        path = path or ask_ome_zarr_path(self, f"{out.name}.ome.zarr")
+        return None if not path else save_labels_as_ome_zarr(self.viewer, out, path)
 
     def clear(self) -> None:
         """Drop the current object and its points (Esc); a running Segment volume is cancelled."""
