@@ -94,3 +94,50 @@ def test_a_click_on_another_slice_propagates_again_and_c_commits(dock, qtbot):  
     assert np.array_equal(out == 1, shown)
     assert iou(out == 1, gt == A) >= 0.75
     assert len(pts.data) == 0 and not prof.isVisibleTo(widget) and not widget.volume.is_open()
+
+
+def movie():
+    """(8, 160, 160) frames: cell 1 moves right 4 px per frame; cell 2 appears at frame 4."""
+    T, S = 8, 160
+    yy, xx = np.mgrid[:S, :S]
+    frames = np.random.default_rng(0).normal(40, 4, (T, S, S))
+    truth = np.zeros((T, S, S), np.uint8)
+    for t in range(T):
+        truth[t][(yy - 50) ** 2 + (xx - (40 + 4 * t)) ** 2 < 18 ** 2] = 1
+        if t >= 4:
+            truth[t][(yy - 115) ** 2 + (xx - 110) ** 2 < 15 ** 2] = 2
+    frames[truth > 0] = 200
+    return frames.clip(0, 255).astype(np.uint8), truth
+
+
+def test_a_time_lapse_keeps_ids_through_time_and_takes_new_cells_later(dock, qtbot):  # noqa: F811
+    """A (T, Y, X) layer (napari axis labels t, y, x): a cell clicked on the first frame is followed
+    through every frame with one id; a cell that appears later is clicked on its first frame and
+    gets the next id on its frames only; the two never overlap."""
+    from qtpy.QtCore import Qt
+
+    frames, truth = movie()
+    viewer, widget = dock(show=True, layers=[lambda v: v.add_image(frames, name="movie", axis_labels=("t", "y", "x"))])
+    layer = viewer.layers["movie"]
+    wait_ready(qtbot, widget)
+    qtbot.waitUntil(lambda: widget.embedded_slices == len(frames), timeout=WAIT_MS)
+    viewer.reset_view()
+    qtbot.wait(100)
+    for cell, t0 in ((1, 0), (2, 4)):
+        viewer.dims.set_current_step(0, t0)
+        qtbot.waitUntil(lambda t0=t0: widget.sync.view_z == t0, timeout=5000)
+        click(qtbot, viewer, layer, *interior(truth[t0] == cell))
+        wait_idle(qtbot, widget)
+        key(qtbot, viewer, Qt.Key.Key_S, Qt.KeyboardModifier.ShiftModifier)  # follow it through time
+        qtbot.waitUntil(lambda: "volume segmented" in widget.last_message, timeout=WAIT_MS)
+        wait_idle(qtbot, widget)
+        key(qtbot, viewer, Qt.Key.Key_C)
+        qtbot.waitUntil(lambda cell=cell: widget.last_committed_id == cell, timeout=WAIT_MS)
+    out = np.asarray(widget.output_layer.data)
+    assert out.shape == frames.shape
+    for t in range(len(frames)):
+        assert iou(out[t] == 1, truth[t] == 1) >= 0.8, t
+        if t >= 4:
+            assert iou(out[t] == 2, truth[t] == 2) >= 0.8, t
+        else:
+            assert not (out[t] == 2).any(), t  # no cell 2 before it appears
