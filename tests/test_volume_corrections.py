@@ -198,3 +198,21 @@ def test_an_outer_run_stops_where_a_shrinking_mask_grows_again():
     assert reason == "border"
     kept, _, reason = walk([7, 6, 4, 5, 6, 7], outer=None)  # between anchors the user showed both ends
     assert reason == "border"
+
+
+def test_a_corrected_start_slice_still_propagates(session, scripted):
+    # The slice where the object was started, corrected with a second click to a mask tighter
+    # than the decoder's own style: the next slices (decoded as always) do not match it, but
+    # they match the decoder's version of that slice, so the runs go on (VNC, issue 28).
+    truth, visits, steps, state = scripted
+    obj = session.new_object()
+    obj.add_click(S // 2, S // 2, z=6)
+    state["answer"] = lambda clicks, prev: disc(3)
+    obj.add_click(S // 2 + 6, S // 2, False, z=6)
+    res = obj.propagate(iou_threshold=0.65)
+    assert sorted(res.masks) == list(range(2, 10))
+    assert res.masks[6].sum() == disc(3).sum()  # the user's mask is kept on its slice
+    one = session.new_object()  # one click in the decoder's style: the plain test, as before
+    state["answer"] = lambda clicks, prev: disc(3)
+    one.add_click(S // 2, S // 2, z=6)
+    assert sorted(one.propagate(iou_threshold=0.65).masks) == [6]

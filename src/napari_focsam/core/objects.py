@@ -497,10 +497,12 @@ class SegmentedObject:
                         tokens[z_start] = ("propagated", id(prev))
                 if not seeds:
                     raise ValueError("the object has no clicks yet: add a click first")
+                # slices where the object was started and then corrected (not anchors)
+                restyled = [z for z, h in self._slices.items() if isinstance(h, InteractiveObject) and len(h) > 1]
             # without the object's lock: mask() etc. stay responsive while this runs
             result = propagate(self.session.store, seeds, iou_threshold=iou_threshold, directions=directions,
                                progress=progress, cancelled=cancelled, prompt=prompt, multimask=multimask,
-                               tokens=tokens, memo=self._runs)
+                               tokens=tokens, memo=self._runs, restyled=restyled)
             for m in result.masks.values():
                 _frozen(m)
             self._finish(result, tokens)

@@ -400,6 +400,7 @@ def propagate(
     tokens: Mapping[int, Hashable] | None = None,
     memo: dict | None = None,
     refine: bool = DEFAULT_REFINE_3D,
+    restyled: Iterable[int] = (),
 ) -> PropagationResult:
     """Propagate from seed slices (slice -> (mask, logits or None)) through ``store``'s volume.
 
@@ -413,6 +414,15 @@ def propagate(
 
     refine: pass each new slice through the focus refiner once (see :func:`next_slice`; only
     with a model that has one). Off by default (:data:`DEFAULT_REFINE_3D`, measured).
+
+    restyled: seeds whose mask the user corrected with further clicks on the slice where the
+    object was started. The first slice of a run from such a seed passes the IoU stop when it
+    matches either the seed's mask or the propagation's own decoding of the seed slice (one
+    decoder step more per run): a corrected mask is not in the decoder's style (tighter, or
+    looser), and compared with it alone the next slice, decoded as the propagation always
+    decodes, fails the stop at once and the object lost everything beyond its first slice
+    (VNC mitochondria, issue 28). The runs from corrections of propagated slices (anchors)
+    keep the plain test: there the stop after a correction is what the user asked for.
     """
     t0 = time.perf_counter()
     directions = check_propagation(seeds, directions, iou_threshold, prompt)
@@ -430,10 +440,18 @@ def propagate(
         mask, logits = next_slice(store.predictor, emb, prev, logits, prompt, multimask, refine=refine)
         return mask, logits, False
 
+    restyled = set(restyled)
+
     def run_one(run: PropagationRun, tick: Callable[[], None]):
         seed_mask, seed_logits = seeds[run.start]
-        return walk_run(run, np.asarray(seed_mask, dtype=bool), seed_logits, next_mask, np.count_nonzero, mask_iou,
-                        iou_threshold=iou_threshold, min_pixels=min_pixels, tick=tick, cancelled=cancelled)
+        seed = np.asarray(seed_mask, dtype=bool)
+        styled = None
+        if run.start in restyled and seed.any() and run.n_slices:
+            styled, _, blank = next_mask(run.start, seed, None)
+            styled = None if blank else styled
+        return walk_run(run, seed, seed_logits, next_mask, np.count_nonzero, mask_iou,
+                        iou_threshold=iou_threshold, min_pixels=min_pixels, tick=tick, cancelled=cancelled,
+                        first_reference=styled)
 
     run_masks, ious, reasons, was_cancelled = run_all(
         runs, run_one, iou_threshold=iou_threshold, params=(prompt, multimask, min_pixels, refine),
@@ -448,7 +466,8 @@ def propagate(
 def walk_run(run: PropagationRun, seed: Any, state: Any, next_mask: Callable, pixels: Callable, overlap: Callable,
              *, iou_threshold: float, min_pixels: int, tick: Callable[[], None],
              cancelled: Callable[[], bool] | None,
-             rebound: float | None = END_REBOUND) -> tuple[dict, dict[int, float], str]:
+             rebound: float | None = END_REBOUND,
+             first_reference: Any = None) -> tuple[dict, dict[int, float], str]:
     """Walk one run from its seed slice, one slice at a time, until a stop rule ends it.
 
     seed: the seed slice's mask (any type ``pixels`` and ``overlap`` take: an (H, W) bool
@@ -459,6 +478,8 @@ def walk_run(run: PropagationRun, seed: Any, state: Any, next_mask: Callable, pi
     ``iou_threshold`` (outer runs only), where the object ends (outer runs only: the mask grows
     again by more than ``rebound`` after the run shrank below :data:`END_SHRINK` of its seed;
     None turns this off) or when ``cancelled()`` (reason :data:`CANCELLED`).
+    first_reference: a second mask the first slice may match instead of the seed (the IoU kept
+    is the larger; see ``restyled`` in :func:`propagate`).
     Returns (mask by slice, IoU with the previous slice by slice, reason the run ended).
     """
     masks: dict = {}
@@ -477,6 +498,8 @@ def walk_run(run: PropagationRun, seed: Any, state: Any, next_mask: Callable, pi
         if pixels(mask) < min_pixels:
             return masks, ious, f"vanished at z={z}"
         iou = overlap(prev, mask)
+        if first_reference is not None and prev is seed:
+            iou = max(iou, overlap(first_reference, mask))
         ious[z] = iou
         if run.outer and iou < iou_threshold:
             return masks, ious, f"iou {iou:.2f} < {iou_threshold:.2f} at z={z}"
