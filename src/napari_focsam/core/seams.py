@@ -6,9 +6,10 @@ each tile whose inner edge crosses it. This module turns those candidates into o
 in four steps, never with a whole plane in memory (every test works on two masks' boxes):
 
 1. **Whole candidates** (not touching an inner edge of their tile) go through a greedy mask
-   non-maximum suppression across all tiles and levels
-   (:func:`~napari_focsam.core.automatic.nms_masks`): a nucleus seen whole by two overlapping
-   tiles is kept once, from the tile that scored it best.
+   non-maximum suppression across all tiles and levels (the rule of one image's
+   :func:`~napari_focsam.core.automatic.nms_masks`, here with a spatial index of the boxes so
+   that the cost follows each object's neighbours, not the square of a scan's object count): a
+   nucleus seen whole by two overlapping tiles is kept once, from the tile that scored it best.
 2. **Cut candidates** (touching an inner edge) mostly belong to an object a neighbouring tile saw
    whole: one that lies at least half inside a kept whole object is dropped ("resolved in the
    neighbouring tile").
@@ -32,10 +33,11 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from .automatic import MIN_KEPT_FRACTION, MaskCandidate, nms_masks
+from .automatic import MIN_KEPT_FRACTION
 from .tiles import TileKey
 
-__all__ = ["STITCH_IOU", "ScanObject", "SeamStats", "disjoint_objects", "resolve_seams", "stitch_pieces"]
+__all__ = ["STITCH_IOU", "ScanObject", "SeamStats", "disjoint_objects", "nms_objects", "resolve_seams",
+           "stitch_pieces"]
 
 #: Two cut pieces from neighbouring tiles are one object when their masks agree this well
 #: (IoU) inside the overlap of the two tiles.
@@ -137,6 +139,28 @@ class _BoxIndex:
     def near(self, box: tuple[int, int, int, int]) -> list[ScanObject]:
         seen = sorted({k for key in self._cells(box) for k in self.bins.get(key, ())})
         return [self.items[k] for k in seen if _intersects(self.items[k].box, box)]
+
+
+def nms_objects(objects: Sequence[ScanObject], thresh: float) -> list[ScanObject]:
+    """Greedy mask NMS: best score first; an object whose mask IoU with a kept one exceeds
+    ``thresh`` is dropped. Returns the kept objects, best first."""
+    kept: list[ScanObject] = []
+    index = _BoxIndex()
+    for obj in sorted(objects, key=lambda o: -o.score):
+        area = obj.area
+        clash = False
+        for other in index.near(obj.box):
+            got = _overlap(obj, other)
+            if got is None:
+                continue
+            inter = int(np.count_nonzero(got[0] & got[1]))
+            if inter and inter / (area + other.area - inter) > thresh:
+                clash = True
+                break
+        if not clash:
+            kept.append(obj)
+            index.add(obj)
+    return kept
 
 
 def stitch_pieces(pieces: Sequence[ScanObject], window_of: Callable[[TileKey], tuple[int, int, int, int]]
@@ -243,8 +267,7 @@ def resolve_seams(objects: Sequence[ScanObject], window_of: Callable[[TileKey], 
     stats = SeamStats(candidates=len(objects))
     whole = [o for o in objects if not o.cut]
     cut = [o for o in objects if o.cut]
-    as_cands = [MaskCandidate(o.score, o.y0, o.x0, o.mask, k) for k, o in enumerate(whole)]
-    kept = [whole[c.tile] for c in nms_masks(as_cands, nms_iou_thresh)]
+    kept = nms_objects(whole, nms_iou_thresh)
     stats.duplicates = len(whole) - len(kept)
     index = _BoxIndex()
     for o in kept:

@@ -48,8 +48,8 @@ from .distributed import ImageSource, progress_on_stderr, worker_store
 from .seams import ScanObject, SeamStats, resolve_seams
 from .tiles import EDGE_MARGIN, TileKey
 
-__all__ = ["SCAN_POINTS_PER_BATCH", "ScanResult", "TilePlan", "coarse_points", "scan_keys", "segment_all_scan", "segment_all_tiled", "segment_tiles",
-           "size_limit", "tile_objects"]
+__all__ = ["SCAN_POINTS_PER_BATCH", "ScanResult", "TilePlan", "coarse_points", "peak_rss_mb", "scan_keys",
+           "segment_all_scan", "segment_all_tiled", "segment_tiles", "size_limit", "tile_objects"]
 
 #: Points decoded at once per tile (see the module docs: memory per worker).
 SCAN_POINTS_PER_BATCH = 8
@@ -238,14 +238,27 @@ def _scan_task(source: ImageSource, cache_dir: str | None, model: str, device: s
     if store.disk_error and cache_dir is not None:
         raise OSError(store.disk_error)
     objects, computed = segment_tiles(store.predictor, store, z, [TileKey(*k) for k in keys], params, top)
-    info: dict[str, Any] = {"computed": computed, "worker_pid": os.getpid(), "max_rss_mb": None}
+    return objects, {"computed": computed, "worker_pid": os.getpid(), "max_rss_mb": peak_rss_mb()}
+
+
+def peak_rss_mb() -> float | None:
+    """This process's peak resident memory in MiB (None where unknown). Linux: ``VmHWM``, which
+    starts afresh with the process image (``ru_maxrss`` survives exec, so a worker spawned by a
+    large process would report its parent's peak); elsewhere ``ru_maxrss``."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     try:
         import resource
 
-        info["max_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        scale = 1024 * 1024 if sys.platform == "darwin" else 1024  # bytes on macOS, KiB elsewhere
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / scale
     except ImportError:  # Windows
-        pass
-    return objects, info
+        return None
 
 
 def segment_all_scan(source: ImageSource, z: int = 0, params: SegmentAllParams | None = None, *, model: str,
