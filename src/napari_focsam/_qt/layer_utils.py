@@ -44,7 +44,10 @@ def transform_kwargs(layer: Any) -> dict:
 
 
 def same_transform(a: Any, b: Any) -> bool:
-    """True when layers ``a`` and ``b`` map data to world coordinates the same way."""
+    """True when layers ``a`` and ``b`` map data to world coordinates the same way (False for
+    layers with different numbers of dimensions)."""
+    if np.shape(a.scale) != np.shape(b.scale):
+        return False
     return bool(np.allclose(a.scale, b.scale) and np.allclose(a.translate, b.translate)
                 and np.allclose(a.affine.affine_matrix, b.affine.affine_matrix)
                 and np.allclose(a.rotate, b.rotate) and np.allclose(a.shear, b.shear))

@@ -371,8 +371,8 @@ class PromptLayers(QObject):
                is_3d: bool) -> tuple[list[Click], int]:
         """The points as clicks in ``image``'s pixel coordinates, and how many lie outside it."""
         layer = self.prompts
-        if layer is None or not len(layer.data):
-            return [], 0
+        if layer is None or not len(layer.data) or layer.ndim != image.ndim:
+            return [], 0  # no points, or the previous image's (its new prompts layer is on the way)
         pos = np.asarray(layer.features["positive"], bool) if "positive" in layer.features else \
             np.ones(len(layer.data), bool)
         pts = np.asarray(layer.data, float)
