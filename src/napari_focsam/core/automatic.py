@@ -1,7 +1,8 @@
 """Automatic instance segmentation ("segment all") from a grid of point prompts.
 
 A regular grid of single positive points covers the image; each point is decoded (SAM's three
-candidate masks, in batches, from the cached image embedding with the plain decoder); a
+candidate masks, in batches, from the cached image embedding with the plain decoder, the
+logits upscaled around the point only: :mod:`.point_decode`); a
 candidate is kept when the decoder's predicted IoU and its stability score (the ratio of its
 areas at logit > +offset and logit > -offset) are high enough and its area is plausible; among
 candidates that overlap by more than ``nms_iou_thresh`` (mask IoU) only the best-scoring one
@@ -15,8 +16,11 @@ dropped. Ids are 1..n in that order.
 Points worth decoding: on fluorescence-like images the points on the dark background are
 skipped (Otsu's threshold, :func:`foreground_mask`), and a point inside a mask already found
 (the smallest kept mask of each earlier point) is skipped too: 5x fewer decoder passes on the
-stardist image. Clumps: a kept mask whose shape shows touching objects (:mod:`.clumps`) is
-decoded again per object, from its centre with the other centres as negative points.
+stardist image. (Visiting a coarse grid first, so that more of the finer points fall inside
+objects already found, decodes 2-3.5x fewer points but loses F1 on the stardist image: 0.721-0.726
+against 0.756; the points decoded in the same batch as the one that finds an object give better
+candidates.) Clumps: a kept mask whose shape shows touching objects (:mod:`.clumps`) is decoded
+again per object, from its centre with the other centres as negative points.
 
 Tiles (``tiles`` > 1): the image is cut into overlapping crops, each encoded on its own 1024
 canvas, so that small objects get more pixels in the model (FocSAM's focusing); a mask that
@@ -40,6 +44,7 @@ from ..modeling.focsam import FocSAM
 from .auto_params import SegmentAllParams
 from .clumps import clump_centres
 from .image import to_rgb_uint8
+from .point_decode import decode_points
 from .predictor import FocSAMPredictor, ImageEmbedding
 
 __all__ = [
@@ -287,10 +292,10 @@ def _decode_canvas(
         # canvas (x, y) as the interactive path maps clicks (FocSAMPredictor's prompts)
         xy = np.stack([chunk[:, 1] * (w / W), chunk[:, 0] * (h / H)], axis=1)
         pts = torch.tensor(xy, dtype=torch.float32, device=dev)[:, None]
-        lab = torch.ones(pts.shape[:2], dtype=torch.int64, device=dev)
-        out = model.decode(features, pts, lab, None, multimask_output=True)
-        logits = out.logits[..., :lh, :lw].float().flatten(0, 1)  # (B*3, lh, lw)
-        iou = out.iou.float().flatten()
+        out, iou = decode_points(model, features, pts, -off, min_iou=params.pred_iou_thresh, max_area=low_max,
+                                 valid=(lh, lw))  # upscaled around each point
+        logits = out[..., :lh, :lw].float().flatten(0, 1)  # (B*3, lh, lw)
+        iou = iou.float().flatten()
         hi = (logits > off).sum(dim=(1, 2))
         lo = (logits > -off).sum(dim=(1, 2))
         area = (logits > 0).sum(dim=(1, 2))

@@ -93,20 +93,29 @@ class MaskDecoder(nn.Module):
         multimask_output: bool = False,
     ) -> DecoderOutput:
         """image_embeddings (B|1, C, 64, 64), image_pe (1, C, 64, 64), sparse (B, N, C), dense (B, C, 64, 64)."""
+        hyper_in, iou, token, src = self.decode_tokens(image_embeddings, image_pe, sparse_prompt_embeddings,
+                                                       dense_prompt_embeddings, multimask_output)
+        masks = self.upscale_masks(src, hyper_in, image_embeddings.shape[-2:])
+        return DecoderOutput(masks, iou, token)
+
+    def decode_tokens(self, image_embeddings: torch.Tensor, image_pe: torch.Tensor, sparse_prompt_embeddings: torch.Tensor,
+                      dense_prompt_embeddings: torch.Tensor, multimask_output: bool = False
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The decoder up to the upscaling: hyper-network weights (B, M, C/8), predicted IoU
+        (B, M), mask-#0 token (B, 1, C) and the image tokens (B, h*w, C) that
+        :meth:`upscale_masks` turns into logits (each token into its own 4x4 patch of logits)."""
         B = sparse_prompt_embeddings.shape[0]
         out_tokens = torch.cat([self.iou_token.weight, self.mask_tokens.weight], dim=0)
         tokens = torch.cat([out_tokens.unsqueeze(0).expand(B, -1, -1), sparse_prompt_embeddings], dim=1)
-        h, w = image_embeddings.shape[-2:]
         image_tokens = self._image_tokens(image_embeddings, image_pe, dense_prompt_embeddings)
         hs, src = self.transformer(None, image_pe, tokens, image_tokens)
         iou_token_out = hs[:, 0, :]
         mask_tokens_out = hs[:, 1 : 1 + self.num_mask_tokens, :]
         sel = range(1, self.num_mask_tokens) if multimask_output else range(0, 1)
         hyper_in = torch.stack([self.output_hypernetworks_mlps[i](mask_tokens_out[:, i]) for i in sel], dim=1)
-        masks = self.upscale_masks(src, hyper_in, (h, w))
         iou = self.iou_prediction_head(iou_token_out)
         iou = iou[:, 1:] if multimask_output else iou[:, :1]
-        return DecoderOutput(masks, iou, mask_tokens_out[:, :1])
+        return hyper_in, iou, mask_tokens_out[:, :1], src
 
     def _image_tokens(self, image: torch.Tensor, image_pe: torch.Tensor,
                       dense: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -152,6 +161,23 @@ class MaskDecoder(nn.Module):
         # rows are (y, x, dy, dx, ey, ex) -> pixel (4y + 2dy + ey, 4x + 2dx + ex)
         masks = masks.view(B, h, w, 2, 2, 2, 2, M).permute(0, 7, 1, 3, 5, 2, 4, 6)
         return masks.reshape(B, M, 4 * h, 4 * w)
+
+
+def upscale_window(decoder: MaskDecoder, src: torch.Tensor, hyper_in: torch.Tensor, size: tuple[int, int],
+                   starts: torch.Tensor, window: int) -> torch.Tensor:
+    """:meth:`MaskDecoder.upscale_masks` over a ``window`` x ``window`` block of tokens only.
+
+    src (B, h*w, C) image tokens of an (h, w) grid, hyper_in (B, M, C/8), starts (B, 2) the
+    (row, column) of each block's first token (the block inside the grid). Returns the
+    block's logits (B, M, 4 window, 4 window): each token makes its own 4x4 patch of logits
+    (the upscaling has no overlap), so these are the values of the full map there.
+    """
+    B, _, C = src.shape
+    w = size[1]
+    r = torch.arange(window, device=src.device)
+    rows = (starts[:, :1, None] + r[None, :, None]) * w + starts[:, 1:, None] + r[None, None, :]  # (B, win, win)
+    block = torch.gather(src, 1, rows.reshape(B, -1, 1).expand(-1, -1, C))
+    return decoder.upscale_masks(block, hyper_in, (window, window))
 
 
 def upscale_logits(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
