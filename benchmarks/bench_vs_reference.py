@@ -24,6 +24,9 @@ between repeats) and as medians:
 
 - region click: the same click with the full-resolution mask from
   ``modeling.mask_resize.logits_to_mask_roi`` (computed only around the object; same mask),
+- random clicks anywhere: ``--random-clicks`` positive clicks at seeded random positions of the
+  whole image (background and large masks included), the same sequence for both, each timed
+  twice, interleaved; with the IoU of the two masks (minimum and mean),
 
 and prints ours, reference and ours/reference (wall clock, and the ratio of process CPU times,
 which suffers less from other load on the machine), plus the IoU of the two one-click masks.
@@ -160,6 +163,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--repeats", type=int, default=7, help="embedding repeats (clicks: 3x as many)")
     ap.add_argument("--images", nargs="+", default=None, help="subset by prefix, e.g. nuclei photo")
+    ap.add_argument("--random-clicks", type=int, default=12, help="random clicks anywhere per image")
     ap.add_argument("--encoder-precision", default="fp32", choices=("fp32", "bf16", "auto"),
                     help="our encoder's matrix products (the reference always runs float32)")
     args = ap.parse_args()
@@ -215,14 +219,38 @@ def main() -> None:
             assert np.array_equal(ours_region_click(), ours.step(e, click).mask)
         else:
             region_ms = {"ours": float("nan"), "ref": float("nan"), "ours_cpu": float("nan"), "ref_cpu": 1.0}
+        # random clicks anywhere in the image (background and large masks included): the same
+        # seeded sequence for both, each call the next click
+        rng = np.random.default_rng(0)
+        anywhere = [(float(rng.uniform(0, H - 1)), float(rng.uniform(0, W - 1))) for _ in range(args.random_clicks)]
+        turn = {"ours": 0, "ref": 0}
+
+        def ours_random():
+            cy, cx = anywhere[turn["ours"] % len(anywhere)]
+            turn["ours"] += 1
+            return ours.step(e, [Click(cy, cx, True)]).mask
+
+        def ref_random():
+            cy, cx = anywhere[turn["ref"] % len(anywhere)]
+            turn["ref"] += 1
+            return ref.predict(np.array([[cx, cy]], np.float32), lab, multimask_output=False)[0][0]
+
+        random_ms = interleaved_ms(ours_random, ref_random, 2 * len(anywhere), 0)
+        random_iou = []
+        for cy, cx in anywhere:
+            a = ours.step(e, [Click(cy, cx, True)]).mask
+            b = ref.predict(np.array([[cx, cy]], np.float32), lab, multimask_output=False)[0][0]
+            random_iou.append(float((a & b).sum() / max((a | b).sum(), 1)))
         m_ours = ours.step(emb_box["e"], click).mask
         m_ref = ref.predict(pt, lab, multimask_output=False)[0][0]
         iou = float((m_ours & m_ref).sum() / max((m_ours | m_ref).sum(), 1))
         row = {"image": name}
-        for kind, t in (("embed", embed_ms), ("click", click_ms), ("click_region", region_ms)):
+        for kind, t in (("embed", embed_ms), ("click", click_ms), ("click_region", region_ms),
+                        ("click_anywhere", random_ms)):
             row.update({f"{kind}_ours_ms": t["ours"], f"{kind}_ref_ms": t["ref"],
                         f"{kind}_ratio": t["ours"] / t["ref"], f"{kind}_cpu_ratio": t["ours_cpu"] / t["ref_cpu"]})
-        row.update({"mask_iou_vs_ref": iou, "embed_max_abs_diff": diff})
+        row.update({"mask_iou_vs_ref": iou, "embed_max_abs_diff": diff,
+                    "anywhere_min_iou_vs_ref": min(random_iou), "anywhere_mean_iou_vs_ref": float(np.mean(random_iou))})
         rows.append(row)
 
     import napari_focsam
@@ -240,6 +268,13 @@ def main() -> None:
               f"{r['click_ratio']:>7.2f}{r['click_cpu_ratio']:>6.2f}{r['click_region_ours_ms']:>14.1f}"
               f"{r['click_region_ref_ms']:>8.1f}{r['click_region_ratio']:>7.2f}{r['click_region_cpu_ratio']:>6.2f}"
               f"{r['mask_iou_vs_ref']:>7.3f}{r['embed_max_abs_diff']:>10.1e}")
+    print(f"\nrandom clicks anywhere ({args.random_clicks} per image, each timed twice, interleaved; mask at full "
+          "resolution): ours (FocSAMPredictor.step) vs reference (SamPredictor.predict)")
+    print(f"{'image':<18}{'ours ms':>9}{'ref ms':>8}{'ratio':>7}{'cpu':>6}{'IoU min':>9}{'mean':>7}")
+    for r in rows:
+        print(f"{r['image']:<18}{r['click_anywhere_ours_ms']:>9.1f}{r['click_anywhere_ref_ms']:>8.1f}"
+              f"{r['click_anywhere_ratio']:>7.2f}{r['click_anywhere_cpu_ratio']:>6.2f}"
+              f"{r['anywhere_min_iou_vs_ref']:>9.3f}{r['anywhere_mean_iou_vs_ref']:>7.3f}")
     print(json.dumps({"threads": torch.get_num_threads(), "rows": [
         {k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()} for r in rows]}))
 

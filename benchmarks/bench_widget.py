@@ -180,8 +180,9 @@ def bench_2d(app, args):
                     sel = sel & (sched == rc) & (builds == build)
                     if sel.any():
                         print(f"  {build:5s} {name:14s}: median {np.median(lat[sel]):4.0f} ms, p95 "
-                              f"{np.percentile(lat[sel], 95):4.0f} ms (model part median {np.median(mod[sel]):3.0f} ms, "
-                              f"p95 {np.percentile(mod[sel], 95):3.0f} ms), {int(sel.sum())} clicks")
+                              f"{np.percentile(lat[sel], 95):4.0f} ms (model part median "
+                              f"{np.median(mod[sel]):3.0f} ms, p95 {np.percentile(mod[sel], 95):3.0f} ms), "
+                              f"{int(sel.sum())} clicks")
     widget.close_session()
     viewer.close()
 

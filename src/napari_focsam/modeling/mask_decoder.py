@@ -98,9 +98,9 @@ class MaskDecoder(nn.Module):
         masks = self.upscale_masks(src, hyper_in, image_embeddings.shape[-2:])
         return DecoderOutput(masks, iou, token)
 
-    def decode_tokens(self, image_embeddings: torch.Tensor, image_pe: torch.Tensor, sparse_prompt_embeddings: torch.Tensor,
-                      dense_prompt_embeddings: torch.Tensor, multimask_output: bool = False
-                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    def decode_tokens(self, image_embeddings: torch.Tensor, image_pe: torch.Tensor,
+                      sparse_prompt_embeddings: torch.Tensor, dense_prompt_embeddings: torch.Tensor,
+                      multimask_output: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """The decoder up to the upscaling: hyper-network weights (B, M, C/8), predicted IoU
         (B, M), mask-#0 token (B, 1, C) and the image tokens (B, h*w, C) that
         :meth:`upscale_masks` turns into logits (each token into its own 4x4 patch of logits)."""
