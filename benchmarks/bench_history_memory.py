@@ -1,4 +1,4 @@
-"""Memory of an object's click history and what a reset gives back (issue 11).
+"""Memory of an object's click history and what a reset gives back.
 
 Makes N clicks on one slice of a random image with the fast test model (the decoder and the
 mask sizes are those of every model; the encoder does not matter here), then resets the

@@ -1,4 +1,4 @@
-"""3D interactive quality: corrective clicks on propagated objects (issue 28 protocol).
+"""3D interactive quality: corrective clicks on propagated objects (the 3D correction protocol).
 
 For every selected object: one positive click at the interior point of its label on its
 middle slice, then :meth:`SegmentedObject.propagate`. Then, up to ``--clicks`` in all, the

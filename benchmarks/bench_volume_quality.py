@@ -1,4 +1,4 @@
-"""3D quality of click + propagation on labelled microscopy volumes (issue 4 protocol).
+"""3D quality of click + propagation on labelled microscopy volumes (one click, then propagation).
 
 For every labelled nucleus: one positive click at the interior point (maximum of the distance
 transform) of its label on its middle slice (middle of its z extent), then propagation in

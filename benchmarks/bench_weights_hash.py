@@ -1,4 +1,4 @@
-"""Cost of the once-per-process SHA-256 check of a cached weights file (issue 11, item 9).
+"""Cost of the once-per-process SHA-256 check of a cached weights file.
 
 Times :func:`napari_focsam.core.hashing.sha256_file` and a first ``resolve_weights``
 in a "new process" (the process memo cleared) on the cached default model, and

@@ -57,7 +57,7 @@ class FocSAMWidget(QWidget):
     def __init__(self, napari_viewer: "napari.viewer.Viewer", parent: QWidget | None = None) -> None:
         super().__init__(parent)
         # napari hands plugins a PublicOnlyProxy of the viewer; layers reached through it are new
-        # proxy objects, so identity checks would never match (napari issue 5767): use the real one.
+        # proxy objects, so identity checks would never match (napari/napari#5767 on GitHub): use the real one.
         self.viewer = getattr(napari_viewer, "__wrapped__", napari_viewer)
         self.queue = PredictQueue()
         self.jobs = SessionJobs()

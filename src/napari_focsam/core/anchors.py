@@ -1,11 +1,11 @@
 """Corrections on propagated slices: a click there starts from the propagated mask.
 
 After a propagation, a click on a slice without clicks of its own is a *correction* of the
-mask the propagation left there, not the first click of a new 2D object. Before issue 28 it
-was the latter: a positive click redrew the slice from that click alone (the propagated part
+mask the propagation left there, not the first click of a new 2D object. The first version
+did the latter: a positive click redrew the slice from that click alone (the propagated part
 the user was happy with could vanish), and a negative click, with no positive click on its
 slice, emptied the slice, so it became a stop slice and every slice behind it was lost. With
-the issue's 3D protocol on cells3d (``benchmarks/bench_volume_interactive.py``) this is why
+the 3D correction protocol on cells3d (``benchmarks/bench_volume_interactive.py``) this is why
 corrections stalled and then made objects worse.
 
 An :class:`AnchorHistory` is the click history of such a slice. Its prompt is the prompt the

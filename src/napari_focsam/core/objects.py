@@ -61,7 +61,7 @@ class SegmentedObject:
 
     #: A click on a slice the last propagation reached (and without clicks of its own) corrects
     #: the propagated mask there (:class:`~.anchors.AnchorHistory`); False: it starts the slice
-    #: afresh, as before issue 28 (kept for comparisons).
+    #: afresh, as the first version did (kept for comparisons).
     anchor_corrections = True
 
     def __init__(self, session: Any, object_id: int) -> None:  # a Session (core/session.py)

@@ -1,4 +1,4 @@
-"""What the z-profile of an object shows, and re-propagation after a correction (issue 28).
+"""What the z-profile of an object shows, and re-propagation after a correction.
 
 Qt-free, for the widget: after *Segment volume* the user clicks on another slice, and
 :func:`repropagate` redoes only the runs that click touched (the object's run memo, see

@@ -1,4 +1,4 @@
-"""Stacks in time: (T, Y, X) and (T, Z, Y, X) images segmented frame by frame (issue 28).
+"""Stacks in time: (T, Y, X) and (T, Z, Y, X) images segmented frame by frame.
 
 An object is followed through time with the same slice-by-slice propagation as through z,
 so a (T, Y, X) movie is one :class:`~.session.Session` whose "slices" are the frames: every

@@ -35,7 +35,7 @@ point_box          0.80                      0.817               0.137
 ``refine=True`` passes every new slice through the focus refiner once (the slice's mask from the
 prompt is the coarse mask; :func:`next_slice`). With the shipped FocSAM-T refiner it lowers the
 mean 3D IoU on cells3d (20 nuclei, point + multimask): 0.726 against 0.838 at the default stop
-threshold 0.65, and 0.775 against 0.842 at the best threshold of each (issue 17). Keeping the
+threshold 0.65, and 0.775 against 0.842 at the best threshold of each. Keeping the
 refined or the unrefined mask of a slice, whichever is closer to the previous slice, did not
 help either (the first three nuclei: 0.768 / 0.861 / 0.861 against 0.802 / 0.879 / 0.904 at
 threshold 0.5). So propagation does not refine by default (:data:`DEFAULT_REFINE_3D`).
@@ -421,7 +421,7 @@ def propagate(
     decoder step more per run): a corrected mask is not in the decoder's style (tighter, or
     looser), and compared with it alone the next slice, decoded as the propagation always
     decodes, fails the stop at once and the object lost everything beyond its first slice
-    (VNC mitochondria, issue 28). The runs from corrections of propagated slices (anchors)
+    (seen on VNC mitochondria). The runs from corrections of propagated slices (anchors)
     keep the plain test: there the stop after a correction is what the user asked for.
     """
     t0 = time.perf_counter()
