@@ -768,7 +768,11 @@ def test_a_negative_click_on_a_positive_one_is_decoded_without_it(refiner_model,
         labels.append(lab[0].tolist())
         return decode(features, points, lab, mask_input, multimask_output)
 
+    def spy_pair(first, second, points, lab, mask_input=None):  # a later click: both passes at once
+        return spy(first, points, lab, mask_input), spy(second, points, lab, mask_input)
+
     monkeypatch.setattr(refiner_model, "decode", spy)
+    monkeypatch.setattr(refiner_model, "decode_pair", spy_pair)
     obj = InteractiveObject(pred, emb)
     obj.add_click(9, 9, True)
     obj.add_click(29, 29, True)
