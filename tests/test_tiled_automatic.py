@@ -1,5 +1,5 @@
 """Segment all on tiled images: objects across tile seams are neither cut nor doubled, large ones
-come from a coarser level, and the labels are written chunk by chunk (issue 26).
+come from a coarser level, and the labels are written chunk by chunk.
 
 The per-tile segmenter is replaced by an oracle that sees only the tile (the connected components
 of its bright pixels, so an object crossing the tile's edge comes back cut, as a model's would):

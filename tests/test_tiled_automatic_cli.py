@@ -1,4 +1,4 @@
-"""segment-all on tiled images end to end (issue 26): on a real dask LocalCluster (same objects as one
+"""segment-all on tiled images end to end: on a real dask LocalCluster (same objects as one
 process, a second run encodes nothing), the command line's JSON line and OME-Zarr output, labels
 into an input OME-Zarr's ``labels/`` group (the image untouched), and saving a labels array."""
 
