@@ -28,7 +28,7 @@ Drives the real widget in a real napari viewer (an Xvfb display is started when 
    Segment volume: the time it waits, with the background embedding of the stack and without it
    (only the slice in view embedded).
 
-Measured (issue 14; 2-core machine shared with other jobs, vit_t, 2 torch threads, no disk cache):
+Measured (2-core machine shared with other jobs, vit_t, 2 torch threads, no disk cache):
 
 ===========  ===========  =========================  =====================  ===============
 image        embedding    first click on a disc      later clicks (median)  preview write
