@@ -26,8 +26,8 @@ object's 1st click for ``steady`` and its variants marked so, at the 2nd for the
               previous mask, a negative one adds at most 30 %), then the one agreeing with the
               most clicks, then the one closest to the previous mask (IoU);
 ``steady2``   the same rule with the refine at click 2 (FocSAM's refine click);
-``steady_s5`` the default of session 5: refine at click 2, no check of the newest click;
-``steady_r1`` as ``steady_s5`` with the refine at click 1; ``steady_r12``: refine at click 1
+``steady_nocheck`` the earlier default: refine at click 2, no check of the newest click;
+``steady_nocheck_r1`` as ``steady_nocheck`` with the refine at click 1; ``steady_nocheck_r12``: refine at click 1
               and again at click 2; ``steady_noE1`` / ``steady_nomean``: ``steady`` without the
               E1 / the mean candidate;
 ``steady_e1`` ``steady``, but E1's candidate whenever it follows the newest click;
@@ -42,8 +42,8 @@ object's 1st click for ``steady`` and its variants marked so, at the 2nd for the
 ``steadypmN`` ``steady2`` and, from click N on, a progressive merge (only the change connected
               to the newest click is kept); ``steadyrr``: ``steady2`` and a new refine when the
               previous mask leaves the refined embedding's focus region (both measured on
-              ``steady_s5``, before the newest-click check);
-``local``     as ``steady_s5`` with the two embeddings' masks only; ``local4`` adds both decoded
+              ``steady_nocheck``, before the newest-click check);
+``local``     as ``steady_nocheck`` with the two embeddings' masks only; ``local4`` adds both decoded
               without the previous logits (much worse: the mask input matters);
 ``reuse``     FocSAM as published: E1 serves click 2 and every later click;
 ``pick``      the policy shipped before ``steady`` (``later_clicks="pick"`` of

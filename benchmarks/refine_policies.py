@@ -31,13 +31,13 @@ def build_predictor(model, policy: str):
         return first_click_gated_predictor(model, int(policy[len("steady_g1"):] or 0) / 100)
     if policy == "steady2":
         return FocSAMPredictor(model, refine_click=2)
-    if policy in ("steady_s5", "steady_r1"):
-        return ranked_predictor(model, agreement_then_closeness, 2 if policy == "steady_s5" else 1)
+    if policy in ("steady_nocheck", "steady_nocheck_r1"):
+        return ranked_predictor(model, agreement_then_closeness, 2 if policy == "steady_nocheck" else 1)
     if policy in ("steady_noE1", "steady_nomean"):
         return ranked_predictor(model, without_candidate(0 if policy.endswith("E1") else 2), 1)
     if policy == "steady_e1":
         return ranked_predictor(model, refined_unless_against_click, 1)
-    if policy == "steady_r12":
+    if policy == "steady_nocheck_r12":
         return twice_refining_predictor(model)
     if policy.startswith("steadypm"):
         return merging_predictor(model, int(policy[len("steadypm"):]))
@@ -291,7 +291,7 @@ def twice_refining_predictor(model):
 
 
 def agreement_then_closeness(masks, clicks, previous):
-    """The ``steady`` rule of session 5: the most clicks agreed, then the closest to the
+    """The ``steady`` rule without the newest-click check: the most clicks agreed, then the closest to the
     previous mask, then the first (no check of the newest click's intent)."""
     from napari_focsam.core.click_rules import click_agreement, mask_iou
 
@@ -413,7 +413,7 @@ def close_coarse_predictor(model, threshold: float):
 def grow_gated_predictor(model, factor: float, keep_refined: bool = False):
     """The shipped predictor, but at the refine click (the 1st) the coarse mask is kept when the
     refined one is more than ``factor`` times larger (the refiner jumped from the clicked cell to
-    the cluster around it, issue 31). ``keep_refined``: the refined embedding still serves the
+    the cluster around it, as on phase-contrast colonies). ``keep_refined``: the refined embedding still serves the
     later clicks; otherwise it is dropped and the refine is tried again at the next click (the
     refine gate's rule)."""
     from napari_focsam.core.click_rules import object_click_count
