@@ -157,8 +157,9 @@ def dock_gaps(app, args) -> None:
     meter.start()
     t0 = time.perf_counter()
     viewer.open_sample("napari-focsam", "nuclei_3d")
-    widget.set_image_layer(viewer.layers[-1])  # as the user chooses it under Image
-    wait_in_loop(app, lambda: widget.sync.image is viewer.layers[-1] and widget.is_ready
+    stack = viewer.layers[-1]
+    widget.set_image_layer(stack)  # as the user chooses it under Image
+    wait_in_loop(app, lambda: widget.sync.image is stack and widget.is_ready
                  and widget.embedded_slices >= 1 and not widget.is_busy())
     worst = meter.stop()
     print(f"a stack opened after docking -> ready: {time.perf_counter() - t0:.1f} s, worst event-loop gap "
