@@ -229,3 +229,64 @@ def test_tiled_stack_click_segment_volume_commit(dock, qtbot):
     assert all(iou(out[z] == 1, truth) >= 0.8 for z in range(3))
     assert {z for z, _, _ in widget.tiles.outlines_shown} == {0, 1, 2}  # each slice's tile, on its slice
     assert not widget.current_mask.any() and len(widget.tiles.layer.data) == 0
+
+
+#: (cy, cx, radius) of the discs of a 1600x1600 image (tiled: 4 tiles of 1024 at level 0, one at
+#: level 1): across the right edge of tile (0, 0), the top edge of tile (1, 0), the corner of
+#: tile (0, 0), in all four tiles, and in one tile only
+SEAM_DISCS = ((300, 1024, 46), (576, 300, 46), (1024, 1024, 46), (800, 800, 56), (1300, 1250, 50))
+
+
+def test_segment_all_on_a_tiled_image(dock, qtbot, monkeypatch):
+    """The panel's Segment all on a tiled 1600x1600 image: each disc (those across tile borders
+    too) is written once, with ids after the existing labels, which are kept; Ctrl+Z undoes it.
+    Above the undo limit the objects are written box by box and the message says Ctrl+Z cannot."""
+    from napari_focsam._qt import prompt_modes
+
+    monkeypatch.setattr(prompt_modes, "SEGMENT_ALL_MAX_PIXELS", 1024 * 1024)  # one canvas refuses this image
+    n = 1600
+    yy, xx = np.ogrid[:n, :n]
+    img = (800 + 60 * np.sin(yy / 37.0) * np.cos(xx / 53.0)).astype(np.float32)
+    truths = [disc((n, n), cy, cx, r) for cy, cx, r in SEAM_DISCS]
+    for t in truths:
+        img[t] = 9000
+    viewer, widget = dock(show=True, layers=[lambda v: v.add_image(img.astype(np.uint16), name="seams")])
+    widget.jobs.background_embedding = False  # only the scan encodes tiles
+    wait_ready(qtbot, widget)
+    assert widget.session.tiled
+    out = widget.sync.output_layer(create=True)
+    out.data[100:140, 1400:1480] = 5  # an existing label, on the background
+    out.refresh()
+    before = np.array(out.data)
+    panel = widget.modes.panel
+    panel.points_spin.setValue(16)  # 64 px apart on a tile: a point on each disc
+    # Cancel is answered at once; the worker stops after its tile, writing nothing
+    qtbot.mouseClick(panel.segment_all_button, Qt.MouseButton.LeftButton)
+    assert widget.modes.all_running and panel.cancel_button.isVisibleTo(widget)
+    qtbot.mouseClick(panel.cancel_button, Qt.MouseButton.LeftButton)
+    assert not widget.modes.busy() and "cancelled" in widget.last_message
+    qtbot.waitUntil(lambda: not widget.modes.running(), timeout=WAIT_MS)
+    np.testing.assert_array_equal(widget.output_layer.data, before)
+
+    def segment_all():
+        qtbot.mouseClick(panel.segment_all_button, Qt.MouseButton.LeftButton)
+        assert widget.modes.all_running
+        qtbot.waitUntil(lambda: not widget.modes.busy() and not widget.modes.running(), timeout=10 * WAIT_MS)
+        labels = np.asarray(widget.output_layer.data)
+        np.testing.assert_array_equal(labels[before > 0], before[before > 0])  # existing labels kept
+        for t in truths:
+            ids = set(np.unique(labels[t])) - {0}
+            assert len(ids) == 1 and min(ids) > 5, (ids, widget.last_message)  # once, not split in two ids
+            assert iou(labels == min(ids), t) >= 0.8, widget.last_message
+        assert set(np.unique(labels)) - {0, 5} == set(range(6, 6 + len(truths))), widget.last_message
+        assert re.search(r"Segment all: 5 objects .* ids 6-10 .* from 5 tiles on 2 levels", widget.last_message)
+        return labels
+
+    segment_all()
+    assert "Ctrl+Z undoes it" in widget.last_message
+    key(qtbot, viewer, Qt.Key.Key_Z, Qt.KeyboardModifier.ControlModifier)  # one undo step
+    np.testing.assert_array_equal(widget.output_layer.data, before)
+
+    monkeypatch.setattr(prompt_modes, "SEGMENT_ALL_UNDO_PIXELS", 1000)
+    segment_all()  # the tiles are encoded already: only the decoder runs
+    assert "Ctrl+Z cannot undo it" in widget.last_message and "0 tiles encoded" in widget.last_message
