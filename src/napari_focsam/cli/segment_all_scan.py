@@ -4,7 +4,8 @@ Called by :mod:`.segment_all` when the slice is large (long side above 1536 pixe
 engine tiles it), when ``--workers``/``--scheduler`` is given, or with ``--into-input-labels``.
 Every check (output, label name, tiling, cache) comes before the model is loaded; the labels are
 written chunk by chunk (:mod:`napari_focsam.core.scan_labels`); one JSON line at the end with
-units (tiles), computed, reused, workers, seconds and objects.
+units (tiles), computed, reused, workers, seconds and objects (on a cluster also lost_workers and
+retried: a killed worker's tasks run again elsewhere, and the tiles it encoded count as reused).
 """
 
 from __future__ import annotations

@@ -25,9 +25,10 @@ peak on a Coelho tile, 8 points to 0.8 GB), so that a worker stays well under 2 
 
 Tiles are independent units: :func:`segment_all_scan` runs them in this process or as dask
 tasks (several tiles per task), each worker filling and reusing the same signed store, so a
-killed worker loses nothing (its task is re-run; the tiles it wrote are reused), and a second
-run of the same scan encodes nothing. Memory: a worker holds one tile's pixels, its embedding
-and its decoder batches; the client holds the objects (their boxes), never a plane.
+killed worker loses nothing (the scheduler re-runs its tasks elsewhere; the tiles it wrote are
+reused, and the summary counts ``lost_workers`` and ``retried`` tasks), and a second run of the
+same scan encodes nothing. Memory: a worker holds one tile's pixels, its embedding and its
+decoder batches; the client holds the objects (their boxes), never a plane.
 """
 
 from __future__ import annotations
@@ -68,8 +69,11 @@ class ScanResult:
     info : dict
         ``units`` (tiles scanned), ``computed`` (tiles encoded in this run), ``reused``,
         ``workers``, ``seconds``, ``objects``, ``seams`` (:class:`~.seams.SeamStats` as a dict),
-        ``failed`` (tiles whose task failed: the run then has no labels), ``errors`` and
-        ``worker_max_rss_mb``.
+        ``failed`` (tiles whose task failed: the run then has no labels), ``errors``,
+        ``lost_workers`` (workers of the cluster that died or left during the run),
+        ``retried`` (tasks run more than once: taken back from a lost worker, running or queued
+        there, or re-run after an error; the tiles they had encoded are reused, not counted in
+        ``computed``) and ``worker_max_rss_mb``.
     """
 
     objects: list[ScanObject]
@@ -226,7 +230,7 @@ def segment_all_tiled(predictor: Any, store: Any, z: int = 0, params: SegmentAll
     final, stats = resolve_seams(objects, store.tile_window, params.nms_iou_thresh, params.min_area)
     info = {"units": len(keys), "computed": computed, "reused": len(keys) - computed, "workers": 1,
             "seconds": round(time.perf_counter() - t0, 2), "objects": len(final), "seams": stats.as_dict(),
-            "failed": [], "errors": []}
+            "failed": [], "errors": [], "lost_workers": 0, "retried": 0}
     return ScanResult(final, tuple(store.volume.plane_shape), info)
 
 
@@ -322,6 +326,7 @@ def segment_all_scan(source: ImageSource, z: int = 0, params: SegmentAllParams |
     keys = scan_keys(plan, max_level)
     top = max(k.level for k in keys)
     groups = [keys[i:i + max(1, tiles_per_task)] for i in range(0, len(keys), max(1, tiles_per_task))]
+    workers_before = _worker_addresses(client)
     futures = [client.submit(_scan_task, source, cache, model, device, int(z), [tuple(k) for k in g], params, top,
                              threads, pure=False, retries=retries,
                              key=f"focsam-scan-{z}-{g[0].level}-{g[0].iy}-{g[0].ix}-{time.time_ns()}")
@@ -348,17 +353,40 @@ def segment_all_scan(source: ImageSource, z: int = 0, params: SegmentAllParams |
             except Exception as err:  # cancelled, or the scheduler is gone
                 exc = err
             errors.append(f"tiles {[tuple(k) for k in g]}: {type(exc).__name__}: {' '.join(str(exc).split())[:200]}")
+    workers_after = _worker_addresses(client)
+    retried = _tasks_run_again(client, [fut.key for fut in futures])
     final, stats = ([], SeamStats()) if failed else resolve_seams(
         objects, plan.tile_window, params.nms_iou_thresh, params.min_area)
-    try:
-        n_workers = len(client.scheduler_info().get("workers", {}))
-    except Exception:
-        n_workers = 0
     info = {"units": len(keys), "computed": computed, "reused": len(keys) - computed - len(failed),
-            "workers": n_workers, "seconds": round(time.perf_counter() - t0, 2), "objects": len(final),
+            "workers": len(workers_after), "seconds": round(time.perf_counter() - t0, 2), "objects": len(final),
             "seams": stats.as_dict(), "failed": failed, "errors": errors,
+            "lost_workers": len(workers_before - workers_after), "retried": retried,
             "worker_max_rss_mb": [round(v, 1) for v in rss.values() if v is not None]}
     return ScanResult(final, tuple(vol.plane_shape), info)
+
+
+def _worker_addresses(client: Any) -> set[str]:
+    """The addresses of the cluster's workers now (a worker restarted by its nanny comes back
+    under a new address; empty when the scheduler does not answer)."""
+    try:
+        return set(client.scheduler_info(n_workers=-1).get("workers", {}))
+    except Exception:
+        return set()
+
+
+def _tasks_run_again(client: Any, keys: Sequence[str]) -> int | None:
+    """How many of ``keys`` the scheduler sent to a worker more than once (from its task log: a
+    task taken back from a lost worker, or retried after an error; work stealing is not logged
+    there, so it does not count). None when the scheduler's log cannot be read."""
+    try:
+        story = client.story(*keys, on_error="ignore")
+    except Exception:
+        return None
+    sent: dict[str, int] = {}
+    for entry in story:
+        if entry[0] == "scheduler" and len(entry) > 3 and entry[3] == "processing":  # (who, key, start, finish, ...)
+            sent[entry[1]] = sent.get(entry[1], 0) + 1
+    return sum(1 for n in sent.values() if n > 1)
 
 
 class TilePlan:
