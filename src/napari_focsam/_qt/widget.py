@@ -49,6 +49,9 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = ["FocSAMWidget"]
 
 READY = "ready: click on an object (Ctrl+click: negative point)"
+#: the device probe (the torch import, ~0.2 s with the interpreter held) starts this long after the
+#: dock is built: after napari's layout and first paint of it, not in the middle of them
+PROBE_DELAY_MS = 40
 
 
 class FocSAMWidget(QWidget):
@@ -111,9 +114,8 @@ class FocSAMWidget(QWidget):
         self.sync.view_z_changed.connect(self.z_profile.set_view)
         self.closing = CloseGuard(self, (self.jobs, self.tiles, self.modes, self.managed, self.sync))
         self._wire()
-        # after napari docked us (it lays the dock out synchronously): a torch import in a worker
-        # competes with that layout for the interpreter
-        self.jobs.probe_devices(delay_ms=0)
+        # after napari docked and drew us: a torch import in a worker competes for the interpreter
+        self.jobs.probe_devices(delay_ms=PROBE_DELAY_MS)
         self.sync.refresh()
         if self.setup.image() is not None:
             # after the dock is on screen: napari's first labels/points layers take seconds to build
