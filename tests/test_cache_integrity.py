@@ -1,4 +1,4 @@
-"""The disk cache under damage and contention (issue 11): missing chunks, full disks, a user's
+"""The disk cache under damage and contention: missing chunks, full disks, a user's
 own .zarr, read-only complete caches, two precomputes into one store, stale claims."""
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ def _remove_chunk(store_path: Path, array: str, z: int) -> None:
         shutil.rmtree(t) if t.is_dir() else t.unlink()
 
 
-# --------------------------------------------------------------------------- item 11: missing chunks
+# --------------------------------------------------------------------------- missing chunks
 
 
 @pytest.mark.parametrize("array", ["features", "checksums", "signatures"])

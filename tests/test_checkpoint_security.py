@@ -1,4 +1,4 @@
-"""Hostile checkpoint files (issue 11, cases 1-2 and the training resume): nothing in them runs.
+"""Hostile checkpoint files: nothing in them runs.
 
 Each hostile file tries to create a marker file when it is unpickled. The tests check that
 loading raises a :class:`CheckpointError` that says why, and that the marker never appears.

@@ -1,4 +1,4 @@
-"""The command line with wrong or hostile inputs (issue 11): never a plausible wrong result.
+"""The command line with wrong or hostile inputs: never a plausible wrong result.
 
 Truncated stacks, channel axes, blank images, lossy or unwritable outputs, folders and empty
 files given as images, negative clicks, a complete read-only cache.
@@ -30,7 +30,7 @@ def gray(tmp_path, name="gray.tif", shape=(40, 48)):
     return path
 
 
-# --------------------------------------------------------------------------- truncated TIFF (item 4)
+# --------------------------------------------------------------------------- truncated TIFF
 
 
 @pytest.mark.parametrize("style", [dict(imagej=True), dict(metadata=None), dict(), dict(compression="zlib")])
@@ -64,7 +64,7 @@ def test_segment_refuses_a_truncated_multipage_tiff(tiny_ckpt, tmp_path, capsys)
     assert not (tmp_path / "m.tif").exists()
 
 
-# --------------------------------------------------------------------------- channels (item 5)
+# --------------------------------------------------------------------------- channels
 
 
 def test_a_two_channel_image_is_one_image_with_channels(tiny_ckpt, tmp_path, capsys):
@@ -86,7 +86,7 @@ def test_a_two_channel_stack_propagates_with_a_3d_mask(tiny_ckpt, tmp_path, caps
     assert tifffile.imread(tmp_path / "m.tif").shape == (3, 32, 36) and "2 channels" in err
 
 
-# --------------------------------------------------------------------------- blank images (item 6)
+# --------------------------------------------------------------------------- blank images
 
 
 @pytest.mark.parametrize("fill", [0.0, np.nan])
@@ -100,7 +100,7 @@ def test_a_blank_or_nan_image_gives_an_empty_mask_and_a_warning(tiny_ckpt, tmp_p
     assert "warning" in err and "blank" in err
 
 
-# --------------------------------------------------------------------------- the output path (item 8)
+# --------------------------------------------------------------------------- the output path
 
 
 @pytest.mark.parametrize("name, extra, message", [

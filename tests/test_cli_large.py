@@ -1,5 +1,5 @@
-"""Issue 14 on the command line: zarr and OME-Zarr inputs read lazily, tiles, masks written by
-region, and bad input (tiling nonsense, a pyramid whose levels disagree, a store that disappears
+"""Large and lazy images on the command line: zarr and OME-Zarr inputs read lazily, tiles, masks
+written by region, and bad input (tiling nonsense, a pyramid whose levels disagree, a store that disappears
 mid-run): one-line errors, and an existing output is never lost to a failed run.
 """
 

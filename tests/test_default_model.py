@@ -1,4 +1,4 @@
-"""FocSAM-T is the default model (issue 17); the plain vit_t loop is one choice away."""
+"""FocSAM-T is the default model; the plain vit_t loop is one choice away."""
 
 from __future__ import annotations
 

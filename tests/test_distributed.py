@@ -1,4 +1,4 @@
-"""Scale-out on dask.distributed (issue 16): precompute and batch segmentation on a cluster.
+"""Scale-out on dask.distributed: precompute and batch segmentation on a cluster.
 
 The cluster tests start real worker processes (a LocalCluster, or ``dask scheduler`` and
 ``dask worker`` as separate processes) with the real default weights, on 4 slices of the

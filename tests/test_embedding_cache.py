@@ -253,7 +253,7 @@ def test_nan_in_a_done_slice_is_recomputed(fast_predictor, tmp_path, caplog):
 
 
 def test_foreign_folder_at_store_path_is_refused_untouched(fast_predictor, tmp_path, caplog):
-    # issue 11: a user's own folder given as the cache is refused, never moved or deleted
+    # a user's own folder given as the cache is refused, never moved or deleted
     path = tmp_path / "data.zarr"
     path.mkdir()
     (path / "precious.txt").write_text("user data")

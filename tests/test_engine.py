@@ -247,7 +247,7 @@ def test_real_click_on_a_cells3d_nucleus(mobile_sam, shared_data):
         assert (a != b).sum() <= 0.001 * a.size
 
 
-# --------------------------------------------------------------------------- one click history (issue 12/11)
+# --------------------------------------------------------------------------- one click history
 
 
 def test_a_slice_history_is_the_predictors_interactive_object(refiner_model):
@@ -480,7 +480,7 @@ print(released, before - after)
     assert out[0] == "True" and int(out[1]) > 100 * 2**20, out
 
 
-# --------------------------------------------------------------------------- clicks after the refine (issue 17)
+# --------------------------------------------------------------------------- clicks after the refine
 
 
 def scripted_decoder(model, embedding, monkeypatch, *, original_logit, refined_logit) -> list:
@@ -722,7 +722,7 @@ def two_squares_and_bridge() -> tuple[torch.Tensor, torch.Tensor]:
 @pytest.mark.parametrize("gate", [True, False])
 def test_refine_gate_keeps_the_coarse_mask_when_the_refine_bridges_two_clicked_cells(
         refiner_model, monkeypatch, gate):
-    """Issue 17: positive clicks on two separate cells; the refined mask joins them into one
+    """Positive clicks on two separate cells; the refined mask joins them into one
     piece. The gate keeps the coarse mask (two pieces: the widget's 'one object is one cell'
     hint), keeps no refined embedding and tries the refine again at the next click: a negative
     click on the second cell takes its positive click back, and the refine is taken."""
@@ -754,7 +754,7 @@ def test_a_click_of_the_other_polarity_on_the_same_pixel_takes_the_earlier_one_b
 
 
 def test_a_negative_click_on_a_positive_one_is_decoded_without_it(refiner_model, monkeypatch):
-    """Issue 17: positive clicks on cells A and B, then a negative one on B's click: the decoder
+    """Positive clicks on cells A and B, then a negative one on B's click: the decoder
     gets A's positive and B's negative click only (no mask can honour both on B); a negative
     click on the only positive one leaves nothing selected."""
     from napari_focsam.core.predictor import InteractiveObject

@@ -128,7 +128,7 @@ def test_contrast_limits_given_default_and_uint8():
 
 
 def test_dim_8bit_gray_gets_the_robust_stretch():
-    """A dim 8-bit gray image reaches the encoder as its bright original does (issue 13, item 8)."""
+    """A dim 8-bit gray image reaches the encoder as its bright original does."""
     bright = np.tile(np.linspace(0, 240, 64), (32, 1)).astype(np.uint8)
     dim = (bright // 4).astype(np.uint8)
     a, b = ImageVolume(bright), ImageVolume(dim)
@@ -198,7 +198,7 @@ def test_dask_stack_is_read_slice_by_slice():
 
 
 def test_a_dask_array_is_read_only_in_the_chunks_of_a_region():
-    """Issue 14: regions of a chunked dask array read only the chunks they overlap."""
+    """Regions of a chunked dask array read only the chunks they overlap."""
     da = pytest.importorskip("dask.array")
     from lazy_helpers import SpyArray
 

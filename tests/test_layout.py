@@ -161,14 +161,15 @@ def test_no_private_names_across_modules(root):
     assert not bad, bad
 
 
-def test_code_docs_and_benchmarks_speak_of_the_product_not_of_its_history():
-    """Rules and results are named by what they are: no "issue N" or "session N" (a newcomer cannot
-    know what they were; history goes into CHANGELOG.md). References to other projects' issues
-    name the project (``napari/napari#5767``)."""
+def test_code_tests_docs_and_benchmarks_speak_of_the_product_not_of_its_history():
+    """Code, tests, docs and benchmarks name rules and results by what they are: no "issue N" or
+    "session N" (a newcomer cannot know what they were; history goes into CHANGELOG.md).
+    References to other projects' issues name the project (``napari/napari#5767``)."""
     repo = SRC.parent
     pattern = re.compile(r"\b(issue|session)s? #?\d+", re.IGNORECASE)
     found = []
-    for folder, suffixes in (("src", {".py", ".yaml"}), ("docs", {".md"}), ("benchmarks", {".py", ".md"})):
+    for folder, suffixes in (("src", {".py", ".yaml"}), ("docs", {".md"}), ("benchmarks", {".py", ".md"}),
+                             ("tests", {".py"})):
         for path in sorted((repo / folder).rglob("*")):
             if path.suffix in suffixes and path.is_file():
                 for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):

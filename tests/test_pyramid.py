@@ -1,4 +1,4 @@
-"""Issue 14: pyramids, lazy reads by region, and clear errors when the storage fails.
+"""Pyramids, lazy reads by region, and clear errors when the storage fails.
 
 The central test wraps a lazily opened (20, 8192, 8192) uint16 zarr array in a spy that
 records every read and checks that no read covers a whole slice (nor the whole array), through

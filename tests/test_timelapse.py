@@ -1,4 +1,4 @@
-"""Stacks in time (issue 28): ids through frames, objects added later, a division in one click,
+"""Stacks in time: ids through frames, objects added later, a division in one click,
 the labels stack and the tracks table; the z-profile and re-propagation API for the widget.
 
 The decoder is scripted: a frame's mask is the union of its true cells that overlap the

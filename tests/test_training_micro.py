@@ -1,4 +1,4 @@
-"""Training additions of issue 31: microscopy photometric augmentation (inversion, blur, noise)."""
+"""Training additions: microscopy photometric augmentation (inversion, blur, noise)."""
 
 from __future__ import annotations
 

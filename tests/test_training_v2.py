@@ -1,4 +1,4 @@
-"""Training additions of issue 17: photometric augmentation, cells3d slices, the click schedule
+"""Training additions: photometric augmentation, cells3d slices, the click schedule
 that trains the product's refine click and later clicks, and fine-tuning from a refiner file."""
 
 from __future__ import annotations

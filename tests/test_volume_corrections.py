@@ -1,4 +1,4 @@
-"""Corrections after a propagation (issue 28): anchors, "stop here", and the outer stop rule.
+"""Corrections after a propagation: anchors, "stop here", and the outer stop rule.
 
 The decoder is scripted where the rule is about control flow: slice z -> a known mask, and the
 click loop's prompts are recorded.
@@ -203,7 +203,7 @@ def test_an_outer_run_stops_where_a_shrinking_mask_grows_again():
 def test_a_corrected_start_slice_still_propagates(session, scripted):
     # The slice where the object was started, corrected with a second click to a mask tighter
     # than the decoder's own style: the next slices (decoded as always) do not match it, but
-    # they match the decoder's version of that slice, so the runs go on (VNC, issue 28).
+    # they match the decoder's version of that slice, so the runs go on (seen on VNC).
     truth, visits, steps, state = scripted
     obj = session.new_object()
     obj.add_click(S // 2, S // 2, z=6)

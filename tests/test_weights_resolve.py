@@ -137,7 +137,7 @@ def test_import_from_tarball(temp_entry, tmp_path, cache):
 
 
 # --------------------------------------------------------------------------- #
-# Imports are checked against the entry's architecture (issue 11, items 3 and 10)
+# Imports are checked against the entry's architecture
 # --------------------------------------------------------------------------- #
 def test_hostile_pickle_imported_as_focsam_vit_h_is_refused(tmp_path, cache, capsys):
     marker = tmp_path / "pwned"

@@ -1,4 +1,4 @@
-"""The widget on large, multiscale and lazy images (issue 14), driven with real clicks and keys.
+"""The widget on large, multiscale and lazy images, driven with real clicks and keys.
 
 Synthetic images (a flat background with a few bright discs) keep these tests small: the checks
 are about what is read and written, and where, not about segmentation quality.
@@ -147,7 +147,7 @@ def test_multiscale_lazy_layer_tiles_click_commit_cancel(dock, qtbot):
     viewer.reset_view()
     qtbot.waitUntil(lambda: len(tiles_layer.data) > 0, timeout=WAIT_MS)  # the background at work
     qtbot.wait(200)
-    save_screenshot(viewer, "issue14_tile_being_embedded")
+    save_screenshot(viewer, "tile_being_embedded")
     # the outlines stay a few screen pixels wide at every zoom (here 1 data pixel = 1 world unit)
     from napari_focsam._qt.tile_view import OUTLINE_SCREEN_PX
 
@@ -175,7 +175,7 @@ def test_multiscale_lazy_layer_tiles_click_commit_cancel(dock, qtbot):
     qtbot.waitUntil(lambda: len(pts.data) == 0, timeout=WAIT_MS)
     out = widget.output_layer
     assert iou(np.asarray(out.data) == 1, truth) >= 0.8
-    save_screenshot(viewer, "issue14_committed_on_pyramid")
+    save_screenshot(viewer, "committed_on_pyramid")
 
     # Cancel stops the background embedding of the tiles in view; outlines are removed when ready
     assert widget.tiles.running  # 26 tiles: the background is still at work

@@ -1,4 +1,4 @@
-"""Prompts beyond clicks in the dock widget (issue 18): boxes, many objects at once, Segment all.
+"""Prompts beyond clicks in the dock widget: boxes, many objects at once, Segment all.
 
 Real viewers under Xvfb; the prompts are given as a user gives them (a rectangle in the boxes
 layer, points in the prompts layer, the panel's checkbox and buttons, C and Ctrl+Z).

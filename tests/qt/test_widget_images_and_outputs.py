@@ -60,7 +60,7 @@ def test_each_image_gets_its_own_labels_layer_chosen_again_with_the_image(dock, 
     assert set(np.unique(out1.data)) == {0, 1} and iou(out1.data == 1, gt == A) >= 0.8  # dna-1 untouched
     assert set(np.unique(out2.data)) == {0, 1} and iou(out2.data == 1, gt == B) >= 0.8
 
-    # item 5: every layer of the widget is above the chosen (upper) image, the boxes layer too
+    # every layer of the widget is above the chosen (upper) image, the boxes layer too
     names = [la.name for la in viewer.layers]
     for ours in ("dna-2 labels", "FocSAM preview", "FocSAM boxes", "FocSAM prompts"):
         assert names.index(ours) > names.index("dna-2"), names

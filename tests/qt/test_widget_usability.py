@@ -1,4 +1,4 @@
-"""The widget as a new user meets it (issue 13): real viewers, real clicks and keys where practical.
+"""The widget as a new user meets it: real viewers, real clicks and keys where practical.
 
 Each test reproduces one complaint and checks the fixed behaviour: a commit pressed while the mask
 is computing, the active layer after adopting an image, the order of the widget's layers, Ctrl+Z
@@ -48,7 +48,7 @@ def slow_predictions(monkeypatch, seconds=0.6):
 
 
 def test_commit_pressed_while_the_mask_is_computing(dock, qtbot, monkeypatch):
-    """Item 1: a pending commit fires when the newest mask arrives, exactly once."""
+    """A pending commit fires when the newest mask arrives, exactly once."""
     viewer, widget = dock(layers=[add_2d])
     _, gt = load_nuclei("2d")
     wait_ready(qtbot, widget)
@@ -79,7 +79,7 @@ def test_commit_pressed_while_the_mask_is_computing(dock, qtbot, monkeypatch):
 
 
 def test_prompts_active_after_adopting_an_image(dock, qtbot):
-    """Item 2: dock first, then open an image: the first click adds a point (prompts active, add mode)."""
+    """Dock first, then open an image: the first click adds a point (prompts active, add mode)."""
     viewer, widget = dock(show=True)
     assert "no image layer" in widget.last_message
     add_2d(viewer)
@@ -96,11 +96,11 @@ def test_prompts_active_after_adopting_an_image(dock, qtbot):
     qtbot.waitUntil(lambda: len(pts.data) == 1, timeout=5000)
     qtbot.waitUntil(lambda: not widget.is_busy() and widget.current_mask.any(), timeout=WAIT_MS)
     assert iou(widget.current_mask, gt == A) >= 0.8
-    save_screenshot(viewer, "issue13_item2_dock_then_image")
+    save_screenshot(viewer, "dock_then_image")
 
 
 def test_widget_layers_stay_above_their_image(dock, qtbot):
-    """Item 3: prompts, preview and output lie above the image they belong to, in that order."""
+    """Prompts, preview and output lie above the image they belong to, in that order."""
     viewer, widget = dock(layers=[add_2d])
     image, gt = load_nuclei("2d")
     wait_ready(qtbot, widget)
@@ -127,8 +127,8 @@ def test_widget_layers_stay_above_their_image(dock, qtbot):
 
 
 def test_undo_after_commit_from_anywhere(dock, qtbot):
-    """Item 4: Ctrl+Z after a commit undoes it (prompts or labels layer active), clicks keep working,
-    the next id follows undo/redo; Enter commits and Esc clears (item 8)."""
+    """Ctrl+Z after a commit undoes it (prompts or labels layer active), clicks keep working,
+    the next id follows undo/redo; Enter commits and Esc clears."""
     from qtpy.QtCore import Qt
 
     ctrl, shift = Qt.KeyboardModifier.ControlModifier, Qt.KeyboardModifier.ShiftModifier
@@ -177,11 +177,11 @@ def test_undo_after_commit_from_anywhere(dock, qtbot):
     key(qtbot, viewer, Qt.Key.Key_Return)  # Enter commits
     qtbot.waitUntil(lambda: len(pts.data) == 0, timeout=WAIT_MS)
     assert set(np.unique(out.data)) == {0, 1} and iou(out.data == 1, gt == B) >= 0.8  # id follows undo
-    save_screenshot(viewer, "issue13_item4_after_undo_and_commit")
+    save_screenshot(viewer, "after_undo_and_commit")
 
 
 def test_dock_appears_at_once_and_says_when_ready(dock, qtbot, monkeypatch):
-    """Item 5: building the dock imports no torch; the model loads in a worker with a busy bar,
+    """Building the dock imports no torch; the model loads in a worker with a busy bar,
     and the status says plainly when clicks are answered."""
     code = (
         "import sys, threading, time\n"
@@ -224,7 +224,7 @@ def test_dock_appears_at_once_and_says_when_ready(dock, qtbot, monkeypatch):
     qtbot.waitUntil(widget.is_busy, timeout=5000)  # the load starts once the dock is on screen
     assert not widget.is_ready
     assert bar.isVisibleTo(widget) and bar.maximum() == 0  # a busy bar while the model loads
-    assert "loading model focsam_t" in widget.status_label.text()  # the default model (issue 17)
+    assert "loading model focsam_t" in widget.status_label.text()  # the default model
     release.set()
     wait_ready(qtbot, widget)
     qtbot.waitUntil(lambda: widget.embedded_slices == 1, timeout=WAIT_MS)
@@ -232,7 +232,7 @@ def test_dock_appears_at_once_and_says_when_ready(dock, qtbot, monkeypatch):
 
 
 def test_deleted_prompts_layer_is_recreated(dock, qtbot):
-    """Item 8: deleting the prompts (or preview) layer does not silently stop the widget."""
+    """Deleting the prompts (or preview) layer does not silently stop the widget."""
     viewer, widget = dock(layers=[add_2d])
     _, gt = load_nuclei("2d")
     wait_ready(qtbot, widget)
@@ -253,7 +253,7 @@ def test_deleted_prompts_layer_is_recreated(dock, qtbot):
 
 
 def test_threads_setting(dock, qtbot, monkeypatch):
-    """Item 7: a CPU-threads setting, applied to torch; its default is the cores, at most 4."""
+    """A CPU-threads setting, applied to torch; its default is the cores, at most 4."""
     import torch
 
     from napari_focsam._qt.constants import default_threads
@@ -276,7 +276,7 @@ def test_threads_setting(dock, qtbot, monkeypatch):
 
 
 def test_hint_for_positive_clicks_on_separate_cells(dock, qtbot):
-    """Item 8: two positive clicks on two cells give a one-line hint that one object is one cell."""
+    """Two positive clicks on two cells give a one-line hint that one object is one cell."""
     viewer, widget = dock(layers=[add_2d])
     _, gt = load_nuclei("2d")
     wait_ready(qtbot, widget)
@@ -289,7 +289,7 @@ def test_hint_for_positive_clicks_on_separate_cells(dock, qtbot):
 
 
 def test_closing_during_a_model_load_is_quiet(dock, qtbot, monkeypatch, capfd):
-    """Item 8: closing the viewer while the model loads or the stack is embedded prints no traceback."""
+    """Closing the viewer while the model loads or the stack is embedded prints no traceback."""
     import threading
 
     from napari_focsam.core import models
@@ -334,7 +334,7 @@ def test_closing_during_a_model_load_is_quiet(dock, qtbot, monkeypatch, capfd):
 
 
 def test_stack_embeds_in_the_background_with_eta(dock, qtbot, monkeypatch):
-    """Item 6: the rest of the stack is embedded after the slice in view, nearest first, with
+    """The rest of the stack is embedded after the slice in view, nearest first, with
     "embeddings k/N" and an ETA; Segment volume says what it still waits for."""
     import threading
 
@@ -374,7 +374,7 @@ def test_stack_embeds_in_the_background_with_eta(dock, qtbot, monkeypatch):
 
 
 def test_switching_to_a_model_with_the_same_encoder_reuses_the_embedding(dock, qtbot):
-    """Item 8: vit_t -> focsam_t (same encoder + refiner) re-encodes nothing; the click still works."""
+    """vit_t -> focsam_t (same encoder + refiner) re-encodes nothing; the click still works."""
     viewer, widget = dock(layers=[add_2d])
     _, gt = load_nuclei("2d")
     wait_ready(qtbot, widget)
