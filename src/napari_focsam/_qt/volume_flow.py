@@ -55,8 +55,9 @@ class VolumeFlow:
         jobs.volume_done.connect(self.done)
 
     # ------------------------------------------------------------------ Segment volume
-    def segment(self, correcting: bool = False) -> None:
-        """Propagate the current object through the stack (shown in the preview, not committed)."""
+    def segment(self, correcting: bool = False, clicks: list | None = None) -> None:
+        """Propagate the current object through the stack (shown in the preview, not committed);
+        ``clicks``: the current clicks, when the caller has them."""
         ctx, h = self.jobs.context, self.hooks
         if ctx is None:
             return h.notify("warning", "no model loaded yet")
@@ -64,7 +65,7 @@ class VolumeFlow:
             return h.notify("info", "Segment volume needs a 3D stack (this image is 2D)")
         if self.jobs.volume_running or self.modes.busy():
             return
-        clicks, box = h.clicks(), self.modes.box()
+        clicks, box = (h.clicks() if clicks is None else clicks), self.modes.box()
         if self.modes.batch:
             return self.modes.segment_volume(clicks, h.iou())
         if not clicks and box is None:
@@ -124,20 +125,21 @@ class VolumeFlow:
         if not self.is_open():
             return False
         self.managed.show_masks(masks, is_3d, merge=True)
-        self.show_profile()
         clicks = self.hooks.clicks()
+        self.show_profile(clicks)
         if clicks and clicks != self._sent and not self.jobs.volume_running:
             self.repropagations += 1
-            self.segment(correcting=True)
+            self.segment(correcting=True, clicks=clicks)
         return True
 
-    def show_profile(self) -> None:
+    def show_profile(self, clicks: list | None = None) -> None:
+        """Show the object's z-profile (``clicks``: the current clicks, when the caller has them)."""
         ctx = self.jobs.context
         if ctx is None or not ctx.is_3d or not self.managed.regions:
             return self.profile.clear()
         areas = {z: int(r.crop.sum()) for z, r in self.managed.regions.items()}
-        self.profile.show_profile(ctx.n_slices, areas, {int(c[0]) for c in self.hooks.clicks()},
-                                  self.profile.view_z)
+        clicks = self.hooks.clicks() if clicks is None else clicks
+        self.profile.show_profile(ctx.n_slices, areas, {int(c[0]) for c in clicks}, self.profile.view_z)
 
     def reset(self) -> None:
         """The object was committed or cleared."""
