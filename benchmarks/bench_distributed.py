@@ -49,10 +49,10 @@ def _single(stack: Path, cache: Path, threads: int) -> dict:
 
     import torch
 
-    from napari_focsam.core.distributed import ImageSource
+    from napari_focsam.core.cluster import ImageSource
     from napari_focsam.core.embeddings import EmbeddingStore
     from napari_focsam.core.models import load_model
-    from napari_focsam.core.predictor import FocSAMPredictor
+    from napari_focsam.core.prompting import FocSAMPredictor
 
     torch.set_num_threads(threads)
     model = load_model("vit_t", "cpu")
@@ -66,7 +66,7 @@ def _single(stack: Path, cache: Path, threads: int) -> dict:
 
 
 def _cluster(stack: Path, cache: Path, workers: int) -> dict:
-    from napari_focsam.core.distributed import ImageSource, connect, precompute_distributed
+    from napari_focsam.core.cluster import ImageSource, connect, precompute_distributed
 
     with connect(workers=workers) as client:
         # warm the workers (model load) outside the timing, as a long run amortises it

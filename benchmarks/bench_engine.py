@@ -74,9 +74,11 @@ def main(argv=None) -> int:
 
     import torch
 
+    from napari_focsam.core.embeddings import EmbeddingStore
+    from napari_focsam.core.images import ImageVolume
     from napari_focsam.core.models import load_model
-    from napari_focsam.core.predictor import Click
-    from napari_focsam.core.session import EmbeddingStore, ImageVolume, Session
+    from napari_focsam.core.prompting import Click
+    from napari_focsam.core.session import Session
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -164,9 +166,10 @@ def main(argv=None) -> int:
         z = int((zs[0] + zs[-1]) // 2)
         dist = ndi.distance_transform_edt(gt[z])
         y, x = np.unravel_index(int(np.argmax(dist)), dist.shape)
-        from napari_focsam.core import volume as V
+        from napari_focsam.core.defaults import DEFAULT_IOU_THRESHOLD
+        from napari_focsam.core.propagation import next_slice
 
-        for thr in (0.0, V.DEFAULT_IOU_THRESHOLD):
+        for thr in (0.0, DEFAULT_IOU_THRESHOLD):
             obj = s3.new_object()
             obj.add_click(y, x, z=z)
             res = obj.propagate(iou_threshold=thr)
@@ -180,7 +183,7 @@ def main(argv=None) -> int:
         visited = 0
         for zz in range(vol.n_slices):  # the raw per-slice cost over all 60 slices
             emb = s3.store.get(zz)
-            V.next_slice(s3.predictor, emb, obj.mask(z), obj.logits(z))
+            next_slice(s3.predictor, emb, obj.mask(z), obj.logits(z))
             visited += 1
         dt = time.perf_counter() - t
         print(f"   all {visited} slices, one propagation step each: {dt:.2f} s ({1000 * dt / visited:.0f} ms/slice)")

@@ -126,8 +126,9 @@ def truth_regions(labels: np.ndarray, nuclei, offset=(0, 0), zoom: int = 1):
 
 def run_mode(big, clicks, truths, predictor, tiles: bool | None):
     """One click per nucleus on ``big`` in a fresh session: mIoU, times, memory, tiles, levels."""
-    from napari_focsam.core.regions import region_iou
-    from napari_focsam.core.session import ImageVolume, Session
+    from napari_focsam.core.images import ImageVolume
+    from napari_focsam.core.prompting import region_iou
+    from napari_focsam.core.session import Session
 
     ious, levels = [], []
     with PeakRSS() as mem:
@@ -170,7 +171,7 @@ def main(argv=None) -> int:
     import torch
 
     from napari_focsam.core.models import load_model
-    from napari_focsam.core.predictor import FocSAMPredictor
+    from napari_focsam.core.prompting import FocSAMPredictor
 
     torch.set_num_threads(args.threads)
     image, labels = load(args.data_root)
@@ -221,7 +222,8 @@ def run_lazy(predictor, limits: tuple[float, float] | None = None) -> None:
     sys.path.insert(0, str(REPO / "tests"))
     from lazy_helpers import SpyArray, make_large_zarr
 
-    from napari_focsam.core.session import ImageVolume, Session
+    from napari_focsam.core.images import ImageVolume
+    from napari_focsam.core.session import Session
 
     discs = tuple((z, 4096, 4100, 90) for z in range(6, 14))  # a nucleus through slices 6..13
     with tempfile.TemporaryDirectory() as tmp, PeakRSS() as mem:

@@ -40,9 +40,8 @@ def main(argv: list[str] | None = None) -> int:
     from scipy import ndimage as ndi
 
     from napari_focsam._sample_data import load_nuclei
-    from napari_focsam.core.clicks import Click
     from napari_focsam.core.models import load_model
-    from napari_focsam.core.predictor import FocSAMPredictor
+    from napari_focsam.core.prompting import Click, FocSAMPredictor
 
     image, gt = load_nuclei("2d")
     model = load_model("focsam_t", "cpu")

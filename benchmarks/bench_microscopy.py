@@ -118,8 +118,7 @@ def first_click_records(set_name: str, model, root, cache, refiners: dict) -> li
 
     ``refiners`` maps a run name to a predictor whose one-click mask is recorded too.
     """
-    from napari_focsam.core.click_rules import mask_iou
-    from napari_focsam.core.predictor import InteractiveObject, logits_to_mask
+    from napari_focsam.core.prompting import InteractiveObject, logits_to_mask, mask_iou
     from napari_focsam.evaluation.clicker import next_click
     from napari_focsam.evaluation.metrics import iou
     from napari_focsam.evaluation.runner import PredictorAdapter

@@ -25,8 +25,9 @@ import time
 
 import torch
 
+from napari_focsam.core.embeddings import ImageEmbedding
 from napari_focsam.core.models import native_bf16_cpu, refine_matmul_dtype
-from napari_focsam.core.predictor import Click, FocSAMPredictor, ImageEmbedding
+from napari_focsam.core.prompting import Click, FocSAMPredictor
 from napari_focsam.modeling.focsam import FocSAM
 from napari_focsam.modeling.focus_refiner import FocusRefiner
 from napari_focsam.modeling.image_encoder_vit import VIT_CONFIGS, ImageEncoderViT

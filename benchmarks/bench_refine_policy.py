@@ -47,7 +47,7 @@ object's 1st click for ``steady`` and its variants marked so, at the 2nd for the
               without the previous logits (much worse: the mask input matters);
 ``reuse``     FocSAM as published: E1 serves click 2 and every later click;
 ``pick``      the policy shipped before ``steady`` (``later_clicks="pick"`` of
-              :class:`napari_focsam.core.predictor.FocSAMPredictor`): from click 3 on, E1's
+              :class:`napari_focsam.core.prompting._predictor.FocSAMPredictor`): from click 3 on, E1's
               mask unless it misses a click (positive outside, negative inside), E0's mask
               overlaps it with an IoU below 0.8 and agrees better with the clicks: ranked by
               (agrees with the newest click, number of clicks agreed);
@@ -219,7 +219,7 @@ def time_clicks(model, root, cache, log, n_objects: int = 6) -> None:
     """Seconds per later click (3..20) of ``reuse``, ``pick`` and ``steady`` on the first GrabCut
     objects, the policies interleaved click by click (same load on the machine); decoder + masks
     only. The clicks follow ``reuse``'s masks."""
-    from napari_focsam.core.predictor import FocSAMPredictor, InteractiveObject
+    from napari_focsam.core.prompting import FocSAMPredictor, InteractiveObject
     from napari_focsam.evaluation.clicker import next_click
     from napari_focsam.evaluation.runner import PredictorAdapter
 
@@ -275,15 +275,13 @@ def two_cells(model, root, cache, log, n_pairs: int, policies: list[str]) -> Non
     a positive click inside A, a positive one inside B (the user clicked two cells), then a
     negative click at the same point of B. Reports, per policy: the share of pairs whose
     mask after click 2 has A and B on separate pieces (the widget's 'one object is one cell'
-    hint, :func:`napari_focsam.core.interaction.split_objects`), and after click 3 the mean
+    hint, :func:`napari_focsam.core.editing._predict_queue.split_objects`), and after click 3 the mean
     IoU with A and the mean share of B left in the mask.
     """
     from scipy import ndimage as ndi
 
-    from napari_focsam.core.clicks import Click
-    from napari_focsam.core.interaction import split_objects
-    from napari_focsam.core.click_rules import mask_iou
-    from napari_focsam.core.predictor import InteractiveObject
+    from napari_focsam.core.editing import split_objects
+    from napari_focsam.core.prompting import Click, InteractiveObject, mask_iou
     from napari_focsam.evaluation.runner import PredictorAdapter
 
     def inside(m):
@@ -327,11 +325,11 @@ def box_prompts(model, root, cache, log, sets: list[str], extra_clicks: int = 2)
     clicks; mean IoU after the box and after each click, for the plain loop, the shipped
     predictor (the refiner runs at the first click after the box) and the refine of the box
     step's own mask (``box_refine``)."""
-    from napari_focsam.core.predictor import InteractiveObject
+    from refine_policies import box_refining_predictor
+    from napari_focsam.core.prompting import InteractiveObject
     from napari_focsam.evaluation.clicker import next_click
     from napari_focsam.evaluation.metrics import iou
     from napari_focsam.evaluation.runner import PredictorAdapter
-    from refine_policies import box_refining_predictor
 
     preds = {"plain": build_predictor(model, "plain"), "steady": build_predictor(model, "steady"),
              "box_refine": box_refining_predictor(model)}
@@ -362,12 +360,12 @@ def candidate_choice(model, root, cache, log, sets: list[str]) -> None:
     ground-truth IoU of each candidate (E1's, E0's, their mean) is recorded; printed: the
     mean IoU of the candidate chosen, of each candidate, and of the best one (an oracle that
     knows the ground truth, on the same click trajectory)."""
-    import napari_focsam.core.predictor as predictor_module
+    from napari_focsam.core.prompting import FocSAMPredictor, SteadyRule, steadiest_candidate
     from napari_focsam.evaluation.metrics import iou
     from napari_focsam.evaluation.protocol import run_object
     from napari_focsam.evaluation.runner import PredictorAdapter
 
-    rule = predictor_module.steadiest_candidate
+    rule = steadiest_candidate
     current: dict = {}
     rows: list[tuple[int, list[float]]] = []
 
@@ -376,25 +374,21 @@ def candidate_choice(model, root, cache, log, sets: list[str]) -> None:
         rows.append((best, [iou(current["gt"], m, current["ignore"]) for m in masks]))
         return best
 
-    predictor_module.steadiest_candidate = recording
-    try:
-        for set_name in sets:
-            rows.clear()
-            adapter = PredictorAdapter(build_predictor(model, "steady"), cache_dir=cache)
-            for sample in make_dataset(set_name, root):
-                adapter.set_image(sample.load_image())
-                for ob in sample.objects:
-                    current.update(gt=np.asarray(ob.gt, bool), ignore=ob.ignore)
-                    adapter.reset()
-                    run_object(adapter.predict, ob.gt, ob.ignore)
-            gt = np.array([r[1] for r in rows])
-            pick = np.array([r[0] for r in rows])
-            log(f"\n== later-click candidates, {set_name} ({len(rows)} clicks): picked E1 / E0 / mean "
-                f"{' / '.join(str(int(c)) for c in np.bincount(pick, minlength=3))} times ==")
-            log(f"mean IoU: chosen {gt[np.arange(len(gt)), pick].mean():.4f}, E1 {gt[:, 0].mean():.4f}, "
-                f"E0 {gt[:, 1].mean():.4f}, mean {gt[:, 2].mean():.4f}, oracle {gt.max(axis=1).mean():.4f}")
-    finally:
-        predictor_module.steadiest_candidate = rule
+    for set_name in sets:
+        rows.clear()
+        adapter = PredictorAdapter(FocSAMPredictor(model, later_clicks=SteadyRule(rank=recording)), cache_dir=cache)
+        for sample in make_dataset(set_name, root):
+            adapter.set_image(sample.load_image())
+            for ob in sample.objects:
+                current.update(gt=np.asarray(ob.gt, bool), ignore=ob.ignore)
+                adapter.reset()
+                run_object(adapter.predict, ob.gt, ob.ignore)
+        gt = np.array([r[1] for r in rows])
+        pick = np.array([r[0] for r in rows])
+        log(f"\n== later-click candidates, {set_name} ({len(rows)} clicks): picked E1 / E0 / mean "
+            f"{' / '.join(str(int(c)) for c in np.bincount(pick, minlength=3))} times ==")
+        log(f"mean IoU: chosen {gt[np.arange(len(gt)), pick].mean():.4f}, E1 {gt[:, 0].mean():.4f}, "
+            f"E0 {gt[:, 1].mean():.4f}, mean {gt[:, 2].mean():.4f}, oracle {gt.max(axis=1).mean():.4f}")
 
 
 def main(argv=None) -> int:

@@ -32,7 +32,8 @@ import time
 
 import torch
 
-from napari_focsam.core.predictor import Click, FocSAMPredictor, ImageEmbedding
+from napari_focsam.core.prompting import Click, FocSAMPredictor
+from napari_focsam.core.embeddings import ImageEmbedding
 from napari_focsam.modeling.focsam import FocSAM
 from napari_focsam.modeling.focus_refiner import FocusRefiner
 from napari_focsam.modeling.tiny_vit import TinyViT

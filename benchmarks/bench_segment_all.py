@@ -32,7 +32,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
-from napari_focsam.core.auto_params import SegmentAllParams  # noqa: E402
+from napari_focsam.core.automatic import SegmentAllParams  # noqa: E402
 from napari_focsam.evaluation.instances import match_instances  # noqa: E402
 
 COELHO_VALIDATION = [f"dna-{i}" for i in range(33, 50)]
@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from napari_focsam.core.automatic import segment_all
     from napari_focsam.core.models import load_model
-    from napari_focsam.core.predictor import FocSAMPredictor
+    from napari_focsam.core.prompting import FocSAMPredictor
 
     torch.set_num_threads(args.threads)
     images = load_images(root, args.coelho, not args.no_stardist)

@@ -6,14 +6,14 @@
 Images: a 1030x1349 Coelho nuclei image (held-out split), a 512x512 EM slice (the top-left
 crop of slice 16 of the VNC ssTEM stack, the 2D neurite profiles as ground truth: a
 validation slice) and the stardist 512x512 nuclei image. Each image is embedded once; then
-:func:`~napari_focsam.core.automatic.segment_all` runs with the default parameters, the
+:func:`~napari_focsam.core.automatic._segment_all.segment_all` runs with the default parameters, the
 baseline and this build alternating (the order flips at every repeat), and the script prints
 the median seconds (wall and process CPU), the points decoded and F1 at IoU 0.5 of both, and
 the ratio this build / baseline. The load average is printed with every row.
 
 The baseline is this build with the speed-up switched off (see :func:`baseline`): every
 point's logits upscaled over the whole map instead of around the point
-(:mod:`napari_focsam.core.point_decode`).
+(``SegmentAllParams.upscale_window``).
 """
 
 from __future__ import annotations
@@ -23,28 +23,22 @@ import os
 import statistics
 import sys
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-@contextmanager
 def baseline():
     """Today's segment-all: every point's logits upscaled over the whole map."""
-    from napari_focsam.core import point_decode
+    from napari_focsam.core.automatic import SegmentAllParams
 
-    saved = point_decode.WINDOW_TOKENS
-    point_decode.WINDOW_TOKENS = 0
-    try:
-        yield
-    finally:
-        point_decode.WINDOW_TOKENS = saved
+    return SegmentAllParams(upscale_window=0)
 
 
-@contextmanager
 def this_build():
-    yield
+    from napari_focsam.core.automatic import SegmentAllParams
+
+    return SegmentAllParams()
 
 
 BASELINES = {"today": baseline, "new": this_build}
@@ -89,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from napari_focsam.core.automatic import segment_all
     from napari_focsam.core.models import load_model
-    from napari_focsam.core.predictor import FocSAMPredictor
+    from napari_focsam.core.prompting import FocSAMPredictor
     from napari_focsam.evaluation.instances import match_instances
 
     torch.set_num_threads(args.threads)
@@ -108,10 +102,10 @@ def main(argv: list[str] | None = None) -> int:
         runs: dict[str, list] = {k: [] for k in BASELINES}
         for rep in range(args.repeats):
             for key in (list(BASELINES) if rep % 2 == 0 else list(BASELINES)[::-1]):
-                with BASELINES[key]():
-                    t0, c0 = time.perf_counter(), time.process_time()
-                    res = segment_all(predictor, img, embedding=emb)
-                    runs[key].append((time.perf_counter() - t0, time.process_time() - c0, res))
+                params = BASELINES[key]()
+                t0, c0 = time.perf_counter(), time.process_time()
+                res = segment_all(predictor, img, embedding=emb, params=params)
+                runs[key].append((time.perf_counter() - t0, time.process_time() - c0, res))
         med = {k: statistics.median(r[0] for r in v) for k, v in runs.items()}
         for key, v in runs.items():
             res = v[-1][2]

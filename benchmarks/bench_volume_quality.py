@@ -12,7 +12,7 @@ at the first slice whose IoU is below t).
 
 With a model that has a focus refiner (``focsam_t``), ``--refine both`` (default) runs every
 variant with and without the refiner on each new slice (``+ref`` in the variant name; see
-:func:`napari_focsam.core.volume.next_slice`).
+:func:`napari_focsam.core.propagation._plain.next_slice`).
 
 Embeddings are cached on disk (``--cache``, default a folder in the temp dir) so reruns and
 the variants reuse them. Data files are read in place, never copied.
@@ -71,8 +71,9 @@ def iou3d(masks: dict[int, np.ndarray], gt: np.ndarray) -> float:
 
 
 def run_dataset(name, image, labels, model, variants, cache, quick, log, refine_click=None):
-    from napari_focsam.core.session import ImageVolume, Session
-    from napari_focsam.core.volume import propagate
+    from napari_focsam.core.images import ImageVolume
+    from napari_focsam.core.propagation import propagate
+    from napari_focsam.core.session import Session
 
     vol = ImageVolume(image)
     session = Session(vol, model, cache_dir=cache)
@@ -148,7 +149,7 @@ def summarise(all_rows, variants, log):
 
 
 def main(argv=None) -> int:
-    from napari_focsam.core.volume import PROMPT_MODES
+    from napari_focsam.core.propagation import PROMPT_MODES
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data-root", default=os.environ.get("FOCSAM_DATA", str(REPO.parent / "shared" / "data")))

@@ -171,7 +171,7 @@ def main() -> None:
     load0 = os.getloadavg()[0]
 
     from napari_focsam.core.models import load_model, model_path, native_bf16_cpu
-    from napari_focsam.core.predictor import Click, FocSAMPredictor
+    from napari_focsam.core.prompting import Click, FocSAMPredictor
     try:  # (absent in revisions before it: the script also times older checkouts)
         from napari_focsam.modeling.mask_resize import logits_to_mask_roi
     except ImportError:

@@ -21,8 +21,8 @@ def main() -> None:
     p.add_argument("--name", default="vit_t", help="registry name of a cached model")
     args = p.parse_args()
 
-    from napari_focsam.core import weights as W
     from napari_focsam.core.hashing import sha256_file
+    from napari_focsam.core.models import weights as W
 
     path = W.resolve_weights(args.name)  # fetch if needed (and warm the page cache)
     size = path.stat().st_size

@@ -14,10 +14,10 @@ the longest time the window could not repaint or answer a key (the "worst gap").
 
 Then Segment volume, the same nuclei with the same cached embeddings, timed in the widget (from
 the button press to the committed labels) and in the engine alone
-(:meth:`~napari_focsam.core.objects.SegmentedObject.propagate` on a :class:`Session` with the
+(:meth:`~napari_focsam.core.session._objects.SegmentedObject.propagate` on a :class:`Session` with the
 same cache folder), interleaved object by object; medians and the widget/engine ratio. Then one correction per
 object (the 3D protocol's click on its worst slice) re-propagated in the widget and in the engine
-(:func:`napari_focsam.core.profile.repropagate`).
+(:func:`napari_focsam.core.propagation._profile.repropagate`).
 The display comes from Xvfb when none is set.
 """
 
@@ -189,7 +189,7 @@ def volume_vs_engine(app, args) -> None:
     import napari
     import torch
 
-    from napari_focsam.core.profile import repropagate
+    from napari_focsam.core.propagation import repropagate
     from napari_focsam.core.session import Session
 
     image, gt, what = load_stack()

@@ -14,8 +14,8 @@ import torch
 
 def build_predictor(model, policy: str):
     """A FocSAMPredictor running ``policy`` (see the module docstring)."""
-    from napari_focsam.core.click_rules import click_agreement, mask_iou, object_click_count
-    from napari_focsam.core.predictor import FocSAMPredictor, StepResult, logits_to_mask
+    from napari_focsam.core.prompting import (
+        FocSAMPredictor, StepResult, click_agreement, logits_to_mask, mask_iou, object_click_count)
     from napari_focsam.modeling.focus_region import focus_token_mask
 
     if policy == "plain":
@@ -213,8 +213,7 @@ def merging_predictor(model, from_click: int):
     stays. A click the new logits do not change at its cell takes the new logits whole."""
     from scipy import ndimage as ndi
 
-    from napari_focsam.core.click_rules import object_click_count
-    from napari_focsam.core.predictor import FocSAMPredictor, StepResult, logits_to_mask
+    from napari_focsam.core.prompting import FocSAMPredictor, StepResult, logits_to_mask, object_click_count
 
     class Merging(FocSAMPredictor):
         def step(self, embedding, clicks, prev_logits=None, refined=None, *, box=None):
@@ -244,7 +243,7 @@ def merging_predictor(model, from_click: int):
 def rerefining_predictor(model):
     """``steady``, and the refine run again (from the original embedding's decode of the click)
     when the previous mask reaches tokens outside the focus region of the refined embedding."""
-    from napari_focsam.core.predictor import FocSAMPredictor
+    from napari_focsam.core.prompting import FocSAMPredictor
     from napari_focsam.modeling.focus_region import focus_token_mask
 
     class Rerefining(FocSAMPredictor):
@@ -274,8 +273,7 @@ def rerefining_predictor(model):
 
 def twice_refining_predictor(model):
     """``steady`` refining at click 1 and again at click 2 (from the 2-click coarse mask)."""
-    from napari_focsam.core.click_rules import object_click_count
-    from napari_focsam.core.predictor import FocSAMPredictor
+    from napari_focsam.core.prompting import FocSAMPredictor, object_click_count
 
     class TwiceRefining(FocSAMPredictor):
         def step(self, embedding, clicks, prev_logits=None, refined=None, *, box=None):
@@ -293,7 +291,7 @@ def twice_refining_predictor(model):
 def agreement_then_closeness(masks, clicks, previous):
     """The ``steady`` rule without the newest-click check: the most clicks agreed, then the closest to the
     previous mask, then the first (no check of the newest click's intent)."""
-    from napari_focsam.core.click_rules import click_agreement, mask_iou
+    from napari_focsam.core.prompting import click_agreement, mask_iou
 
     keys = [(click_agreement(m, clicks), mask_iou(m, previous) if previous is not None else 0.0) for m in masks]
     return max(range(len(masks)), key=lambda i: (keys[i], -i))
@@ -302,7 +300,7 @@ def agreement_then_closeness(masks, clicks, previous):
 def refined_unless_against_click(masks, clicks, previous):
     """E1's candidate whenever it follows the newest click; otherwise the shipped rule's order
     (follows the click, clicks agreed, closeness to the previous mask)."""
-    from napari_focsam.core.click_rules import click_agreement, follows_click, mask_iou
+    from napari_focsam.core.prompting import click_agreement, follows_click, mask_iou
 
     def key(i):
         m = masks[i]
@@ -316,7 +314,7 @@ def refined_unless_against_click(masks, clicks, previous):
 def without_candidate(left_out: int):
     """The shipped rule with one of the three later-click candidates left out (0: the
     refined embedding's, 2: the mean)."""
-    from napari_focsam.core.click_rules import steadiest_candidate
+    from napari_focsam.core.prompting import steadiest_candidate
 
     def rank(masks, clicks, previous):
         idx = [i for i in range(len(masks)) if i != left_out] if len(masks) == 3 else list(range(len(masks)))
@@ -327,24 +325,15 @@ def without_candidate(left_out: int):
 
 def ranked_predictor(model, rank, refine_click: int):
     """The shipped predictor with ``rank`` in place of ``steadiest_candidate`` (same signature)."""
-    import napari_focsam.core.predictor as predictor_module
+    from napari_focsam.core.prompting import FocSAMPredictor, SteadyRule
 
-    class Ranked(predictor_module.FocSAMPredictor):
-        def step(self, *args, **kwargs):
-            saved = predictor_module.steadiest_candidate
-            predictor_module.steadiest_candidate = rank
-            try:
-                return super().step(*args, **kwargs)
-            finally:
-                predictor_module.steadiest_candidate = saved
-
-    return Ranked(model, refine_click=refine_click)
+    return FocSAMPredictor(model, later_clicks=SteadyRule(rank=rank), refine_click=refine_click)
 
 
 def box_refining_predictor(model):
     """The shipped predictor, and a box step refined from its own mask (the shipped one
     refines at the first click after a box)."""
-    from napari_focsam.core.predictor import FocSAMPredictor, StepResult, logits_to_mask
+    from napari_focsam.core.prompting import FocSAMPredictor, StepResult, logits_to_mask
 
     class BoxRefining(FocSAMPredictor):
         @torch.inference_mode()
@@ -367,8 +356,7 @@ def first_click_gated_predictor(model, margin: float = 0.0):
     """The shipped predictor, but at the refine click (the 1st) the coarse mask is kept when
     the decoder predicts a higher IoU for it than for the refined one (by more than
     ``margin``); the refined embedding is kept for the later clicks either way."""
-    from napari_focsam.core.click_rules import object_click_count
-    from napari_focsam.core.predictor import FocSAMPredictor, StepResult, logits_to_mask
+    from napari_focsam.core.prompting import FocSAMPredictor, StepResult, logits_to_mask, object_click_count
 
     class Gated(FocSAMPredictor):
         @torch.inference_mode()
@@ -391,8 +379,7 @@ def close_coarse_predictor(model, threshold: float):
     """The shipped predictor, but at the refine click (the 1st) the coarse mask is kept when
     the refined one overlaps it with an IoU of at least ``threshold`` (the refiner only moved
     the boundary); the refined embedding is kept for the later clicks either way."""
-    from napari_focsam.core.click_rules import mask_iou, object_click_count
-    from napari_focsam.core.predictor import FocSAMPredictor, StepResult, logits_to_mask
+    from napari_focsam.core.prompting import FocSAMPredictor, StepResult, logits_to_mask, mask_iou, object_click_count
 
     class CloseCoarse(FocSAMPredictor):
         @torch.inference_mode()
@@ -416,8 +403,7 @@ def grow_gated_predictor(model, factor: float, keep_refined: bool = False):
     the cluster around it, as on phase-contrast colonies). ``keep_refined``: the refined embedding still serves the
     later clicks; otherwise it is dropped and the refine is tried again at the next click (the
     refine gate's rule)."""
-    from napari_focsam.core.click_rules import object_click_count
-    from napari_focsam.core.predictor import FocSAMPredictor, StepResult, logits_to_mask
+    from napari_focsam.core.prompting import FocSAMPredictor, StepResult, logits_to_mask, object_click_count
 
     class GrowGated(FocSAMPredictor):
         @torch.inference_mode()

@@ -39,7 +39,7 @@ def mosaic(img: np.ndarray, gt: np.ndarray, rows: int, cols: int) -> tuple[np.nd
 
 def seam_lines(size: int, tile: int = 1024, halo: int = 256) -> list[float]:
     """Middles of the overlaps of neighbouring level-0 tiles along one axis."""
-    from napari_focsam.core.tiles import axis_starts
+    from napari_focsam.core.images import axis_starts
 
     s = axis_starts(size, tile, tile - halo)
     return [(s[i] + s[i - 1] + tile) / 2 for i in range(1, len(s))]
@@ -122,10 +122,9 @@ def main(args, images_loader=None) -> int:
     import imageio.v3 as iio
     import torch
 
-    from napari_focsam.core.auto_params import SegmentAllParams
-    from napari_focsam.core.automatic import segment_all
+    from napari_focsam.core.automatic import SegmentAllParams, segment_all
     from napari_focsam.core.models import load_model
-    from napari_focsam.core.predictor import FocSAMPredictor
+    from napari_focsam.core.prompting import FocSAMPredictor
 
     torch.set_num_threads(args.threads)
     root = Path(args.data)
@@ -183,8 +182,7 @@ def main(args, images_loader=None) -> int:
 
 def scaling_row(src: Path, cache: Path, workers: int, params, model: str, base: float | None) -> dict:
     """segment-all of ``src`` (level 0 only) on a local cluster of ``workers`` processes, fresh cache."""
-    from napari_focsam.core.distributed import ImageSource, connect
-    from napari_focsam.core.tiled_automatic import segment_all_scan
+    from napari_focsam.core.cluster import ImageSource, connect, segment_all_scan
 
     source = ImageSource(str(src), tiling=(1024, 256))
     t0 = time.perf_counter()

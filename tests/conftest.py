@@ -28,7 +28,7 @@ def shared_data() -> Path:
 @pytest.fixture(scope="session")
 def vit_t_path() -> Path:
     """The real MobileSAM weights, resolved through the registry (cache, else download)."""
-    from napari_focsam.core.weights import resolve_weights
+    from napari_focsam.core.models.weights import resolve_weights
 
     if os.environ.get("NAPARI_FOCSAM_OFFLINE") == "1":
         try:
@@ -41,7 +41,7 @@ def vit_t_path() -> Path:
 @pytest.fixture(scope="session")
 def mobile_sam(vit_t_path):
     """The real MobileSAM model on the CPU (loaded once per test session)."""
-    from napari_focsam.core.checkpoint import load_checkpoint
+    from napari_focsam.core.models import load_checkpoint
 
     return load_checkpoint(vit_t_path)
 
@@ -69,7 +69,7 @@ def tiny_focsam():
 @pytest.fixture(scope="session")
 def tiny_ckpt(tmp_path_factory):
     """A checkpoint file of :func:`make_tiny_focsam` (for the CLI tests)."""
-    from napari_focsam.core.checkpoint import save_checkpoint
+    from napari_focsam.core.models import save_checkpoint
 
     path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
     save_checkpoint(make_tiny_focsam(), path)
@@ -79,7 +79,7 @@ def tiny_ckpt(tmp_path_factory):
 @pytest.fixture
 def loads(monkeypatch):
     """Records every model load (to show that a check came before any work)."""
-    from napari_focsam.core import models
+    import napari_focsam.core.models as models
 
     seen = []
     real = models.load_model

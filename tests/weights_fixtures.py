@@ -19,7 +19,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from napari_focsam.core import weights as W
+from napari_focsam.core.models import weights as W
 
 
 # --------------------------------------------------------------------------- #
@@ -138,7 +138,7 @@ def tiny_refiner_entry(folder: Path, add, name: str, depth: int) -> tuple[Path, 
     and register ``name`` (FocSAM-T style: the refiner file, with ``base``) through ``add``
     (the :func:`temp_entry` fixture). Returns (base path, refiner path, refiner bytes)."""
     from conftest import make_tiny_focsam
-    from napari_focsam.core.checkpoint import save_checkpoint
+    from napari_focsam.core.models import save_checkpoint
 
     base = folder / "base.pt"
     save_checkpoint(make_tiny_focsam(), base)

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .core.volume import interior_point
 from .core.defaults import DEFAULT_MODEL
+from .core.propagation import interior_point
 
 
 def pick_separated_objects(labels: np.ndarray, n: int, min_gap: int = 3) -> list[int]:
@@ -32,7 +32,7 @@ def run_demo(model: str = DEFAULT_MODEL, n_objects: int = 5, out: str | Path = "
     """Segment well separated nuclei of the 2D sample with one click each; IoU vs ground truth."""
     from ._sample_data import load_nuclei
     from .core.models import load_model
-    from .core.predictor import Click, FocSAMPredictor, InteractiveObject
+    from .core.prompting import Click, FocSAMPredictor, InteractiveObject
     from .evaluation.metrics import iou
 
     image, gt = load_nuclei("2d")
@@ -64,7 +64,7 @@ def _save_overlay(image: np.ndarray, labels: np.ndarray, clicks, path: Path) -> 
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    from .core.image import to_rgb_uint8
+    from .core.images import to_rgb_uint8
 
     fig = Figure(figsize=(5, 5), dpi=100)
     FigureCanvasAgg(fig)

@@ -241,7 +241,7 @@ def test_segment_all_on_a_tiled_image(dock, qtbot, monkeypatch):
     """The panel's Segment all on a tiled 1600x1600 image: each disc (those across tile borders
     too) is written once, with ids after the existing labels, which are kept; Ctrl+Z undoes it.
     Above the undo limit the objects are written box by box and the message says Ctrl+Z cannot."""
-    from napari_focsam._qt import prompt_modes
+    from napari_focsam._qt import segment_all_job as prompt_modes
 
     monkeypatch.setattr(prompt_modes, "SEGMENT_ALL_MAX_PIXELS", 1024 * 1024)  # one canvas refuses this image
     n = 1600

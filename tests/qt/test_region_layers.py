@@ -5,16 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 from napari_focsam._qt.region_layers import (
-    NUMPY_MAX_PIXELS,
-    NextLabel,
-    full_mask,
-    merge_by_slice,
-    new_labels_array,
-    output_dtype,
-    split_hint,
-    write_regions,
-)
-from napari_focsam.core.regions import MaskRegion, empty_region, region_from_plane, region_to_plane
+    NUMPY_MAX_PIXELS, NextLabel, full_mask, merge_by_slice, new_labels_array, output_dtype, split_hint, write_regions)
+from napari_focsam.core.prompting import MaskRegion, empty_region, region_from_plane, region_to_plane
 
 
 def _disc(shape, cy, cx, r):

@@ -263,7 +263,7 @@ def test_switch_images_models_and_gpu_fallback(focsam, qtbot, vit_t_path, tmp_pa
     # a model with a FocSAM focus refiner enables the Refine option (a tiny random one here)
     from conftest import make_tiny_focsam
 
-    from napari_focsam.core.checkpoint import save_checkpoint
+    from napari_focsam.core.models import save_checkpoint
 
     tiny = tmp_path / "tiny_focsam.pt"
     save_checkpoint(make_tiny_focsam(refiner_depth=1), tiny)
@@ -282,7 +282,7 @@ def test_switch_images_models_and_gpu_fallback(focsam, qtbot, vit_t_path, tmp_pa
     # out of GPU memory: a warning, then the same clicks on the CPU
     import torch
 
-    from napari_focsam.core.session import SegmentedObject
+    from napari_focsam.core.session._objects import SegmentedObject
 
     real = SegmentedObject.set_clicks
     calls = []

@@ -84,7 +84,7 @@ def test_each_image_gets_its_own_labels_layer_chosen_again_with_the_image(dock, 
 
 
 def test_a_commit_pressed_while_the_model_loads_fires_when_the_mask_arrives(dock, qtbot, monkeypatch):  # noqa: F811
-    from napari_focsam.core import models
+    import napari_focsam.core.models as models
 
     real, release = models.load_model, threading.Event()
 

@@ -36,7 +36,7 @@ pytestmark = pytest.mark.gui
 
 def slow_predictions(monkeypatch, seconds=0.6):
     """Make every prediction take at least ``seconds`` (so keys arrive while it runs)."""
-    from napari_focsam.core.session import SegmentedObject
+    from napari_focsam.core.session._objects import SegmentedObject
 
     real = SegmentedObject.set_clicks
 
@@ -209,7 +209,7 @@ def test_dock_appears_at_once_and_says_when_ready(dock, qtbot, monkeypatch):
     env = {**__import__("os").environ, "QT_QPA_PLATFORM": "offscreen"}
     subprocess.run([sys.executable, "-c", code], check=True, env=env, timeout=300)
 
-    from napari_focsam.core import models
+    import napari_focsam.core.models as models
 
     real = models.load_model
     release = __import__("threading").Event()
@@ -292,7 +292,7 @@ def test_closing_during_a_model_load_is_quiet(dock, qtbot, monkeypatch, capfd):
     """Closing the viewer while the model loads or the stack is embedded prints no traceback."""
     import threading
 
-    from napari_focsam.core import models
+    import napari_focsam.core.models as models
 
     real, release = models.load_model, threading.Event()
 

@@ -14,7 +14,7 @@ import numpy as np
 from napari.layers import Image, Shapes
 from qtpy.QtCore import QObject, QTimer, Signal
 
-from ..core.prompts import Box, checked_box
+from ..core.prompting import Box, checked_box
 from .layer_utils import same_transform, spatial_shape, transform_kwargs
 
 __all__ = ["BOXES_NAME", "BoxPrompts"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from ..core.click_rules import clicks_on_nothing
+from ..core.prompting import clicks_on_nothing
 
 __all__ = ["ClickChecks"]
 

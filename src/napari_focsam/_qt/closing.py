@@ -12,6 +12,8 @@ from typing import Any, Sequence
 
 from qtpy.QtCore import QEvent, QObject
 
+from .state import SharedClosed
+
 __all__ = ["CloseGuard"]
 
 
@@ -21,15 +23,19 @@ class CloseGuard(QObject):
     Parameters
     ----------
     widget : QWidget
-        The dock widget; its deletion by Qt closes the parts.
+        The dock widget (its ``state``: one ``closed`` for every part); its deletion by Qt
+        closes the parts.
     parts : sequence
         The widget's parts, closed in this order.
     """
 
+    closed = SharedClosed()
+
     def __init__(self, widget: Any, parts: Sequence[Any]) -> None:
         super().__init__()  # no parent: it outlives the widget it guards
         self.parts = tuple(parts)
-        self.closed = False
+        self.state = widget.state
+        self._done = False  # the parts were closed (``closed`` may be set first by a part that saw Qt go)
         self._window: Any = None
         self._widget, self._docked = widget, False
         widget.destroyed.connect(self.close)
@@ -57,9 +63,9 @@ class CloseGuard(QObject):
 
     def close(self, *_: Any) -> None:
         """Stop every part; each is closed even when an earlier one fails on a deleted Qt object."""
-        if self.closed:
+        if self._done:
             return
-        self.closed = True
+        self._done = self.closed = True
         self._unwatch()
         try:
             self._widget.removeEventFilter(self)

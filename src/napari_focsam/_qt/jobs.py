@@ -23,10 +23,11 @@ from typing import Any, Callable
 from napari.qt.threading import create_worker
 from qtpy.QtCore import QObject, Qt, QTimer, Signal
 
+from ..core.editing import Ticket, set_prompts
+from ..core.prompting import Prompts
 from ..core.errors import Failure, describe_error, is_oom
-from ..core.interaction import Ticket
-from ..core.multi_prompts import set_prompts
 from .constants import EMBEDDING_BYTES
+from .state import Foreground, SharedClosed, WidgetState
 
 __all__ = ["LoadResult", "SessionContext", "SessionJobs"]
 
@@ -127,12 +128,14 @@ class SessionJobs(QObject):
     volume_progress = Signal(int, int)      # emitted from the worker thread (queued)
     volume_done = Signal(object, object, object)  # Ticket, PropagationResult | Failure, {z: MaskRegion}
     failed = Signal(object)                 # Failure of a job that broke its own error handling
+    closed = SharedClosed()
 
-    def __init__(self) -> None:
+    def __init__(self, state: WidgetState | None = None) -> None:
         super().__init__()
+        #: the dock's state (its ``closed`` is this object's); a standalone instance has its own
+        self.state = state if state is not None else WidgetState()
         self.context: SessionContext | None = None
         self._last_store = None  # the dropped session's store, offered to the next one
-        self.closed = False
         self._token = 0
         self._load_worker = None
         self._probe_worker = None
@@ -142,8 +145,8 @@ class SessionJobs(QObject):
         self._volume_worker = None
         self._layer_worker = None
         self._volume_cancel = threading.Event()
-        #: set while a click is answered or a volume runs: background embedding pauses
-        self.interactive = threading.Event()
+        #: held while a click is answered, a volume runs, ...: background embedding pauses
+        self.foreground = Foreground()
         #: False: embed only the slice in view (benchmarks compare Segment volume without it)
         self.background_embedding = True
         self._pending: set = set()  # workers not finished yet (tracked from their own threads)
@@ -154,6 +157,11 @@ class SessionJobs(QObject):
         atexit.register(_await_jobs, weakref.ref(self))
 
     # ------------------------------------------------------------------ state
+    @property
+    def interactive(self) -> threading.Event:
+        """Set while the foreground holds (see :class:`~.state.Foreground`); workers wait on it."""
+        return self.foreground.event
+
     @property
     def loading(self) -> bool:
         return self._load_worker is not None
@@ -274,7 +282,7 @@ class SessionJobs(QObject):
 
                 self._threads = threads
                 torch.set_num_threads(threads)
-                from ..core.embeddings import ImageVolume
+                from ..core.images import ImageVolume
                 from ..core.models import load_model
                 from ..core.session import Session
 
@@ -407,13 +415,12 @@ class SessionJobs(QObject):
             self._embed_worker.quit()
 
     # ------------------------------------------------------------------ prediction
-    def predict(self, ticket: Ticket, clicks: list, shown: set[int], is_current: Callable[[Ticket], bool],
-                box: tuple | None = None) -> None:
-        """Set the object of ``ticket.epoch`` to ``box`` ((z, Box) or None) and ``clicks``; reports
-        ``predicted`` with the masks of the changed, shown and clicked slices ({z: MaskRegion}: each
-        the object's box on that slice, never a full-size plane)."""
+    def predict(self, ticket: Ticket, prompts: Prompts, shown: set[int], is_current: Callable[[Ticket], bool]) -> None:
+        """Set the object of ``ticket.epoch`` to ``prompts``; reports ``predicted`` with the masks of
+        the changed, shown and prompted slices ({z: MaskRegion}: each the object's box on that
+        slice, never a full-size plane)."""
         ctx = self.context
-        self.interactive.set()
+        release = self.foreground.hold()
 
         def predict():
             if ctx is None or not is_current(ticket):
@@ -422,28 +429,27 @@ class SessionJobs(QObject):
                 with ctx.lock:
                     obj = ctx.object_for(ticket.epoch)
                     t0 = time.perf_counter()
-                    if clicks or box is not None or obj.box is not None:
-                        changed = set_prompts(obj, clicks, box, region=True)
+                    if prompts or obj.box is not None:
+                        changed = set_prompts(obj, prompts, region=True)
                     else:
                         obj.reset()
                         changed = {}
                     dt = time.perf_counter() - t0
-                    zs = set(changed) | shown | {c[0] for c in clicks} | ({box[0]} if box else set())
+                    zs = set(changed) | shown | prompts.slices
                     return {z: obj.mask_region(z) for z in zs}, dt
             except Exception as exc:
                 return describe_error(exc), 0.0
 
         def done(result):
-            if not self.volume_running:
-                self.interactive.clear()
+            release()
             masks, dt = result if isinstance(result, tuple) else (result, 0.0)
             self.predicted.emit(ticket, masks, dt)
 
         self._start(predict, "_predict_worker", done)
 
     # ------------------------------------------------------------------ volume
-    def segment_volume(self, ticket: Ticket, clicks: list, iou: float, box: tuple | None = None) -> None:
-        """Propagate the object of ``ticket.epoch`` (set to ``box`` and ``clicks``) through the stack."""
+    def segment_volume(self, ticket: Ticket, prompts: Prompts, iou: float) -> None:
+        """Propagate the object of ``ticket.epoch`` (set to ``prompts``) through the stack."""
         ctx = self.context
         cancel = self._volume_cancel = threading.Event()
         report = throttled(self.volume_progress.emit)
@@ -456,19 +462,18 @@ class SessionJobs(QObject):
             try:
                 with ctx.lock:
                     obj = ctx.object_for(ticket.epoch)
-                    set_prompts(obj, clicks, box, region=True)
+                    set_prompts(obj, prompts, region=True)
                     res = obj.propagate(iou_threshold=iou, progress=report, cancelled=cancelled)
                     return res, obj.volume_regions()
             except Exception as exc:
                 return describe_error(exc, "Segment volume"), None
 
         def done(result):
-            if not self.predicting:
-                self.interactive.clear()
+            release()
             res, vol = result if isinstance(result, tuple) else (result, None)
             self.volume_done.emit(ticket, res, vol)
 
-        self.interactive.set()
+        release = self.foreground.hold()
         ref.append(self._start(run, "_volume_worker", done))
 
     def cancel_volume(self) -> None:
@@ -483,7 +488,7 @@ class SessionJobs(QObject):
             self._probed.set()
         self.drop()
         self._last_store = None
-        self.interactive.clear()
+        self.foreground.reset()
 
     def wait(self, timeout: float = 60.0) -> bool:
         """Ask every worker to stop and wait until all ended (True) or ``timeout`` seconds passed."""

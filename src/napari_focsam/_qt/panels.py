@@ -30,17 +30,9 @@ from qtpy.QtWidgets import (
 )
 
 from ..core.defaults import DEFAULT_IOU_THRESHOLD, DEFAULT_MODEL
-from ..core.labels import PasteError
+from ..core.editing import PasteError
 from .constants import (
-    CUSTOM_FILE,
-    DEVICES,
-    EMBEDDING_CACHE_ENV,
-    NEGATIVE_COLOR,
-    NEW_LABELS,
-    POSITIVE_COLOR,
-    THREADS_ENV,
-    default_threads,
-)
+    CUSTOM_FILE, DEVICES, EMBEDDING_CACHE_ENV, NEGATIVE_COLOR, NEW_LABELS, POSITIVE_COLOR, THREADS_ENV, default_threads)
 
 __all__ = ["ActionPanel", "OutputPanel", "PromptPanel", "SetupPanel", "StatusLine", "progress_row", "show_bar"]
 
@@ -89,7 +81,8 @@ class SetupPanel(QGroupBox):
 
     def __init__(self) -> None:
         super().__init__("Setup")
-        from ..core.weights import cached_path, known_names, registered
+        self._cpu_fallback_done = False  # an out-of-memory error moved the session to the CPU once
+        from ..core.models.weights import cached_path, known_names, registered
 
         form = QFormLayout(self)
         self.image_combo = QComboBox()
@@ -212,6 +205,22 @@ class SetupPanel(QGroupBox):
                 item = model.item(i)
                 item.setEnabled(False)
                 item.setToolTip(f"{dev} is not available on this computer")
+
+    def fall_back_to_cpu(self, release_gpu: Any, notify: Any) -> None:
+        """Out of GPU memory: choose the CPU (a new session follows); once only, then it is said."""
+        if self.device() == "cpu" and self._cpu_fallback_done:
+            notify("error", "out of memory even on the CPU: try a smaller model or image")
+            return
+        self._cpu_fallback_done = True
+        notify("warning", "out of GPU memory: FocSAM switched to the CPU (slower); "
+                          "choose the GPU again in 'Device' to retry")
+        release_gpu()
+        self.device_combo.setCurrentText("cpu")  # triggers a new session on the CPU
+
+    def bind(self, state: Any) -> None:
+        """Follow the dock's :class:`~.state.WidgetState`: the refine option derives from ``has_refiner``."""
+        state.events.has_refiner.connect(lambda event=None: self.show_refiner(state.has_refiner))
+        self.show_refiner(state.has_refiner)
 
     def show_refiner(self, has_refiner: bool | None) -> None:
         """Enable the refine option for a model with a focus refiner (None: no model loaded)."""
@@ -385,6 +394,16 @@ class ActionPanel(QGroupBox):
         self.clear_button.clicked.connect(lambda *_: self.clear_clicked.emit())
         self.volume_button.clicked.connect(lambda *_: self.volume_clicked.emit())
         self.cancel_button.clicked.connect(lambda *_: self.cancel_clicked.emit())
+
+    def bind(self, state: Any) -> None:
+        """Follow the dock's :class:`~.state.WidgetState`: the buttons derive from its fields."""
+        def show(event: Any = None) -> None:
+            self.show_state(ready=state.ready, is_3d=state.is_3d, volume_running=state.volume_running,
+                            cancellable=state.cancellable)
+
+        for name in ("ready", "is_3d", "volume_running", "cancellable"):
+            getattr(state.events, name).connect(show)
+        show()
 
     def show_state(self, *, ready: bool, is_3d: bool, volume_running: bool, cancellable: bool = False) -> None:
         """``cancellable``: Cancel is shown for other work too (tiles embedding in the background)."""

@@ -18,20 +18,12 @@ from napari.utils.colormaps import DirectLabelColormap
 from qtpy.QtCore import QObject, QTimer, Signal
 
 
-from .constants import (
-    KEYS,
-    NEGATIVE_COLOR,
-    OUTPUT_KEYS,
-    POSITIVE_COLOR,
-    PREVIEW_NAME,
-    PREVIEW_RGBA,
-    PROMPTS_NAME,
-)
+from .constants import KEYS, NEGATIVE_COLOR, OUTPUT_KEYS, POSITIVE_COLOR, PREVIEW_NAME, PREVIEW_RGBA, PROMPTS_NAME
 from .layer_utils import OWNER_KEY, output_name, same_transform, spatial_shape, transform_kwargs
 from .region_layers import full_mask, new_labels_array, output_dtype, write_regions
 
 if TYPE_CHECKING:  # pragma: no cover - core.regions imports torch (kept off the GUI thread's imports)
-    from ..core.regions import MaskRegion
+    from ..core.prompting import MaskRegion
 
 __all__ = ["PromptLayers"]
 

@@ -4,17 +4,12 @@
 (:class:`~.box_prompts.BoxPrompts`), the "More prompts" panel and three kinds of background work:
 
 * **box + clicks**: the box (checked on the GUI thread: a bad one gives a notification) goes to
-  the widget's prediction job with the clicks (:func:`~napari_focsam.core.multi_prompts.set_prompts`);
+  the widget's prediction job with the clicks (:func:`~napari_focsam.core.editing._paste_many.set_prompts`);
 * **many objects**: each positive point is its own session object, negatives are shared per slice;
   the preview shows their union; Commit writes them all with consecutive ids as one undo step;
   Segment volume propagates them one after the other (progress over all, Cancel keeps what is done);
-* **Segment all**: :func:`~napari_focsam.core.automatic.segment_all` on the image (or the slice in
-  view) in a worker; the objects go to the output layer on background pixels only, with ids above
-  the current maximum, as one undo step. On a tiled (large) image it is
-  :func:`~napari_focsam.core.tiled_automatic.segment_all_tiled` on the session's tile store, and
-  the objects are written box by box (never a plane-sized array per object): as one undo step up
-  to :data:`SEGMENT_ALL_UNDO_PIXELS` pixels (napari's history keeps every written pixel's index
-  and old value), without undo above.
+* **Segment all**: :class:`~.segment_all_job.SegmentAllJob` (every object of the image or the
+  slice in view, written on background pixels with new ids).
 
 Engine modules are imported inside the workers (torch stays off the GUI thread).
 """
@@ -25,30 +20,22 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any, Callable
 
-import numpy as np
 from napari.qt.threading import create_worker
 from qtpy.QtCore import QObject, Qt, Signal
 
+from ..core.editing import MAX_COVERED, ManyPaste, PasteError, batch_groups, plan_many_regions, plan_paste_regions
 from ..core.errors import Failure, describe_error
-from ..core.labels import PasteError, label_limit
-from ..core.region_paste import MAX_COVERED, plan_many_regions, plan_paste_regions, region_key
-from ..core.multi_prompts import ManyPaste, batch_groups, plan_new_labels
+from ..core.prompting import Prompts
 from .box_prompts import BoxPrompts
 from .prompt_modes_panel import PromptModesPanel
 from .region_layers import NextLabel, merge_by_slice
+from .segment_all_job import SegmentAllJob
+from .state import SharedClosed
 
 if TYPE_CHECKING:  # pragma: no cover - core.regions imports torch (kept off the GUI thread's imports)
-    from ..core.regions import MaskRegion
+    from ..core.prompting import MaskRegion
 
-__all__ = ["SEGMENT_ALL_MAX_SIDE", "SEGMENT_ALL_MAX_PIXELS", "SEGMENT_ALL_UNDO_PIXELS", "PromptModes"]
-
-#: Segment all on one canvas holds the whole slice (and its 8-bit RGB copy): an image that is not
-#: tiled is refused above this many pixels (a tiled one is scanned tile by tile).
-SEGMENT_ALL_MAX_SIDE = 4096
-SEGMENT_ALL_MAX_PIXELS = SEGMENT_ALL_MAX_SIDE * SEGMENT_ALL_MAX_SIDE
-#: A tiled Segment all writes up to this many object pixels as one undo step (about 20 bytes of
-#: napari history per pixel, as the single-canvas path at its largest); more go box by box, no undo.
-SEGMENT_ALL_UNDO_PIXELS = SEGMENT_ALL_MAX_PIXELS
+__all__ = ["PromptModes"]
 
 
 class PromptModes(QObject):
@@ -63,10 +50,12 @@ class PromptModes(QObject):
     """
 
     progress = Signal(int, int, str)  # from worker threads (queued): done, total, format
+    closed = SharedClosed()
 
     def __init__(self, widget: Any, notify: Callable[[str, str], None]) -> None:
         super().__init__()
         self.widget = widget
+        self.state = widget.state
         self.notify = notify
         self.boxes = BoxPrompts(widget.viewer)
         self.panel = PromptModesPanel()
@@ -78,10 +67,11 @@ class PromptModes(QObject):
         self.next_label = NextLabel()  # the output layer's largest id, kept for zarr-backed layers
         self._workers: set = set()
         self._cancel = threading.Event()
-        self.all_running = False
+        self.all = SegmentAllJob(jobs=widget.jobs, sync=widget.sync, params=self.panel.params,
+                                 next_label=self.next_label, report=self.progress.emit, notify=notify,
+                                 show_state=self.show_state, start_worker=self._start, busy=self.busy)
         self.volume_running = False
         self._box_error = ""
-        self.closed = False
         self.panel.batch_toggled.connect(self.set_batch)
         self.panel.segment_all_clicked.connect(self.segment_all)
         self.panel.cancel_clicked.connect(self.cancel)
@@ -165,13 +155,13 @@ class PromptModes(QObject):
         """Answer the prompts: the widget's job (box + clicks), or one object per positive point."""
         jobs = self.widget.jobs
         if not self.batch:
-            jobs.predict(ticket, clicks, shown, is_current, box=self.box())
+            jobs.predict(ticket, Prompts.of(clicks, self.box()), shown, is_current)
             return
         ctx = jobs.context
         groups = batch_groups(clicks)
         keys = [tuple(g[0]) for g in groups]
         objects = self._objects_for(ctx)
-        jobs.interactive.set()
+        release = jobs.foreground.hold()
 
         def run():
             if ctx is None or not is_current(ticket):
@@ -195,12 +185,11 @@ class PromptModes(QObject):
 
         def done(result):
             self._retire(objects)
-            if not jobs.volume_running and not self.volume_running:
-                jobs.interactive.clear()
+            release()
             per, dt = result if isinstance(result, tuple) else (result, 0.0)
             masks = per
             if isinstance(per, list):  # the union of the objects, by region; shown slices left empty
-                from ..core.regions import empty_region  # torch is loaded by now (a model answered)
+                from ..core.prompting import empty_region  # torch is loaded by now (a model answered)
 
                 masks = {z: empty_region() for z in shown}
                 masks.update(merge_by_slice(per))
@@ -236,7 +225,7 @@ class PromptModes(QObject):
         """The pixels and ids of a commit into the labels layer ``out`` (of the image's ``shape``):
         one object (a ``Paste``), or every batch object (a ``ManyPaste``); reads only the objects' boxes.
 
-        Raises PasteError (see :func:`~napari_focsam.core.region_paste.plan_paste_regions`).
+        Raises PasteError (see :func:`~napari_focsam.core.editing._paste_regions.plan_paste_regions`).
         """
         if tuple(out.data.shape) != tuple(shape):
             raise PasteError("shape", f"labels shape {tuple(out.data.shape)} differs from the image's {shape}")
@@ -269,7 +258,7 @@ class PromptModes(QObject):
         report = self.progress.emit
         w.queue.supersede()
         self.volume_running = True
-        jobs.interactive.set()
+        release = jobs.foreground.hold()
         self.show_state()
         report(0, 100 * n, f"propagating {n} objects: %p%")
 
@@ -300,8 +289,7 @@ class PromptModes(QObject):
         def done(vols):
             self._retire(objects)
             self.volume_running = False
-            if not jobs.predicting:
-                jobs.interactive.clear()
+            release()
             self.show_state()
             if isinstance(vols, Failure):
                 self.notify("error", vols.message)
@@ -321,181 +309,18 @@ class PromptModes(QObject):
 
     # ------------------------------------------------------------------ segment all
     def segment_all(self) -> None:
-        """Segment every object of the image (or the slice in view) in a worker."""
-        w = self.widget
-        ctx, image = w.jobs.context, w.sync.image
-        if ctx is None or image is None:
-            self.notify("warning", "no model loaded yet: wait for 'ready', then Segment all")
-            return
-        if self.busy():
-            return
-        try:
-            params = self.panel.params()
-        except ValueError as err:
-            self.notify("error", str(err))
-            return
-        h, wd = ctx.plane_shape
-        tiled = bool(ctx.session.tiled)
-        if not tiled and h * wd > SEGMENT_ALL_MAX_PIXELS:
-            self.notify("warning", f"Segment all reads and encodes the whole slice: this one is {h}x{wd} pixels, "
-                                   f"above {SEGMENT_ALL_MAX_SIDE}x{SEGMENT_ALL_MAX_SIDE}; open a crop of it "
-                                   "(e.g. a region of the layer's data) or click on the objects")
-            return
-        z = int(w.sync.view_z) if ctx.is_3d else None
-        vol = ctx.session.volume
-        cancel = self._cancel = threading.Event()
-        report = self.progress.emit
-        self.all_running = True
-        w.jobs.interactive.set()
-        self.show_state()
-        report(0, 0, "segment all: encoding ...")
+        """Segment every object of the image (or the slice in view) in a worker (:class:`SegmentAllJob`)."""
+        self.all.start()
 
-        def run():
-            from ..core.automatic import segment_all
-
-            try:
-                if tiled:
-                    return self._scan_tiles(ctx.session, z or 0, params, report, cancel.is_set)
-                plane = vol.plane(z or 0)  # read here, not on the GUI thread (a lazy layer)
-                emb = ctx.session.store.get(z or 0) if params.tiles == 1 else None
-                return segment_all(ctx.session.predictor, plane, params, embedding=emb,
-                                   progress=lambda d, t: report(d, t, "segment all: %v/%m"),
-                                   cancelled=cancel.is_set)
-            except Exception as exc:
-                return describe_error(exc, "Segment all")
-
-        def done(res):
-            if cancel is not self._cancel:  # cancelled and already answered (see cancel)
-                return
-            self._end_segment_all()
-            if tiled and not isinstance(res, Failure):
-                self._write_scan(res, z)
-            else:
-                self._write_all(res, z)
-
-        self._start(run, done)
-
-    @staticmethod
-    def _scan_tiles(session: Any, z: int, params: Any, report: Callable[[int, int, str], None],
-                   cancelled: Callable[[], bool]) -> tuple | None:
-        """In a worker: :func:`~napari_focsam.core.tiled_automatic.segment_all_tiled` on slice ``z``
-        of a tiled ``session``; returns ``(ScanResult, [{z: MaskRegion}] per object, levels)``,
-        None when cancelled."""
-        from ..core.regions import MaskRegion
-        from ..core.tiled_automatic import segment_all_tiled
-
-        store = session.store
-        res = segment_all_tiled(session.predictor, store, z, params, cancelled=cancelled,
-                                progress=lambda d, t: report(d, t, "segment all: tile %v of %m"))
-        if res is None:
-            return None
-        return res, [{z: MaskRegion(o.y0, o.x0, o.mask)} for o in res.objects], store.top_level + 1
-
-    def _write_scan(self, got: tuple | None, z: int | None) -> None:
-        """Write the objects of a tiled Segment all on background pixels with new ids, reading and
-        writing only their boxes: one undo step up to :data:`SEGMENT_ALL_UNDO_PIXELS` pixels."""
-        if got is None:
-            self.notify("info", "Segment all cancelled: nothing was written")
-            return
-        res, regions, levels = got
-        info = res.info
-        tiles = f"{info['units']} tiles on {levels} level{'s' if levels > 1 else ''}"
-        if not res.n_objects:
-            self.notify("info", f"Segment all found no object on the {tiles}: try more points per side")
-            return
-        out = self.widget.sync.output_layer(create=True)
-        if out is None:
-            return
-        pixels = sum(int(r[z or 0].crop.sum()) for r in regions)
-        undo = pixels <= SEGMENT_ALL_UNDO_PIXELS
-        try:
-            if tuple(out.data.shape[-2:]) != tuple(res.shape):
-                raise PasteError("shape", f"labels shape {tuple(out.data.shape)} differs from the image's plane "
-                                          f"{tuple(res.shape)}")
-            top = self.next_label.max_label(out)
-            if undo:
-                paste = plan_many_regions(out.data, regions, max_label=top)
-                out.data_setitem(paste.index, paste.values)  # one undo step
-                ids = paste.ids
-            else:
-                ids = self._paint_boxes(out, regions, top)
-        except PasteError as err:
-            self.notify("warning", f"Segment all: {err}")
-            return
-        self.next_label.wrote(out, ids[-1])
-        where = "" if z is None else f" on slice {z}"
-        how = ("Ctrl+Z undoes it" if undo else f"{pixels} pixels are too many for one undo step "
-               f"(above {SEGMENT_ALL_UNDO_PIXELS}): Ctrl+Z cannot undo it")
-        self.notify("info", f"Segment all: {len(ids)} objects{where} written to '{out.name}' as ids {ids[0]}-{ids[-1]} "
-                            f"in {info['seconds']:.0f} s from {tiles} ({info['computed']} tiles encoded, "
-                            f"{info['reused']} reused); existing labels kept; {how}")
-
-    @staticmethod
-    def _paint_boxes(out: Any, regions: list, top: int) -> tuple[int, ...]:
-        """Write each object (``{z: MaskRegion}``) into its box of ``out.data`` on background pixels,
-        with ids from ``top + 1`` (no undo history); returns the ids given."""
-        data, ids = out.data, []
-        if top + len(regions) > label_limit(data.dtype):  # checked first: nothing is written then
-            raise PasteError("full", f"no room for {len(regions)} new ids in a {data.dtype} labels array")
-        for obj in regions:
-            ((z, r),) = obj.items()
-            h, w = r.crop.shape
-            key = region_key((r.y0, r.y0 + h, r.x0, r.x0 + w), len(data.shape), z)
-            block = np.array(data[key])
-            write = r.crop & (block == 0)
-            if not write.any():
-                continue
-            ids.append(top + len(ids) + 1)
-            block[write] = ids[-1]
-            data[key] = block
-        if not ids:
-            raise PasteError("occupied", "the objects lie entirely on existing labels")
-        out.refresh()
-        return tuple(ids)
-
-    def _write_all(self, res: Any, z: int | None) -> None:
-        if isinstance(res, Failure) or res is None:
-            self.notify("error", res.message if res is not None else "Segment all stopped")
-            return
-        if res.cancelled:
-            self.notify("info", "Segment all cancelled: nothing was written")
-            return
-        if not res.n_objects:
-            self.notify("info", f"Segment all found no object: {res.message or 'try more points per side'}")
-            return
-        out = self.widget.sync.output_layer(create=True)
-        if out is None:
-            return
-        try:
-            paste = plan_new_labels(out.data, res.labels, z=z, overwrite=False)
-        except PasteError as err:
-            self.notify("warning", f"Segment all: {err}")
-            return
-        out.data_setitem(paste.index, paste.values)  # one undo step
-        where = "" if z is None else f" on slice {z}"
-        self.notify("info", f"Segment all: {len(paste.ids)} objects{where} written to '{out.name}' as ids "
-                            f"{paste.ids[0]}-{paste.ids[-1]} in {res.seconds:.0f} s (existing labels kept; "
-                            "Ctrl+Z undoes it)")
+    @property
+    def all_running(self) -> bool:
+        """Segment all runs."""
+        return self.all.running
 
     def cancel(self) -> None:
-        """Stop Segment all or a many-objects propagation (the widget's Cancel calls this too).
-
-        Segment all is answered at once: nothing of it is written, the buttons come back, and its
-        worker ends at its next check (within one batch of points) without reporting.
-        """
+        """Stop Segment all or a many-objects propagation (the widget's Cancel calls this too)."""
         self._cancel.set()
-        if self.all_running:
-            self._cancel = threading.Event()  # the running worker's result is ignored
-            self._end_segment_all()
-            self.notify("info", "Segment all cancelled: nothing was written")
-
-    def _end_segment_all(self) -> None:
-        """Segment all is over (done or cancelled): clicks may pause the background again."""
-        self.all_running = False
-        jobs = self.widget.jobs
-        if not jobs.predicting and not jobs.volume_running:
-            jobs.interactive.clear()
-        self.show_state()
+        self.all.cancel()
 
     # ------------------------------------------------------------------ workers
     def _start(self, func: Callable, on_done: Callable[[Any], None]) -> Any:

@@ -17,7 +17,7 @@ from qtpy.QtWidgets import (
     QVBoxLayout,
 )
 
-from ..core.auto_params import SegmentAllParams
+from ..core.automatic import SegmentAllParams
 from .panels import progress_row, show_bar
 
 __all__ = ["PromptModesPanel"]

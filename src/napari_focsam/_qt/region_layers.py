@@ -3,9 +3,9 @@
 The preview layer's array is made once per image; each answer writes only the box that holds
 the old and the new mask of a slice (:func:`write_regions`), so a click on a 8192x8192 image
 costs the object's box, not a full-size array. The widget keeps what it shows as
-``{z: MaskRegion}`` (:class:`~napari_focsam.core.regions.MaskRegion`, from the session's
+``{z: MaskRegion}`` (:class:`~napari_focsam.core.prompting._regions.MaskRegion`, from the session's
 ``obj.mask_region(z)``), and commits from those regions
-(:func:`~napari_focsam.core.region_paste.plan_paste_regions`).
+(:func:`~napari_focsam.core.editing._paste_regions.plan_paste_regions`).
 
 Arrays of our labels layers (:func:`new_labels_array`): numpy up to :data:`NUMPY_MAX_PIXELS`
 pixels; above, an in-memory zarr array in (1, 2048, 2048) chunks that stores only the chunks
@@ -21,11 +21,10 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 
-from ..core.interaction import split_objects
-from ..core.region_paste import labels_max, merge_regions, region_box, region_key, union_bbox
+from ..core.editing import labels_max, merge_regions, region_box, region_key, split_objects, union_bbox
 
 if TYPE_CHECKING:  # pragma: no cover - core.regions imports torch (kept off the GUI thread's imports)
-    from ..core.regions import MaskRegion
+    from ..core.prompting import MaskRegion
 
 __all__ = ["CHUNK_SIDE", "NUMPY_MAX_PIXELS", "UINT32_MAX_PLANE_PIXELS", "NextLabel", "full_mask", "merge_by_slice",
            "new_labels_array", "output_dtype", "split_hint", "write_regions"]
@@ -112,7 +111,7 @@ def merge_by_slice(objects: Sequence[Mapping[int, "MaskRegion"]]) -> dict[int, "
 
 
 def split_hint(clicks: Sequence[tuple[int, float, float, bool]], regions: Mapping[int, "MaskRegion"]) -> list[int]:
-    """:func:`~napari_focsam.core.interaction.split_objects` on regions: the slices where positive
+    """:func:`~napari_focsam.core.editing._predict_queue.split_objects` on regions: the slices where positive
     clicks landed on separate pieces of the object (clicks outside a box hit background)."""
     crops, shifted = {}, []
     for z, r in regions.items():

@@ -1,6 +1,6 @@
 """Save a labels layer as an OME-Zarr label image from the dock, off the GUI thread.
 
-The copy (band by band, :func:`napari_focsam.core.ome_labels.write_labels_data`) runs in a napari
+The copy (band by band, :func:`napari_focsam.core.outputs._ome_labels.write_labels_data`) runs in a napari
 worker thread, so a large labels layer (a lazy dask or zarr array of a whole scan) never freezes
 the viewer; the outcome is one napari notification: where the labels went, or why they did not
 (one line, never a traceback). The widget hooks :func:`save_labels_as_ome_zarr` to a button or
@@ -45,7 +45,7 @@ def save_labels_as_ome_zarr(viewer: Any, layer: Any, path: str | Path,
     def save() -> tuple[Path | None, str | None]:
         """Runs in the worker thread; catches its own errors (a worker's error would be re-raised
         on the GUI thread as a traceback)."""
-        from ..core.ome_labels import write_labels_data
+        from ..core.outputs import write_labels_data
 
         try:
             return write_labels_data(path, data, name=name), None

@@ -1,7 +1,7 @@
 """Tiles of a large image in the widget: what is embedded in the background, and what the user sees.
 
 A session on a large image (``session.tiled``: long side above 1536 pixels) embeds tiles, not
-slices (:class:`~napari_focsam.core.tiled_embeddings.TiledEmbeddingStore`). :class:`TileView`
+slices (:class:`~napari_focsam.core.embeddings._tiled.TiledEmbeddingStore`). :class:`TileView`
 
 * shows the tile being embedded as an orange outline in the "FocSAM tiles" shapes layer (in the
   image's full-resolution data coordinates, so with its transform), removed when the tile is
@@ -27,6 +27,7 @@ from napari.layers import Shapes
 from qtpy.QtCore import QObject, Qt, QTimer, Signal
 
 from .layer_utils import same_transform, transform_kwargs
+from .state import SharedClosed
 
 __all__ = ["EMBEDDING_COLOR", "MAX_VIEW_TILES", "OUTLINE_SCREEN_PX", "TILES_NAME", "TileView", "tiles_in_view",
            "view_box"]
@@ -60,7 +61,7 @@ def tiles_in_view(store: Any, z: int, box: tuple[int, int, int, int] | None,
     """The tiles to embed in the background for slice ``z`` with ``box`` (full-resolution pixels,
     None: the whole plane) in view: full-resolution tiles overlapping it, nearest to its centre
     first (at most ``limit``), then the coarsest level's single tile; as ``(z, TileKey)``."""
-    from ..core.tiles import TileKey
+    from ..core.images import TileKey
 
     H, W = store.volume.plane_shape
     y0, y1, x0, x1 = box if box is not None else (0, H, 0, W)
@@ -93,10 +94,12 @@ class TileView(QObject):
     """
 
     tile_event = Signal(int, object, str)  # z, TileKey, state: from any thread (queued)
+    closed = SharedClosed()
 
     def __init__(self, widget: Any, status: Callable[[str], None]) -> None:
         super().__init__()
         self.widget = widget
+        self.state = widget.state
         self._status = status
         self.last_text = ""  # the last line this part showed
         self.texts: list[str] = []  # the recent lines (at most 50)
@@ -111,7 +114,6 @@ class TileView(QObject):
         self._wanted: list = []
         self._planned: set = set()
         self._lock = threading.Lock()
-        self.closed = False
         self.tile_event.connect(self._on_tile, Qt.ConnectionType.QueuedConnection)
         self._timer = QTimer(self)
         self._timer.setSingleShot(True)

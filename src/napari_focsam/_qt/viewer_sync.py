@@ -19,6 +19,7 @@ from qtpy.QtCore import QObject, QTimer, Signal
 from .layer_utils import owner_of, spatial_shape
 from .panels import OutputPanel, SetupPanel
 from .prompt_layers import PromptLayers
+from .state import SharedClosed, WidgetState
 
 __all__ = ["ViewerSync"]
 
@@ -35,12 +36,15 @@ class ViewerSync(QObject):
     managed_removed = Signal()
     view_z_changed = Signal(int)
 
-    def __init__(self, viewer: Any, setup: SetupPanel, output: OutputPanel, managed: PromptLayers) -> None:
+    closed = SharedClosed()
+
+    def __init__(self, viewer: Any, setup: SetupPanel, output: OutputPanel, managed: PromptLayers,
+                 state: WidgetState) -> None:
         super().__init__()
         self.viewer, self.setup, self.output, self.managed = viewer, setup, output, managed
+        self.state = state
         self.image: Image | None = None
         self.view_z = 0
-        self.closed = False
         #: deferred passes of :meth:`settle` still to run (they make the prompts layer active)
         self.settling = 0
         #: the boxes layer (owned by the prompt modes), kept above the image with the others

@@ -4,7 +4,7 @@ Segment volume propagates the current object through the stack and leaves it *op
 preview: a click on any slice (positive where the object is missed, negative where it leaks, on a
 propagated slice or beyond its ends) first updates that slice, then the object is propagated again
 by itself, with the clicked slices as anchors (the engine redoes the runs between and beyond them,
-:mod:`napari_focsam.core.anchors`). Ctrl+Z takes the last click back the same way. Commit [C]
+:mod:`napari_focsam.core.propagation._anchors`). Ctrl+Z takes the last click back the same way. Commit [C]
 writes the whole object into the output labels; Clear [Shift+C/Esc] drops it. A small z-profile
 (:class:`~.z_profile.ZProfile`) shows the object's area per slice and its anchors.
 
@@ -17,8 +17,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from ..core.editing import PredictQueue, Ticket
 from ..core.errors import Failure
-from ..core.interaction import PredictQueue, Ticket
+from ..core.prompting import Prompts
 from .jobs import SessionJobs
 from .panels import ActionPanel
 from .prompt_layers import PromptLayers
@@ -73,7 +74,7 @@ class VolumeFlow:
         ticket = self.queue.supersede()  # a newer state than any running prediction
         self._sent = list(clicks)
         self.actions.start_volume_progress()
-        self.jobs.segment_volume(ticket, clicks, h.iou(), box=box)
+        self.jobs.segment_volume(ticket, Prompts.of(clicks, box), h.iou())
         h.update_buttons()
         done, _ = h.embedded()
         left = ctx.n_slices - done

@@ -7,9 +7,9 @@ one object per positive point, Segment all: :class:`~.prompt_modes.PromptModes`)
 
 The widget only wires the parts: :class:`~.panels.SetupPanel` & co. show state and emit signals,
 :class:`~.prompt_layers.PromptLayers` owns the napari layers and keys, :class:`~.jobs.SessionJobs`
-runs the workers, and the Qt-free :class:`~napari_focsam.core.interaction.PredictQueue` decides
+runs the workers, and the Qt-free :class:`~napari_focsam.core.editing._predict_queue.PredictQueue` decides
 which prediction runs, which result is stale and when a pending commit fires. The commit
-arithmetic is :func:`~napari_focsam.core.labels.plan_paste`. A click adds a positive point,
+arithmetic is :func:`~napari_focsam.core.editing._paste.plan_paste`. A click adds a positive point,
 Ctrl+click (or right click) a negative one; every change of the points re-segments the object.
 Ctrl+Z removes the newest point, or (with no points) undoes the last commit; Ctrl+Shift+Z redoes.
 """
@@ -25,19 +25,21 @@ from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import QVBoxLayout, QWidget
 
+from ..core.editing import PredictQueue, Ticket, next_label
 from ..core.errors import Failure
-from ..core.interaction import Eta, PredictQueue, Ticket
-from ..core.labels import PasteError, next_label
 from .box_prompts import BoxPrompts
 from .click_checks import ClickChecks
 from .closing import CloseGuard
+from .commits import Commits
+from .embedding_progress import EmbeddingProgress
 from .jobs import LoadResult, SessionJobs
-from .layer_utils import owner_of, volume_data
+from .layer_utils import volume_data
 from .panels import ActionPanel, OutputPanel, PromptPanel, SetupPanel, StatusLine
 from .prompt_layers import PromptLayers
 from .prompt_modes import PromptModes
 from .region_layers import split_hint
 from .save_labels import ask_ome_zarr_path, save_labels_as_ome_zarr
+from .state import WidgetState
 from .tile_view import TileView
 from .viewer_sync import ViewerSync
 from .volume_flow import VolumeFlow, WidgetHooks
@@ -62,22 +64,16 @@ class FocSAMWidget(QWidget):
         # napari hands plugins a PublicOnlyProxy of the viewer; layers reached through it are new
         # proxy objects, so identity checks would never match (napari/napari#5767 on GitHub): use the real one.
         self.viewer = getattr(napari_viewer, "__wrapped__", napari_viewer)
+        #: the dock's state: the parts derive what they show and enable from it
+        self.state = WidgetState()
         self.queue = PredictQueue()
-        self.jobs = SessionJobs()
+        self.jobs = SessionJobs(self.state)
         self.managed = PromptLayers(self.viewer)
         self.setup, self.output = SetupPanel(), OutputPanel()
         self.prompt_panel, self.actions = PromptPanel(), ActionPanel()
         self.status_label, self.z_profile = StatusLine(), ZProfile()
+        self.sync = ViewerSync(self.viewer, self.setup, self.output, self.managed, self.state)
         self.modes = PromptModes(self, self._notify)  # boxes, many objects, Segment all
-        # the panels' controls, by the names scripts and tests use
-        for panel, names in ((self.setup, ("image_combo", "model_combo", "device_combo", "refine_check",
-                                           "cache_edit", "cache_button", "threads_spin")),
-                             (self.output, ("output_combo", "overwrite_check")),
-                             (self.prompt_panel, ("polarity_button",)),
-                             (self.actions, ("commit_button", "clear_button", "volume_button", "iou_spin",
-                                             "progress_bar", "cancel_button"))):
-            for name in names:
-                setattr(self, name, getattr(panel, name))
         root = QVBoxLayout(self)
         root.setContentsMargins(6, 6, 6, 6)
         for part in (self.setup, self.output, self.prompt_panel, self.modes.panel, self.actions, self.z_profile,
@@ -88,20 +84,11 @@ class FocSAMWidget(QWidget):
         self._config: tuple | None = None
         self._t_change = 0.0
         self.click_checks = ClickChecks(self._notify)  # points outside the image or on NaN: dropped
-        self._cpu_fallback_done = False
-        self._embed_total = 0
-        self.last_message = ""
-        self.last_latency_ms: float | None = None
-        self.last_model_ms: float | None = None
-        self.last_committed_id: int | None = None
-        self.embedded_slices = 0
-        self._headline = ""  # "loading model ..." / "ready: click ...", kept at the front of the status
-        self._eta: Eta | None = None
-        self._eta_text = ""
         self._sent_clicks: list = []
         self._hinted_epoch = -1
+        self.actions.bind(self.state)
+        self.setup.bind(self.state)
 
-        self.sync = ViewerSync(self.viewer, self.setup, self.output, self.managed)
         self.sync.boxes_layer = lambda: self.modes.boxes.layer
         self.tiles = TileView(self, self._set_status)  # large images: tiles embedded, their outlines
         self.volume = VolumeFlow(self.jobs, self.queue, self.managed, self.actions, self.modes, self.tiles,
@@ -110,7 +97,13 @@ class FocSAMWidget(QWidget):
                                      update_buttons=self._update_buttons, clicks=self._clicks,
                                      start_predict=self._start_predict, failed=self._failed,
                                      iou=lambda: float(self.iou_spin.value()),
-                                     embedded=lambda: (self.embedded_slices, self._embed_total)))
+                                     embedded=lambda: (self.state.embedded, self.state.embed_total)))
+        self.embeddings = EmbeddingProgress(self.state, jobs=self.jobs, actions=self.actions, tiles=self.tiles,
+                                            sync=self.sync, notify=self._notify, set_status=self._set_status,
+                                            failed=self._failed)
+        self.commits = Commits(self.state, jobs=self.jobs, queue=self.queue, layers=self.managed, modes=self.modes,
+                               sync=self.sync, output=self.output, volume=self.volume, viewer=self.viewer,
+                               notify=self._notify, set_status=self._set_status)
         self.sync.view_z_changed.connect(self.z_profile.set_view)
         self.closing = CloseGuard(self, (self.jobs, self.tiles, self.modes, self.managed, self.sync))
         self._wire()
@@ -121,8 +114,8 @@ class FocSAMWidget(QWidget):
             # after the dock is on screen: napari's first labels/points layers take seconds to build
             QTimer.singleShot(100, self._deferred_image_check)
         else:
-            self.last_message = "no image layer yet: open an image (File > Open Sample > FocSAM, or drop a file)"
-            self._set_status(self.last_message)
+            self.state.message = "no image layer yet: open an image (File > Open Sample > FocSAM, or drop a file)"
+            self._set_status(self.state.message)
 
     def _wire(self) -> None:
         s, a, j, la = self.setup, self.actions, self.jobs, self.managed
@@ -141,8 +134,8 @@ class FocSAMWidget(QWidget):
         la.action.connect(self._on_action)
         j.devices_found.connect(s.mark_devices)
         j.loaded.connect(self._on_loaded)
-        j.embedded.connect(self._on_embedded)
-        j.embedding_done.connect(self._on_embedding_done)
+        j.embedded.connect(self.embeddings.on_embedded)
+        j.embedding_done.connect(self.embeddings.on_done)
         j.tiles_embedded.connect(self.tiles.on_progress)
         j.predicted.connect(self._on_predicted)
         j.volume_progress.connect(self.actions.volume_progress)
@@ -153,18 +146,18 @@ class FocSAMWidget(QWidget):
         self.sync.managed_removed.connect(self._restore_layers)
 
     def _set_status(self, text: str | None = None) -> None:
-        ctx, out = self.jobs.context, self.sync.output_layer(create=False)
+        ctx, out, st = self.jobs.context, self.sync.output_layer(create=False), self.state
         self.status_label.show_state(
-            text=text, headline=self._headline if (ctx is not None or self.jobs.loading) else "",
+            text=text, headline=st.headline if (ctx is not None or self.jobs.loading) else "",
             model=None if ctx is None else f"{ctx.model_name} on {ctx.session.predictor.device}",
-            embedded=self.embedded_slices, n_slices=None if ctx is None else ctx.n_slices,
-            is_3d=bool(ctx and ctx.is_3d), eta=self._eta_text, latency_ms=self.last_latency_ms,
+            embedded=st.embedded, n_slices=None if ctx is None else ctx.n_slices,
+            is_3d=bool(ctx and ctx.is_3d), eta=st.eta, latency_ms=st.latency_ms,
             next_id=next_label(out.data) if out is not None and out.data.size <= 2**25 else None,
             tiles=self.tiles.summary())
 
     def _notify(self, level: str, message: str) -> None:
         """All user messages go through here (one line, napari notification, status line)."""
-        self.last_message = message
+        self.state.message = message
         {"error": show_error, "warning": show_warning}.get(level, show_info)(f"FocSAM: {message}")
         try:
             self._set_status(message)
@@ -172,10 +165,11 @@ class FocSAMWidget(QWidget):
             pass
 
     def _update_buttons(self) -> None:
+        """The state the panels derive their buttons from (they follow ``state.events``)."""
         ctx = self.jobs.context
-        self.actions.show_state(ready=ctx is not None, is_3d=bool(ctx and ctx.is_3d),
-                                volume_running=self.jobs.volume_running, cancellable=self.tiles.running)
-        self.setup.show_refiner(None if ctx is None else ctx.has_refiner)
+        self.state.update(dict(ready=ctx is not None, is_3d=bool(ctx and ctx.is_3d),
+                               volume_running=self.jobs.volume_running, cancellable=self.tiles.running,
+                               has_refiner=None if ctx is None else ctx.has_refiner))
         self.modes.show_state()
 
     # ------------------------------------------------------------------ layers in the viewer
@@ -252,7 +246,7 @@ class FocSAMWidget(QWidget):
         self._config = config
         self._drop_context(keep_layers=True)
         name = model.replace("\\", "/").rsplit("/", 1)[-1]
-        self._headline = f"loading model {name} ..."
+        self.state.headline = f"loading model {name} ..."
         self.actions.show_progress(None, 0, f"loading {name} ...")
         self.jobs.load(layer, volume_data(layer), bool(layer.rgb), model, device, cache, self.setup.refine_wanted,
                        self.setup.threads())  # first: it runs while napari builds our layers
@@ -284,7 +278,7 @@ class FocSAMWidget(QWidget):
         self.jobs.drop()
         self.tiles.drop()
         self.queue.new_object()
-        self.embedded_slices, self._eta_text = 0, ""
+        self.state.update(dict(embedded=0, eta=""))
         if not keep_layers:
             self.managed.regions = {}
         self.actions.hide_progress()
@@ -302,39 +296,12 @@ class FocSAMWidget(QWidget):
         if result.note:
             self._notify("warning", result.note)
         self._update_buttons()
-        self._headline = READY
+        self.state.headline = READY
         self.sync.update_view_z()
-        tiled = self.tiles.start(result.context)  # a large image: tiles in view, not whole slices
-        self._embed_total = 0 if tiled else self.jobs.start_embedding(lambda: self.sync.view_z)
-        self._eta, self._eta_text = Eta(self._embed_total, time.perf_counter()), ""
+        self.embeddings.start(result.context)
         self._set_status(f"{READY} (model loaded in {result.seconds:.1f} s)")
-        self.embedded_slices = 0
-        if result.context.is_3d and not tiled and not self.jobs.volume_running:
-            self.actions.show_progress(0, self._embed_total, "embeddings %v/%m")
         if self.managed.n_points() and self.queue.points_changed():
             self._start_predict()
-
-    def _on_embedded(self, done: int, total: int) -> None:
-        self.embedded_slices = done
-        left = self._eta.update(done, time.perf_counter()) if self._eta is not None else None
-        self._eta_text = Eta.text(left) if done < total else ""
-        ctx = self.jobs.context
-        if ctx is not None and ctx.is_3d and not self.jobs.volume_running:
-            self.actions.show_progress(done, total, "embeddings %v/%m" + (f" · {self._eta_text}"
-                                                                         if self._eta_text else ""))
-        self._set_status()
-
-    def _on_embedding_done(self, result: Any) -> None:
-        self._eta_text = ""
-        self.tiles.finished()
-        if not self.jobs.volume_running:
-            self.actions.hide_progress()
-        if isinstance(result, Failure):
-            self._failed(result)
-        elif isinstance(result, str) and result:
-            self._notify("warning", f"embedding cache: {result}")
-        else:
-            self._set_status()
 
     def _schedule_predict(self) -> None:
         self._t_change = time.perf_counter()
@@ -370,8 +337,7 @@ class FocSAMWidget(QWidget):
         if outcome.show and isinstance(masks, dict) and ctx is not None:
             if not self.volume.show_predicted(masks, ctx.is_3d):  # an open volume: corrected, propagated again
                 self.managed.show_masks(masks, ctx.is_3d)
-            self.last_latency_ms = (time.perf_counter() - self._t_change) * 1000
-            self.last_model_ms = dt * 1000
+            self.state.update(dict(latency_ms=(time.perf_counter() - self._t_change) * 1000, model_ms=dt * 1000))
             self._set_status()
             if self._hinted_epoch != ticket.epoch and split_hint(self._sent_clicks, masks):
                 self._hinted_epoch = ticket.epoch
@@ -414,7 +380,7 @@ class FocSAMWidget(QWidget):
 
     @property
     def session(self) -> Any:
-        """The engine's :class:`~napari_focsam.core.session.Session` (None before a model is loaded)."""
+        """The engine's :class:`~napari_focsam.core.session._session.Session` (None before a model is loaded)."""
         ctx = self.jobs.context
         return None if ctx is None else ctx.session
 
@@ -433,50 +399,9 @@ class FocSAMWidget(QWidget):
 
     # ------------------------------------------------------------------ commit / clear / undo
     def commit(self) -> int | None:
-        """Write the current object into the output labels layer; returns its id (None if nothing).
-
-        While the object's mask is being computed, the commit waits and happens (once) when the
-        newest mask arrives.
-        """
-        if self.jobs.context is None:
-            if self.jobs.loading and (self.managed.n_points() or self.modes.boxes.has_box()):
-                self.queue.defer_commit()
-                self._set_status("committing once the model is loaded and the mask is ready ...")
-            else:
-                self._notify("warning", "nothing to commit: no image/model loaded yet")
-            return None
-        if self.jobs.volume_running or self.modes.volume_running:
-            self._notify("warning", "wait for the volume propagation to finish (or cancel it)")
-            return None
-        if not self.queue.request_commit():
-            self._set_status("committing when the current mask is ready ...")
-            return None
-        regions = self.managed.regions  # the object's box on each slice: only those are read and written
-        if self.managed.preview is None or not any(r.crop.any() for r in regions.values()):
-            self._notify("info", "nothing to commit: click on an object first")
-            return None
-        out = self.sync.output_layer(create=True)
-        if out is None:
-            return None
-        image, owner = self.sync.image, owner_of(out)
-        foreign = owner is not None and image is not None and owner != image.name
-        shape = tuple(self.managed.preview.data.shape)
-        try:
-            paste = self.modes.plan_commit(out, regions, self.output.overwrite(), shape)  # one or many objects
-        except PasteError as err:
-            self._notify(*self.output.refusal(err, out, shape))
-            return None
-        out.data_setitem(paste.index, getattr(paste, "values", paste.label))  # one undo step (Ctrl+Z)
-        self.modes.next_label.wrote(out, paste.label)
-        self.last_committed_id = paste.label
-        self._reset_object()
-        done = f"committed {self.modes.describe(paste)} to '{out.name}' (Ctrl+Z undoes it)"
-        if foreign:  # chosen by hand under Output: written, but never silently
-            self._notify("warning", f"{done}: that layer holds the objects of image '{owner}', "
-                                    f"not of '{image.name}'")
-        else:
-            self._set_status(done)
-        return paste.label
+        """Write the current object into the output labels layer; returns its id (None if nothing)
+        (:meth:`.commits.Commits.commit`: a commit asked for while the mask is computed waits for it)."""
+        return self.commits.commit()
 
     def save_labels(self, path: str | None = None) -> Any:
         """Save the chosen output labels layer as an OME-Zarr label image (asks where when ``path``
@@ -490,46 +415,15 @@ class FocSAMWidget(QWidget):
 
     def clear(self) -> None:
         """Drop the current object and its points (Esc); a running Segment volume is cancelled."""
-        if self.jobs.volume_running or self.modes.volume_running:
-            self.cancel_volume()
-            self._reset_object()
-            return self._notify("info", "Segment volume cancelled (Esc): the object was cleared, nothing committed")
-        self._reset_object()
-        self._set_status("cleared")
-
-    def _reset_object(self) -> None:
-        self.volume.reset()
-        self.queue.new_object()
-        if not self.jobs.predicting and not self.jobs.volume_running:
-            self.jobs.interactive.clear()
-        self.managed.clear_points()
-        self.managed.clear_preview()
-        self.modes.reset()
-        self.managed.select_prompts()
+        self.commits.clear()
 
     def undo(self) -> None:
         """Ctrl+Z: remove the newest point, or (with no points) undo the last change of the output labels."""
-        if self.managed.n_points():
-            self.managed.remove_last_point()
-            return
-        if self.modes.undo_box():
-            return
-        self._history("undo")
+        self.commits.undo()
 
     def redo(self) -> None:
         """Ctrl+Shift+Z: redo the last undone change of the output labels."""
-        self._history("redo")
-
-    def _history(self, which: str) -> None:
-        out = self.sync.output_layer(create=False)
-        if out is None:
-            self._notify("info", f"nothing to {which}: no output labels layer yet")
-            return
-        getattr(out, which)()
-        active = self.viewer.layers.selection.active
-        if active is not out or out.mode == "pan_zoom":  # keep clicking working (not while painting)
-            self.managed.select_prompts()
-        self._set_status(f"{which} in '{out.name}'")
+        self.commits.history("redo")
 
     # ------------------------------------------------------------------ volume
     def segment_volume(self) -> None:
@@ -543,21 +437,10 @@ class FocSAMWidget(QWidget):
     def _failed(self, failure: Failure, quiet: bool = False) -> None:
         """A job failed: out of GPU memory falls back to the CPU; otherwise say why (unless ``quiet``)."""
         if failure.oom:
-            self._fallback_to_cpu()
+            if not self.closing.closed:
+                self.setup.fall_back_to_cpu(self.jobs.release_gpu_memory, self._notify)
         elif not quiet:
             self._notify("error", failure.message)
-
-    def _fallback_to_cpu(self) -> None:
-        if self.closing.closed:
-            return
-        if self.setup.device() == "cpu" and self._cpu_fallback_done:
-            self._notify("error", "out of memory even on the CPU: try a smaller model or image")
-            return
-        self._cpu_fallback_done = True
-        self._notify("warning", "out of GPU memory: FocSAM switched to the CPU (slower); "
-                                "choose the GPU again in 'Device' to retry")
-        self.jobs.release_gpu_memory()
-        self.device_combo.setCurrentText("cpu")  # triggers a new session on the CPU
 
     # ------------------------------------------------------------------ closing
     def closeEvent(self, event) -> None:  # noqa: N802 (Qt API)
@@ -567,3 +450,30 @@ class FocSAMWidget(QWidget):
     def close_session(self) -> None:
         """Stop all work and release key bindings (called when the widget closes)."""
         self.closing.close()
+
+
+#: The panels' controls, by the names scripts and tests use (``widget.image_combo`` ...).
+CONTROLS = {**dict.fromkeys(("image_combo", "model_combo", "device_combo", "refine_check", "cache_edit",
+                             "cache_button", "threads_spin"), "setup"),
+            **dict.fromkeys(("output_combo", "overwrite_check"), "output"),
+            "polarity_button": "prompt_panel",
+            **dict.fromkeys(("commit_button", "clear_button", "volume_button", "iou_spin", "progress_bar",
+                             "cancel_button"), "actions")}
+#: Fields of the dock's :class:`~.state.WidgetState`, by the names scripts and tests read.
+STATE_NAMES = {"last_message": "message", "last_latency_ms": "latency_ms", "last_model_ms": "model_ms",
+               "last_committed_id": "committed_id", "embedded_slices": "embedded"}
+
+
+def _control(panel: str, name: str) -> property:
+    return property(lambda self: getattr(getattr(self, panel), name), doc=f"The {panel} panel's ``{name}``.")
+
+
+def _state_field(field: str) -> property:
+    return property(lambda self: getattr(self.state, field), lambda self, value: setattr(self.state, field, value),
+                    doc=f"``state.{field}`` (:class:`~.state.WidgetState`).")
+
+
+for _name, _panel in CONTROLS.items():
+    setattr(FocSAMWidget, _name, _control(_panel, _name))
+for _name, _field in STATE_NAMES.items():
+    setattr(FocSAMWidget, _name, _state_field(_field))

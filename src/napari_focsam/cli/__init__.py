@@ -58,7 +58,7 @@ def error_message(exc: BaseException, command: str | None = None) -> tuple[str, 
         # CheckpointError is a ValueError, WeightsUnavailableError a RuntimeError, missing or
         # unwritable files are OSErrors. The weights error keeps its extra lines (the manual
         # download step), except under `weights`, where it is one line for scripts.
-        from ..core.weights import WeightsUnavailableError
+        from ..core.models.weights import WeightsUnavailableError
 
         if isinstance(exc, WeightsUnavailableError):
             return (exc.summary() if command == "weights" else str(exc)), EXIT_FAILURE

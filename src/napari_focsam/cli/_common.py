@@ -68,7 +68,7 @@ def note(message: str) -> None:
 
 def read_input(path: str | Path):
     """The image at ``path`` as an array; :class:`UserError` (one line) if it cannot be read."""
-    from ..core.io import read_image
+    from ..core.images import read_image
 
     try:
         return read_image(path)
@@ -83,14 +83,14 @@ def open_input(path: str | Path, level: int | None = None):
     p = Path(path)
     if not p.is_dir() and level is None:
         if _large_tiff(p):
-            from ..core.io import open_tiff_lazily
+            from ..core.images import open_tiff_lazily
 
             try:
                 return open_tiff_lazily(p)
             except (ValueError, FileNotFoundError) as exc:
                 raise UserError(str(exc)) from None
         return read_input(p)
-    from ..core.distributed import open_image
+    from ..core.cluster import open_image
 
     try:
         return open_image(p, level)
@@ -110,7 +110,7 @@ def _large_tiff(path: Path) -> bool:
     try:
         import tifffile
 
-        from ..core.image_volume import TILING_MIN_SIDE, has_channel_axis
+        from ..core.images import TILING_MIN_SIDE, has_channel_axis
 
         with tifffile.TiffFile(path) as tif:
             shape = tuple(int(n) for n in tif.series[0].shape)
@@ -124,7 +124,7 @@ def _large_tiff(path: Path) -> bool:
 
 def load_volume(image: Any, contrast_limits: tuple[float, float] | None = None):
     """The :class:`ImageVolume` of an array: the package's one layout decision (no other here)."""
-    from ..core.image_volume import ImageVolume
+    from ..core.images import ImageVolume
 
     try:
         return ImageVolume(image, contrast_limits=contrast_limits)
@@ -141,8 +141,8 @@ def check_output(path: str | Path, ndim: int, image_path: str | Path | None = No
     """Check the output mask path before any work: format and folder, not the input nor anything
     inside it, not an existing zarr store unless it is a mask this tool wrote (an image, an
     embedding cache), nothing inside a zarr store (see
-    :func:`~napari_focsam.core.io.check_mask_path`)."""
-    from ..core.io import check_mask_path
+    :func:`~napari_focsam.core.outputs._mask_files.check_mask_path`)."""
+    from ..core.outputs import check_mask_path
 
     out = Path(path)
     try:
@@ -167,7 +167,7 @@ def check_output(path: str | Path, ndim: int, image_path: str | Path | None = No
 def check_size(path: str | Path, shape: tuple[int, ...]) -> None:
     """Refuse, before any work, an output format that cannot hold a mask of ``shape`` in
     reasonable time or memory (a TIFF of too many tiles, a huge PNG): name ``.zarr`` instead."""
-    from ..core.labels_writer import check_labels_output
+    from ..core.outputs import check_labels_output
 
     try:
         check_labels_output(path, shape)
@@ -273,7 +273,7 @@ def add_large_image_options(parser: argparse.ArgumentParser) -> None:
 def tile_options(args: argparse.Namespace) -> tuple[int, int]:
     """``(tile_size, halo)`` from ``--tile-size``/``--halo`` (defaults where not given), checked
     before any work: :class:`UserError` with the valid range otherwise."""
-    from ..core.tiles import DEFAULT_HALO, DEFAULT_TILE_SIZE, check_tiling
+    from ..core.images import DEFAULT_HALO, DEFAULT_TILE_SIZE, check_tiling
 
     tile = DEFAULT_TILE_SIZE if args.tile_size is None else args.tile_size
     halo = min(DEFAULT_HALO, tile // 4) if args.halo is None else args.halo  # a quarter of smaller tiles
@@ -299,13 +299,13 @@ def note_tiling(args: argparse.Namespace, vol, tiling: tuple[int, int]) -> bool:
 
 def write_regions(path: str | Path, shape: tuple[int, ...], region_of: Callable[[int], Any]) -> dict[str, int]:
     """Write a uint8 mask (1 = object) given by one region per slice (see
-    :func:`~napari_focsam.core.io.write_mask_regions`); the old file stays if anything fails.
+    :func:`~napari_focsam.core.outputs._mask_files.write_mask_regions`); the old file stays if anything fails.
 
     Returns ``{"mask_pixels": ..., "slices_with_mask": ...}``.
     """
     import numpy as np
 
-    from ..core.io import write_mask_regions
+    from ..core.outputs import write_mask_regions
 
     seen: set[int] = set()
 

@@ -5,7 +5,7 @@ image and model in DIR; an interrupted run resumes where it stopped. A complete 
 read-only folder is reported as such (nothing to do, exit 0). Prints one line of JSON.
 
 With ``--workers N`` the slices are spread over a local dask cluster of N processes, with
-``--scheduler ADDRESS`` over a running dask cluster (see :mod:`napari_focsam.core.distributed`);
+``--scheduler ADDRESS`` over a running dask cluster (see :mod:`napari_focsam.core.cluster._distributed`);
 the store is the same as a single process writes.
 
 A large image (long side above 1536 pixels; a zarr folder or OME-Zarr pyramid is opened lazily)
@@ -20,8 +20,9 @@ import json
 import time
 
 from ..errors import UserError
-from ._common import (add_cluster_options, add_image_model_options, add_large_image_options, layout_of, load_volume,
-                      note, note_tiling, open_input, progress_bar, tile_options)
+from ._common import (
+    add_cluster_options, add_image_model_options, add_large_image_options, layout_of, load_volume, note, note_tiling,
+    open_input, progress_bar, tile_options)
 
 __all__ = ["add_parser", "run"]
 
@@ -44,10 +45,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     """Handle ``napari-focsam precompute``; return the exit code."""
-    from ..core import models
-    from ..core.disk_cache import CacheWriteError
-    from ..core.embeddings import EmbeddingStore
-    from ..core.predictor import FocSAMPredictor
+    from ..core.embeddings import CacheWriteError, open_store
+    from ..core.models import load_model
+    from ..core.prompting import FocSAMPredictor
 
     tiling = tile_options(args)
     if args.workers is not None or args.scheduler is not None:
@@ -56,18 +56,10 @@ def run(args: argparse.Namespace) -> int:
     if vol.is_3d or vol.has_channels:
         note(f"read {args.image} as {layout_of(vol)}")
     large = note_tiling(args, vol, tiling)
-    model = models.load_model(args.model, args.device)
-    if large:
-        from ..core.tiled_embeddings import TiledEmbeddingStore
-
-        store = TiledEmbeddingStore(FocSAMPredictor(model), vol, cache_dir=args.cache,
-                                    tile_size=tiling[0], halo=tiling[1])
-        n = store.tiles_per_slice * vol.n_slices
-        what = "tiles"
-    else:
-        store = EmbeddingStore(FocSAMPredictor(model), vol, cache_dir=args.cache)
-        n = vol.n_slices
-        what = "slices"
+    model = load_model(args.model, args.device)
+    store = open_store(FocSAMPredictor(model), vol, tiles=large, cache_dir=args.cache, tile_size=tiling[0],
+                       halo=tiling[1])
+    n, what = store.n_units, store.unit_name
     if store.cache_path is None:
         raise UserError(f"cannot fill the cache in {args.cache}: {store.disk_error}")
     t0 = time.perf_counter()
@@ -101,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
 def _run_on_cluster(args: argparse.Namespace) -> int:
     """``precompute --workers N`` or ``--scheduler ADDRESS``: the slices (or, on a large image,
     the tiles of every level) as dask tasks."""
-    from ..core.distributed import ImageSource, connect, open_image, precompute_distributed
+    from ..core.cluster import ImageSource, connect, open_image, precompute_distributed
     from ..core.models import model_files
 
     try:

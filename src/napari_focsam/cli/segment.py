@@ -1,7 +1,7 @@
 """``napari-focsam segment IMAGE [--box Y0,X0,Y1,X1] [--click Y,X[,+|-] ...] --out MASK [--slice Z]``.
 
 One object from a box and/or clicks (the box is the first prompt, the clicks refine it),
-through the engine's :class:`~napari_focsam.core.session.Session`
+through the engine's :class:`~napari_focsam.core.session._session.Session`
 (the same click loop as the API and the widget). Without ``--propagate`` the mask of the
 clicked slice is written, (Y, X); with it, the object is propagated through the stack and the
 (Z, Y, X) mask is written. Prints one line of JSON on stdout; what was assumed about the
@@ -12,7 +12,7 @@ format, the tiling options, the image, its layout, the slice and the clicks.
 
 Large images (long side above 1536 pixels; a zarr folder or OME-Zarr pyramid is opened lazily)
 are segmented in encoder tiles, with the object at the scale that fits it (see
-:mod:`napari_focsam.core.tiles`); their masks are kept as regions and written region by region
+:mod:`napari_focsam.core.images._tiles`); their masks are kept as regions and written region by region
 (``--out mask.zarr`` for a chunked zarr array, or a tiled TIFF), never as a full-size array in
 memory (except ``.png``). The output is written to a temporary file and renamed over ``--out``
 only once complete: a failed run leaves an existing output as it was.
@@ -24,11 +24,13 @@ import argparse
 import json
 import time
 
-from ..core.clicks import Click
 from ..core.defaults import DEFAULT_IOU_THRESHOLD, DEFAULT_MODEL, REFINE_PRECISIONS
+from ..core.outputs import formats_help
+from ..core.prompting import Click
 from ..errors import UserError
-from ._common import (add_large_image_options, check_output, check_size, layout_of, load_volume, note, note_tiling,
-                      open_input, progress_bar, tile_options, write_regions)
+from ._common import (
+    add_large_image_options, check_output, check_size, layout_of, load_volume, note, note_tiling, open_input,
+    progress_bar, tile_options, write_regions)
 
 __all__ = ["add_parser", "parse_click", "run"]
 
@@ -50,8 +52,8 @@ def parse_click(text: str) -> Click:
 
 
 def box_arg(text: str):
-    """argparse type of ``--box``: ``Y0,X0,Y1,X1`` -> :class:`~napari_focsam.core.prompts.Box`."""
-    from ..core.prompts import parse_box
+    """argparse type of ``--box``: ``Y0,X0,Y1,X1`` -> :class:`~napari_focsam.core.prompting._boxes.Box`."""
+    from ..core.prompting import parse_box
 
     try:
         return parse_box(text)
@@ -85,8 +87,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     add_large_image_options(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar (--propagate)")
     p.add_argument("--out", required=True,
-                   help="output mask (uint8, 1 = object): .tif, .tiff, .npy, .zarr (a chunked zarr array), "
-                        "or .png (2D only)")
+                   help="output mask (uint8, 1 = object): " + formats_help())
     p.set_defaults(func=run)
     return p
 
@@ -133,7 +134,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("give at least one --click Y,X or a --box Y0,X0,Y1,X1")
     _check_clicks(vol, clicks)
     if args.box is not None:
-        from ..core.prompts import checked_box
+        from ..core.prompting import checked_box
 
         try:
             box = checked_box(args.box, vol.plane_shape)
@@ -143,10 +144,10 @@ def run(args: argparse.Namespace) -> int:
         note(f"read {args.image} as {layout_of(vol)}")
     large = note_tiling(args, vol, tiling)
 
-    from ..core import models
+    from ..core.models import load_model, refine_precision_of
     from ..core.session import Session
 
-    model = models.load_model(args.model, args.device, refiner=args.refiner, refine_precision=args.refine_precision)
+    model = load_model(args.model, args.device, refiner=args.refiner, refine_precision=args.refine_precision)
     extra = {"tile_size": tiling[0], "halo": tiling[1]} if large else {}
     session = Session(vol, model, refine=not args.no_refine, cache_dir=args.cache, **extra)
     obj = session.new_object()
@@ -172,7 +173,7 @@ def run(args: argparse.Namespace) -> int:
     refine = session.predictor.refine
     summary = {
         "model": model.model_type, "refine": refine, "clicks": len(clicks),
-        "refine_precision": models.refine_precision_of(model) if refine else None, **summary_box,
+        "refine_precision": refine_precision_of(model) if refine else None, **summary_box,
     }
     if large:
         return _finish_large(args, vol, session, obj, z, summary, click_s, t_embed, tiling)
@@ -236,7 +237,7 @@ def _finish_large(args, vol, session, obj, z: int, summary: dict, click_s: list,
 
 
 def _write(path, mask) -> None:
-    from ..core.io import write_mask
+    from ..core.outputs import write_mask
 
     try:
         write_mask(path, mask)

@@ -1,7 +1,7 @@
 """``napari-focsam segment-all IMAGE --out LABELS [--points-per-side N] [--slice Z] ...``.
 
 Automatic instance segmentation of a 2D image (or of one slice of a stack) from a grid of point
-prompts (:func:`napari_focsam.core.automatic.segment_all`), written as a labels image with ids
+prompts (:func:`napari_focsam.core.automatic._segment_all.segment_all`), written as a labels image with ids
 1..n and no overlaps. Prints one line of JSON on stdout; a blank image gives an empty labels
 image and a note on stderr. The output path, the image and the parameters are checked before
 the model is loaded.
@@ -17,11 +17,13 @@ from __future__ import annotations
 import argparse
 import json
 
-from ..core.auto_params import SegmentAllParams
+from ..core.automatic import SegmentAllParams
 from ..core.defaults import DEFAULT_MODEL
+from ..core.outputs import formats_help
 from ..errors import UserError
-from ._common import (add_cluster_options, add_large_image_options, check_output, layout_of, load_volume, note,
-                      open_input, parse_limits, progress_bar, tile_options)
+from ._common import (
+    add_cluster_options, add_large_image_options, check_output, layout_of, load_volume, note, open_input, parse_limits,
+    progress_bar, tile_options)
 
 __all__ = ["add_parser", "params_from_args", "run"]
 
@@ -36,8 +38,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                     "decoder's predicted IoU and stability, duplicates removed; writes a labels image.")
     p.add_argument("image", help="2D image (tif/png/jpg, gray or RGB) or a 3D stack (tif, with --slice)")
     p.add_argument("--out", default=None,
-                   help="output labels (ids 1..n): .tif, .tiff, .npy, .png, .zarr or .ome.zarr (an NGFF label "
-                        "image with a pyramid; the format for large images)")
+                   help="output labels (ids 1..n): " + formats_help(extra=[(
+                       ".ome.zarr", "an NGFF label image with a pyramid; the format for large images")]))
     p.add_argument("--into-input-labels", default=None, metavar="NAME",
                    help="with an OME-Zarr image as input: write the labels into its labels/NAME group (the "
                         "image itself is never changed; an existing NAME only if this tool wrote it)")
@@ -127,16 +129,16 @@ def run(args: argparse.Namespace) -> int:
         model_type = args.model
         result = segment_all(None, rgb, params)
     else:
-        from ..core import models
-        from ..core.embeddings import EmbeddingStore
-        from ..core.predictor import FocSAMPredictor
+        from ..core.embeddings import open_store
+        from ..core.models import load_model
+        from ..core.prompting import FocSAMPredictor
 
-        model = models.load_model(args.model, args.device)
+        model = load_model(args.model, args.device)
         model_type = model.model_type
         predictor = FocSAMPredictor(model, refine=False)
         embedding = None
         if params.tiles == 1:
-            embedding = EmbeddingStore(predictor, vol, cache_dir=args.cache).get(z)
+            embedding = open_store(predictor, vol, tiles=False, cache_dir=args.cache).get(z)
         update, close = progress_bar(1, "segment-all (points)", not args.no_progress)
         try:
             result = segment_all(predictor, rgb, params, embedding=embedding, progress=update)
@@ -146,7 +148,7 @@ def run(args: argparse.Namespace) -> int:
         note(f"warning: {result.message}; the labels image is empty")
     labels = result.labels
     labels = labels.astype(np.uint16 if result.n_objects < 2**16 else np.uint32)
-    from ..core.labels_writer import write_labels_array
+    from ..core.outputs import write_labels_array
 
     try:
         write_labels_array(args.out, labels)  # *.ome.zarr: an NGFF label image with its pyramid

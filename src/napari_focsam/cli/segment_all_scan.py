@@ -3,7 +3,7 @@
 Called by :mod:`.segment_all` when the slice is large (long side above 1536 pixels: tiled as the
 engine tiles it), when ``--workers``/``--scheduler`` is given, or with ``--into-input-labels``.
 Every check (output, label name, tiling, cache) comes before the model is loaded; the labels are
-written chunk by chunk (:mod:`napari_focsam.core.scan_labels`); one JSON line at the end with
+written chunk by chunk (:mod:`napari_focsam.core.cluster._scan_labels`); one JSON line at the end with
 units (tiles), computed, reused, workers, seconds and objects (on a cluster also lost_workers and
 retried: a killed worker's tasks run again elsewhere, and the tiles it encoded count as reused).
 """
@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from ..core.auto_params import SegmentAllParams
+from ..core.automatic import SegmentAllParams
 from ..errors import UserError
 from ._common import check_output, note, note_tiling, tile_options
 
@@ -22,8 +22,7 @@ __all__ = ["run_scan"]
 
 def run_scan(args: argparse.Namespace, params: SegmentAllParams, vol, z: int) -> int:
     """Segment slice ``z`` of ``vol`` (opened lazily from ``args.image``) tile by tile; return the exit code."""
-    from ..core.labels_writer import check_labels_output
-    from ..core.ome_labels import check_labels_into
+    from ..core.outputs import check_labels_into, check_labels_output
 
     plane = tuple(vol.plane_shape)
     try:
@@ -44,10 +43,8 @@ def run_scan(args: argparse.Namespace, params: SegmentAllParams, vol, z: int) ->
                         "embeddings there (a second run reuses them)")
     if args.max_level is not None and args.max_level < 0:
         raise UserError(f"--max-level {args.max_level} must be 0 or more")
-    from ..core.distributed import ImageSource, connect
+    from ..core.cluster import ImageSource, connect, segment_all_scan, write_scan_labels, write_scan_labels_into
     from ..core.models import model_files
-    from ..core.scan_labels import write_scan_labels, write_scan_labels_into
-    from ..core.tiled_automatic import segment_all_scan
 
     model_files(args.model)  # fetch once here, not once per worker
     source = ImageSource(str(args.image), contrast_limits=args.contrast_limits, level=args.level,

@@ -5,7 +5,7 @@ One object per seed of a napari points-layer CSV (``index,axis-0,axis-1[,axis-2]
 object is propagated through the stack from its seed's slice. The result is one labels image:
 object id = seed row + 1; where objects overlap, the smaller object keeps the pixels. Seeds
 run in this process, or as dask tasks with ``--workers N`` (a local cluster) or
-``--scheduler ADDRESS`` (see :mod:`napari_focsam.core.distributed`). Prints one line of JSON.
+``--scheduler ADDRESS`` (see :mod:`napari_focsam.core.cluster._distributed`). Prints one line of JSON.
 """
 
 from __future__ import annotations
@@ -15,9 +15,10 @@ import json
 import time
 
 from ..core.defaults import DEFAULT_IOU_THRESHOLD
+from ..core.outputs import formats_help
 from ..errors import UserError
-from ._common import (add_cluster_options, add_image_model_options, check_output, check_size, layout_of, load_volume,
-                      note, progress_bar)
+from ._common import (
+    add_cluster_options, add_image_model_options, check_output, check_size, layout_of, load_volume, note, progress_bar)
 
 __all__ = ["add_parser", "run"]
 
@@ -30,7 +31,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                     "image (id = seed row + 1; overlaps go to the smaller object).")
     p.add_argument("image", help="2D image or 3D stack (tif, png, ..., or a zarr array folder)")
     p.add_argument("--points", required=True, metavar="CSV", help="napari points CSV: index,axis-0,axis-1[,axis-2]")
-    p.add_argument("--out", required=True, help="output labels: .tif, .tiff, .npy, or .png (2D only)")
+    p.add_argument("--out", required=True, help="output labels: " + formats_help())
     p.add_argument("--propagate", action="store_true", help="propagate every object through the stack")
     p.add_argument("--iou-threshold", type=float, default=DEFAULT_IOU_THRESHOLD, metavar="T",
                    help=f"with --propagate: stop below this IoU with the previous slice (default {DEFAULT_IOU_THRESHOLD})")
@@ -45,8 +46,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     """Handle ``napari-focsam segment-batch``; return the exit code."""
-    from ..core.distributed import ImageSource, connect, open_image, read_seeds, segment_seeds
-    from ..core.labels_writer import write_object_labels
+    from ..core.cluster import ImageSource, connect, open_image, read_seeds, segment_seeds
+    from ..core.outputs import write_object_labels
 
     t0 = time.perf_counter()
     try:

@@ -1,6 +1,6 @@
 """``napari-focsam track MOVIE --axes tyx|tzyx --points SEEDS.csv --out LABELS.tif [--tracks TRACKS.csv]``.
 
-A time-lapse segmented frame by frame (:mod:`napari_focsam.core.timelapse`): one object per
+A time-lapse segmented frame by frame (:mod:`napari_focsam.core.session._timelapse`): one object per
 seed of a napari points-layer CSV (``axis-0`` = t, then ``y, x`` or ``z, y, x``), on any frame,
 followed forwards and backwards with the z propagation run along t; object id = seed row + 1
 in every frame. ``--divide`` names a second points CSV, one point per division, on one
@@ -54,7 +54,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 def _points(path: str, shape: tuple[int, ...], what: str):
     """Points of a napari CSV as (N, ndim) rows, checked against ``shape``; UserError otherwise."""
-    from ..core.distributed import read_seeds
+    from ..core.cluster import read_seeds
 
     try:
         pts = read_seeds(path, len(shape))
@@ -68,10 +68,9 @@ def _points(path: str, shape: tuple[int, ...], what: str):
 
 def run(args: argparse.Namespace) -> int:
     """Handle ``napari-focsam track``; return the exit code."""
-    from ..core.image_volume import ImageVolume
-    from ..core.io import write_mask
-    from ..core.session import Session
-    from ..core.timelapse import TimeLapse, check_axes, tracks_table, write_tracks_csv
+    from ..core.images import ImageVolume
+    from ..core.outputs import write_mask
+    from ..core.session import Session, TimeLapse, check_axes, tracks_table, write_tracks_csv
 
     t0 = time.perf_counter()
     if not 0.0 <= args.iou_threshold <= 1.0:

@@ -71,8 +71,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 def run_cache(args: argparse.Namespace) -> int:
     """Handle ``napari-focsam train-cache``; return the exit code."""
-    from ..training.config import load_config
     from ..training.cache import build_cache
+    from ..training.config import load_config
 
     cfg = load_config(args.config, parse_overrides(args.set))
     if args.device:

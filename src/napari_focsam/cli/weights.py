@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..core import weights as W
+from ..core.models import weights as W
 
 __all__ = ["add_parser", "run"]
 

@@ -21,5 +21,5 @@ REFINE_PRECISIONS = ("auto", "fp32", "bf16")
 
 #: Propagation stop threshold on IoU(previous slice, new slice), chosen by measurement: mean 3D
 #: IoU is on a plateau for 0.6-0.75 (cells3d 0.825-0.842, stardist 3D 0.181-0.202); 0.65 is its
-#: middle.  Re-exported by :mod:`napari_focsam.core.volume`.
+#: middle.  Re-exported by :mod:`napari_focsam.core.propagation._plain`.
 DEFAULT_IOU_THRESHOLD = 0.65

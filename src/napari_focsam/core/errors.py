@@ -12,7 +12,7 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 
-from .weights import WeightsUnavailableError
+from .models.weights import WeightsUnavailableError
 
 __all__ = ["Failure", "describe_error", "is_oom", "one_line"]
 

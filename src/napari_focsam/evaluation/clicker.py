@@ -28,7 +28,7 @@ from collections.abc import Iterable
 import numpy as np
 from scipy import ndimage
 
-from ..core.clicks import Click  # one click type for the engine, the harness and training
+from ..core.prompting import Click  # one click type for the engine, the harness and training
 
 __all__ = [
     "DEFAULT_SEED",

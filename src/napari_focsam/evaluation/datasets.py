@@ -53,8 +53,7 @@ from typing import Any
 
 import numpy as np
 
-from ..core.image import to_rgb_uint8 as _core_to_rgb_uint8
-from ..core.io import read_image
+from ..core.images import read_image, to_rgb_uint8 as _core_to_rgb_uint8
 from .stacks import STACKS, find_stack_folder, stack_entries
 
 __all__ = [
@@ -229,7 +228,7 @@ def to_rgb_uint8(arr: np.ndarray) -> np.ndarray:
     """Convert a 2D / (H, W, C) / (C, H, W) image of any dtype to (H, W, 3) uint8 RGB.
 
     Channel-first arrays are moved to channel-last; the intensity mapping is the engine's
-    (:func:`napari_focsam.core.image.to_rgb_uint8`: uint8 as is, robust percentiles otherwise).
+    (:func:`napari_focsam.core.images._contrast.to_rgb_uint8`: uint8 as is, robust percentiles otherwise).
     """
     arr = np.asarray(arr)
     if arr.ndim == 3 and arr.shape[-1] not in (1, 3, 4) and arr.shape[0] in (1, 3, 4):

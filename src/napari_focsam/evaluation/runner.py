@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..core.predictor import FocSAMPredictor, ImageEmbedding, InteractiveObject
+from ..core.embeddings import ImageEmbedding
+from ..core.prompting import FocSAMPredictor, InteractiveObject
 from .datasets import read_dataset
 from .metrics import Timings
 from .protocol import evaluate_dataset, plot_miou_curves, write_results

@@ -30,8 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..core.image import to_rgb_uint8
-from ..core.io import read_image
+from ..core.images import read_image, to_rgb_uint8
 
 __all__ = [
     "STACKS",

@@ -3,7 +3,7 @@
 :class:`LargeImageAdapter` wraps the harness' predictor adapter
 (:class:`~napari_focsam.evaluation.runner.PredictorAdapter`): images that
 :meth:`ImageVolume.is_large` calls large (long side above 1536 pixels) are run through a tiled
-:class:`~napari_focsam.core.session.Session` (one object per evaluated object, the protocol's
+:class:`~napari_focsam.core.session._session.Session` (one object per evaluated object, the protocol's
 clicks added one by one), every other image goes to the wrapped adapter unchanged. So a large
 image is evaluated the way a user segments it, never squeezed onto one canvas.
 
@@ -19,9 +19,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..core.image_volume import ImageVolume
+from ..core.images import DEFAULT_HALO, DEFAULT_TILE_SIZE, ImageVolume
 from ..core.session import Session
-from ..core.tiles import DEFAULT_HALO, DEFAULT_TILE_SIZE
 
 __all__ = ["LargeImageAdapter"]
 
@@ -36,7 +35,7 @@ class LargeImageAdapter:
         The adapter used for the other images (with ``predictor``, ``timings``, ``set_image``,
         ``reset`` and ``predict``).
     tile_size, halo : int
-        The tiling (see :mod:`napari_focsam.core.tiles`).
+        The tiling (see :mod:`napari_focsam.core.images._tiles`).
     max_memory_bytes : int
         Bound of the tile embeddings kept in memory per image.
     """

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+from typing import Any, Mapping
+
 import torch
 from torch import nn
 
@@ -51,3 +54,10 @@ class MLP(nn.Module):
             if i < last:
                 x = torch.relu(x)
         return x
+
+
+def count_indices(sd: Mapping[str, Any], pattern: str) -> int:
+    """How many distinct indices ``pattern``'s first group takes among the keys of ``sd``
+    (``r"image_encoder\\.blocks\\.(\\d+)\\."``: the number of blocks)."""
+    rx = re.compile(pattern)
+    return len({m.group(1) for k in sd if (m := rx.match(k))})

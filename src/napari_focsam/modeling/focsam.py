@@ -16,7 +16,7 @@ PIXEL_STD = (58.395, 57.12, 57.375)
 class FocSAM(nn.Module):
     """Image encoder (run once per image), light decoder (run per click), focus refiner
     (run once per object: at its first click in this project's loop, at its second in
-    FocSAM as published; see :class:`~napari_focsam.core.predictor.FocSAMPredictor`).
+    FocSAM as published; see :class:`~napari_focsam.core.prompting._predictor.FocSAMPredictor`).
 
     Without a refiner this is plain SAM / MobileSAM, used with the same click loop.
     ``channel_order`` is the colour order the weights were trained with: "rgb" for

@@ -37,24 +37,9 @@ from torch import Tensor, nn
 
 from .deform_conv import ModulatedDeformConvPack
 from .focus_region import (
-    Ratio,
-    Size,
-    box_to_token_mask,
-    compute_focus_box,
-    expand_box,
-    focus_token_mask,
-    mask_to_box,
-    ratio2,
-    size2,
-)
+    Ratio, Size, box_to_token_mask, compute_focus_box, expand_box, focus_token_mask, mask_to_box, ratio2, size2)
 from .p_dyrelu import PixelDynamicReLU
-from .windows import (
-    count_selected_windows,
-    select_windows,
-    window_partition,
-    window_token_index,
-    window_unpartition,
-)
+from .windows import count_selected_windows, select_windows, window_partition, window_token_index, window_unpartition
 
 __all__ = [
     "Attention", "CrossAttentionBlock", "FocusRefiner", "MSAModule", "RefineBlock",

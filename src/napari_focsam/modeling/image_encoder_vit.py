@@ -9,12 +9,13 @@ to the (B, 256, 64, 64) image embedding that the decoder and refiner consume.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Mapping
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .common import LayerNorm2d, MLPBlock
+from .common import LayerNorm2d, MLPBlock, count_indices
 
 
 @dataclass(frozen=True)
@@ -172,3 +173,37 @@ class ImageEncoderViT(nn.Module):
         for block in self.blocks:
             x = block(x)
         return self.neck(x.permute(0, 3, 1, 2))
+
+
+def vit_config_from_state_dict(sd: Mapping[str, torch.Tensor]) -> ViTConfig:
+    """Infer a SAM ViT's width, depth, heads, window and global blocks from tensor shapes."""
+    w = sd["image_encoder.patch_embed.proj.weight"]
+    embed_dim, patch = w.shape[0], w.shape[-1]
+    grid = sd["image_encoder.pos_embed"].shape[1]
+    depth = count_indices(sd, r"image_encoder\.blocks\.(\d+)\.")
+    head_dim = sd["image_encoder.blocks.0.attn.rel_pos_h"].shape[1]
+    global_idx, window = [], 14
+    for i in range(depth):
+        rows = sd[f"image_encoder.blocks.{i}.attn.rel_pos_h"].shape[0]
+        if rows == 2 * grid - 1:
+            global_idx.append(i)
+        else:
+            window = (rows + 1) // 2
+    mlp_dim = sd["image_encoder.blocks.0.mlp.lin1.weight"].shape[0]
+    if mlp_dim == 4 * embed_dim:
+        mlp_dim = None  # the default, as in VIT_CONFIGS
+    return ViTConfig(embed_dim, depth, embed_dim // head_dim, tuple(global_idx), mlp_dim,
+                     grid * patch, patch, window, sd["image_encoder.neck.0.weight"].shape[0])
+
+
+def identify_vit(encoder: nn.Module) -> str | None:
+    """``"vit_b"``/``"vit_l"``/``"vit_h"`` for SAM's ViTs, ``"vit_custom"`` for another ViT, None
+    for another kind of encoder."""
+    if not isinstance(encoder, ImageEncoderViT):
+        return None
+    c = encoder.config
+    for name, cfg in VIT_CONFIGS.items():
+        if c == cfg or (c.embed_dim, c.depth, c.num_heads, c.global_attn_indexes) == (
+                cfg.embed_dim, cfg.depth, cfg.num_heads, cfg.global_attn_indexes):
+            return name
+    return "vit_custom"

@@ -8,8 +8,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .common import MLP, LayerNorm2d
 from . import fast_ops
+from .common import MLP, LayerNorm2d
 from .fast_ops import tensor_version
 from .transformer import TwoWayTransformer
 

@@ -22,13 +22,14 @@ path.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Mapping
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from . import fast_ops
-from .common import LayerNorm2d
+from .common import LayerNorm2d, count_indices
 from .fast_ops import DerivedTensors, cast, fast_path_enabled, fold_batchnorm
 
 F32 = torch.float32
@@ -489,3 +490,36 @@ class TinyViT(nn.Module):
         y = _rows(fast_ops.conv2d(_image(y, B, r, r), w2, None, 1, 1, out_dtype=F32))
         y = F.layer_norm(y, y.shape[-1:], norm2.weight, norm2.bias, norm2.eps)
         return _image(y, B, r, r).contiguous()
+
+
+def tinyvit_config_from_state_dict(sd: Mapping[str, torch.Tensor]) -> TinyViTConfig:
+    """Infer TinyViT stage widths, depths, heads and windows from tensor shapes."""
+    n_layers = count_indices(sd, r"image_encoder\.layers\.(\d+)\.")
+    dims, depths, heads, windows = [], [], [], []
+    for i in range(n_layers):
+        depths.append(count_indices(sd, rf"image_encoder\.layers\.{i}\.blocks\.(\d+)\."))
+        if i == 0:
+            dims.append(sd["image_encoder.layers.0.blocks.0.conv1.c.weight"].shape[1])
+            heads.append(1)
+            windows.append(7)
+        else:
+            bias = sd[f"image_encoder.layers.{i}.blocks.0.attn.attention_biases"]
+            dims.append(sd[f"image_encoder.layers.{i}.blocks.0.attn.proj.weight"].shape[0])
+            heads.append(bias.shape[0])
+            windows.append(int(round(bias.shape[1] ** 0.5)))
+    expand = sd["image_encoder.layers.0.blocks.0.conv1.c.weight"].shape[0] / dims[0]
+    mlp_ratio = sd["image_encoder.layers.1.blocks.0.mlp.fc1.weight"].shape[0] / dims[1]
+    return TinyViTConfig(tuple(dims), tuple(depths), tuple(heads), tuple(windows), mlp_ratio, expand,
+                         out_chans=sd["image_encoder.neck.0.weight"].shape[0],
+                         num_classes=sd["image_encoder.head.weight"].shape[0])
+
+
+def identify_tinyvit(encoder: nn.Module) -> str | None:
+    """``"vit_t"`` for MobileSAM's TinyViT, ``"tinyvit_custom"`` for another one, None for another
+    kind of encoder."""
+    if not isinstance(encoder, TinyViT):
+        return None
+    c, ref = encoder.config, TinyViTConfig()
+    same = (c.embed_dims, c.depths, c.num_heads[1:], c.window_sizes[1:]) == (
+        ref.embed_dims, ref.depths, ref.num_heads[1:], ref.window_sizes[1:])
+    return "vit_t" if same else "tinyvit_custom"

@@ -141,7 +141,8 @@ def build_cache(
     ``limit``: at most this many images per source (smoke runs).
     Validation sources are cached with copy 0 only (no augmentation).
     """
-    from ..core.predictor import PREPROCESS_VERSION, preprocess, resolve_device
+    from ..core.embeddings import PREPROCESS_VERSION, preprocess
+    from ..core.models import resolve_device
 
     root = cfg.data_root
     ids = check_split(cfg, root)
@@ -153,8 +154,8 @@ def build_cache(
         "cache_seed": int(cfg.data.cache_seed),
     }
     if model is None:
-        from ..core.checkpoint import load_checkpoint
-        from ..core.weights import resolve_weights
+        from ..core.models import load_checkpoint
+        from ..core.models.weights import resolve_weights
 
         wpath = resolve_weights(cfg.model.base)
         model = load_checkpoint(wpath, device=resolve_device(cfg.data.cache_device))

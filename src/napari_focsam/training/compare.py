@@ -111,7 +111,7 @@ def compare_runs(runs: dict[str, tuple[str, str | None]], data_root, out_dir, *,
         How many Coelho validation nuclei, drawn with this seed (None: all).
     """
     from ..core.models import load_model
-    from ..core.predictor import FocSAMPredictor
+    from ..core.prompting import FocSAMPredictor
     from ..evaluation.protocol import evaluate_dataset, plot_miou_curves, write_results
     from ..evaluation.runner import PredictorAdapter
 

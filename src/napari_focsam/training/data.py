@@ -30,8 +30,7 @@ from typing import Callable
 
 import numpy as np
 
-from ..core.image import to_rgb_uint8
-from ..core.io import read_image
+from ..core.images import read_image, to_rgb_uint8
 from ..evaluation.datasets import EvalDataset, EvalObject, canonical_name, natural_key, read_dataset, select_ids
 from .config import SourceConfig, TrainingConfig
 

@@ -37,16 +37,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..core.checkpoint import CheckpointError, read_checkpoint
 from ..core.hashing import sha256_file
+from ..core.models import CheckpointError, read_checkpoint
 from ..modeling.focsam import FocSAM
-from .config import TrainingConfig
 from .cache import TrainingCache, TrainingItem
+from .config import TrainingConfig
 from .data import CANVAS, training_dataset_name
-from .sampler import BatchSampler
 from .export import REFINER_FILE, build_refiner, export_refiner, refiner_config
 from .losses import click_loss, normalized_focal_loss
 from .rng import rng_state, seed_everything, set_rng_state
+from .sampler import BatchSampler
 from .schedule import WarmupPolyLR, param_groups
 from .simulate import sample_geometric, simulate_clicks
 from .validate import evaluate_cached, iou_canvas
@@ -59,7 +59,7 @@ __all__ = ["Trainer", "draw_click_schedule", "load_refiner_weights", "load_resum
 def load_resume_state(path: str | Path) -> dict:
     """Read a training checkpoint written by :meth:`Trainer.save_checkpoint`, safely.
 
-    It goes through :func:`~napari_focsam.core.checkpoint.read_checkpoint` (tensors, numbers
+    It goes through :func:`~napari_focsam.core.models._checkpoint.read_checkpoint` (tensors, numbers
     and plain containers only), so a hostile file in a work folder cannot run code.
 
     Parameters
@@ -81,7 +81,7 @@ def load_resume_state(path: str | Path) -> dict:
 def load_refiner_weights(refiner: torch.nn.Module, path: str | Path) -> None:
     """Load an exported refiner file (:func:`~.export.export_refiner`) into ``refiner`` (fine-tuning).
 
-    The file is read safely (:func:`~napari_focsam.core.checkpoint.read_checkpoint`); its
+    The file is read safely (:func:`~napari_focsam.core.models._checkpoint.read_checkpoint`); its
     float16 tensors become the refiner's dtype.  Raises ``CheckpointError`` when the file is not
     a refiner file or its tensors do not fit the configured refiner (other depth or width).
     """
@@ -136,7 +136,7 @@ class Trainer:
                  train_cache: TrainingCache | None = None, val_cache: TrainingCache | None = None,
                  device: str | torch.device | None = None, keep_refiner: bool = False,
                  log: Callable[[str], None] | None = print) -> None:
-        from ..core.predictor import resolve_device
+        from ..core.models import resolve_device
 
         self.cfg = cfg
         self.log_fn = log
@@ -150,8 +150,8 @@ class Trainer:
             torch.backends.cudnn.allow_tf32 = True
         self.base_sha256 = None
         if model is None:
-            from ..core.checkpoint import load_checkpoint
-            from ..core.weights import resolve_weights
+            from ..core.models import load_checkpoint
+            from ..core.models.weights import resolve_weights
 
             wpath = resolve_weights(cfg.model.base)
             model = load_checkpoint(wpath)
@@ -440,7 +440,7 @@ class Trainer:
         info = export_refiner(self.model, path, self.cfg.model, **meta)
         if self.cfg.train.stage1_iters:
             # the refiner was trained on a fine-tuned decoder: ship that decoder too
-            from ..core.checkpoint import save_checkpoint
+            from ..core.models import save_checkpoint
 
             full = path.with_name(path.stem + "_full_model.pt")
             save_checkpoint(self.model.to("cpu"), full,

@@ -7,7 +7,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..core.predictor import FocSAMPredictor, ImageEmbedding, InteractiveObject
+from ..core.embeddings import ImageEmbedding
+from ..core.prompting import FocSAMPredictor, InteractiveObject
 from ..modeling.focsam import FocSAM
 from .cache import TrainingCache
 
@@ -29,15 +30,14 @@ def evaluate_cached(model: FocSAM, cache: TrainingCache, device, max_objects: in
     """The 20-click protocol (inner_k = 1, seed 42) on the copy-0 items of a cache, at canvas
     resolution, per dataset (at most ``max_objects`` each).
 
-    The clicks go through the engine's own loop (:class:`~napari_focsam.core.predictor.InteractiveObject`
+    The clicks go through the engine's own loop (:class:`~napari_focsam.core.prompting._predictor.InteractiveObject`
     over a canvas-size embedding), so the monitor refines exactly when the product does.
 
     Returns ``{dataset: {"plain": {noc85, noc90, miou, n_objects}, "refine": {...}}}``.  This is
     a fast monitor; the harness (``napari-focsam evaluate``) scores at image resolution.
     """
     from ..evaluation.clicker import next_click
-    from ..evaluation.metrics import iou as iou_fn
-    from ..evaluation.metrics import miou_curve, noc
+    from ..evaluation.metrics import iou as iou_fn, miou_curve, noc
 
     model.eval()
     by_ds: dict[str, list[tuple[int, int]]] = {}

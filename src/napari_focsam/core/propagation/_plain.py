@@ -1,0 +1,529 @@
+"""Slice-by-slice propagation of an object through a stack.
+
+Each next slice is prompted from the previous slice's result and decoded on its own cached
+embedding with the plain decoder (no refiner). The prompt modes (``PROMPT_MODES``):
+
+``point``            one positive click at the interior point of the previous mask (the maximum
+                     of its distance transform, the image border counting as boundary);
+``point_logits``     the same click plus the previous slice's raw 256x256 logits as mask input
+                     (valid because all slices share one input size);
+``point_box``        the click plus the previous mask's bounding box, enlarged by ``BOX_MARGIN``;
+``point_box_logits`` all three.
+
+``multimask=True`` decodes SAM's three candidate masks instead of the single-mask output and
+keeps the one that overlaps the previous slice's mask most.
+
+A run stops where the mask vanishes (fewer than ``MIN_MASK_PIXELS`` pixels, or a blank slice),
+where its IoU with the previous slice falls below ``iou_threshold`` (the slice that fails is
+not kept), or where the object ends: a mask that had shrunk grows again (``END_REBOUND``). Between two clicked slices both sides fill towards the middle and only the
+vanishing test applies (the user has shown the object at both ends). The defaults were chosen
+with ``benchmarks/bench_volume_quality.py`` on cells3d and the stardist 3D volume (one click on
+each nucleus' middle slice, then propagation; mean 3D IoU against the labels):
+
+=================  ========================  ==================  =====================
+prompt             best threshold            cells3d (20 nuclei) stardist 3D (51)
+=================  ========================  ==================  =====================
+point + multimask  0.65 (default)            0.838               0.190
+point              0.65                      0.820               0.169
+point_logits       0.40                      0.802               0.220
+point_box          0.80                      0.817               0.137
+=================  ========================  ==================  =====================
+
+(stardist 3D is limited by the first click itself: MobileSAM's mask of a nucleus in those
+61x57 noisy planes has a median 2D IoU of 0.20 with its label.)
+
+``refine=True`` passes every new slice through the focus refiner once (the slice's mask from the
+prompt is the coarse mask; :func:`next_slice`). With the shipped FocSAM-T refiner it lowers the
+mean 3D IoU on cells3d (20 nuclei, point + multimask): 0.726 against 0.838 at the default stop
+threshold 0.65, and 0.775 against 0.842 at the best threshold of each. Keeping the
+refined or the unrefined mask of a slice, whichever is closer to the previous slice, did not
+help either (the first three nuclei: 0.768 / 0.861 / 0.861 against 0.802 / 0.879 / 0.904 at
+threshold 0.5). So propagation does not refine by default (:data:`DEFAULT_REFINE_3D`).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, Hashable, Iterable, Mapping, NamedTuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy import ndimage as ndi
+
+from ...modeling.focsam import FocSAM
+from ..defaults import DEFAULT_IOU_THRESHOLD  # the measured stop threshold (re-exported)
+from ..prompting import mask_iou
+from ..prompting import FocSAMPredictor, MaskRegion, logits_to_mask, region_from_plane
+from ..embeddings import ImageEmbedding
+
+if TYPE_CHECKING:
+    from ..embeddings import EmbeddingStore
+
+__all__ = [
+    "DEFAULT_IOU_THRESHOLD",
+    "DEFAULT_PROMPT",
+    "DEFAULT_REFINE_3D",
+    "END_REBOUND",
+    "END_SHRINK",
+    "MIN_MASK_PIXELS",
+    "PROMPT_MODES",
+    "PropagationResult",
+    "PropagationRun",
+    "check_propagation",
+    "decode_prompt",
+    "interior_point",
+    "mask_to_logits",
+    "plan_runs",
+    "propagate",
+]
+
+PROMPT_MODES = ("point", "point_logits", "point_box", "point_box_logits")
+#: Prompt mode used by default: one interior click, with multimask selection (best mean 3D IoU
+#: over cells3d and the stardist 3D volume; box prompts keep SAM segmenting *something* past the
+#: end of a nucleus, so the IoU stop comes late).
+DEFAULT_PROMPT = "point"
+#: Use SAM's three candidates and keep the one most consistent with the previous slice.
+DEFAULT_MULTIMASK = True
+#: A mask with fewer pixels than this has vanished.
+MIN_MASK_PIXELS = 10
+#: Relative enlargement of the bounding-box prompt (plus 2 pixels).
+BOX_MARGIN = 0.1
+#: Refine each propagated slice (:func:`next_slice`)? Measured with the shipped FocSAM-T on
+#: cells3d (``benchmarks/bench_volume_quality.py --refine both``, one click per nucleus):
+#: refining lowers the mean 3D IoU from 0.838 to 0.726, see the module docs.
+DEFAULT_REFINE_3D = False
+#: The end of an object (outer runs): once a run's mask has shrunk below ``END_SHRINK`` times
+#: its seed's area, a slice whose mask is more than ``1 + END_REBOUND`` times the smallest mask
+#: of the run so far is not the object any more (SAM grabbed the blur past its end, or a
+#: neighbour) and the run stops there. Chosen from the per-slice areas of one-click runs on
+#: cells3d (20 nuclei) and the stardist 3D volume (15) with the IoU stop at 0.65: cells3d
+#: 0.826 -> 0.831, stardist 0.253 unchanged (an oracle stop that knows the labels: 0.869 / 0.287).
+END_SHRINK = 0.8
+END_REBOUND = 0.2
+#: Magnitude of the logits made from a binary mask (when no decoder logits exist).
+MASK_LOGIT = 8.0
+
+DIRECTIONS = ("down", "up")  # down: towards slice 0; up: towards the last slice
+
+
+class PlaneMasks(dict):
+    """slice -> (Y, X) bool mask of a propagation: a dict, with the region interface of the
+    tiled propagation's :class:`~napari_focsam.core.propagation.RegionMasks`."""
+
+    def region(self, z: int) -> MaskRegion:
+        """Slice ``z``'s mask as a region (offset and crop around the object)."""
+        return region_from_plane(self[z])
+
+    def without(self, z: int) -> "PlaneMasks":
+        """A copy without slice ``z`` (this one is left as it is)."""
+        return PlaneMasks((k, m) for k, m in self.items() if k != z)
+
+
+@dataclass
+class PropagationResult:
+    """Outcome of :meth:`SegmentedObject.propagate`.
+
+    masks: slice -> (Y, X) bool mask, for the clicked slices and every slice reached;
+    z_range: (first, last) slice with a non-empty mask, inclusive;
+    stopped_reason: for "down" (towards slice 0) and "up", why that run ended, e.g.
+    ``"border"``, ``"iou 0.31 < 0.50 at z=41"``, ``"vanished at z=12"``, ``"cancelled"``,
+    ``"not requested"``;
+    cancelled: the run was cancelled (masks hold what was finished);
+    ious: slice -> IoU with the slice it was propagated from (also for the slice that failed);
+    seconds: wall time.
+    """
+
+    masks: dict[int, np.ndarray]
+    z_range: tuple[int, int]
+    stopped_reason: dict[str, str]
+    cancelled: bool = False
+    ious: dict[int, float] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+# --------------------------------------------------------------------------- prompts
+
+
+def interior_point(mask: np.ndarray) -> tuple[int, int]:
+    """(y, x) of the pixel farthest from the mask's boundary (the image border counts as boundary)."""
+    padded = np.pad(mask, 1)
+    dist = ndi.distance_transform_edt(padded)[1:-1, 1:-1]
+    y, x = np.unravel_index(int(np.argmax(dist)), dist.shape)
+    return int(y), int(x)
+
+
+def mask_box(mask: np.ndarray, margin: float = BOX_MARGIN) -> tuple[float, float, float, float]:
+    """(x0, y0, x1, y1) of the mask's bounding box, enlarged by ``margin`` (+2 px), clipped."""
+    ys = np.flatnonzero(mask.any(axis=1))
+    xs = np.flatnonzero(mask.any(axis=0))
+    H, W = mask.shape
+    y0, y1, x0, x1 = ys[0], ys[-1], xs[0], xs[-1]
+    my = margin * (y1 - y0 + 1) + 2
+    mx = margin * (x1 - x0 + 1) + 2
+    return (float(max(0, x0 - mx)), float(max(0, y0 - my)), float(min(W - 1, x1 + mx)),
+            float(min(H - 1, y1 + my)))
+
+
+def mask_to_logits(mask: np.ndarray, input_size: tuple[int, int]) -> torch.Tensor:
+    """A binary (H, W) mask as (1, 1, 256, 256) decoder-style logits (+-MASK_LOGIT)."""
+    low = FocSAM.image_size // 4
+    h, w = (max(1, round(s * low / FocSAM.image_size)) for s in input_size)
+    m = torch.from_numpy(np.ascontiguousarray(mask, dtype=np.float32))[None, None]
+    m = F.interpolate(m, size=(h, w), mode="bilinear", align_corners=False)
+    m = F.pad(m, (0, low - w, 0, low - h))
+    return (m * 2 - 1) * MASK_LOGIT
+
+
+@torch.inference_mode()
+def decode_prompt(
+    predictor: FocSAMPredictor,
+    embedding: ImageEmbedding,
+    points: Iterable[tuple[float, float, bool]] = (),
+    box: tuple[float, float, float, float] | None = None,
+    mask_input: torch.Tensor | None = None,
+    *,
+    multimask: bool = False,
+    reference: np.ndarray | None = None,
+    features: torch.Tensor | None = None,
+) -> tuple[np.ndarray, torch.Tensor]:
+    """Decode clicks ``(y, x, positive)``, an optional box (x0, y0, x1, y1) and optional logits.
+
+    Returns the (H, W) bool mask and its (1, 1, 256, 256) logits. With ``multimask`` the
+    candidate with the highest IoU with ``reference`` (else the best predicted IoU) is kept.
+    ``features``: (1, 256, 64, 64) decoded instead of ``embedding.features`` (a refined
+    embedding of the same slice).
+    """
+    mask, logits, _ = decode_prompt_token(predictor, embedding, points, box, mask_input, multimask=multimask,
+                                          reference=reference, features=features)
+    return mask, logits
+
+
+@torch.inference_mode()
+def decode_prompt_token(
+    predictor: FocSAMPredictor,
+    embedding: ImageEmbedding,
+    points: Iterable[tuple[float, float, bool]] = (),
+    box: tuple[float, float, float, float] | None = None,
+    mask_input: torch.Tensor | None = None,
+    *,
+    multimask: bool = False,
+    reference: np.ndarray | None = None,
+    features: torch.Tensor | None = None,
+) -> tuple[np.ndarray, torch.Tensor, torch.Tensor]:
+    """:func:`decode_prompt`, also returning the decoder's (1, 1, 256) mask-#0 output token
+    (the focus refiner's click-fused query)."""
+    model = predictor.model
+    dev = predictor.device
+    H, W = embedding.original_size
+    h, w = embedding.input_size
+    sy, sx = h / H, w / W
+    pts = [[x * sx, y * sy] for y, x, _ in points]
+    labels = [1 if p else 0 for _, _, p in points]
+    if box is not None:
+        x0, y0, x1, y1 = box
+        pts += [[x0 * sx, y0 * sy], [x1 * sx, y1 * sy]]
+        labels += [2, 3]
+    if not pts:
+        raise ValueError("a prompt needs at least one point or a box")
+    P = torch.tensor(pts, dtype=torch.float32, device=dev)[None]
+    L = torch.tensor(labels, dtype=torch.int64, device=dev)[None]
+    pe = model.prompt_encoder
+    sparse = pe.embed_points(P, L, pad=box is None)  # as SAM: no padding point when a box is given
+    _, dense = pe(None, mask_input.to(dev) if mask_input is not None else None)
+    feats = embedding.features if features is None else features
+    out = model.mask_decoder(feats.to(dev), pe.get_dense_pe(), sparse, dense, multimask)
+    if not multimask:
+        logits = out.logits[:, :1]
+        return logits_to_mask(logits, embedding.input_size, embedding.original_size), logits, out.token
+    best, best_score, best_mask = 0, -1.0, None
+    for i in range(out.logits.shape[1]):
+        m = logits_to_mask(out.logits[:, i : i + 1], embedding.input_size, embedding.original_size)
+        score = mask_iou(m, reference) if reference is not None else float(out.iou[0, i])
+        if score > best_score:
+            best, best_score, best_mask = i, score, m
+    return best_mask, out.logits[:, best : best + 1], out.token
+
+
+def next_slice(
+    predictor: FocSAMPredictor,
+    embedding: ImageEmbedding,
+    prev_mask: np.ndarray,
+    prev_logits: torch.Tensor | None,
+    prompt: str = DEFAULT_PROMPT,
+    multimask: bool = DEFAULT_MULTIMASK,
+    *,
+    refine: bool = False,
+) -> tuple[np.ndarray, torch.Tensor]:
+    """Segment ``embedding``'s slice from the previous slice's mask (and logits).
+
+    refine: when the predictor's model has a focus refiner, the slice's mask from the prompt
+    is the coarse mask of one refine step: the refiner rewrites the slice's embedding around
+    it (with the decoder's output token) and the same prompt is decoded again on the refined
+    embedding (as at the refine click of a 2D object).
+    """
+    if prompt not in PROMPT_MODES:
+        raise ValueError(f"unknown prompt mode {prompt!r}: expected one of {PROMPT_MODES}")
+    y, x = interior_point(prev_mask)
+    box = mask_box(prev_mask) if "box" in prompt else None
+    mask_input = None
+    if "logits" in prompt:
+        mask_input = prev_logits if prev_logits is not None else mask_to_logits(prev_mask, embedding.input_size)
+    mask, logits, token = decode_prompt_token(predictor, embedding, [(y, x, True)], box, mask_input,
+                                              multimask=multimask, reference=prev_mask)
+    if not (refine and predictor.model.has_refiner):
+        return mask, logits
+    with torch.inference_mode():
+        refined = predictor.model.refine(embedding.features.to(predictor.device), logits, token)
+    return decode_prompt(predictor, embedding, [(y, x, True)], box, mask_input, multimask=multimask,
+                         reference=prev_mask, features=refined)
+
+
+# --------------------------------------------------------------------------- propagation
+
+
+class PropagationRun(NamedTuple):
+    """One run of a propagation: from seed slice ``start`` in steps of ``step`` (-1 down, +1 up)
+    up to ``limit`` (exclusive); ``outer`` is "down"/"up" for the runs beyond the outermost
+    seeds, None inside a gap between seeds."""
+
+    start: int
+    step: int
+    limit: int
+    outer: str | None
+
+    @property
+    def n_slices(self) -> int:
+        """The slices this run may decode (its seed excluded)."""
+        return max(0, (self.limit - self.start) * self.step - 1)
+
+
+def plan_runs(seeds: list[int], empty: set[int], n_slices: int,
+              directions: tuple[str, ...]) -> list[PropagationRun]:
+    """The runs: outward from the outermost seeds, and through each gap between seeds (split in
+    the middle when both ends may propagate; an empty seed only stops). Used by the plain and
+    the tiled propagation."""
+    down, up = "down" in directions, "up" in directions
+    runs = []
+    if down:
+        runs.append(PropagationRun(seeds[0], -1, -1, "down"))
+    for a, b in zip(seeds, seeds[1:]):
+        if b - a <= 1:
+            continue
+        from_a, from_b = up and a not in empty, down and b not in empty
+        if from_a and from_b:
+            mid = (a + b) // 2
+            runs.append(PropagationRun(a, +1, mid + 1, None))
+            runs.append(PropagationRun(b, -1, mid, None))
+        elif from_a:
+            runs.append(PropagationRun(a, +1, b, None))
+        elif from_b:
+            runs.append(PropagationRun(b, -1, a, None))
+    if up:
+        runs.append(PropagationRun(seeds[-1], +1, n_slices, "up"))
+    return runs
+
+
+def check_propagation(seeds: Mapping[int, Any], directions: Iterable[str], iou_threshold: float,
+                      prompt: str) -> tuple[str, ...]:
+    """Validate the arguments shared by :func:`propagate` and the tiled propagation; returns
+    ``directions`` as a tuple. ValueError with the valid values otherwise."""
+    directions = tuple(directions)
+    bad = [d for d in directions if d not in DIRECTIONS]
+    if bad:
+        raise ValueError(f"unknown direction(s) {bad}: expected 'down' (towards slice 0) and/or 'up'")
+    if not 0.0 <= iou_threshold <= 1.0:
+        raise ValueError(f"iou_threshold must be within [0, 1], got {iou_threshold}")
+    if prompt not in PROMPT_MODES:
+        raise ValueError(f"unknown prompt mode {prompt!r}: expected one of {PROMPT_MODES}")
+    if not seeds:
+        raise ValueError("nothing to propagate from: add a click first")
+    return directions
+
+
+#: The reason of a run stopped by the caller's ``cancelled``.
+CANCELLED = "cancelled"
+
+
+def run_all(runs: Iterable[PropagationRun], run_one: Callable, *, iou_threshold: float, params: tuple,
+            tokens: Mapping[int, Hashable] | None, memo: dict | None,
+            progress: Callable[[int, int], None] | None) -> tuple[dict, dict, dict, bool]:
+    """Execute propagation ``runs`` in order, reusing the finished runs kept in ``memo``.
+
+    run_one(run, tick) -> (results by slice, IoU with the previous slice by slice, reason the
+    run ended); it calls ``tick()`` once per slice kept and returns the reason
+    :data:`CANCELLED` when it was cancelled, which skips the runs left. A run's memo key is its
+    extent, its seed's ``tokens`` entry (no key without one), ``iou_threshold`` for the outer
+    runs and ``params``; ``memo`` is replaced by this call's runs unless it was cancelled (see
+    :func:`propagate`). Returns (results, ious, reasons per direction, cancelled).
+    """
+    runs = list(runs)
+    total = sum(r.n_slices for r in runs)
+    results: dict = {}
+    ious: dict[int, float] = {}
+    reasons = {d: "not requested" for d in DIRECTIONS}
+    new_memo: dict = {}
+    done, was_cancelled = 0, False
+
+    def tick(n: int = 1) -> None:
+        nonlocal done
+        done += n
+        if progress is not None:
+            progress(min(done, total), total)
+
+    for run in runs:
+        if was_cancelled:
+            if run.outer:
+                reasons[run.outer] = CANCELLED
+            continue
+        key = None
+        if tokens is not None and run.start in tokens:
+            key = (*run, tokens[run.start], iou_threshold if run.outer else None, *params)
+        if memo is not None and key is not None and key in memo:
+            got = memo[key]
+            tick(len(got[0]))
+        else:
+            got = run_one(run, tick)
+            was_cancelled = got[2] == CANCELLED
+        if key is not None and not was_cancelled:
+            new_memo[key] = got
+        results.update(got[0])
+        ious.update(got[1])
+        if run.outer:
+            reasons[run.outer] = got[2]
+    if memo is not None and not was_cancelled:
+        memo.clear()
+        memo.update(new_memo)
+    if progress is not None and not was_cancelled:
+        progress(total, total)
+    return results, ious, reasons, was_cancelled
+
+
+def propagate(
+    store: "EmbeddingStore",
+    seeds: Mapping[int, tuple[np.ndarray, torch.Tensor | None]],
+    *,
+    iou_threshold: float = DEFAULT_IOU_THRESHOLD,
+    directions: Iterable[str] = DIRECTIONS,
+    progress: Callable[[int, int], None] | None = None,
+    cancelled: Callable[[], bool] | None = None,
+    prompt: str = DEFAULT_PROMPT,
+    multimask: bool = DEFAULT_MULTIMASK,
+    min_pixels: int = MIN_MASK_PIXELS,
+    tokens: Mapping[int, Hashable] | None = None,
+    memo: dict | None = None,
+    refine: bool = DEFAULT_REFINE_3D,
+    restyled: Iterable[int] = (),
+) -> PropagationResult:
+    """Propagate from seed slices (slice -> (mask, logits or None)) through ``store``'s volume.
+
+    A seed with an empty mask blocks propagation (a "stop" slice). See the module docs.
+
+    tokens/memo: re-propagation after an edit. ``tokens[z]`` identifies the state of seed
+    ``z`` (it changes whenever that slice's clicks change); ``memo`` (a dict owned by the
+    caller, updated in place to hold this call's runs) keeps the finished runs of the
+    previous call, and a run whose seed, extent and parameters are unchanged is reused
+    instead of decoded again. So a click on one slice only re-propagates the runs next to it.
+
+    refine: pass each new slice through the focus refiner once (see :func:`next_slice`; only
+    with a model that has one). Off by default (:data:`DEFAULT_REFINE_3D`, measured).
+
+    restyled: seeds whose mask the user corrected with further clicks on the slice where the
+    object was started. The first slice of a run from such a seed passes the IoU stop when it
+    matches either the seed's mask or the propagation's own decoding of the seed slice (one
+    decoder step more per run): a corrected mask is not in the decoder's style (tighter, or
+    looser), and compared with it alone the next slice, decoded as the propagation always
+    decodes, fails the stop at once and the object lost everything beyond its first slice
+    (seen on VNC mitochondria). The runs from corrections of propagated slices (anchors)
+    keep the plain test: there the stop after a correction is what the user asked for.
+    """
+    t0 = time.perf_counter()
+    directions = check_propagation(seeds, directions, iou_threshold, prompt)
+    n_slices = store.volume.n_slices
+    refine = bool(refine) and store.predictor.model.has_refiner
+    order = sorted(seeds)
+    masks = {z: np.asarray(m, dtype=bool) for z, (m, _) in seeds.items() if np.any(m)}
+    empty = {z for z, (m, _) in seeds.items() if not np.any(m)}
+    runs = plan_runs(order, empty, n_slices, directions)
+
+    def next_mask(z: int, prev: np.ndarray, logits: torch.Tensor | None):
+        emb = store.get(z)
+        if getattr(emb, "blank", False):
+            return None, logits, True
+        mask, logits = next_slice(store.predictor, emb, prev, logits, prompt, multimask, refine=refine)
+        return mask, logits, False
+
+    restyled = set(restyled)
+
+    def run_one(run: PropagationRun, tick: Callable[[], None]):
+        seed_mask, seed_logits = seeds[run.start]
+        seed = np.asarray(seed_mask, dtype=bool)
+        styled = None
+        if run.start in restyled and seed.any() and run.n_slices:
+            styled, _, blank = next_mask(run.start, seed, None)
+            styled = None if blank else styled
+        return walk_run(run, seed, seed_logits, next_mask, np.count_nonzero, mask_iou,
+                        iou_threshold=iou_threshold, min_pixels=min_pixels, tick=tick, cancelled=cancelled,
+                        first_reference=styled)
+
+    run_masks, ious, reasons, was_cancelled = run_all(
+        runs, run_one, iou_threshold=iou_threshold, params=(prompt, multimask, min_pixels, refine),
+        tokens=tokens, memo=memo, progress=progress)
+    masks.update(run_masks)
+    nonempty = [z for z, m in masks.items() if m.any()]
+    z_range = (min(nonempty), max(nonempty)) if nonempty else (order[0], order[0])
+    return PropagationResult(PlaneMasks(sorted(masks.items())), z_range, reasons, was_cancelled, ious,
+                             time.perf_counter() - t0)
+
+
+def walk_run(run: PropagationRun, seed: Any, state: Any, next_mask: Callable, pixels: Callable, overlap: Callable,
+             *, iou_threshold: float, min_pixels: int, tick: Callable[[], None],
+             cancelled: Callable[[], bool] | None,
+             rebound: float | None = END_REBOUND,
+             first_reference: Any = None) -> tuple[dict, dict[int, float], str]:
+    """Walk one run from its seed slice, one slice at a time, until a stop rule ends it.
+
+    seed: the seed slice's mask (any type ``pixels`` and ``overlap`` take: an (H, W) bool
+    array, a mask region); state: what the decoder carries from slice to slice (logits, a
+    tile). next_mask(z, previous mask, state) -> (mask, state, blank) decodes slice ``z``.
+    The run stops at the border, on a blank slice, when the mask has fewer than
+    ``min_pixels`` pixels, when its IoU with the previous slice (``overlap``) falls below
+    ``iou_threshold`` (outer runs only), where the object ends (outer runs only: the mask grows
+    again by more than ``rebound`` after the run shrank below :data:`END_SHRINK` of its seed;
+    None turns this off) or when ``cancelled()`` (reason :data:`CANCELLED`).
+    first_reference: a second mask the first slice may match instead of the seed (the IoU kept
+    is the larger; see ``restyled`` in :func:`propagate`).
+    Returns (mask by slice, IoU with the previous slice by slice, reason the run ended).
+    """
+    masks: dict = {}
+    ious: dict[int, float] = {}
+    if not pixels(seed):
+        return masks, ious, f"the clicked slice {run.start} has an empty mask"
+    prev = seed
+    smallest = seed_area = pixels(seed)
+    z = run.start + run.step
+    while z != run.limit:
+        if cancelled is not None and cancelled():
+            return masks, ious, CANCELLED
+        mask, state, blank = next_mask(z, prev, state)
+        if blank:
+            return masks, ious, f"vanished at z={z} (blank slice)"
+        if pixels(mask) < min_pixels:
+            return masks, ious, f"vanished at z={z}"
+        iou = overlap(prev, mask)
+        if first_reference is not None and prev is seed:
+            iou = max(iou, overlap(first_reference, mask))
+        ious[z] = iou
+        if run.outer and iou < iou_threshold:
+            return masks, ious, f"iou {iou:.2f} < {iou_threshold:.2f} at z={z}"
+        area = pixels(mask)
+        if (run.outer and rebound is not None and smallest < END_SHRINK * seed_area
+                and area > (1 + rebound) * smallest):
+            return masks, ious, f"ends at z={z - run.step}: the mask grows again at z={z} ({area} > {smallest} px)"
+        smallest = min(smallest, area)
+        masks[z] = mask
+        prev = mask
+        tick()
+        z += run.step
+    return masks, ious, "border"

@@ -1,0 +1,76 @@
+"""Prompts as one value (Prompts, PlanePrompts) and the later-click rules as objects."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from engine_helpers import blobs_stack, make_fast_focsam
+from napari_focsam.core.editing import set_prompts
+from napari_focsam.core.images import ImageVolume
+from napari_focsam.core.prompting import (
+    LATER_CLICK_RULES, Box, Click, FocSAMPredictor, InteractiveObject, PickRule, PlanePrompts, Prompts, ReuseRule,
+    SteadyRule, steadiest_candidate)
+from napari_focsam.core.session import Session
+
+
+def test_plane_prompts_tokens_scale_clicks_then_box_corners():
+    p = PlanePrompts((Click(10.0, 20.0, True), Click(30.0, 5.0, False)), Box(0.0, 4.0, 40.0, 44.0))
+    pts, lab = p.tokens((40, 80), (512, 1024))
+    assert pts.shape == (1, 4, 2) and lab.tolist() == [[1, 0, 2, 3]]
+    np.testing.assert_allclose(pts[0].numpy(), [[256, 128], [64, 384], [51.2, 0], [563.2, 512]], rtol=1e-6)
+
+
+def test_step_takes_the_prompts_as_one_value():
+    model = make_fast_focsam(refiner_depth=1)
+    pred = FocSAMPredictor(model)
+    emb = pred.embed(blobs_stack(1, size=40)[0])
+    clicks, box = (Click(20.0, 20.0, True),), Box(10.0, 10.0, 30.0, 30.0)
+    a = pred.step(emb, PlanePrompts(clicks, box))
+    b = pred.step(emb, list(clicks), box=box)
+    np.testing.assert_array_equal(a.mask, b.mask)
+    assert torch.equal(a.logits, b.logits)
+
+
+def test_set_prompts_takes_a_prompts_value_or_clicks_and_a_box():
+    stack = blobs_stack(3, size=40)
+    s1, s2 = (Session(ImageVolume(stack), make_fast_focsam()) for _ in range(2))
+    o1, o2 = s1.new_object(), s2.new_object()
+    clicks, box = [(1, 20.0, 20.0, True)], (1, (10, 10, 30, 30))
+    prompts = Prompts.of(clicks, box)
+    assert prompts and prompts.slices == {1} and not Prompts()
+    a, b = set_prompts(o1, prompts), set_prompts(o2, clicks, box)
+    assert a.keys() == b.keys() == {1}
+    np.testing.assert_array_equal(a[1], b[1])
+    with pytest.raises(ValueError, match="box is on slice 1"):
+        set_prompts(o1, Prompts.of([(2, 20.0, 20.0, True)], box))
+
+
+def test_later_click_rules_are_objects_the_click_loop_plugs_in():
+    assert set(LATER_CLICK_RULES) == {"steady", "pick", "reuse"}
+    model = make_fast_focsam(refiner_depth=1)
+    assert FocSAMPredictor(model).later_clicks == "steady"
+    assert isinstance(FocSAMPredictor(model, later_clicks="pick").later_rule, PickRule)
+    seen = []
+
+    def rank(masks, clicks, previous):  # a benchmark's own rank, recorded
+        seen.append(len(masks))
+        return steadiest_candidate(masks, clicks, previous)
+
+    pred = FocSAMPredictor(model, later_clicks=SteadyRule(rank=rank))
+    obj = InteractiveObject(pred, pred.embed(blobs_stack(1, size=40)[0]))
+    obj.add_click(20, 20, True)
+    assert seen == []  # the refine click: no later-click rule yet
+    obj.add_click(10, 10, True)
+    obj.add_click(30, 30, False)
+    assert seen == [3, 3]  # each later click: three candidates ranked by the plugged rank
+
+
+def test_a_rule_object_without_decide_is_refused():
+    model = make_fast_focsam(refiner_depth=1)
+    with pytest.raises(TypeError, match="name and decide"):
+        FocSAMPredictor(model, later_clicks=object())
+    with pytest.raises(ValueError, match="later_clicks"):
+        FocSAMPredictor(model, later_clicks="sometimes")
+    assert FocSAMPredictor(model, later_clicks=ReuseRule()).later_clicks == "reuse"

@@ -1,0 +1,219 @@
+"""Corrections after a propagation: anchors, "stop here", and the outer stop rule.
+
+The decoder is scripted where the rule is about control flow: slice z -> a known mask, and the
+click loop's prompts are recorded.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).parents[2]))
+from engine_helpers import make_fast_focsam  # noqa: E402
+
+from napari_focsam.core.propagation import _plain as V  # noqa: E402
+from napari_focsam.core.propagation import AnchorHistory, prior_prompt  # noqa: E402
+from napari_focsam.core.propagation._anchors import rejects_mask
+from napari_focsam.core.prompting import Click  # noqa: E402
+from napari_focsam.core.prompting import InteractiveObject, StepResult  # noqa: E402
+from napari_focsam.core.session import Session  # noqa: E402
+
+Z, S = 12, 32
+
+
+@pytest.fixture(scope="module")
+def fast_model():
+    return make_fast_focsam()
+
+
+def disc(r, cy=S / 2, cx=S / 2):
+    yy, xx = np.mgrid[:S, :S]
+    return (yy - cy) ** 2 + (xx - cx) ** 2 < r ** 2
+
+
+def ball():
+    """A ball over slices 2..9 (radius 6..9 px)."""
+    return {z: disc(0 if not 2 <= z <= 9 else 9 - abs(z - 5.5) * 3 / 3.5) for z in range(Z)}
+
+
+@pytest.fixture
+def scripted(monkeypatch):
+    """Propagation decodes slice z as ``truth[z]``; the click loop's prompts are recorded and
+    each step answers ``answer(clicks, prev_logits)`` (default: the disc of radius 7)."""
+    truth = ball()
+    visits, steps = [], []
+
+    def fake_next_slice(predictor, emb, prev_mask, prev_logits, prompt=None, multimask=None, refine=False):
+        visits.append(emb.z)
+        return truth[emb.z].copy(), torch.zeros(1, 1, 256, 256)
+
+    monkeypatch.setattr(V, "next_slice", fake_next_slice)
+    state = {"answer": lambda clicks, prev: disc(7)}
+
+    def fake_step(self, embedding, clicks, prev_logits=None, refined=None, *, box=None):
+        steps.append((list(clicks), prev_logits))
+        if not any(c.is_positive for c in clicks):
+            return StepResult(np.zeros((S, S), bool), None, refined, 0.0)
+        return StepResult(state["answer"](clicks, prev_logits), torch.ones(1, 1, 256, 256), refined, 0.0)
+
+    from napari_focsam.core.prompting import FocSAMPredictor
+
+    monkeypatch.setattr(FocSAMPredictor, "step", fake_step)
+    return truth, visits, steps, state
+
+
+@pytest.fixture
+def session(fast_model):
+    return Session(np.random.default_rng(0).random((Z, S, S)).astype(np.float32), fast_model)
+
+
+def propagated(session, truth):
+    obj = session.new_object()
+    obj.add_click(S // 2, S // 2, z=6)
+    res = obj.propagate(iou_threshold=0.0)
+    assert sorted(res.masks) == list(range(2, 10))
+    return obj
+
+
+# --------------------------------------------------------------------------- anchors
+
+
+def test_a_click_on_a_propagated_slice_corrects_its_mask(session, scripted):
+    truth, visits, steps, _ = scripted
+    obj = propagated(session, truth)
+    steps.clear()
+    obj.add_click(S // 2 + 6, S // 2, True, z=3)  # a positive correction on propagated slice 3
+    hist = obj.history(3)
+    assert isinstance(hist, AnchorHistory)
+    clicks, prev = steps[-1]
+    centre, _ = prior_prompt(truth[3])
+    assert clicks[0] == centre and clicks[1] == Click(S // 2 + 6, S // 2, True)  # propagated prompt first
+    assert prev is not None and (prev > 0).sum() > 0  # the propagated mask is the mask input
+    assert hist.clicks == [Click(S // 2 + 6, S // 2, True)]  # the user's clicks only
+    assert obj.slices_with_clicks == [3, 6]
+
+
+def test_a_negative_correction_on_a_leak_keeps_the_slice_and_what_lies_behind_it(session, scripted):
+    truth, visits, steps, state = scripted
+    obj = propagated(session, truth)
+    state["answer"] = lambda clicks, prev: disc(5)  # the leak at the side is removed
+    # a negative click inside slice 3's mask, near its edge (a leak), not at its centre
+    m = obj.add_click(S // 2 + 5, S // 2, False, z=3)
+    assert m.any() and not obj.history(3).stopped
+    visits.clear()
+    res = obj.propagate(iou_threshold=0.0)
+    assert 2 in res.masks and res.masks[2].any()  # the slice behind the correction is still there
+    assert visits[:2] == [2, 1] and set(visits[2:]) == {4, 5}  # the runs next to slice 3 only
+
+
+def test_a_negative_click_at_the_centre_stops_the_object_there(session, scripted):
+    truth, visits, steps, _ = scripted
+    obj = propagated(session, truth)
+    centre, _ = prior_prompt(truth[8])
+    obj.add_click(centre.y, centre.x, False, z=8)  # "stop here": the whole mask is rejected
+    hist = obj.history(8)
+    assert isinstance(hist, AnchorHistory) and hist.stopped
+    assert not obj.mask(8).any() and obj.logits(8) is None
+    res = obj.propagate(iou_threshold=0.0)
+    assert 9 not in res.masks and 7 in res.masks
+    assert res.z_range == (2, 7)
+
+
+def test_a_first_negative_click_outside_the_mask_still_makes_a_stop_slice(session, scripted):
+    truth, *_ = scripted
+    obj = propagated(session, truth)
+    obj.add_click(1, 1, False, z=4)
+    assert isinstance(obj.history(4), InteractiveObject) and not obj.mask(4).any()
+
+
+def test_undo_and_set_clicks_on_an_anchor(session, scripted):
+    truth, visits, steps, _ = scripted
+    obj = propagated(session, truth)
+    obj.add_click(S // 2 + 6, S // 2, True, z=3)
+    obj.undo(3)
+    assert obj.history(3) is None and obj.slices_with_clicks == [6]
+    obj.propagate(iou_threshold=0.0)
+    steps.clear()
+    obj.set_clicks([(6, S // 2, S // 2, True), (4, S // 2 + 6, S // 2, True)])  # the widget's path
+    assert isinstance(obj.history(4), AnchorHistory)
+    assert steps[-1][0][0] == prior_prompt(truth[4])[0]
+
+
+def test_corrections_can_be_switched_off(session, scripted, monkeypatch):
+    truth, *_ = scripted
+    obj = propagated(session, truth)
+    monkeypatch.setattr(type(obj), "anchor_corrections", False)
+    obj.add_click(S // 2 + 6, S // 2, True, z=3)
+    assert isinstance(obj.history(3), InteractiveObject)
+
+
+def test_rejects_mask_only_near_the_prompt_point():
+    mask = disc(8)
+    centre, radius = prior_prompt(mask)
+    assert radius >= 7
+    assert rejects_mask(Click(centre.y + 1, centre.x, False), centre, radius)
+    assert not rejects_mask(Click(centre.y + 6, centre.x, False), centre, radius)
+    assert not rejects_mask(Click(centre.y, centre.x, True), centre, radius)
+    with pytest.raises(ValueError, match="non-empty"):
+        prior_prompt(np.zeros((4, 4), bool))
+
+
+def test_a_positive_click_next_to_the_object_uses_the_neighbouring_mask(session, scripted):
+    truth, visits, steps, _ = scripted
+    obj = propagated(session, truth)  # slices 2..9
+    steps.clear()
+    obj.add_click(S // 2, S // 2, True, z=10)  # beyond the end the propagation found
+    hist = obj.history(10)
+    assert isinstance(hist, AnchorHistory) and hist.context and not hist.stopped
+    clicks, prev = steps[-1]
+    assert clicks == [Click(S // 2, S // 2, True)]  # the user's click only
+    assert prev is not None and (prev > 0).sum() > 0  # slice 9's mask is the mask input
+    obj.add_click(S // 2, S // 2, True, z=0)  # no neighbour with a mask: a fresh slice
+    assert isinstance(obj.history(0), InteractiveObject)
+
+
+# --------------------------------------------------------------------------- the end of an object
+
+
+def walk(radii, outer="down", **kw):
+    """walk_run from a disc of radius 8 on slice len(radii) downwards, slice z decoded as the disc
+    radii[z] (0: vanished)."""
+    masks = {z: disc(r) for z, r in enumerate(radii)}
+    run = V.PropagationRun(len(radii), -1, -1, outer)
+    return V.walk_run(run, disc(8), None, lambda z, prev, st: (masks[z], st, False), np.count_nonzero, V.mask_iou,
+                      iou_threshold=0.0, min_pixels=V.MIN_MASK_PIXELS, tick=lambda: None, cancelled=None, **kw)
+
+
+def test_an_outer_run_stops_where_a_shrinking_mask_grows_again():
+    # from the seed (slice 6) down: radii 7, 6, 5, 4 (the object ends at slice 2), then 6, 7 (the blur)
+    kept, _, reason = walk([7, 6, 4, 5, 6, 7])
+    assert sorted(kept) == [2, 3, 4, 5] and reason.startswith("ends at z=2")
+    kept, _, reason = walk([7, 6, 4, 5, 6, 7], rebound=None)  # without the rule: to the border
+    assert sorted(kept) == [0, 1, 2, 3, 4, 5] and reason == "border"
+    kept, _, reason = walk([8, 8, 8, 8, 8, 9])  # no shrink first: not an end
+    assert reason == "border"
+    kept, _, reason = walk([7, 6, 4, 5, 6, 7], outer=None)  # between anchors the user showed both ends
+    assert reason == "border"
+
+
+def test_a_corrected_start_slice_still_propagates(session, scripted):
+    # The slice where the object was started, corrected with a second click to a mask tighter
+    # than the decoder's own style: the next slices (decoded as always) do not match it, but
+    # they match the decoder's version of that slice, so the runs go on (seen on VNC).
+    truth, visits, steps, state = scripted
+    obj = session.new_object()
+    obj.add_click(S // 2, S // 2, z=6)
+    state["answer"] = lambda clicks, prev: disc(3)
+    obj.add_click(S // 2 + 6, S // 2, False, z=6)
+    res = obj.propagate(iou_threshold=0.65)
+    assert sorted(res.masks) == list(range(2, 10))
+    assert res.masks[6].sum() == disc(3).sum()  # the user's mask is kept on its slice
+    one = session.new_object()  # one click in the decoder's style: the plain test, as before
+    state["answer"] = lambda clicks, prev: disc(3)
+    one.add_click(S // 2, S // 2, z=6)
+    assert sorted(one.propagate(iou_threshold=0.65).masks) == [6]

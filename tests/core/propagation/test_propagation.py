@@ -1,0 +1,434 @@
+"""Propagation through stacks (control flow with a scripted decoder, then the real one) and the CLI."""
+
+from __future__ import annotations
+
+import json
+import stat
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).parents[2]))
+from engine_helpers import blobs_stack, make_fast_focsam  # noqa: E402
+
+from napari_focsam.core.propagation import _plain as V  # noqa: E402
+from napari_focsam.core.session import Session  # noqa: E402
+
+Z, S = 12, 32
+
+
+@pytest.fixture(scope="module")
+def fast_model():
+    return make_fast_focsam()
+
+
+def ball_masks(n=Z, size=S, radius=(6, 9)):
+    """Per-slice disc masks of a ball spanning slices 2..9 (radius grows to the middle)."""
+    yy, xx = np.mgrid[:size, :size]
+    out = {}
+    for z in range(n):
+        r = 0 if not 2 <= z <= 9 else radius[1] - abs(z - 5.5) * (radius[1] - radius[0]) / 3.5
+        out[z] = (yy - size / 2) ** 2 + (xx - size / 2) ** 2 < r ** 2
+    return out
+
+
+@pytest.fixture
+def scripted(monkeypatch):
+    """Replace the per-slice decoder by a script: slice z -> the mask in ``truth[z]``."""
+    truth = ball_masks()
+    visits = []
+
+    def fake_next_slice(predictor, emb, prev_mask, prev_logits, prompt=None, multimask=None, refine=False):
+        assert prev_mask.any()
+        visits.append(emb.z)
+        return truth[emb.z].copy(), torch.zeros(1, 1, 256, 256)
+
+    monkeypatch.setattr(V, "next_slice", fake_next_slice)
+    return truth, visits
+
+
+@pytest.fixture
+def session(fast_model, monkeypatch):
+    s = Session(np.random.default_rng(0).random((Z, S, S)).astype(np.float32), fast_model)
+    return s
+
+
+def force_mask(obj, z, mask):
+    """Make the current mask of slice z's click history ``mask`` (the decoder is random)."""
+    hist = obj.history(z)
+    hist._mask = mask.copy()
+    assert obj.mask(z) is hist._mask  # the cached mask of the current step is what is shown
+
+
+def seed(obj, truth, z):
+    """Click on slice z with the clicked mask forced to the truth."""
+    obj.add_click(S // 2, S // 2, z=z)
+    force_mask(obj, z, truth[z])
+
+
+def test_propagation_follows_the_object_and_stops_where_it_vanishes(session, scripted):
+    truth, visits = scripted
+    obj = session.new_object()
+    seed(obj, truth, 6)
+    progress = []
+    res = obj.propagate(progress=lambda d, t: progress.append((d, t)))
+    assert sorted(res.masks) == list(range(2, 10)) and res.z_range == (2, 9)
+    assert res.stopped_reason == {"down": "vanished at z=1", "up": "vanished at z=10"}
+    assert not res.cancelled and visits == [5, 4, 3, 2, 1, 7, 8, 9, 10]
+    assert all(0 < res.ious[z] <= 1 for z in (5, 7))
+    assert progress[-1] == (Z - 1, Z - 1) and [d for d, _ in progress] == sorted(d for d, _ in progress)
+    vm = obj.volume_mask()
+    assert vm.shape == (Z, S, S) and vm.dtype == bool
+    for z in range(Z):
+        np.testing.assert_array_equal(vm[z], truth[z])
+        np.testing.assert_array_equal(obj.mask(z), truth[z])
+
+
+def test_iou_threshold_stops_early_and_the_failing_slice_is_not_kept(session, scripted):
+    truth, _ = scripted
+    obj = session.new_object()
+    seed(obj, truth, 6)
+    res = obj.propagate(iou_threshold=0.78)
+    # radii shrink towards the ends: the IoU of consecutive discs falls below 0.78 near the ends
+    lo, hi = res.z_range
+    assert 2 < lo < 6 < hi < 9
+    assert res.stopped_reason["down"].startswith("iou ") and f"at z={lo - 1}" in res.stopped_reason["down"]
+    assert res.ious[lo - 1] < 0.78 and lo - 1 not in res.masks
+    assert not obj.volume_mask()[lo - 1].any()
+
+
+def test_directions_and_border(session, scripted):
+    truth, visits = scripted
+    obj = session.new_object()
+    seed(obj, truth, 3)
+    res = obj.propagate(directions=("up",))
+    assert res.stopped_reason == {"down": "not requested", "up": "vanished at z=10"}
+    assert min(res.masks) == 3
+    truth[0] = truth[1] = truth[2] = truth[3]  # the object reaches the border
+    res = obj.propagate(directions=("down",))
+    assert res.stopped_reason == {"down": "border", "up": "not requested"} and res.z_range == (0, 3)
+    with pytest.raises(ValueError, match="direction"):
+        obj.propagate(directions=("left",))
+
+
+def test_gaps_between_clicked_slices_fill_from_both_sides(session, scripted):
+    truth, visits = scripted
+    obj = session.new_object()
+    seed(obj, truth, 3)
+    seed(obj, truth, 8)
+    res = obj.propagate(iou_threshold=0.99)  # the threshold applies beyond the clicked slices only
+    assert visits[:1] == [2] and set(visits[1:5]) == {4, 5, 6, 7}
+    assert visits[1:3] == [4, 5] and visits[3:5] == [7, 6]  # from 3 upwards, from 8 downwards
+    assert all(z in res.masks for z in range(3, 9))
+
+
+def test_user_clicks_override_a_propagated_slice(session, scripted, fast_model):
+    truth, _ = scripted
+    obj = session.new_object()
+    seed(obj, truth, 6)
+    obj.propagate()
+    np.testing.assert_array_equal(obj.mask(4), truth[4])
+    m = obj.add_click(3, 3, z=4)  # the real (random) decoder's answer now rules slice 4
+    np.testing.assert_array_equal(obj.mask(4), m)
+    np.testing.assert_array_equal(obj.volume_mask()[4], m)
+    assert obj.slices_with_clicks == [4, 6]
+    obj.undo(4)  # slice 4 has no clicks any more: its stale propagated mask is gone too
+    assert not obj.mask(4).any()
+
+
+def test_repropagation_only_redoes_the_runs_next_to_the_edited_slice(session, scripted):
+    truth, visits = scripted
+    obj = session.new_object()
+    seed(obj, truth, 6)
+    first = obj.propagate(iou_threshold=0.0)
+    visits.clear()
+    seed(obj, truth, 8)  # a click on slice 8
+    res = obj.propagate(iou_threshold=0.0)
+    assert visits == [7, 9, 10]  # the run below slice 6 is reused
+    assert sorted(res.masks) == sorted(first.masks) and res.stopped_reason == first.stopped_reason
+    visits.clear()
+    obj.propagate(iou_threshold=0.0)
+    assert visits == []  # nothing changed
+    obj.propagate(iou_threshold=0.3)
+    assert visits == [5, 4, 3, 2, 1, 9, 10]  # another threshold: the outer runs are redone
+
+
+def test_object_stays_readable_while_it_propagates(session, scripted, monkeypatch):
+    import threading
+    import time
+
+    truth, _ = scripted
+    obj = session.new_object()
+    seed(obj, truth, 6)
+    started, release = threading.Event(), threading.Event()
+    scripted_step = V.next_slice
+
+    def blocking(*args, **kwargs):
+        started.set()
+        release.wait(10)
+        return scripted_step(*args, **kwargs)
+
+    monkeypatch.setattr(V, "next_slice", blocking)
+    worker = threading.Thread(target=obj.propagate)
+    worker.start()
+    assert started.wait(10)
+    t0 = time.perf_counter()
+    mask, clicks = obj.mask(6), obj.clicks
+    waited = time.perf_counter() - t0
+    release.set()
+    worker.join()
+    assert waited < 2 and len(clicks) == 1
+    np.testing.assert_array_equal(mask, truth[6])
+    assert obj.last_propagation.z_range == (2, 9)
+
+
+def test_cancel_keeps_what_was_finished(session, scripted):
+    truth, visits = scripted
+    obj = session.new_object()
+    seed(obj, truth, 6)
+    res = obj.propagate(cancelled=lambda: len(visits) >= 2)
+    assert res.cancelled and visits == [5, 4]
+    assert res.stopped_reason == {"down": "cancelled", "up": "cancelled"}
+    assert sorted(res.masks) == [4, 5, 6] and obj.volume_mask()[4].any()
+
+
+def test_empty_clicked_slice_stops_and_blank_slices_vanish(session, scripted, fast_model):
+    truth, visits = scripted
+    obj = session.new_object()
+    seed(obj, truth, 6)
+    obj.add_click(1, 1, positive=False, z=4)  # only a negative click: an empty mask
+    assert not obj.mask(4).any() and obj.logits(4) is None
+    res = obj.propagate()
+    assert 3 not in res.masks and 5 in res.masks  # slice 4 (empty) blocks the way down
+    assert res.stopped_reason["down"] == "the clicked slice 4 has an empty mask"
+    stack = blobs_stack(5, size=S).astype(np.float32)
+    stack[0] = 0  # a blank end slice
+    s = Session(stack, fast_model)
+    o = s.new_object()
+    truth[1] = truth[6]
+    seed(o, {2: truth[6]}, 2)
+    visits.clear()
+    res = o.propagate(directions=("down",))
+    assert res.stopped_reason["down"] == "vanished at z=0 (blank slice)" and visits == [1]
+
+
+def test_z_start_and_errors(session, scripted, fast_model):
+    truth, visits = scripted
+    obj = session.new_object()
+    with pytest.raises(ValueError, match="no clicks"):
+        obj.propagate()
+    seed(obj, truth, 6)
+    obj.propagate(iou_threshold=0.8)
+    lo = min(obj.last_propagation.masks)
+    with pytest.raises(ValueError, match="no clicks and no mask"):
+        obj.propagate(z_start=0)
+    visits.clear()
+    res = obj.propagate(z_start=lo, iou_threshold=0.0, directions=("down",))
+    assert visits[0] == lo - 1 and res.z_range[0] == 2
+    with pytest.raises(ValueError, match="iou_threshold"):
+        obj.propagate(iou_threshold=1.5)
+    with pytest.raises(ValueError, match="prompt mode"):
+        obj.propagate(prompt="magic")
+    flat = Session(blobs_stack(1, size=S)[0], fast_model).new_object()
+    flat.add_click(16, 16)
+    res = flat.propagate()
+    assert list(res.masks) in ([0], []) and res.stopped_reason == {"down": "border", "up": "border"}
+    assert flat.volume_mask().shape == (1, S, S)
+
+
+# --------------------------------------------------------------------------- prompt helpers
+
+
+def test_interior_point_box_and_logits():
+    ring = np.zeros((40, 40), bool)
+    ring[5:35, 5:35] = True
+    ring[12:28, 12:28] = False  # a thick square ring: the centre is outside
+    y, x = V.interior_point(ring)
+    assert ring[y, x]
+    edge = np.zeros((20, 20), bool)
+    edge[:, :6] = True  # touching the image border: the border counts as boundary
+    assert V.interior_point(edge)[1] in (2, 3)
+    box = V.mask_box(edge)
+    assert box[0] == 0 and box[2] > 5 and box[3] == 19
+    logits = V.mask_to_logits(edge, (1024, 1024))
+    assert logits.shape == (1, 1, 256, 256)
+    assert logits[0, 0, 128, 10] > 0 > logits[0, 0, 128, 200]
+    assert V.mask_iou(edge, edge) == 1.0 and V.mask_iou(edge, ~edge) == 0.0
+
+
+@pytest.mark.parametrize("prompt", V.PROMPT_MODES)
+@pytest.mark.parametrize("multimask", [False, True])
+def test_every_prompt_mode_runs_on_the_real_decoder(fast_model, prompt, multimask):
+    s = Session(blobs_stack(2, size=S), fast_model)
+    prev = ball_masks()[5]
+    emb = s.store.get(1)
+    mask, logits = V.next_slice(s.predictor, emb, prev, None, prompt, multimask)
+    assert mask.shape == (S, S) and mask.dtype == bool and logits.shape == (1, 1, 256, 256)
+
+
+def test_propagation_refines_each_new_slice_once_only_when_asked(monkeypatch):
+    """Refining the propagated slices measured worse on cells3d (module docs): off by default,
+    even with a model that has a refiner; ``refine=True`` refines every new slice once."""
+    model = make_fast_focsam(refiner_depth=1)
+    s = Session(blobs_stack(6, size=S), model)
+    obj = s.new_object()
+    seed_mask = obj.add_click(S // 2, S // 2, True, z=3)
+    seeds = {3: (seed_mask, obj.logits(3))}
+    refines, visited = [], []
+    original_refine, original_get = model.refine, s.store.get
+    monkeypatch.setattr(model, "refine", lambda *a: (refines.append(1), original_refine(*a))[1])
+    monkeypatch.setattr(s.store, "get", lambda z=0: (visited.append(z), original_get(z))[1])
+    assert V.DEFAULT_REFINE_3D is False
+    V.propagate(s.store, seeds, iou_threshold=0.0, min_pixels=0)
+    assert refines == [] and sorted(visited) == [0, 1, 2, 4, 5]
+    visited.clear()
+    V.propagate(s.store, seeds, iou_threshold=0.0, min_pixels=0, refine=True)
+    assert len(refines) == len(visited) == 5
+
+
+def test_a_refined_slice_is_decoded_on_the_refined_embedding(monkeypatch):
+    model = make_fast_focsam(refiner_depth=1)
+    s = Session(blobs_stack(2, size=S), model)
+    emb, prev = s.store.get(1), ball_masks()[5]
+    seen = []
+    decode = model.mask_decoder.forward
+    monkeypatch.setattr(model.mask_decoder, "forward", lambda feats, *a: (seen.append(feats), decode(feats, *a))[1])
+    plain_mask, plain_logits = V.next_slice(s.predictor, emb, prev, None)
+    refined_mask, refined_logits = V.next_slice(s.predictor, emb, prev, None, refine=True)
+    assert len(seen) == 3 and seen[1] is seen[0] is not seen[2]  # coarse pass on the slice, then the refined one
+    assert not torch.equal(plain_logits, refined_logits) and refined_mask.shape == plain_mask.shape
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+@pytest.fixture
+def cli_model(monkeypatch, fast_model):
+    import napari_focsam.core.models as models
+
+    monkeypatch.setattr(models, "load_model", lambda *a, **k: fast_model)
+
+
+def run_cli(argv, capsys):
+    from napari_focsam.cli import main
+
+    rc = main(argv)
+    out = capsys.readouterr()
+    return rc, out.out, out.err
+
+
+def test_cli_segment_propagate_writes_a_3d_mask(tmp_path, capsys, cli_model):
+    tifffile = pytest.importorskip("tifffile")
+    tifffile.imwrite(tmp_path / "stack.tif", blobs_stack(4, size=S))
+    out = tmp_path / "mask.tif"
+    rc, stdout, err = run_cli(["segment", str(tmp_path / "stack.tif"), "--slice", "2", "--click", "16,16",
+                               "--propagate", "--out", str(out), "--cache", str(tmp_path / "c"),
+                               "--iou-threshold", "0.9"], capsys)
+    assert rc == 0, err
+    info = json.loads(stdout)
+    assert info["slice"] == 2 and info["shape"] == [4, S, S] and set(info["stopped"]) == {"down", "up"}
+    mask = tifffile.imread(out)
+    assert mask.shape == (4, S, S) and mask.dtype == np.uint8 and mask[2].any()
+    assert len(list((tmp_path / "c").glob("*.zarr"))) == 1
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--click", "16,16"], "pass --slice Z"),
+    (["--click", "16,16", "--slice", "9"], "out of range"),
+    (["--click", "99,16", "--slice", "1"], "outside the image"),
+    (["--click", "16,16", "--slice", "1", "--iou-threshold", "2"], "iou_threshold"),
+])
+def test_cli_segment_propagate_bad_input(tmp_path, capsys, cli_model, argv, message):
+    tifffile = pytest.importorskip("tifffile")
+    tifffile.imwrite(tmp_path / "stack.tif", blobs_stack(3, size=S))
+    rc, _, err = run_cli(["segment", str(tmp_path / "stack.tif"), "--propagate", "--out",
+                          str(tmp_path / "m.tif"), *argv], capsys)
+    assert rc == 2 and message in err and "Traceback" not in err
+
+
+def test_cli_propagate_on_a_2d_image_is_refused(tmp_path, capsys, cli_model):
+    tifffile = pytest.importorskip("tifffile")
+    tifffile.imwrite(tmp_path / "img.tif", blobs_stack(1, size=S)[0])
+    rc, _, err = run_cli(["segment", str(tmp_path / "img.tif"), "--click", "5,5", "--propagate", "--out",
+                          str(tmp_path / "m.tif")], capsys)
+    assert rc == 2 and "needs a 3D stack" in err
+
+
+def test_cli_precompute_fills_and_resumes(tmp_path, capsys, cli_model):
+    tifffile = pytest.importorskip("tifffile")
+    tifffile.imwrite(tmp_path / "stack.tif", blobs_stack(3, size=S))
+    argv = ["precompute", str(tmp_path / "stack.tif"), "--cache", str(tmp_path / "cache"), "--no-progress"]
+    rc, stdout, err = run_cli(argv, capsys)
+    assert rc == 0, err
+    first = json.loads(stdout)
+    assert (first["slices"], first["computed"], first["reused"]) == (3, 3, 0)
+    assert Path(first["cache"]).parent == tmp_path / "cache"
+    rc, stdout, _ = run_cli(argv, capsys)
+    assert rc == 0 and (json.loads(stdout)["computed"], json.loads(stdout)["reused"]) == (0, 3)
+
+
+def test_cli_precompute_errors(tmp_path, capsys, cli_model):
+    tifffile = pytest.importorskip("tifffile")
+    tifffile.imwrite(tmp_path / "bad.tif", np.zeros((2, 3, 16, 16), np.uint16))
+    rc, _, err = run_cli(["precompute", str(tmp_path / "bad.tif"), "--cache", str(tmp_path / "c")], capsys)
+    assert rc == 2 and "4D data" in err
+    tifffile.imwrite(tmp_path / "ok.tif", blobs_stack(2, size=S))
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(stat.S_IRUSR | stat.S_IXUSR)
+    try:
+        rc, _, err = run_cli(["precompute", str(tmp_path / "ok.tif"), "--cache", str(ro), "--no-progress"],
+                             capsys)
+    finally:
+        ro.chmod(stat.S_IRWXU)
+    assert rc == 2 and "read-only" in err
+
+
+# --------------------------------------------------------------------------- real weights
+
+
+@pytest.mark.slow
+def test_real_propagation_through_a_cells3d_nucleus(mobile_sam, shared_data):
+    """One click on a nucleus' middle slice, propagation through a 7-slice sub-stack."""
+    tifffile = pytest.importorskip("tifffile")
+    img = shared_data / "micro" / "cells3d" / "cells3d_nuclei.tif"
+    if not img.is_file():
+        pytest.skip("cells3d not present")
+    stack = tifffile.imread(img)
+    labels = tifffile.imread(shared_data / "micro" / "cells3d" / "cells3d_nuclei_label.tif")
+    sub, gt = stack[32:39], labels[32:39] == 5
+    from scipy import ndimage as ndi
+
+    dist = ndi.distance_transform_edt(gt[3])
+    y, x = np.unravel_index(np.argmax(dist), dist.shape)
+    s = Session(sub, mobile_sam, cache_dir=None)
+    obj = s.new_object()
+    obj.add_click(y, x, z=3)
+    res = obj.propagate()
+    vm = obj.volume_mask()
+    iou = (vm & gt).sum() / (vm | gt).sum()
+    assert res.z_range == (0, 6) and iou > 0.8, (iou, res.stopped_reason)
+
+
+def test_cli_propagate_passes_refiner_and_precision(tmp_path, capsys, monkeypatch, fast_model):
+    """`segment --propagate` loads the model with the given refiner and precision (it used to drop them)."""
+    tifffile = pytest.importorskip("tifffile")
+    import napari_focsam.core.models as models
+
+    seen = {}
+
+    def fake_load(*args, **kwargs):
+        seen.update(kwargs)
+        return fast_model
+
+    monkeypatch.setattr(models, "load_model", fake_load)
+    tifffile.imwrite(tmp_path / "stack.tif", blobs_stack(3, size=S))
+    rc, stdout, err = run_cli(["segment", str(tmp_path / "stack.tif"), "--slice", "1", "--click", "16,16",
+                               "--propagate", "--refiner", "r.pt", "--refine-precision", "fp32",
+                               "--out", str(tmp_path / "m.tif")], capsys)
+    assert rc == 0, err
+    assert seen == {"refiner": "r.pt", "refine_precision": "fp32"}
+    assert "refine_precision" in json.loads(stdout)
