@@ -43,8 +43,12 @@ class PromptModes(QObject):
 
     Parameters
     ----------
-    widget : FocSAMWidget
-        The dock widget (its ``jobs``, ``managed``, ``sync``, ``output`` and ``commit``).
+    state : WidgetState
+        The dock's state (its ``closed``).
+    viewer, jobs, queue, layers, sync
+        The napari viewer and the dock's jobs, prediction queue, managed layers and viewer sync.
+    commit : callable
+        The dock's commit (the many-objects mode commits what it propagated).
     notify : callable
         ``notify(level, message)``: the widget's one way to tell the user something.
     """
@@ -52,12 +56,12 @@ class PromptModes(QObject):
     progress = Signal(int, int, str)  # from worker threads (queued): done, total, format
     closed = SharedClosed()
 
-    def __init__(self, widget: Any, notify: Callable[[str, str], None]) -> None:
+    def __init__(self, state: Any, *, viewer: Any, jobs: Any, queue: Any, layers: Any, sync: Any,
+                 notify: Callable[[str, str], None], commit: Callable[[], Any]) -> None:
         super().__init__()
-        self.widget = widget
-        self.state = widget.state
-        self.notify = notify
-        self.boxes = BoxPrompts(widget.viewer)
+        self.state, self.viewer, self.jobs, self.queue = state, viewer, jobs, queue
+        self.managed, self.sync, self.notify, self.commit = layers, sync, notify, commit
+        self.boxes = BoxPrompts(viewer)
         self.panel = PromptModesPanel()
         self.batch = False
         self._objects: dict = {}   # positive click -> session object (many-objects mode)
@@ -67,7 +71,7 @@ class PromptModes(QObject):
         self.next_label = NextLabel()  # the output layer's largest id, kept for zarr-backed layers
         self._workers: set = set()
         self._cancel = threading.Event()
-        self.all = SegmentAllJob(jobs=widget.jobs, sync=widget.sync, params=self.panel.params,
+        self.all = SegmentAllJob(jobs=jobs, sync=sync, params=self.panel.params,
                                  next_label=self.next_label, report=self.progress.emit, notify=notify,
                                  show_state=self.show_state, start_worker=self._start, busy=self.busy)
         self.volume_running = False
@@ -76,7 +80,7 @@ class PromptModes(QObject):
         self.panel.segment_all_clicked.connect(self.segment_all)
         self.panel.cancel_clicked.connect(self.cancel)
         self.progress.connect(self.panel.show_progress, Qt.ConnectionType.QueuedConnection)
-        self.boxes.drawn.connect(widget.managed.select_prompts)
+        self.boxes.drawn.connect(layers.select_prompts)
         self.boxes.removed.connect(self._restore_boxes)
 
     # ------------------------------------------------------------------ state
@@ -92,7 +96,7 @@ class PromptModes(QObject):
         return self.all_running or self.volume_running
 
     def show_state(self) -> None:
-        self.panel.show_state(ready=self.widget.jobs.context is not None, running=self.busy())
+        self.panel.show_state(ready=self.jobs.context is not None, running=self.busy())
 
     def ensure(self, image: Any, built: Any = None) -> None:
         """A new image: a fresh boxes layer for it (``built``: one from ``BoxPrompts.new_layer``)."""
@@ -100,8 +104,8 @@ class PromptModes(QObject):
 
     def _restore_boxes(self) -> None:
         """The boxes layer was deleted: a new one for the chosen image (not while closing)."""
-        image = self.widget.sync.image
-        if self.closed or image is None or image not in self.widget.viewer.layers:
+        image = self.sync.image
+        if self.closed or image is None or image not in self.viewer.layers:
             return
         self.boxes.ensure(image)
         self.notify("info", "the FocSAM boxes layer was deleted: a new one was added")
@@ -127,7 +131,7 @@ class PromptModes(QObject):
         self._drop_objects()
         if self.batch and self.boxes.has_box():
             self.notify("info", "many-objects mode: the box is not used (one object per positive point)")
-        self.widget.managed.points_changed.emit()  # the same points, segmented again
+        self.managed.points_changed.emit()  # the same points, segmented again
 
     def undo_box(self) -> bool:
         """Ctrl+Z with no points left: remove the box (True when there was one)."""
@@ -137,7 +141,7 @@ class PromptModes(QObject):
     def box(self) -> tuple[int, Any] | None:
         """The current box as (z, Box) (None: no box, the many-objects mode, or a bad box, which is
         reported once and removed)."""
-        ctx, image = self.widget.jobs.context, self.widget.sync.image
+        ctx, image = self.jobs.context, self.sync.image
         if self.batch or ctx is None or image is None or not self.boxes.has_box():
             return None
         try:
@@ -153,7 +157,7 @@ class PromptModes(QObject):
     # ------------------------------------------------------------------ prediction
     def predict(self, ticket: Any, clicks: list, shown: set[int], is_current: Callable[[Any], bool]) -> None:
         """Answer the prompts: the widget's job (box + clicks), or one object per positive point."""
-        jobs = self.widget.jobs
+        jobs = self.jobs
         if not self.batch:
             jobs.predict(ticket, Prompts.of(clicks, self.box()), shown, is_current)
             return
@@ -245,8 +249,7 @@ class PromptModes(QObject):
     # ------------------------------------------------------------------ volume (many objects)
     def segment_volume(self, clicks: list, iou: float) -> None:
         """Propagate every batch object through the stack, one after the other, then commit them all."""
-        w = self.widget
-        ctx, jobs = w.jobs.context, w.jobs
+        ctx, jobs = self.jobs.context, self.jobs
         groups = batch_groups(clicks)
         if not groups:
             self.notify("info", "click on the objects (positive points) first, then Segment volume")
@@ -256,7 +259,7 @@ class PromptModes(QObject):
         cancel = self._cancel = threading.Event()
         n = len(groups)
         report = self.progress.emit
-        w.queue.supersede()
+        self.queue.supersede()
         self.volume_running = True
         release = jobs.foreground.hold()
         self.show_state()
@@ -298,12 +301,12 @@ class PromptModes(QObject):
                 self.notify("info", "propagation cancelled before the first object: nothing to commit")
                 return
             self._masks = list(vols)
-            w.managed.show_masks(merge_by_slice(vols), True, volume=True)
+            self.managed.show_masks(merge_by_slice(vols), True, volume=True)
             if cancel.is_set():
                 self.notify("info", f"propagation cancelled: {len(vols)} of {n} objects are in the preview; "
                                     "press C to commit them, or Shift+C to clear")
                 return
-            w.commit()
+            self.commit()
 
         self._start(run, done)
 

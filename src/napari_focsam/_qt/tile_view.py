@@ -87,8 +87,10 @@ class TileView(QObject):
 
     Parameters
     ----------
-    widget : FocSAMWidget
-        The dock widget (its ``viewer``, ``jobs``, ``sync``, ``managed`` and ``actions``).
+    state : WidgetState
+        The dock's state (its ``closed``).
+    viewer, jobs, sync, actions
+        The napari viewer and the dock's jobs, viewer sync and action panel (its progress bar).
     status : callable
         ``status(text)``: shows a line in the status.
     """
@@ -96,10 +98,10 @@ class TileView(QObject):
     tile_event = Signal(int, object, str)  # z, TileKey, state: from any thread (queued)
     closed = SharedClosed()
 
-    def __init__(self, widget: Any, status: Callable[[str], None]) -> None:
+    def __init__(self, state: Any, *, viewer: Any, jobs: Any, sync: Any, actions: Any,
+                 status: Callable[[str], None]) -> None:
         super().__init__()
-        self.widget = widget
-        self.state = widget.state
+        self.state, self.viewer, self.jobs, self.sync, self.actions = state, viewer, jobs, sync, actions
         self._status = status
         self.last_text = ""  # the last line this part showed
         self.texts: list[str] = []  # the recent lines (at most 50)
@@ -119,7 +121,7 @@ class TileView(QObject):
         self._timer.setSingleShot(True)
         self._timer.setInterval(300)
         self._timer.timeout.connect(self.replan)
-        viewer = widget.viewer
+        viewer = self.viewer
         viewer.camera.events.center.connect(self._schedule)
         viewer.camera.events.zoom.connect(self._schedule)
         viewer.camera.events.zoom.connect(self._restyle)
@@ -138,7 +140,7 @@ class TileView(QObject):
     @property
     def running(self) -> bool:
         """True while the background embeds tiles."""
-        return self.tiled and self.widget.jobs.embedding
+        return self.tiled and self.jobs.embedding
 
     def summary(self) -> str | None:
         """The tiles in words for the status line (None: the image is not tiled)."""
@@ -186,7 +188,7 @@ class TileView(QObject):
         self.closed = True
         self._timer.stop()
         self.drop()
-        viewer = self.widget.viewer
+        viewer = self.viewer
         for ev, func in ((viewer.camera.events.center, self._schedule), (viewer.camera.events.zoom, self._schedule),
                          (viewer.camera.events.zoom, self._restyle), (viewer.dims.events.current_step, self._schedule)):
             try:
@@ -210,14 +212,14 @@ class TileView(QObject):
         """Recompute the tiles in view and (re)start the background embedding when some are missing."""
         if not self.tiled or self.closed:
             return
-        image = self.widget.sync.image
+        image = self.sync.image
         store = self.session.store
         box = view_box(image) if image is not None else None
-        plan = tiles_in_view(store, self.widget.sync.view_z if store.volume.is_3d else 0, box)
+        plan = tiles_in_view(store, self.sync.view_z if store.volume.is_3d else 0, box)
         with self._lock:
             self._wanted = plan
             self._planned |= set(plan)
-        jobs = self.widget.jobs
+        jobs = self.jobs
         if self.cancelled or not jobs.background_embedding:
             return
         missing = sum(not store.has_tile(*t) for t in plan)
@@ -232,14 +234,14 @@ class TileView(QObject):
             self._on_tile(int(tile[0]), tile[1], "ready")
         if self.cancelled:
             return
-        a = self.widget.actions
+        a = self.actions
         a.show_progress(done, max(total, 1), "tiles %v/%m")
         a.cancel_button.setVisible(True)
 
     def finished(self) -> None:
         """The background embedding ended (all wanted tiles embedded, cancelled or failed)."""
-        a = self.widget.actions
-        if not self.widget.jobs.volume_running:
+        a = self.actions
+        if not self.jobs.volume_running:
             a.hide_progress()
             a.cancel_button.setVisible(False)
 
@@ -248,15 +250,15 @@ class TileView(QObject):
         if not self.running:
             return False
         self.cancelled = True  # said again when the tile in flight is done
-        self.widget.jobs.stop_embedding()
+        self.jobs.stop_embedding()
         self.finished()
         self.status(STOPPED)
         return True
 
     # ------------------------------------------------------------------ outlines
     def _ensure_layer(self) -> Shapes | None:
-        image = self.widget.sync.image
-        viewer = self.widget.viewer
+        image = self.sync.image
+        viewer = self.viewer
         if image is None:
             return None
         if self.layer is not None and self.layer in viewer.layers:
@@ -269,12 +271,12 @@ class TileView(QObject):
                                        **transform_kwargs(image))
         if active is not None and active in viewer.layers:  # clicks keep going to the prompts
             viewer.layers.selection.active = active
-        self.widget.sync.settle()
+        self.sync.settle()
         return self.layer
 
     def _draw(self) -> None:
         layer = self.layer
-        if layer is None or layer not in self.widget.viewer.layers:
+        if layer is None or layer not in self.viewer.layers:
             return
         rects = []
         for (z, _key), (y0, y1, x0, x1) in self.embedding.items():
@@ -287,14 +289,14 @@ class TileView(QObject):
 
     def _edge_width(self) -> float:
         """Outline width in image pixels: :data:`OUTLINE_SCREEN_PX` screen pixels at the current zoom."""
-        image = self.widget.sync.image
+        image = self.sync.image
         scale = float(abs(image.scale[-1])) if image is not None else 1.0
-        return OUTLINE_SCREEN_PX / max(float(self.widget.viewer.camera.zoom) * scale, 1e-6)
+        return OUTLINE_SCREEN_PX / max(float(self.viewer.camera.zoom) * scale, 1e-6)
 
     def _restyle(self, event=None) -> None:
         """The zoom changed: the outlines keep their width on screen."""
         layer = self.layer
-        if self.closed or layer is None or layer not in self.widget.viewer.layers or not len(layer.data):
+        if self.closed or layer is None or layer not in self.viewer.layers or not len(layer.data):
             return
         layer.edge_width = [self._edge_width()] * len(layer.data)
 

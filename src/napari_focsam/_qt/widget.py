@@ -73,7 +73,8 @@ class FocSAMWidget(QWidget):
         self.prompt_panel, self.actions = PromptPanel(), ActionPanel()
         self.status_label, self.z_profile = StatusLine(), ZProfile()
         self.sync = ViewerSync(self.viewer, self.setup, self.output, self.managed, self.state)
-        self.modes = PromptModes(self, self._notify)  # boxes, many objects, Segment all
+        self.modes = PromptModes(self.state, viewer=self.viewer, jobs=self.jobs, queue=self.queue, layers=self.managed,
+                                 sync=self.sync, notify=self._notify, commit=lambda: self.commit())
         root = QVBoxLayout(self)
         root.setContentsMargins(6, 6, 6, 6)
         for part in (self.setup, self.output, self.prompt_panel, self.modes.panel, self.actions, self.z_profile,
@@ -90,7 +91,8 @@ class FocSAMWidget(QWidget):
         self.setup.bind(self.state)
 
         self.sync.boxes_layer = lambda: self.modes.boxes.layer
-        self.tiles = TileView(self, self._set_status)  # large images: tiles embedded, their outlines
+        self.tiles = TileView(self.state, viewer=self.viewer, jobs=self.jobs, sync=self.sync, actions=self.actions,
+                              status=self._set_status)  # large images: tiles embedded, their outlines
         self.volume = VolumeFlow(self.jobs, self.queue, self.managed, self.actions, self.modes, self.tiles,
                                  self.z_profile, WidgetHooks(
                                      notify=self._notify, set_status=self._set_status,
