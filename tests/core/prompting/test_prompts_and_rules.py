@@ -74,3 +74,29 @@ def test_a_rule_object_without_decide_is_refused():
     with pytest.raises(ValueError, match="later_clicks"):
         FocSAMPredictor(model, later_clicks="sometimes")
     assert FocSAMPredictor(model, later_clicks=ReuseRule()).later_clicks == "reuse"
+
+
+def test_every_slice_history_has_one_interface_and_an_object_gives_back_its_prompts():
+    from napari_focsam.core.prompting import SliceHistory, TiledHistory
+    from napari_focsam.core.propagation import AnchorHistory
+
+    stack = blobs_stack(3, size=40)
+    s = Session(ImageVolume(stack), make_fast_focsam(refiner_depth=1))
+    obj = s.new_object()
+    set_prompts(obj, Prompts.of([(1, 20.0, 20.0, True), (1, 12.0, 12.0, False)], (1, (8, 8, 32, 32))))
+    assert isinstance(obj.history(1), SliceHistory) and isinstance(obj.history(1), InteractiveObject)
+    assert obj.history(1).prompts == PlanePrompts(tuple(obj.history(1).clicks), obj.history(1).box)
+    before = obj.history(1).token
+    assert set_prompts(obj, obj.prompts) == {} and obj.history(1).token == before  # a round trip changes nothing
+    obj2 = s.new_object()
+    obj2.add_click(20, 20, True, z=1)
+    obj2.propagate()
+    obj2.add_click(20, 20, True, z=2)  # a correction on a propagated slice
+    assert isinstance(obj2.history(2), AnchorHistory) and isinstance(obj2.history(2), SliceHistory)
+    big = np.zeros((600, 600), np.uint8)
+    big[280:330, 280:330] = 200
+    tiled = Session(ImageVolume(big), make_fast_focsam(), tiles=True, tile_size=256, halo=64)
+    t = tiled.new_object()
+    t.add_click(300, 300, True)
+    assert isinstance(t.history(), TiledHistory) and isinstance(t.history(), SliceHistory)
+    assert t.history().prompts.clicks == (Click(300.0, 300.0, True),)

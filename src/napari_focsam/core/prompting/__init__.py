@@ -17,7 +17,7 @@ __getattr__, __dir__, __all__ = _lazy.attach(
             "ReuseRule", "SteadyRule"],
         "_predictor": ["ClickState", "FocSAMPredictor", "InteractiveObject", "logits_to_mask", "StepResult",
             "tensor_bytes"],
-        "_prompts": ["PlanePrompts", "Prompts"],
+        "_prompts": ["PlanePrompts", "Prompts", "SliceHistory"],
         "_regions": ["downsample_region", "empty_region", "MaskRegion", "OnPlane", "region_bbox",
             "region_from_plane", "region_iou", "region_pixels", "region_to_plane", "tile_logits_values",
             "values_bbox", "values_to_region"],

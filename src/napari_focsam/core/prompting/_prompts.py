@@ -11,7 +11,7 @@ the click loop, the histories and the widget's jobs carry the value without know
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Protocol, Sequence, runtime_checkable
 
 from ._boxes import Box
 from ._clicks import Click
@@ -19,7 +19,7 @@ from ._clicks import Click
 if TYPE_CHECKING:  # pragma: no cover - torch is imported where the tokens are made, not with the value
     import torch
 
-__all__ = ["PlanePrompts", "Prompts"]
+__all__ = ["PlanePrompts", "Prompts", "SliceHistory"]
 
 #: A click across a stack: (z, y, x, positive) in image pixels.
 StackClick = tuple[int, float, float, bool]
@@ -91,3 +91,76 @@ class Prompts:
     def slices(self) -> set[int]:
         """The slices that hold a prompt."""
         return {int(c[0]) for c in self.clicks} | ({self.box[0]} if self.box is not None else set())
+
+
+@runtime_checkable
+class SliceHistory(Protocol):
+    """The click history of one object on one slice, as a session uses it.
+
+    :class:`~napari_focsam.core.prompting.InteractiveObject` (a plane),
+    :class:`~napari_focsam.core.prompting.TiledHistory` (the tiles of a large image) and
+    :class:`~napari_focsam.core.propagation.AnchorHistory` (a correction on a propagated
+    slice) implement it; the session never asks which one it holds.
+
+    Attributes
+    ----------
+    clicks : list of Click
+        The clicks, in order (image pixels).
+    box : Box or None
+        The box prompt.
+    prompts : PlanePrompts
+        Both, as one value.
+    mask : numpy.ndarray
+        ``(Y, X)`` bool, read-only.
+    region : MaskRegion
+        The mask as an offset and a crop around the object.
+    tile : TileKey or None
+        The tile (and level) the clicks are decoded in; None on a plane.
+    logits : torch.Tensor or None
+        ``(1, 1, 256, 256)`` after the last step (in the tile's frame on a tiled image).
+    token : int or None
+        Changes whenever the state does.
+    blank : bool
+        The slice is constant after contrast mapping: nothing to segment.
+    """
+
+    box: Any
+    blank: bool
+
+    @property
+    def clicks(self) -> list: ...
+
+    @property
+    def prompts(self) -> PlanePrompts: ...
+
+    @property
+    def mask(self) -> Any: ...
+
+    @property
+    def region(self) -> Any: ...
+
+    @property
+    def tile(self) -> Any: ...
+
+    @property
+    def logits(self) -> Any: ...
+
+    @property
+    def token(self) -> Any: ...
+
+    def __len__(self) -> int: ...
+
+    def add(self, click: Click) -> Any:
+        """Add a click and decode."""
+
+    def undo(self) -> Any:
+        """Remove the last click."""
+
+    def truncate(self, n: int) -> None:
+        """Keep the first ``n`` clicks."""
+
+    def set_box(self, box: Sequence[float] | None) -> Any:
+        """Set (or remove) the box; the clicks are replayed on it."""
+
+    def nbytes(self) -> int:
+        """Bytes held (logits, refined embeddings, masks)."""

@@ -217,7 +217,15 @@ def values_to_region(y0: int, x0: int, values: torch.Tensor, origin: Sequence[in
 
 class OnPlane:
     """The slice-history interface of a history decoded on whole planes (its ``mask`` a plane):
-    the mask as a region, and no tile (a tiled history has both of its own)."""
+    the mask as a region, no tile (a tiled history has both of its own), and its clicks and box
+    as one value."""
+
+    @property
+    def prompts(self):
+        """The clicks and the box as one :class:`~napari_focsam.core.prompting.PlanePrompts`."""
+        from ._prompts import PlanePrompts
+
+        return PlanePrompts(tuple(self.clicks), self.box)
 
     @property
     def region(self) -> MaskRegion:

@@ -46,6 +46,7 @@ from ..images import EDGE_MARGIN, TileKey
 from ._boxes import Box, checked_box
 from ._clicks import Click
 from ._predictor import FocSAMPredictor, InteractiveObject, tensor_bytes
+from ._prompts import PlanePrompts
 from ._regions import MaskRegion, empty_region, region_to_plane, tile_logits_values, values_bbox, values_to_region
 
 __all__ = ["MAX_MOVES", "TileObject", "TiledHistory", "box_at_level", "next_placement"]
@@ -172,6 +173,11 @@ class TiledHistory:
         """The clicks, in full-resolution pixels."""
         return list(self._clicks)
 
+
+    @property
+    def prompts(self) -> PlanePrompts:
+        """The clicks and the box (image pixels) as one value."""
+        return PlanePrompts(tuple(self.clicks), self.box)
     @property
     def logits(self) -> torch.Tensor | None:
         """(1, 1, 256, 256) logits of the current state, in its tile's frame (None if none)."""

@@ -17,7 +17,7 @@ from ..defaults import DEFAULT_IOU_THRESHOLD
 from ..images import ImageVolume, TileKey
 from ..models import release_memory
 from ..prompting import (
-    Box, Click, InteractiveObject, MaskRegion, TiledHistory, checked_box, checked_click, empty_region)
+    Box, Click, MaskRegion, Prompts, SliceHistory, checked_box, checked_click, empty_region)
 from ..propagation import (
     DEFAULT_MULTIMASK, DEFAULT_PROMPT, DIRECTIONS, PropagationResult)
 
@@ -102,7 +102,7 @@ class SegmentedObject:
     def __init__(self, session: Any, object_id: int) -> None:  # a Session (core/session.py)
         self.session = session
         self.id = object_id
-        self._slices: dict[int, InteractiveObject] = {}  # only slices with at least one click
+        self._slices: dict[int, SliceHistory] = {}  # only slices with at least one click
         self._order: list[int] = []  # slice of each click, in the order the clicks were made
         self._propagation: PropagationResult | None = None
         self._runs: dict = {}  # finished propagation runs, reused when their seed is unchanged
@@ -149,7 +149,13 @@ class SegmentedObject:
                     return z, hist.box
         return None
 
-    def history(self, z: int | None = None) -> InteractiveObject | TiledHistory | None:
+    @property
+    def prompts(self) -> Prompts:
+        """The clicks in order and the box, as one value (``set_prompts(obj, obj.prompts)`` changes nothing)."""
+        box = self.box
+        return Prompts(tuple(self.clicks), None if box is None else (box[0], tuple(float(v) for v in box[1])))
+
+    def history(self, z: int | None = None) -> SliceHistory | None:
         """The click history of slice ``z`` (None when it has no clicks); read it, do not edit it.
         On a tiled image it is a :class:`TiledHistory` (its logits are in its tile's frame)."""
         z = self._check_z(z)
@@ -297,7 +303,7 @@ class SegmentedObject:
             self._changed(z)
             return self._out(z, None, region)
 
-    def _add(self, z: int, hist: InteractiveObject, click: Click) -> None:
+    def _add(self, z: int, hist: SliceHistory, click: Click) -> None:
         hist.add(click)
         if hist.blank and z not in self._warned_blank:
             log.warning("slice %d is blank (constant after contrast mapping): nothing to segment there", z)
