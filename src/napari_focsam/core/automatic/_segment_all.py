@@ -51,7 +51,6 @@ from ._point_decode import decode_points
 __all__ = [
     "MaskCandidate",
     "MaskUpscaler",
-    "SegmentAllParams",
     "SegmentAllResult",
     "foreground_mask",
     "grid_points",

@@ -253,7 +253,7 @@ def worker_store(source: ImageSource, cache_dir: str | None, model: str, device:
     if threads:
         torch.set_num_threads(int(threads))
     net = load_model(model, device)
-    tiling = {} if source.tiling is None else dict(zip(("tile_size", "halo"), source.tiling))
+    tiling = {} if source.tiling is None else {"tile_size": source.tiling[0], "halo": source.tiling[1]}
     return open_store(FocSAMPredictor(net), source.volume(), tiles=source.tiling is not None, cache_dir=cache_dir,
                       max_memory_bytes=0, **tiling)
 

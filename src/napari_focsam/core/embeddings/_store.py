@@ -3,9 +3,6 @@
 :class:`EmbeddingStore` gives the encoder output of a slice on demand: from a memory LRU
 bounded in bytes, else from a signed on-disk zarr cache (optional, :mod:`~napari_focsam.core.embeddings._disk`), else by
 running the encoder (once per slice even when several threads ask at the same time).
-
-:class:`ImageVolume` (:mod:`~napari_focsam.core.images._volume`) and the disk-cache names are re-exported here so
-that ``from napari_focsam.core.embeddings import ImageVolume`` keeps working.
 """
 
 from __future__ import annotations
@@ -27,17 +24,11 @@ import numpy as np
 import torch
 
 from ..images import ImageReadError, ImageVolume
-from ._disk import CACHE_FORMAT_VERSION, FEATURE_SHAPE, CacheUnavailable, CacheWriteError, DiskCache
+from ._disk import CACHE_FORMAT_VERSION, CacheUnavailable, CacheWriteError, DiskCache
 from ._encode import PREPROCESS_VERSION, Encoder, ImageEmbedding, input_size_for, preprocess
 
 __all__ = [
-    "CACHE_FORMAT_VERSION",
-    "FEATURE_SHAPE",
-    "CacheUnavailable",
-    "CacheWriteError",
-    "DiskCache",
     "EmbeddingStore",
-    "ImageVolume",
     "SliceEmbedding",
     "model_id",
 ]

@@ -26,7 +26,7 @@ import numpy as np
 
 from ._contrast import DEFAULT_PERCENTILES, robust_limits, to_rgb_uint8, work_dtype
 from ._pyramid import (
-    MAX_VIRTUAL_SIDE, TILING_MIN_SIDE, ImageReadError, as_levels, chunk_file_inventory, chunk_shape, level_factors,
+    MAX_VIRTUAL_SIDE, TILING_MIN_SIDE, as_levels, chunk_file_inventory, chunk_shape, level_factors,
     read_block, read_virtual_region, to_dtype)
 
 __all__ = [
@@ -37,8 +37,6 @@ __all__ = [
     "MIN_PLANE_SIZE",
     "SAMPLE_WINDOW",
     "SAMPLE_WINDOWS_PER_SIDE",
-    "TILING_MIN_SIDE",
-    "ImageReadError",
     "ImageVolume",
     "has_channel_axis",
 ]

@@ -12,7 +12,7 @@ from ...modeling.focsam import FocSAM
 from ._allocator import tune_malloc
 from ._checkpoint import load_checkpoint
 from ._device import resolve_device
-from ..defaults import DEFAULT_MODEL, REFINE_PRECISIONS  # noqa: F401  (DEFAULT_MODEL re-exported)
+from ..defaults import DEFAULT_MODEL, REFINE_PRECISIONS
 
 _CACHE: dict[tuple, FocSAM] = {}
 _LOCK = threading.Lock()

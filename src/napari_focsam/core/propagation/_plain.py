@@ -62,7 +62,6 @@ if TYPE_CHECKING:
     from ..embeddings import EmbeddingStore
 
 __all__ = [
-    "DEFAULT_IOU_THRESHOLD",
     "DEFAULT_PROMPT",
     "DEFAULT_REFINE_3D",
     "END_REBOUND",

@@ -1,6 +1,7 @@
 """An object of a :class:`~napari_focsam.core.session.Session`: its clicks on any slices, and its propagation.
 
-Split from :mod:`~napari_focsam.core.session._session` (which re-exports :class:`SegmentedObject`).
+What differs between a plane and a tiled image is asked of the session's slice mode
+(:mod:`~napari_focsam.core.session._slices`); the object never asks which it has.
 """
 
 from __future__ import annotations
@@ -152,8 +153,9 @@ class SegmentedObject:
     @property
     def prompts(self) -> Prompts:
         """The clicks in order and the box, as one value (``set_prompts(obj, obj.prompts)`` changes nothing)."""
-        box = self.box
-        return Prompts(tuple(self.clicks), None if box is None else (box[0], tuple(float(v) for v in box[1])))
+        with self._lock:  # one state: clicks and box read together
+            box, clicks = self.box, tuple(self.clicks)
+        return Prompts(clicks, None if box is None else (box[0], tuple(float(v) for v in box[1])))
 
     def history(self, z: int | None = None) -> SliceHistory | None:
         """The click history of slice ``z`` (None when it has no clicks); read it, do not edit it.
