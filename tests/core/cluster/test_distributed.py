@@ -251,3 +251,41 @@ def test_segment_batch_cli_checks_before_any_work(cells3d_files, tmp_path):
     proc = subprocess.run([sys.executable, "-m", "napari_focsam.cli", "segment-batch", str(stack), "--points",
                            str(csv), "--out", str(tmp_path / "l.tif")], capture_output=True, text=True)
     assert proc.returncode == 2 and "outside the image" in proc.stderr
+
+
+def test_waiting_for_tasks_ends_when_the_client_stays_away_from_its_scheduler():
+    import time
+
+    from napari_focsam.core.cluster._distributed import wait_for_tasks
+
+    class Client:
+        def __init__(self, statuses):
+            self.statuses = list(statuses)
+
+        @property
+        def status(self):
+            return self.statuses.pop(0) if len(self.statuses) > 1 else self.statuses[0]
+
+    class Future:
+        def __init__(self, done_after):
+            self.t = time.monotonic() + done_after
+
+        status = "finished"
+
+        def done(self):
+            return time.monotonic() >= self.t
+
+    wait_for_tasks(Client(["running"]), [Future(0.1), Future(0.2)], poll_s=0.01)  # all done: returns
+    # a short reconnect is no loss
+    wait_for_tasks(Client(["running", "connecting", "connecting", "running"]), [Future(0.2)], poll_s=0.01,
+                   lost_after_s=1.0)
+    t0 = time.monotonic()
+    with pytest.raises(ConnectionError, match="lost its scheduler"):
+        wait_for_tasks(Client(["running", "closed"]), [Future(60)], poll_s=0.01, lost_after_s=0.3)
+    assert time.monotonic() - t0 < 5
+    gone = Future(0.0)
+    gone.status = "cancelled"
+    from concurrent.futures import CancelledError
+
+    with pytest.raises(CancelledError, match="1 of 1 tasks were cancelled"):
+        wait_for_tasks(Client(["closed"]), [gone], poll_s=0.01)

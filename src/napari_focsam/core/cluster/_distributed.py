@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import os
 import time
+from concurrent.futures import CancelledError
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -237,6 +238,28 @@ def connect(workers: int | None = None, scheduler: str | None = None,
         cluster.close()
 
 
+def wait_for_tasks(client: Any, futures: Sequence[Any], *, poll_s: float = 0.2, lost_after_s: float = 5.0) -> None:
+    """Wait until every one of ``futures`` is done (finished, failed or cancelled).
+
+    ``distributed.wait`` can block for ever when the scheduler goes away at the wrong moment
+    (seen once in CI). This polls: ``ConnectionError`` once the client has been away from its
+    scheduler (status not ``"running"``) for ``lost_after_s`` seconds (a reconnect within that
+    time is no loss), ``concurrent.futures.CancelledError`` for cancelled tasks (as ``wait``).
+    """
+    away_since = None
+    while not all(f.done() for f in futures):
+        if client.status == "running":
+            away_since = None
+        else:
+            away_since = time.monotonic() if away_since is None else away_since
+            if time.monotonic() - away_since > lost_after_s:
+                raise ConnectionError(f"the client lost its scheduler (status {client.status!r})")
+        time.sleep(poll_s)
+    cancelled = sum(f.status == "cancelled" for f in futures)
+    if cancelled:  # as distributed.wait: the scheduler went away (or someone cancelled them)
+        raise CancelledError(f"{cancelled} of {len(futures)} tasks were cancelled (client {client.status!r})")
+
+
 # ----------------------------------------------------------------------------- precompute
 
 
@@ -328,8 +351,6 @@ def precompute_distributed(client: Any, source: ImageSource, cache_dir: str | Pa
         worker that died may still have written some of them), ``errors`` (why) and
         ``worker_max_rss_mb`` (peak resident memory of each worker process).
     """
-    from distributed import wait
-
     t0 = time.perf_counter()
     cache_dir = str(Path(cache_dir).expanduser().resolve())
     plan = client.submit(missing_units, source, cache_dir, model, device, threads, pure=False, retries=retries)
@@ -342,7 +363,7 @@ def precompute_distributed(client: Any, source: ImageSource, cache_dir: str | Pa
     try:
         if futures and progress:
             progress_on_stderr(futures)
-        wait(futures)
+        wait_for_tasks(client, futures)
     except Exception as exc:  # the scheduler went away mid-run: say what was done, not a traceback
         lost = f"the cluster went away during the run ({type(exc).__name__}: {' '.join(str(exc).split())[:200]})"
     # A unit of a finished task was filled during this run: by that task, or by a worker that
@@ -543,14 +564,12 @@ def segment_seeds(source: ImageSource, seeds: np.ndarray, *, model: str, device:
                 if on_object is not None:
                     on_object(n, len(items))
         return out
-    from distributed import wait
-
     groups = [items[k:k + max(1, seeds_per_task)] for k in range(0, len(items), max(1, seeds_per_task))]
     futures = [client.submit(_segment_task, source, cache, model, device, g, propagate, iou_threshold,
                              threads, pure=False, retries=retries) for g in groups]
     if futures and progress:
         progress_on_stderr(futures)
-    wait(futures)
+    wait_for_tasks(client, futures)
     results: list[ObjectResult] = []
     for g, fut in zip(groups, futures):
         if fut.status != "finished":
