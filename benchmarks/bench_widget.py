@@ -1,7 +1,7 @@
 """The dock widget as a user meets it: time to "ready", click-to-preview latency, Segment volume wait.
 
     python benchmarks/bench_widget.py [--clicks 40] [--threads N[,N...]] [--volume] [--think 30]
-                                      [--sizes 1024,2048,8192 [--skip-2d]] [--no-compare]
+                                      [--sizes 1024,2048,8192 [--skip-2d]] [--no-compare] [--decoder-floor]
 
 Drives the real widget in a real napari viewer (an Xvfb display is started when none is set):
 
@@ -110,6 +110,20 @@ def sequential_pairs(model) -> None:
     model.decode_pair = decode_pair
 
 
+def instant_decoder(model) -> None:
+    """The model's decoder steps answer at once with their first answer (wrong masks, no model
+    time): what is left of a click's latency is the widget's and napari's own work, and how
+    they share the machine with the decoder (``--decoder-floor``)."""
+    for name in ("decode", "decode_pair", "refine"):
+        real, first = getattr(model, name), {}
+
+        def instant(*args, _real=real, _first=first, **kwargs):
+            if "out" not in _first:
+                _first["out"] = _real(*args, **kwargs)
+            return _first["out"]
+        setattr(model, name, instant)
+
+
 def bench_2d(app, args):
     import napari
     import torch
@@ -135,10 +149,13 @@ def bench_2d(app, args):
     batched = model.decode_pair
     # objects cycle through (refine click, build): both schedules, this build and today's
     # sequential later clicks (--compare), interleaved object by object
-    combos = [(rc, b) for b in (("new", "today") if args.compare else ("new",)) for rc in (1, 2)]
+    build_names = ("new", "today") if args.compare else ("new",)
+    if args.decoder_floor:  # after the first clicks, every decoder step answers at once
+        build_names = ("floor",)
+    combos = [(rc, b) for b in build_names for rc in (1, 2)]
     for n_threads in threads:
         if n_threads:
-            torch.set_num_threads(n_threads)  # the widget's workers share the process's setting
+            widget.jobs.set_threads(n_threads)  # on the widget's compute thread, before the next job
         rng = np.random.default_rng(0)
         rows = []  # (latency, model part, nth click, refine click, build)
         pts = widget.prompts_layer
@@ -149,7 +166,10 @@ def bench_2d(app, args):
                 widget.clear()
                 rc, build = combos[(k // args.per_object) % len(combos)]
                 widget.session.predictor.refine_click = rc
-                if build == "today":
+                if build == "floor":
+                    if "decode" not in model.__dict__:
+                        instant_decoder(model)
+                elif build == "today":
                     sequential_pairs(model)
                 else:
                     model.decode_pair = batched
@@ -169,12 +189,12 @@ def bench_2d(app, args):
         nth = np.array([r[2] for r in rows])
         sched = np.array([r[3] for r in rows])
         builds = np.array([r[4] for r in rows])
-        print(f"\nclick-to-preview latency ({len(lat)} clicks, torch threads {torch.get_num_threads()}, load "
+        print(f"\nclick-to-preview latency ({len(lat)} clicks, torch threads {n_threads or torch.get_num_threads()}, load "
               f"{os.getloadavg()[0]:.1f}): median {np.median(lat):.0f} ms, p95 {np.percentile(lat, 95):.0f} ms "
               f"(model part: median {np.median(mod):.0f} ms, p95 {np.percentile(mod, 95):.0f} ms)")
         for rc in (1, 2):
             print(f" objects refined at click {rc}{' (default)' if rc == 1 else ' (published schedule)'}:")
-            for build in (("new", "today") if args.compare else ("new",)):
+            for build in build_names:
                 for name, sel in (("1st click", nth == 1), ("2nd click", nth == 2), ("later clicks", nth > 2),
                                   ("after the 1st", nth > 1)):
                     sel = sel & (sched == rc) & (builds == build)
@@ -333,6 +353,8 @@ def main() -> None:
                     help="CPU threads (0: the widget's default); for the 2D clicks a list runs each, e.g. 1,2")
     ap.add_argument("--compare", action=argparse.BooleanOptionalAction, default=True,
                     help="2D clicks: alternate objects with today's sequential later clicks (the baseline)")
+    ap.add_argument("--decoder-floor", action="store_true",
+                    help="2D clicks with a decoder that answers at once: the widget's and napari's own part")
     ap.add_argument("--volume", action="store_true", help="also time Segment volume on the stack")
     ap.add_argument("--per-object", type=int, default=2,
                     help="clicks per object in the 2D latency run (1st, 2nd = refine, later)")

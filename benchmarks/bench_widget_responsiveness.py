@@ -189,6 +189,7 @@ def volume_vs_engine(app, args) -> None:
     import napari
     import torch
 
+    from napari_focsam.core.models import compute_thread
     from napari_focsam.core.propagation import repropagate
     from napari_focsam.core.session import Session
 
@@ -207,8 +208,9 @@ def volume_vs_engine(app, args) -> None:
     print(f"{what}: every slice embedded (cached in {cache}) in {time.perf_counter() - t0:.0f} s")
     ids, counts = np.unique(gt[z][gt[z] > 0], return_counts=True)
     objs = [int(i) for i in ids[np.argsort(-counts)][: args.objects]]
-    torch.set_num_threads(args.threads)
-    engine = Session(np.asarray(image), widget.setup.model_spec(), device="cpu", cache_dir=cache)
+    compute = compute_thread()
+    compute.run(torch.set_num_threads, args.threads)
+    engine = compute.run(Session, np.asarray(image), widget.setup.model_spec(), device="cpu", cache_dir=cache)
     t_widget, t_engine, gaps, f_widget, f_engine = [], [], [], [], []
     for _ in range(args.repeats):
         for obj in objs:
@@ -236,17 +238,22 @@ def volume_vs_engine(app, args) -> None:
             widget.commit()  # the object stays open for corrections until C
             gaps.append(meter.stop())
             # the engine, same object, same cache, same correction
-            o = engine.new_object()
-            o.add_click(point[1], point[2], True, z)
-            t0 = time.perf_counter()
-            o.propagate(iou_threshold=float(widget.iou_spin.value()))
-            t_engine.append(time.perf_counter() - t0)
-            if fix is not None:
-                t0 = time.perf_counter()  # the click's own decode, then the runs it touched
-                o.add_click(fix[1], fix[2], fix[3], fix[0])
-                repropagate(o, iou_threshold=float(widget.iou_spin.value()))
-                f_engine.append(time.perf_counter() - t0)
-            engine.remove_object(o)
+            # (on the widget's compute thread: the process keeps one OpenMP pool, see core.models.compute_thread)
+            iou = float(widget.iou_spin.value())
+
+            def engine_object(point=point, fix=fix, iou=iou):
+                o = engine.new_object()
+                o.add_click(point[1], point[2], True, z)
+                t0 = time.perf_counter()
+                o.propagate(iou_threshold=iou)
+                t_engine.append(time.perf_counter() - t0)
+                if fix is not None:
+                    t0 = time.perf_counter()  # the click's own decode, then the runs it touched
+                    o.add_click(fix[1], fix[2], fix[3], fix[0])
+                    repropagate(o, iou_threshold=iou)
+                    f_engine.append(time.perf_counter() - t0)
+                engine.remove_object(o)
+            compute.run(engine_object)
     engine.close()
     w, e = np.median(t_widget), np.median(t_engine)
     print(f"Segment volume, {len(objs)} nuclei x {args.repeats} (interleaved, cached embeddings, "

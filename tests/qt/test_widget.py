@@ -408,3 +408,47 @@ def test_screenshot_with_widget_and_mask(focsam, qtbot):
     r, g, b = (rgb[changed][:, i].mean() for i in range(3))
     assert r > b + 40 and g > b + 30, (r, g, b)
     assert full.shape[1] > canvas.shape[1]  # the dock widget is in the picture
+
+
+def test_model_work_runs_on_one_compute_thread_with_the_dock_setting(focsam, qtbot):
+    """Loading, embedding and every click run on the process's compute thread (one OpenMP pool:
+    with a pool per worker thread, each click ran at sleeping pools' pace), and the dock's thread
+    count reaches that thread (each thread keeps its own count)."""
+    viewer, widget = focsam(layers=[add_2d])
+    _, gt = load_nuclei("2d")
+    wait_ready(qtbot, widget)
+    model = widget.session.predictor.model
+    seen = []
+
+    def recording(name):
+        original = getattr(model, name)
+
+        def call(*args, **kwargs):
+            import threading
+
+            import torch
+
+            seen.append((name, threading.current_thread().name, torch.get_num_threads()))
+            return original(*args, **kwargs)
+        return call
+
+    for name in ("decode", "decode_pair", "refine"):
+        setattr(model, name, recording(name))
+    try:
+        pts = widget.prompts_layer
+        pts.data = np.array([interior(gt == A)], float)
+        wait_idle(qtbot, widget)
+        assert widget.current_mask.any() and seen
+        assert {thread for _, thread, _ in seen} == {"napari-focsam-compute_0"}
+        assert {n for _, _, n in seen} == {1}  # the suite's setting (NAPARI_FOCSAM_THREADS=1)
+        seen.clear()
+        widget.threads_spin.setValue(2)
+        ys, xs = np.nonzero(gt == A)
+        pts.add(np.array([ys[len(ys) // 3], xs[len(xs) // 3]], float))
+        wait_idle(qtbot, widget)
+        assert [name for name, _, _ in seen] == ["decode_pair"]
+        assert seen[0][1:] == ("napari-focsam-compute_0", 2)
+    finally:
+        widget.threads_spin.setValue(1)
+        for name in ("decode", "decode_pair", "refine"):
+            del model.__dict__[name]

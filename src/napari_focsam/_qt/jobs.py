@@ -11,6 +11,7 @@ worker bodies (that keeps torch off the GUI thread: the dock appears at once).
 from __future__ import annotations
 
 import atexit
+import functools
 import math
 import sys
 import threading
@@ -24,6 +25,7 @@ from napari.qt.threading import create_worker
 from qtpy.QtCore import QObject, Qt, QTimer, Signal
 
 from ..core.editing import Ticket, set_prompts
+from ..core.models import compute_thread
 from ..core.prompting import Prompts
 from ..core.errors import Failure, describe_error, is_oom
 from .constants import EMBEDDING_BYTES
@@ -106,6 +108,16 @@ def throttled(report: Callable[[int, int], None], interval: float = PROGRESS_INT
             report(done, total)
 
     return maybe
+
+
+def on_compute(func: Callable) -> Callable:
+    """``func`` with its body run on the process's compute thread, the caller waiting for it
+    (:func:`~napari_focsam.core.models.compute_thread`: one OpenMP pool for all model work,
+    whichever worker asks; with a pool per worker thread every click ran at sleeping pools' pace)."""
+    @functools.wraps(func)
+    def body(*args: Any, **kwargs: Any) -> Any:
+        return compute_thread().run(func, *args, **kwargs)
+    return body
 
 
 def _await_jobs(ref: weakref.ref) -> None:
@@ -200,14 +212,17 @@ class SessionJobs(QObject):
 
         self._start(run, "_layer_worker", on_done)
 
-    def _start(self, func: Callable, attr: str, on_done: Callable[[Any], None] | None, **kwargs) -> Any:
+    def _start(self, func: Callable, attr: str, on_done: Callable[[Any], None] | None, *, compute: bool = False):
         """Start ``func`` in a worker stored in ``self.<attr>``; ``on_done(result)`` runs after it ended.
+
+        ``compute``: ``func`` touches the model, so it runs on the compute thread (:func:`on_compute`;
+        generators pass their model steps there themselves).
 
         The result is reported from ``finished`` (after ``returned``), when ``self.<attr>`` is None
         again, so a handler that starts the next job sees this one gone.
         """
         box: list = [None]
-        worker = create_worker(func, _start_thread=False, **kwargs)
+        worker = create_worker(on_compute(func) if compute else func, _start_thread=False)
         worker.returned.connect(lambda result: box.__setitem__(0, result))
         worker.errored.connect(lambda exc: box.__setitem__(0, describe_error(exc)))
 
@@ -318,7 +333,7 @@ class SessionJobs(QObject):
                 self.context = result.context
             self.loaded.emit(result)
 
-        self._start(load, "_load_worker", done)
+        self._start(load, "_load_worker", done, compute=True)
 
     # ------------------------------------------------------------------ embeddings
     def start_embedding(self, view_z: Callable[[], int]) -> int:
@@ -349,7 +364,7 @@ class SessionJobs(QObject):
                     zc = view_z()
                     z = min(left, key=lambda s: (abs(s - zc), s))
                     left.discard(z)
-                    store.precompute([z])
+                    compute_thread().run(store.precompute, [z])
                     done += 1
                     yield done
             except Exception as exc:
@@ -391,7 +406,7 @@ class SessionJobs(QObject):
                     todo = [t for t in wanted() if not store.has_tile(*t)]
                     if not todo:
                         break
-                    store.precompute(tiles=todo[:1])  # with a cache folder: to disk, then "ready" here
+                    compute_thread().run(store.precompute, tiles=todo[:1])  # cached: to disk, then "ready"
                     done += 1
                     yield done, done + len(todo) - 1, todo[0]
             except Exception as exc:
@@ -445,7 +460,7 @@ class SessionJobs(QObject):
             masks, dt = result if isinstance(result, tuple) else (result, 0.0)
             self.predicted.emit(ticket, masks, dt)
 
-        self._start(predict, "_predict_worker", done)
+        self._start(predict, "_predict_worker", done, compute=True)
 
     # ------------------------------------------------------------------ volume
     def segment_volume(self, ticket: Ticket, prompts: Prompts, iou: float) -> None:
@@ -474,7 +489,7 @@ class SessionJobs(QObject):
             self.volume_done.emit(ticket, res, vol)
 
         release = self.foreground.hold()
-        ref.append(self._start(run, "_volume_worker", done))
+        ref.append(self._start(run, "_volume_worker", done, compute=True))
 
     def cancel_volume(self) -> None:
         self._volume_cancel.set()
@@ -501,12 +516,12 @@ class SessionJobs(QObject):
         return not self._pending
 
     def set_threads(self, n: int) -> None:
-        """Let torch use ``n`` CPU threads: now if torch is imported, else when the model loads."""
-        self._threads = int(n)
+        """Let torch use ``n`` CPU threads, on the compute thread (each thread has its own count)
+        after its job in progress if torch is imported, else when the model loads."""
+        self._threads = n = int(n)
         torch = sys.modules.get("torch")
         if torch is not None and hasattr(torch, "set_num_threads"):  # imported (not half-way)
-            if torch.get_num_threads() != self._threads:
-                torch.set_num_threads(self._threads)
+            compute_thread().submit(lambda: torch.get_num_threads() == n or torch.set_num_threads(n))
 
     @staticmethod
     def release_gpu_memory() -> None:

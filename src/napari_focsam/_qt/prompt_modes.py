@@ -27,6 +27,7 @@ from ..core.editing import MAX_COVERED, ManyPaste, PasteError, batch_groups, pla
 from ..core.errors import Failure, describe_error
 from ..core.prompting import Prompts
 from .box_prompts import BoxPrompts
+from .jobs import on_compute
 from .prompt_modes_panel import PromptModesPanel
 from .region_layers import NextLabel, merge_by_slice
 from .segment_all_job import SegmentAllJob
@@ -327,8 +328,10 @@ class PromptModes(QObject):
 
     # ------------------------------------------------------------------ workers
     def _start(self, func: Callable, on_done: Callable[[Any], None]) -> Any:
+        """Run ``func`` (model work: on the compute thread, see :func:`on_compute`) in a worker;
+        ``on_done(result)`` after it ended."""
         box: list = [None]
-        worker = create_worker(func, _start_thread=False)
+        worker = create_worker(on_compute(func), _start_thread=False)
         worker.returned.connect(lambda result: box.__setitem__(0, result))
         worker.errored.connect(lambda exc: box.__setitem__(0, describe_error(exc)))
 
