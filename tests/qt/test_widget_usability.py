@@ -253,10 +253,12 @@ def test_deleted_prompts_layer_is_recreated(dock, qtbot):
 
 
 def test_threads_setting(dock, qtbot, monkeypatch):
-    """A CPU-threads setting, applied to torch; its default is the cores, at most 4."""
+    """A CPU-threads setting, applied to torch on the thread that runs the model (each thread has
+    its own count); its default is the cores, at most 4."""
     import torch
 
     from napari_focsam._qt.constants import default_threads
+    from napari_focsam.core.models import compute_thread
 
     monkeypatch.delenv("NAPARI_FOCSAM_THREADS", raising=False)
     assert default_threads(2) == 2 and default_threads(64) == 4 and default_threads(1) == 1
@@ -264,15 +266,16 @@ def test_threads_setting(dock, qtbot, monkeypatch):
     assert default_threads(2) == 3
     monkeypatch.setenv("NAPARI_FOCSAM_THREADS", "1")
     viewer, widget = dock(layers=[add_2d])
-    before = torch.get_num_threads()
+    compute = compute_thread()
+    before = compute.run(torch.get_num_threads)
     try:
         assert widget.threads_spin.value() == 1
         wait_ready(qtbot, widget)
-        assert torch.get_num_threads() == 1
+        assert compute.run(torch.get_num_threads) == 1  # (a job queued after the setting's)
         widget.threads_spin.setValue(widget.threads_spin.maximum())
-        assert torch.get_num_threads() == widget.threads_spin.maximum()
+        assert compute.run(torch.get_num_threads) == widget.threads_spin.maximum()
     finally:
-        torch.set_num_threads(before)
+        compute.run(torch.set_num_threads, before)
 
 
 def test_hint_for_positive_clicks_on_separate_cells(dock, qtbot):
