@@ -434,3 +434,25 @@ def test_decode_pair_is_two_decodes_in_one_call():
                 assert got.logits.shape == (1, 1, 256, 256)
                 for g, w in zip(got, want):
                     torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("size", [(300, 500), (64, 64)])
+def test_logit_at_is_the_value_the_mask_thresholds(size):
+    """``logit_at`` reads one pixel of the resized logits: positive exactly where the mask is set,
+    and equal to the plainly resized plane."""
+    import torch.nn.functional as F
+
+    from napari_focsam.modeling.mask_resize import logit_at, logits_to_mask_roi
+
+    g = torch.Generator().manual_seed(1)
+    low = torch.randn(1, 1, 256, 256, generator=g) * 4
+    input_size = input_size_for(size)
+    plane = F.interpolate(low, size=(1024, 1024), mode="bilinear", align_corners=False)
+    plane = F.interpolate(plane[..., : input_size[0], : input_size[1]], size=size, mode="bilinear",
+                          align_corners=False)[0, 0]
+    mask = logits_to_mask_roi(low, input_size, size)
+    rng = np.random.default_rng(0)
+    for y, x in zip(rng.integers(0, size[0], 40), rng.integers(0, size[1], 40)):
+        v = logit_at(low, input_size, size, y, x)
+        assert v == pytest.approx(float(plane[y, x]), abs=1e-4)
+        assert (v > 0) == mask[y, x] or abs(v) < 1e-5

@@ -78,3 +78,13 @@ def logits_to_mask_roi(logits: torch.Tensor, input_size: tuple[int, int], origin
     values = my[y0:y1, a0:a1] @ low[a0:a1, b0:b1] @ mx[x0:x1, b0:b1].T
     out[y0:y1, x0:x1] = (values > 0).numpy()
     return out
+
+
+def logit_at(logits: torch.Tensor, input_size: tuple[int, int], original_size: tuple[int, int], y: int, x: int,
+             canvas: int = 1024) -> float:
+    """The value of (1, 1, h_low, w_low) ``logits`` at pixel (y, x) of the ``original_size`` plane,
+    resized as :func:`logits_to_mask_roi` resizes them (its mask is this value > 0)."""
+    low = logits[0, 0].detach().to("cpu", torch.float32)
+    my = resize_matrix(low.shape[0], canvas, input_size[0], original_size[0])
+    mx = resize_matrix(low.shape[1], canvas, input_size[1], original_size[1])
+    return float(my[int(y)] @ low @ mx[int(x)])

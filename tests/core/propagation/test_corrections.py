@@ -19,7 +19,8 @@ from engine_helpers import make_fast_focsam  # noqa: E402
 from napari_focsam.core.propagation import _plain as V  # noqa: E402
 from napari_focsam.core.propagation import AnchorHistory, prior_prompt  # noqa: E402
 from napari_focsam.core.propagation._anchors import rejects_mask
-from napari_focsam.core.prompting import Click  # noqa: E402
+from napari_focsam.core.prompting import Click, logits_to_mask  # noqa: E402
+from napari_focsam.modeling.mask_resize import logit_at  # noqa: E402
 from napari_focsam.core.prompting import InteractiveObject, StepResult  # noqa: E402
 from napari_focsam.core.session import Session  # noqa: E402
 
@@ -47,13 +48,19 @@ def scripted(monkeypatch):
     each step answers ``answer(clicks, prev_logits)`` (default: the disc of radius 7)."""
     truth = ball()
     visits, steps = [], []
+    state = {}
 
-    def fake_next_slice(predictor, emb, prev_mask, prev_logits, prompt=None, multimask=None, refine=False):
+    def fake_next_slice(predictor, emb, prev_mask, prev_logits, prompt=None, multimask=None, refine=False,
+                        offset=0.0):
         visits.append(emb.z)
+        levels[emb.z] = offset
         return truth[emb.z].copy(), torch.zeros(1, 1, 256, 256)
 
+    levels = {}
     monkeypatch.setattr(V, "next_slice", fake_next_slice)
-    state = {"answer": lambda clicks, prev: disc(7)}
+    monkeypatch.setattr(AnchorHistory, "level_cuts", False)  # control flow here: the test below turns it on
+    state["levels"] = levels
+    state["answer"] = lambda clicks, prev: disc(7)
 
     def fake_step(self, embedding, clicks, prev_logits=None, refined=None, *, box=None):
         steps.append((list(clicks), prev_logits))
@@ -217,3 +224,65 @@ def test_a_corrected_start_slice_still_propagates(session, scripted):
     state["answer"] = lambda clicks, prev: disc(3)
     one.add_click(S // 2, S // 2, z=6)
     assert sorted(one.propagate(iou_threshold=0.65).masks) == [6]
+
+
+# --------------------------------------------------------------------------- level cuts
+
+
+def radial_logits(radius=8.0):
+    """(1, 1, 256, 256) logits of an S x S plane (encoded on the 1024 canvas: 8 logits per pixel)
+    falling by 1 per pixel from 8 at the plane's centre: their mask is the disc of ``radius``."""
+    yy, xx = np.mgrid[:256, :256]
+    r = np.hypot(yy - 128 + 3.5, xx - 128 + 3.5) / 8  # plane pixel (16, 16) sits at 124.5 + 3.5
+    return torch.from_numpy((radius - r).astype(np.float32))[None, None]
+
+
+def test_a_negative_click_on_a_halo_moves_the_outline_in_and_its_runs_follow(session, scripted, monkeypatch):
+    truth, visits, steps, state = scripted
+    obj = propagated(session, truth)
+    monkeypatch.setattr(AnchorHistory, "level_cuts", True)
+    graded = radial_logits()
+    monkeypatch.setattr(AnchorHistory, "graded", lambda self, emb: (graded[0, 0].numpy() > 0, graded))
+    n_steps = len(steps)
+    # slice 3's propagated mask has a radius of ~6.9 px; the click 6 px from the centre is on its halo
+    m = obj.add_click(S / 2 + 6, S / 2, False, z=3)
+    hist = obj.history(3)
+    assert len(steps) == n_steps  # the decoder was not asked: the outline moved
+    level = hist.offset  # 0.3 of the way from the click's logit to the centre's
+    size = (hist.input_size, hist.original_size)
+    at_click = logit_at(graded, *size, S // 2 + 6, S // 2)
+    at_centre = logit_at(graded, *size, int(hist.prior_click.y), int(hist.prior_click.x))
+    assert 0 < at_click < at_centre / 2 and level == pytest.approx(at_click + 0.3 * (at_centre - at_click), abs=1e-2)
+    assert not m[S // 2 + 6, S // 2] and m[S // 2, S // 2]
+    np.testing.assert_array_equal(m, logits_to_mask(graded - level, *size))  # the whole outline moved in
+    assert 0 < m.sum() < truth[3].sum()
+    assert (hist.logits > 0).sum() == (graded > level).sum()  # its logits are shifted to the level
+    levels = state["levels"]
+    levels.clear()
+    obj.propagate(iou_threshold=0.0)
+    # the runs from slice 3 cut at its level, fading by half a slice; the clicked slice 6's runs do not
+    assert levels[2] == pytest.approx(level * V.LEVEL_FADE)
+    assert levels[1] == pytest.approx(level * V.LEVEL_FADE ** 2)
+    assert levels[4] == pytest.approx(level * V.LEVEL_FADE)
+    assert levels[5] == 0.0  # slice 5 is in the clicked slice 6's half of the gap
+    assert obj.history(6).__class__ is InteractiveObject
+    # undo takes the level back
+    obj.undo(3)
+    assert obj.history(3) is None or obj.history(3).offset == 0.0
+
+
+def test_a_level_cut_needs_a_halo_a_centre_and_enough_mask(session, scripted, monkeypatch):
+    truth, visits, steps, state = scripted
+    obj = propagated(session, truth)
+    monkeypatch.setattr(AnchorHistory, "level_cuts", True)
+    graded = radial_logits()
+    monkeypatch.setattr(AnchorHistory, "graded", lambda self, emb: (graded[0, 0].numpy() > 0, graded))
+    n_steps = len(steps)
+    # 3 px from the centre the logit (5) is above half the centre's (8): not a halo, the decoder edits
+    obj.add_click(S / 2 + 3, S / 2, False, z=4)
+    assert len(steps) == n_steps + 1 and obj.history(4).offset == 0.0
+    hist = obj.history(4)
+    emb = session.store.get(4)
+    assert hist.level_cut(emb, Click(S / 2 + 6, S / 2, True)) is None  # positive clicks never cut
+    assert hist.level_cut(emb, Click(S / 2 + 12, S / 2, False)) is None  # off the mask
+    assert hist.level_cut(emb, Click(S / 2 + 6, S / 2, False)) is not None

@@ -454,6 +454,7 @@ class SegmentedObject:
         with self._prop_lock:
             with self._lock:
                 seeds = {z: slices.seed(h) for z, h in self._slices.items()}
+                offsets = {z: h.offset for z, h in self._slices.items() if getattr(h, "offset", 0.0)}
                 tokens = {z: h.token for z, h in self._slices.items()}
                 restyled = slices.restyled(self._slices)
                 if z_start is not None:
@@ -467,7 +468,8 @@ class SegmentedObject:
                 if not seeds:
                     raise ValueError("the object has no clicks yet: add a click first")
             # without the object's lock: mask() etc. stay responsive while this runs
-            result = slices.propagate(seeds, tokens, self._runs, restyled, iou_threshold=iou_threshold,
+            result = slices.propagate(seeds, tokens, self._runs, restyled, offsets=offsets,
+                                      iou_threshold=iou_threshold,
                                       directions=directions, progress=progress, cancelled=cancelled,
                                       prompt=prompt, multimask=multimask)
             self._finish(result, tokens)

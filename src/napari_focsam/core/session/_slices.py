@@ -81,7 +81,8 @@ class PlaneSlices:
         return [z for z, h in histories.items() if isinstance(h, InteractiveObject) and len(h) > 1]
 
     def propagate(self, seeds: dict, tokens: dict, memo: dict, restyled: list[int], **kwargs: Any) -> PropagationResult:
-        """Propagate from ``seeds`` (slice -> :meth:`seed`); the masks are read-only planes."""
+        """Propagate from ``seeds`` (slice -> :meth:`seed`); the masks are read-only planes.
+        ``offsets``: the logit level of each corrected seed's runs (see ``propagate``)."""
         result = propagate(self.session.store, seeds, tokens=tokens, memo=memo, restyled=restyled, **kwargs)
         for m in result.masks.values():
             m.flags.writeable = False
@@ -138,7 +139,8 @@ class TiledSlices(PlaneSlices):
 
     def propagate(self, seeds: dict, tokens: dict, memo: dict, restyled: list[int], **kwargs: Any) -> PropagationResult:
         """Each slice is decoded in the tile (and level) that holds the previous slice's mask, with
-        the same adaptive rule as clicks; masks stay regions."""
+        the same adaptive rule as clicks; masks stay regions (tiled histories move no level)."""
+        kwargs.pop("offsets", None)
         return propagate_tiled(self.session.store, seeds, tokens=tokens, memo=memo, **kwargs)
 
     def previous_seed(self, obj: SegmentedObject, z: int):
