@@ -237,12 +237,20 @@ def radial_logits(radius=8.0):
     return torch.from_numpy((radius - r).astype(np.float32))[None, None]
 
 
-def test_a_negative_click_on_a_halo_moves_the_outline_in_and_its_runs_follow(session, scripted, monkeypatch):
+@pytest.fixture
+def cuts(session, scripted, monkeypatch):
+    """A propagated object with level cuts on, the propagation's logits of every slice being
+    :func:`radial_logits`; returns (object, those logits, the scripted fixture's parts)."""
     truth, visits, steps, state = scripted
     obj = propagated(session, truth)
     monkeypatch.setattr(AnchorHistory, "level_cuts", True)
     graded = radial_logits()
     monkeypatch.setattr(AnchorHistory, "graded", lambda self, emb: (graded[0, 0].numpy() > 0, graded))
+    return obj, graded, truth, steps, state
+
+
+def test_a_negative_click_on_a_halo_moves_the_outline_in_and_its_runs_follow(cuts):
+    obj, graded, truth, steps, state = cuts
     n_steps = len(steps)
     # slice 3's propagated mask has a radius of ~6.9 px; the click 6 px from the centre is on its halo
     m = obj.add_click(S / 2 + 6, S / 2, False, z=3)
@@ -271,12 +279,8 @@ def test_a_negative_click_on_a_halo_moves_the_outline_in_and_its_runs_follow(ses
     assert obj.history(3) is None or obj.history(3).offset == 0.0
 
 
-def test_a_level_cut_needs_a_halo_a_centre_and_enough_mask(session, scripted, monkeypatch):
-    truth, visits, steps, state = scripted
-    obj = propagated(session, truth)
-    monkeypatch.setattr(AnchorHistory, "level_cuts", True)
-    graded = radial_logits()
-    monkeypatch.setattr(AnchorHistory, "graded", lambda self, emb: (graded[0, 0].numpy() > 0, graded))
+def test_a_level_cut_needs_a_halo_and_a_negative_click_on_the_mask(cuts, session):
+    obj, graded, truth, steps, state = cuts
     n_steps = len(steps)
     # 3 px from the centre the logit (5) is above half the centre's (8): not a halo, the decoder edits
     obj.add_click(S / 2 + 3, S / 2, False, z=4)
