@@ -201,7 +201,7 @@ class AnchorHistory(OnPlane):
         :data:`LEVEL_HALO` of the centre's (a sharp edge: the decoder edits the mask instead),
         or a cut that loses the centre or keeps less than :data:`LEVEL_MIN_KEEP` of the mask.
         """
-        mask0, logits = self.graded(emb)
+        _, logits = self.graded(emb)
         iy, ix = click_pixel(click, self.original_size)
         cy, cx = click_pixel(self.prior_click, self.original_size)
         v = logit_at(logits, self.input_size, self.original_size, iy, ix)
@@ -239,7 +239,8 @@ class AnchorHistory(OnPlane):
 
     def nbytes(self) -> int:
         items = [s.logits for s in self._states] + [s.refined for s in self._states]
-        return tensor_bytes(*items, self._mask, self.prior, self.prior_logits)
+        graded = self._graded or (None, None)
+        return tensor_bytes(*items, self._mask, self.prior, self.prior_logits, *graded)
 
     def prompt(self, clicks: Sequence[Click]) -> list[Click]:
         """The decoder's clicks for the user's ``clicks``: the propagated prompt first, unless a
