@@ -130,12 +130,21 @@ def test_an_address_answered_by_a_server_that_is_not_dask_is_one_error():
             conn.close()
 
     threading.Thread(target=answer, daemon=True).start()
+    import dask
+    from distributed import default_client
+
+    before = dask.config.get("scheduler", None)
     try:
         with pytest.raises(ValueError, match=f"cannot use the dask scheduler at tcp://127.0.0.1:{port}"):
             with connect(scheduler=f"tcp://127.0.0.1:{port}"):
                 pass
     finally:
         server.close()
+    # nothing left behind: no half-made default client, dask's own scheduler as it was (it was
+    # "dask.distributed", and the next lazy dask array in the process failed for want of a client)
+    assert dask.config.get("scheduler", None) == before
+    with pytest.raises(ValueError, match="No clients found"):
+        default_client()
 
 
 @pytest.mark.slow

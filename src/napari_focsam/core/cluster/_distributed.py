@@ -211,31 +211,30 @@ def connect(workers: int | None = None, scheduler: str | None = None,
 
     if (workers is None) == (scheduler is None):
         raise ValueError("give either workers (a local cluster) or scheduler (an address), not both")
+    cluster = None
     if scheduler is not None:
-        try:
-            client = Client(scheduler, timeout="20s")
+        try:  # not a default client: a failed one stayed registered, with dask's scheduler set to it
+            client = Client(scheduler, timeout="20s", set_as_default=False)
         except Exception as exc:  # refused, a timeout, TLS without keys, a server that is not dask ...
             why = " ".join(str(exc).split()) or type(exc).__name__
             raise ValueError(f"cannot use the dask scheduler at {scheduler}: {why[:300]} (is it a dask "
                              "scheduler, and does the address give the right protocol, tcp:// or tls:// "
                              "with its security settings?)") from None
-        try:
-            yield client
-        finally:
-            client.close()
-        return
-    if workers < 1:
-        raise ValueError(f"--workers must be at least 1, got {workers}")
-    torch_threads = threads_per_worker or max(1, (os.cpu_count() or 1) // workers)
-    env = {"OMP_NUM_THREADS": str(torch_threads), "MKL_NUM_THREADS": str(torch_threads)}
-    cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
-                           dashboard_address=None, silence_logs=40, env=env, security=local_security())
-    client = Client(cluster, security=cluster.security)
+    else:
+        if workers < 1:
+            raise ValueError(f"--workers must be at least 1, got {workers}")
+        torch_threads = threads_per_worker or max(1, (os.cpu_count() or 1) // workers)
+        env = {"OMP_NUM_THREADS": str(torch_threads), "MKL_NUM_THREADS": str(torch_threads)}
+        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
+                               dashboard_address=None, silence_logs=40, env=env, security=local_security())
+        client = Client(cluster, security=cluster.security, set_as_default=False)
     try:
-        yield client
+        with client.as_current():  # the default client (progress bars) while in use only
+            yield client
     finally:
         client.close()
-        cluster.close()
+        if cluster is not None:
+            cluster.close()
 
 
 def wait_for_tasks(client: Any, futures: Sequence[Any], *, poll_s: float = 0.2, lost_after_s: float = 5.0) -> None:
