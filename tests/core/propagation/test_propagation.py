@@ -41,7 +41,8 @@ def scripted(monkeypatch):
     truth = ball_masks()
     visits = []
 
-    def fake_next_slice(predictor, emb, prev_mask, prev_logits, prompt=None, multimask=None, refine=False):
+    def fake_next_slice(predictor, emb, prev_mask, prev_logits, prompt=None, multimask=None, refine=False,
+                        offset=0.0):
         assert prev_mask.any()
         visits.append(emb.z)
         return truth[emb.z].copy(), torch.zeros(1, 1, 256, 256)

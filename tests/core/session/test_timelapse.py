@@ -56,7 +56,8 @@ def fast_model():
 def scripted(monkeypatch):
     truth = movie_truth()
 
-    def fake_next_slice(predictor, emb, prev_mask, prev_logits, prompt=None, multimask=None, refine=False):
+    def fake_next_slice(predictor, emb, prev_mask, prev_logits, prompt=None, multimask=None, refine=False,
+                        offset=0.0):
         out = np.zeros((S, S), bool)
         for cell in truth[emb.z]:
             if (cell & prev_mask).any():

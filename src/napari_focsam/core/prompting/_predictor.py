@@ -293,6 +293,8 @@ class InteractiveObject(OnPlane):
         every click gives an empty mask and the decoder does not run.
     """
 
+    offset = 0.0  # the propagation cuts its runs from this slice at 0 (no level cut)
+
     def __init__(self, predictor: FocSAMPredictor, embedding: ImageEmbedding | Callable[[], ImageEmbedding], *,
                  original_size: tuple[int, int] | None = None, skip_blank: bool = True) -> None:
         self.predictor = predictor

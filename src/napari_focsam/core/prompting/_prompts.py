@@ -122,10 +122,14 @@ class SliceHistory(Protocol):
         Changes whenever the state does.
     blank : bool
         The slice is constant after contrast mapping: nothing to segment.
+    offset : float
+        The logit level the propagation's runs from this slice cut their masks at (0 but after
+        a level cut on a propagated slice, see :class:`~napari_focsam.core.propagation.AnchorHistory`).
     """
 
     box: Any
     blank: bool
+    offset: float
 
     @property
     def clicks(self) -> list: ...

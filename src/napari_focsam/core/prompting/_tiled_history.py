@@ -137,6 +137,8 @@ class TiledHistory:
         The slice.
     """
 
+    offset = 0.0  # tiled propagations carry no level
+
     def __init__(self, store: TiledEmbeddingStore, predictor: FocSAMPredictor, z: int) -> None:
         self.store = store
         self.predictor = predictor

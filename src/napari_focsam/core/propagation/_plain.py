@@ -469,8 +469,8 @@ def propagate(
         emb = store.get(z)
         if getattr(emb, "blank", False):
             return None, logits, True
-        level = {"offset": offset} if offset else {}
-        mask, logits = next_slice(store.predictor, emb, prev, logits, prompt, multimask, refine=refine, **level)
+        mask, logits = next_slice(store.predictor, emb, prev, logits, prompt, multimask, refine=refine,
+                                  offset=offset)
         return mask, logits, False
 
     restyled = set(restyled)

@@ -454,7 +454,7 @@ class SegmentedObject:
         with self._prop_lock:
             with self._lock:
                 seeds = {z: slices.seed(h) for z, h in self._slices.items()}
-                offsets = {z: h.offset for z, h in self._slices.items() if getattr(h, "offset", 0.0)}
+                offsets = {z: h.offset for z, h in self._slices.items() if h.offset}
                 tokens = {z: h.token for z, h in self._slices.items()}
                 restyled = slices.restyled(self._slices)
                 if z_start is not None:
