@@ -324,6 +324,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data-root", default=os.environ.get("FOCSAM_DATA", str(REPO.parent / "shared" / "data")))
     p.add_argument("--model", default="focsam_t")
+    p.add_argument("--refiner", default=None, help="a refiner (or head) file for --model, e.g. a training export")
     p.add_argument("--device", default="auto")
     p.add_argument("--volumes", default=",".join(VOLUMES))
     p.add_argument("--clicks", type=int, default=8)
@@ -347,7 +348,7 @@ def main(argv=None) -> int:
     if args.max_objects:
         for k, v in VOLUMES.items():
             VOLUMES[k] = (*v[:2], min(v[2] or 10**6, args.max_objects), *v[3:])
-    model = load_model(args.model, args.device)
+    model = load_model(args.model, args.device, refiner=args.refiner)
     log(f"model {args.model} on {model.device}, torch threads {torch.get_num_threads()}")
     root = Path(args.data_root)
     results = {}

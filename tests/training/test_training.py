@@ -417,7 +417,10 @@ def test_stage1_then_stage2_and_export(tiny_setup, tmp_path):
     ref1 = tr.model.focus_refiner.state_dict()
     assert any(not torch.equal(ref0[k], ref1[k]) for k in ref0)  # stage 2 trained the refiner
     assert (tmp_path / "focsam_t_refiner.pt").is_file()
-    assert (tmp_path / "focsam_t_refiner_full_model.pt").is_file()  # refiner + its tuned decoder
+    from napari_focsam.core.models import read_checkpoint
+
+    keys = read_checkpoint(tmp_path / "focsam_t_refiner.pt")["state_dict"]
+    assert any(k.startswith("mask_decoder.") for k in keys)  # the refiner ships with its tuned decoder
     assert tr.latest_checkpoint().name == "ckpt_0000002.pt"
 
 
@@ -446,3 +449,100 @@ def test_evaluate_cached_runs_the_engine_loop_and_refines_once_per_object(tiny_s
     assert all(0.0 <= v <= 1.0 for v in plain["miou"] + refine["miou"])
     # one refine per object that got a 2nd click (none in plain mode)
     assert 1 <= len(calls) <= 3
+
+
+def test_joint_decoder_training_with_plain_loss_and_bf16(tiny_setup, tmp_path):
+    """``train.decoder_lr``: stage 2 trains the decoder with the refiner; ``loss.plain_weight``
+    adds the NFL of the decoder on the original embedding; the export is a head file."""
+    from napari_focsam.core.models import read_checkpoint
+
+    import copy
+
+    cfg = _tiny_cfg(tmp_path, iters=2, decoder_lr=1e-3, autocast="bf16")
+    cfg.loss.plain_weight, cfg.loss.multimask_weight, cfg.loss.iou_weight = 0.5, 0.3, 0.2
+    model, root = tiny_setup
+    tr = Trainer(cfg, model=copy.deepcopy(model), train_cache=TrainingCache(root / "train"), device="cpu", log=None)
+    dec0 = {k: v.clone() for k, v in tr.model.mask_decoder.state_dict().items()}
+    tr._setup_stage(2)
+    assert all(p.requires_grad for p in tr.model.mask_decoder.parameters())
+    assert {g["lr"] for g in tr.optimizer.param_groups} == {1e-3}  # refiner lr 1e-3 (tiny cfg), decoder 1e-3
+    group, samples = tr._load_batch(0)
+    e0, gt, valid = tr.to_device(samples)
+    sim, ratio = tr.simulate(0, group, samples, e0)
+    out = tr.forward_loss(e0, gt, valid, sim, ratio)
+    assert all(out[k] is not None and torch.isfinite(out[k]) for k in ("plain", "multimask", "iou_head"))
+    assert torch.allclose(out["loss"], out["nfl"] + out["click"] + 0.5 * out["plain"] + 0.3 * out["multimask"]
+                          + 0.2 * out["iou_head"])
+    out["loss"].backward()
+    head = tr.model.mask_decoder
+    assert head.iou_prediction_head.layers[-1].weight.grad.abs().sum() > 0  # the IoU head learns
+    assert all(head.output_hypernetworks_mlps[k].layers[-1].weight.grad is not None for k in range(4))
+    tr.optimizer.zero_grad()
+    tr.run(resume=False)
+    tr.close()
+    dec1 = tr.model.mask_decoder.state_dict()
+    assert any(not torch.equal(dec0[k], dec1[k]) for k in dec0)
+    keys = read_checkpoint(tmp_path / "focsam_t_refiner.pt")["state_dict"]
+    assert any(k.startswith("mask_decoder.") for k in keys) and any(k.startswith("focus_refiner.") for k in keys)
+    log = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert all(r.get("plain_loss") is not None and r.get("iou_head_loss") is not None for r in log if "loss" in r)
+
+
+def test_plain_weight_needs_a_trained_decoder(tmp_path):
+    for k in ("plain_weight", "multimask_weight", "iou_weight"):
+        with pytest.raises(ValueError, match="decoder_lr"):
+            config_from_dict({"work_dir": str(tmp_path), "loss": {k: 0.5}})
+    with pytest.raises(ValueError, match="autocast"):
+        config_from_dict({"work_dir": str(tmp_path), "train": {"autocast": "fp8"}})
+
+
+def test_head_file_replaces_the_base_decoder_and_nothing_else(tmp_path):
+    from conftest import make_tiny_focsam
+
+    from napari_focsam.core.models import CheckpointError, load_checkpoint, save_checkpoint
+    from napari_focsam.training.config import ModelConfig
+
+    m = make_tiny_focsam()
+    base = tmp_path / "base.pt"
+    save_checkpoint(m, base)
+    mc = ModelConfig(depth=1, mlp_ratio=1.0)
+    m.focus_refiner = build_refiner(mc)
+    with torch.no_grad():
+        for p in m.mask_decoder.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    export_refiner(m, tmp_path / "head.pt", mc, with_decoder=True)
+    loaded = load_checkpoint(base, refiner=tmp_path / "head.pt")
+    for k, v in m.mask_decoder.state_dict().items():
+        assert torch.allclose(loaded.mask_decoder.state_dict()[k], v.half().float())
+    for k, v in m.image_encoder.state_dict().items():
+        assert torch.equal(loaded.image_encoder.state_dict()[k], v)
+    plain = load_checkpoint(base)  # the base file alone keeps its own decoder
+    k = next(iter(plain.mask_decoder.state_dict()))
+    assert not torch.allclose(plain.mask_decoder.state_dict()[k], loaded.mask_decoder.state_dict()[k])
+    # a "refiner" carrying encoder weights is refused, and so is a decoder without a refiner
+    sd = {f"image_encoder.{k}": v for k, v in m.image_encoder.state_dict().items()}
+    sd.update({f"focus_refiner.{k}": v for k, v in m.focus_refiner.state_dict().items()})
+    torch.save({"state_dict": sd}, tmp_path / "bad.pt")
+    with pytest.raises(CheckpointError, match="not a refiner file"):
+        load_checkpoint(base, refiner=tmp_path / "bad.pt")
+    torch.save({"state_dict": {f"mask_decoder.{k}": v for k, v in m.mask_decoder.state_dict().items()}},
+               tmp_path / "dec.pt")
+    with pytest.raises(CheckpointError, match="no focus_refiner"):
+        load_checkpoint(base, refiner=tmp_path / "dec.pt")
+
+
+def test_multimask_loss_takes_the_best_candidate_and_iou_targets_are_real_ious():
+    from napari_focsam.training.losses import mask_iou_targets, min_candidate_loss, normalized_focal_loss
+
+    gt = torch.zeros(1, 32, 32, dtype=torch.bool)
+    gt[0, 8:24, 8:24] = True
+    valid = torch.ones_like(gt)
+    good = torch.where(gt, 6.0, -6.0)[0]
+    half = good.clone()
+    half[:, 16:] = -6.0
+    bad = -good
+    cands = torch.stack([bad, half, good])[None]  # (1, 3, 32, 32)
+    best = normalized_focal_loss(good[None, None], gt[:, None], valid[:, None])
+    assert torch.allclose(min_candidate_loss(cands, gt, valid), best)
+    ious = mask_iou_targets(cands, gt, valid)[0]
+    assert torch.allclose(ious, torch.tensor([0.0, 0.5, 1.0]))

@@ -157,6 +157,19 @@ class LossConfig:
     gamma: float = 2.0
     nfl_weight: float = 1.0
     click_weight: float = 1.0
+    #: stage 2 with a trained decoder (``train.decoder_lr > 0``): weight of the NFL of the
+    #: decoder on the *original* embedding with the same final prompts, so that the decoder
+    #: stays good where the product decodes E0 too (the coarse pass at the refine click, the
+    #: ``steady`` rule's second candidate)
+    plain_weight: float = 0.0
+    #: with a trained decoder: weight of SAM's multimask loss (the best of the three candidates
+    #: of the first click alone on the original embedding; the 3D propagation decodes one
+    #: interior point this way), at the 256x256 logit grid
+    multimask_weight: float = 0.0
+    #: with a trained decoder: weight of the IoU-prediction loss (MSE against each mask's real
+    #: IoU, for the single mask and the three candidates); segment-all and the propagation read
+    #: the predicted IoU
+    iou_weight: float = 0.0
 
 
 @dataclass
@@ -191,6 +204,13 @@ class TrainConfig:
     #: file is then a full model, not a refiner-only file for the stock base weights.
     stage1_iters: int = 0
     stage1_lr: float = 1e-5
+    #: stage 2 trains the mask decoder together with the refiner at this learning rate (same
+    #: warm-up and decay); 0 keeps it frozen.  The export then holds the decoder too (a head
+    #: file for the stock encoder, see :func:`~.export.export_refiner`)
+    decoder_lr: float = 0.0
+    #: "bf16": run the simulation and the gradient pass under ``torch.autocast`` in bfloat16
+    #: (fast on CPUs with AMX / AVX-512 BF16 and on GPUs); None: float32
+    autocast: str | None = None
 
 
 @dataclass
@@ -330,6 +350,14 @@ def validate(cfg: TrainingConfig) -> None:
             raise ValueError(f"sim.{name} must be in [0, 1]")
     if cfg.sim.refine_at_click2_prob + cfg.sim.second_click_prob > 1.0:
         raise ValueError("sim.refine_at_click2_prob + sim.second_click_prob must be <= 1")
+    heads = ("plain_weight", "multimask_weight", "iou_weight")
+    if cfg.train.decoder_lr < 0 or any(getattr(cfg.loss, k) < 0 for k in heads):
+        raise ValueError("train.decoder_lr and loss.plain_weight / multimask_weight / iou_weight must be >= 0")
+    for k in heads:
+        if getattr(cfg.loss, k) and not cfg.train.decoder_lr:
+            raise ValueError(f"loss.{k} trains the decoder: set train.decoder_lr > 0 too")
+    if cfg.train.autocast not in (None, "bf16"):
+        raise ValueError(f"train.autocast must be null or 'bf16', got {cfg.train.autocast!r}")
     groups = {s.group for s in cfg.data.train}
     for g in groups:
         for table, name in ((cfg.sim.gamma, "sim.gamma"), (cfg.sim.gamma_refine, "sim.gamma_refine")):

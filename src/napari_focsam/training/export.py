@@ -52,13 +52,21 @@ def build_refiner(mc: ModelConfig, expand_ratio_range=(1.0, 1.4), embed_dim: int
     return refiner
 
 
-def export_refiner(model: FocSAM, path: str | Path, mc: ModelConfig, **meta: Any) -> dict:
-    """Write a refiner-only, float16 file loadable by ``load_checkpoint(base, refiner=path)``.
+def export_refiner(model: FocSAM, path: str | Path, mc: ModelConfig, *, with_decoder: bool = False,
+                   **meta: Any) -> dict:
+    """Write a float16 refiner file loadable by ``load_checkpoint(base, refiner=path)``.
+
+    ``with_decoder``: the file also holds the model's mask decoder (``mask_decoder.*``), for a
+    refiner trained together with a fine-tuned decoder: a *head file* that replaces the base
+    model's decoder and adds the refiner, over the base's image and prompt encoders.
 
     Returns ``{"path", "bytes", "sha256"}`` and writes ``<path>.sha256`` next to it.
     """
-    sd = {f"focus_refiner.{k}": v.detach().to("cpu", torch.float16).contiguous()
-          for k, v in model.focus_refiner.state_dict().items()}
+    parts = {"focus_refiner": model.focus_refiner}
+    if with_decoder:
+        parts["mask_decoder"] = model.mask_decoder
+    sd = {f"{name}.{k}": v.detach().to("cpu", torch.float16).contiguous()
+          for name, module in parts.items() for k, v in module.state_dict().items()}
     info = {"refiner_config": refiner_config(mc, model.focus_refiner.embed_dim), "channel_order": model.channel_order,
             "dtype": "float16", **meta}
     buf = io.BytesIO()

@@ -28,7 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["NormalizedFocalLoss", "click_loss", "normalized_focal_loss"]
+__all__ = ["NormalizedFocalLoss", "click_loss", "iou_head_loss", "mask_iou_targets", "min_candidate_loss",
+           "normalized_focal_loss"]
 
 
 def normalized_focal_loss(
@@ -103,3 +104,49 @@ def click_loss(logits: Tensor, points_yx: Tensor, labels: Tensor) -> Tensor:
     z = torch.gather(flat, 1, ys * w + xs)  # (B, N)
     err = (torch.sigmoid(z.float()) - labels.clamp_min(0).to(torch.float32)) ** 2
     return err[real].mean()
+
+
+def mask_iou_targets(logits: Tensor, target: Tensor, valid: Tensor) -> Tensor:
+    """IoU of each mask ``logits > 0`` with ``target`` inside ``valid`` (no gradient).
+
+    Arguments:
+      logits (Tensor): (B, M, H, W) logits (M candidate masks).
+      target, valid (Tensor): (B, H, W) bool on the same grid.
+
+    Returns:
+      (Tensor): (B, M) float IoUs (1 where both masks are empty).
+    """
+    with torch.no_grad():
+        pred = (logits.detach() > 0) & valid[:, None]
+        g = (target & valid)[:, None]
+        inter = (pred & g).flatten(2).sum(-1).float()
+        union = (pred | g).flatten(2).sum(-1).float()
+        return torch.where(union > 0, inter / union.clamp_min(1), torch.ones_like(union))
+
+
+def iou_head_loss(pred_iou: Tensor, logits: Tensor, target: Tensor, valid: Tensor) -> Tensor:
+    """Mean squared error of the decoder's IoU prediction against each mask's real IoU (as SAM).
+
+    Arguments:
+      pred_iou (Tensor): (B, M) predicted IoUs; logits (B, M, H, W) the masks they score;
+      target, valid (Tensor): (B, H, W) bool.
+    """
+    return F.mse_loss(pred_iou.float(), mask_iou_targets(logits, target, valid))
+
+
+def min_candidate_loss(logits: Tensor, target: Tensor, valid: Tensor, *, alpha: float = 0.5,
+                       gamma: float = 2.0) -> Tensor:
+    """SAM's multimask loss: per sample, the normalised focal loss of its best candidate only.
+
+    Arguments:
+      logits (Tensor): (B, M, H, W) candidate logits; target, valid (Tensor): (B, H, W) bool.
+
+    Returns:
+      (Tensor): scalar, the mean over samples of the smallest per-candidate NFL.
+    """
+    b, m = logits.shape[:2]
+    per = torch.stack([
+        torch.stack([normalized_focal_loss(logits[i, k][None, None], target[i][None, None], valid[i][None, None],
+                                           alpha=alpha, gamma=gamma) for k in range(m)])
+        for i in range(b)])  # (B, M)
+    return per.min(dim=1).values.mean()

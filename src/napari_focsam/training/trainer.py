@@ -43,8 +43,8 @@ from ..modeling.focsam import FocSAM
 from .cache import TrainingCache, TrainingItem
 from .config import TrainingConfig
 from .data import CANVAS, training_dataset_name
-from .export import REFINER_FILE, build_refiner, export_refiner, refiner_config
-from .losses import click_loss, normalized_focal_loss
+from .export import REFINER_FILE, build_refiner, export_refiner
+from .losses import click_loss, iou_head_loss, min_candidate_loss, normalized_focal_loss
 from .rng import rng_state, seed_everything, set_rng_state
 from .sampler import BatchSampler
 from .schedule import WarmupPolyLR, param_groups
@@ -201,16 +201,27 @@ class Trainer:
         for p in self.model.parameters():
             p.requires_grad_(False)
         if stage == 1:
-            module, iters, lr = self.model.mask_decoder, tc.stage1_iters, tc.stage1_lr
+            modules, iters = [(self.model.mask_decoder, tc.stage1_lr)], tc.stage1_iters
         else:
-            module, iters, lr = self.model.focus_refiner, tc.iters, oc.lr
-        for p in module.parameters():
-            p.requires_grad_(True)
-        groups = param_groups(list(module.named_parameters()), oc.weight_decay, oc.no_decay_1d)
-        self.optimizer = torch.optim.AdamW(groups, lr=lr, betas=tuple(oc.betas), weight_decay=oc.weight_decay)
+            modules, iters = [(self.model.focus_refiner, oc.lr)], tc.iters
+            if tc.decoder_lr:
+                modules.append((self.model.mask_decoder, tc.decoder_lr))
+        groups = []
+        for module, lr in modules:
+            for p in module.parameters():
+                p.requires_grad_(True)
+            for g in param_groups(list(module.named_parameters()), oc.weight_decay, oc.no_decay_1d):
+                groups.append({**g, "lr": lr})
+        self.optimizer = torch.optim.AdamW(groups, lr=modules[0][1], betas=tuple(oc.betas),
+                                           weight_decay=oc.weight_decay)
         self.scheduler = WarmupPolyLR(self.optimizer, iters, min(oc.warmup_iters, max(iters - 1, 0)),
                                       oc.warmup_factor, oc.power, oc.min_lr)
         self.stage = stage
+
+    @property
+    def trains_decoder(self) -> bool:
+        """Whether this run changes the mask decoder (stage 1, or ``train.decoder_lr``)."""
+        return bool(self.cfg.train.stage1_iters or self.cfg.train.decoder_lr)
 
     def _stage_iter(self, it: int) -> int:
         return it if it < self.cfg.train.stage1_iters else it - self.cfg.train.stage1_iters
@@ -246,30 +257,73 @@ class Trainer:
         rng = np.random.default_rng([self.cfg.train.seed, int(it), 2])
         n, r = draw_click_schedule(rng, sc, group, stage)
         self.model.eval()
-        sim = simulate_clicks(self.model, e0, samples, n_clicks=n, refine_step=r, rng=rng,
-                              inner_k=sc.inner_k, first_inner_k=sc.first_inner_k,
-                              expand_ratio_range=sc.expand_ratio_range)
+        with self.autocast():
+            sim = simulate_clicks(self.model, e0, samples, n_clicks=n, refine_step=r, rng=rng,
+                                  inner_k=sc.inner_k, first_inner_k=sc.first_inner_k,
+                                  expand_ratio_range=sc.expand_ratio_range)
         lo, hi = sc.expand_ratio_range
         return sim, (float(rng.uniform(lo, hi)), float(rng.uniform(lo, hi)))
+
+    def autocast(self):
+        """The context of the model's passes: bfloat16 autocast with ``train.autocast = "bf16"``."""
+        enabled = self.cfg.train.autocast == "bf16"
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=enabled)
 
     def forward_loss(self, e0, gt, valid, sim, expand_ratio, stage: int = 2) -> dict:
         """The gradient pass: refiner (stage 2) + decoder with the final prompts, and the losses.
 
-        Returns ``{"loss", "nfl", "click", "logits"}`` (logits: (B, 1, 1024, 1024))."""
-        if stage == 2:
-            self.model.focus_refiner.train()
-            emb = self.model.focus_refiner(e0, sim.coarse_logits, sim.coarse_token, expand_ratio=expand_ratio)
-        else:
-            self.model.mask_decoder.train()
-            emb = e0
-        out = self.model.decode(emb, sim.points, sim.labels, sim.prev_logits)
-        logits = F.interpolate(out.logits.float(), size=(CANVAS, CANVAS), mode="bilinear", align_corners=False)
+        With ``loss.plain_weight`` (stage 2, decoder trained) the decoder also decodes the final
+        prompts on ``e0`` and that NFL is added (``"plain"``).
+
+        Returns ``{"loss", "nfl", "click", "plain", "logits"}`` (logits: (B, 1, 1024, 1024))."""
         lc = self.cfg.loss
-        nfl = normalized_focal_loss(logits, gt[:, None], valid[:, None], alpha=lc.alpha, gamma=lc.gamma)
+
+        def nfl_of(raw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            up = F.interpolate(raw.float(), size=(CANVAS, CANVAS), mode="bilinear", align_corners=False)
+            return normalized_focal_loss(up, gt[:, None], valid[:, None], alpha=lc.alpha, gamma=lc.gamma), up
+
+        with self.autocast():
+            if stage == 2:
+                self.model.focus_refiner.train()
+                if self.cfg.train.decoder_lr:
+                    self.model.mask_decoder.train()
+                emb = self.model.focus_refiner(e0, sim.coarse_logits, sim.coarse_token, expand_ratio=expand_ratio)
+            else:
+                self.model.mask_decoder.train()
+                emb = e0
+            out = self.model.decode(emb, sim.points, sim.labels, sim.prev_logits)
+            heads = stage == 2 and bool(self.cfg.train.decoder_lr)
+            plain_out = multi = None
+            if heads and (lc.plain_weight or lc.iou_weight):
+                plain_out = self.model.decode(e0, sim.points, sim.labels, sim.prev_logits)
+            if heads and (lc.multimask_weight or lc.iou_weight):
+                first = sim.labels[:, :1]  # the first click alone, as the 3D propagation prompts
+                multi = self.model.decode(e0, sim.points[:, :1], first, None, multimask_output=True)
+        nfl, logits = nfl_of(out.logits)
         cl = click_loss(logits, sim.points_yx, sim.labels)
         # stage 1 (decoder fine-tuning) uses the NFL only, as FocSAM's stage 1
         loss = lc.nfl_weight * nfl + (lc.click_weight if stage == 2 else 0.0) * cl
-        return {"loss": loss, "nfl": nfl, "click": cl, "logits": logits}
+        parts: dict = {"plain": None, "multimask": None, "iou_head": None}
+        if plain_out is not None and lc.plain_weight:
+            parts["plain"] = nfl_of(plain_out.logits)[0]
+            loss = loss + lc.plain_weight * parts["plain"]
+        if multi is not None:
+            g256, v256 = self._low_res(gt), self._low_res(valid)
+            if lc.multimask_weight:
+                parts["multimask"] = min_candidate_loss(multi.logits.float(), g256, v256, alpha=lc.alpha, gamma=lc.gamma)
+                loss = loss + lc.multimask_weight * parts["multimask"]
+            if lc.iou_weight:
+                scored = [(multi.iou, multi.logits), (out.iou, out.logits)]
+                if plain_out is not None:
+                    scored.append((plain_out.iou, plain_out.logits))
+                parts["iou_head"] = sum(iou_head_loss(i, lg.float(), g256, v256) for i, lg in scored) / len(scored)
+                loss = loss + lc.iou_weight * parts["iou_head"]
+        return {"loss": loss, "nfl": nfl, "click": cl, **parts, "logits": logits}
+
+    @staticmethod
+    def _low_res(mask: torch.Tensor) -> torch.Tensor:
+        """(B, 1024, 1024) bool -> (B, 256, 256) bool on the decoder's logit grid (majority of 4x4)."""
+        return F.avg_pool2d(mask[:, None].float(), 4)[:, 0] > 0.5
 
     def optimizer_step(self, loss: torch.Tensor) -> float | None:
         self.optimizer.zero_grad(set_to_none=True)
@@ -302,11 +356,13 @@ class Trainer:
             iou = iou_canvas(out["logits"].detach(), gt, valid).mean().item()
             plain_iou = None
             if stage == 2:
-                base = self.model.decode(e0, sim.points, sim.labels, sim.prev_logits).logits
+                with self.autocast():
+                    base = self.model.decode(e0, sim.points, sim.labels, sim.prev_logits).logits
                 base = F.interpolate(base.float(), size=(CANVAS, CANVAS), mode="bilinear", align_corners=False)
                 plain_iou = iou_canvas(base, gt, valid).mean().item()
         return {"iter": it, "stage": stage, "group": group, "loss": float(out["loss"].detach()),
                 "nfl": float(out["nfl"].detach()), "click": float(out["click"].detach()), "iou": iou,
+                **{f"{k}_loss": None if out[k] is None else float(out[k].detach()) for k in ("plain", "multimask", "iou_head")},
                 "plain_iou": plain_iou, "n_clicks": sim.n_clicks, "refine_step": sim.refine_step,
                 "expand_ratio": ratio, "lr": self.optimizer.param_groups[0]["lr"], "grad_norm": gnorm,
                 "data_s": t1 - t0, "sim_s": t2 - t1, "step_s": t3 - t2,
@@ -318,7 +374,7 @@ class Trainer:
             "iteration": self.iteration,
             "stage": self.stage,
             "refiner": self.model.focus_refiner.state_dict(),
-            "decoder": self.model.mask_decoder.state_dict() if self.cfg.train.stage1_iters else None,
+            "decoder": self.model.mask_decoder.state_dict() if self.trains_decoder else None,
             "optimizer": self.optimizer.state_dict() if self.optimizer else None,
             "scheduler": self.scheduler.state_dict() if self.scheduler else None,
             "rng": rng_state(),
@@ -386,7 +442,7 @@ class Trainer:
     def _window_summary(self) -> dict:
         w = self._window
         out = {"iter": w[-1]["iter"], "stage": w[-1]["stage"], "lr": w[-1]["lr"]}
-        for k in ("loss", "nfl", "click", "iou", "plain_iou", "n_clicks", "iter_s", "data_s", "sim_s", "step_s"):
+        for k in ("loss", "nfl", "click", "plain_loss", "multimask_loss", "iou_head_loss", "iou", "plain_iou", "n_clicks", "iter_s", "data_s", "sim_s", "step_s"):
             vals = [r[k] for r in w if r.get(k) is not None]
             if vals:
                 out[k] = float(np.mean(vals))
@@ -437,16 +493,8 @@ class Trainer:
         path = Path(path) if path is not None else self.work_dir / REFINER_FILE
         meta = {"base_model": self.cfg.model.base, "base_sha256": self.base_sha256,
                 "trained_iters": self.iteration, "seed": self.cfg.train.seed}
-        info = export_refiner(self.model, path, self.cfg.model, **meta)
-        if self.cfg.train.stage1_iters:
-            # the refiner was trained on a fine-tuned decoder: ship that decoder too
-            from ..core.models import save_checkpoint
-
-            full = path.with_name(path.stem + "_full_model.pt")
-            save_checkpoint(self.model.to("cpu"), full,
-                            refiner_config=refiner_config(self.cfg.model, self.model.focus_refiner.embed_dim))
-            self.model.to(self.device)
-            info["full_model"] = str(full)
+        # a refiner trained on a fine-tuned decoder ships that decoder in the same file
+        info = export_refiner(self.model, path, self.cfg.model, with_decoder=self.trains_decoder, **meta)
         return info
 
     # ------------------------------------------------------------------ validation

@@ -158,6 +158,9 @@ _FOCSAM_RENAMES = [
     (r"^refine_head\.", "focus_refiner."),
 ]
 _OUR_PREFIXES = ("image_encoder.", "prompt_encoder.", "mask_decoder.", "focus_refiner.")
+#: what a refiner file given with a base model may hold: the refiner, and a decoder fine-tuned
+#: with it (which then replaces the base's decoder)
+HEAD_PREFIXES = ("focus_refiner.", "mask_decoder.")
 
 
 def detect_layout(sd: Mapping[str, torch.Tensor]) -> str:
@@ -280,7 +283,8 @@ def load_checkpoint(path: str | Path, *, refiner: str | Path | None = None,
     Supported: official SAM ``sam_vit_{b,l,h}_*.pth``, MobileSAM ``mobile_sam.pt``, the
     official FocSAM mmengine checkpoint (``state_dict`` with ``backbone.``/``neck.``/
     ``decode_head.``/``refine_head.``) and napari-focsam's own files (optionally a
-    refiner-only file given as ``refiner``, trained for that base model).
+    refiner file given as ``refiner``, trained for that base model: the refiner, and when it
+    was trained with a fine-tuned decoder that decoder too, which replaces the base's).
     """
     path = Path(path)
     source = str(path)
@@ -293,9 +297,12 @@ def load_checkpoint(path: str | Path, *, refiner: str | Path | None = None,
         rraw = read_checkpoint(refiner)
         rmeta = dict(rraw.get("napari_focsam", {})) if isinstance(rraw, Mapping) else {}
         rsd = normalize_keys(extract_state_dict(rraw, str(refiner)), str(refiner))
-        not_refiner = [k for k in rsd if not k.startswith("focus_refiner.")]
+        not_refiner = [k for k in rsd if not k.startswith(HEAD_PREFIXES)]
         if not_refiner:
-            raise CheckpointError(f"{refiner} is not a refiner-only file (found {not_refiner[0]})")
+            raise CheckpointError(f"{refiner} is not a refiner file (found {not_refiner[0]}; a refiner "
+                                  f"file holds focus_refiner.* and optionally mask_decoder.* only)")
+        if not any(k.startswith("focus_refiner.") for k in rsd):
+            raise CheckpointError(f"{refiner} is not a refiner file (no focus_refiner.* weights)")
         sd.update(rsd)
         meta.update(rmeta)
     model = build_model(sd, meta, source)

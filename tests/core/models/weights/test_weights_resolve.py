@@ -255,3 +255,24 @@ def test_refiner_only_entry_loads_on_its_base(tmp_path, temp_entry):
     torch.testing.assert_close(model.mask_decoder.iou_token.weight, plain.mask_decoder.iou_token.weight)
     with pytest.raises(ValueError, match="already is a refiner"):
         load_model("test_focsam_t", "cpu", refiner=refiner)
+
+
+def test_refiner_entry_accepts_a_head_file_with_its_decoder(temp_entry, tmp_path, cache):
+    """A refiner trained with a fine-tuned decoder ships both (a head file); anything else
+    (an encoder, a decoder of other shapes) is still refused."""
+    import torch
+
+    from napari_focsam.modeling.mask_decoder import MaskDecoder
+
+    temp_entry(W.ModelWeights("test_head", "test_head.pt", None, None, base="vit_t", model_type="focsam_vit_t"))
+    shipped = importlib.resources.files("napari_focsam") / "weights_data" / "focsam_t_refiner.pt"
+    raw = torch.load(io.BytesIO(shipped.read_bytes()), weights_only=True)
+    dec = {f"mask_decoder.{k}": v.half() for k, v in MaskDecoder().state_dict().items()}
+    head = tmp_path / "head.pt"
+    torch.save({"state_dict": {**raw["state_dict"], **dec}, "napari_focsam": raw["napari_focsam"]}, head)
+    assert W.import_weights("test_head", head).read_bytes() == head.read_bytes()
+    small = {f"mask_decoder.{k}": v.half() for k, v in MaskDecoder(transformer_dim=64).state_dict().items()}
+    bad = tmp_path / "bad.pt"
+    torch.save({"state_dict": {**raw["state_dict"], **small}, "napari_focsam": raw["napari_focsam"]}, bad)
+    with pytest.raises(ValueError, match="mask decoder architecture"):
+        W.import_weights("test_head", bad)

@@ -13,8 +13,8 @@ import`` or first trusted in the cache:
   normalised, the architecture they describe is built on the ``meta`` device (no
   memory, so a 2.6 GB ViT-H costs nothing) and every key and tensor shape must match,
   and the architecture must be the entry's ``model_type``.  For a refiner-only entry
-  (``base`` set, e.g. FocSAM-T) only ``focus_refiner.`` keys may be present and they
-  must match the refiner they describe.
+  (``base`` set, e.g. FocSAM-T) only ``focus_refiner.`` keys (and those of a fine-tuned
+  ``mask_decoder.``) may be present, and they must match the refiner they describe.
 
 torch and the model code are imported inside :func:`check_architecture` only, so that
 the registry, ``weights list`` and the argument parsers stay torch-free.
@@ -76,7 +76,8 @@ def check_architecture(
         The expected architecture (``"focsam_vit_h"``, ``"vit_t"``...); empty accepts any
         supported one.  Ignored with ``refiner_only``.
     refiner_only : bool
-        The file must hold only a focus refiner (``focus_refiner.*`` keys).
+        The file must hold only a focus refiner (``focus_refiner.*`` keys), optionally with
+        the mask decoder it was trained with (``mask_decoder.*``, SAM's decoder shapes).
     label : str, optional
         How to name the file in the reason (e.g. the user's file for a temporary copy).
 
@@ -95,7 +96,7 @@ def _architecture_problem(path: Path, model_type: str, refiner_only: bool) -> st
     import torch
 
     from .._checkpoint import (
-        CheckpointError, build_model, extract_state_dict, normalize_keys, read_checkpoint,
+        HEAD_PREFIXES, CheckpointError, build_model, extract_state_dict, normalize_keys, read_checkpoint,
         refiner_config_from_state_dict, state_dict_differences)
 
     source = str(path)
@@ -105,15 +106,21 @@ def _architecture_problem(path: Path, model_type: str, refiner_only: bool) -> st
         meta = dict(meta) if isinstance(meta, Mapping) else {}
         sd = normalize_keys(extract_state_dict(raw, source), source)
         if refiner_only:
-            others = sorted(k for k in sd if not k.startswith("focus_refiner."))
+            others = sorted(k for k in sd if not k.startswith(HEAD_PREFIXES))
             if others:
-                return f"it is not a refiner-only file (it holds {others[0]})"
+                return (f"it is not a refiner-only file (it holds {others[0]}; a refiner file holds "
+                        f"focus_refiner.* and optionally a fine-tuned mask_decoder.*)")
             from ....modeling.focus_refiner import FocusRefiner
+            from ....modeling.mask_decoder import MaskDecoder
 
             with torch.device("meta"):
                 refiner = FocusRefiner(**refiner_config_from_state_dict(sd, meta))
+                decoder = MaskDecoder() if any(k.startswith("mask_decoder.") for k in sd) else None
             own = {f"focus_refiner.{k}": v for k, v in refiner.state_dict().items()}
             what = "focus refiner"
+            if decoder is not None:
+                own.update({f"mask_decoder.{k}": v for k, v in decoder.state_dict().items()})
+                what = "focus refiner and mask decoder"
         else:
             with torch.device("meta"):
                 model = build_model(sd, meta, source)
