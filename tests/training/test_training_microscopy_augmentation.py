@@ -53,3 +53,58 @@ def test_config_reads_and_checks_the_new_keys():
     with pytest.raises(ValueError, match="blur_sigma"):
         config_from_dict({"data": {"train": [bad]}, "sim": {"gamma": {"natural": 0.8},
                                                             "gamma_refine": {"natural": 0.6}}})
+
+
+def test_dic_relief_shows_the_derivative_along_the_shear():
+    """A bright disc becomes lit on one side and shadowed on the other, on a grey background,
+    and turning the shear by 180 degrees swaps the two sides."""
+    import numpy as np
+
+    from napari_focsam.training.augment import dic_relief
+
+    yy, xx = np.mgrid[:64, :64]
+    disc = ((yy - 32) ** 2 + (xx - 32) ** 2 <= 100).astype(np.float32) * 200.0
+    img = np.repeat(disc[..., None], 3, axis=-1)
+    out = dic_relief(img, 0.0, 40.0)
+    assert out.shape == img.shape and out.dtype == np.float32
+    left, right, bg = out[32, 22, 0], out[32, 42, 0], out[5, 5, 0]
+    assert abs(bg - 128) < 1 and left > 140 and right < 116  # rising edge bright, falling edge dark
+    flipped = dic_relief(img, np.pi, 40.0)
+    assert flipped[32, 22, 0] < 116 and flipped[32, 42, 0] > 140
+    assert abs(float(out[..., 0].mean()) - 128) < 2  # zero-mean relief on grey
+
+
+def test_relief_is_drawn_only_when_configured():
+    import numpy as np
+
+    from napari_focsam.training.augment import microscopy_photometric
+    from napari_focsam.training.config import AugmentConfig
+
+    x = np.random.default_rng(0).uniform(0, 255, (32, 32, 3)).astype(np.float32)
+    p: dict = {}
+    microscopy_photometric(x.copy(), AugmentConfig(), np.random.default_rng(1), p)
+    assert "relief" not in p
+    p = {}
+    microscopy_photometric(x.copy(), AugmentConfig(relief=1.0), np.random.default_rng(1), p)
+    assert len(p["relief"]) == 3
+
+
+def test_zoom_copies_always_crop_to_the_zoom_scale():
+    import numpy as np
+
+    from napari_focsam.evaluation.datasets import EvalObject
+    from napari_focsam.training.augment import augment_sample
+    from napari_focsam.training.config import AugmentConfig
+
+    img = np.zeros((400, 400, 3), np.uint8)
+    gt = np.zeros((400, 400), bool)
+    gt[190:210, 190:210] = True
+    aug = AugmentConfig(copies=4, crop_prob=0.0, zoom_from=2, zoom_scale=(0.2, 0.3))
+    assert not aug.is_zoom_copy(1) and aug.is_zoom_copy(2) and aug.is_zoom_copy(3)
+    assert not AugmentConfig().is_zoom_copy(5)
+    for seed in range(5):
+        out = augment_sample(img, [EvalObject(gt, None, "a")], aug, np.random.default_rng(seed), zoom=True)
+        y0, x0, ch, cw = out.params["crop"]
+        assert 80 <= ch <= 120 and 80 <= cw <= 120 and out.objects[0].gt.sum() == 400
+        plain = augment_sample(img, [EvalObject(gt, None, "a")], aug, np.random.default_rng(seed))
+        assert plain.params["crop"] is None  # crop_prob 0: only the zoom copies crop

@@ -23,7 +23,8 @@ import torch.nn.functional as F
 from ..evaluation.datasets import EvalObject
 from .config import AugmentConfig
 
-__all__ = ["AugmentedSample", "augment_sample", "item_rng", "microscopy_photometric", "photometric", "resize_mask"]
+__all__ = ["AugmentedSample", "augment_sample", "dic_relief", "item_rng", "microscopy_photometric", "photometric",
+           "resize_mask"]
 
 
 def resize_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -97,7 +98,53 @@ def microscopy_photometric(x: np.ndarray, aug: AugmentConfig, rng: np.random.Gen
         sd = float(rng.uniform(0, aug.noise_std)) * 255.0
         x = x + rng.normal(0.0, sd, size=x.shape[:2])[..., None].astype(np.float32)
         params["noise"] = round(sd, 2)
+    if aug.relief > 0 and rng.random() < aug.relief:
+        angle, gain, keep = float(rng.uniform(0, 2 * np.pi)), float(rng.uniform(25, 50)), float(rng.uniform(0, 0.3))
+        x = dic_relief(x, angle, gain, keep)
+        params["relief"] = [round(angle, 3), round(gain, 1), round(keep, 3)]
     return x
+
+
+def dic_relief(x: np.ndarray, angle: float, gain: float, keep: float = 0.0) -> np.ndarray:
+    """A DIC-like (Nomarski) view of an (H, W, 3) float image in 0..255.
+
+    DIC shows the derivative of the optical path along its shear direction: objects look lit
+    from one side and shadowed on the other, on a grey background. Here the grey image
+    (smoothed with sigma 1) is differentiated along ``angle`` (radians), the derivative is
+    scaled to a standard deviation of ``gain`` grey levels about 128, and ``keep`` times the
+    image's own contrast (about its mean) is added back (DIC keeps a little absorption).
+
+    Returns:
+      (H, W, 3) float32.
+    """
+    from scipy.ndimage import gaussian_filter, sobel
+
+    g = gaussian_filter(x.mean(axis=-1).astype(np.float32), 1.0)
+    d = np.cos(angle) * sobel(g, axis=1) + np.sin(angle) * sobel(g, axis=0)
+    d = d / (float(d.std()) + 1e-6) * gain
+    out = 128.0 + d + keep * (g - float(g.mean()))
+    return np.repeat(out[..., None], 3, axis=-1).astype(np.float32)
+
+
+def _window_on_object(objs, areas, ch: int, cw: int, rng: np.random.Generator,
+                      fallback: tuple[int, int]) -> tuple[int, int]:
+    """Top-left corner of a ``ch`` x ``cw`` window that holds a random object's bounding box
+    when it fits (anywhere along the room left), else centred on the object; ``fallback`` when
+    there is no object."""
+    alive = [i for i, a in enumerate(areas) if a]
+    if not alive:
+        return fallback
+    gt = objs[alive[int(rng.integers(len(alive)))]].gt
+    H, W = gt.shape
+    ys, xs = np.nonzero(gt)
+
+    def corner(lo: int, hi: int, size: int, n: int) -> int:
+        a, b = max(0, hi + 1 - size), min(lo, n - size)
+        if a > b:  # larger than the window: centre it on the object
+            return int(min(max((lo + hi + 1 - size) // 2, 0), n - size))
+        return int(rng.integers(a, b + 1))
+
+    return corner(int(ys.min()), int(ys.max()), ch, H), corner(int(xs.min()), int(xs.max()), cw, W)
 
 
 def item_rng(seed: int, dataset: str, image_id: str, copy: int) -> np.random.Generator:
@@ -110,6 +157,7 @@ def augment_sample(
     aug: AugmentConfig,
     rng: np.random.Generator,
     identity: bool = False,
+    zoom: bool = False,
 ) -> AugmentedSample:
     """Flip / rotate / crop an image and its masks identically, then change the image's
     intensities (:func:`photometric`; see :class:`AugmentConfig`).
@@ -117,7 +165,8 @@ def augment_sample(
     Objects that keep less than ``aug.min_keep_fraction`` of their area after the crop are
     dropped; a crop that would drop every object is redrawn (10 tries, then no crop).  The
     flips / turn / crop decisions are redrawn until at least one applies, so an augmented copy
-    is never the plain image again (unless every probability is 0).
+    is never the plain image again (unless every probability is 0).  ``zoom``: always crop, with
+    sides from ``aug.zoom_scale`` (a zoom copy, see :attr:`AugmentConfig.zoom_from`).
     """
     params: dict[str, Any] = {"hflip": False, "vflip": False, "rot90": 0, "crop": None}
     if identity:
@@ -146,13 +195,17 @@ def augment_sample(
     objs = [EvalObject(geo(o.gt), None if o.ignore is None else geo(o.ignore), o.object_id) for o in objects]
     H, W = img.shape[:2]
     areas = [int(o.gt.sum()) for o in objs]
+    if zoom:
+        do_crop = True
     if do_crop:
-        lo, hi = aug.crop_scale
+        lo, hi = aug.zoom_scale if zoom else aug.crop_scale
         for _ in range(10):
             ch = max(16, int(round(rng.uniform(lo, hi) * H)))
             cw = max(16, int(round(rng.uniform(lo, hi) * W)))
             y0 = int(rng.integers(0, H - ch + 1))
             x0 = int(rng.integers(0, W - cw + 1))
+            if zoom:  # a window around a random object (a small window rarely holds one by chance)
+                y0, x0 = _window_on_object(objs, areas, ch, cw, rng, (y0, x0))
             kept = [
                 i for i, o in enumerate(objs)
                 if areas[i] and o.gt[y0 : y0 + ch, x0 : x0 + cw].sum() >= aug.min_keep_fraction * areas[i]

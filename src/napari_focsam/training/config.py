@@ -81,6 +81,19 @@ class AugmentConfig:
     invert: float = 0.0
     blur_sigma: tuple[float, float] = (0.0, 0.0)
     noise_std: float = 0.0
+    #: probability of a DIC-like relief (drawn last, only when set): the image becomes its
+    #: derivative along a random shear direction on a grey background, as Nomarski DIC shows
+    #: the gradient of the optical path (see :func:`~.augment.dic_relief`)
+    relief: float = 0.0
+    #: scale: copies ``zoom_from`` .. always crop, with each side a fraction ``U(zoom_scale)``
+    #: of the image's (a stronger zoom-in than ``crop_scale``: objects several times larger
+    #: on the canvas, as a small image or a large nucleus gives); None: no zoom copies
+    zoom_from: int | None = None
+    zoom_scale: tuple[float, float] = (0.15, 0.4)
+
+    def is_zoom_copy(self, copy: int) -> bool:
+        """Whether augmented copy ``copy`` is a zoom copy (see ``zoom_from``)."""
+        return self.zoom_from is not None and copy >= self.zoom_from > 0
 
 
 @dataclass
@@ -334,6 +347,9 @@ def validate(cfg: TrainingConfig) -> None:
         raise ValueError("sim.inner_k and sim.first_inner_k must be >= 1")
     for src in cfg.data.train + cfg.data.val:
         lo, hi = src.augment.crop_scale
+        zlo, zhi = src.augment.zoom_scale
+        if not 0 < zlo <= zhi <= 1 or (src.augment.zoom_from is not None and src.augment.zoom_from < 1):
+            raise ValueError(f"{src.dataset}: augment.zoom_scale must satisfy 0 < lo <= hi <= 1 and zoom_from >= 1")
         if not 0 < lo <= hi <= 1:
             raise ValueError(f"{src.dataset}: augment.crop_scale must satisfy 0 < lo <= hi <= 1")
         if src.augment.copies < 1:
@@ -342,9 +358,10 @@ def validate(cfg: TrainingConfig) -> None:
         if not 0 < glo <= ghi:
             raise ValueError(f"{src.dataset}: augment.gamma_range must satisfy 0 < lo <= hi")
         blo, bhi = src.augment.blur_sigma
-        if not 0 <= blo <= bhi or not 0 <= src.augment.invert <= 1 or src.augment.noise_std < 0:
+        if not 0 <= blo <= bhi or not 0 <= src.augment.invert <= 1 or src.augment.noise_std < 0 \
+                or not 0 <= src.augment.relief <= 1:
             raise ValueError(f"{src.dataset}: augment.blur_sigma must satisfy 0 <= lo <= hi, "
-                             f"augment.invert be in [0, 1] and augment.noise_std >= 0")
+                             f"augment.invert and augment.relief be in [0, 1] and augment.noise_std >= 0")
     for name in ("refine_at_click2_prob", "second_click_prob"):
         if not 0.0 <= getattr(cfg.sim, name) <= 1.0:
             raise ValueError(f"sim.{name} must be in [0, 1]")
