@@ -189,7 +189,7 @@ def draw_first_clicks(all_rows: dict[str, list[dict]], root, path: str, per_set:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    colours = {"plain": "tab:orange", "focsam_t": "tab:red"}
+    colours = {"plain": "tab:orange", "focsam_t": "tab:red", "focsam_t_micro": "tab:cyan"}
     sets = list(all_rows)
     fig, axes = plt.subplots(len(sets), per_set, figsize=(2.6 * per_set, 2.7 * len(sets)), squeeze=False)
     for i, set_name in enumerate(sets):
@@ -216,7 +216,8 @@ def draw_first_clicks(all_rows: dict[str, list[dict]], root, path: str, per_set:
             ax.plot(r["click"][1] - x0, r["click"][0] - y0, "g+", ms=9, mew=2)
             label = " ".join(f"{n[:6]} {r['single_iou' if n == 'plain' else n + '_iou']:.2f}" for n in r["_masks"])
             ax.set_title(f"{set_name[:14]}: {label}", fontsize=6.5)
-    fig.suptitle("first click: ground truth white, plain vit_t orange, focsam_t red (others: C2..)", fontsize=9)
+    fig.suptitle("first click: ground truth white, plain vit_t orange, focsam_t red, focsam_t_micro cyan (others: C2..)",
+                 fontsize=9)
     fig.tight_layout()
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)

@@ -175,7 +175,7 @@ def test_refiner_only_file_combines_with_base(tmp_path):
                     refiner_config={"depth": 2, "num_heads": 4, "mlp_ratio": 2.0})
     loaded = load_checkpoint(tmp_path / "base.pth", refiner=tmp_path / "refiner.pt")
     assert loaded.has_refiner and len(loaded.focus_refiner.blocks) == 2
-    with pytest.raises(CheckpointError, match="not a refiner-only file"):
+    with pytest.raises(CheckpointError, match="not a refiner file"):
         load_checkpoint(tmp_path / "base.pth", refiner=tmp_path / "base.pth")
 
 

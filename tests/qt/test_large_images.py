@@ -23,6 +23,8 @@ from viewer_helpers import (
     wait_ready,
 )
 
+from napari_focsam.core.defaults import PHOTO_MODEL
+
 pytestmark = pytest.mark.gui
 
 #: (cy, cx, radius) of the discs of a 2048x2048 image (scaled with the image size)
@@ -252,6 +254,11 @@ def test_segment_all_on_a_tiled_image(dock, qtbot, monkeypatch):
         img[t] = 9000
     viewer, widget = dock(show=True, layers=[lambda v: v.add_image(img.astype(np.uint16), name="seams")])
     widget.jobs.background_embedding = False  # only the scan encodes tiles
+    wait_ready(qtbot, widget)
+    # the seams and ids are what is tested, on SAM's decoder: the default microscopy model, with
+    # its lower thresholds, also writes one object on this synthetic sine background (each disc
+    # is still found once; docs/microscopy/README.md, segment all)
+    widget.set_model(PHOTO_MODEL)
     wait_ready(qtbot, widget)
     assert widget.session.tiled
     out = widget.sync.output_layer(create=True)

@@ -224,7 +224,7 @@ def test_dock_appears_at_once_and_says_when_ready(dock, qtbot, monkeypatch):
     qtbot.waitUntil(widget.is_busy, timeout=5000)  # the load starts once the dock is on screen
     assert not widget.is_ready
     assert bar.isVisibleTo(widget) and bar.maximum() == 0  # a busy bar while the model loads
-    assert "loading model focsam_t" in widget.status_label.text()  # the default model
+    assert "loading model focsam_t_micro" in widget.status_label.text()  # the default model
     release.set()
     wait_ready(qtbot, widget)
     qtbot.waitUntil(lambda: widget.embedded_slices == 1, timeout=WAIT_MS)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from ..core.automatic import SegmentAllParams
+from ..core.automatic import DEFAULT_PRED_IOU_THRESH, DEFAULT_STABILITY_THRESH, SegmentAllParams
 from ..core.defaults import DEFAULT_MODEL
 from ..core.outputs import formats_help
 from ..errors import UserError
@@ -46,10 +46,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--slice", type=int, default=None, metavar="Z", help="slice of a 3D stack")
     p.add_argument("--points-per-side", type=int, default=_DEFAULTS.points_per_side, metavar="N",
                    help=f"grid of N x N point prompts over the image (default {_DEFAULTS.points_per_side})")
-    p.add_argument("--pred-iou-thresh", type=float, default=_DEFAULTS.pred_iou_thresh, metavar="T",
-                   help=f"drop masks whose predicted IoU is below T (default {_DEFAULTS.pred_iou_thresh})")
-    p.add_argument("--stability-thresh", type=float, default=_DEFAULTS.stability_thresh, metavar="T",
-                   help=f"drop masks whose stability score is below T (default {_DEFAULTS.stability_thresh})")
+    p.add_argument("--pred-iou-thresh", type=float, default=None, metavar="T",
+                   help=f"drop masks whose predicted IoU is below T (default: the model's own, "
+                        f"{DEFAULT_PRED_IOU_THRESH} for SAM's decoders)")
+    p.add_argument("--stability-thresh", type=float, default=None, metavar="T",
+                   help=f"drop masks whose stability score is below T (default: the model's own, "
+                        f"{DEFAULT_STABILITY_THRESH} for SAM's decoders)")
     p.add_argument("--nms-thresh", type=float, default=_DEFAULTS.nms_iou_thresh, metavar="T",
                    help=f"of two masks with IoU above T keep the better one (default {_DEFAULTS.nms_iou_thresh})")
     p.add_argument("--min-area", type=int, default=_DEFAULTS.min_area, metavar="PIXELS",

@@ -6,12 +6,16 @@ widget can build their choices without importing torch or the model code.
 
 from __future__ import annotations
 
-__all__ = ["DEFAULT_IOU_THRESHOLD", "DEFAULT_MODEL", "PLAIN_MODEL", "REFINE_PRECISIONS"]
+__all__ = ["DEFAULT_IOU_THRESHOLD", "DEFAULT_MODEL", "PHOTO_MODEL", "PLAIN_MODEL", "REFINE_PRECISIONS"]
 
 #: The model used when none is named (a registry name, see ``napari-focsam weights list``):
-#: FocSAM-T, MobileSAM (``vit_t``) with the project's focus refiner, which ships with the
-#: package. ``vit_t`` (the plain MobileSAM loop, same encoder and decoder) is one choice away.
-DEFAULT_MODEL = "focsam_t"
+#: FocSAM-T micro, the MobileSAM encoder with a mask decoder and focus refiner trained by the
+#: project on microscopy (cells in EM and phase contrast, organelles, nuclei), which ships with
+#: the package. On natural photos ``focsam_t`` is better and one choice away; ``vit_t`` is the
+#: plain MobileSAM loop. All three share one encoder, hence one embedding cache.
+DEFAULT_MODEL = "focsam_t_micro"
+#: The model for photographs (natural images): FocSAM-T with MobileSAM's own decoder.
+PHOTO_MODEL = "focsam_t"
 #: The plain model next to the default one (same encoder: embeddings are shared).
 PLAIN_MODEL = "vit_t"
 

@@ -40,6 +40,10 @@ class FocSAM(nn.Module):
         self.image_encoder = image_encoder
         self.prompt_encoder = prompt_encoder if prompt_encoder is not None else PromptEncoder()
         self.mask_decoder = mask_decoder if mask_decoder is not None else MaskDecoder()
+        #: thresholds calibrated for this decoder (from the checkpoint), or None: segment-all's
+        #: ``pred_iou_thresh`` / ``stability_thresh`` and the propagation's ``min_pred_iou``
+        self.segment_all_thresholds: dict[str, float] | None = None
+        self.propagation_thresholds: dict[str, float] | None = None
         self.focus_refiner = focus_refiner
         self.model_type = model_type
         if channel_order not in ("rgb", "bgr"):

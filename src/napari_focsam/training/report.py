@@ -56,8 +56,12 @@ def plot_training_log(log_path: str | Path, out_png: str | Path, smooth: int = 5
     fig = Figure(figsize=(10, 3.0), dpi=90)
     FigureCanvasAgg(fig)
     axes = [fig.add_subplot(1, 3, i + 1) for i in range(3)]
-    for key, color in (("loss", "k"), ("nfl", "tab:blue"), ("click", "tab:orange")):
-        y = np.array([r.get(key, np.nan) for r in recs], float)
+    terms = [("loss", "k"), ("nfl", "tab:blue"), ("click", "tab:orange")]
+    # the decoder's own terms, when it was trained (train.decoder_lr): drawn where logged
+    terms += [(k, c) for k, c in (("plain_loss", "tab:purple"), ("multimask_loss", "tab:brown"),
+                                  ("iou_head_loss", "tab:olive")) if any(r.get(k) is not None for r in recs)]
+    for key, color in terms:
+        y = np.array([r.get(key) if r.get(key) is not None else np.nan for r in recs], float)
         axes[0].plot(it, y, color=color, lw=0.5, alpha=0.35)
         axes[0].plot(it, _smooth(y, smooth), color=color, lw=1.5, label=key)
     axes[0].set_title("training loss")

@@ -204,3 +204,22 @@ def test_the_upscale_window_is_a_parameter_and_the_whole_map_gives_the_same_obje
     window = segment_all(pred, img, SegmentAllParams(points_per_side=8))
     whole = segment_all(pred, img, SegmentAllParams(points_per_side=8, upscale_window=0))
     np.testing.assert_array_equal(window.labels, whole.labels)
+
+
+def test_thresholds_left_unset_follow_the_model():
+    """A decoder with its own calibration (``segment_all_thresholds``) gets its thresholds where the
+    caller set none; values given by the caller always win; other models get SAM's."""
+    from types import SimpleNamespace
+
+    from napari_focsam.core.automatic import DEFAULT_PRED_IOU_THRESH, DEFAULT_STABILITY_THRESH, SegmentAllParams
+
+    calibrated = SimpleNamespace(segment_all_thresholds={"pred_iou_thresh": 0.6, "stability_thresh": 0.7})
+    p = SegmentAllParams().for_model(calibrated)
+    assert (p.pred_iou_thresh, p.stability_thresh) == (0.6, 0.7)
+    p = SegmentAllParams(pred_iou_thresh=0.85).for_model(calibrated)
+    assert (p.pred_iou_thresh, p.stability_thresh) == (0.85, 0.7)
+    p = SegmentAllParams().for_model(SimpleNamespace())
+    assert (p.pred_iou_thresh, p.stability_thresh) == (DEFAULT_PRED_IOU_THRESH, DEFAULT_STABILITY_THRESH)
+    assert SegmentAllParams().for_model(None).pred_iou_thresh == DEFAULT_PRED_IOU_THRESH
+    with pytest.raises(ValueError):
+        SegmentAllParams(stability_thresh=1.5)

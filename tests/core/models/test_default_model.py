@@ -1,4 +1,4 @@
-"""FocSAM-T is the default model; the plain vit_t loop is one choice away."""
+"""FocSAM-T micro is the default model; focsam_t (photos) and the plain vit_t loop are one choice away."""
 
 from __future__ import annotations
 
@@ -8,14 +8,17 @@ from napari_focsam.core import defaults
 from napari_focsam.core.models import weights as W
 
 
-def test_focsam_t_is_the_default_and_refines_the_plain_model():
-    assert defaults.DEFAULT_MODEL == "focsam_t" and defaults.PLAIN_MODEL == "vit_t"
+def test_focsam_t_micro_is_the_default_and_refines_the_plain_model():
+    assert defaults.DEFAULT_MODEL == "focsam_t_micro" and defaults.PLAIN_MODEL == "vit_t"
+    assert defaults.PHOTO_MODEL == "focsam_t"
     entry = W.find_weights(None)
-    assert entry.name == "focsam_t" and entry.base == defaults.PLAIN_MODEL
-    assert [type(s).__name__ for s in entry.sources] == ["PackageDataSource"]  # ships with the package
+    assert entry.name == "focsam_t_micro" and entry.base == defaults.PLAIN_MODEL
+    for name in (defaults.DEFAULT_MODEL, defaults.PHOTO_MODEL):  # both ship with the package
+        e = W.find_weights(name)
+        assert [type(s).__name__ for s in e.sources] == ["PackageDataSource"] and e.base == "vit_t"
 
 
-def test_cli_and_session_default_to_focsam_t():
+def test_cli_and_session_default_to_focsam_t_micro():
     import inspect
 
     from napari_focsam.cli import build_parser
@@ -25,9 +28,9 @@ def test_cli_and_session_default_to_focsam_t():
     parser = build_parser()
     for argv in (["segment", "x.tif", "--click", "1,1", "--out", "m.tif"], ["evaluate", "--dataset", "grabcut", "--data-root", ".", "--out", "o"],
                  ["segment-all", "x.tif", "--out", "l.tif"]):
-        assert parser.parse_args(argv).model == "focsam_t", argv
-    assert inspect.signature(load_model).parameters["name_or_path"].default == "focsam_t"
-    assert inspect.signature(Session).parameters["model"].default == "focsam_t"
+        assert parser.parse_args(argv).model == "focsam_t_micro", argv
+    assert inspect.signature(load_model).parameters["name_or_path"].default == "focsam_t_micro"
+    assert inspect.signature(Session).parameters["model"].default == "focsam_t_micro"
 
 
 def test_model_files_of_a_refiner_entry_are_its_base_and_itself(tmp_path, temp_entry, cache):  # noqa: F811

@@ -433,3 +433,48 @@ def test_cli_propagate_passes_refiner_and_precision(tmp_path, capsys, monkeypatc
     assert rc == 0, err
     assert seen == {"refiner": "r.pt", "refine_precision": "fp32"}
     assert "refine_precision" in json.loads(stdout)
+
+
+def test_a_calibrated_decoder_that_doubts_its_mask_ends_the_object(fast_model, monkeypatch):
+    """``propagation_thresholds["min_pred_iou"]`` (from a checkpoint whose IoU head is trained):
+    a slice whose chosen mask scores below it is empty (the run stops there); without a floor,
+    or above it, the mask is kept."""
+    from napari_focsam.core.prompting import FocSAMPredictor
+
+    pred = FocSAMPredictor(fast_model)
+    stack = blobs_stack(3)
+    emb = pred.embed(stack[1])
+    prev = np.zeros(stack.shape[1:], bool)
+    prev[10:22, 10:22] = True
+    seen = []
+    real = V.decode_prompt_token
+
+    def spy(*a, **k):
+        out = real(*a, **k)
+        seen.append(list(k["scores"]))
+        return out
+
+    monkeypatch.setattr(V, "decode_prompt_token", spy)
+    mask, _ = V.next_slice(pred, emb, prev, None)
+    score = seen[-1][0]
+    assert fast_model.propagation_thresholds is None
+    try:
+        fast_model.propagation_thresholds = {"min_pred_iou": score + 0.01}
+        doubted, _ = V.next_slice(pred, emb, prev, None)
+        assert not doubted.any() and doubted.shape == mask.shape
+        fast_model.propagation_thresholds = {"min_pred_iou": score - 0.01}
+        kept, _ = V.next_slice(pred, emb, prev, None)
+        np.testing.assert_array_equal(kept, mask)
+    finally:
+        fast_model.propagation_thresholds = None
+
+
+def test_decoder_thresholds_come_only_from_numbers_in_range():
+    from napari_focsam.core.models._checkpoint import decoder_thresholds
+
+    meta = {"segment_all": {"pred_iou_thresh": 0.6, "stability_thresh": "0.7", "evil": 0.5},
+            "propagation": {"min_pred_iou": 1.5}}
+    assert decoder_thresholds(meta, "segment_all", ("pred_iou_thresh", "stability_thresh")) == {"pred_iou_thresh": 0.6}
+    assert decoder_thresholds(meta, "propagation", ("min_pred_iou",)) is None
+    assert decoder_thresholds({}, "propagation", ("min_pred_iou",)) is None
+    assert decoder_thresholds({"propagation": {"min_pred_iou": True}}, "propagation", ("min_pred_iou",)) is None

@@ -9,7 +9,7 @@ import lazy_loader as _lazy
 __getattr__, __dir__, __all__ = _lazy.attach(
     __name__,
     submod_attrs={
-        "_params": ["SegmentAllParams"],
+        "_params": ["DEFAULT_PRED_IOU_THRESH", "DEFAULT_STABILITY_THRESH", "SegmentAllParams"],
         "_seams": ["resolve_seams", "ScanObject", "SeamStats"],
         "_segment_all": ["segment_all", "SegmentAllResult"],
     },

@@ -30,9 +30,15 @@ split itself adds one decoder batch per clump).
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
+from typing import Any
 
-__all__ = ["SegmentAllParams"]
+__all__ = ["DEFAULT_PRED_IOU_THRESH", "DEFAULT_STABILITY_THRESH", "SegmentAllParams"]
+
+#: SAM's decoders (and ``focsam_t``, which keeps MobileSAM's): the predicted-IoU threshold
+DEFAULT_PRED_IOU_THRESH = 0.8
+#: SAM's decoders: the stability-score threshold
+DEFAULT_STABILITY_THRESH = 0.9
 
 
 @dataclass(frozen=True)
@@ -46,11 +52,14 @@ class SegmentAllParams:
         over the tiles when ``tiles`` > 1). Objects smaller than the grid spacing can be missed.
     points_per_batch : int
         Point prompts decoded at once (memory: about 12 MiB per point on the CPU).
-    pred_iou_thresh : float
-        Candidate masks whose IoU predicted by the decoder is below this are dropped.
-    stability_thresh : float
+    pred_iou_thresh : float or None
+        Candidate masks whose IoU predicted by the decoder is below this are dropped. None: the
+        model's own calibration (:meth:`for_model`), :data:`DEFAULT_PRED_IOU_THRESH` for SAM's
+        decoders.
+    stability_thresh : float or None
         Candidate masks whose stability score (area at logit > +offset / area at logit >
-        -offset) is below this are dropped.
+        -offset) is below this are dropped. None: the model's own calibration,
+        :data:`DEFAULT_STABILITY_THRESH` for SAM's decoders.
     stability_offset : float
         The logit offset of the stability score.
     nms_iou_thresh : float
@@ -81,8 +90,8 @@ class SegmentAllParams:
 
     points_per_side: int = 48
     points_per_batch: int = 32
-    pred_iou_thresh: float = 0.8
-    stability_thresh: float = 0.9
+    pred_iou_thresh: float | None = None
+    stability_thresh: float | None = None
     stability_offset: float = 1.0
     nms_iou_thresh: float = 0.5
     min_area: int = 15
@@ -103,7 +112,9 @@ class SegmentAllParams:
             raise ValueError(f"tiles {self.tiles} is too many: at most 8 per side")
         for name in ("pred_iou_thresh", "stability_thresh", "nms_iou_thresh"):
             v = getattr(self, name)
-            if not isinstance(v, (int, float)) or not 0.0 <= v <= 1.0:
+            if v is None and name != "nms_iou_thresh":
+                continue
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= v <= 1.0:
                 raise ValueError(f"{name} must be within [0, 1], got {v!r}")
         if not 0.0 < self.max_area_fraction <= 1.0:
             raise ValueError(f"max_area_fraction must be within (0, 1], got {self.max_area_fraction!r}")
@@ -115,6 +126,22 @@ class SegmentAllParams:
             raise ValueError(f"upscale_window must be None or an integer >= 0, got {w!r}")
         if isinstance(self.min_area, bool) or not isinstance(self.min_area, int) or self.min_area < 0:
             raise ValueError(f"min_area must be an integer >= 0, got {self.min_area!r}")
+
+    def for_model(self, model: Any) -> "SegmentAllParams":
+        """These parameters with the thresholds left at None filled in for ``model``.
+
+        A decoder fine-tuned by this project (``focsam_t_micro``) predicts IoUs calibrated on
+        real IoUs and gives softer logits than SAM's, so SAM's thresholds drop most of its
+        masks; its file carries its own (``model.segment_all_thresholds``, read from the
+        checkpoint's metadata). Other models get :data:`DEFAULT_PRED_IOU_THRESH` and
+        :data:`DEFAULT_STABILITY_THRESH`.
+        """
+        own = getattr(model, "segment_all_thresholds", None) or {}
+        iou = self.pred_iou_thresh if self.pred_iou_thresh is not None else own.get(
+            "pred_iou_thresh", DEFAULT_PRED_IOU_THRESH)
+        stab = self.stability_thresh if self.stability_thresh is not None else own.get(
+            "stability_thresh", DEFAULT_STABILITY_THRESH)
+        return replace(self, pred_iou_thresh=float(iou), stability_thresh=float(stab))
 
     def as_dict(self) -> dict:
         """The parameters as a plain dict (for JSON summaries)."""

@@ -434,7 +434,7 @@ def segment_all(
     SegmentAllResult
         ``labels`` (H, W) int32 with objects 1..n and no overlaps (see the module docstring).
     """
-    params = params or SegmentAllParams()
+    params = (params or SegmentAllParams()).for_model(predictor.model if predictor is not None else None)
     t_start = time.perf_counter()
     rgb = to_rgb_uint8(image, contrast_limits)
     H, W = rgb.shape[:2]

@@ -309,7 +309,24 @@ def load_checkpoint(path: str | Path, *, refiner: str | Path | None = None,
     if channel_order is not None:
         model.channel_order = channel_order
     load_state_dict_strict(model, sd, source)
+    model.segment_all_thresholds = decoder_thresholds(meta, "segment_all", ("pred_iou_thresh", "stability_thresh"))
+    model.propagation_thresholds = decoder_thresholds(meta, "propagation", ("min_pred_iou",))
     return model.to(device).eval()
+
+
+def decoder_thresholds(meta: Mapping[str, Any], section: str, names: tuple[str, ...]) -> dict[str, float] | None:
+    """Thresholds calibrated for a checkpoint's decoder, from its metadata's ``section``.
+
+    ``"segment_all"`` (``pred_iou_thresh``, ``stability_thresh``) and ``"propagation"``
+    (``min_pred_iou``): only these names with numbers in [0, 1] are taken (the file is
+    untrusted); None when there are none.
+    """
+    raw = meta.get(section) if isinstance(meta, Mapping) else None
+    if not isinstance(raw, Mapping):
+        return None
+    out = {k: float(raw[k]) for k in names
+           if isinstance(raw.get(k), (int, float)) and not isinstance(raw.get(k), bool) and 0.0 <= raw[k] <= 1.0}
+    return out or None
 
 
 def save_checkpoint(model: FocSAM, path: str | Path, *, only_refiner: bool = False, **meta: Any) -> None:

@@ -149,7 +149,7 @@ def test_download_goes_to_env_cache(tiny, tmp_path, monkeypatch):
 
 def test_list(tiny, capsys):
     rows = {r.name: r for r in W.list_weights()}
-    assert rows["focsam_t"].default and not rows["vit_t"].default and rows["vit_t"].size == 40_728_226
+    assert rows["focsam_t_micro"].default and not rows["focsam_t"].default and not rows["vit_t"].default and rows["vit_t"].size == 40_728_226
     assert rows["test_tiny"].status == "not cached" and not rows["test_tiny"].cached
     assert rows["focsam_vit_h"].status == "manual download"
     W.resolve_weights("test_tiny", progress=False)

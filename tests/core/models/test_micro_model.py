@@ -1,0 +1,78 @@
+"""FocSAM-T micro: the microscopy model (MobileSAM encoder, fine-tuned decoder + refiner) ships
+with the package, is hash-checked, shares its embeddings with vit_t / focsam_t and segments
+real nuclei."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from napari_focsam.core.models import weights as W
+
+
+def test_micro_entry_ships_with_the_package_and_is_hash_checked():
+    entry = W.find_weights("focsam_t_micro")
+    assert entry.base == "vit_t" and entry.model_type == "focsam_vit_t"
+    assert [type(s).__name__ for s in entry.sources] == ["PackageDataSource"]
+    assert entry.sha256 and len(entry.sha256) == 64 and entry.size > 8_000_000
+    path = W.resolve_weights("focsam_t_micro")  # verifies size and SHA-256
+    assert W.check_checkpoint(entry, path) is None  # a refiner and its decoder, nothing else
+
+
+def test_micro_model_replaces_the_decoder_and_keeps_the_encoder(mobile_sam):
+    from napari_focsam.core.embeddings import model_id
+    from napari_focsam.core.models import load_model
+    from napari_focsam.core.prompting import FocSAMPredictor
+
+    micro = load_model("focsam_t_micro", "cpu", refine_precision="fp32")
+    plain = load_model("vit_t", "cpu")
+    assert micro is not plain and micro.has_refiner and not plain.has_refiner
+    for k, v in plain.image_encoder.state_dict().items():
+        assert torch.equal(micro.image_encoder.state_dict()[k], v)
+    changed = [k for k, v in plain.mask_decoder.state_dict().items()
+               if not torch.allclose(micro.mask_decoder.state_dict()[k], v)]
+    assert len(changed) > 10  # the fine-tuned decoder, not MobileSAM's
+    # vit_t is untouched by loading the micro model (no module shared between the two)
+    for k, v in mobile_sam.mask_decoder.state_dict().items():
+        assert torch.equal(plain.mask_decoder.state_dict()[k], v)
+    assert model_id(FocSAMPredictor(micro)) == model_id(FocSAMPredictor(plain))  # one embedding cache
+
+
+@pytest.mark.parametrize("clicks", [1, 2])
+def test_micro_model_segments_real_nuclei(mobile_sam, clicks):
+    """The packaged micro model refines at the 1st click and keeps real nuclei (not seen in its
+    training) at IoU >= 0.85 after one and two protocol clicks."""
+    from napari_focsam._demo import pick_separated_objects
+    from napari_focsam._sample_data import load_nuclei
+    from napari_focsam.core.models import load_model
+    from napari_focsam.core.prompting import Click, FocSAMPredictor, InteractiveObject
+    from napari_focsam.core.propagation import interior_point
+    from napari_focsam.evaluation.clicker import next_click
+    from napari_focsam.evaluation.metrics import iou
+
+    model = load_model("focsam_t_micro", "cpu", refine_precision="fp32")
+    image, gt = load_nuclei("2d")
+    pred = FocSAMPredictor(model)
+    emb = pred.embed(image)
+    for label in pick_separated_objects(gt, 3):
+        obj = InteractiveObject(pred, emb)
+        target = gt == label
+        res = obj.add(Click(*interior_point(target), True))
+        assert res.refine_seconds > 0 and obj.refined is not None
+        for _ in range(clicks - 1):
+            res = obj.add(next_click(target, res.mask, clicked=obj.clicks))
+        assert iou(target, res.mask) >= 0.85, label
+
+
+def test_micro_model_carries_its_calibrated_thresholds():
+    """Its IoU head is trained on real IoUs: segment-all and the propagation read its own
+    thresholds from the file; focsam_t and vit_t keep SAM's (none in their files)."""
+    from napari_focsam.core.automatic import SegmentAllParams
+    from napari_focsam.core.models import load_model
+
+    micro = load_model("focsam_t_micro", "cpu")
+    assert micro.segment_all_thresholds == {"pred_iou_thresh": 0.6, "stability_thresh": 0.7}
+    assert micro.propagation_thresholds == {"min_pred_iou": 0.55}
+    assert SegmentAllParams().for_model(micro).stability_thresh == 0.7
+    photo = load_model("focsam_t", "cpu")
+    assert photo.segment_all_thresholds is None and photo.propagation_thresholds is None
