@@ -352,9 +352,11 @@ def test_folded_attention_equals_projected_attention(n_tokens):
     assert 7 * 8 < 128 <= 40 * 8  # 7 and 15 tokens take the folded forms, 40 the textbook one
 
 
-def test_shipped_focsam_t_refines_real_nuclei(mobile_sam):
-    """The packaged FocSAM-T (registry name, hash-checked) loads on vit_t, refines at the 1st
-    click and keeps real nuclei segmented (IoU >= 0.85 after one and after two protocol clicks)."""
+@pytest.mark.parametrize("name", ["focsam_t", "focsam_t_micro"])
+def test_shipped_focsam_t_refines_real_nuclei(mobile_sam, name):
+    """The packaged FocSAM-T models (registry names, hash-checked; focsam_t_micro with its own
+    decoder, trained without these nuclei) load on vit_t, refine at the 1st click and keep real
+    nuclei segmented (IoU >= 0.85 after one and after two protocol clicks)."""
     from napari_focsam._demo import pick_separated_objects
     from napari_focsam._sample_data import load_nuclei
     from napari_focsam.core.models import load_model
@@ -362,7 +364,7 @@ def test_shipped_focsam_t_refines_real_nuclei(mobile_sam):
     from napari_focsam.evaluation.clicker import next_click
     from napari_focsam.evaluation.metrics import iou
 
-    model = load_model("focsam_t", "cpu", refine_precision="fp32")
+    model = load_model(name, "cpu", refine_precision="fp32")
     assert model.has_refiner and len(model.focus_refiner.blocks) == 2
     image, gt = load_nuclei("2d")
     pred = FocSAMPredictor(model)

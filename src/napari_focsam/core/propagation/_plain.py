@@ -201,7 +201,7 @@ def decode_prompt(
     embedding of the same slice). ``offset``: the mask is where the logits exceed it (the
     logits returned are shifted by it, so their mask is still ``> 0``).
     """
-    mask, logits, _ = decode_prompt_token(predictor, embedding, points, box, mask_input, multimask=multimask,
+    mask, logits, _, _ = decode_prompt_token(predictor, embedding, points, box, mask_input, multimask=multimask,
                                           reference=reference, features=features, offset=offset)
     return mask, logits
 
@@ -218,11 +218,9 @@ def decode_prompt_token(
     reference: np.ndarray | None = None,
     features: torch.Tensor | None = None,
     offset: float = 0.0,
-    scores: list[float] | None = None,
-) -> tuple[np.ndarray, torch.Tensor, torch.Tensor]:
+) -> tuple[np.ndarray, torch.Tensor, torch.Tensor, float]:
     """:func:`decode_prompt`, also returning the decoder's (1, 1, 256) mask-#0 output token
-    (the focus refiner's click-fused query). ``scores``: a list that receives the decoder's
-    predicted IoU of the mask returned."""
+    (the focus refiner's click-fused query) and its predicted IoU of the mask returned."""
     model = predictor.model
     dev = predictor.device
     H, W = embedding.original_size
@@ -246,18 +244,15 @@ def decode_prompt_token(
     all_logits = out.logits - offset if offset else out.logits
     if not multimask:
         logits = all_logits[:, :1]
-        if scores is not None:
-            scores.append(float(out.iou[0, 0]))
-        return logits_to_mask(logits, embedding.input_size, embedding.original_size), logits, out.token
+        mask = logits_to_mask(logits, embedding.input_size, embedding.original_size)
+        return mask, logits, out.token, float(out.iou[0, 0])
     best, best_score, best_mask = 0, -1.0, None
     for i in range(all_logits.shape[1]):
         m = logits_to_mask(all_logits[:, i : i + 1], embedding.input_size, embedding.original_size)
         score = mask_iou(m, reference) if reference is not None else float(out.iou[0, i])
         if score > best_score:
             best, best_score, best_mask = i, score, m
-    if scores is not None:
-        scores.append(float(out.iou[0, best]))
-    return best_mask, all_logits[:, best : best + 1], out.token
+    return best_mask, all_logits[:, best : best + 1], out.token, float(out.iou[0, best])
 
 
 def next_slice(
@@ -289,12 +284,10 @@ def next_slice(
     mask_input = None
     if "logits" in prompt:
         mask_input = prev_logits if prev_logits is not None else mask_to_logits(prev_mask, embedding.input_size)
-    scores: list[float] = []
-    mask, logits, token = decode_prompt_token(predictor, embedding, [(y, x, True)], box, mask_input,
-                                              multimask=multimask, reference=prev_mask, offset=offset,
-                                              scores=scores)
+    mask, logits, token, score = decode_prompt_token(predictor, embedding, [(y, x, True)], box, mask_input,
+                                                     multimask=multimask, reference=prev_mask, offset=offset)
     floor = (getattr(predictor.model, "propagation_thresholds", None) or {}).get("min_pred_iou")
-    if floor is not None and scores and scores[0] < floor:
+    if floor is not None and score < floor:
         # a decoder whose IoU head is calibrated (its checkpoint gives the floor) doubts its own
         # mask: the object has ended (SAM's own heads score background ~1.0 and give no floor)
         return np.zeros_like(mask), logits
