@@ -352,6 +352,32 @@ def test_folded_attention_equals_projected_attention(n_tokens):
     assert 7 * 8 < 128 <= 40 * 8  # 7 and 15 tokens take the folded forms, 40 the textbook one
 
 
+def test_image_tokens_given_once_for_many_prompts_equal_per_prompt_copies():
+    """Segment all decodes many point prompts on one image: the image side (1, N, C) is given
+    once and must give what B copies of it give, in both attention directions and through
+    the whole decoder (whose cached image tokens then hold one copy, not B)."""
+    from napari_focsam.modeling.mask_decoder import MaskDecoder
+    from napari_focsam.modeling.prompt_encoder import PromptEncoder
+    from napari_focsam.modeling.transformer import TokenAttention
+
+    torch.manual_seed(0)
+    att = TokenAttention(256, 8, downsample_rate=2).eval()
+    tokens, image = torch.randn(5, 7, 256), torch.randn(1, 4096, 256)
+    copies = image.expand(5, -1, -1).contiguous()
+    dec, pe = MaskDecoder().eval(), PromptEncoder(256, (64, 64), (1024, 1024), 16)
+    with torch.inference_mode():
+        torch.testing.assert_close(att(tokens, image, image), att(tokens, copies, copies), rtol=1e-4, atol=2e-5)
+        torch.testing.assert_close(att(image, tokens, tokens, residual=image),
+                                   att(copies, tokens, tokens, residual=copies), rtol=1e-4, atol=4e-5)
+        feats = torch.randn(1, 256, 64, 64)
+        sparse, dense = pe((torch.rand(5, 1, 2) * 1024, torch.ones(5, 1, dtype=torch.int64)), None)
+        shared = dec(feats, pe.get_dense_pe(), sparse, dense, True)
+        assert dec._tokens_cache[1][0].shape == (1, 4096, 256)
+        own = dec(feats.expand(5, -1, -1, -1).contiguous(), pe.get_dense_pe(), sparse, dense.contiguous(), True)
+    torch.testing.assert_close(shared.logits, own.logits, rtol=1e-4, atol=1e-3)
+    torch.testing.assert_close(shared.iou, own.iou, rtol=1e-4, atol=1e-5)
+
+
 @pytest.mark.parametrize("name", ["focsam_t", "focsam_t_micro"])
 def test_shipped_focsam_t_refines_real_nuclei(mobile_sam, name):
     """The packaged FocSAM-T models (registry names, hash-checked; focsam_t_micro with its own

@@ -131,6 +131,8 @@ class MaskDecoder(nn.Module):
         constant = dense.stride(-1) == 0 and dense.stride(-2) == 0
         if torch.is_grad_enabled() or not constant:
             return self.transformer.image_tokens(image + dense, image_pe)
+        if image.shape[0] == 1 and dense.stride(0) == 0:
+            dense = dense[:1]  # one image, prompts without a mask: the same tokens serve all of them
         v = tensor_version
         key = (image, v(image), dense.data_ptr(), v(dense), dense.shape, image_pe, v(image_pe))
         cached = getattr(self, "_tokens_cache", None)

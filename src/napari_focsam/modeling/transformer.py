@@ -34,14 +34,19 @@ class TokenAttention(nn.Module):
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                 residual: torch.Tensor | None = None) -> torch.Tensor:
-        """q (B, Nq, C), k and v (B, Nk, C) -> (B, Nq, C), plus ``residual`` (B, Nq, C) if given."""
+        """q (B, Nq, C), k and v (B, Nk, C) -> (B, Nq, C), plus ``residual`` (B, Nq, C) if given.
+
+        The image side may be given once for all B prompts: q (1, Nq, C) against k, v (B, Nk, C)
+        (image tokens attending to the prompts), or k, v (1, Nk, C) against q (B, Nq, C).
+        """
         nq, nk, inner = q.shape[1], k.shape[1], self.q_proj.out_features
         if nq >= self.FOLD_MIN_TOKENS and nk * self.num_heads < inner:
             return self._few_keys(q, k, v, residual)
         if nk >= self.FOLD_MIN_TOKENS and nq * self.num_heads < inner:
             out = self._few_queries(q, k, v)
         else:
-            out = self._projected(q, k, v)
+            B = max(q.shape[0], k.shape[0])
+            out = self._projected(q.expand(B, -1, -1), k.expand(B, -1, -1), v.expand(B, -1, -1))
         return out if residual is None else residual + out
 
     def _projected(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -70,7 +75,9 @@ class TokenAttention(nn.Module):
         qh = self._heads(self.q_proj(q))  # (B, H, Nq, c)
         c = qh.shape[-1]
         q_folded = torch.matmul(qh, self._head_weights(self.k_proj))  # (B, H, Nq, C)
-        scores = torch.matmul(q_folded.reshape(B, H * nq, -1), k.transpose(1, 2)) * c**-0.5
+        # image tokens shared by all B prompts (k, v: (1, Nk, C)): one product for all queries
+        b = 1 if k.shape[0] == 1 and v.shape[0] == 1 else B
+        scores = torch.matmul(q_folded.reshape(b, B // b * H * nq, -1), k.transpose(1, 2)) * c**-0.5
         pooled = torch.matmul(scores.softmax(dim=-1), v).view(B, H, nq, -1)  # (B, H, Nq, C)
         out = torch.matmul(pooled, self._head_weights(self.v_proj).transpose(1, 2))  # (B, H, Nq, c)
         out = out.transpose(1, 2).reshape(B, nq, H * c) + self.v_proj.bias
@@ -85,13 +92,17 @@ class TokenAttention(nn.Module):
         ``residual``, the output bias is folded into the values (each row of the H x Nk
         attention weights sums to H) and the product accumulates onto the residual.
         """
-        B, nq, C = q.shape
+        nq, C = q.shape[1:]
+        B = max(q.shape[0], k.shape[0])
         H = self.num_heads
         kh, vh = self._heads(self.k_proj(k)), self._heads(self.v_proj(v))  # (B, H, Nk, c)
         nk, c = kh.shape[2], kh.shape[3]
         k_folded = torch.matmul(kh, self._head_weights(self.q_proj))  # (B, H, Nk, C)
         key_bias = torch.matmul(kh, self.q_proj.bias.view(H, c, 1)).view(B, 1, H, nk)
-        scores = torch.matmul(q, k_folded.reshape(B, H * nk, C).transpose(1, 2)).view(B, nq, H, nk)
+        if q.shape[0] == 1 < B:  # image tokens shared by all B prompts: one product for all keys
+            scores = torch.mm(q[0], k_folded.reshape(B * H * nk, C).t()).view(nq, B, H, nk).transpose(0, 1)
+        else:
+            scores = torch.matmul(q, k_folded.reshape(B, H * nk, C).transpose(1, 2)).view(B, nq, H, nk)
         attn = _softmax_short_last_dim((scores + key_bias) * c**-0.5)
         w_out = self.out_proj.weight.view(C, H, c).permute(1, 2, 0)  # (H, c, C)
         v_folded = torch.matmul(vh, w_out).reshape(B, H * nk, C)  # (B, H*Nk, C)

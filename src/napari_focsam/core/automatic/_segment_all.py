@@ -65,6 +65,12 @@ LOW = FocSAM.image_size // 4  # side of the decoder's low-resolution logits (256
 TILE_OVERLAP = 0.25
 #: An object that keeps less than this fraction of its mask after overlaps are resolved is dropped.
 MIN_KEPT_FRACTION = 0.5
+#: Points decoded in one pass of the decoder. Each point carries (4096, 256) image tokens
+#: through the decoder's layers; past a few points these tensors leave the CPU's caches and
+#: the pass becomes memory-bound (per point on 2 threads: 20 ms in passes of 32, 15-16 in
+#: passes of 4-8; ``benchmarks/bench_segment_all_speed.py``). Which points are skipped is still
+#: decided per ``points_per_batch``, so the result does not depend on this.
+DECODE_CHUNK = 8
 
 
 @dataclass
@@ -292,19 +298,24 @@ def _decode_canvas(
         # canvas (x, y) as the interactive path maps clicks (FocSAMPredictor's prompts)
         xy = np.stack([chunk[:, 1] * (w / W), chunk[:, 0] * (h / H)], axis=1)
         pts = torch.tensor(xy, dtype=torch.float32, device=dev)[:, None]
-        out, iou = decode_points(model, features, pts, -off, min_iou=params.pred_iou_thresh, max_area=low_max,
-                                 valid=(lh, lw), window=params.upscale_window)  # upscaled around each point
-        logits = out[..., :lh, :lw].float().flatten(0, 1)  # (B*3, lh, lw)
-        iou = iou.float().flatten()
-        hi = (logits > off).sum(dim=(1, 2))
-        lo = (logits > -off).sum(dim=(1, 2))
-        area = (logits > 0).sum(dim=(1, 2))
-        stab = torch.where(lo > 0, hi.float() / lo.clamp(min=1).float(), torch.zeros_like(iou))
-        ok = ((iou >= params.pred_iou_thresh) & (stab >= params.stability_thresh) & (area > 0)
-              & (area <= low_max))
-        idx = torch.nonzero(ok).flatten().tolist()
-        sel = logits[idx].cpu().numpy() if idx else np.zeros((0, lh, lw), np.float32)
-        scores = (iou * stab).cpu().numpy()
+        sel_parts, score_parts, idx = [], [], []
+        for s0 in range(0, len(batch), DECODE_CHUNK):  # the skip rule above still sees whole batches
+            out, iou = decode_points(model, features, pts[s0:s0 + DECODE_CHUNK], -off, min_iou=params.pred_iou_thresh,
+                                     max_area=low_max, valid=(lh, lw), window=params.upscale_window)
+            logits = out[..., :lh, :lw].float().flatten(0, 1)  # (b*3, lh, lw), upscaled around each point
+            iou = iou.float().flatten()
+            hi = (logits > off).sum(dim=(1, 2))
+            lo = (logits > -off).sum(dim=(1, 2))
+            area = (logits > 0).sum(dim=(1, 2))
+            stab = torch.where(lo > 0, hi.float() / lo.clamp(min=1).float(), torch.zeros_like(iou))
+            ok = ((iou >= params.pred_iou_thresh) & (stab >= params.stability_thresh) & (area > 0)
+                  & (area <= low_max))
+            got = torch.nonzero(ok).flatten()
+            sel_parts.append(logits[got].cpu().numpy())
+            score_parts.append((iou * stab).cpu().numpy())
+            idx.extend((got + 3 * s0).tolist())
+        sel = np.concatenate(sel_parts)
+        scores = np.concatenate(score_parts)
         t1 = time.perf_counter()
         timings["decode"] = timings.get("decode", 0.0) + (t1 - t0)
         smallest: dict[int, MaskCandidate] = {}  # point -> its smallest kept mask
