@@ -1,47 +1,39 @@
-"""Segment all: seconds and F1 of this build beside today's baseline, interleaved in one process.
+"""Segment all: seconds and F1 of this build beside a baseline build, interleaved.
 
     python benchmarks/bench_segment_all_speed.py [--data ../shared/data] [--threads 2] [--repeats 1]
-        [--images coelho_dna-33,em_vnc16,stardist_2d]
+        [--images coelho_dna-33,em_vnc16,stardist_2d] [--model vit_t] [--baseline-rev 0d6bcd4]
 
 Images: a 1030x1349 Coelho nuclei image (held-out split), a 512x512 EM slice (the top-left
 crop of slice 16 of the VNC ssTEM stack, the 2D neurite profiles as ground truth: a
-validation slice) and the stardist 512x512 nuclei image. Each image is embedded once; then
-:func:`~napari_focsam.core.automatic._segment_all.segment_all` runs with the default parameters, the
-baseline and this build alternating (the order flips at every repeat), and the script prints
-the median seconds (wall and process CPU), the points decoded and F1 at IoU 0.5 of both, and
-the ratio this build / baseline. The load average is printed with every row.
+validation slice) and the stardist 512x512 nuclei image.
 
-The baseline is this build with the speed-up switched off (see :func:`baseline`): every
-point's logits upscaled over the whole map instead of around the point
-(``SegmentAllParams.upscale_window``).
+The baseline is an earlier revision of this repository (``--baseline-rev``, default the
+build before the segment-all speed-ups of issue 29: every 32-point batch in one decoder pass,
+the image tokens copied per prompt, the points in grid order), unpacked with ``git archive``
+into a temporary folder. Each build runs in its own process (one per build and repeat, the
+two builds alternating and the order flipping at every repeat), on the same threads: the
+process loads the model, embeds each image once (not timed) and times
+:func:`~napari_focsam.core.automatic._segment_all.segment_all` with the default parameters.
+The script prints, per image and build, the median seconds (wall and process CPU), the points
+decoded and F1 / mean matched IoU at IoU 0.5, the ratio this build / baseline and the load
+average.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def baseline():
-    """Today's segment-all: every point's logits upscaled over the whole map."""
-    from napari_focsam.core.automatic import SegmentAllParams
-
-    return SegmentAllParams(upscale_window=0)
-
-
-def this_build():
-    from napari_focsam.core.automatic import SegmentAllParams
-
-    return SegmentAllParams()
-
-
-BASELINES = {"today": baseline, "new": this_build}
+#: the landed build before the speed-ups (decoder passes of 8, shared image tokens, deepest first)
+BASELINE_REV = "0d6bcd4"
 
 
 def load(root: Path, name: str):
@@ -71,14 +63,8 @@ def load(root: Path, name: str):
     raise SystemExit(f"unknown image {name!r}")
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", default=os.environ.get("FOCSAM_DATA", str(REPO.parent / "shared" / "data")))
-    ap.add_argument("--model", default="vit_t")
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--repeats", type=int, default=1)
-    ap.add_argument("--images", default="coelho_dna-33,em_vnc16,stardist_2d")
-    args = ap.parse_args(argv)
+def worker(args) -> int:
+    """One build's run over the images; prints one JSON line per image."""
     import torch
 
     from napari_focsam.core.automatic import segment_all
@@ -88,32 +74,71 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(args.threads)
     predictor = FocSAMPredictor(load_model(args.model, "cpu"), refine=False)
-    print(f"model {args.model}, {args.threads} torch threads; per image: median of {args.repeats} run(s), "
-          f"baseline and this build interleaved")
-    print(f"{'image':<15} {'build':<6} {'seconds':>8} {'cpu s':>7} {'points':>6} {'F1@0.5':>7} {'mIoU':>6} "
-          f"{'ratio':>6}  load")
     for name in args.images.split(","):
         got = load(Path(args.data), name)
         if got is None:
-            print(f"{name:<15} (data absent)")
+            print(json.dumps({"image": name, "absent": True}), flush=True)
             continue
         img, gt = got
         emb = predictor.embed(img)
-        runs: dict[str, list] = {k: [] for k in BASELINES}
+        t0, c0 = time.perf_counter(), time.process_time()
+        res = segment_all(predictor, img, embedding=emb)
+        wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+        s = match_instances(gt, res.labels)
+        print(json.dumps({"image": name, "wall": wall, "cpu": cpu, "points": res.n_points, "f1": s.f1,
+                          "miou": s.mean_matched_iou, "load": os.getloadavg()[0]}), flush=True)
+    return 0
+
+
+def baseline_src(rev: str, into: Path) -> Path:
+    """``src`` of revision ``rev`` of this repository, unpacked under ``into``."""
+    archive = subprocess.run(["git", "-C", str(REPO), "archive", rev, "src"], check=True, capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
+    return into / "src"
+
+
+def run_build(src: Path, args) -> dict[str, dict]:
+    cmd = [sys.executable, __file__, "--worker", "--data", args.data, "--model", args.model,
+           "--threads", str(args.threads), "--images", args.images]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(src), os.environ.get("PYTHONPATH", "")]))
+    out = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True).stdout
+    rows = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    return {r["image"]: r for r in rows}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", default=os.environ.get("FOCSAM_DATA", str(REPO.parent / "shared" / "data")))
+    ap.add_argument("--model", default="vit_t")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=1)
+    ap.add_argument("--images", default="coelho_dna-33,em_vnc16,stardist_2d")
+    ap.add_argument("--baseline-rev", default=BASELINE_REV)
+    ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.worker:
+        return worker(args)
+    with tempfile.TemporaryDirectory() as tmp:
+        builds = {"base": baseline_src(args.baseline_rev, Path(tmp)), "new": REPO / "src"}
+        runs: dict[str, list[dict]] = {k: [] for k in builds}
         for rep in range(args.repeats):
-            for key in (list(BASELINES) if rep % 2 == 0 else list(BASELINES)[::-1]):
-                params = BASELINES[key]()
-                t0, c0 = time.perf_counter(), time.process_time()
-                res = segment_all(predictor, img, embedding=emb, params=params)
-                runs[key].append((time.perf_counter() - t0, time.process_time() - c0, res))
-        med = {k: statistics.median(r[0] for r in v) for k, v in runs.items()}
+            for key in (list(builds) if rep % 2 == 0 else list(builds)[::-1]):
+                runs[key].append(run_build(builds[key], args))
+    print(f"model {args.model}, {args.threads} torch threads; baseline {args.baseline_rev}; per image: median of "
+          f"{args.repeats} run(s), the builds in separate processes, alternating")
+    print(f"{'image':<15} {'build':<5} {'seconds':>8} {'cpu s':>7} {'points':>6} {'F1@0.5':>7} {'mIoU':>6} "
+          f"{'ratio':>6}  load")
+    for name in args.images.split(","):
+        if any("absent" in r[name] for v in runs.values() for r in v):
+            print(f"{name:<15} (data absent)")
+            continue
+        med = {k: statistics.median(r[name]["wall"] for r in v) for k, v in runs.items()}
         for key, v in runs.items():
-            res = v[-1][2]
-            s = match_instances(gt, res.labels)
-            ratio = f"{med[key] / med['today']:6.2f}" if key != "today" else f"{'':>6}"
-            print(f"{name:<15} {key:<6} {med[key]:8.1f} {statistics.median(r[1] for r in v):7.1f} "
-                  f"{res.n_points:6d} {s.f1:7.3f} {s.mean_matched_iou:6.3f} {ratio}  "
-                  f"{os.getloadavg()[0]:.1f}", flush=True)
+            last = v[-1][name]
+            ratio = f"{med[key] / med['base']:6.2f}" if key != "base" else f"{'':>6}"
+            print(f"{name:<15} {key:<5} {med[key]:8.1f} {statistics.median(r[name]['cpu'] for r in v):7.1f} "
+                  f"{last['points']:6d} {last['f1']:7.3f} {last['miou']:6.3f} {ratio}  "
+                  f"{statistics.median(r[name]['load'] for r in v):.1f}", flush=True)
     return 0
 
 

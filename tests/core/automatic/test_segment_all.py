@@ -9,7 +9,7 @@ import torch
 
 from napari_focsam.core.automatic import SegmentAllParams, segment_all
 from napari_focsam.core.automatic._segment_all import (
-    MaskCandidate, MaskUpscaler, foreground_mask, grid_points, nms_masks, paint_labels, tile_spans)
+    MaskCandidate, MaskUpscaler, deepest_first, foreground_mask, grid_points, nms_masks, paint_labels, tile_spans)
 from napari_focsam.core.prompting import FocSAMPredictor, logits_to_mask
 from napari_focsam.evaluation.instances import match_instances
 
@@ -153,6 +153,36 @@ def test_real_model_finds_each_nucleus_once(mobile_predictor, skip):
     assert sorted(np.unique(res.labels)) == list(range(res.n_objects + 1))
     if skip:  # the background and the points inside found discs were not decoded
         assert res.n_points < 12 * 12 / 4
+
+
+def test_deepest_first_puts_object_centres_first_and_background_last():
+    fg = np.zeros((60, 60), bool)
+    fg[10:50, 10:50] = True
+    pts = grid_points(6, fg.shape)  # spacing 10: (4.5, 14.5, ..., 54.5)
+    order = deepest_first(pts, fg)
+    first = np.rint(pts[order[0]]).astype(int)
+    assert 20 <= first[0] <= 40 and 20 <= first[1] <= 40  # a point of the square's middle
+    on_fg = fg[tuple(np.clip(np.rint(pts[order]).astype(int), 0, 59).T)]
+    assert on_fg[:16].all() and not on_fg[16:].any()  # background points last
+    assert sorted(order.tolist()) == list(range(36))
+
+
+def test_real_model_decodes_fewer_points_deepest_first_and_finds_the_same_nuclei(mobile_predictor, monkeypatch):
+    """Large discs hold many grid points: decoded from the centre first, one point finds each
+    disc and its mask covers the others; in grid order the points on the discs' upper rims come
+    first and more of them are decoded. Same objects either way."""
+    import napari_focsam.core.automatic._segment_all as sa
+
+    img, labels = discs((240, 240), ((60, 60), (60, 175), (175, 70), (170, 170)), r=34)
+    params = SegmentAllParams(points_per_side=24, points_per_batch=4)
+    deep = segment_all(mobile_predictor, img, params)
+    monkeypatch.setattr(sa, "deepest_first", lambda pts, fg: np.arange(len(pts)))
+    grid = segment_all(mobile_predictor, img, params)
+    for res in (deep, grid):
+        scores = match_instances(labels, res.labels)
+        assert scores.tp == 4 and scores.fp == 0, scores
+        assert scores.mean_matched_iou > 0.85
+    assert deep.n_points <= 8 < grid.n_points, (deep.n_points, grid.n_points)
 
 
 def test_match_instances_counts_and_ious():

@@ -260,6 +260,26 @@ def test_interior_point_box_and_logits():
     assert V.mask_iou(edge, edge) == 1.0 and V.mask_iou(edge, ~edge) == 0.0
 
 
+def test_interior_point_on_the_bounding_box_equals_the_whole_image_transform():
+    """The distance transform runs on the mask's box only: same point as on the whole image,
+    for blobs anywhere (touching borders included), ties broken in the same raster order."""
+    from scipy import ndimage as ndi
+
+    def whole(mask):
+        dist = ndi.distance_transform_edt(np.pad(mask, 1))[1:-1, 1:-1]
+        return tuple(int(v) for v in np.unravel_index(int(np.argmax(dist)), dist.shape))
+
+    rng = np.random.default_rng(3)
+    for _ in range(40):
+        noise = ndi.gaussian_filter(rng.random((48, 64)), 3)
+        mask = noise > np.quantile(noise, rng.uniform(0.5, 0.97))
+        assert V.interior_point(mask) == whole(mask)
+    square = np.zeros((30, 30), bool)
+    square[10:20, 4:14] = True  # an even side: four pixels tie
+    assert V.interior_point(square) == whole(square)
+    assert V.interior_point(np.zeros((5, 5), bool)) == (0, 0)
+
+
 @pytest.mark.parametrize("prompt", V.PROMPT_MODES)
 @pytest.mark.parametrize("multimask", [False, True])
 def test_every_prompt_mode_runs_on_the_real_decoder(fast_model, prompt, multimask):

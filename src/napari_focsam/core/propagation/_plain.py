@@ -151,11 +151,22 @@ class PropagationResult:
 
 
 def interior_point(mask: np.ndarray) -> tuple[int, int]:
-    """(y, x) of the pixel farthest from the mask's boundary (the image border counts as boundary)."""
-    padded = np.pad(mask, 1)
-    dist = ndi.distance_transform_edt(padded)[1:-1, 1:-1]
+    """(y, x) of the pixel farthest from the mask's boundary (the image border counts as boundary).
+
+    The distance transform runs on the mask's bounding box with a one-pixel background ring:
+    the nearest background pixel of any mask pixel is on that ring or inside it (the ring's
+    pixel nearest to a farther one is nearer still), so the distances and the first maximum
+    in raster order are those of the whole image. (0, 0) for an empty mask.
+    """
+    rows = np.flatnonzero(mask.any(axis=1))
+    if rows.size == 0:
+        return 0, 0
+    cols = np.flatnonzero(mask.any(axis=0))
+    y0, x0 = int(rows[0]), int(cols[0])
+    crop = np.pad(mask[y0:rows[-1] + 1, x0:cols[-1] + 1], 1)
+    dist = ndi.distance_transform_edt(crop)[1:-1, 1:-1]
     y, x = np.unravel_index(int(np.argmax(dist)), dist.shape)
-    return int(y), int(x)
+    return y0 + int(y), x0 + int(x)
 
 
 def mask_box(mask: np.ndarray, margin: float = BOX_MARGIN) -> tuple[float, float, float, float]:
