@@ -8,7 +8,7 @@ crop of slice 16 of the VNC ssTEM stack, the 2D neurite profiles as ground truth
 validation slice) and the stardist 512x512 nuclei image.
 
 The baseline is an earlier revision of this repository (``--baseline-rev``, default the
-build before the segment-all speed-ups of issue 29: every 32-point batch in one decoder pass,
+build before these speed-ups: every 32-point batch in one decoder pass,
 the image tokens copied per prompt, the points in grid order), unpacked with ``git archive``
 into a temporary folder. Each build runs in its own process (one per build and repeat, the
 two builds alternating and the order flipping at every repeat), on the same threads: the
@@ -25,11 +25,12 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from revisions import revision_src, run_build
 
 REPO = Path(__file__).resolve().parents[1]
 #: the landed build before the speed-ups (decoder passes of 8, shared image tokens, deepest first)
@@ -90,19 +91,10 @@ def worker(args) -> int:
     return 0
 
 
-def baseline_src(rev: str, into: Path) -> Path:
-    """``src`` of revision ``rev`` of this repository, unpacked under ``into``."""
-    archive = subprocess.run(["git", "-C", str(REPO), "archive", rev, "src"], check=True, capture_output=True).stdout
-    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
-    return into / "src"
-
-
-def run_build(src: Path, args) -> dict[str, dict]:
-    cmd = [sys.executable, __file__, "--worker", "--data", args.data, "--model", args.model,
-           "--threads", str(args.threads), "--images", args.images]
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(src), os.environ.get("PYTHONPATH", "")]))
-    out = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True).stdout
-    rows = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+def run(src: Path, args) -> dict[str, dict]:
+    """One build's worker run: its rows by image."""
+    rows = run_build(src, __file__, ["--worker", "--data", args.data, "--model", args.model,
+                                     "--threads", str(args.threads), "--images", args.images])
     return {r["image"]: r for r in rows}
 
 
@@ -119,11 +111,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.worker:
         return worker(args)
     with tempfile.TemporaryDirectory() as tmp:
-        builds = {"base": baseline_src(args.baseline_rev, Path(tmp)), "new": REPO / "src"}
+        builds = {"base": revision_src(args.baseline_rev, Path(tmp)), "new": REPO / "src"}
         runs: dict[str, list[dict]] = {k: [] for k in builds}
         for rep in range(args.repeats):
             for key in (list(builds) if rep % 2 == 0 else list(builds)[::-1]):
-                runs[key].append(run_build(builds[key], args))
+                runs[key].append(run(builds[key], args))
     print(f"model {args.model}, {args.threads} torch threads; baseline {args.baseline_rev}; per image: median of "
           f"{args.repeats} run(s), the builds in separate processes, alternating")
     print(f"{'image':<15} {'build':<5} {'seconds':>8} {'cpu s':>7} {'points':>6} {'F1@0.5':>7} {'mIoU':>6} "

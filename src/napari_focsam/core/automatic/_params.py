@@ -24,7 +24,9 @@ Thresholds: F1 on stardist moved by less than 0.01 over predicted IoU 0.6-0.88, 
 0.8-0.95 and NMS IoU 0.3-0.7; most misses are touching nuclei that the decoder returns as
 one mask with a high predicted IoU; splitting clumps (the default) recovers a few. Timings
 varied 2-3x with the load of the shared machine (the split runs ran under a heavier load; the
-split itself adds one decoder batch per clump).
+split itself adds one decoder batch per clump). These seconds predate the decoder passes of 8
+points and the deepest-first order (2.5-3.5x faster on nuclei): current figures are in
+``docs/performance.md``.
 """
 
 from __future__ import annotations
