@@ -120,6 +120,33 @@ def on_compute(func: Callable) -> Callable:
     return body
 
 
+def start_job(func: Callable, on_done: Callable[[Any], None] | None, pending: set, is_closed: Callable[[], bool],
+              *, compute: bool = False, before_done: Callable[[Any], None] | None = None) -> Any:
+    """Run ``func`` in a napari worker; ``on_done(result)`` on the GUI thread after it ended.
+
+    The result is ``func``'s return value, or a :class:`~napari_focsam.core.errors.Failure`
+    when it raised. It is reported from ``finished`` (after ``returned``), after
+    ``before_done(worker)``, and not once ``is_closed()``. The worker is in ``pending`` while it
+    runs. ``compute``: ``func`` touches the model, so it runs on the compute thread
+    (:func:`on_compute`; generators pass their model steps there themselves).
+    """
+    box: list = [None]
+    worker = create_worker(on_compute(func) if compute else func, _start_thread=False)
+    worker.returned.connect(lambda result: box.__setitem__(0, result))
+    worker.errored.connect(lambda exc: box.__setitem__(0, describe_error(exc)))
+
+    def finished() -> None:
+        if before_done is not None:
+            before_done(worker)
+        if on_done is not None and not is_closed():
+            on_done(box[0])
+
+    worker.finished.connect(finished)
+    pending.add(worker)
+    worker.finished.connect(lambda: pending.discard(worker), Qt.ConnectionType.DirectConnection)
+    return worker
+
+
 def _await_jobs(ref: weakref.ref) -> None:
     """At interpreter exit: let running jobs end first (a model load cannot be interrupted); a
     worker still running while Python tears Qt down prints tracebacks from its deleted signals."""
@@ -221,20 +248,11 @@ class SessionJobs(QObject):
         The result is reported from ``finished`` (after ``returned``), when ``self.<attr>`` is None
         again, so a handler that starts the next job sees this one gone.
         """
-        box: list = [None]
-        worker = create_worker(on_compute(func) if compute else func, _start_thread=False)
-        worker.returned.connect(lambda result: box.__setitem__(0, result))
-        worker.errored.connect(lambda exc: box.__setitem__(0, describe_error(exc)))
-
-        def finished() -> None:
+        def forget(worker) -> None:
             if getattr(self, attr) is worker:
                 setattr(self, attr, None)
-            if on_done is not None and not self.closed:
-                on_done(box[0])
 
-        worker.finished.connect(finished)
-        self._pending.add(worker)
-        worker.finished.connect(lambda: self._pending.discard(worker), Qt.ConnectionType.DirectConnection)
+        worker = start_job(func, on_done, self._pending, lambda: self.closed, compute=compute, before_done=forget)
         setattr(self, attr, worker)
         worker.start()  # only once every signal is connected (a fast job could finish first)
         return worker

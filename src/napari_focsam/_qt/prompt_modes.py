@@ -20,14 +20,13 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any, Callable
 
-from napari.qt.threading import create_worker
 from qtpy.QtCore import QObject, Qt, Signal
 
 from ..core.editing import MAX_COVERED, ManyPaste, PasteError, batch_groups, plan_many_regions, plan_paste_regions
 from ..core.errors import Failure, describe_error
 from ..core.prompting import Prompts
 from .box_prompts import BoxPrompts
-from .jobs import on_compute
+from .jobs import start_job
 from .prompt_modes_panel import PromptModesPanel
 from .region_layers import NextLabel, merge_by_slice
 from .segment_all_job import SegmentAllJob
@@ -330,18 +329,7 @@ class PromptModes(QObject):
     def _start(self, func: Callable, on_done: Callable[[Any], None]) -> Any:
         """Run ``func`` (model work: on the compute thread, see :func:`on_compute`) in a worker;
         ``on_done(result)`` after it ended."""
-        box: list = [None]
-        worker = create_worker(on_compute(func), _start_thread=False)
-        worker.returned.connect(lambda result: box.__setitem__(0, result))
-        worker.errored.connect(lambda exc: box.__setitem__(0, describe_error(exc)))
-
-        def finished() -> None:
-            if not self.closed:
-                on_done(box[0])
-
-        worker.finished.connect(finished)
-        self._workers.add(worker)
-        worker.finished.connect(lambda: self._workers.discard(worker), Qt.ConnectionType.DirectConnection)
+        worker = start_job(func, on_done, self._workers, lambda: self.closed, compute=True)
         worker.start()
         return worker
 

@@ -207,7 +207,7 @@ def test_refiner_only_entry_without_hash_accepts_only_a_refiner(temp_entry, tmp_
     assert W.import_weights("test_refiner", refiner).read_bytes() == refiner.read_bytes()
     whole = tmp_path / "whole.pth"
     whole.write_bytes(focsam_bytes)
-    with pytest.raises(ValueError, match="not a refiner-only file"):
+    with pytest.raises(ValueError, match="not a refiner file"):
         W.import_weights("test_refiner", whole)
     assert W.cached_path("test_refiner").read_bytes() == refiner.read_bytes()
 

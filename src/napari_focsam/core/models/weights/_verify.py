@@ -108,7 +108,7 @@ def _architecture_problem(path: Path, model_type: str, refiner_only: bool) -> st
         if refiner_only:
             others = sorted(k for k in sd if not k.startswith(HEAD_PREFIXES))
             if others:
-                return (f"it is not a refiner-only file (it holds {others[0]}; a refiner file holds "
+                return (f"it is not a refiner file (it holds {others[0]}; a refiner file holds "
                         f"focus_refiner.* and optionally a fine-tuned mask_decoder.*)")
             from ....modeling.focus_refiner import FocusRefiner
             from ....modeling.mask_decoder import MaskDecoder
