@@ -190,6 +190,7 @@ def shot_3d() -> None:
         click(widget, z, *interior(gt[z] == label))
         widget.segment_volume()
         idle(widget)
+        commit(widget)  # a click after Segment volume corrects the object: commit it first
     click(widget, z, *interior(gt[z] == A))
     save(viewer, "3d-propagation")
     widget.prompts_layer.data = np.zeros((0, 3))
@@ -213,6 +214,7 @@ def shot_time_lapse() -> None:
     click(widget, 0, 163, 312)
     widget.segment_volume()
     idle(widget)
+    commit(widget)  # a click after Segment volume corrects the object: commit it first
     viewer.dims.set_current_step(0, 8)
     click(widget, 8, 155, 225)
     save(viewer, "time-lapse")

@@ -421,3 +421,32 @@ def test_docking_leaves_the_event_loop_free(dock, qtbot):
     ours = [inserted[name] for name in (PREVIEW_NAME, PROMPTS_NAME, BOXES_NAME)]
     assert len(set(ours)) == 3, inserted
     assert widget.prompts_layer is viewer.layers.selection.active  # ready for clicks at the end
+
+
+def test_dock_scrolls_on_a_small_screen_instead_of_drawing_rows_over_each_other(dock, qtbot):
+    """On a laptop screen the dock's panels, the z-profile of a volume included, are taller than
+    the window: they keep their size in a scroll area (the rows were squeezed over each other)."""
+    from qtpy.QtCore import QPoint, QRect
+    from qtpy.QtWidgets import QScrollArea
+
+    viewer, widget = dock(show=True, layers=[add_2d])
+    wait_ready(qtbot, widget)
+    viewer.window._qt_window.resize(1100, 560)
+    widget.z_profile.show_profile(40, {z: 100 + z for z in range(10, 30)}, [20], 20)
+    qtbot.wait(300)
+
+    def rect(w):  # the widget's rectangle in the dock
+        return QRect(w.mapTo(widget, QPoint(0, 0)), w.size())
+
+    panel = widget.modes.panel
+    rows = [panel.points_spin, panel.tiles_spin, panel.segment_all_button, widget.actions.commit_button,
+            widget.z_profile, widget.status_label]
+    for upper, lower in zip(rows, rows[1:]):
+        assert rect(upper).bottom() < rect(lower).top(), (upper, rect(upper), lower, rect(lower))
+    scroll = widget.findChild(QScrollArea, "focsam_dock_scroll")
+    assert scroll is not None and scroll.verticalScrollBar().maximum() > 0
+    inner = scroll.widget()  # nothing cut sideways: the visible part is as wide as the panels need
+    assert scroll.viewport().width() >= inner.minimumSizeHint().width() and inner.width() <= scroll.viewport().width()
+    scroll.verticalScrollBar().setValue(scroll.verticalScrollBar().maximum())
+    qtbot.wait(50)
+    assert not widget.status_label.visibleRegion().isEmpty()  # the last panel scrolls into view

@@ -17,13 +17,13 @@ Ctrl+Z removes the newest point, or (with no points) undoes the last commit; Ctr
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Iterable
 
 import numpy as np
 from napari.layers import Image, Labels, Points
 from napari.utils.notifications import show_error, show_info, show_warning
-from qtpy.QtCore import QTimer
-from qtpy.QtWidgets import QVBoxLayout, QWidget
+from qtpy.QtCore import QEvent, QSize, Qt, QTimer
+from qtpy.QtWidgets import QFrame, QScrollArea, QVBoxLayout, QWidget
 
 from ..core.editing import PredictQueue, Ticket, next_label
 from ..core.errors import Failure
@@ -56,6 +56,52 @@ READY = "ready: click on an object (Ctrl+click: negative point)"
 PROBE_DELAY_MS = 40
 
 
+def scrolling_panels(parts: Iterable[QWidget]) -> QScrollArea:
+    """The dock's panels, top to bottom, in a vertical scroll area.
+
+    napari's dock area does not scroll (napari/napari#5247 on GitHub): on a laptop screen,
+    once Segment volume adds the z-profile, Qt squeezed the panels below their size and their
+    rows were drawn over each other. Here the panels keep their height and a scroll bar
+    appears instead; the area is at least as wide as the panels, so nothing is cut sideways.
+    """
+    inner = QWidget()
+    layout = QVBoxLayout(inner)
+    layout.setContentsMargins(6, 6, 6, 6)
+    for part in parts:
+        layout.addWidget(part)
+    layout.addStretch(1)
+    scroll = PanelScroll()
+    scroll.setObjectName("focsam_dock_scroll")
+    scroll.setWidgetResizable(True)
+    scroll.setFrameShape(QFrame.Shape.NoFrame)
+    scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+    scroll.setWidget(inner)
+    return scroll
+
+
+class PanelScroll(QScrollArea):
+    """A vertical scroll area as wide as its panel needs (with room for the scroll bar), at
+    any height: the dock sizes itself from these hints, which follow the panels as they change."""
+
+    def _width(self, hint: QSize) -> int:
+        return hint.width() + self.verticalScrollBar().sizeHint().width() + 2 * self.frameWidth()
+
+    def minimumSizeHint(self) -> QSize:
+        inner = self.widget()
+        base = super().minimumSizeHint()
+        return base if inner is None else QSize(self._width(inner.minimumSizeHint()), base.height())
+
+    def sizeHint(self) -> QSize:
+        inner = self.widget()
+        base = super().sizeHint()
+        return base if inner is None else QSize(self._width(inner.sizeHint()), inner.sizeHint().height())
+
+    def eventFilter(self, obj: Any, event: Any) -> bool:
+        if obj is self.widget() and event.type() == QEvent.Type.LayoutRequest:
+            self.updateGeometry()  # the panels' needs changed: the dock reads the hints again
+        return super().eventFilter(obj, event)
+
+
 class FocSAMWidget(QWidget):
     """Dock widget for click-based FocSAM segmentation (see the module docs)."""
 
@@ -75,12 +121,11 @@ class FocSAMWidget(QWidget):
         self.sync = ViewerSync(self.viewer, self.setup, self.output, self.managed, self.state)
         self.modes = PromptModes(self.state, viewer=self.viewer, jobs=self.jobs, queue=self.queue, layers=self.managed,
                                  sync=self.sync, notify=self._notify, commit=lambda: self.commit())
+        self.scroll = scrolling_panels((self.setup, self.output, self.prompt_panel, self.modes.panel, self.actions,
+                                        self.z_profile, self.status_label))
         root = QVBoxLayout(self)
-        root.setContentsMargins(6, 6, 6, 6)
-        for part in (self.setup, self.output, self.prompt_panel, self.modes.panel, self.actions, self.z_profile,
-                     self.status_label):
-            root.addWidget(part)
-        root.addStretch(1)
+        root.setContentsMargins(0, 0, 0, 0)
+        root.addWidget(self.scroll)
 
         self._config: tuple | None = None
         self._t_change = 0.0
