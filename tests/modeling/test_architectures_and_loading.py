@@ -430,21 +430,31 @@ def test_decoder_reuses_image_tokens_only_for_the_same_image():
 
 @pytest.mark.parametrize("size", [(1030, 1349), (321, 481), (1024, 1024), (100, 3000)])
 def test_region_mask_resize_equals_logits_to_mask(size):
-    """The region-only full-resolution mask equals resize -> crop -> resize -> threshold,
-    for a small object (region path), a large one (plain path) and no object."""
+    """The region-only full-resolution mask equals SAM's post-processing (resize to the 1024
+    canvas, crop, resize to the image, threshold), for a small object (region path), a large
+    one (plain path), one reaching the canvas's padding and no object."""
+    import torch.nn.functional as F
+
     from napari_focsam.core.prompting import logits_to_mask
     from napari_focsam.modeling.mask_resize import logits_to_mask_roi
+
+    def sam_postprocess(low, input_size):
+        x = F.interpolate(low[None, None], size=(1024, 1024), mode="bilinear", align_corners=False)
+        x = x[..., : input_size[0], : input_size[1]]
+        return (F.interpolate(x, size=size, mode="bilinear", align_corners=False)[0, 0] > 0).numpy()
 
     g = torch.Generator().manual_seed(0)
     yy, xx = torch.meshgrid(torch.arange(256.0), torch.arange(256.0), indexing="ij")
     blob = 8 - ((yy - 20) ** 2 + (xx - 30) ** 2).sqrt() / 2 + 0.3 * torch.randn(256, 256, generator=g)
-    cases = {"small": blob, "large": torch.randn(256, 256, generator=g), "none": -blob.abs() - 1}
+    cases = {"small": blob, "large": torch.randn(256, 256, generator=g), "none": -blob.abs() - 1,
+             "to the padding": torch.full((256, 256), 2.0) + 0.5 * torch.randn(256, 256, generator=g)}
     input_size = input_size_for(size)
     for name, low in cases.items():
-        want = logits_to_mask(low[None, None], input_size, size)
+        want = sam_postprocess(low, input_size)
         got = logits_to_mask_roi(low[None, None], input_size, size)
         assert got.shape == size and got.dtype == bool
         assert np.array_equal(got, want), name
+        assert np.array_equal(logits_to_mask(low[None, None], input_size, size), want), name
 
 
 def test_decode_pair_is_two_decodes_in_one_call():

@@ -43,6 +43,30 @@ def resize_matrix(n_low: int, n_canvas: int, n_input: int, n_original: int) -> t
     return torch.from_numpy(m.astype(np.float32))
 
 
+@functools.lru_cache(maxsize=16)
+def support_ranges(n_low: int, n_canvas: int, n_input: int, n_original: int) -> tuple[np.ndarray, np.ndarray]:
+    """First and last logit (n_original,) each output row of :func:`resize_matrix` reads (a
+    contiguous range: bilinear weights), both non-decreasing along the outputs."""
+    nz = resize_matrix(n_low, n_canvas, n_input, n_original).numpy() != 0
+    return nz.argmax(axis=1), n_low - 1 - nz[:, ::-1].argmax(axis=1)
+
+
+def _outputs_reading(ranges: tuple[np.ndarray, np.ndarray], lo: int, hi: int) -> tuple[int, int]:
+    """[start, stop) of the outputs whose support meets logits [lo, hi)."""
+    first, last = ranges
+    return int(np.searchsorted(last, lo, "left")), int(np.searchsorted(first, hi, "left"))
+
+
+def _resize_crop(low: torch.Tensor, canvas: int, input_size: tuple[int, int]) -> torch.Tensor:
+    """Bilinear resize of (h, w) logits to the (canvas, canvas) square, cropped to ``input_size``:
+    only the logits the crop reads are resized (the same scale, so the same values)."""
+    scale = canvas / low.shape[0]
+    rows = min(low.shape[0], -(-input_size[0] * low.shape[0] // canvas) + 1)
+    cols = min(low.shape[1], -(-input_size[1] * low.shape[1] // canvas) + 1)
+    x = F.interpolate(low[None, None, :rows, :cols], scale_factor=scale, mode="bilinear", align_corners=False)
+    return x[..., : input_size[0], : input_size[1]]
+
+
 def logits_to_mask_roi(logits: torch.Tensor, input_size: tuple[int, int], original_size: tuple[int, int],
                        canvas: int = 1024) -> np.ndarray:
     """(1, 1, h_low, w_low) raw logits -> (H, W) bool mask, as bilinear resizing to the
@@ -57,24 +81,22 @@ def logits_to_mask_roi(logits: torch.Tensor, input_size: tuple[int, int], origin
     rows = torch.nonzero(pos.any(dim=1)).flatten()
     cols = torch.nonzero(pos.any(dim=0)).flatten()
     r0, r1, c0, c1 = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
-    my = resize_matrix(low.shape[0], canvas, input_size[0], H)
-    mx = resize_matrix(low.shape[1], canvas, input_size[1], W)
+    sy = support_ranges(low.shape[0], canvas, input_size[0], H)
+    sx = support_ranges(low.shape[1], canvas, input_size[1], W)
     # output rows / columns whose bilinear support touches the positive box
-    ys = torch.nonzero(my[:, r0:r1].abs().sum(dim=1) > 0).flatten()
-    xs = torch.nonzero(mx[:, c0:c1].abs().sum(dim=1) > 0).flatten()
-    if len(ys) == 0 or len(xs) == 0:
+    y0, y1 = _outputs_reading(sy, r0, r1)
+    x0, x1 = _outputs_reading(sx, c0, c1)
+    if y1 <= y0 or x1 <= x0:
         return out
-    y0, y1, x0, x1 = int(ys[0]), int(ys[-1]) + 1, int(xs[0]), int(xs[-1]) + 1
     if (y1 - y0) * (x1 - x0) > LARGE_REGION * H * W:  # large objects: plain resizing is cheaper
-        x = F.interpolate(low[None, None], size=(canvas, canvas), mode="bilinear", align_corners=False)
-        x = x[..., : input_size[0], : input_size[1]]
+        x = _resize_crop(low, canvas, input_size)
         if tuple(input_size) != (H, W):
             x = F.interpolate(x, size=(H, W), mode="bilinear", align_corners=False)
         return (x[0, 0] > 0).numpy()
     # the rows / columns of logits those outputs read
-    ky = torch.nonzero(my[y0:y1].abs().sum(dim=0) > 0).flatten()
-    kx = torch.nonzero(mx[x0:x1].abs().sum(dim=0) > 0).flatten()
-    a0, a1, b0, b1 = int(ky[0]), int(ky[-1]) + 1, int(kx[0]), int(kx[-1]) + 1
+    a0, a1, b0, b1 = int(sy[0][y0]), int(sy[1][y1 - 1]) + 1, int(sx[0][x0]), int(sx[1][x1 - 1]) + 1
+    my = resize_matrix(low.shape[0], canvas, input_size[0], H)
+    mx = resize_matrix(low.shape[1], canvas, input_size[1], W)
     values = my[y0:y1, a0:a1] @ low[a0:a1, b0:b1] @ mx[x0:x1, b0:b1].T
     out[y0:y1, x0:x1] = (values > 0).numpy()
     return out
