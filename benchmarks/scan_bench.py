@@ -147,6 +147,8 @@ def main(args, images_loader=None) -> int:
     single = segment_all(pred, img, params)
     show({"image": f"{args.image} single (baseline)", "shape": list(img.shape), **score(gt, single.labels),
           "seconds": round(time.perf_counter() - t0, 1)})
+    if args.workdir is not None:
+        Path(args.workdir).mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
         folder = Path(tmp)
         for spec in args.mosaics:
