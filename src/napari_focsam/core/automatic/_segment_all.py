@@ -19,7 +19,7 @@ skipped (Otsu's threshold, :func:`foreground_mask`), and a point inside a mask a
 stardist image. There the foreground points are decoded deepest first (:func:`deepest_first`):
 the first point of an object is near its centre, where its masks are best, and they cover the
 object's other points; 2-3x fewer points than in grid order (MobileSAM, 2 threads: Coelho
-dna-33 112 against 348 points, 2.6 s against 8.0 s; the same F1; see ``docs/performance.md``).
+dna-33 112 against 348 points, 2.8 s against 9.7 s; the same F1; see ``docs/performance.md``).
 (Visiting a coarse grid first decodes 2-3.5x fewer points but loses F1 on the stardist
 image: 0.721-0.726 against 0.756.) Clumps: a kept mask whose shape shows touching objects (:mod:`~napari_focsam.core.automatic._clumps`) is decoded
 again per object, from its centre with the other centres as negative points.
