@@ -120,6 +120,29 @@ def test_tiled_stack_propagates_with_regions(mobile_sam):
     assert sorted(boxed.masks) == [0, 1, 2] and all(iou(boxed.masks[z], truths[z]) > 0.7 for z in (0, 2))
 
 
+def test_tiled_propagation_stops_where_a_calibrated_decoder_doubts_its_mask(mobile_sam):
+    """The propagation floor of a model with a calibrated IoU head (``propagation_thresholds``,
+    read from its checkpoint) ends the object on tiled volumes as on plain ones: a slice whose
+    mask the decoder scores below it is empty, and the run stops there."""
+    truths = [disc(1000 + 6 * z, 800 + 4 * z, 30 + 2 * z) for z in range(3)]
+    stack = np.stack([image_with(t, seed=z) for z, t in enumerate(truths)])
+    s = Session(ImageVolume(stack), mobile_sam)
+    assert mobile_sam.propagation_thresholds is None
+    try:
+        for floor, slices in ((10.0, [1]), (-10.0, [0, 1, 2])):  # above / below any score the head gives
+            mobile_sam.propagation_thresholds = {"min_pred_iou": floor}
+            obj = s.new_object()
+            obj.add_click(1006, 804, z=1)
+            result = obj.propagate()
+            assert isinstance(result.masks, RegionMasks)
+            assert [z for z in sorted(result.masks) if result.masks.region(z).crop.any()] == slices, floor
+            if floor > 1:
+                assert all("vanished" in why for why in result.stopped_reason.values()), result.stopped_reason
+            s.remove_object(obj)
+    finally:
+        mobile_sam.propagation_thresholds = None
+
+
 def test_tiled_disk_cache_is_signed_per_tile_resumable_and_detects_damage(tiny_focsam, tmp_path, caplog):
     img = image_with(disc(1000, 800, 25))
     pred = FocSAMPredictor(tiny_focsam)

@@ -72,6 +72,8 @@ __all__ = [
     "PropagationRun",
     "check_propagation",
     "decode_prompt",
+    "decode_prompt_token",
+    "doubts_its_mask",
     "interior_point",
     "mask_to_logits",
     "plan_runs",
@@ -266,6 +268,15 @@ def decode_prompt_token(
     return best_mask, all_logits[:, best : best + 1], out.token, float(out.iou[0, best])
 
 
+def doubts_its_mask(model: object, score: float) -> bool:
+    """Whether a propagated slice's mask, scored ``score`` by the decoder, ends the object: the
+    score is below the model's floor (``propagation_thresholds["min_pred_iou"]``). Only a
+    decoder whose IoU head is calibrated gives a floor (from its checkpoint); SAM's own heads
+    score background near 1.0 and give none."""
+    floor = (getattr(model, "propagation_thresholds", None) or {}).get("min_pred_iou")
+    return floor is not None and score < floor
+
+
 def next_slice(
     predictor: FocSAMPredictor,
     embedding: ImageEmbedding,
@@ -297,10 +308,7 @@ def next_slice(
         mask_input = prev_logits if prev_logits is not None else mask_to_logits(prev_mask, embedding.input_size)
     mask, logits, token, score = decode_prompt_token(predictor, embedding, [(y, x, True)], box, mask_input,
                                                      multimask=multimask, reference=prev_mask, offset=offset)
-    floor = (getattr(predictor.model, "propagation_thresholds", None) or {}).get("min_pred_iou")
-    if floor is not None and score < floor:
-        # a decoder whose IoU head is calibrated (its checkpoint gives the floor) doubts its own
-        # mask: the object has ended (SAM's own heads score background ~1.0 and give no floor)
+    if doubts_its_mask(predictor.model, score):
         return np.zeros_like(mask), logits
     if not (refine and predictor.model.has_refiner):
         return mask, logits

@@ -29,8 +29,8 @@ from ..prompting import (
     MAX_MOVES, MaskRegion, box_at_level, downsample_region, next_placement, region_bbox, region_iou, region_pixels,
     region_to_plane, tile_logits_values, values_bbox, values_to_region)
 from ._plain import (
-    DEFAULT_MULTIMASK, DEFAULT_PROMPT, DIRECTIONS, MIN_MASK_PIXELS, PropagationResult, check_propagation, decode_prompt,
-    interior_point, mask_box, mask_to_logits, plan_runs, run_all, walk_run)
+    DEFAULT_MULTIMASK, DEFAULT_PROMPT, DIRECTIONS, MIN_MASK_PIXELS, PropagationResult, check_propagation,
+    decode_prompt_token, doubts_its_mask, interior_point, mask_box, mask_to_logits, plan_runs, run_all, walk_run)
 
 __all__ = ["RegionMasks", "propagate_tiled"]
 
@@ -105,8 +105,10 @@ def next_slice_tiled(store: TiledEmbeddingStore, z: int, prev: MaskRegion, prev_
         if "logits" in prompt:
             mask_input = prev_logits if (prev_logits is not None and key == prev_key) else \
                 mask_to_logits(ref, emb.input_size)
-        _, logits = decode_prompt(store.predictor, emb, [(y, x, True)], box, mask_input,
-                                  multimask=multimask, reference=ref)
+        _, logits, _, score = decode_prompt_token(store.predictor, emb, [(y, x, True)], box, mask_input,
+                                                  multimask=multimask, reference=ref)
+        if doubts_its_mask(store.predictor.model, score):  # the object has ended, as in the plain path
+            return MaskRegion(0, 0, np.zeros((0, 0), bool)), key, logits, False
         got = tile_logits_values(logits, emb.input_size, emb.original_size)
         if got is None:
             return MaskRegion(0, 0, np.zeros((0, 0), bool)), key, logits, False
