@@ -25,7 +25,7 @@ Thresholds: F1 on stardist moved by less than 0.01 over predicted IoU 0.6-0.88, 
 one mask with a high predicted IoU; splitting clumps (the default) recovers a few. Timings
 varied 2-3x with the load of the shared machine (the split runs ran under a heavier load; the
 split itself adds one decoder batch per clump). These seconds predate the decoder passes of 8
-points and the deepest-first order (2.5-3.5x faster on nuclei): current figures are in
+points and the deepest-first order (2-3.5x faster on nuclei): current figures are in
 ``docs/performance.md``.
 """
 
