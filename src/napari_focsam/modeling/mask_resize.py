@@ -51,10 +51,16 @@ def support_ranges(n_low: int, n_canvas: int, n_input: int, n_original: int) -> 
     return nz.argmax(axis=1), n_low - 1 - nz[:, ::-1].argmax(axis=1)
 
 
-def _outputs_reading(ranges: tuple[np.ndarray, np.ndarray], lo: int, hi: int) -> tuple[int, int]:
-    """[start, stop) of the outputs whose support meets logits [lo, hi)."""
+def outputs_reading(ranges: tuple[np.ndarray, np.ndarray], lo: int, hi: int) -> tuple[int, int]:
+    """[start, stop) of the outputs whose support (``ranges``, from :func:`support_ranges`)
+    meets logits [lo, hi); empty (stop <= start) when none does."""
     first, last = ranges
     return int(np.searchsorted(last, lo, "left")), int(np.searchsorted(first, hi, "left"))
+
+
+def logits_read(ranges: tuple[np.ndarray, np.ndarray], start: int, stop: int) -> tuple[int, int]:
+    """[lo, hi) of the logits that outputs [start, stop) read (``ranges`` from :func:`support_ranges`)."""
+    return int(ranges[0][start]), int(ranges[1][stop - 1]) + 1
 
 
 def _resize_crop(low: torch.Tensor, canvas: int, input_size: tuple[int, int]) -> torch.Tensor:
@@ -84,8 +90,8 @@ def logits_to_mask_roi(logits: torch.Tensor, input_size: tuple[int, int], origin
     sy = support_ranges(low.shape[0], canvas, input_size[0], H)
     sx = support_ranges(low.shape[1], canvas, input_size[1], W)
     # output rows / columns whose bilinear support touches the positive box
-    y0, y1 = _outputs_reading(sy, r0, r1)
-    x0, x1 = _outputs_reading(sx, c0, c1)
+    y0, y1 = outputs_reading(sy, r0, r1)
+    x0, x1 = outputs_reading(sx, c0, c1)
     if y1 <= y0 or x1 <= x0:
         return out
     if (y1 - y0) * (x1 - x0) > LARGE_REGION * H * W:  # large objects: plain resizing is cheaper
@@ -94,7 +100,7 @@ def logits_to_mask_roi(logits: torch.Tensor, input_size: tuple[int, int], origin
             x = F.interpolate(x, size=(H, W), mode="bilinear", align_corners=False)
         return (x[0, 0] > 0).numpy()
     # the rows / columns of logits those outputs read
-    a0, a1, b0, b1 = int(sy[0][y0]), int(sy[1][y1 - 1]) + 1, int(sx[0][x0]), int(sx[1][x1 - 1]) + 1
+    (a0, a1), (b0, b1) = logits_read(sy, y0, y1), logits_read(sx, x0, x1)
     my = resize_matrix(low.shape[0], canvas, input_size[0], H)
     mx = resize_matrix(low.shape[1], canvas, input_size[1], W)
     values = my[y0:y1, a0:a1] @ low[a0:a1, b0:b1] @ mx[x0:x1, b0:b1].T

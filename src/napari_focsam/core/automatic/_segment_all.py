@@ -43,6 +43,7 @@ import numpy as np
 import torch
 
 from ...modeling.focsam import FocSAM
+from ...modeling.mask_resize import logits_read, outputs_reading, resize_matrix, support_ranges
 from ..embeddings import ImageEmbedding
 from ..images import to_rgb_uint8
 from ..prompting import FocSAMPredictor
@@ -138,36 +139,14 @@ def tile_spans(size: int, n: int, overlap: float = TILE_OVERLAP) -> list[tuple[i
     return [(int(s), int(s) + length) for s in starts]
 
 
-def _interp_matrix(n_out: int, n_in: int) -> np.ndarray:
-    """(n_out, n_in) matrix of a bilinear resize with align_corners=False (as torch's)."""
-    scale = n_in / n_out
-    src = np.maximum((np.arange(n_out) + 0.5) * scale - 0.5, 0.0)
-    i0 = np.minimum(np.floor(src).astype(int), n_in - 1)
-    i1 = np.minimum(i0 + 1, n_in - 1)
-    w1 = (src - i0).astype(np.float64)
-    m = np.zeros((n_out, n_in))
-    rows = np.arange(n_out)
-    np.add.at(m, (rows, i0), 1.0 - w1)
-    np.add.at(m, (rows, i1), w1)
-    return m
-
-
-def _axis_matrix(out_size: int, input_size: int) -> np.ndarray:
-    """(out_size, LOW): low-res logits -> 1024 canvas -> crop to ``input_size`` -> ``out_size``."""
-    up = _interp_matrix(FocSAM.image_size, LOW)[:input_size]  # (input_size, 256)
-    if out_size != input_size:
-        up = _interp_matrix(out_size, input_size) @ up
-    return up.astype(np.float32)
-
-
 class MaskUpscaler:
-    """Full-resolution masks of one canvas from low-res logits, over a mask's bounding box only."""
+    """Full-resolution masks of one canvas from low-res logits, over a mask's bounding box only
+    (the interactive path's resize: :func:`~napari_focsam.modeling.mask_resize.resize_matrix`)."""
 
     def __init__(self, input_size: tuple[int, int], original_size: tuple[int, int]) -> None:
-        self.ay = _axis_matrix(original_size[0], input_size[0])  # (H, 256)
-        self.ax = _axis_matrix(original_size[1], input_size[1])  # (W, 256)
-        self.ny = self.ay != 0
-        self.nx = self.ax != 0
+        args = [(LOW, FocSAM.image_size, int(i), int(o)) for i, o in zip(input_size, original_size)]
+        self.ay, self.ax = (resize_matrix(*a).numpy() for a in args)  # (H, 256), (W, 256)
+        self.sy, self.sx = (support_ranges(*a) for a in args)
 
     def mask(self, logits: np.ndarray) -> tuple[int, int, np.ndarray] | None:
         """(256, 256) logits -> (y0, x0, bool crop) of the mask, None when it is empty."""
@@ -176,14 +155,11 @@ class MaskUpscaler:
         cols = np.flatnonzero(pos.any(axis=0))
         if rows.size == 0:
             return None
-        oy = np.flatnonzero(self.ny[:, rows[0]:rows[-1] + 1].any(axis=1))
-        ox = np.flatnonzero(self.nx[:, cols[0]:cols[-1] + 1].any(axis=1))
-        if oy.size == 0 or ox.size == 0:
+        y0, y1 = outputs_reading(self.sy, rows[0], rows[-1] + 1)
+        x0, x1 = outputs_reading(self.sx, cols[0], cols[-1] + 1)
+        if y1 <= y0 or x1 <= x0:
             return None
-        y0, y1, x0, x1 = oy[0], oy[-1] + 1, ox[0], ox[-1] + 1
-        sy = np.flatnonzero(self.ny[y0:y1].any(axis=0))
-        sx = np.flatnonzero(self.nx[x0:x1].any(axis=0))
-        r0, r1, c0, c1 = sy[0], sy[-1] + 1, sx[0], sx[-1] + 1
+        (r0, r1), (c0, c1) = logits_read(self.sy, y0, y1), logits_read(self.sx, x0, x1)
         crop = self.ay[y0:y1, r0:r1] @ logits[r0:r1, c0:c1] @ self.ax[x0:x1, c0:c1].T
         m = crop > 0
         if not m.any():

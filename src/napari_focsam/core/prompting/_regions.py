@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from ...modeling.focsam import FocSAM
-from ...modeling.mask_resize import resize_matrix
+from ...modeling.mask_resize import logits_read, outputs_reading, resize_matrix, support_ranges
 
 __all__ = [
     "UPSAMPLE_BAND_PIXELS",
@@ -157,17 +157,15 @@ def tile_logits_values(logits: torch.Tensor, input_size: Sequence[int],
     cols = torch.nonzero(pos.any(dim=0)).flatten()
     r0, r1, c0, c1 = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
     canvas = FocSAM.image_size
+    sy = support_ranges(low.shape[0], canvas, int(input_size[0]), H)
+    sx = support_ranges(low.shape[1], canvas, int(input_size[1]), W)
+    (y0, y1), (x0, x1) = outputs_reading(sy, r0, r1), outputs_reading(sx, c0, c1)
+    if y1 <= y0 or x1 <= x0:
+        return None
+    y0, y1, x0, x1 = max(0, y0 - 1), min(H, y1 + 1), max(0, x0 - 1), min(W, x1 + 1)
+    (a0, a1), (b0, b1) = logits_read(sy, y0, y1), logits_read(sx, x0, x1)
     my = resize_matrix(low.shape[0], canvas, int(input_size[0]), H)
     mx = resize_matrix(low.shape[1], canvas, int(input_size[1]), W)
-    ys = torch.nonzero(my[:, r0:r1].abs().sum(dim=1) > 0).flatten()
-    xs = torch.nonzero(mx[:, c0:c1].abs().sum(dim=1) > 0).flatten()
-    if len(ys) == 0 or len(xs) == 0:
-        return None
-    y0, y1 = max(0, int(ys[0]) - 1), min(H, int(ys[-1]) + 2)
-    x0, x1 = max(0, int(xs[0]) - 1), min(W, int(xs[-1]) + 2)
-    ky = torch.nonzero(my[y0:y1].abs().sum(dim=0) > 0).flatten()
-    kx = torch.nonzero(mx[x0:x1].abs().sum(dim=0) > 0).flatten()
-    a0, a1, b0, b1 = int(ky[0]), int(ky[-1]) + 1, int(kx[0]), int(kx[-1]) + 1
     values = my[y0:y1, a0:a1] @ low[a0:a1, b0:b1] @ mx[x0:x1, b0:b1].T
     return y0, x0, values
 
