@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from revisions import revision_src, run_build
+from revisions import alternate_builds
 
 REPO = Path(__file__).resolve().parents[1]
 BASELINE_REV = "0d6bcd4"
@@ -85,12 +85,8 @@ def main(argv: list[str] | None = None) -> int:
         return worker(args)
     wargs = ["--worker", "--data", args.data, "--model", args.model, "--threads", str(args.threads),
              "--runs", str(args.runs), "--cache", args.cache]
-    with tempfile.TemporaryDirectory() as tmp:
-        builds = {"base": revision_src(args.baseline_rev, Path(tmp)), "new": REPO / "src"}
-        rows: dict[str, list[dict]] = {k: [] for k in builds}
-        for rep in range(args.repeats):
-            for key in (list(builds) if rep % 2 == 0 else list(builds)[::-1]):
-                rows[key].extend(run_build(builds[key], __file__, wargs))
+    runs = alternate_builds(args.baseline_rev, __file__, wargs, args.repeats)
+    rows = {key: [row for run in v for row in run] for key, v in runs.items()}
     print(f"model {args.model}, {args.threads} torch threads, baseline {args.baseline_rev}; cells3d nuclei "
           f"{NUCLEI}, {args.runs} runs each per repeat, {args.repeats} repeats; load {os.getloadavg()[0]:.1f}")
     med = {k: statistics.median(r["ms"] for r in v) for k, v in rows.items()}

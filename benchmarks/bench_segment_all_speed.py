@@ -26,11 +26,10 @@ import json
 import os
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-from revisions import revision_src, run_build
+from revisions import alternate_builds
 
 REPO = Path(__file__).resolve().parents[1]
 #: the landed build before the speed-ups (decoder passes of 8, shared image tokens, deepest first)
@@ -91,13 +90,6 @@ def worker(args) -> int:
     return 0
 
 
-def run(src: Path, args) -> dict[str, dict]:
-    """One build's worker run: its rows by image."""
-    rows = run_build(src, __file__, ["--worker", "--data", args.data, "--model", args.model,
-                                     "--threads", str(args.threads), "--images", args.images])
-    return {r["image"]: r for r in rows}
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", default=os.environ.get("FOCSAM_DATA", str(REPO.parent / "shared" / "data")))
@@ -110,12 +102,10 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.worker:
         return worker(args)
-    with tempfile.TemporaryDirectory() as tmp:
-        builds = {"base": revision_src(args.baseline_rev, Path(tmp)), "new": REPO / "src"}
-        runs: dict[str, list[dict]] = {k: [] for k in builds}
-        for rep in range(args.repeats):
-            for key in (list(builds) if rep % 2 == 0 else list(builds)[::-1]):
-                runs[key].append(run(builds[key], args))
+    wargs = ["--worker", "--data", args.data, "--model", args.model, "--threads", str(args.threads),
+             "--images", args.images]
+    runs = {key: [{r["image"]: r for r in run} for run in v]
+            for key, v in alternate_builds(args.baseline_rev, __file__, wargs, args.repeats).items()}
     print(f"model {args.model}, {args.threads} torch threads; baseline {args.baseline_rev}; per image: median of "
           f"{args.repeats} run(s), the builds in separate processes, alternating")
     print(f"{'image':<15} {'build':<5} {'seconds':>8} {'cpu s':>7} {'points':>6} {'F1@0.5':>7} {'mIoU':>6} "
