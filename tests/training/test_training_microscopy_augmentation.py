@@ -108,3 +108,70 @@ def test_zoom_copies_always_crop_to_the_zoom_scale():
         assert 80 <= ch <= 120 and 80 <= cw <= 120 and out.objects[0].gt.sum() == 400
         plain = augment_sample(img, [EvalObject(gt, None, "a")], aug, np.random.default_rng(seed))
         assert plain.params["crop"] is None  # crop_prob 0: only the zoom copies crop
+
+
+def _cells_image():
+    """(96, 128, 3) uint8: grey discs on a dark, slightly noisy background, and their masks."""
+    rng = np.random.default_rng(3)
+    img = rng.normal(30, 4, (96, 128)).clip(0, 255)
+    yy, xx = np.mgrid[:96, :128]
+    discs = [(30, 30), (60, 90), (70, 40)]
+    masks = []
+    for cy, cx in discs:
+        m = (yy - cy) ** 2 + (xx - cx) ** 2 <= 12**2
+        img[m] = 180 + rng.normal(0, 5, m.sum())
+        masks.append(m)
+    return np.repeat(img.astype(np.uint8)[..., None], 3, axis=-1), masks
+
+
+def test_dynamic_range_draws_a_dim_8_bit_image_or_a_stretched_16_bit_one_with_outliers():
+    from napari_focsam.core.images import to_rgb_uint8
+    from napari_focsam.training.augment import DIM_BLACK, DIM_LEVELS, dynamic_range
+
+    img, masks = _cells_image()
+    kinds = set()
+    for seed in range(12):
+        out, params = dynamic_range(img, np.random.default_rng(seed))
+        again, _ = dynamic_range(img, np.random.default_rng(seed))
+        np.testing.assert_array_equal(out, again)  # seeded
+        assert out.dtype == np.uint8 and out.shape == img.shape
+        kinds.add(params[0])
+        inside, outside = out[masks[0], 0].astype(float), out[~np.any(masks, axis=0), 0].astype(float)
+        if params[0] == "dim8":
+            black, span = params[1], params[2]
+            # used as is by the product: few grey levels above a black level, objects still brighter
+            assert out.min() >= np.floor(black) and out.max() <= np.ceil(black + span) <= DIM_BLACK + DIM_LEVELS[1] + 1
+            assert len(np.unique(out)) <= span + 2
+            assert np.median(inside) > np.median(outside)
+        else:
+            # the product's own stretch of a 16-bit image whose brightest pixels are the outliers:
+            # full range, the blobs white, the cells below them but above the background
+            assert params[0] == "outliers16" and out.max() == 255 and out.min() == 0
+            assert np.median(inside) > np.median(outside)
+            assert np.median(inside) < 255
+    assert kinds == {"dim8", "outliers16"}
+    # the 16-bit branch goes through the product's conversion (not a copy of it)
+    raw = np.zeros((64, 64), np.uint16)
+    raw[20:40, 20:40] = 1000
+    np.testing.assert_array_equal(to_rgb_uint8(raw)[..., 0], (raw > 0) * 255)
+
+
+def test_range_copies_follow_range_from_and_are_not_zoom_copies():
+    from napari_focsam.evaluation.datasets import EvalObject
+    from napari_focsam.training.augment import augment_sample
+
+    aug = AugmentConfig(copies=6, zoom_from=3, range_from=5, photometric_prob=0.0)
+    assert [aug.is_range_copy(k) for k in range(6)] == [False] * 5 + [True]
+    assert [aug.is_zoom_copy(k) for k in range(6)] == [False, False, False, True, True, False]
+    assert not AugmentConfig(copies=3).is_range_copy(2)
+    img, masks = _cells_image()
+    objs = [EvalObject(m, None, str(i)) for i, m in enumerate(masks)]
+    out = augment_sample(img, objs, aug, np.random.default_rng(0), dynamic=True)
+    assert out.params["range"][0] in ("dim8", "outliers16")
+    plain = augment_sample(img, objs, aug, np.random.default_rng(0))
+    assert "range" not in plain.params
+    # the geometry is drawn before the range: the same seed gives the same flips and crop
+    assert {k: out.params[k] for k in ("hflip", "vflip", "rot90", "crop")} == \
+        {k: plain.params[k] for k in ("hflip", "vflip", "rot90", "crop")}
+    with pytest.raises(ValueError, match="range_from"):
+        config_from_dict({"data": {"root": ".", "train": [{"dataset": "x", "augment": {"range_from": 0}}]}})

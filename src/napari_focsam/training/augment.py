@@ -23,8 +23,8 @@ import torch.nn.functional as F
 from ..evaluation.datasets import EvalObject
 from .config import AugmentConfig
 
-__all__ = ["AugmentedSample", "augment_sample", "dic_relief", "item_rng", "microscopy_photometric", "photometric",
-           "resize_mask"]
+__all__ = ["AugmentedSample", "augment_sample", "dic_relief", "dynamic_range", "item_rng", "microscopy_photometric",
+           "photometric", "resize_mask"]
 
 
 def resize_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -44,18 +44,20 @@ class AugmentedSample:
     params: dict
 
 
-def photometric(image: np.ndarray, aug: AugmentConfig, rng: np.random.Generator) -> tuple[np.ndarray, dict]:
+def photometric(image: np.ndarray, aug: AugmentConfig, rng: np.random.Generator,
+                dynamic: bool = False) -> tuple[np.ndarray, dict]:
     """Random contrast / brightness / gamma of an (H, W, 3) uint8 image (see :class:`AugmentConfig`).
 
     Each change is applied with probability ``aug.photometric_prob`` (drawn in that order).
     Contrast scales the intensities about the image mean by ``exp(U(-contrast, contrast))``,
     brightness adds ``U(-brightness, brightness) * 255``, gamma maps ``x / 255 -> (x / 255) ** g``
-    with ``log g ~ U(log lo, log hi)``; the result is clipped to 0..255.  Returns the (H, W, 3)
-    uint8 image and the drawn parameters (``None`` for the changes not applied).
+    with ``log g ~ U(log lo, log hi)``; the result is clipped to 0..255.  ``dynamic``: then the
+    input's dynamic range (:func:`dynamic_range`, a range copy).  Returns the (H, W, 3) uint8
+    image and the drawn parameters (``None`` for the changes not applied).
     """
     p = float(aug.photometric_prob)
     params: dict[str, Any] = {"contrast": None, "brightness": None, "gamma": None}
-    if p <= 0:
+    if p <= 0 and not dynamic:
         return image, params
     x = image.astype(np.float32)
     if rng.random() < p and aug.contrast > 0:
@@ -73,7 +75,62 @@ def photometric(image: np.ndarray, aug: AugmentConfig, rng: np.random.Generator)
         x = 255.0 * np.power(np.clip(x, 0, 255) / 255.0, g)
         params["gamma"] = round(g, 4)
     x = microscopy_photometric(x, aug, rng, params)
-    return np.clip(np.rint(x), 0, 255).astype(np.uint8), params
+    out = np.clip(np.rint(x), 0, 255).astype(np.uint8)
+    if dynamic:
+        out, params["range"] = dynamic_range(out, rng)
+    return out, params
+
+
+#: :func:`dynamic_range`: a dim 8-bit image spans this many grey levels (drawn uniformly) ...
+DIM_LEVELS = (16, 96)
+#: ... from a black level drawn in 0..this
+DIM_BLACK = 48
+#: a 16-bit image's bright outliers cover this fraction of the pixels (drawn log-uniformly)
+OUTLIER_FRACTION = (0.002, 0.015)
+#: ... and are this many times as bright as the brightest object pixel
+OUTLIER_GAIN = (1.5, 8.0)
+
+
+def dynamic_range(image: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, list]:
+    """An (H, W, 3) uint8 image as the product would see it from a file of another dynamic range.
+
+    The product feeds uint8 data to the encoder as it is, and stretches any other data from its
+    0.5th to its 99.5th percentile (:func:`~napari_focsam.core.images.to_rgb_uint8`). So a
+    microscopist's file reaches the model in one of two shapes this draws with equal odds:
+
+    - ``"dim8"``: an 8-bit acquisition that uses a fraction of its range: the image squeezed
+      into :data:`DIM_LEVELS` grey levels above a black level in ``0..DIM_BLACK``, rounded
+      (the banding of so few levels included);
+    - ``"outliers16"``: a 16-bit (or float) acquisition with bright outliers (hot pixels,
+      debris, a dead cell): the image scaled to a random 16-bit gain and offset, square blobs
+      (3-13 pixels a side) covering :data:`OUTLIER_FRACTION` of the pixels set :data:`OUTLIER_GAIN` times brighter
+      than the image's maximum, then stretched by the product's own conversion. When the
+      blobs cover more than 0.5 % of the pixels, the upper percentile lands on them and the
+      objects come out dim, as they do in the product.
+
+    Returns the (H, W, 3) uint8 image and the drawn parameters (for the cache's item record).
+    """
+    from scipy.ndimage import binary_dilation
+
+    from ..core.images import to_rgb_uint8
+
+    x = image.astype(np.float32)
+    if rng.random() < 0.5:
+        span = float(rng.uniform(*DIM_LEVELS))
+        black = float(rng.uniform(0, DIM_BLACK))
+        out = np.rint(black + x * (span / 255.0))
+        return np.clip(out, 0, 255).astype(np.uint8), ["dim8", round(black, 1), round(span, 1)]
+    gain, offset = float(rng.uniform(8.0, 60.0)), float(rng.uniform(50.0, 2000.0))
+    raw = x.mean(axis=-1) * gain + offset
+    H, W = raw.shape
+    frac = float(np.exp(rng.uniform(np.log(OUTLIER_FRACTION[0]), np.log(OUTLIER_FRACTION[1]))))
+    side = 2 * int(rng.integers(1, 7)) + 1  # square blobs of 3 .. 13 pixels a side
+    seeds = rng.random((H, W)) < frac / side**2
+    blobs = binary_dilation(seeds, np.ones((side, side), bool))
+    level = float(raw.max()) * float(rng.uniform(*OUTLIER_GAIN))
+    raw[blobs] = level
+    raw16 = np.clip(np.rint(raw), 0, 65535).astype(np.uint16)
+    return to_rgb_uint8(raw16), ["outliers16", round(gain, 2), round(offset, 1), round(frac, 4), side]
 
 
 def microscopy_photometric(x: np.ndarray, aug: AugmentConfig, rng: np.random.Generator,
@@ -158,6 +215,7 @@ def augment_sample(
     rng: np.random.Generator,
     identity: bool = False,
     zoom: bool = False,
+    dynamic: bool = False,
 ) -> AugmentedSample:
     """Flip / rotate / crop an image and its masks identically, then change the image's
     intensities (:func:`photometric`; see :class:`AugmentConfig`).
@@ -167,6 +225,8 @@ def augment_sample(
     flips / turn / crop decisions are redrawn until at least one applies, so an augmented copy
     is never the plain image again (unless every probability is 0).  ``zoom``: always crop, with
     sides from ``aug.zoom_scale`` (a zoom copy, see :attr:`AugmentConfig.zoom_from`).
+    ``dynamic``: the image ends in another dynamic range (:func:`dynamic_range`; a range copy,
+    see :attr:`AugmentConfig.range_from`).
     """
     params: dict[str, Any] = {"hflip": False, "vflip": False, "rot90": 0, "crop": None}
     if identity:
@@ -222,7 +282,7 @@ def augment_sample(
                     for i in kept
                 ]
                 break
-    img, photo = photometric(np.ascontiguousarray(img), aug, rng)
+    img, photo = photometric(np.ascontiguousarray(img), aug, rng, dynamic=dynamic)
     params.update({k: v for k, v in photo.items() if v is not None})
     img = np.ascontiguousarray(img)
     objs = [

@@ -216,7 +216,8 @@ def build_cache(
                 for k in todo:
                     t0 = time.perf_counter()
                     rng = item_rng(cfg.data.cache_seed, ds.name, lead.image_id, k)
-                    aug = augment_sample(image, objects, src.augment, rng, identity=(k == 0), zoom=src.augment.is_zoom_copy(k))
+                    aug = augment_sample(image, objects, src.augment, rng, identity=(k == 0),
+                                         zoom=src.augment.is_zoom_copy(k), dynamic=src.augment.is_range_copy(k))
                     x, input_size = preprocess(aug.image, model.channel_order, device)
                     canvas_objs = []
                     for o in aug.objects:

@@ -90,10 +90,20 @@ class AugmentConfig:
     #: on the canvas, as a small image or a large nucleus gives); None: no zoom copies
     zoom_from: int | None = None
     zoom_scale: tuple[float, float] = (0.15, 0.4)
+    #: the input's dynamic range: copies ``range_from`` .. (not zoom copies) end with an
+    #: intensity range the product meets in users' files (see :func:`~.augment.dynamic_range`):
+    #: a dim 8-bit image, used as is, or a 16-bit one with bright outliers, stretched by the
+    #: product's own robust percentiles; None: no such copies
+    range_from: int | None = None
+
+    def is_range_copy(self, copy: int) -> bool:
+        """Whether augmented copy ``copy`` is a dynamic-range copy (see ``range_from``)."""
+        return self.range_from is not None and copy >= self.range_from > 0
 
     def is_zoom_copy(self, copy: int) -> bool:
-        """Whether augmented copy ``copy`` is a zoom copy (see ``zoom_from``)."""
-        return self.zoom_from is not None and copy >= self.zoom_from > 0
+        """Whether augmented copy ``copy`` is a zoom copy (see ``zoom_from``; copies from
+        ``range_from`` on are not)."""
+        return self.zoom_from is not None and copy >= self.zoom_from > 0 and not self.is_range_copy(copy)
 
 
 @dataclass
@@ -352,6 +362,8 @@ def validate(cfg: TrainingConfig) -> None:
             raise ValueError(f"{src.dataset}: augment.zoom_scale must satisfy 0 < lo <= hi <= 1 and zoom_from >= 1")
         if not 0 < lo <= hi <= 1:
             raise ValueError(f"{src.dataset}: augment.crop_scale must satisfy 0 < lo <= hi <= 1")
+        if src.augment.range_from is not None and src.augment.range_from < 1:
+            raise ValueError(f"{src.dataset}: augment.range_from must be >= 1 (copy 0 is the plain image)")
         if src.augment.copies < 1:
             raise ValueError(f"{src.dataset}: augment.copies must be >= 1")
         glo, ghi = src.augment.gamma_range
