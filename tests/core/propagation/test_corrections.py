@@ -208,6 +208,22 @@ def test_an_outer_run_stops_where_a_shrinking_mask_grows_again():
     assert reason == "border"
 
 
+def test_a_corrected_seed_larger_than_the_decoders_style_is_not_read_as_a_shrinking_end():
+    # VNC mitochondrion 10, 8th click: a positive click enlarged the start slice beyond what the
+    # decoder draws there (radius 8 against its own 5); the next slices, decoded as always, are
+    # smaller than the corrected seed, then grow with the object (radii 5, 6, 7 away from the
+    # seed). Measured against the corrected seed this looked like "shrank, then grew again" and
+    # the run ended (3D IoU 0.685 -> 0.346); against the decoder's style of the seed it is growth.
+    radii = [7, 6, 5]
+    kept, _, reason = walk(radii)  # the plain seed: the mask grows again after shrinking
+    assert reason.startswith("ends at")
+    kept, _, reason = walk(radii, first_reference=disc(5))
+    assert sorted(kept) == [0, 1, 2] and reason == "border"
+    # a real end after a corrected seed still ends: the run shrinks below the style, then grows
+    kept, _, reason = walk([7, 6, 3, 4], first_reference=disc(5))
+    assert sorted(kept) == [2, 3] and reason.startswith("ends at z=2")
+
+
 def test_a_corrected_start_slice_still_propagates(session, scripted):
     # The slice where the object was started, corrected with a second click to a mask tighter
     # than the decoder's own style: the next slices (decoded as always) do not match it, but

@@ -541,7 +541,9 @@ def walk_run(run: PropagationRun, seed: Any, state: Any, next_mask: Callable, pi
     again by more than ``rebound`` after the run shrank below :data:`END_SHRINK` of its seed;
     None turns this off) or when ``cancelled()`` (reason :data:`CANCELLED`).
     first_reference: a second mask the first slice may match instead of the seed (the IoU kept
-    is the larger; see ``restyled`` in :func:`propagate`).
+    is the larger; see ``restyled`` in :func:`propagate`); the end rule's shrinking is measured
+    from the smaller of the two (a seed the user enlarged is larger than the masks the decoder
+    draws next to it, which is no sign of an end).
     Returns (mask by slice, IoU with the previous slice by slice, reason the run ended).
     """
     masks: dict = {}
@@ -549,7 +551,11 @@ def walk_run(run: PropagationRun, seed: Any, state: Any, next_mask: Callable, pi
     if not pixels(seed):
         return masks, ious, f"the clicked slice {run.start} has an empty mask"
     prev = seed
-    smallest = seed_area = pixels(seed)
+    seed_area = pixels(seed)
+    if first_reference is not None and pixels(first_reference):
+        # a corrected seed is not in the decoder's style: the run shrinks from the style's area
+        seed_area = min(seed_area, pixels(first_reference))
+    smallest = seed_area
     z = run.start + run.step
     while z != run.limit:
         if cancelled is not None and cancelled():
