@@ -107,15 +107,16 @@ register(
     ModelWeights(
         name="focsam_t_micro",
         filename="focsam_t_micro.pt",
-        # configs/focsam_t_micro_joint_cpu.json: the focsam_t refiner fine-tuned on microscopy
-        # (configs/focsam_t_micro_cpu.json, 600 iterations), then trained together with the
-        # mask decoder (1700 iterations, one CPU thread) on MobileSAM embeddings of EM
+        # configs/focsam_t_micro_joint_cpu.json, continued by configs/focsam_t_micro_r2_cpu.json:
+        # the focsam_t refiner fine-tuned on microscopy (configs/focsam_t_micro_cpu.json, 600
+        # iterations), then trained together with the mask decoder (1700 + 1000 iterations, one
+        # CPU thread; the second round adds dynamic-range copies) on MobileSAM embeddings of EM
         # (chloroplasts, VNC neurites and mitochondria), phase-contrast yeast, nuclei and a
         # natural-image share; float16, the refiner and its decoder in one file. Its metadata
         # adds the decoder's calibrated thresholds: segment_all (IoU 0.6, stability 0.7) and
         # propagation (min_pred_iou 0.55); docs/microscopy/README.md.
-        size=16_877_871,
-        sha256="e60b14d541f7af1c1d0c7e23094b5d0f4e9f5835a102af01f853d276ff4b67f8",
+        size=16_862_537,
+        sha256="a71b806d5b61649d72bd4e2cbcf4c9d041fe7ed9474f14cb6c3ad1834870343b",
         sources=("package_data:focsam_t_micro.pt",),
         description="FocSAM-T micro: MobileSAM (vit_t) encoder with a mask decoder and focus refiner "
                     "trained by napari-focsam on microscopy (cells, EM, nuclei); ships with the package",
