@@ -253,3 +253,40 @@ def test_resume_with_more_iterations_replans_the_schedule(tmp_path):
     assert b.scheduler.get_last_lr()[0] == pytest.approx(b.scheduler.lr_at(2, b.scheduler.base_lrs[0]))
     log = (tmp_path / "w" / "log.jsonl").read_text()
     assert "schedule re-planned" in log
+
+
+def test_a_second_round_continues_another_runs_checkpoint_then_its_own(tmp_path):
+    import test_training as tt
+
+    model = tt.make_narrow_focsam()
+    root = tmp_path / "cache"
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        emb = model.encode(torch.randn(1, 3, 1024, 1024, generator=g))
+    tt.write_item(root / "train" / "s" / "a__a00.npz", emb, (512, 512),
+                  [EvalObject(tt._disc(512, 512, 200, 200, 60), None, "a#1")],
+                  {"dataset": "s", "image_id": "a", "group": "natural", "copy": 0})
+    setup = (model, root)
+    first = tt._trainer(setup, tmp_path / "round1", iters=4, ckpt_every=2)
+    first.run(resume=False)
+    first.close()
+    ck = tmp_path / "round1" / "ckpt_0000004.pt"
+    assert ck.is_file()
+    second = tt._trainer(setup, tmp_path / "round2", iters=8, ckpt_every=2)
+    second.run(max_iters=2, resume=ck)  # a fresh work folder: from round 1's checkpoint
+    second.close()
+    assert second.iteration == 6 and second.replanned == (4, 8)
+    assert (tmp_path / "round2" / "config.json").is_file()  # the round's own config is kept
+    again = tt._trainer(setup, tmp_path / "round2", iters=8, ckpt_every=2)
+    again.run(max_iters=1, resume=ck)  # interrupted: its own latest checkpoint wins
+    again.close()
+    assert again.iteration == 7
+    with pytest.raises(FileNotFoundError, match="no checkpoint to continue from"):
+        tt._trainer(setup, tmp_path / "round3", iters=8).run(resume=tmp_path / "missing.pt")
+
+
+def test_train_command_refuses_resume_from_with_no_resume(capsys):
+    from napari_focsam.cli import main
+
+    assert main(["train", "no-such-config.json", "--resume-from", "x.pt", "--no-resume"]) != 0
+    assert "--resume-from continues a training run" in capsys.readouterr().err

@@ -3,6 +3,7 @@
     napari-focsam train-cache configs/focsam_t.json            # embeddings of train + val images
     napari-focsam train configs/focsam_t.json                   # trains, resumes automatically
     napari-focsam train configs/focsam_t.json --export-only     # refiner file from the latest checkpoint
+    napari-focsam train configs/round2.json --resume-from runs/round1/ckpt_0001700.pt  # a second round
 
 Both commands print JSON lines; the trained refiner is written to
 ``<work_dir>/focsam_t_refiner.pt`` (float16, with ``.sha256``).
@@ -48,6 +49,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--work-dir", default=None, help="override the config's work_dir")
     p.add_argument("--max-iters", type=int, default=None, help="stop after this many more iterations")
     p.add_argument("--no-resume", action="store_true", help="ignore existing checkpoints")
+    p.add_argument("--resume-from", default=None, metavar="CKPT",
+                   help="continue another run's checkpoint (a second training round) when the work "
+                        "folder has none of its own yet")
     p.add_argument("--export-only", action="store_true", help="export the refiner of the latest checkpoint")
     p.add_argument("--out", default=None, help="exported refiner file (default: <work_dir>/focsam_t_refiner.pt)")
     p.add_argument("--val", action="store_true", help="run the cached validation at the end")
@@ -91,6 +95,8 @@ def run(args: argparse.Namespace) -> int:
     from ..training.config import load_config
     from ..training.trainer import Trainer
 
+    if args.resume_from and (args.no_resume or args.export_only):
+        raise UserError("--resume-from continues a training run: not with --no-resume or --export-only")
     cfg = load_config(args.config, parse_overrides(args.set))
     if args.device:
         cfg.train.device = args.device
@@ -109,7 +115,10 @@ def run(args: argparse.Namespace) -> int:
             info = trainer.export(args.out)
             print(json.dumps({"event": "exported", "checkpoint": str(ck), **info}))
             return 0
-        summary = trainer.run(max_iters=args.max_iters, resume=not args.no_resume)
+        try:
+            summary = trainer.run(max_iters=args.max_iters, resume=args.resume_from or not args.no_resume)
+        except FileNotFoundError as exc:
+            raise UserError(str(exc)) from None
         if args.val:
             print(json.dumps({"event": "val", **trainer.validate()}))
         print(json.dumps({"event": "done", "iteration": trainer.iteration, **summary}))

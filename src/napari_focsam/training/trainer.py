@@ -454,17 +454,23 @@ class Trainer:
     def run(self, max_iters: int | None = None, resume: bool | str | Path = True) -> dict:
         """Train until the configured number of iterations (or ``max_iters`` more); returns the
         last window summary.  ``resume``: True = latest checkpoint of the work dir if any; a path
-        = that checkpoint; False = start from scratch."""
+        = the work dir's latest checkpoint if it has one, else that checkpoint (another run's: a
+        second training round continues the first, and an interrupted second round resumes from
+        its own); False = start from scratch."""
         tc = self.cfg.train
         if resume:
-            ck = Path(resume) if isinstance(resume, (str, Path)) else self.latest_checkpoint()
+            ck = self.latest_checkpoint()
+            if ck is None and isinstance(resume, (str, Path)):
+                ck = Path(resume)
+                if not ck.is_file():
+                    raise FileNotFoundError(f"no checkpoint to continue from: {ck}")
             if ck is not None and Path(ck).is_file():
                 self.load_checkpoint(ck)
                 self._log({"event": "resumed", "checkpoint": str(ck), "iteration": self.iteration})
                 if self.replanned is not None:
                     self._log({"event": "schedule re-planned", "stage_iters_before": self.replanned[0],
                                "stage_iters_now": self.replanned[1]})
-        if self.iteration == 0:
+        if self.iteration == 0 or not (self.work_dir / "config.json").is_file():
             (self.work_dir).mkdir(parents=True, exist_ok=True)
             (self.work_dir / "config.json").write_text(json.dumps(self.cfg.to_dict(), indent=2))
         end = self.total_iters if max_iters is None else min(self.total_iters, self.iteration + max_iters)
