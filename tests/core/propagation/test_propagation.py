@@ -42,7 +42,7 @@ def scripted(monkeypatch):
     visits = []
 
     def fake_next_slice(predictor, emb, prev_mask, prev_logits, prompt=None, multimask=None, refine=False,
-                        offset=0.0):
+                        offset=0.0, seed_score=None):
         assert prev_mask.any()
         visits.append(emb.z)
         return truth[emb.z].copy(), torch.zeros(1, 1, 256, 256)
@@ -485,6 +485,59 @@ def test_a_calibrated_decoder_that_doubts_its_mask_ends_the_object(fast_model, m
         fast_model.propagation_thresholds = {"min_pred_iou": score - 0.01}
         kept, _ = V.next_slice(pred, emb, prev, None)
         np.testing.assert_array_equal(kept, mask)
+    finally:
+        fast_model.propagation_thresholds = None
+
+
+def test_the_floor_falls_with_the_decoders_confidence_in_the_object():
+    """The floor holds as set for an object the decoder is sure of; for one whose best seed it
+    scores lower (noisy, tiny planes), it falls in proportion (stardist 3D: seeds 0.37-0.67,
+    the object's own slices 0.30-0.73, so the plain floor of 0.55 ended most objects at once)."""
+
+    class Calibrated:
+        propagation_thresholds = {"min_pred_iou": 0.55}
+
+    model = Calibrated()
+    assert V.doubts_its_mask(model, 0.50) and not V.doubts_its_mask(model, 0.60)
+    assert V.doubts_its_mask(model, 0.50, seed_score=0.95)  # never above the floor as set
+    assert not V.doubts_its_mask(model, 0.40, seed_score=0.6)  # 0.55 * 0.6 / 0.9 = 0.367
+    assert V.doubts_its_mask(model, 0.35, seed_score=0.6)
+    assert not V.doubts_its_mask(object(), 0.01, seed_score=0.99)  # no floor: never
+
+
+def test_an_unsure_object_keeps_its_slices_and_a_sure_one_ends_as_before(fast_model, monkeypatch):
+    """propagate(): the floor of every run comes from the object's best seed score (one decode
+    per seed, kept in the memo by the seed's token), not from each run's own seed."""
+    from napari_focsam.core.embeddings import EmbeddingStore
+    from napari_focsam.core.images import ImageVolume
+    from napari_focsam.core.prompting import FocSAMPredictor
+
+    stack = blobs_stack(5)
+    store = EmbeddingStore(FocSAMPredictor(fast_model), ImageVolume(stack))
+    seed = np.zeros(stack.shape[1:], bool)
+    seed[10:22, 10:22] = True
+    scores = {"seed": 0.6, "slice": 0.45}  # what the decoder says of the seed / of the other slices
+    real = V.decode_prompt_token
+    calls = []
+
+    def scripted(predictor, embedding, points, *a, **k):
+        mask, logits, token, _ = real(predictor, embedding, points, *a, **k)
+        is_seed = embedding is store.get(2)
+        calls.append(is_seed)
+        return mask, logits, token, scores["seed" if is_seed else "slice"]
+
+    monkeypatch.setattr(V, "decode_prompt_token", scripted)
+    fast_model.propagation_thresholds = {"min_pred_iou": 0.55}
+    try:
+        memo: dict = {}
+        unsure = V.propagate(store, {2: (seed, None)}, iou_threshold=0.0, tokens={2: "a"}, memo=memo)
+        assert unsure.z_range[0] < 2 or unsure.z_range[1] > 2  # 0.45 > 0.55 * 0.6 / 0.9: kept
+        n = len(calls)
+        V.propagate(store, {2: (seed, None)}, iou_threshold=0.0, tokens={2: "a"}, memo=memo)
+        assert len(calls) == n  # the seed's score and the runs come from the memo
+        scores["seed"] = 0.95
+        sure = V.propagate(store, {2: (seed, None)}, iou_threshold=0.0, tokens={2: "b"}, memo={})
+        assert sure.z_range == (2, 2)  # 0.45 < 0.55: the object ends at its seed, as before
     finally:
         fast_model.propagation_thresholds = None
 

@@ -268,13 +268,69 @@ def decode_prompt_token(
     return best_mask, all_logits[:, best : best + 1], out.token, float(out.iou[0, best])
 
 
-def doubts_its_mask(model: object, score: float) -> bool:
+def propagation_floor(model: object) -> float | None:
+    """The model's floor for a propagated slice's predicted IoU (``propagation_thresholds
+    ["min_pred_iou"]``), None without one. Only a decoder whose IoU head is calibrated gives a
+    floor (from its checkpoint); SAM's own heads score background near 1.0 and give none."""
+    return (getattr(model, "propagation_thresholds", None) or {}).get("min_pred_iou")
+
+
+def doubts_its_mask(model: object, score: float, seed_score: float | None = None) -> bool:
     """Whether a propagated slice's mask, scored ``score`` by the decoder, ends the object: the
-    score is below the model's floor (``propagation_thresholds["min_pred_iou"]``). Only a
-    decoder whose IoU head is calibrated gives a floor (from its checkpoint); SAM's own heads
-    score background near 1.0 and give none."""
-    floor = (getattr(model, "propagation_thresholds", None) or {}).get("min_pred_iou")
-    return floor is not None and score < floor
+    score is below the model's floor (:func:`propagation_floor`).
+
+    seed_score: the decoder's score of the run's seed slice, decoded as the propagation decodes
+    (:func:`seed_score`). The floor was set for objects the decoder is sure of (a real cell
+    scores :data:`CONFIDENT_SEED` or more); on an object it is less sure of even on the clicked
+    slice (noisy, tiny planes: stardist 3D seeds score 0.37-0.67) the floor falls in proportion,
+    so the object's own slices are not taken for its end."""
+    floor = propagation_floor(model)
+    if floor is None:
+        return False
+    if seed_score is not None:
+        floor *= min(1.0, seed_score / CONFIDENT_SEED)
+    return score < floor
+
+
+#: The decoder's score of a seed slice for which the propagation floor holds as it stands.
+CONFIDENT_SEED = 0.9
+
+
+def object_confidence(store: "EmbeddingStore", masks: Mapping[int, np.ndarray],
+                      multimask: bool = DEFAULT_MULTIMASK, tokens: Mapping[int, Hashable] | None = None,
+                      known: Mapping | None = None) -> tuple[float | None, dict]:
+    """How sure the decoder is of the object: the best :func:`seed_score` of its seed slices
+    (``masks``: slice -> non-empty mask). One score for the whole object, so that a correction
+    at a blurred end (a seed the decoder is unsure of) does not lower the floor of its runs.
+
+    tokens/known: a seed whose ``tokens`` entry has a score in ``known`` (a propagation memo)
+    is not decoded again. Returns the confidence (None without a floor) and the scores by key,
+    for the memo.
+    """
+    if propagation_floor(store.predictor.model) is None:
+        return None, {}
+    scores: dict = {}
+    for z, mask in masks.items():
+        key = ("seed score", z, tokens[z]) if tokens is not None and z in tokens else None
+        if key is not None and known is not None and key in known:
+            scores[key] = known[key]
+            continue
+        emb = store.get(z)
+        value = None if getattr(emb, "blank", False) else seed_score(store.predictor, emb, mask, multimask)
+        scores[key if key is not None else ("seed score", z, None)] = value
+    values = [v for v in scores.values() if v is not None]
+    return (round(max(values), 3) if values else None), {k: v for k, v in scores.items() if k[2] is not None}
+
+
+def seed_score(predictor: FocSAMPredictor, embedding: ImageEmbedding, mask: np.ndarray,
+               multimask: bool = DEFAULT_MULTIMASK) -> float | None:
+    """The decoder's score of a seed slice's ``mask``, decoded as a propagated slice is (its
+    interior point, the candidate closest to it); None for an empty mask or without a floor."""
+    if propagation_floor(predictor.model) is None or not np.any(mask):
+        return None
+    y, x = interior_point(mask)
+    return float(decode_prompt_token(predictor, embedding, [(y, x, True)], multimask=multimask,
+                                     reference=mask)[3])
 
 
 def next_slice(
@@ -287,8 +343,11 @@ def next_slice(
     *,
     refine: bool = False,
     offset: float = 0.0,
+    seed_score: float | None = None,
 ) -> tuple[np.ndarray, torch.Tensor]:
     """Segment ``embedding``'s slice from the previous slice's mask (and logits).
+
+    seed_score: the run's seed score for the floor (:func:`doubts_its_mask`).
 
     offset: the slice's mask is where its logits exceed this level instead of 0 (the level a
     correction on the run's seed slice set, see
@@ -308,7 +367,7 @@ def next_slice(
         mask_input = prev_logits if prev_logits is not None else mask_to_logits(prev_mask, embedding.input_size)
     mask, logits, token, score = decode_prompt_token(predictor, embedding, [(y, x, True)], box, mask_input,
                                                      multimask=multimask, reference=prev_mask, offset=offset)
-    if doubts_its_mask(predictor.model, score):
+    if doubts_its_mask(predictor.model, score, seed_score):
         return np.zeros_like(mask), logits
     if not (refine and predictor.model.has_refiner):
         return mask, logits
@@ -490,12 +549,13 @@ def propagate(
     empty = {z for z, (m, _) in seeds.items() if not np.any(m)}
     runs = plan_runs(order, empty, n_slices, directions)
 
-    def next_mask(z: int, prev: np.ndarray, logits: torch.Tensor | None, offset: float = 0.0):
+    def next_mask(z: int, prev: np.ndarray, logits: torch.Tensor | None, offset: float = 0.0,
+                  seed: float | None = None):
         emb = store.get(z)
         if getattr(emb, "blank", False):
             return None, logits, True
         mask, logits = next_slice(store.predictor, emb, prev, logits, prompt, multimask, refine=refine,
-                                  offset=offset)
+                                  offset=offset, seed_score=seed)
         return mask, logits, False
 
     restyled = set(restyled)
@@ -510,14 +570,17 @@ def propagate(
             styled, _, blank = next_mask(run.start, seed, None)
             styled = None if blank else styled
         def step(z, prev, logits):  # a seed's level fades with the distance from it
-            return next_mask(z, prev, logits, level * LEVEL_FADE ** abs(z - run.start))
+            return next_mask(z, prev, logits, level * LEVEL_FADE ** abs(z - run.start), confidence)
         return walk_run(run, seed, seed_logits, step, np.count_nonzero, mask_iou,
                         iou_threshold=iou_threshold, min_pixels=min_pixels, tick=tick, cancelled=cancelled,
                         first_reference=styled)
 
+    confidence, scored = object_confidence(store, masks, multimask, tokens, memo)
     run_masks, ious, reasons, was_cancelled = run_all(
-        runs, run_one, iou_threshold=iou_threshold, params=(prompt, multimask, min_pixels, refine),
+        runs, run_one, iou_threshold=iou_threshold, params=(prompt, multimask, min_pixels, refine, confidence),
         tokens=tokens, memo=memo, progress=progress)
+    if memo is not None and not was_cancelled:
+        memo.update(scored)
     masks.update(run_masks)
     nonempty = [z for z, m in masks.items() if m.any()]
     z_range = (min(nonempty), max(nonempty)) if nonempty else (order[0], order[0])
