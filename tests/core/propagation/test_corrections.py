@@ -17,6 +17,7 @@ sys.path.insert(0, str(Path(__file__).parents[2]))
 from engine_helpers import make_fast_focsam  # noqa: E402
 
 from napari_focsam.core.propagation import _plain as V  # noqa: E402
+from napari_focsam.core.propagation import _runs as R  # noqa: E402
 from napari_focsam.core.propagation import AnchorHistory, prior_prompt  # noqa: E402
 from napari_focsam.core.propagation._anchors import rejects_mask
 from napari_focsam.core.prompting import Click, logits_to_mask  # noqa: E402
@@ -191,8 +192,8 @@ def walk(radii, outer="down", **kw):
     """walk_run from a disc of radius 8 on slice len(radii) downwards, slice z decoded as the disc
     radii[z] (0: vanished)."""
     masks = {z: disc(r) for z, r in enumerate(radii)}
-    run = V.PropagationRun(len(radii), -1, -1, outer)
-    return V.walk_run(run, disc(8), None, lambda z, prev, st: (masks[z], st, False), np.count_nonzero, V.mask_iou,
+    run = R.PropagationRun(len(radii), -1, -1, outer)
+    return R.walk_run(run, disc(8), None, lambda z, prev, st: (masks[z], st, False), np.count_nonzero, V.mask_iou,
                       iou_threshold=0.0, min_pixels=V.MIN_MASK_PIXELS, tick=lambda: None, cancelled=None, **kw)
 
 

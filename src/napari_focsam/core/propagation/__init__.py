@@ -10,8 +10,9 @@ __getattr__, __dir__, __all__ = _lazy.attach(
     __name__,
     submod_attrs={
         "_anchors": ["AnchorHistory", "inside", "prior_prompt"],
-        "_plain": ["DEFAULT_MULTIMASK", "DEFAULT_PROMPT", "DIRECTIONS", "interior_point", "MIN_MASK_PIXELS",
+        "_plain": ["DEFAULT_MULTIMASK", "DEFAULT_PROMPT", "interior_point", "MIN_MASK_PIXELS",
             "next_slice", "PlaneMasks", "PROMPT_MODES", "propagate", "PropagationResult"],
+        "_runs": ["DIRECTIONS"],
         "_profile": ["object_profile", "ObjectProfile", "repropagate"],
         "_tiled": ["propagate_tiled", "RegionMasks"],
     },

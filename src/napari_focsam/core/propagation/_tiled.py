@@ -29,8 +29,9 @@ from ..prompting import (
     MAX_MOVES, MaskRegion, box_at_level, downsample_region, next_placement, region_bbox, region_iou, region_pixels,
     region_to_plane, tile_logits_values, values_bbox, values_to_region)
 from ._plain import (
-    DEFAULT_MULTIMASK, DEFAULT_PROMPT, DIRECTIONS, MIN_MASK_PIXELS, PropagationResult, check_propagation,
-    decode_prompt_token, doubts_its_mask, interior_point, mask_box, mask_to_logits, plan_runs, run_all, walk_run)
+    DEFAULT_MULTIMASK, DEFAULT_PROMPT, MIN_MASK_PIXELS, PropagationResult, check_propagation, decode_prompt_token,
+    doubts_its_mask, interior_point, mask_box, mask_to_logits)
+from ._runs import DIRECTIONS, plan_runs, run_all, walk_run
 
 __all__ = ["RegionMasks", "propagate_tiled"]
 
