@@ -52,7 +52,7 @@ def scripted(monkeypatch):
     state = {}
 
     def fake_next_slice(predictor, emb, prev_mask, prev_logits, prompt=None, multimask=None, refine=False,
-                        offset=0.0, seed_score=None):
+                        offset=0.0, confidence=None):
         visits.append(emb.z)
         levels[emb.z] = offset
         return truth[emb.z].copy(), torch.zeros(1, 1, 256, 256)

@@ -42,7 +42,7 @@ def scripted(monkeypatch):
     visits = []
 
     def fake_next_slice(predictor, emb, prev_mask, prev_logits, prompt=None, multimask=None, refine=False,
-                        offset=0.0, seed_score=None):
+                        offset=0.0, confidence=None):
         assert prev_mask.any()
         visits.append(emb.z)
         return truth[emb.z].copy(), torch.zeros(1, 1, 256, 256)
@@ -499,10 +499,10 @@ def test_the_floor_falls_with_the_decoders_confidence_in_the_object():
 
     model = Calibrated()
     assert V.doubts_its_mask(model, 0.50) and not V.doubts_its_mask(model, 0.60)
-    assert V.doubts_its_mask(model, 0.50, seed_score=0.95)  # never above the floor as set
-    assert not V.doubts_its_mask(model, 0.40, seed_score=0.6)  # 0.55 * 0.6 / 0.9 = 0.367
-    assert V.doubts_its_mask(model, 0.35, seed_score=0.6)
-    assert not V.doubts_its_mask(object(), 0.01, seed_score=0.99)  # no floor: never
+    assert V.doubts_its_mask(model, 0.50, confidence=0.95)  # never above the floor as set
+    assert not V.doubts_its_mask(model, 0.40, confidence=0.6)  # 0.55 * 0.6 / 0.9 = 0.367
+    assert V.doubts_its_mask(model, 0.35, confidence=0.6)
+    assert not V.doubts_its_mask(object(), 0.01, confidence=0.99)  # no floor: never
 
 
 def test_an_unsure_object_keeps_its_slices_and_a_sure_one_ends_as_before(fast_model, monkeypatch):

@@ -57,7 +57,7 @@ def scripted(monkeypatch):
     truth = movie_truth()
 
     def fake_next_slice(predictor, emb, prev_mask, prev_logits, prompt=None, multimask=None, refine=False,
-                        offset=0.0, seed_score=None):
+                        offset=0.0, confidence=None):
         out = np.zeros((S, S), bool)
         for cell in truth[emb.z]:
             if (cell & prev_mask).any():

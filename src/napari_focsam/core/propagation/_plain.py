@@ -263,20 +263,20 @@ def propagation_floor(model: object) -> float | None:
     return (getattr(model, "propagation_thresholds", None) or {}).get("min_pred_iou")
 
 
-def doubts_its_mask(model: object, score: float, seed_score: float | None = None) -> bool:
+def doubts_its_mask(model: object, score: float, confidence: float | None = None) -> bool:
     """Whether a propagated slice's mask, scored ``score`` by the decoder, ends the object: the
     score is below the model's floor (:func:`propagation_floor`).
 
-    seed_score: the decoder's score of the run's seed slice, decoded as the propagation decodes
-    (:func:`seed_score`). The floor was set for objects the decoder is sure of (a real cell
-    scores :data:`CONFIDENT_SEED` or more); on an object it is less sure of even on the clicked
-    slice (noisy, tiny planes: stardist 3D seeds score 0.37-0.67) the floor falls in proportion,
-    so the object's own slices are not taken for its end."""
+    confidence: how sure the decoder is of the object (:func:`object_confidence`). The floor was
+    set for objects the decoder is sure of (a real cell scores :data:`CONFIDENT_SEED` or more);
+    on an object it is less sure of even on the clicked slices (noisy, tiny planes: stardist 3D
+    seeds score 0.37-0.67) the floor falls in proportion, so the object's own slices are not
+    taken for its end."""
     floor = propagation_floor(model)
     if floor is None:
         return False
-    if seed_score is not None:
-        floor *= min(1.0, seed_score / CONFIDENT_SEED)
+    if confidence is not None:
+        floor *= min(1.0, confidence / CONFIDENT_SEED)
     return score < floor
 
 
@@ -297,24 +297,26 @@ def object_confidence(store: "EmbeddingStore", masks: Mapping[int, np.ndarray],
     """
     if propagation_floor(store.predictor.model) is None:
         return None, {}
-    scores: dict = {}
+    values, scored = [], {}
     for z, mask in masks.items():
         key = ("seed score", z, tokens[z]) if tokens is not None and z in tokens else None
         if key is not None and known is not None and key in known:
-            scores[key] = known[key]
-            continue
-        emb = store.get(z)
-        value = None if getattr(emb, "blank", False) else seed_score(store.predictor, emb, mask, multimask)
-        scores[key if key is not None else ("seed score", z, None)] = value
-    values = [v for v in scores.values() if v is not None]
-    return (round(max(values), 3) if values else None), {k: v for k, v in scores.items() if k[2] is not None}
+            value = known[key]
+        else:
+            emb = store.get(z)
+            value = None if getattr(emb, "blank", False) else seed_score(store.predictor, emb, mask, multimask)
+        if key is not None:
+            scored[key] = value
+        if value is not None:
+            values.append(value)
+    return (round(max(values), 3) if values else None), scored
 
 
 def seed_score(predictor: FocSAMPredictor, embedding: ImageEmbedding, mask: np.ndarray,
                multimask: bool = DEFAULT_MULTIMASK) -> float | None:
     """The decoder's score of a seed slice's ``mask``, decoded as a propagated slice is (its
-    interior point, the candidate closest to it); None for an empty mask or without a floor."""
-    if propagation_floor(predictor.model) is None or not np.any(mask):
+    interior point, the candidate closest to it); None for an empty mask."""
+    if not np.any(mask):
         return None
     y, x = interior_point(mask)
     return float(decode_prompt_token(predictor, embedding, [(y, x, True)], multimask=multimask,
@@ -331,11 +333,11 @@ def next_slice(
     *,
     refine: bool = False,
     offset: float = 0.0,
-    seed_score: float | None = None,
+    confidence: float | None = None,
 ) -> tuple[np.ndarray, torch.Tensor]:
     """Segment ``embedding``'s slice from the previous slice's mask (and logits).
 
-    seed_score: the run's seed score for the floor (:func:`doubts_its_mask`).
+    confidence: the object's confidence, for the floor (:func:`doubts_its_mask`).
 
     offset: the slice's mask is where its logits exceed this level instead of 0 (the level a
     correction on the run's seed slice set, see
@@ -355,7 +357,7 @@ def next_slice(
         mask_input = prev_logits if prev_logits is not None else mask_to_logits(prev_mask, embedding.input_size)
     mask, logits, token, score = decode_prompt_token(predictor, embedding, [(y, x, True)], box, mask_input,
                                                      multimask=multimask, reference=prev_mask, offset=offset)
-    if doubts_its_mask(predictor.model, score, seed_score):
+    if doubts_its_mask(predictor.model, score, confidence):
         return np.zeros_like(mask), logits
     if not (refine and predictor.model.has_refiner):
         return mask, logits
@@ -438,12 +440,12 @@ def propagate(
     runs = plan_runs(order, empty, n_slices, directions)
 
     def next_mask(z: int, prev: np.ndarray, logits: torch.Tensor | None, offset: float = 0.0,
-                  seed: float | None = None):
+                  floor_confidence: float | None = None):
         emb = store.get(z)
         if getattr(emb, "blank", False):
             return None, logits, True
         mask, logits = next_slice(store.predictor, emb, prev, logits, prompt, multimask, refine=refine,
-                                  offset=offset, seed_score=seed)
+                                  offset=offset, confidence=floor_confidence)
         return mask, logits, False
 
     restyled = set(restyled)
