@@ -431,12 +431,13 @@ def test_decoder_reuses_image_tokens_only_for_the_same_image():
 @pytest.mark.parametrize("size", [(1030, 1349), (321, 481), (1024, 1024), (100, 3000)])
 def test_region_mask_resize_equals_logits_to_mask(size):
     """The region-only full-resolution mask equals SAM's post-processing (resize to the 1024
-    canvas, crop, resize to the image, threshold), for a small object (region path), a large
-    one (plain path), one reaching the canvas's padding and no object."""
+    canvas, crop, resize to the image, threshold), for a small object and a cell filling about
+    a third of the image (region path: only the outline's pixels computed), noise (plain
+    path), one reaching the canvas's padding and no object."""
     import torch.nn.functional as F
 
     from napari_focsam.core.prompting import logits_to_mask
-    from napari_focsam.modeling.mask_resize import logits_to_mask_roi
+    from napari_focsam.modeling.mask_resize import logits_to_mask_roi, sign_fill, support_table
 
     def sam_postprocess(low, input_size):
         x = F.interpolate(low[None, None], size=(1024, 1024), mode="bilinear", align_corners=False)
@@ -446,7 +447,8 @@ def test_region_mask_resize_equals_logits_to_mask(size):
     g = torch.Generator().manual_seed(0)
     yy, xx = torch.meshgrid(torch.arange(256.0), torch.arange(256.0), indexing="ij")
     blob = 8 - ((yy - 20) ** 2 + (xx - 30) ** 2).sqrt() / 2 + 0.3 * torch.randn(256, 256, generator=g)
-    cases = {"small": blob, "large": torch.randn(256, 256, generator=g), "none": -blob.abs() - 1,
+    cell = 3 - ((yy - 110) ** 2 + (xx - 120) ** 2).sqrt() / 25 + 0.05 * torch.randn(256, 256, generator=g)
+    cases = {"small": blob, "cell": cell, "large": torch.randn(256, 256, generator=g), "none": -blob.abs() - 1,
              "to the padding": torch.full((256, 256), 2.0) + 0.5 * torch.randn(256, 256, generator=g)}
     input_size = input_size_for(size)
     for name, low in cases.items():
@@ -455,6 +457,13 @@ def test_region_mask_resize_equals_logits_to_mask(size):
         assert got.shape == size and got.dtype == bool
         assert np.array_equal(got, want), name
         assert np.array_equal(logits_to_mask(low[None, None], input_size, size), want), name
+    # the cell through the outline-only computation itself, over the whole image and a part of it
+    ty, tx = (support_table(256, 1024, i, o) for i, o in zip(input_size, size))
+    H, W = size
+    np.testing.assert_array_equal(sign_fill(cell.numpy(), ty, tx, 0, H, 0, W), sam_postprocess(cell, input_size))
+    part = sign_fill(cell.numpy(), ty, tx, H // 4, H // 2, W // 3, W // 2)
+    np.testing.assert_array_equal(part, sam_postprocess(cell, input_size)[H // 4:H // 2, W // 3:W // 2])
+    assert sign_fill(torch.randn(256, 256, generator=g).numpy(), ty, tx, 0, H, 0, W, max_outline=H * W // 50) is None
 
 
 def test_decode_pair_is_two_decodes_in_one_call():

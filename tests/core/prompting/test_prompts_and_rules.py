@@ -100,3 +100,32 @@ def test_every_slice_history_has_one_interface_and_an_object_gives_back_its_prom
     t.add_click(300, 300, True)
     assert isinstance(t.history(), TiledHistory) and isinstance(t.history(), SliceHistory)
     assert t.history().prompts.clicks == (Click(300.0, 300.0, True),)
+
+
+def test_a_later_click_compares_with_the_mask_shown_without_computing_it_again(monkeypatch):
+    """The steady rule ranks its candidates against the previous mask: the object passes the
+    mask it shows (the same array), and the click comes out as when the mask is recomputed."""
+    import napari_focsam.core.prompting._predictor as P
+
+    model = make_fast_focsam(refiner_depth=1)
+    image = blobs_stack(1, size=40)[0]
+    previous = []
+
+    def rank(masks, clicks, prev):
+        previous.append(prev)
+        return steadiest_candidate(masks, clicks, prev)
+
+    pred = FocSAMPredictor(model, later_clicks=SteadyRule(rank=rank))
+    obj = InteractiveObject(pred, pred.embed(image))
+    obj.add_click(20, 20, True)
+    shown, first_logits = obj.mask, obj.logits
+    calls = []
+    real = P.logits_to_mask
+    monkeypatch.setattr(P, "logits_to_mask", lambda *a: calls.append(1) or real(*a))
+    obj.add_click(10, 10, True)
+    assert previous[-1] is shown and len(calls) == 3  # the three candidates only
+    monkeypatch.setattr(P, "logits_to_mask", real)
+    # the same click without the shown mask (recomputed from the logits): the same result
+    again = pred.step(obj.embedding, obj.clicks, first_logits, obj.refined)
+    np.testing.assert_array_equal(again.mask, obj.mask)
+    np.testing.assert_array_equal(previous[-1], shown)

@@ -21,6 +21,7 @@ logits after an undo (the same function on the same logits: the same mask).
 
 from __future__ import annotations
 
+import inspect
 import itertools
 import time
 from dataclasses import dataclass, field
@@ -159,6 +160,7 @@ class FocSAMPredictor:
         refined: torch.Tensor | None = None,
         *,
         box: Box | None = None,
+        prev_mask: np.ndarray | None = None,
     ) -> StepResult:
         """One click of the FocSAM loop. ``clicks`` are all clicks so far (>= 1, or >= 0 with a box).
 
@@ -179,6 +181,9 @@ class FocSAMPredictor:
         ``refine_click=1``: a box already bounds the object, and refining the box step's
         own mask lost mean IoU at the box and at the next click on GrabCut (0.957 / 0.966
         against 0.961 / 0.976 without, ``benchmarks/bench_refine_policy.py --boxes``).
+
+        prev_mask: the (H, W) mask of ``prev_logits`` when the caller has it (the later-click
+        rule compares the candidates with it; it is not computed again).
         """
         if isinstance(clicks, PlanePrompts):  # the prompts as one value
             clicks, box = clicks.clicks, clicks.box
@@ -203,6 +208,8 @@ class FocSAMPredictor:
             refined = self.model.refine(features, coarse.logits, coarse.token)
             refine_s = time.perf_counter() - t1
         def to_mask(lg: torch.Tensor) -> np.ndarray:
+            if lg is prev_logits and prev_mask is not None:
+                return prev_mask
             return logits_to_mask(lg, embedding.input_size, embedding.original_size)
 
         if later:  # a click after the refine: the later-click rule decides
@@ -244,6 +251,15 @@ class ClickState:
 def _frozen(mask: np.ndarray) -> np.ndarray:
     mask.flags.writeable = False
     return mask
+
+
+def _takes_keyword(fn: Callable, name: str) -> bool:
+    """Whether ``fn`` accepts the keyword argument ``name`` (a wrapped or older ``step`` may not)."""
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+    return name in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
 
 
 def _compact(t: torch.Tensor | None) -> torch.Tensor | None:
@@ -395,6 +411,10 @@ class InteractiveObject(OnPlane):
             res = StepResult(np.zeros(self.original_size, dtype=bool), None, None, 0.0)
         else:
             extra = {"box": self.box} if self.box is not None else {}  # older step() signatures stay valid
+            last = self._last
+            if (last is not None and last.logits is not None and self._mask is not None
+                    and self._mask_serial == last.serial and _takes_keyword(self.predictor.step, "prev_mask")):
+                extra["prev_mask"] = self._mask  # the mask shown now: not computed again
             res = self.predictor.step(emb, clicks, self.logits, self.refined, **extra)
         refined = res.refined if res.refined is self.refined else _compact(res.refined)  # shared, not copied
         state = ClickState(click, _compact(res.logits), refined)
