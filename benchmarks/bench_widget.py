@@ -81,6 +81,65 @@ def wait(app, cond, timeout=600.0):
     return time.perf_counter() - t0
 
 
+def cpu_by_thread() -> dict[tuple[str, str], float]:
+    """CPU seconds used so far by each thread of this process, keyed by (thread id, name).
+
+    Linux names a thread after the one that started it: the widget's compute thread and its
+    OpenMP workers are "Thread (pooled)" when a Qt worker started them, the GUI thread is
+    "python", and software OpenGL's rasteriser threads are "llvmpipe-N". {} elsewhere."""
+    out = {}
+    task = Path(f"/proc/{os.getpid()}/task")
+    if not task.is_dir():
+        return out
+    tick = os.sysconf("SC_CLK_TCK")
+    for t in task.iterdir():
+        try:
+            name = (t / "comm").read_text().strip()
+            fields = (t / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        out[(t.name, name)] = (int(fields[11]) + int(fields[12])) / tick
+    return out
+
+
+def cpu_per_name(before: dict, after: dict) -> dict[str, float]:
+    """CPU seconds by thread name between two :func:`cpu_by_thread` readings."""
+    out: dict[str, float] = {}
+    for key, v in after.items():
+        out[key[1]] = out.get(key[1], 0.0) + v - before.get(key, 0.0)
+    return out
+
+
+def engine_later_clicks(widget, gt, ids, n: int = 12) -> list[float]:
+    """Later clicks answered by the engine alone, on the widget's compute thread and session with
+    the GUI idle (no event processing meanwhile): what the widget's "model part" costs when
+    nothing else runs. Seconds per click (a new object per 3 later clicks, removed after)."""
+    from napari_focsam.core.editing import set_prompts
+    from napari_focsam.core.models import compute_thread
+    from napari_focsam.core.prompting import Prompts
+
+    session, rng, times = widget.session, np.random.default_rng(1), []
+
+    def run():
+        for i in range(n // 3):
+            mask = gt == ids[i % len(ids)]
+            obj = session.new_object()
+            clicks = [(0, *map(float, interior(mask)), True)]
+            set_prompts(obj, Prompts.of(clicks), region=True)
+            ys, xs = np.nonzero(mask)
+            for _ in range(3):
+                j = rng.integers(len(ys))
+                clicks = clicks + [(0, float(ys[j]), float(xs[j]), True)]
+                t0 = time.perf_counter()
+                set_prompts(obj, Prompts.of(clicks), region=True)
+                obj.mask_region(0)
+                times.append(time.perf_counter() - t0)
+            session.remove_object(obj)
+
+    compute_thread().run(run)
+    return times
+
+
 def interior(mask):
     from scipy import ndimage as ndi
 
@@ -159,6 +218,7 @@ def bench_2d(app, args):
         rng = np.random.default_rng(0)
         rows = []  # (latency, model part, nth click, refine click, build)
         pts = widget.prompts_layer
+        cpu0 = cpu_by_thread()
         first = ids[0]
         for k in range(args.clicks):
             if k % args.per_object == 0:
@@ -181,8 +241,10 @@ def bench_2d(app, args):
             wait(app, lambda: not widget.is_busy())
             app.processEvents()
             rows.append((widget.last_latency_ms, widget.last_model_ms, k % args.per_object + 1, rc, build))
+        cpu = cpu_per_name(cpu0, cpu_by_thread())
         model.decode_pair = batched
         widget.session.predictor.refine_click = 1
+        engine = engine_later_clicks(widget, gt, ids)
         rows = rows[2:]  # warm-up clicks out
         lat = np.array([r[0] for r in rows])
         mod = np.array([r[1] for r in rows])
@@ -192,6 +254,12 @@ def bench_2d(app, args):
         print(f"\nclick-to-preview latency ({len(lat)} clicks, torch threads {n_threads or torch.get_num_threads()}, load "
               f"{os.getloadavg()[0]:.1f}): median {np.median(lat):.0f} ms, p95 {np.percentile(lat, 95):.0f} ms "
               f"(model part: median {np.median(mod):.0f} ms, p95 {np.percentile(mod, 95):.0f} ms)")
+        print(f" the engine alone on the widget's compute thread, GUI idle: later clicks median "
+              f"{1000 * np.median(engine):.0f} ms, p95 {1000 * np.percentile(engine, 95):.0f} ms ({len(engine)} clicks)")
+        if cpu:
+            top = sorted(cpu.items(), key=lambda kv: -kv[1])[:4]
+            print(" CPU per click by thread (compute thread and its OpenMP workers: 'Thread (pooled)'; GUI: 'python'): "
+                  + ", ".join(f"{name} {1000 * v / args.clicks:.0f} ms" for name, v in top))
         for rc in (1, 2):
             print(f" objects refined at click {rc}{' (default)' if rc == 1 else ' (published schedule)'}:")
             for build in build_names:
