@@ -5,10 +5,10 @@ resized image's (h, w) and resizes that bilinearly to the original (H, W), then 
 0. Both resizes are linear and separable, so the whole chain is ``A_y @ logits @ A_x.T`` with
 two small matrices (:func:`resize_matrix`); and as bilinear weights are non-negative, an
 output pixel can only be positive where its support holds a positive logit. For an object
-covering a small part of a large image, only that region is computed; and inside it, an output
-pixel whose whole support is positive (or not) is set without computing its value: only the
-pixels along the outline, whose support holds logits of both signs, are resized
-(:func:`sign_fill`).
+covering a small part of a large image, only that region is computed (two small matrix
+products); in a larger region, an output pixel whose whole support is positive (or not) is set
+without computing its value, and only the pixels along the outline, whose support holds logits
+of both signs, are resized (:func:`sign_fill`).
 """
 
 from __future__ import annotations
@@ -22,11 +22,16 @@ import torch.nn.functional as F
 
 #: with more than this fraction of the image's pixels on the outline (logits of noise, not of
 #: an object: the background of a nuclei image, say), the mask is computed by two plain resizes
-#: instead (measured: about as fast there, and faster beyond)
+#: of the whole plane instead (measured: about as fast there, and faster beyond)
 NOISY_OUTLINE = 0.04
-#: a region larger than this fraction of the image is computed by two plain resizes: finding
-#: its outline costs about as much (measured on random clicks, benchmarks/bench_mask_resize.py)
-LARGE_REGION = 0.5
+#: Relative costs (ns per pixel, measured on one CPU core) that choose between :func:`sign_fill`
+#: (a pixel of its region, a pixel of its outline) and two plain resizes (a pixel of the canvas
+#: crop plus one of the image): ``bench_mask_resize.py`` and 4000x4000 images.
+COST_FILL, COST_OUTLINE, COST_PLAIN = 1.5, 150.0, 2.0
+#: a region up to this fraction of the image is computed by two small matrix products (faster
+#: than finding its outline there); a larger one by :func:`sign_fill` (4000x4000 image, a mask
+#: of a third of it: 11-18 ms against 70 ms for two plain resizes of the whole plane)
+SMALL_REGION = 0.2
 
 
 def _bilinear_matrix(n_out: int, n_in: int) -> np.ndarray:
@@ -199,15 +204,25 @@ def logits_to_mask_roi(logits: torch.Tensor, input_size: tuple[int, int], origin
     x0, x1 = outputs_reading(sx, c0, c1)
     if y1 <= y0 or x1 <= x0:
         return out
-    budget = int(NOISY_OUTLINE * H * W)
-    # a first guess of the outline's pixels: each sign change of the logits is a piece of outline
-    # one logit long (H / h_low outputs) and about two outputs wide
+    area = (y1 - y0) * (x1 - x0)
+    if area <= SMALL_REGION * H * W:  # a small region: two small matrix products
+        (a0, a1), (b0, b1) = logits_read(sy, y0, y1), logits_read(sx, x0, x1)
+        my = resize_matrix(low.shape[0], canvas, input_size[0], H)
+        mx = resize_matrix(low.shape[1], canvas, input_size[1], W)
+        out[y0:y1, x0:x1] = (my[y0:y1, a0:a1] @ low[a0:a1, b0:b1] @ mx[x0:x1, b0:b1].T > 0).numpy()
+        return out
+    # a guess of the outline's pixels: each sign change of the logits is a piece of outline one
+    # logit long (H / h_low outputs) and about two outputs wide; the outline is found only where
+    # that costs less than two plain resizes (logits of noise, like a nuclei image's background,
+    # have a long one)
     box = pos[r0:r1, c0:c1]
     edges = int((box[:, 1:] != box[:, :-1]).sum()) + int((box[1:] != box[:-1]).sum())
-    if (y1 - y0) * (x1 - x0) <= LARGE_REGION * H * W and edges * 2 * max(H / low.shape[0], W / low.shape[1]) <= budget:
+    guess = edges * 2 * max(H / low.shape[0], W / low.shape[1])
+    plain = COST_PLAIN * (input_size[0] * input_size[1] + H * W)
+    if COST_FILL * area + COST_OUTLINE * guess < plain:
         ty = support_table(low.shape[0], canvas, input_size[0], H)
         tx = support_table(low.shape[1], canvas, input_size[1], W)
-        region = sign_fill(low.numpy(), ty, tx, y0, y1, x0, x1, budget)
+        region = sign_fill(low.numpy(), ty, tx, y0, y1, x0, x1, int(NOISY_OUTLINE * H * W))
         if region is not None:
             out[y0:y1, x0:x1] = region
             return out
