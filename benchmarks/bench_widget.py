@@ -15,8 +15,8 @@ Drives the real widget in a real napari viewer (an Xvfb display is started when 
    1st click) and the published schedule (``refine_click=2``), and (``--compare``, the default)
    between this build and today's later clicks (the ``steady`` rule's two decoder passes one after
    the other instead of one batched call), so all are timed side by side, interleaved object by
-   object; ``--threads 1,2`` runs the clicks with each thread count in turn. Beside them: the
-   same kind of later click answered by the engine alone on the widget's compute thread with
+   object; ``--threads 1,2`` runs the clicks with each thread count in turn. Beside them: first
+   and later clicks answered by the engine alone on the widget's compute thread with
    the GUI idle (what the "model part" costs when nothing else runs), and the CPU each thread
    used per click (the GUI thread's painting and software OpenGL's rasteriser threads compete
    with the decoder for the cores: on a 2-core VM under Xvfb with 2 torch threads, the engine
@@ -116,34 +116,38 @@ def cpu_per_name(before: dict, after: dict) -> dict[str, float]:
     return out
 
 
-def engine_later_clicks(widget, gt, ids, n: int = 12) -> list[float]:
-    """Later clicks answered by the engine alone, on the widget's compute thread and session with
-    the GUI idle (no event processing meanwhile): what the widget's "model part" costs when
-    nothing else runs. Seconds per click (a new object per 3 later clicks, removed after)."""
+def engine_clicks(widget, gt, ids, n: int = 12) -> tuple[list[float], list[float]]:
+    """First and later clicks answered by the engine alone, on the widget's compute thread and
+    session with the GUI idle (no event processing meanwhile): what the widget's "model part"
+    costs when nothing else runs. Seconds per click: (first clicks, later clicks), a new
+    object (removed after) for every 3 later clicks."""
     from napari_focsam.core.editing import set_prompts
     from napari_focsam.core.models import compute_thread
     from napari_focsam.core.prompting import Prompts
 
-    session, rng, times = widget.session, np.random.default_rng(1), []
+    session, rng, first, later = widget.session, np.random.default_rng(1), [], []
+
+    def timed(obj, clicks):
+        t0 = time.perf_counter()
+        set_prompts(obj, Prompts.of(clicks), region=True)
+        obj.mask_region(0)
+        return time.perf_counter() - t0
 
     def run():
         for i in range(n // 3):
             mask = gt == ids[i % len(ids)]
             obj = session.new_object()
             clicks = [(0, *map(float, interior(mask)), True)]
-            set_prompts(obj, Prompts.of(clicks), region=True)
+            first.append(timed(obj, clicks))
             ys, xs = np.nonzero(mask)
             for _ in range(3):
                 j = rng.integers(len(ys))
                 clicks = clicks + [(0, float(ys[j]), float(xs[j]), True)]
-                t0 = time.perf_counter()
-                set_prompts(obj, Prompts.of(clicks), region=True)
-                obj.mask_region(0)
-                times.append(time.perf_counter() - t0)
+                later.append(timed(obj, clicks))
             session.remove_object(obj)
 
     compute_thread().run(run)
-    return times
+    return first, later
 
 
 def interior(mask):
@@ -250,7 +254,7 @@ def bench_2d(app, args):
         cpu = cpu_per_name(cpu0, cpu_by_thread())
         model.decode_pair = batched
         widget.session.predictor.refine_click = 1
-        engine = engine_later_clicks(widget, gt, ids)
+        engine_first, engine = engine_clicks(widget, gt, ids)
         rows = rows[2:]  # warm-up clicks out
         lat = np.array([r[0] for r in rows])
         mod = np.array([r[1] for r in rows])
@@ -260,7 +264,8 @@ def bench_2d(app, args):
         print(f"\nclick-to-preview latency ({len(lat)} clicks, torch threads {n_threads or torch.get_num_threads()}, load "
               f"{os.getloadavg()[0]:.1f}): median {np.median(lat):.0f} ms, p95 {np.percentile(lat, 95):.0f} ms "
               f"(model part: median {np.median(mod):.0f} ms, p95 {np.percentile(mod, 95):.0f} ms)")
-        print(f" the engine alone on the widget's compute thread, GUI idle: later clicks median "
+        print(f" the engine alone on the widget's compute thread, GUI idle: first (refine) clicks median "
+              f"{1000 * np.median(engine_first):.0f} ms ({len(engine_first)} clicks), later clicks median "
               f"{1000 * np.median(engine):.0f} ms, p95 {1000 * np.percentile(engine, 95):.0f} ms ({len(engine)} clicks)")
         if cpu:
             top = sorted(cpu.items(), key=lambda kv: -kv[1])[:4]
