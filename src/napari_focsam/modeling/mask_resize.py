@@ -123,14 +123,16 @@ def sign_fill(low: np.ndarray, ty: SupportTable, tx: SupportTable, y0: int, y1: 
     wy0, wy1 = int(ty.window[y0]), int(ty.window[y1 - 1]) + 1
     wx0, wx1 = int(tx.window[x0]), int(tx.window[x1 - 1]) + 1
     # the minimum and maximum of each window's logits, (nwy, nwx)
-    fy, ly_ = ty.first[wy0:wy1], ty.last[wy0:wy1]
-    fx, lx_ = tx.first[wx0:wx1], tx.last[wx0:wx1]
-    b0 = int(fx[0])
-    band = low[:, b0:int(lx_[-1]) + 1]
-    lo = _window_extreme(np.ascontiguousarray(_window_extreme(band, fy, ly_, np.minimum).T), fx - b0, lx_ - b0,
-                         np.minimum).T
-    hi = _window_extreme(np.ascontiguousarray(_window_extreme(band, fy, ly_, np.maximum).T), fx - b0, lx_ - b0,
-                         np.maximum).T
+    row_first, row_last = ty.first[wy0:wy1], ty.last[wy0:wy1]
+    b0 = int(tx.first[wx0])
+    col_first, col_last = tx.first[wx0:wx1] - b0, tx.last[wx0:wx1] - b0
+    band = low[:, b0:b0 + int(col_last[-1]) + 1]  # (h, nb): the columns the windows read
+
+    def extreme(fn) -> np.ndarray:
+        rows = np.ascontiguousarray(_window_extreme(band, row_first, row_last, fn).T)  # (nb, nwy)
+        return _window_extreme(rows, col_first, col_last, fn).T
+
+    lo, hi = extreme(np.minimum), extreme(np.maximum)
     ly, lx = ty.window[y0:y1] - wy0, tx.window[x0:x1] - wx0
     # each window row's outputs are the same: columns first (on nwy rows), then whole rows copied
     out = np.repeat(np.take(lo > 0, lx, axis=1), np.bincount(ly, minlength=lo.shape[0]), axis=0)
