@@ -411,10 +411,8 @@ class InteractiveObject(OnPlane):
             res = StepResult(np.zeros(self.original_size, dtype=bool), None, None, 0.0)
         else:
             extra = {"box": self.box} if self.box is not None else {}  # older step() signatures stay valid
-            last = self._last
-            if (last is not None and last.logits is not None and self._mask is not None
-                    and self._mask_serial == last.serial and _takes_keyword(self.predictor.step, "prev_mask")):
-                extra["prev_mask"] = self._mask  # the mask shown now: not computed again
+            if self.logits is not None and _takes_keyword(self.predictor.step, "prev_mask"):
+                extra["prev_mask"] = self.mask  # the mask shown now (cached): not computed again
             res = self.predictor.step(emb, clicks, self.logits, self.refined, **extra)
         refined = res.refined if res.refined is self.refined else _compact(res.refined)  # shared, not copied
         state = ClickState(click, _compact(res.logits), refined)
