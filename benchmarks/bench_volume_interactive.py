@@ -178,7 +178,7 @@ def crop_window(gt: np.ndarray, size: int) -> tuple[slice, slice]:
     return out[0], out[1]
 
 
-def run_object(session, gt: np.ndarray, n_clicks: int, log) -> dict:
+def run_object(session, gt: np.ndarray, n_clicks: int, log, propagate_kwargs: dict | None = None) -> dict:
     """The click loop on one object; returns its IoU curve, clicks, times and diagnosis."""
     obj = session.new_object()
     z, y, x = seed_click(gt)
@@ -189,7 +189,7 @@ def run_object(session, gt: np.ndarray, n_clicks: int, log) -> dict:
             cz, cy, cx, pos = clicks[-1]
             obj.add_click(cy, cx, pos, z=cz)
             t0 = time.perf_counter()
-            res = obj.propagate()
+            res = obj.propagate(**(propagate_kwargs or {}))
             times.append(time.perf_counter() - t0)
             pred = obj.volume_mask()
             ious.append(iou3d(pred, gt))
@@ -239,7 +239,8 @@ def run_volume(name: str, root: Path, model, args, log) -> list[dict]:
             gt, sub = gt[:, wy, wx], image[:, wy, wx]
             s = Session(np.ascontiguousarray(sub), model, cache_dir=args.cache)
         t0 = time.perf_counter()
-        row = run_object(s, gt, args.clicks, log)
+        kwargs = {} if args.iou_threshold is None else {"iou_threshold": args.iou_threshold}
+        row = run_object(s, gt, args.clicks, log, kwargs)
         row["label"] = i
         if window:
             row["window"] = [wy.start, wx.start, window]
@@ -332,6 +333,8 @@ def main(argv=None) -> int:
     p.add_argument("--max-objects", type=int, default=None, help="first N selected objects only (quick runs)")
     p.add_argument("--cache", default=str(Path(tempfile.gettempdir()) / "napari-focsam-bench-cache"))
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--iou-threshold", type=float, default=None,
+                   help="the propagation's stop rule on the IoU of consecutive slices (default: the product's)")
     p.add_argument("--json", default=None)
     p.add_argument("--pictures", default=None, help="folder for the worst objects' PNGs")
     args = p.parse_args(argv)

@@ -385,7 +385,8 @@ class ActionPanel(QGroupBox):
         self.iou_spin.setDecimals(2)
         self.iou_spin.setValue(DEFAULT_IOU_THRESHOLD)
         self.iou_spin.setToolTip("Propagation stops at the first slice whose mask overlaps the previous "
-                                 "slice's mask less than this (intersection over union)")
+                                 "slice's mask less than this (intersection over union, the two masks "
+                                 "centred on each other: a section that only moved is not a stop)")
         form.addRow("Stop below IoU", self.iou_spin)
         box.addLayout(form)
         row, self.progress_bar, self.cancel_button = progress_row()

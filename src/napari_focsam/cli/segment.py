@@ -77,8 +77,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--no-refine", action="store_true", help="plain SAM loop, no focus refinement")
     p.add_argument("--propagate", action="store_true", help="propagate through the stack (3D mask)")
     p.add_argument("--iou-threshold", type=float, default=DEFAULT_IOU_THRESHOLD, metavar="T",
-                   help="with --propagate: stop where the IoU with the previous slice "
-                        f"falls below T (default {DEFAULT_IOU_THRESHOLD})")
+                   help="with --propagate: stop where the IoU with the previous slice, the masks centred "
+                        f"on each other, falls below T (default {DEFAULT_IOU_THRESHOLD})")
     p.add_argument("--cache", default=None, metavar="DIR", help="embedding cache folder (see `precompute`)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
     p.add_argument("--refine-precision", choices=REFINE_PRECISIONS, default=None,

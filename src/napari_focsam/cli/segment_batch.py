@@ -34,7 +34,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output labels: " + formats_help())
     p.add_argument("--propagate", action="store_true", help="propagate every object through the stack")
     p.add_argument("--iou-threshold", type=float, default=DEFAULT_IOU_THRESHOLD, metavar="T",
-                   help=f"with --propagate: stop below this IoU with the previous slice (default {DEFAULT_IOU_THRESHOLD})")
+                   help=f"with --propagate: stop below this IoU with the previous slice, the masks centred on each other "
+                        f"(default {DEFAULT_IOU_THRESHOLD})")
     add_image_model_options(p)
     p.add_argument("--cache", default=None, metavar="DIR",
                    help="embedding cache folder shared by the workers (run `precompute` first)")

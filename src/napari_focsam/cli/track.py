@@ -44,7 +44,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output labels stack: .tif, .tiff or .npy")
     p.add_argument("--tracks", default=None, metavar="CSV", help="also write object_id,t,[z,]y,x,area,parent_id")
     p.add_argument("--iou-threshold", type=float, default=DEFAULT_IOU_THRESHOLD, metavar="T",
-                   help=f"a track stops below this IoU with the previous frame (default {DEFAULT_IOU_THRESHOLD})")
+                   help=f"a track stops below this IoU with the previous frame, the masks centred on each other "
+                        f"(default {DEFAULT_IOU_THRESHOLD})")
     add_image_model_options(p)
     p.add_argument("--cache", default=None, metavar="DIR", help="embedding cache folder")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -129,3 +129,25 @@ def test_a_later_click_compares_with_the_mask_shown_without_computing_it_again(m
     again = pred.step(obj.embedding, obj.clicks, first_logits, obj.refined)
     np.testing.assert_array_equal(again.mask, obj.mask)
     np.testing.assert_array_equal(previous[-1], shown)
+
+
+def _disc(cy: float, cx: float, r: float, size: int = 64) -> np.ndarray:
+    yy, xx = np.mgrid[:size, :size]
+    return (yy - cy) ** 2 + (xx - cx) ** 2 < r ** 2
+
+
+def test_shape_iou_sees_a_section_that_moved_as_unchanged_and_one_that_grew_as_changed():
+    from napari_focsam.core.prompting import mask_iou, region_from_plane, region_shape_iou, shape_iou
+
+    a, moved = _disc(30, 20, 8), _disc(33, 27, 8)  # moved by 7.6 px, nearly the radius
+    assert mask_iou(a, moved) < 0.5
+    assert shape_iou(a, moved) == 1.0  # a whole-pixel move: the same disc
+    assert shape_iou(a, _disc(33.4, 27.3, 8)) > 0.9  # off the pixel grid: rounding only
+    grown = _disc(30, 20, 8 * 2 ** 0.5)  # twice the area, same centre
+    assert shape_iou(a, grown) == pytest.approx(mask_iou(a, grown)) and shape_iou(a, grown) < 0.55
+    assert shape_iou(a, _disc(30, 50, 8)) == 0.0  # no overlap at all: elsewhere, not moved
+    empty = np.zeros_like(a)
+    assert shape_iou(empty, empty) == 1.0 and shape_iou(a, empty) == 0.0
+    # regions: the same figure from crops, whatever their offsets in the plane
+    assert region_shape_iou(region_from_plane(a), region_from_plane(moved)) == 1.0
+    assert region_shape_iou(region_from_plane(a), region_from_plane(grown)) == pytest.approx(shape_iou(a, grown))

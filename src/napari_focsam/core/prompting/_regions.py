@@ -30,10 +30,13 @@ __all__ = [
     "downsample_region",
     "empty_region",
     "region_bbox",
+    "region_centroid",
     "region_from_plane",
     "region_iou",
     "region_pixels",
+    "region_shape_iou",
     "region_to_plane",
+    "shape_iou",
     "tile_logits_values",
     "values_bbox",
     "values_to_region",
@@ -117,6 +120,45 @@ def region_iou(a: MaskRegion, b: MaskRegion) -> float:
     pb[bb[0] - y0:bb[1] - y0, bb[2] - x0:bb[3] - x0] = b.crop
     union = np.count_nonzero(pa | pb)
     return float(np.count_nonzero(pa & pb) / union) if union else 1.0
+
+
+def region_centroid(region: MaskRegion) -> tuple[float, float] | None:
+    """(y, x) centroid of a region's pixels in the plane, None when empty."""
+    region = MaskRegion(*region)
+    ys, xs = np.nonzero(region.crop)
+    if ys.size == 0:
+        return None
+    return region.y0 + float(ys.mean()), region.x0 + float(xs.mean())
+
+
+def region_shape_iou(a: MaskRegion, b: MaskRegion) -> float:
+    """How much an object's section changed from ``a`` to ``b``, whatever it moved: the IoU of the
+    two regions after ``a`` is moved (by whole pixels) so that its centroid falls on ``b``'s, or
+    their plain IoU when that is larger; 0.0 when they do not overlap at all (``b`` is elsewhere,
+    not the same object moved), 1.0 when both are empty.
+
+    Between the slices of an anisotropic stack (serial-section EM) or the frames of a
+    time-lapse, an object's section shifts by a good part of its size while keeping its shape:
+    the plain IoU of consecutive sections of mitochondria in the ssTEM stack has a median of
+    0.69 (0.93 for the nuclei of the isotropic cells3d stack), so a stop rule on the plain IoU
+    ends such objects at their first slice.
+    """
+    a, b = MaskRegion(*a), MaskRegion(*b)
+    plain = region_iou(a, b)
+    if plain == 0.0 or plain == 1.0:
+        return plain
+    ca, cb = region_centroid(a), region_centroid(b)
+    if ca is None or cb is None:
+        return plain
+    dy, dx = int(round(cb[0] - ca[0])), int(round(cb[1] - ca[1]))
+    if dy == 0 and dx == 0:
+        return plain
+    return max(plain, region_iou(MaskRegion(a.y0 + dy, a.x0 + dx, a.crop), b))
+
+
+def shape_iou(a: np.ndarray, b: np.ndarray) -> float:
+    """:func:`region_shape_iou` of two (H, W) bool masks."""
+    return region_shape_iou(region_from_plane(a), region_from_plane(b))
 
 
 def downsample_region(region: MaskRegion, window: Sequence[int], factor: float) -> np.ndarray:

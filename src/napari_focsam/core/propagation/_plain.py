@@ -15,7 +15,9 @@ keeps the one that overlaps the previous slice's mask most.
 
 A run stops where the mask vanishes (fewer than ``MIN_MASK_PIXELS`` pixels, or a blank slice),
 where its IoU with the previous slice falls below ``iou_threshold`` (the slice that fails is
-not kept), or where the object ends: a mask that had shrunk grows again (``END_REBOUND``). Between two clicked slices both sides fill towards the middle and only the
+not kept; the IoU of the two masks centred on each other,
+:func:`~napari_focsam.core.prompting.shape_iou`: a section that only moved, as between the
+slices of serial-section EM or the frames of a time-lapse, goes on), or where the object ends: a mask that had shrunk grows again (``END_REBOUND``). Between two clicked slices both sides fill towards the middle and only the
 vanishing test applies (the user has shown the object at both ends). The defaults were chosen
 with ``benchmarks/bench_volume_quality.py`` on cells3d and the stardist 3D volume (one click on
 each nucleus' middle slice, then propagation; mean 3D IoU against the labels):
@@ -54,7 +56,7 @@ from scipy import ndimage as ndi
 
 from ...modeling.focsam import FocSAM
 from ..defaults import DEFAULT_IOU_THRESHOLD  # the measured stop threshold (re-exported)
-from ..prompting import mask_iou
+from ..prompting import mask_iou, shape_iou
 from ..prompting import FocSAMPredictor, MaskRegion, logits_to_mask, region_from_plane
 from ..embeddings import ImageEmbedding
 from ._runs import DIRECTIONS, PropagationRun, plan_runs, run_all, walk_run
@@ -461,7 +463,7 @@ def propagate(
             styled = None if blank else styled
         def step(z, prev, logits):  # a seed's level fades with the distance from it
             return next_mask(z, prev, logits, level * LEVEL_FADE ** abs(z - run.start), confidence)
-        return walk_run(run, seed, seed_logits, step, np.count_nonzero, mask_iou,
+        return walk_run(run, seed, seed_logits, step, np.count_nonzero, shape_iou,
                         iou_threshold=iou_threshold, min_pixels=min_pixels, tick=tick, cancelled=cancelled,
                         first_reference=styled)
 

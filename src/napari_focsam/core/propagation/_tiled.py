@@ -26,7 +26,7 @@ from ..defaults import DEFAULT_IOU_THRESHOLD
 from ..embeddings import TiledEmbeddingStore
 from ..images import EDGE_MARGIN, TileKey
 from ..prompting import (
-    MAX_MOVES, MaskRegion, box_at_level, downsample_region, next_placement, region_bbox, region_iou, region_pixels,
+    MAX_MOVES, MaskRegion, box_at_level, downsample_region, next_placement, region_bbox, region_pixels, region_shape_iou,
     region_to_plane, tile_logits_values, values_bbox, values_to_region)
 from ._plain import (
     DEFAULT_MULTIMASK, DEFAULT_PROMPT, MIN_MASK_PIXELS, PropagationResult, check_propagation, decode_prompt_token,
@@ -160,7 +160,7 @@ def propagate_tiled(
 
     def run_one(run, tick: Callable[[], None]):
         prev, key, logits = seeds[run.start]
-        return walk_run(run, prev, (key, logits), next_region, region_pixels, region_iou,
+        return walk_run(run, prev, (key, logits), next_region, region_pixels, region_shape_iou,
                         iou_threshold=iou_threshold, min_pixels=min_pixels, tick=tick, cancelled=cancelled)
 
     run_regions, ious, reasons, was_cancelled = run_all(
