@@ -239,7 +239,8 @@ def run_volume(name: str, root: Path, model, args, log) -> list[dict]:
             gt, sub = gt[:, wy, wx], image[:, wy, wx]
             s = Session(np.ascontiguousarray(sub), model, cache_dir=args.cache)
         t0 = time.perf_counter()
-        kwargs = {} if args.iou_threshold is None else {"iou_threshold": args.iou_threshold}
+        kwargs = {k: v for k, v in (("iou_threshold", args.iou_threshold), ("prompt", args.prompt),
+                                    ("multimask", args.multimask)) if v is not None}
         row = run_object(s, gt, args.clicks, log, kwargs)
         row["label"] = i
         if window:
@@ -335,6 +336,9 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--iou-threshold", type=float, default=None,
                    help="the propagation's stop rule on the IoU of consecutive slices (default: the product's)")
+    p.add_argument("--prompt", default=None, help="the propagation's prompt mode (default: the product's)")
+    p.add_argument("--multimask", default=None, type=lambda v: v.lower() in ("1", "true", "yes"),
+                   help="true/false: the propagation decodes SAM's three candidates (default: the product's)")
     p.add_argument("--json", default=None)
     p.add_argument("--pictures", default=None, help="folder for the worst objects' PNGs")
     args = p.parse_args(argv)
