@@ -1,0 +1,63 @@
+"""The propagation's stop rule: the shape of consecutive sections, not their place, and a
+second decoding with the previous mask's box before a run stops (a scripted decoder)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from napari_focsam.core.propagation import _plain as V
+from test_propagation import S, Z, ball_masks, fast_model, force_mask, seed, session  # noqa: F401
+
+
+def test_a_section_that_moves_between_slices_is_followed_and_one_that_changes_shape_ends(session, monkeypatch):
+    """Serial-section EM: an object's section shifts by about half its width from slice to slice
+    and keeps its shape (plain IoU of consecutive sections under 0.65): it is followed to the
+    stack's end; a section that doubles its area in one slice (IoU 0.5) ends the run there."""
+    yy, xx = np.mgrid[:S, :S]
+
+    def disc(cy, cx, r):
+        return (yy - cy) ** 2 + (xx - cx) ** 2 < r ** 2
+
+    moving = {z: disc(6 + 1.8 * z, 4.5 + 2.1 * z, 4.0) for z in range(Z)}
+    growing = {z: disc(16, 16, 4.0 if z <= 6 else 4.0 * 2 ** 0.5) for z in range(Z)}
+    assert max(V.mask_iou(moving[z], moving[z + 1]) for z in range(Z - 1)) < 0.65
+    for truth, reached in ((moving, (0, Z - 1)), (growing, (0, 6))):
+        monkeypatch.setattr(V, "next_slice", lambda predictor, emb, prev, *a, truth=truth, **k:
+                            (truth[emb.z].copy(), torch.zeros(1, 1, 256, 256)))
+        obj = session.new_object()
+        obj.add_click(*(int(v) for v in np.argwhere(truth[3])[0]), z=3)
+        force_mask(obj, 3, truth[3])
+        res = obj.propagate()  # the product's stop rule (IoU 0.65)
+        assert res.z_range == reached, res.stopped_reason
+        if truth is growing:
+            reason = res.stopped_reason["up"]
+            assert reason.startswith("iou ") and float(reason.split()[1]) < 0.55 and reason.endswith("at z=7")
+        session.remove_object(obj)
+
+
+def test_a_slice_the_click_alone_loses_is_decoded_again_with_the_box(session, monkeypatch):
+    """Large sections with inner structure: from the previous mask's interior point alone the
+    decoder can give a part of the object; before the run stops there, the slice is decoded
+    once more with the previous mask's box, and that mask is kept when it passes the rule."""
+    truth = ball_masks()
+    sliver = {z: truth[z] & (np.arange(S)[None, :] < S // 2 - 3) for z in truth}
+    for box_finds_it, reached in ((True, (2, 9)), (False, (5, 9))):
+        calls = []
+
+        def fake(predictor, emb, prev, logits, prompt=None, multimask=None, box_finds_it=box_finds_it, **k):
+            calls.append((emb.z, prompt))
+            lost = emb.z == 4 and (prompt == "point" or not box_finds_it)
+            return (sliver if lost else truth)[emb.z].copy(), torch.zeros(1, 1, 256, 256)
+
+        monkeypatch.setattr(V, "next_slice", fake)
+        obj = session.new_object()
+        seed(obj, truth, 6)
+        res = obj.propagate()
+        assert res.z_range == reached, res.stopped_reason
+        assert [c for c in calls if c[1] != "point"] == [(4, "point_box")]  # the one slice that failed
+        if box_finds_it:
+            np.testing.assert_array_equal(obj.mask(4), truth[4])
+        else:
+            assert res.stopped_reason["down"].startswith("iou ") and not obj.volume_mask()[4].any()
+        session.remove_object(obj)
