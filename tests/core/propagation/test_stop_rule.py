@@ -39,10 +39,17 @@ def test_a_section_that_moves_between_slices_is_followed_and_one_that_changes_sh
 def test_a_slice_the_click_alone_loses_is_decoded_again_with_the_box(session, monkeypatch):
     """Large sections with inner structure: from the previous mask's interior point alone the
     decoder can give a part of the object; before the run stops there, the slice is decoded
-    once more with the previous mask's box, and that mask is kept when it passes the rule."""
+    once more with the previous mask's box, and that mask is kept when it passes the rule.
+    Only with a decoder whose floor can still end the object (a calibrated IoU head); SAM's own
+    decoder keeps the single decoding."""
     truth = ball_masks()
     sliver = {z: truth[z] & (np.arange(S)[None, :] < S // 2 - 3) for z in truth}
-    for box_finds_it, reached in ((True, (2, 9)), (False, (5, 9))):
+    model = session.predictor.model
+    assert V.propagation_floor(model) is None
+    monkeypatch.setattr(model, "propagation_thresholds", {"min_pred_iou": 0.5}, raising=False)
+    for box_finds_it, floor, reached in ((True, True, (2, 9)), (False, True, (5, 9)), (True, False, (5, 9))):
+        if not floor:
+            monkeypatch.setattr(model, "propagation_thresholds", None)
         calls = []
 
         def fake(predictor, emb, prev, logits, prompt=None, multimask=None, box_finds_it=box_finds_it, **k):
@@ -55,8 +62,9 @@ def test_a_slice_the_click_alone_loses_is_decoded_again_with_the_box(session, mo
         seed(obj, truth, 6)
         res = obj.propagate()
         assert res.z_range == reached, res.stopped_reason
-        assert [c for c in calls if c[1] != "point"] == [(4, "point_box")]  # the one slice that failed
-        if box_finds_it:
+        # the one slice that failed, decoded again only with a floor
+        assert [c for c in calls if c[1] != "point"] == ([(4, "point_box")] if floor else [])
+        if box_finds_it and floor:
             np.testing.assert_array_equal(obj.mask(4), truth[4])
         else:
             assert res.stopped_reason["down"].startswith("iou ") and not obj.volume_mask()[4].any()
