@@ -1,8 +1,9 @@
 """How far can slice-by-slice decoding go? 3D IoU ceilings of the propagation's decoder.
 
 The 3D correction protocol (``bench_volume_interactive.py``) stalls below the targets set for it
-on cells3d (mean 3D IoU 0.90 after 3 clicks, 0.93 after 5). This script measures what the decoder gives when it is handed better prompts than
-any propagation can have, on the same volumes and objects:
+on cells3d (mean 3D IoU 0.90 after 3 clicks, 0.93 after 5). This script measures what the
+decoder gives when it is handed better prompts than any propagation can have, on the same
+volumes and objects:
 
 ``propagated``  the product's own result after one click (the interactive benchmark's first
                 click: a positive click at the middle slice's interior point, propagated);
