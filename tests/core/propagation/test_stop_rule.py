@@ -4,9 +4,11 @@ second decoding with the previous mask's box before a run stops (a scripted deco
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from napari_focsam.core.propagation import _plain as V
+from napari_focsam.core.session import Session
 from test_propagation import S, Z, ball_masks, fast_model, force_mask, seed, session  # noqa: F401
 
 
@@ -69,3 +71,27 @@ def test_a_slice_the_click_alone_loses_is_decoded_again_with_the_box(session, mo
         else:
             assert res.stopped_reason["down"].startswith("iou ") and not obj.volume_mask()[4].any()
         session.remove_object(obj)
+
+
+@pytest.mark.slow
+def test_real_propagation_follows_a_mitochondrion_through_serial_sections(mobile_sam, shared_data):
+    """ssTEM (50 nm sections): a mitochondrion's section moves by a good part of its width from
+    slice to slice. One click on its middle slice follows it through all ten labelled slices."""
+    from scipy import ndimage as ndi
+
+    tifffile = pytest.importorskip("tifffile")
+    folder = shared_data / "micro" / "em_vnc_sstem"
+    if not (folder / "vnc_mitochondria_label.tif").is_file():
+        pytest.skip("the VNC ssTEM stack is not present")
+    stack = tifffile.imread(folder / "vnc_em.tif")[8:18]  # the longest run of labelled slices
+    labels, _ = ndi.label(tifffile.imread(folder / "vnc_mitochondria_label.tif")[8:18] > 0)
+    gt = labels == 7  # its consecutive labelled sections overlap by IoU 0.55-0.64 around slice 4
+    section = ndi.distance_transform_edt(np.pad(gt[4], 1))[1:-1, 1:-1]
+    y, x = np.unravel_index(np.argmax(section), section.shape)
+    s = Session(stack, mobile_sam, cache_dir=None)
+    obj = s.new_object()
+    obj.add_click(y, x, z=4)
+    res = obj.propagate()
+    vm = obj.volume_mask()
+    iou = (vm & gt).sum() / (vm | gt).sum()
+    assert res.z_range == (0, 9) and iou > 0.8, (iou, res.stopped_reason)
