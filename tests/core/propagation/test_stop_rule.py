@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from napari_focsam.core.propagation import _plain as V
-from napari_focsam.core.session import Session
-from test_propagation import S, Z, ball_masks, fast_model, force_mask, seed, session  # noqa: F401
+from test_propagation import (  # noqa: F401
+    S, Z, ball_masks, fast_model, force_mask, propagate_from_centre, seed, session)
 
 
 def test_a_section_that_moves_between_slices_is_followed_and_one_that_changes_shape_ends(session, monkeypatch):
@@ -86,12 +86,5 @@ def test_real_propagation_follows_a_mitochondrion_through_serial_sections(mobile
     stack = tifffile.imread(folder / "vnc_em.tif")[8:18]  # the longest run of labelled slices
     labels, _ = ndi.label(tifffile.imread(folder / "vnc_mitochondria_label.tif")[8:18] > 0)
     gt = labels == 7  # its consecutive labelled sections overlap by IoU 0.55-0.64 around slice 4
-    section = ndi.distance_transform_edt(np.pad(gt[4], 1))[1:-1, 1:-1]
-    y, x = np.unravel_index(np.argmax(section), section.shape)
-    s = Session(stack, mobile_sam, cache_dir=None)
-    obj = s.new_object()
-    obj.add_click(y, x, z=4)
-    res = obj.propagate()
-    vm = obj.volume_mask()
-    iou = (vm & gt).sum() / (vm | gt).sum()
+    res, iou = propagate_from_centre(mobile_sam, stack, gt, 4)
     assert res.z_range == (0, 9) and iou > 0.8, (iou, res.stopped_reason)
