@@ -240,7 +240,7 @@ def run_volume(name: str, root: Path, model, args, log) -> list[dict]:
             s = Session(np.ascontiguousarray(sub), model, cache_dir=args.cache)
         t0 = time.perf_counter()
         kwargs = {k: v for k, v in (("iou_threshold", args.iou_threshold), ("prompt", args.prompt),
-                                    ("multimask", args.multimask)) if v is not None}
+                                    ("multimask", args.multimask), ("edge_fade", args.edge_fade)) if v is not None}
         row = run_object(s, gt, args.clicks, log, kwargs)
         row["label"] = i
         if window:
@@ -339,6 +339,9 @@ def main(argv=None) -> int:
     p.add_argument("--prompt", default=None, help="the propagation's prompt mode (default: the product's)")
     p.add_argument("--multimask", default=None, type=lambda v: v.lower() in ("1", "true", "yes"),
                    help="true/false: the propagation decodes SAM's three candidates (default: the product's)")
+    p.add_argument("--edge-fade", type=float, default=None,
+                   help="the out-of-focus stop (a fraction of the object's strongest outline; 0: off; "
+                        "default: the product's)")
     p.add_argument("--json", default=None)
     p.add_argument("--pictures", default=None, help="folder for the worst objects' PNGs")
     args = p.parse_args(argv)

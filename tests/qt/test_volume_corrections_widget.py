@@ -141,3 +141,52 @@ def test_a_time_lapse_keeps_ids_through_time_and_takes_new_cells_later(dock, qtb
             assert iou(out[t] == 2, truth[t] == 2) >= 0.8, t
         else:
             assert not (out[t] == 2).any(), t  # no cell 2 before it appears
+
+
+def defocused_stack():
+    """(10, 96, 96): a bright round cell, sharp on slices 3-6; on the others its light out of
+    focus, dimmer and blurred (as past the ends of a nucleus in a fluorescence stack)."""
+    Z, S = 10, 96
+    yy, xx = np.mgrid[:S, :S]
+    cell = ((yy - 48) ** 2 + (xx - 48) ** 2 < 20 ** 2).astype(np.float32)
+    rng = np.random.default_rng(0)
+    stack = np.empty((Z, S, S), np.float32)
+    for z in range(Z):
+        plane = 180 * cell if 3 <= z <= 6 else ndi.gaussian_filter(110 * cell, 5 + abs(z - 4.5))
+        stack[z] = plane + 30 + rng.normal(0, 2, (S, S))
+    return stack.clip(0, 255).astype(np.uint8)
+
+
+def test_the_object_ends_where_it_goes_out_of_focus_and_the_stop_can_be_turned_off(dock, qtbot):  # noqa: F811
+    from qtpy.QtCore import Qt
+
+    stack = defocused_stack()
+    viewer, widget = dock(show=True, layers=[lambda v: v.add_image(stack, name="defocus")])
+    layer = viewer.layers["defocus"]
+    wait_ready(qtbot, widget)
+    qtbot.waitUntil(lambda: widget.embedded_slices == len(stack), timeout=WAIT_MS)
+    viewer.dims.set_current_step(0, 4)
+    viewer.reset_view()
+    qtbot.waitUntil(lambda: widget.sync.view_z == 4, timeout=5000)
+    click(qtbot, viewer, layer, 48, 48)
+    wait_idle(qtbot, widget)
+    assert widget.edge_spin.value() == pytest.approx(0.2) and widget.edge_spin.isEnabled()
+
+    key(qtbot, viewer, Qt.Key.Key_S, Qt.KeyboardModifier.ShiftModifier)  # Segment volume
+    qtbot.waitUntil(lambda: "volume segmented" in widget.last_message, timeout=WAIT_MS)
+    wait_idle(qtbot, widget)
+    assert "faded at z=2" in widget.last_message and "faded at z=7" in widget.last_message
+    assert widget.z_profile.extent() == (3, 6)
+    save_screenshot(viewer, "volume_stops_out_of_focus")
+
+    # the stop off (down arrow to 0, shown as "off"): Shift+S again follows the blur further
+    widget.edge_spin.setFocus()
+    for _ in range(4):
+        qtbot.keyClick(widget.edge_spin, Qt.Key.Key_Down)
+    assert widget.edge_spin.value() == 0 and widget.edge_spin.text() == "off"
+    widget.volume_button.click()
+    qtbot.waitUntil(lambda: "volume segmented" in widget.last_message and "faded" not in widget.last_message,
+                    timeout=WAIT_MS)
+    wait_idle(qtbot, widget)
+    lo, hi = widget.z_profile.extent()
+    assert lo < 3 and hi > 6

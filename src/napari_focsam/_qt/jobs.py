@@ -481,8 +481,9 @@ class SessionJobs(QObject):
         self._start(predict, "_predict_worker", done, compute=True)
 
     # ------------------------------------------------------------------ volume
-    def segment_volume(self, ticket: Ticket, prompts: Prompts, iou: float) -> None:
-        """Propagate the object of ``ticket.epoch`` (set to ``prompts``) through the stack."""
+    def segment_volume(self, ticket: Ticket, prompts: Prompts, stops: dict) -> None:
+        """Propagate the object of ``ticket.epoch`` (set to ``prompts``) through the stack;
+        ``stops``: the stop rules' settings (``iou_threshold``, ``edge_fade``)."""
         ctx = self.context
         cancel = self._volume_cancel = threading.Event()
         report = throttled(self.volume_progress.emit)
@@ -496,7 +497,7 @@ class SessionJobs(QObject):
                 with ctx.lock:
                     obj = ctx.object_for(ticket.epoch)
                     set_prompts(obj, prompts, region=True)
-                    res = obj.propagate(iou_threshold=iou, progress=report, cancelled=cancelled)
+                    res = obj.propagate(**stops, progress=report, cancelled=cancelled)
                     return res, obj.volume_regions()
             except Exception as exc:
                 return describe_error(exc, "Segment volume"), None

@@ -2,7 +2,7 @@
 
 ``SetupPanel`` (image, model, device, focus refiner, cache folder), ``OutputPanel`` (labels layer,
 overwrite), ``PromptPanel`` (polarity of the next click), ``ActionPanel`` (commit, clear, segment
-volume, IoU stop, progress, cancel) and ``StatusLine``.
+volume, its IoU and outline stops, progress, cancel) and ``StatusLine``.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from qtpy.QtWidgets import (
     QVBoxLayout,
 )
 
-from ..core.defaults import DEFAULT_IOU_THRESHOLD, DEFAULT_MODEL
+from ..core.defaults import DEFAULT_EDGE_FADE, DEFAULT_IOU_THRESHOLD, DEFAULT_MODEL
 from ..core.editing import PasteError
 from .constants import (
     CUSTOM_FILE, DEVICES, EMBEDDING_CACHE_ENV, NEGATIVE_COLOR, NEW_LABELS, POSITIVE_COLOR, THREADS_ENV, default_threads)
@@ -353,7 +353,7 @@ class PromptPanel(QGroupBox):
 
 
 class ActionPanel(QGroupBox):
-    """Commit, clear, segment volume (IoU stop), progress and cancel.
+    """Commit, clear, segment volume (its IoU and outline stops), progress and cancel.
 
     Signals: ``commit_clicked``, ``clear_clicked``, ``volume_clicked``, ``cancel_clicked``.
     """
@@ -388,6 +388,17 @@ class ActionPanel(QGroupBox):
                                  "slice's mask less than this (intersection over union, the two masks "
                                  "centred on each other: a section that only moved is not a stop)")
         form.addRow("Stop below IoU", self.iou_spin)
+        self.edge_spin = QDoubleSpinBox()
+        self.edge_spin.setRange(0.0, 0.9)
+        self.edge_spin.setSingleStep(0.05)
+        self.edge_spin.setDecimals(2)
+        self.edge_spin.setSpecialValueText("off")  # shown at 0
+        self.edge_spin.setValue(DEFAULT_EDGE_FADE)
+        self.edge_spin.setToolTip("Out of focus: beyond the outermost clicked slices, propagation stops at the "
+                                  "first slice where the object's outline (the image gradient around the mask) "
+                                  "is weaker than this fraction of the clicked slices' (the blur past the ends "
+                                  "of a nucleus in a fluorescence stack); off at 0")
+        form.addRow("Stop where outline fades below", self.edge_spin)
         box.addLayout(form)
         row, self.progress_bar, self.cancel_button = progress_row()
         box.addLayout(row)
@@ -412,7 +423,12 @@ class ActionPanel(QGroupBox):
         self.clear_button.setEnabled(ready)
         self.volume_button.setEnabled(ready and is_3d and not volume_running)
         self.iou_spin.setEnabled(is_3d)
+        self.edge_spin.setEnabled(is_3d)
         self.cancel_button.setVisible(volume_running or cancellable)
+
+    def stops(self) -> dict:
+        """The propagation's stop settings, as keyword arguments of ``propagate``."""
+        return {"iou_threshold": float(self.iou_spin.value()), "edge_fade": float(self.edge_spin.value())}
 
     def show_progress(self, done: int | None, total: int, fmt: str) -> None:
         """Show the bar: ``done`` of ``total`` (``done`` None or ``total`` 0: busy, no count)."""

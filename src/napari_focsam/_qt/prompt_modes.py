@@ -247,8 +247,9 @@ class PromptModes(QObject):
         return f"object {paste.label}"
 
     # ------------------------------------------------------------------ volume (many objects)
-    def segment_volume(self, clicks: list, iou: float) -> None:
-        """Propagate every batch object through the stack, one after the other, then commit them all."""
+    def segment_volume(self, clicks: list, stops: dict) -> None:
+        """Propagate every batch object through the stack, one after the other, then commit them all
+        (``stops``: the stop rules' settings, as for one object)."""
         ctx, jobs = self.jobs.context, self.jobs
         groups = batch_groups(clicks)
         if not groups:
@@ -281,7 +282,7 @@ class PromptModes(QObject):
                         def step(done, total, i=i):
                             report(100 * i + int(100 * done / max(total, 1)), 100 * n,
                                    f"propagating object {i + 1}/{n}: %p%")
-                        obj.propagate(iou_threshold=iou, progress=step, cancelled=cancel.is_set)
+                        obj.propagate(**stops, progress=step, cancelled=cancel.is_set)
                         vols.append(obj.volume_regions())
                 if not cancel.is_set():
                     report(100 * n, 100 * n, f"propagated {n} objects")

@@ -38,7 +38,7 @@ class WidgetHooks:
     clicks: Callable[[], list]                # [(z, y, x, positive)] in pixels
     start_predict: Callable[[], None]
     failed: Callable[[Failure], None]         # a job failed: say why (out of GPU memory: the CPU)
-    iou: Callable[[], float]                  # the IoU stop of the propagation
+    stops: Callable[[], dict]                 # the propagation's stops: iou_threshold, edge_fade
     embedded: Callable[[], tuple[int, int]]   # (slices embedded, slices to embed)
 
 
@@ -68,13 +68,13 @@ class VolumeFlow:
             return
         clicks, box = (h.clicks() if clicks is None else clicks), self.modes.box()
         if self.modes.batch:
-            return self.modes.segment_volume(clicks, h.iou())
+            return self.modes.segment_volume(clicks, h.stops())
         if not clicks and box is None:
             return h.notify("info", "click on the object in a slice first, then Segment volume")
         ticket = self.queue.supersede()  # a newer state than any running prediction
         self._sent = list(clicks)
         self.actions.start_volume_progress()
-        self.jobs.segment_volume(ticket, Prompts.of(clicks, box), h.iou())
+        self.jobs.segment_volume(ticket, Prompts.of(clicks, box), h.stops())
         h.update_buttons()
         done, _ = h.embedded()
         left = ctx.n_slices - done

@@ -3,7 +3,8 @@
 Layout (top to bottom): **Setup** (image, model, device, focus refiner, cache folder), **Output**
 (labels layer, overwrite), **Prompts** (polarity of the next click, ``T``), **More prompts** (boxes,
 one object per positive point, Segment all: :class:`~.prompt_modes.PromptModes`), **Actions** (Commit
-[C/Enter], Clear [Shift+C/Esc], Segment volume [Shift+S], IoU stop, progress, Cancel), **Status**.
+[C/Enter], Clear [Shift+C/Esc], Segment volume [Shift+S], its IoU and outline stops, progress,
+Cancel), **Status**.
 
 The widget only wires the parts: :class:`~.panels.SetupPanel` & co. show state and emit signals,
 :class:`~.prompt_layers.PromptLayers` owns the napari layers and keys, :class:`~.jobs.SessionJobs`
@@ -143,7 +144,7 @@ class FocSAMWidget(QWidget):
                                      notify=self._notify, set_status=self._set_status,
                                      update_buttons=self._update_buttons, clicks=self._clicks,
                                      start_predict=self._start_predict, failed=self._failed,
-                                     iou=lambda: float(self.iou_spin.value()),
+                                     stops=self.actions.stops,
                                      embedded=lambda: (self.state.embedded, self.state.embed_total)))
         self.embeddings = EmbeddingProgress(self.state, jobs=self.jobs, actions=self.actions, tiles=self.tiles,
                                             sync=self.sync, notify=self._notify, set_status=self._set_status,
@@ -504,7 +505,7 @@ CONTROLS = {**dict.fromkeys(("image_combo", "model_combo", "device_combo", "refi
                              "cache_button", "threads_spin"), "setup"),
             **dict.fromkeys(("output_combo", "overwrite_check"), "output"),
             "polarity_button": "prompt_panel",
-            **dict.fromkeys(("commit_button", "clear_button", "volume_button", "iou_spin", "progress_bar",
+            **dict.fromkeys(("commit_button", "clear_button", "volume_button", "iou_spin", "edge_spin", "progress_bar",
                              "cancel_button"), "actions")}
 #: Fields of the dock's :class:`~.state.WidgetState`, by the names scripts and tests read.
 STATE_NAMES = {"last_message": "message", "last_latency_ms": "latency_ms", "last_model_ms": "model_ms",

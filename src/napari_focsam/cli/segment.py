@@ -24,7 +24,7 @@ import argparse
 import json
 import time
 
-from ..core.defaults import DEFAULT_IOU_THRESHOLD, DEFAULT_MODEL, REFINE_PRECISIONS
+from ..core.defaults import DEFAULT_EDGE_FADE, DEFAULT_IOU_THRESHOLD, DEFAULT_MODEL, REFINE_PRECISIONS
 from ..core.outputs import formats_help
 from ..core.prompting import Click
 from ..errors import UserError
@@ -79,6 +79,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--iou-threshold", type=float, default=DEFAULT_IOU_THRESHOLD, metavar="T",
                    help="with --propagate: stop where the IoU with the previous slice, the masks centred "
                         f"on each other, falls below T (default {DEFAULT_IOU_THRESHOLD})")
+    p.add_argument("--edge-fade", type=float, default=DEFAULT_EDGE_FADE, metavar="F",
+                   help="with --propagate: stop where the object's outline (the image gradient around the "
+                        "mask) has faded below F times its clicked slice's, as past the ends of an object "
+                        f"in a fluorescence stack; 0 turns it off (default {DEFAULT_EDGE_FADE})")
     p.add_argument("--cache", default=None, metavar="DIR", help="embedding cache folder (see `precompute`)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
     p.add_argument("--refine-precision", choices=REFINE_PRECISIONS, default=None,
@@ -123,6 +127,8 @@ def run(args: argparse.Namespace) -> int:
     if args.propagate and not 0.0 <= args.iou_threshold <= 1.0:
         raise UserError(f"--iou-threshold {args.iou_threshold:g} is out of range: "
                         "iou_threshold must be within [0, 1]")
+    if args.propagate and not 0.0 <= args.edge_fade < 1.0:
+        raise UserError(f"--edge-fade {args.edge_fade:g} is out of range: it must be within [0, 1) (0: off)")
     tiling = tile_options(args)
     check_output(args.out, 3 if args.propagate else 2, args.image)
     vol = load_volume(open_input(args.image, args.level))
@@ -204,7 +210,7 @@ def _propagate(args, vol, obj):
     """``obj.propagate`` with a progress bar; a refused propagation is a one-line UserError."""
     update, close = progress_bar(vol.n_slices, "propagation", not args.no_progress)
     try:
-        return obj.propagate(progress=update, iou_threshold=args.iou_threshold)
+        return obj.propagate(progress=update, iou_threshold=args.iou_threshold, edge_fade=args.edge_fade)
     except ValueError as exc:
         raise UserError(str(exc)) from None
     finally:

@@ -62,6 +62,7 @@ from ..defaults import DEFAULT_IOU_THRESHOLD  # the measured stop threshold (re-
 from ..prompting import mask_iou, shape_iou
 from ..prompting import FocSAMPredictor, MaskRegion, logits_to_mask, region_from_plane
 from ..embeddings import ImageEmbedding
+from ._edges import DEFAULT_EDGE_FADE, faded_reason, object_outline, outline_strength
 from ._runs import DIRECTIONS, PropagationRun, plan_runs, run_all, walk_run
 
 if TYPE_CHECKING:
@@ -390,7 +391,7 @@ def next_slice(
 
 
 def check_propagation(seeds: Mapping[int, Any], directions: Iterable[str], iou_threshold: float,
-                      prompt: str) -> tuple[str, ...]:
+                      prompt: str, edge_fade: float | None = None) -> tuple[str, ...]:
     """Validate the arguments shared by :func:`propagate` and the tiled propagation; returns
     ``directions`` as a tuple. ValueError with the valid values otherwise."""
     directions = tuple(directions)
@@ -399,6 +400,8 @@ def check_propagation(seeds: Mapping[int, Any], directions: Iterable[str], iou_t
         raise ValueError(f"unknown direction(s) {bad}: expected 'down' (towards slice 0) and/or 'up'")
     if not 0.0 <= iou_threshold <= 1.0:
         raise ValueError(f"iou_threshold must be within [0, 1], got {iou_threshold}")
+    if edge_fade is not None and not 0.0 <= edge_fade < 1.0:
+        raise ValueError(f"edge_fade must be within [0, 1) (or None: never), got {edge_fade}")
     if prompt not in PROMPT_MODES:
         raise ValueError(f"unknown prompt mode {prompt!r}: expected one of {PROMPT_MODES}")
     if not seeds:
@@ -422,8 +425,17 @@ def propagate(
     refine: bool = DEFAULT_REFINE_3D,
     restyled: Iterable[int] = (),
     offsets: Mapping[int, float] | None = None,
+    edge_fade: float | None = DEFAULT_EDGE_FADE,
+    outline_from: Iterable[int] | None = None,
 ) -> PropagationResult:
     """Propagate from seed slices (slice -> (mask, logits or None)) through ``store``'s volume.
+
+    edge_fade: an outer run stops where the object's outline has faded below this fraction of
+    its strongest seed's (the object went out of focus, :mod:`._edges`); None or 0: never.
+    outline_from: the seeds whose outline is the object's reference for ``edge_fade`` (default
+    all): the slices where the object was started, not the corrections of propagated slices
+    (made where a run went wrong, often at a blurred end; and so a correction does not move
+    the reference of every run).
 
     offsets: seed slice -> the logit level its runs' masks are cut at (default 0; a correction
     that moved its slice's level, see :class:`~napari_focsam.core.propagation.AnchorHistory`).
@@ -450,7 +462,7 @@ def propagate(
     keep the plain test: there the stop after a correction is what the user asked for.
     """
     t0 = time.perf_counter()
-    directions = check_propagation(seeds, directions, iou_threshold, prompt)
+    directions = check_propagation(seeds, directions, iou_threshold, prompt, edge_fade)
     n_slices = store.volume.n_slices
     refine = bool(refine) and store.predictor.model.has_refiner
     order = sorted(seeds)
@@ -489,13 +501,20 @@ def propagate(
             styled = None if blank else styled
         def step(z, prev, logits):  # a seed's level fades with the distance from it
             return next_mask(z, prev, logits, level * LEVEL_FADE ** abs(z - run.start), confidence)
+
+        def faded(z, mask):
+            if not outline:
+                return None
+            return faded_reason(outline_strength(store.volume, z, region_from_plane(mask)), outline, edge_fade, z)
         return walk_run(run, seed, seed_logits, step, np.count_nonzero, shape_iou,
                         iou_threshold=iou_threshold, min_pixels=min_pixels, tick=tick, cancelled=cancelled,
-                        first_reference=styled)
+                        first_reference=styled, faded=faded)
 
     confidence, scored = object_confidence(store, masks, multimask, tokens, memo)
+    outline = object_outline(store.volume, masks, outline_from) if edge_fade else 0.0
     run_masks, ious, reasons, was_cancelled = run_all(
-        runs, run_one, iou_threshold=iou_threshold, params=(prompt, multimask, min_pixels, refine, confidence),
+        runs, run_one, iou_threshold=iou_threshold, outer_params=(edge_fade, outline),
+        params=(prompt, multimask, min_pixels, refine, confidence),
         tokens=tokens, memo=memo, progress=progress)
     if memo is not None and not was_cancelled:
         memo.update(scored)

@@ -71,14 +71,14 @@ CANCELLED = "cancelled"
 
 def run_all(runs: Iterable[PropagationRun], run_one: Callable, *, iou_threshold: float, params: tuple,
             tokens: Mapping[int, Hashable] | None, memo: dict | None,
-            progress: Callable[[int, int], None] | None) -> tuple[dict, dict, dict, bool]:
+            progress: Callable[[int, int], None] | None, outer_params: tuple = ()) -> tuple[dict, dict, dict, bool]:
     """Execute propagation ``runs`` in order, reusing the finished runs kept in ``memo``.
 
     run_one(run, tick) -> (results by slice, IoU with the previous slice by slice, reason the
     run ended); it calls ``tick()`` once per slice kept and returns the reason
     :data:`CANCELLED` when it was cancelled, which skips the runs left. A run's memo key is its
-    extent, its seed's ``tokens`` entry (no key without one), ``iou_threshold`` for the outer
-    runs and ``params``; ``memo`` is replaced by this call's runs unless it was cancelled (see
+    extent, its seed's ``tokens`` entry (no key without one), ``iou_threshold`` and
+    ``outer_params`` for the outer runs (the stops only they apply) and ``params``; ``memo`` is replaced by this call's runs unless it was cancelled (see
     :func:`~napari_focsam.core.propagation.propagate`). Returns (results, ious, reasons per direction, cancelled).
     """
     runs = list(runs)
@@ -102,7 +102,7 @@ def run_all(runs: Iterable[PropagationRun], run_one: Callable, *, iou_threshold:
             continue
         key = None
         if tokens is not None and run.start in tokens:
-            key = (*run, tokens[run.start], iou_threshold if run.outer else None, *params)
+            key = (*run, tokens[run.start], (iou_threshold, *outer_params) if run.outer else None, *params)
         if memo is not None and key is not None and key in memo:
             got = memo[key]
             tick(len(got[0]))
@@ -127,7 +127,8 @@ def walk_run(run: PropagationRun, seed: Any, state: Any, next_mask: Callable, pi
              *, iou_threshold: float, min_pixels: int, tick: Callable[[], None],
              cancelled: Callable[[], bool] | None,
              rebound: float | None = END_REBOUND,
-             first_reference: Any = None) -> tuple[dict, dict[int, float], str]:
+             first_reference: Any = None,
+             faded: Callable[[int, Any], str | None] | None = None) -> tuple[dict, dict[int, float], str]:
     """Walk one run from its seed slice, one slice at a time, until a stop rule ends it.
 
     seed: the seed slice's mask (any type ``pixels`` and ``overlap`` take: an (H, W) bool
@@ -137,7 +138,8 @@ def walk_run(run: PropagationRun, seed: Any, state: Any, next_mask: Callable, pi
     ``min_pixels`` pixels, when its IoU with the previous slice (``overlap``) falls below
     ``iou_threshold`` (outer runs only), where the object ends (outer runs only: the mask grows
     again by more than ``rebound`` after the run shrank below :data:`END_SHRINK` of its seed;
-    None turns this off) or when ``cancelled()`` (reason :data:`CANCELLED`).
+    None turns this off), where ``faded(z, mask)`` gives a reason (outer runs only: the object
+    went out of focus, see :mod:`._edges`) or when ``cancelled()`` (reason :data:`CANCELLED`).
     first_reference: a second mask the first slice may match instead of the seed (the IoU kept
     is the larger; see ``restyled`` in :func:`~napari_focsam.core.propagation.propagate`); the end rule's shrinking is measured
     from the smaller of the two (a seed the user enlarged is larger than the masks the decoder
@@ -173,6 +175,9 @@ def walk_run(run: PropagationRun, seed: Any, state: Any, next_mask: Callable, pi
         if (run.outer and rebound is not None and smallest < END_SHRINK * seed_area
                 and area > (1 + rebound) * smallest):
             return masks, ious, f"ends at z={z - run.step}: the mask grows again at z={z} ({area} > {smallest} px)"
+        why = faded(z, mask) if run.outer and faded is not None else None
+        if why:
+            return masks, ious, why
         smallest = min(smallest, area)
         masks[z] = mask
         prev = mask

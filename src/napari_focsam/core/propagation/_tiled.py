@@ -31,6 +31,7 @@ from ..prompting import (
 from ._plain import (
     DEFAULT_MULTIMASK, DEFAULT_PROMPT, MIN_MASK_PIXELS, PropagationResult, check_propagation, decode_prompt_token,
     doubts_its_mask, interior_point, mask_box, mask_to_logits)
+from ._edges import DEFAULT_EDGE_FADE, faded_reason, object_outline, outline_strength
 from ._runs import DIRECTIONS, plan_runs, run_all, walk_run
 
 __all__ = ["RegionMasks", "propagate_tiled"]
@@ -141,13 +142,15 @@ def propagate_tiled(
     min_pixels: int = MIN_MASK_PIXELS,
     tokens: Mapping[int, Hashable] | None = None,
     memo: dict | None = None,
+    edge_fade: float | None = DEFAULT_EDGE_FADE,
+    outline_from: Iterable[int] | None = None,
 ) -> PropagationResult:
     """Propagate from seed slices (slice -> (region, tile or None, logits or None)) through a
     tiled stack; the result's ``masks`` is a :class:`RegionMasks`. See :func:`~napari_focsam.core.propagation.propagate`
     for the parameters, ``tokens`` and ``memo`` included (a run whose seed, extent and parameters
     did not change since the last call is reused, not decoded again)."""
     t0 = time.perf_counter()
-    directions = check_propagation(seeds, directions, iou_threshold, prompt)
+    directions = check_propagation(seeds, directions, iou_threshold, prompt, edge_fade)
     n_slices = store.volume.n_slices
     order = sorted(seeds)
     regions = {z: r for z, (r, _, _) in seeds.items() if region_pixels(r)}
@@ -158,13 +161,19 @@ def propagate_tiled(
         region, key, logits, blank = next_slice_tiled(store, z, prev, *state, prompt, multimask)
         return region, (key, logits), blank
 
+    outline = object_outline(store.volume, regions, outline_from) if edge_fade else 0.0
+
+    def faded(z: int, region: MaskRegion):
+        return faded_reason(outline_strength(store.volume, z, region), outline, edge_fade, z) if outline else None
+
     def run_one(run, tick: Callable[[], None]):
         prev, key, logits = seeds[run.start]
         return walk_run(run, prev, (key, logits), next_region, region_pixels, region_shape_iou,
-                        iou_threshold=iou_threshold, min_pixels=min_pixels, tick=tick, cancelled=cancelled)
+                        iou_threshold=iou_threshold, min_pixels=min_pixels, tick=tick, cancelled=cancelled,
+                        faded=faded)
 
     run_regions, ious, reasons, was_cancelled = run_all(
-        runs, run_one, iou_threshold=iou_threshold, params=(prompt, multimask, min_pixels),
+        runs, run_one, iou_threshold=iou_threshold, params=(prompt, multimask, min_pixels), outer_params=(edge_fade, outline),
         tokens=tokens, memo=memo, progress=progress)
     regions.update(run_regions)
     nonempty = [z for z, r in regions.items() if region_pixels(r)]

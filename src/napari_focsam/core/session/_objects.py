@@ -14,7 +14,7 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 import torch
 
-from ..defaults import DEFAULT_IOU_THRESHOLD
+from ..defaults import DEFAULT_EDGE_FADE, DEFAULT_IOU_THRESHOLD
 from ..images import ImageVolume, TileKey
 from ..models import release_memory
 from ..prompting import (
@@ -435,6 +435,7 @@ class SegmentedObject:
         cancelled: Callable[[], bool] | None = None,
         prompt: str = DEFAULT_PROMPT,
         multimask: bool = DEFAULT_MULTIMASK,
+        edge_fade: float | None = DEFAULT_EDGE_FADE,
     ) -> PropagationResult:
         """Propagate slice by slice from the clicked slices (and ``z_start``) through the stack.
 
@@ -445,7 +446,7 @@ class SegmentedObject:
         there); a clicked ``z_start`` changes nothing. A clicked slice whose mask is empty
         (e.g. only negative clicks) stops the propagation there. Embeddings missing on the way
         are computed. ``cancelled()`` is checked between slices; a cancelled run keeps (and
-        returns) what it finished. The result also becomes :meth:`volume_mask`.
+        returns) what it finished. The result becomes :meth:`volume_mask`. Stop rules: ``propagate``.
 
         Re-propagation after an edit reuses every run whose seed slice, extent and parameters
         did not change: a click on one slice only re-propagates the runs next to that slice.
@@ -456,7 +457,7 @@ class SegmentedObject:
                 seeds = {z: slices.seed(h) for z, h in self._slices.items()}
                 offsets = {z: h.offset for z, h in self._slices.items() if h.offset}
                 tokens = {z: h.token for z, h in self._slices.items()}
-                restyled = slices.restyled(self._slices)
+                restyled, starts = slices.restyled(self._slices), slices.starts(self._slices)
                 if z_start is not None:
                     z_start = self._check_z(z_start)
                     if z_start not in seeds:
@@ -468,10 +469,9 @@ class SegmentedObject:
                 if not seeds:
                     raise ValueError("the object has no clicks yet: add a click first")
             # without the object's lock: mask() etc. stay responsive while this runs
-            result = slices.propagate(seeds, tokens, self._runs, restyled, offsets=offsets,
-                                      iou_threshold=iou_threshold,
-                                      directions=directions, progress=progress, cancelled=cancelled,
-                                      prompt=prompt, multimask=multimask)
+            result = slices.propagate(seeds, tokens, self._runs, restyled, offsets=offsets, outline_from=starts,
+                                      iou_threshold=iou_threshold, edge_fade=edge_fade, directions=directions,
+                                      progress=progress, cancelled=cancelled, prompt=prompt, multimask=multimask)
             self._finish(result, tokens)
             return result
 

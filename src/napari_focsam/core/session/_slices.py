@@ -76,6 +76,11 @@ class PlaneSlices:
         """What a propagation starts from on a clicked slice: ``(mask, logits)``."""
         return hist.mask, hist.logits
 
+    def starts(self, histories: dict) -> list[int]:
+        """Slices where the object was started: clicked before any propagation reached them (not
+        corrections of propagated slices, :class:`AnchorHistory`)."""
+        return [z for z, h in histories.items() if not isinstance(h, AnchorHistory)]
+
     def restyled(self, histories: dict) -> list[int]:
         """Slices where the object was started and then corrected (not anchors)."""
         return [z for z, h in histories.items() if isinstance(h, InteractiveObject) and len(h) > 1]
