@@ -14,7 +14,7 @@ import argparse
 import json
 import time
 
-from ..core.defaults import DEFAULT_IOU_THRESHOLD
+from ..core.defaults import DEFAULT_EDGE_FADE, DEFAULT_IOU_THRESHOLD
 from ..core.outputs import formats_help
 from ..errors import UserError
 from ._common import (
@@ -36,6 +36,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--iou-threshold", type=float, default=DEFAULT_IOU_THRESHOLD, metavar="T",
                    help=f"with --propagate: stop below this IoU with the previous slice, the masks centred on each other "
                         f"(default {DEFAULT_IOU_THRESHOLD})")
+    p.add_argument("--edge-fade", type=float, default=DEFAULT_EDGE_FADE, metavar="F",
+                   help="with --propagate: stop where an object's outline has faded below F times its seed "
+                        f"slice's (out of focus); 0 turns it off (default {DEFAULT_EDGE_FADE})")
     add_image_model_options(p)
     p.add_argument("--cache", default=None, metavar="DIR",
                    help="embedding cache folder shared by the workers (run `precompute` first)")
@@ -51,6 +54,9 @@ def run(args: argparse.Namespace) -> int:
     from ..core.outputs import write_object_labels
 
     t0 = time.perf_counter()
+    if not 0.0 <= args.iou_threshold <= 1.0 or not 0.0 <= args.edge_fade < 1.0:
+        raise UserError(f"--iou-threshold must be within [0, 1] and --edge-fade within [0, 1) (0: off), got "
+                        f"{args.iou_threshold:g} and {args.edge_fade:g}")
     try:
         vol = load_volume(open_image(args.image), args.contrast_limits)
     except ValueError as exc:
@@ -73,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
     note(f"read {args.image} as {layout_of(vol)}; {len(seeds)} seeds")
     source = ImageSource(str(args.image), contrast_limits=args.contrast_limits)
     kwargs = dict(model=args.model, device=args.device, cache_dir=args.cache, propagate=args.propagate,
-                  iou_threshold=args.iou_threshold, seeds_per_task=args.units_per_task,
+                  iou_threshold=args.iou_threshold, edge_fade=args.edge_fade, seeds_per_task=args.units_per_task,
                   progress=not args.no_progress)
     workers = 1
     try:

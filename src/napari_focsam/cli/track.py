@@ -17,7 +17,7 @@ import argparse
 import json
 import time
 
-from ..core.defaults import DEFAULT_IOU_THRESHOLD
+from ..core.defaults import DEFAULT_EDGE_FADE, DEFAULT_IOU_THRESHOLD
 from ..errors import UserError
 from ._common import add_image_model_options, check_output, note, progress_bar, read_input
 
@@ -46,6 +46,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--iou-threshold", type=float, default=DEFAULT_IOU_THRESHOLD, metavar="T",
                    help=f"a track stops below this IoU with the previous frame, the masks centred on each other "
                         f"(default {DEFAULT_IOU_THRESHOLD})")
+    p.add_argument("--edge-fade", type=float, default=DEFAULT_EDGE_FADE, metavar="F",
+                   help="a track (or, in a 4D movie, an object along z) stops where its outline has faded "
+                        f"below F times its clicked frame's: out of focus; 0 turns it off (default {DEFAULT_EDGE_FADE})")
     add_image_model_options(p)
     p.add_argument("--cache", default=None, metavar="DIR", help="embedding cache folder")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -76,6 +79,8 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     if not 0.0 <= args.iou_threshold <= 1.0:
         raise UserError(f"--iou-threshold must be within [0, 1], got {args.iou_threshold}")
+    if not 0.0 <= args.edge_fade < 1.0:
+        raise UserError(f"--edge-fade must be within [0, 1) (0: off), got {args.edge_fade}")
     movie = read_input(args.image)
     try:
         axes = check_axes(args.axes, movie.shape)
@@ -108,7 +113,7 @@ def run(args: argparse.Namespace) -> int:
                     tl.add_object(t, rest[1], rest[2], z=int(round(rest[0])))
                 else:
                     tl.add_object(t, rest[0], rest[1])
-            tl.propagate(iou_threshold=args.iou_threshold, progress=update)
+            tl.propagate(iou_threshold=args.iou_threshold, edge_fade=args.edge_fade, progress=update)
         finally:
             close()
         for p in sorted(divisions, key=lambda q: q[0]):
@@ -117,7 +122,7 @@ def run(args: argparse.Namespace) -> int:
             y, x = float(p[-2]), float(p[-1])
             oid = _object_at(tl, t, z, y, x)
             daughters = tl.split(oid, t, y, x, z)
-            tl.propagate(daughters, iou_threshold=args.iou_threshold)
+            tl.propagate(daughters, iou_threshold=args.iou_threshold, edge_fade=args.edge_fade)
         labels = tl.labels()
     except ValueError as exc:
         raise UserError(str(exc)) from None

@@ -251,6 +251,27 @@ def test_segment_batch_cli_checks_before_any_work(cells3d_files, tmp_path):
     proc = subprocess.run([sys.executable, "-m", "napari_focsam.cli", "segment-batch", str(stack), "--points",
                            str(csv), "--out", str(tmp_path / "l.tif")], capture_output=True, text=True)
     assert proc.returncode == 2 and "outside the image" in proc.stderr
+    rc, _ = _cli("segment-batch", str(stack), "--points", str(csv), "--out", str(tmp_path / "l.tif"), "--propagate",
+                 "--edge-fade", "1.5")
+    assert rc == 2  # the stop rules are checked first
+
+
+def test_segment_seeds_passes_the_stop_rules_to_each_propagation(monkeypatch):
+    """``iou_threshold`` and ``edge_fade`` reach ``propagate``; those left None are the product's."""
+    from engine_helpers import make_fast_focsam
+
+    from napari_focsam.core.cluster import _distributed as D
+    from napari_focsam.core.session import Session
+    from napari_focsam.core.session._objects import SegmentedObject
+
+    seen = []
+    real = SegmentedObject.propagate
+    monkeypatch.setattr(SegmentedObject, "propagate", lambda self, **k: seen.append(k) or real(self, **k))
+    session = Session(np.random.default_rng(0).random((3, 32, 32)).astype(np.float32), make_fast_focsam())
+    D.segment_one(session, 0, (1, 16, 16), True, 0.5, 0.0)
+    D.segment_one(session, 1, (1, 16, 16), True, None, 0.3)
+    D.segment_one(session, 2, (1, 16, 16), True)
+    assert seen == [{"iou_threshold": 0.5, "edge_fade": 0.0}, {"edge_fade": 0.3}, {}]
 
 
 def test_waiting_for_tasks_ends_when_the_client_stays_away_from_its_scheduler():

@@ -228,3 +228,38 @@ def test_track_command_checks_the_axes(tiny_ckpt, tmp_path, capsys):
     rc = main(["track", str(movie), "--axes", "tzyx", "--points", str(seeds), "--out", str(tmp_path / "l.tif"),
                "--model", str(tiny_ckpt)])
     assert rc == 2 and "needs a 4D image" in capsys.readouterr().err
+
+
+def test_the_stop_settings_reach_every_propagation_of_a_movie(fast_model, scripted, tiny_ckpt, tmp_path, capsys,
+                                                               monkeypatch):
+    """``edge_fade`` (the out-of-focus stop) goes with ``iou_threshold`` to every propagation: along
+    t in a (T, Y, X) movie, along z in each frame and from frame to frame in a (T, Z, Y, X) one,
+    and from the ``track`` command; out of range, the command refuses it."""
+    import tifffile
+
+    from napari_focsam.cli import main
+    from napari_focsam.core.session._objects import SegmentedObject
+
+    seen = []
+    real = SegmentedObject.propagate
+    monkeypatch.setattr(SegmentedObject, "propagate",
+                        lambda self, *a, **k: seen.append((k.get("iou_threshold"), k.get("edge_fade"))) or
+                        real(self, *a, **k))
+    image = np.random.default_rng(0).random((3, 4, S, S)).astype(np.float32)
+    scripted.clear()
+    scripted.update({z: [disc(6, 16, 16)] for z in range(4)})
+    movie = TimeLapse(image, fast_model, axes="tzyx")
+    movie.add_object(0, 16, 16, z=1)
+    movie.propagate(iou_threshold=0.4, edge_fade=0.3)
+    assert len(seen) == 3 and set(seen) == {(0.4, 0.3)}  # frame 0 along z, then frames 1 and 2
+    seen.clear()
+    scripted.clear()
+    scripted.update(movie_truth())
+    path = tmp_path / "movie.tif"
+    tifffile.imwrite(path, np.random.default_rng(0).random((T, S, S)).astype(np.float32))
+    seeds = tmp_path / "seeds.csv"
+    seeds.write_text("index,axis-0,axis-1,axis-2\n0,0,16,16\n")
+    base = ["track", str(path), "--axes", "TYX", "--points", str(seeds), "--out", str(tmp_path / "l.tif"),
+            "--model", str(tiny_ckpt), "--no-progress"]
+    assert main(base + ["--edge-fade", "0"]) == 0 and set(seen) == {(0.65, 0.0)}
+    assert main(base + ["--edge-fade", "1"]) == 2 and "--edge-fade must be within [0, 1)" in capsys.readouterr().err

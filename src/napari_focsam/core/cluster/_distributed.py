@@ -482,7 +482,7 @@ def regions_to_crop(regions: dict[int, Any]) -> tuple[tuple[int, int, int], np.n
 
 
 def segment_one(session: Any, index: int, seed: Sequence[float], propagate: bool,
-                iou_threshold: float | None = None) -> ObjectResult:
+                iou_threshold: float | None = None, edge_fade: float | None = None) -> ObjectResult:
     """One object from one positive seed (and its propagation through a stack); works region by
     region, so memory follows the object, not the image (no full plane of a huge image)."""
     vol = session.volume
@@ -492,8 +492,7 @@ def segment_one(session: Any, index: int, seed: Sequence[float], propagate: bool
     try:
         region = obj.add_click(y, x, True, z, region=True) if vol.is_3d else obj.add_click(y, x, True, region=True)
         if vol.is_3d and propagate:
-            kwargs = {} if iou_threshold is None else {"iou_threshold": iou_threshold}
-            obj.propagate(**kwargs)
+            obj.propagate(**{k: v for k, v in (("iou_threshold", iou_threshold), ("edge_fade", edge_fade)) if v is not None})
             regions = obj.volume_regions()
         else:
             regions = {z: region}
@@ -505,7 +504,7 @@ def segment_one(session: Any, index: int, seed: Sequence[float], propagate: bool
 
 def _segment_task(source: ImageSource, cache_dir: str | None, model: str, device: str,
                   items: Sequence[tuple[int, Sequence[float]]], propagate: bool,
-                  iou_threshold: float | None, threads: int | None) -> list[ObjectResult]:
+                  iou_threshold: float | None, threads: int | None, edge_fade: float | None = None) -> list[ObjectResult]:
     """Runs on a worker: segment several seeds with one session (the worker keeps the model)."""
     import torch
 
@@ -514,13 +513,13 @@ def _segment_task(source: ImageSource, cache_dir: str | None, model: str, device
     if threads:
         torch.set_num_threads(int(threads))
     with Session(source.volume(), model, device=device, cache_dir=cache_dir) as session:
-        return [segment_one(session, i, seed, propagate, iou_threshold) for i, seed in items]
+        return [segment_one(session, i, seed, propagate, iou_threshold, edge_fade) for i, seed in items]
 
 
 def segment_seeds(source: ImageSource, seeds: np.ndarray, *, model: str, device: str = "cpu",
                   cache_dir: str | Path | None = None, propagate: bool = False,
-                  iou_threshold: float | None = None, client: Any = None, seeds_per_task: int = 4,
-                  retries: int = 3, threads: int | None = None, progress: bool = True,
+                  iou_threshold: float | None = None, edge_fade: float | None = None, client: Any = None,
+                  seeds_per_task: int = 4, retries: int = 3, threads: int | None = None, progress: bool = True,
                   on_object: Callable[[int, int], None] | None = None) -> list[ObjectResult]:
     """Segment one object per seed, in this process or on the workers of ``client``.
 
@@ -537,6 +536,8 @@ def segment_seeds(source: ImageSource, seeds: np.ndarray, *, model: str, device:
         that no two workers encode one slice).
     propagate : bool
         Propagate each object through the stack from its seed's slice.
+    iou_threshold, edge_fade : float or None
+        The propagation's stop rules (``SegmentedObject.propagate``); None: the product's.
     client : distributed.Client or None
         None runs in this process, one session for all seeds.
     seeds_per_task : int
@@ -559,13 +560,13 @@ def segment_seeds(source: ImageSource, seeds: np.ndarray, *, model: str, device:
         out = []
         with Session(vol, model, device=device, cache_dir=cache) as session:
             for n, (i, seed) in enumerate(items, start=1):
-                out.append(segment_one(session, i, seed, propagate, iou_threshold))
+                out.append(segment_one(session, i, seed, propagate, iou_threshold, edge_fade))
                 if on_object is not None:
                     on_object(n, len(items))
         return out
     groups = [items[k:k + max(1, seeds_per_task)] for k in range(0, len(items), max(1, seeds_per_task))]
     futures = [client.submit(_segment_task, source, cache, model, device, g, propagate, iou_threshold,
-                             threads, pure=False, retries=retries) for g in groups]
+                             threads, edge_fade, pure=False, retries=retries) for g in groups]
     if futures and progress:
         progress_on_stderr(futures)
     wait_for_tasks(client, futures)

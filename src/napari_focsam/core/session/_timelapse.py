@@ -31,7 +31,7 @@ from typing import Any, Callable, Iterable
 import numpy as np
 from scipy import ndimage as ndi
 
-from ..defaults import DEFAULT_IOU_THRESHOLD
+from ..defaults import DEFAULT_EDGE_FADE, DEFAULT_IOU_THRESHOLD
 from ..prompting import mask_iou
 from ..propagation import MIN_MASK_PIXELS, interior_point, next_slice, prior_prompt
 
@@ -185,14 +185,17 @@ class TimeLapse:
 
     # -- propagation through time
     def propagate(self, object_ids: Iterable[int] | None = None, *, iou_threshold: float = DEFAULT_IOU_THRESHOLD,
-                  progress: Callable[[int, int], None] | None = None,
+                  edge_fade: float | None = DEFAULT_EDGE_FADE, progress: Callable[[int, int], None] | None = None,
                   cancelled: Callable[[], bool] | None = None) -> dict[int, tuple[int, int]]:
         """Follow objects (all by default) through the frames; returns id -> (first, last) frame.
 
         On a (T, Y, X) movie this is each object's :meth:`~napari_focsam.core.session.SegmentedObject.propagate`
         along t (a re-propagation reuses every run an edit did not touch). ``progress(done,
-        total)`` counts objects; ``cancelled()`` is checked between objects and frames.
+        total)`` counts objects; ``cancelled()`` is checked between objects and frames. The stop
+        rules (``iou_threshold``, ``edge_fade``) are those of ``SegmentedObject.propagate``, along t
+        and, in a (T, Z, Y, X) movie, along z in each frame.
         """
+        stops = {"iou_threshold": iou_threshold, "edge_fade": edge_fade}
         ids = sorted(self.tracks) if object_ids is None else [self._check_id(i) for i in object_ids]
         out = {}
         for k, oid in enumerate(ids):
@@ -200,21 +203,20 @@ class TimeLapse:
                 break
             directions = ("up",) if self.tracks[oid].forward_only else ("down", "up")
             if self.is_4d:
-                out[oid] = self._propagate_4d(oid, directions, iou_threshold, cancelled)
+                out[oid] = self._propagate_4d(oid, directions, stops, cancelled)
             else:
-                res = self._objects[oid].propagate(iou_threshold=iou_threshold, directions=directions,
-                                                   cancelled=cancelled)
+                res = self._objects[oid].propagate(**stops, directions=directions, cancelled=cancelled)
                 out[oid] = tuple(res.z_range)
             if progress is not None:
                 progress(k + 1, len(ids))
         return out
 
-    def _propagate_4d(self, oid: int, directions: tuple[str, ...], iou_threshold: float,
+    def _propagate_4d(self, oid: int, directions: tuple[str, ...], stops: dict,
                       cancelled: Callable[[], bool] | None) -> tuple[int, int]:
         per = self._objects[oid]
         clicked = sorted(t for t, o in per.items() if o.clicks)
         for t in clicked:
-            per[t].propagate(iou_threshold=iou_threshold, cancelled=cancelled)
+            per[t].propagate(**stops, cancelled=cancelled)
         for t in list(per):  # frames reached by an earlier propagation and not clicked: redone
             if t not in clicked:
                 self._frames[t].remove_object(per.pop(t))
@@ -226,7 +228,7 @@ class TimeLapse:
             while 0 <= t + step < self.n_frames and (t + step) not in per:
                 if cancelled is not None and cancelled():
                     break
-                nxt = self._carry(per[t], t, t + step, iou_threshold)
+                nxt = self._carry(per[t], t, t + step, stops)
                 if nxt is None:
                     break
                 t += step
@@ -234,9 +236,9 @@ class TimeLapse:
                 first, last = min(first, t), max(last, t)
         return first, last
 
-    def _carry(self, obj, t: int, t_next: int, iou_threshold: float):
+    def _carry(self, obj, t: int, t_next: int, stops: dict):
         """Frame ``t_next``'s object from ``obj`` of frame ``t`` (see the module docs), or None
-        where the object ends."""
+        where the object ends. ``stops``: the stop rules' settings of ``propagate``."""
         vol = obj.volume_mask()
         areas = vol.sum(axis=(1, 2))
         if not areas.any():
@@ -247,12 +249,12 @@ class TimeLapse:
         if getattr(emb, "blank", False):
             return None
         mask, _ = next_slice(session.predictor, emb, vol[z], None)
-        if mask.sum() < MIN_MASK_PIXELS or mask_iou(vol[z], mask) < iou_threshold:
+        if mask.sum() < MIN_MASK_PIXELS or mask_iou(vol[z], mask) < stops["iou_threshold"]:
             return None
         y, x = interior_point(mask)
         new = session.new_object()
         new.add_click(y, x, True, z=z)
-        new.propagate(iou_threshold=iou_threshold)
+        new.propagate(**stops)
         return new
 
     # -- divisions
