@@ -40,13 +40,12 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_volume_interactive import (  # noqa: E402
-    UNANNOTATED_SLICES,
-    VOLUMES,
-    annotated_block,
+from napari_focsam.evaluation.volumes import (  # noqa: E402
+    VOLUME_SETS,
     centre,
     crop_window,
     iou3d,
+    read_volume_set,
     seed_click,
     select_objects,
 )
@@ -99,15 +98,11 @@ def object_ceilings(session, gt: np.ndarray) -> dict:
 
 
 def run_volume(name: str, root: Path, model, args, log) -> list[dict]:
-    import tifffile
-
     from napari_focsam.core.session import Session
 
-    img_rel, lab_rel, keep, min_z, window = VOLUMES[name]
-    image, labels = tifffile.imread(root / img_rel), tifffile.imread(root / lab_rel)
-    if name in UNANNOTATED_SLICES:
-        image, labels, _ = annotated_block(image, labels)
-    ids = select_objects(labels, keep, min_z, args.seed)
+    image, labels, spec = read_volume_set(name, root)
+    window = spec.window
+    ids = select_objects(labels, spec.keep, spec.min_z, args.seed)
     if args.max_objects:
         ids = ids[:args.max_objects]
     session = None if window else Session(image, model, cache_dir=args.cache)
@@ -147,7 +142,7 @@ def main(argv=None) -> int:
     p.add_argument("--data-root", default=os.environ.get("FOCSAM_DATA", str(REPO.parent / "shared" / "data")))
     p.add_argument("--model", default="focsam_t_micro")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--volumes", default=",".join(VOLUMES))
+    p.add_argument("--volumes", default=",".join(VOLUME_SETS))
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-objects", type=int, default=None)
     p.add_argument("--cache", default=str(Path(tempfile.gettempdir()) / "napari-focsam-bench-cache"))
@@ -170,7 +165,7 @@ def main(argv=None) -> int:
         model = load_model(model_name, args.device)
         log(f"model {model_name}, torch threads {torch.get_num_threads()}")
         for name in args.volumes.split(","):
-            if not (root / VOLUMES[name][0]).is_file():
+            if not (root / VOLUME_SETS[name].image).is_file():
                 log(f"{name}: not found under {root}, skipped")
                 continue
             rows = run_volume(name, root, model, args, log)

@@ -239,18 +239,18 @@ def volume_vs_engine(app, args) -> None:
             gaps.append(meter.stop())
             # the engine, same object, same cache, same correction
             # (on the widget's compute thread: the process keeps one OpenMP pool, see core.models.compute_thread)
-            iou = float(widget.iou_spin.value())
+            stops = widget.actions.stops()  # the stop rules the widget propagated with
 
-            def engine_object(point=point, fix=fix, iou=iou):
+            def engine_object(point=point, fix=fix, stops=stops):
                 o = engine.new_object()
                 o.add_click(point[1], point[2], True, z)
                 t0 = time.perf_counter()
-                o.propagate(iou_threshold=iou)
+                o.propagate(**stops)
                 t_engine.append(time.perf_counter() - t0)
                 if fix is not None:
                     t0 = time.perf_counter()  # the click's own decode, then the runs it touched
                     o.add_click(fix[1], fix[2], fix[3], fix[0])
-                    repropagate(o, iou_threshold=iou)
+                    repropagate(o, **stops)
                     f_engine.append(time.perf_counter() - t0)
                 engine.remove_object(o)
             compute.run(engine_object)

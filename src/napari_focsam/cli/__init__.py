@@ -1,4 +1,4 @@
-"""Command line: ``napari-focsam segment | segment-all | track | weights | precompute | evaluate | train | train-cache | demo | gui``.
+"""Command line: ``napari-focsam segment | segment-all | track | weights | precompute | evaluate | evaluate-3d | train | train-cache | demo | gui``.
 
 One module per sub-command, each with ``add_parser(subparsers)`` and ``run(args) -> int``;
 this module builds the parser and applies the one error policy. Every sub-command prints one
@@ -20,7 +20,7 @@ import logging
 import sys
 
 from ..errors import UserError
-from . import demo, evaluate, gui, precompute, segment, segment_all, segment_batch, track, train, weights
+from . import demo, evaluate, evaluate_3d, gui, precompute, segment, segment_all, segment_batch, track, train, weights
 from ._common import join_negative_values
 
 __all__ = ["EXIT_BAD_INPUT", "EXIT_FAILURE", "EXIT_INTERRUPTED", "UserError", "build_parser", "main"]
@@ -30,7 +30,8 @@ EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
 
 #: The sub-command modules, in the order ``--help`` lists them.
-COMMANDS = (segment, segment_batch, segment_all, track, weights, precompute, evaluate, train, demo, gui)
+COMMANDS = (segment, segment_batch, segment_all, track, weights, precompute, evaluate, evaluate_3d, train, demo,
+            gui)
 
 
 def build_parser() -> argparse.ArgumentParser:
