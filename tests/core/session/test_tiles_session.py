@@ -143,6 +143,24 @@ def test_tiled_propagation_stops_where_a_calibrated_decoder_doubts_its_mask(mobi
         mobile_sam.propagation_thresholds = None
 
 
+def test_tiled_propagation_stops_where_the_object_goes_out_of_focus(mobile_sam):
+    """The out-of-focus stop on a tiled stack: a disc sharp on slices 1-3 and, on slices 0 and 4,
+    its light blurred and dimmer; the decoder finds the blur, the outline rule ends the object."""
+    from scipy import ndimage as ndi
+
+    truth = disc(1000, 800, 40)
+    sharp = image_with(truth)
+    blurred = ndi.gaussian_filter(sharp.astype(np.float32) * 0.7, 8).clip(0, 255).astype(np.uint8)
+    stack = np.stack([blurred, sharp, sharp, sharp, blurred])
+    s = Session(ImageVolume(stack), mobile_sam)
+    obj = s.new_object()
+    obj.add_click(1000, 800, z=2)
+    result = obj.propagate()
+    assert isinstance(result.masks, RegionMasks) and result.z_range == (1, 3), result.stopped_reason
+    assert all(why.startswith(f"faded at z={z}") for why, z in zip(result.stopped_reason.values(), (0, 4)))
+    assert obj.propagate(edge_fade=None).z_range == (0, 4)  # the decoder does follow the blur
+
+
 def test_tiled_disk_cache_is_signed_per_tile_resumable_and_detects_damage(tiny_focsam, tmp_path, caplog):
     img = image_with(disc(1000, 800, 25))
     pred = FocSAMPredictor(tiny_focsam)
