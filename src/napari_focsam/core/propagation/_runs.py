@@ -78,8 +78,10 @@ def run_all(runs: Iterable[PropagationRun], run_one: Callable, *, iou_threshold:
     run ended); it calls ``tick()`` once per slice kept and returns the reason
     :data:`CANCELLED` when it was cancelled, which skips the runs left. A run's memo key is its
     extent, its seed's ``tokens`` entry (no key without one), ``iou_threshold`` and
-    ``outer_params`` for the outer runs (the stops only they apply) and ``params``; ``memo`` is replaced by this call's runs unless it was cancelled (see
-    :func:`~napari_focsam.core.propagation.propagate`). Returns (results, ious, reasons per direction, cancelled).
+    ``outer_params`` for the outer runs (the stops only they apply) and ``params``; ``memo`` is
+    replaced by this call's runs unless it was cancelled (see
+    :func:`~napari_focsam.core.propagation.propagate`). Returns (results, ious, reasons per
+    direction, cancelled).
     """
     runs = list(runs)
     total = sum(r.n_slices for r in runs)
