@@ -102,6 +102,24 @@ def test_a_mask_over_a_large_plane_reads_only_the_blocks_its_outline_crosses():
     assert 1 <= len(reads) <= 4 and max(reads) <= (OUTLINE_BLOCK + 2 * margin) ** 2 < plane.size
 
 
+def test_missing_values_beside_the_object_neither_poison_the_measure_nor_end_the_object(
+        fast_model, decoder_sees_a_disc_everywhere):  # noqa: F811
+    """NaN (a masked-out part of a stitched stack) next to the outline: the band pixels it reaches
+    are left out, the measure stays finite, and a sharp object is still followed everywhere."""
+    clean = focus_stack(in_focus=range(Z))
+    holed = clean.copy()
+    holed[:, 8:14, 12:36] = np.nan  # a band of missing values just above the disc, on every slice
+    sharp = strength(clean, 5, DISC)
+    assert np.isfinite(strength(holed, 5, DISC)) and strength(holed, 5, DISC) == pytest.approx(sharp, rel=0.25)
+    assert strength(np.full((1, S, S), np.nan, np.float32), 0, DISC) == 0.0
+    assert faded_reason(float("nan"), 1.0, 0.2, 3) is None and faded_reason(0.1, float("nan"), 0.2, 3) is None
+    session = Session(holed, fast_model)
+    obj = session.new_object()
+    obj.add_click(S // 2, S // 2, z=5)
+    force_mask(obj, 5, DISC)
+    assert obj.propagate().z_range == (0, Z - 1)
+
+
 def test_the_reason_names_the_slice_and_the_fraction():
     assert faded_reason(0.5, 1.0, 0.2, 7) is None
     assert faded_reason(0.1, 1.0, 0.0, 7) is None and faded_reason(0.1, 1.0, None, 7) is None

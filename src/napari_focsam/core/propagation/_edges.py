@@ -65,7 +65,9 @@ def outline_strength(volume: Any, z: int, region: MaskRegion) -> float:
     float
         The mean of the Gaussian gradient magnitude (scale :data:`EDGE_SIGMA`) over the pixels
         within :data:`EDGE_BAND` pixels of the outline, inside and outside. The image border is
-        no outline. 0.0 for an empty mask, or one that fills its whole plane.
+        no outline, and band pixels within the filter's reach of a missing value (NaN, inf:
+        masked-out parts of a stitched or registered stack) are left out. 0.0 for an empty
+        mask, one that fills its whole plane, or one whose whole band is next to missing values.
     """
     box = region_bbox(region)
     if box is None:
@@ -91,8 +93,14 @@ def outline_strength(volume: Any, z: int, region: MaskRegion) -> float:
             image = np.asarray(volume.read_region(z, ra, rb, ca, cb), dtype=np.float32)
             if image.ndim == 3:
                 image = image.mean(axis=-1)
-            grad = ndi.gaussian_gradient_magnitude(image, EDGE_SIGMA)
-            grad = grad[ry - ra:ry - ra + part.shape[0], rx - ca:rx - ca + part.shape[1]]
+            core = (slice(ry - ra, ry - ra + part.shape[0]), slice(rx - ca, rx - ca + part.shape[1]))
+            missing = ~np.isfinite(image)
+            if missing.any():  # filled for the filter, and the band pixels they reach left out
+                if missing.all():
+                    continue
+                image = np.where(missing, image[~missing].mean(), image)
+                part = part & ~ndi.binary_dilation(missing, iterations=margin)[core]
+            grad = ndi.gaussian_gradient_magnitude(image, EDGE_SIGMA)[core]
             total += float(grad[part].sum(dtype=np.float64))
             count += int(np.count_nonzero(part))
     return total / count if count else 0.0
@@ -113,6 +121,6 @@ def _as_region(mask: Any) -> MaskRegion:
 def faded_reason(strength: float, reference: float, fade: float, z: int) -> str | None:
     """The stop reason when an outline of ``strength`` at slice ``z`` has faded below ``fade``
     times the object's ``reference`` outline; None while it has not (or without a reference)."""
-    if not fade or reference <= 0.0 or strength >= fade * reference:
+    if not fade or not reference > 0.0 or not strength < fade * reference:  # NaN: never a stop
         return None
     return f"faded at z={z}: its outline is {strength / reference:.2f} of the object's strongest (< {fade:g})"
