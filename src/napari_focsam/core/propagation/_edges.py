@@ -26,7 +26,7 @@ one mask of the 3D correction protocol changed, while cells3d rose at every clic
 from __future__ import annotations
 
 import math
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 import numpy as np
 from scipy import ndimage as ndi
@@ -34,7 +34,8 @@ from scipy import ndimage as ndi
 from ..defaults import DEFAULT_EDGE_FADE
 from ..prompting import MaskRegion, region_bbox, region_from_plane
 
-__all__ = ["DEFAULT_EDGE_FADE", "EDGE_BAND", "EDGE_SIGMA", "OUTLINE_BLOCK", "faded_reason", "object_outline", "outline_strength"]
+__all__ = ["DEFAULT_EDGE_FADE", "EDGE_BAND", "EDGE_SIGMA", "OUTLINE_BLOCK", "fade_stop", "faded_reason", "object_outline",
+           "outline_strength"]
 
 #: Scale (pixels) of the Gaussian derivatives of the gradient magnitude.
 EDGE_SIGMA = 1.0
@@ -112,6 +113,23 @@ def object_outline(volume: Any, masks: Mapping[int, Any], start_slices: Iterable
     all; all when none of them has a mask). 0.0 without a mask."""
     chosen = [z for z in (start_slices if start_slices is not None else masks) if z in masks]
     return max((outline_strength(volume, z, _as_region(masks[z])) for z in chosen or masks), default=0.0)
+
+
+def fade_stop(volume: Any, masks: Mapping[int, Any], start_slices: Iterable[int] | None,
+              fade: float | None) -> tuple[float, Callable[[int, Any], str | None] | None]:
+    """The out-of-focus stop of one propagation: the object's reference outline
+    (:func:`object_outline` of its seed ``masks`` on ``start_slices``; 0.0 when ``fade`` is off)
+    and the ``faded(z, mask)`` callback of :func:`~._runs.walk_run` (a plane or a region), None
+    when ``fade`` is off or the object has no outline to compare with."""
+    if not fade:
+        return 0.0, None
+    reference = object_outline(volume, masks, start_slices)
+    if not reference > 0.0:
+        return reference, None
+
+    def faded(z: int, mask: Any) -> str | None:
+        return faded_reason(outline_strength(volume, z, _as_region(mask)), reference, fade, z)
+    return reference, faded
 
 
 def _as_region(mask: Any) -> MaskRegion:

@@ -62,7 +62,7 @@ from ..defaults import DEFAULT_IOU_THRESHOLD  # the measured stop threshold (re-
 from ..prompting import mask_iou, shape_iou
 from ..prompting import FocSAMPredictor, MaskRegion, logits_to_mask, region_from_plane
 from ..embeddings import ImageEmbedding
-from ._edges import DEFAULT_EDGE_FADE, faded_reason, object_outline, outline_strength
+from ._edges import DEFAULT_EDGE_FADE, fade_stop
 from ._runs import DIRECTIONS, PropagationRun, plan_runs, run_all, walk_run
 
 if TYPE_CHECKING:
@@ -501,17 +501,12 @@ def propagate(
             styled = None if blank else styled
         def step(z, prev, logits):  # a seed's level fades with the distance from it
             return next_mask(z, prev, logits, level * LEVEL_FADE ** abs(z - run.start), confidence)
-
-        def faded(z, mask):
-            if not outline:
-                return None
-            return faded_reason(outline_strength(store.volume, z, region_from_plane(mask)), outline, edge_fade, z)
         return walk_run(run, seed, seed_logits, step, np.count_nonzero, shape_iou,
                         iou_threshold=iou_threshold, min_pixels=min_pixels, tick=tick, cancelled=cancelled,
                         first_reference=styled, faded=faded)
 
     confidence, scored = object_confidence(store, masks, multimask, tokens, memo)
-    outline = object_outline(store.volume, masks, outline_from) if edge_fade else 0.0
+    outline, faded = fade_stop(store.volume, masks, outline_from, edge_fade)
     run_masks, ious, reasons, was_cancelled = run_all(
         runs, run_one, iou_threshold=iou_threshold, outer_params=(edge_fade, outline),
         params=(prompt, multimask, min_pixels, refine, confidence),

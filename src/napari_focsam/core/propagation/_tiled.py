@@ -31,7 +31,7 @@ from ..prompting import (
 from ._plain import (
     DEFAULT_MULTIMASK, DEFAULT_PROMPT, MIN_MASK_PIXELS, PropagationResult, check_propagation, decode_prompt_token,
     doubts_its_mask, interior_point, mask_box, mask_to_logits)
-from ._edges import DEFAULT_EDGE_FADE, faded_reason, object_outline, outline_strength
+from ._edges import DEFAULT_EDGE_FADE, fade_stop
 from ._runs import DIRECTIONS, plan_runs, run_all, walk_run
 
 __all__ = ["RegionMasks", "propagate_tiled"]
@@ -161,10 +161,7 @@ def propagate_tiled(
         region, key, logits, blank = next_slice_tiled(store, z, prev, *state, prompt, multimask)
         return region, (key, logits), blank
 
-    outline = object_outline(store.volume, regions, outline_from) if edge_fade else 0.0
-
-    def faded(z: int, region: MaskRegion):
-        return faded_reason(outline_strength(store.volume, z, region), outline, edge_fade, z) if outline else None
+    outline, faded = fade_stop(store.volume, regions, outline_from, edge_fade)
 
     def run_one(run, tick: Callable[[], None]):
         prev, key, logits = seeds[run.start]
