@@ -19,20 +19,24 @@ Besides the evaluation datasets, sources may name ``cells3d_slices``: 2D slices 
 least ``CELLS3D_MIN_AREA`` pixels is one object; the image is scaled to uint8 with the whole
 volume's 0.5..99.5 percentiles, as a viewer shows the stack).  Its slices share one file, so
 each entry carries its own content ``digest`` (:func:`entry_digest`).
+
+``synthetic_cells`` are drawn, not read (:mod:`~napari_focsam.training.synthetic`): packed cells
+in EM, phase-contrast rods, DIC and cytoplasm-stained cells, for the modalities that no
+licence-clean set here shows.
 """
 
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
 from ..core.images import read_image, to_rgb_uint8
 from ..evaluation.datasets import EvalDataset, EvalObject, canonical_name, natural_key, read_dataset, select_ids
 from .config import SourceConfig, TrainingConfig
+from .entries import SliceEntry
+from .synthetic import synthetic_cells
 
 __all__ = [
     "CANVAS",
@@ -59,19 +63,8 @@ CANVAS = 1024
 CELLS3D_STEP = 3
 CELLS3D_MIN_AREA = 150
 
-_TRAINING_ONLY = {"cells3d_slices": "micro/cells3d/cells3d_nuclei.tif with cells3d_nuclei_label.tif"}
-
-
-@dataclass
-class SliceEntry:
-    """One image of a training-only dataset: the fields of an evaluation entry plus a content
-    ``digest`` (the slices of one volume share a file, so the file's hash cannot tell them apart)."""
-
-    image_id: str
-    image_path: Path
-    load_objects: Callable[[], list[EvalObject]]
-    load_image: Callable[[], np.ndarray]
-    digest: str
+_TRAINING_ONLY = {"cells3d_slices": "micro/cells3d/cells3d_nuclei.tif with cells3d_nuclei_label.tif",
+                  "synthetic_cells": "drawn by training/synthetic.py (no file)"}
 
 
 def entry_digest(entry) -> str:
@@ -138,9 +131,11 @@ def cells3d_slices(root: str | Path, step: int = CELLS3D_STEP, min_area: int = C
 
 def read_training_dataset(name: str, root: str | Path) -> EvalDataset:
     """An evaluation dataset (:func:`~napari_focsam.evaluation.datasets.read_dataset`) or a
-    training-only one (``cells3d_slices``)."""
+    training-only one (``cells3d_slices``, ``synthetic_cells``)."""
     if training_dataset_name(name) == "cells3d_slices":
         return cells3d_slices(root)
+    if training_dataset_name(name) == "synthetic_cells":
+        return synthetic_cells()
     return read_dataset(name, root)
 
 

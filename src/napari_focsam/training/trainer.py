@@ -498,7 +498,8 @@ class Trainer:
     def export(self, path: str | Path | None = None) -> dict:
         path = Path(path) if path is not None else self.work_dir / REFINER_FILE
         meta = {"base_model": self.cfg.model.base, "base_sha256": self.base_sha256,
-                "trained_iters": self.iteration, "seed": self.cfg.train.seed}
+                "trained_iters": self.iteration, "seed": self.cfg.train.seed,
+                "training_data": sorted({s.dataset for s in self.cfg.data.train})}  # provenance: licences
         # a refiner trained on a fine-tuned decoder ships that decoder in the same file
         info = export_refiner(self.model, path, self.cfg.model, with_decoder=self.trains_decoder, **meta)
         return info

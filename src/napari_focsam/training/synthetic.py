@@ -1,0 +1,288 @@
+# Copyright (c) napari-focsam developers.
+# SPDX-License-Identifier: BSD-3-Clause
+"""Procedural training images of packed cells in four imaging styles (``synthetic_cells``).
+
+The microscopy sets that may train a shipped model hold no cell profiles in EM, no DIC and
+no bacteria; the sets that do (the VNC ssTEM stack) are licensed for research only. These
+images teach the decoder the decision those modalities need most, *one cell among touching
+cells that look alike*, without any file from outside the package. Every image is drawn from
+its own seed (the same id always gives the same pixels) on a ``SIZE`` x ``SIZE`` canvas:
+
+``em``
+    Tissue in electron microscopy: a Voronoi tiling with warped, curved walls (cells of 300 to
+    6000 pixels), dark membranes 1-4 px wide, grey cytoplasm with fine texture and dark
+    organelles (round and elongated), section-to-section contrast and noise. Objects: the
+    cells' interiors.
+``rods``
+    Rod-shaped bacteria in phase contrast: capsules 8-16 px wide and 2-6 widths long, grown
+    into colonies by placing each new rod against the colony with a gap of 0-2 px, drawn dark
+    with the bright halo of phase contrast, on an uneven background. Objects: the rods.
+``dic``
+    Adherent cells in differential interference contrast: large irregular cells (about 2,000
+    to 20,000 pixels) that touch or leave gaps; each cell's optical path is a dome with a raised
+    nucleus and granular texture, and the image is its derivative along one shear direction
+    on a grey background (the relief Nomarski DIC shows). Objects: the cells.
+``fluo``
+    The same cells with a cytoplasm stain: brighter at the rim or in the middle, granular,
+    with cell-to-cell brightness differences. Objects: the cells.
+
+The images are uint8 RGB (grey in three channels); the cache builder's augmentation (flips,
+turns, crops, contrast, inversion, blur, noise) applies to them as to any other source.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage as ndi
+
+from ..evaluation.datasets import EvalDataset, EvalObject
+from .entries import SliceEntry
+
+__all__ = ["SIZE", "STYLES", "render", "synthetic_cells"]
+
+#: Side of every synthetic image (pixels).
+SIZE = 512
+#: Imaging styles, in id order.
+STYLES = ("em", "rods", "dic", "fluo")
+#: Objects smaller than this many pixels are not objects of the image (they stay in the picture).
+MIN_AREA = 120
+
+
+def _smooth_noise(rng: np.random.Generator, shape: tuple[int, int], sigma: float) -> np.ndarray:
+    """Zero-mean, unit-std Gaussian-filtered white noise of correlation length ``sigma``."""
+    n = ndi.gaussian_filter(rng.standard_normal(shape), sigma)
+    return (n - n.mean()) / (n.std() + 1e-9)
+
+
+def _voronoi(rng: np.random.Generator, n_cells: int, warp: float) -> tuple[np.ndarray, np.ndarray]:
+    """(labels 1..n of a warped Voronoi tiling, (n, 2) seeds (y, x))."""
+    from scipy.spatial import cKDTree
+
+    seeds = rng.uniform(-0.05 * SIZE, 1.05 * SIZE, size=(n_cells, 2))
+    yy, xx = np.mgrid[0:SIZE, 0:SIZE].astype(np.float32)
+    if warp > 0:  # smooth displacement: curved walls instead of straight ones
+        yy = yy + warp * _smooth_noise(rng, (SIZE, SIZE), 24)
+        xx = xx + warp * _smooth_noise(rng, (SIZE, SIZE), 24)
+    _, nearest = cKDTree(seeds).query(np.stack([yy.ravel(), xx.ravel()], axis=1))
+    return nearest.reshape(SIZE, SIZE).astype(np.int32) + 1, seeds
+
+
+def _walls(labels: np.ndarray, width: int) -> np.ndarray:
+    """Bool map of the boundaries between labels (and background), ``width`` px wide."""
+    lab = labels
+    edge = np.zeros(lab.shape, dtype=bool)
+    edge[:-1] |= lab[:-1] != lab[1:]
+    edge[:, :-1] |= lab[:, :-1] != lab[:, 1:]
+    return ndi.binary_dilation(edge, iterations=max(width // 2, 0)) if width > 1 else edge
+
+
+def _to_uint8(img: np.ndarray) -> np.ndarray:
+    lo, hi = np.percentile(img, (0.5, 99.5))
+    out = np.clip((img - lo) / max(hi - lo, 1e-6), 0, 1)
+    return np.repeat((out * 255).round().astype(np.uint8)[..., None], 3, axis=2)
+
+
+def _relabel(cells: np.ndarray) -> np.ndarray:
+    """Split every label into connected parts, drop parts under ``MIN_AREA``; ids 1..n."""
+    out = np.zeros(cells.shape, dtype=np.int32)
+    n = 0
+    for i, sl in enumerate(ndi.find_objects(cells), start=1):
+        if sl is None:
+            continue
+        parts, k = ndi.label(cells[sl] == i)
+        for j in range(1, k + 1):
+            part = parts == j
+            if part.sum() >= MIN_AREA:
+                n += 1
+                out[sl][part] = n
+    return out
+
+
+def _em(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    area = rng.uniform(300, 6000)
+    labels, _ = _voronoi(rng, int(SIZE * SIZE / area), warp=rng.uniform(0.0, 0.35) * np.sqrt(area))
+    walls = _walls(labels, int(rng.integers(1, 5)))
+    cells = np.where(walls, 0, labels)
+    n = labels.max()
+    base = rng.uniform(0.45, 0.8) + rng.normal(0, rng.uniform(0.02, 0.1), n + 1)
+    img = base[cells] + rng.uniform(0.02, 0.08) * _smooth_noise(rng, cells.shape, rng.uniform(0.7, 2.5))
+    for _ in range(int(rng.integers(0, 4 * n // 3 + 1))):  # organelles: dark round or elongated spots
+        y, x = rng.uniform(0, SIZE, 2)
+        a, b = rng.uniform(3, 12), rng.uniform(3, 6)
+        t = rng.uniform(0, np.pi)
+        yy, xx = np.ogrid[0:SIZE, 0:SIZE]
+        u = ((yy - y) * np.cos(t) + (xx - x) * np.sin(t)) / a
+        v = (-(yy - y) * np.sin(t) + (xx - x) * np.cos(t)) / b
+        img = np.where((u * u + v * v <= 1) & (cells > 0), img - rng.uniform(0.15, 0.35), img)
+    img = np.where(walls, rng.uniform(0.05, 0.3), img)
+    img = ndi.gaussian_filter(img, rng.uniform(0.4, 1.4)) + rng.uniform(0.01, 0.06) * rng.standard_normal(img.shape)
+    return img, _relabel(cells)
+
+
+def _capsule(shape, p0, p1, r) -> tuple[tuple[slice, slice], np.ndarray] | None:
+    """The points within ``r`` of the segment p0-p1 (a rod): (window, bool mask in it), or None
+    when the rod leaves the image."""
+    lo = np.floor(np.minimum(p0, p1) - r).astype(int)
+    hi = np.ceil(np.maximum(p0, p1) + r).astype(int) + 1
+    if (lo < 0).any() or hi[0] > shape[0] or hi[1] > shape[1]:
+        return None
+    yy, xx = np.mgrid[lo[0]:hi[0], lo[1]:hi[1]].astype(np.float32)
+    d = p1 - p0
+    t = np.clip(((yy - p0[0]) * d[0] + (xx - p0[1]) * d[1]) / max(float(d @ d), 1e-6), 0, 1)
+    inside = (yy - p0[0] - t * d[0]) ** 2 + (xx - p0[1] - t * d[1]) ** 2 <= r * r
+    return (slice(lo[0], hi[0]), slice(lo[1], hi[1])), inside
+
+
+def _rods(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    width = rng.uniform(8, 16)
+    labels = np.zeros((SIZE, SIZE), dtype=np.int32)
+    taken = np.zeros((SIZE, SIZE), dtype=bool)
+    order = rng.uniform(0, 1)  # how aligned a colony's rods are
+    n = 0
+    for _ in range(int(rng.integers(1, 3))):
+        centre = rng.uniform(0.3 * SIZE, 0.7 * SIZE, 2)
+        angle0 = rng.uniform(0, np.pi)
+        ends: list[np.ndarray] = []
+        for _ in range(int(rng.integers(20, 110))):
+            length = width * rng.uniform(1.5, 5.0)
+            for _ in range(25):  # a free place against the colony
+                c = (ends[int(rng.integers(len(ends)))] if ends else centre) + rng.normal(0, 0.8 * width, 2)
+                angle = angle0 + (1 - order) * rng.uniform(-np.pi / 2, np.pi / 2) + rng.normal(0, 0.2)
+                half = 0.5 * (length - width) * np.array([np.sin(angle), np.cos(angle)])
+                rod = _capsule(labels.shape, c - half, c + half, width / 2)
+                if rod is None:
+                    continue
+                win, inside = rod
+                if inside.sum() < MIN_AREA or (taken[win] & inside).any():
+                    continue
+                n += 1
+                labels[win][inside] = n
+                gap = int(rng.integers(0, 3))
+                taken[win] |= ndi.binary_dilation(inside, iterations=gap) if gap else inside
+                ends += [c - half * 1.6, c + half * 1.6, c + width * np.array([np.cos(angle), -np.sin(angle)]),
+                         c - width * np.array([np.cos(angle), -np.sin(angle)])]
+                break
+    cell = ndi.gaussian_filter(labels.astype(bool).astype(float), rng.uniform(0.8, 1.6))
+    halo = np.clip(ndi.gaussian_filter(labels.astype(bool).astype(float), rng.uniform(3, 8)) - cell, 0, None)
+    inside = rng.uniform(0.25, 0.6) + 0.05 * _smooth_noise(rng, labels.shape, 2)
+    bg = 0.55 + rng.uniform(0.0, 0.03) * _smooth_noise(rng, labels.shape, 80)
+    img = bg * (1 - cell) + inside * cell + rng.uniform(0.5, 1.5) * halo
+    img = img + rng.uniform(0.01, 0.05) * rng.standard_normal(img.shape)
+    return img, _relabel(labels)
+
+
+def _spread_cells(rng: np.random.Generator) -> np.ndarray:
+    """Labels of large irregular cells: Voronoi regions cut by a noisy disc around each seed."""
+    area = rng.uniform(2000, 20000)
+    labels, seeds = _voronoi(rng, max(int(SIZE * SIZE / area), 3), warp=0.2 * np.sqrt(area))
+    yy, xx = np.mgrid[0:SIZE, 0:SIZE].astype(np.float32)
+    reach = np.zeros(labels.shape, dtype=np.float32)
+    radius = np.sqrt(area / np.pi) * rng.uniform(0.8, 1.5, len(seeds))
+    wobble = 1 + 0.3 * _smooth_noise(rng, labels.shape, 20)
+    seed_of = seeds[labels - 1]
+    reach = np.hypot(yy - seed_of[..., 0], xx - seed_of[..., 1]) / (radius[labels - 1] * wobble)
+    cells = np.where(reach < 1, labels, 0)
+    return np.where(_walls(cells, int(rng.integers(1, 4))), 0, cells)
+
+
+def _dome(cells: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Optical path of spread cells: a dome per cell, a raised nucleus, granular texture."""
+    depth = np.zeros(cells.shape)
+    for i, sl in enumerate(ndi.find_objects(cells), start=1):
+        if sl is None:
+            continue
+        m = cells[sl] == i
+        d = ndi.distance_transform_edt(m)
+        top = d.max()
+        if top <= 0:
+            continue
+        h = np.sqrt(np.clip(d / top, 0, 1)) * rng.uniform(0.6, 1.4)
+        h += rng.uniform(0.3, 0.8) * (d > rng.uniform(0.45, 0.75) * top)  # nucleus
+        depth[sl][m] = h[m]
+    return ndi.gaussian_filter(depth, 1.0) + 0.15 * _smooth_noise(rng, cells.shape, 1.5) * (cells > 0)
+
+
+def _dic(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    cells = _spread_cells(rng)
+    depth = _dome(cells, rng)
+    angle = rng.uniform(0, 2 * np.pi)
+    sigma = rng.uniform(1.0, 2.5)
+    gy, gx = ndi.gaussian_filter(depth, sigma, order=(1, 0)), ndi.gaussian_filter(depth, sigma, order=(0, 1))
+    img = 0.5 + rng.uniform(2, 6) * (np.cos(angle) * gy + np.sin(angle) * gx)
+    img = img + rng.uniform(0.005, 0.03) * rng.standard_normal(img.shape) + 0.03 * _smooth_noise(rng, img.shape, 100)
+    return img, _relabel(cells)
+
+
+def _fluo(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    cells = _spread_cells(rng)
+    n = cells.max()
+    level = rng.uniform(0.3, 1.0, n + 1)
+    level[0] = rng.uniform(0.0, 0.08)
+    dist = np.zeros(cells.shape)
+    for i, sl in enumerate(ndi.find_objects(cells), start=1):
+        if sl is not None:
+            m = cells[sl] == i
+            d = ndi.distance_transform_edt(m)
+            dist[sl][m] = (d / max(d.max(), 1))[m]
+    rim = rng.uniform(-0.6, 0.6)  # > 0: brighter at the rim; < 0: in the middle
+    img = level[cells] * (1 + rim * (1 - dist) * (cells > 0) - rim / 2 * (cells > 0))
+    img = img * (1 + 0.25 * _smooth_noise(rng, cells.shape, 1.2))
+    img = ndi.gaussian_filter(img, rng.uniform(0.7, 2.0)) + rng.uniform(0.005, 0.04) * rng.standard_normal(img.shape)
+    return img, _relabel(cells)
+
+
+_RENDER = {"em": _em, "rods": _rods, "dic": _dic, "fluo": _fluo}
+
+
+def render(style: str, index: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """One synthetic image and its instance labels.
+
+    Parameters
+    ----------
+    style : str
+        One of :data:`STYLES`.
+    index, seed : int
+        The image's number and the set's seed; the same three arguments give the same pixels.
+
+    Returns
+    -------
+    image : np.ndarray
+        (SIZE, SIZE, 3) uint8.
+    labels : np.ndarray
+        (SIZE, SIZE) int32, 0 = background or walls, objects 1..n of at least ``MIN_AREA`` px.
+    """
+    if style not in _RENDER:
+        raise ValueError(f"unknown synthetic style {style!r}; expected one of {', '.join(STYLES)}")
+    key = hashlib.sha256(f"{style}/{index}/{seed}".encode()).digest()
+    rng = np.random.default_rng(int.from_bytes(key[:8], "little"))
+    img, labels = _RENDER[style](rng)
+    return _to_uint8(img), labels
+
+
+def synthetic_cells(n_per_style: int = 12, seed: int = 0) -> EvalDataset:
+    """The ``synthetic_cells`` training dataset: ``n_per_style`` images of each style.
+
+    Image ids are ``"{style}-{index:02d}"``; each entry renders on demand and carries the
+    SHA-1 of its pixels as its content key.
+    """
+    entries = []
+    for style in STYLES:
+        for i in range(n_per_style):
+            cached: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+
+            def get(style=style, i=i, cached=cached):
+                if "v" not in cached:
+                    cached["v"] = render(style, i, seed)
+                return cached["v"]
+
+            def objects(get=get, image_id=f"{style}-{i:02d}") -> list[EvalObject]:
+                labels = get()[1]
+                return [EvalObject(labels == k, None, f"{image_id}#{k}") for k in range(1, int(labels.max()) + 1)]
+
+            digest = hashlib.sha1(f"synthetic_cells/{style}/{i}/{seed}".encode()).hexdigest()
+            entries.append(SliceEntry(f"{style}-{i:02d}", Path("synthetic_cells"), objects, lambda get=get: get()[0],
+                                      digest))
+    return EvalDataset("synthetic_cells", Path("synthetic_cells"), entries)

@@ -1,0 +1,98 @@
+"""The drawn training images (``synthetic_cells``): reproducible, disjoint objects, each style
+showing what its modality shows; and the licence rule for the shipped model's training data."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy import ndimage as ndi
+
+from napari_focsam.training.data import entry_digest, read_training_dataset
+from napari_focsam.training.synthetic import MIN_AREA, SIZE, STYLES, render
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.parametrize("style", STYLES)
+def test_every_style_draws_the_same_image_from_the_same_seed_with_disjoint_objects(style):
+    img, labels = render(style, 3, seed=5)
+    assert img.shape == (SIZE, SIZE, 3) and img.dtype == np.uint8
+    assert np.array_equal(img[..., 0], img[..., 2])  # grey
+    assert img.std() > 10  # not blank
+    again, labels_again = render(style, 3, seed=5)
+    assert np.array_equal(img, again) and np.array_equal(labels, labels_again)
+    other, _ = render(style, 4, seed=5)
+    assert not np.array_equal(img, other)
+    ids = np.unique(labels[labels > 0])
+    assert ids.size >= 5 and np.array_equal(ids, np.arange(1, ids.size + 1))
+    areas = np.bincount(labels.ravel())[1:]
+    assert areas.min() >= MIN_AREA
+    for i, sl in enumerate(ndi.find_objects(labels), start=1):  # each object is one piece
+        assert ndi.label(labels[sl] == i)[1] == 1
+
+
+def test_em_cells_are_separated_by_dark_membranes():
+    img, labels = render("em", 0)
+    grey = img[..., 0].astype(float)
+    walls = (labels == 0) & ndi.binary_dilation(labels > 0)
+    assert grey[walls].mean() < grey[labels > 0].mean() - 20
+    touching = ndi.binary_dilation(labels == 1, iterations=6) & (labels > 1)
+    assert touching.any()  # packed: neighbours a few pixels away, not islands
+
+
+def test_rods_are_elongated_dark_cells_with_a_bright_halo():
+    img, labels = render("rods", 1)
+    grey = img[..., 0].astype(float)
+    cells = labels > 0
+    ring = ndi.binary_dilation(cells, iterations=3) & ~ndi.binary_dilation(cells, iterations=1)
+    far = ~ndi.binary_dilation(cells, iterations=20)
+    assert grey[cells].mean() < grey[far].mean() < grey[ring].mean()
+    ratios = []
+    for i, sl in enumerate(ndi.find_objects(labels), start=1):
+        ys, xs = np.nonzero(labels[sl] == i)
+        ev = np.linalg.eigvalsh(np.cov(np.stack([ys, xs])))
+        ratios.append(np.sqrt(ev[1] / max(ev[0], 1e-9)))
+    assert np.median(ratios) > 1.3
+
+
+def test_dic_shows_the_cells_as_relief_on_a_flat_grey_background():
+    img, labels = render("dic", 2)
+    grey = img[..., 0].astype(float)
+    background = ~ndi.binary_dilation(labels > 0, iterations=8)
+    assert background.mean() > 0.05
+    inside = ndi.binary_erosion(labels > 0, iterations=3)
+    assert grey[inside].std() > 2 * grey[background].std()  # the relief is on the cells
+    assert abs(grey[inside].mean() - grey[background].mean()) < 40  # a derivative: no net brightness
+
+
+def test_fluo_cells_are_brighter_than_the_background():
+    img, labels = render("fluo", 0)
+    grey = img[..., 0].astype(float)
+    assert grey[labels > 0].mean() > grey[labels == 0].mean() + 30
+
+
+def test_the_dataset_draws_48_images_with_their_own_content_keys():
+    ds = read_training_dataset("synthetic-cells", "/nowhere")  # no file is read
+    assert len(ds) == 48 and ds.image_ids[:2] == ["em-00", "em-01"]
+    assert len({entry_digest(e) for e in ds._entries}) == 48
+    sample = next(iter(ds))
+    assert sample.load_image().shape == (SIZE, SIZE, 3)
+    assert all(o.gt.sum() >= MIN_AREA for o in sample.objects)
+    with pytest.raises(ValueError, match="unknown synthetic style"):
+        render("confocal", 0)
+
+
+#: research-only sets (``../shared/data/README.md``): never in the product, so never in the data
+#: of a model the package ships
+RESEARCH_ONLY = ("vnc_neurites", "vnc_mitochondria")
+
+
+def test_the_shipped_default_models_config_trains_on_no_research_only_set():
+    cfg = json.loads((REPO / "configs" / "focsam_t_micro_r3_cpu.json").read_text())
+    train = [s["dataset"] for s in cfg["data"]["train"]]
+    assert not set(train) & set(RESEARCH_ONLY)
+    assert "synthetic_cells" in train
+    assert {s["dataset"] for s in cfg["data"]["val"]} >= set(RESEARCH_ONLY)  # measured on, not trained on
