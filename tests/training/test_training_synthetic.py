@@ -87,12 +87,32 @@ def test_the_dataset_draws_48_images_with_their_own_content_keys():
 
 #: research-only sets (``../shared/data/README.md``): never in the product, so never in the data
 #: of a model the package ships
-RESEARCH_ONLY = ("vnc_neurites", "vnc_mitochondria")
+RESEARCH_ONLY_SETS = ("vnc_neurites", "vnc_mitochondria")
 
 
 def test_the_shipped_default_models_config_trains_on_no_research_only_set():
     cfg = json.loads((REPO / "configs" / "focsam_t_micro_r3_cpu.json").read_text())
     train = [s["dataset"] for s in cfg["data"]["train"]]
-    assert not set(train) & set(RESEARCH_ONLY)
+    assert not set(train) & set(RESEARCH_ONLY_SETS)
     assert "synthetic_cells" in train
-    assert {s["dataset"] for s in cfg["data"]["val"]} >= set(RESEARCH_ONLY)  # measured on, not trained on
+    assert {s["dataset"] for s in cfg["data"]["val"]} >= set(RESEARCH_ONLY_SETS)  # measured on, not trained on
+
+
+def test_a_research_only_set_trains_only_a_model_marked_research_only(tmp_path):
+    from napari_focsam.training.config import config_from_dict
+    from napari_focsam.training.data import RESEARCH_ONLY, check_licences
+    from napari_focsam.training.trainer import Trainer
+
+    assert set(RESEARCH_ONLY) == set(RESEARCH_ONLY_SETS)
+    data = {"work_dir": str(tmp_path), "data": {"root": str(tmp_path), "cache_dir": str(tmp_path / "c"),
+                                                "train": [{"dataset": "vnc-neurites", "images": "all"}]}}
+    cfg = config_from_dict(data)
+    with pytest.raises(ValueError, match=r"research only: vnc_neurites \(CC BY-NC-SA 3.0\)"):
+        check_licences(cfg)
+    with pytest.raises(ValueError, match="research only"):
+        Trainer(cfg, log=None)  # refused before any weights are read
+    data["data"]["research_only"] = True
+    check_licences(config_from_dict(data))
+    for name in ("focsam_t_micro_cpu", "focsam_t_micro_joint_cpu", "focsam_t_micro_r2_cpu"):  # research rounds
+        cfg = json.loads((REPO / "configs" / f"{name}.json").read_text())
+        assert cfg["data"]["research_only"] is True

@@ -131,6 +131,9 @@ class DataConfig:
     #: cache building: encoder batch (1 is fine on a CPU) and encoder device
     cache_device: str = "auto"
     cache_seed: int = 1234
+    #: allow training sources licensed for research only (``data.RESEARCH_ONLY``); the export
+    #: is then marked ``research_only`` and must not ship with the package
+    research_only: bool = False
 
 
 @dataclass

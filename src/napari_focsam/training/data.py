@@ -42,11 +42,13 @@ __all__ = [
     "CANVAS",
     "CELLS3D_MIN_AREA",
     "CELLS3D_STEP",
+    "RESEARCH_ONLY",
     "SliceEntry",
     "cells3d_slices",
     "entry_digest",
     "read_training_dataset",
     "training_dataset_name",
+    "check_licences",
     "check_split",
     "file_sha1",
     "natural_key",
@@ -62,6 +64,11 @@ CANVAS = 1024
 #: cells3d_slices: every CELLS3D_STEP-th z slice; objects need this many pixels in the slice
 CELLS3D_STEP = 3
 CELLS3D_MIN_AREA = 150
+
+#: datasets whose licence allows research use only (``../shared/data/README.md``): the VNC ssTEM
+#: stack is CC BY-NC-SA 3.0. A model trained on them is a research model, never a shipped one:
+#: a config names them only with ``data.research_only: true``, and its export says so.
+RESEARCH_ONLY = {"vnc_neurites": "CC BY-NC-SA 3.0", "vnc_mitochondria": "CC BY-NC-SA 3.0"}
 
 _TRAINING_ONLY = {"cells3d_slices": "micro/cells3d/cells3d_nuclei.tif with cells3d_nuclei_label.tif",
                   "synthetic_cells": "drawn by training/synthetic.py (no file)"}
@@ -161,8 +168,20 @@ def split_ids(cfg: TrainingConfig, root: Path | None = None) -> dict[str, set[tu
     return out
 
 
+def check_licences(cfg: TrainingConfig) -> None:
+    """Raise ``ValueError`` when a research-only dataset (:data:`RESEARCH_ONLY`) would train a
+    model not marked ``data.research_only``."""
+    restricted = sorted({training_dataset_name(s.dataset) for s in cfg.data.train} & set(RESEARCH_ONLY))
+    if restricted and not cfg.data.research_only:
+        names = ", ".join(f"{d} ({RESEARCH_ONLY[d]})" for d in restricted)
+        raise ValueError(f"training data licensed for research only: {names}. A model trained on it may not ship "
+                         "with the package; set data.research_only: true to train a research model anyway")
+
+
 def check_split(cfg: TrainingConfig, root: Path | None = None) -> dict[str, set[tuple[str, str]]]:
-    """Raise ``ValueError`` when a validation image is selected for training."""
+    """Raise ``ValueError`` when a validation image is selected for training (and as
+    :func:`check_licences`)."""
+    check_licences(cfg)
     ids = split_ids(cfg, root)
     both = sorted(ids["train"] & ids["val"])
     if both:

@@ -42,7 +42,7 @@ from ..core.models import CheckpointError, read_checkpoint
 from ..modeling.focsam import FocSAM
 from .cache import TrainingCache, TrainingItem
 from .config import TrainingConfig
-from .data import CANVAS, training_dataset_name
+from .data import CANVAS, check_licences, training_dataset_name
 from .export import REFINER_FILE, build_refiner, export_refiner
 from .losses import click_loss, iou_head_loss, min_candidate_loss, normalized_focal_loss
 from .rng import rng_state, seed_everything, set_rng_state
@@ -138,6 +138,7 @@ class Trainer:
                  log: Callable[[str], None] | None = print) -> None:
         from ..core.models import resolve_device
 
+        check_licences(cfg)
         self.cfg = cfg
         self.log_fn = log
         tc = cfg.train
@@ -499,7 +500,8 @@ class Trainer:
         path = Path(path) if path is not None else self.work_dir / REFINER_FILE
         meta = {"base_model": self.cfg.model.base, "base_sha256": self.base_sha256,
                 "trained_iters": self.iteration, "seed": self.cfg.train.seed,
-                "training_data": sorted({s.dataset for s in self.cfg.data.train})}  # provenance: licences
+                "training_data": sorted({s.dataset for s in self.cfg.data.train}),  # provenance: licences
+                "research_only": bool(self.cfg.data.research_only)}
         # a refiner trained on a fine-tuned decoder ships that decoder in the same file
         info = export_refiner(self.model, path, self.cfg.model, with_decoder=self.trains_decoder, **meta)
         return info
