@@ -75,7 +75,7 @@ def test_evaluate_3d_on_ones_own_stack_writes_every_objects_curve(tiny_ckpt, tmp
     (["--image", "{s}", "--labels", "{l}", "--min-slices", "9"], "no object spans 9 slice(s)"),
     (["--volume", "cells3d"], "--volume needs --data-root"),
     (["--volume", "cells3d", "--data-root", "{tmp}"], "is missing"),
-    (["--image", "{s}", "--labels", "{l}", "--edge-fade", "1"], "--edge-fade within [0, 1)"),
+    (["--image", "{s}", "--labels", "{l}", "--edge-fade", "1"], "--edge-fade 1 is out of range: it must be within [0, 1)"),
 ])
 def test_evaluate_3d_refuses_what_it_cannot_score_before_any_work(tmp_path, capsys, argv, message):
     image, labels = balls()

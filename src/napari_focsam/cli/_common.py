@@ -320,3 +320,12 @@ def write_regions(path: str | Path, shape: tuple[int, ...], region_of: Callable[
     except ValueError as exc:  # the checks passed before the work; the folder changed since
         raise UserError(str(exc)) from None
     return {"mask_pixels": n, "slices_with_mask": len(seen)}
+
+
+def check_stops(iou_threshold: float, edge_fade: float) -> None:
+    """Refuse the propagation's stop settings out of range before any work (``--iou-threshold``
+    within [0, 1], ``--edge-fade`` within [0, 1), 0 switching it off)."""
+    if not 0.0 <= iou_threshold <= 1.0:
+        raise UserError(f"--iou-threshold {iou_threshold:g} is out of range: it must be within [0, 1]")
+    if not 0.0 <= edge_fade < 1.0:
+        raise UserError(f"--edge-fade {edge_fade:g} is out of range: it must be within [0, 1) (0: off)")

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from ..core.defaults import DEFAULT_EDGE_FADE, DEFAULT_IOU_THRESHOLD, DEFAULT_MODEL
 from ..errors import UserError
-from ._common import note, positive_int, read_input
+from ._common import check_stops, note, positive_int, read_input
 
 __all__ = ["add_parser", "run"]
 
@@ -91,9 +91,7 @@ def _inputs(args: argparse.Namespace):
 
 def run(args: argparse.Namespace) -> int:
     """Handle ``napari-focsam evaluate-3d``; return the exit code."""
-    if not 0.0 <= args.iou_threshold <= 1.0 or not 0.0 <= args.edge_fade < 1.0:
-        raise UserError(f"--iou-threshold must be within [0, 1] and --edge-fade within [0, 1), got "
-                        f"{args.iou_threshold:g} and {args.edge_fade:g}")
+    check_stops(args.iou_threshold, args.edge_fade)
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file: give a folder")

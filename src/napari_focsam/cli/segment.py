@@ -29,7 +29,7 @@ from ..core.outputs import formats_help
 from ..core.prompting import Click
 from ..errors import UserError
 from ._common import (
-    add_large_image_options, check_output, check_size, layout_of, load_volume, note, note_tiling, open_input,
+    add_large_image_options, check_output, check_stops, check_size, layout_of, load_volume, note, note_tiling, open_input,
     progress_bar, tile_options, write_regions)
 
 __all__ = ["add_parser", "parse_click", "run"]
@@ -124,11 +124,8 @@ def _check_clicks(vol, clicks: list[Click]) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Handle ``napari-focsam segment``; return the exit code."""
-    if args.propagate and not 0.0 <= args.iou_threshold <= 1.0:
-        raise UserError(f"--iou-threshold {args.iou_threshold:g} is out of range: "
-                        "iou_threshold must be within [0, 1]")
-    if args.propagate and not 0.0 <= args.edge_fade < 1.0:
-        raise UserError(f"--edge-fade {args.edge_fade:g} is out of range: it must be within [0, 1) (0: off)")
+    if args.propagate:
+        check_stops(args.iou_threshold, args.edge_fade)
     tiling = tile_options(args)
     check_output(args.out, 3 if args.propagate else 2, args.image)
     vol = load_volume(open_input(args.image, args.level))

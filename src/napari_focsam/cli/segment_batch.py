@@ -18,7 +18,7 @@ from ..core.defaults import DEFAULT_EDGE_FADE, DEFAULT_IOU_THRESHOLD
 from ..core.outputs import formats_help
 from ..errors import UserError
 from ._common import (
-    add_cluster_options, add_image_model_options, check_output, check_size, layout_of, load_volume, note, progress_bar)
+    add_cluster_options, add_image_model_options, check_output, check_size, check_stops, layout_of, load_volume, note, progress_bar)
 
 __all__ = ["add_parser", "run"]
 
@@ -54,9 +54,7 @@ def run(args: argparse.Namespace) -> int:
     from ..core.outputs import write_object_labels
 
     t0 = time.perf_counter()
-    if not 0.0 <= args.iou_threshold <= 1.0 or not 0.0 <= args.edge_fade < 1.0:
-        raise UserError(f"--iou-threshold must be within [0, 1] and --edge-fade within [0, 1) (0: off), got "
-                        f"{args.iou_threshold:g} and {args.edge_fade:g}")
+    check_stops(args.iou_threshold, args.edge_fade)
     try:
         vol = load_volume(open_image(args.image), args.contrast_limits)
     except ValueError as exc:

@@ -19,7 +19,7 @@ import time
 
 from ..core.defaults import DEFAULT_EDGE_FADE, DEFAULT_IOU_THRESHOLD
 from ..errors import UserError
-from ._common import add_image_model_options, check_output, note, progress_bar, read_input
+from ._common import add_image_model_options, check_output, check_stops, note, progress_bar, read_input
 
 __all__ = ["add_parser", "run"]
 
@@ -77,10 +77,7 @@ def run(args: argparse.Namespace) -> int:
     from ..core.session import Session, TimeLapse, check_axes, tracks_table, write_tracks_csv
 
     t0 = time.perf_counter()
-    if not 0.0 <= args.iou_threshold <= 1.0:
-        raise UserError(f"--iou-threshold must be within [0, 1], got {args.iou_threshold}")
-    if not 0.0 <= args.edge_fade < 1.0:
-        raise UserError(f"--edge-fade must be within [0, 1) (0: off), got {args.edge_fade}")
+    check_stops(args.iou_threshold, args.edge_fade)
     movie = read_input(args.image)
     try:
         axes = check_axes(args.axes, movie.shape)

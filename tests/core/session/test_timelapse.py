@@ -262,4 +262,4 @@ def test_the_stop_settings_reach_every_propagation_of_a_movie(fast_model, script
     base = ["track", str(path), "--axes", "TYX", "--points", str(seeds), "--out", str(tmp_path / "l.tif"),
             "--model", str(tiny_ckpt), "--no-progress"]
     assert main(base + ["--edge-fade", "0"]) == 0 and set(seen) == {(0.65, 0.0)}
-    assert main(base + ["--edge-fade", "1"]) == 2 and "--edge-fade must be within [0, 1)" in capsys.readouterr().err
+    assert main(base + ["--edge-fade", "1"]) == 2 and "--edge-fade 1 is out of range: it must be within [0, 1)" in capsys.readouterr().err
