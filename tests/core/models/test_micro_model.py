@@ -18,6 +18,17 @@ def test_micro_entry_ships_with_the_package_and_is_hash_checked():
     assert W.check_checkpoint(entry, path) is None  # a refiner and its decoder, nothing else
 
 
+def test_the_shipped_micro_model_was_trained_on_no_research_only_data():
+    """Its metadata names its training sets: none licensed for research only (the VNC ssTEM
+    stack, CC BY-NC-SA), the drawn cells among them."""
+    from napari_focsam.training.data import RESEARCH_ONLY
+
+    meta = torch.load(W.resolve_weights("focsam_t_micro"), map_location="cpu", weights_only=True)["napari_focsam"]
+    assert meta["research_only"] is False
+    assert meta["training_data"] and not set(meta["training_data"]) & set(RESEARCH_ONLY)
+    assert "synthetic_cells" in meta["training_data"]
+
+
 def test_micro_model_replaces_the_decoder_and_keeps_the_encoder(mobile_sam):
     from napari_focsam.core.embeddings import model_id
     from napari_focsam.core.models import load_model

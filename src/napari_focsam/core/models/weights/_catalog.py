@@ -107,19 +107,20 @@ register(
     ModelWeights(
         name="focsam_t_micro",
         filename="focsam_t_micro.pt",
-        # configs/focsam_t_micro_joint_cpu.json, continued by configs/focsam_t_micro_r2_cpu.json:
-        # the focsam_t refiner fine-tuned on microscopy (configs/focsam_t_micro_cpu.json, 600
-        # iterations), then trained together with the mask decoder (1700 + 1000 iterations, one
-        # CPU thread; the second round adds dynamic-range copies) on MobileSAM embeddings of EM
-        # (chloroplasts, VNC neurites and mitochondria), phase-contrast yeast, nuclei and a
-        # natural-image share; float16, the refiner and its decoder in one file. Its metadata
-        # adds the decoder's calibrated thresholds: segment_all (IoU 0.6, stability 0.7) and
-        # propagation (min_pred_iou 0.55); docs/microscopy/README.md.
-        size=16_862_537,
-        sha256="a71b806d5b61649d72bd4e2cbcf4c9d041fe7ed9474f14cb6c3ad1834870343b",
+        # configs/focsam_t_micro_r3_cpu.json: the focsam_t refiner and MobileSAM's decoder trained
+        # together (1300 iterations, one CPU thread) on MobileSAM embeddings of licence-clean
+        # data only: EM chloroplasts (MIT), phase-contrast yeast, drawn packed cells
+        # (training/synthetic.py), nuclei and a natural-image share; never the research-only VNC
+        # stack (CC BY-NC-SA), on which the earlier rounds were trained. float16, the refiner and
+        # its decoder in one file; its metadata names its training sets and adds the decoder's
+        # thresholds: segment_all (IoU 0.6, stability 0.7) and propagation (min_pred_iou 0.55);
+        # docs/microscopy/README.md.
+        size=16_878_063,
+        sha256="30ffe505a71ac969f46cfd1ff7dd06c30f4cf9735f1ef8c0ea011bc503a3a7fb",
         sources=("package_data:focsam_t_micro.pt",),
         description="FocSAM-T micro: MobileSAM (vit_t) encoder with a mask decoder and focus refiner "
-                    "trained by napari-focsam on microscopy (cells, EM, nuclei); ships with the package",
+                    "trained by napari-focsam on microscopy (cells, EM, nuclei; licence-clean data only); "
+                    "ships with the package",
         model_type="focsam_vit_t",
         license="BSD-3-Clause (decoder fine-tune and refiner); the vit_t base is Apache-2.0",
         base="vit_t",
