@@ -168,3 +168,16 @@ def test_list(tiny, capsys):
     assert {r.name: r for r in W.list_weights()}["test_tiny"].status == "cached"
     assert {r.name: r for r in W.list_weights(verify=True)}["test_tiny"].status == "corrupt"
     assert W.resolve_weights("test_tiny", progress=False).read_bytes() == tiny.data  # replaced
+
+
+def test_an_older_copy_of_a_shipped_file_is_replaced_and_said_so(cache, caplog):
+    """After an upgrade the cache may hold the file the previous version shipped: it is replaced
+    from the package, with a warning that says so rather than calling it corrupt."""
+    entry = W.find_weights("focsam_t_micro")
+    path = W.resolve_weights("focsam_t_micro", progress=False)
+    path.write_bytes(b"an older release's file")
+    with caplog.at_level("WARNING"):
+        again = W.resolve_weights("focsam_t_micro", progress=False)
+    assert again.stat().st_size == entry.size and W.check_checkpoint(entry, again) is None
+    assert "is not the file this version of napari-focsam ships" in caplog.text
+    assert "corrupt" not in caplog.text

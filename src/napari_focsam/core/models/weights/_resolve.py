@@ -37,7 +37,7 @@ from ._cache import (
     verify_cached, write_meta)
 from ._errors import WeightsUnavailableError
 from ._registry import ModelWeights, PathLike, get_weights, is_registered_name, registered
-from ._sources import PipSdistSource, Source
+from ._sources import PackageDataSource, PipSdistSource, Source
 from ._verify import check_checkpoint
 
 __all__ = ["fetch", "import_weights", "resolve_weights"]
@@ -138,7 +138,11 @@ def resolve_weights(
         ok, why = verify_cached(entry, path)
         if ok:
             return path
-        log.warning("cached %s is corrupt or incomplete (%s); deleting it", path, why)
+        if any(isinstance(s, PackageDataSource) for s in entry.sources):  # this version ships another file
+            log.warning("cached %s is not the file this version of napari-focsam ships (%s); replacing it",
+                        path, why)
+        else:
+            log.warning("cached %s is corrupt or incomplete (%s); deleting it", path, why)
         discard(path)
         failures.append((f"cached file {path}", f"{why}; it was deleted"))
     return _obtain(entry, network=download, progress=progress, failures=failures)
