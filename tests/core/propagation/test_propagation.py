@@ -360,7 +360,7 @@ def test_cli_segment_propagate_writes_a_3d_mask(tmp_path, capsys, cli_model):
     (["--click", "16,16"], "pass --slice Z"),
     (["--click", "16,16", "--slice", "9"], "out of range"),
     (["--click", "99,16", "--slice", "1"], "outside the image"),
-    (["--click", "16,16", "--slice", "1", "--iou-threshold", "2"], "iou_threshold"),
+    (["--click", "16,16", "--slice", "1", "--iou-threshold", "2"], "--iou-threshold 2 is out of range"),
 ])
 def test_cli_segment_propagate_bad_input(tmp_path, capsys, cli_model, argv, message):
     tifffile = pytest.importorskip("tifffile")
