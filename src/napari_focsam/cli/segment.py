@@ -29,8 +29,8 @@ from ..core.outputs import formats_help
 from ..core.prompting import Click
 from ..errors import UserError
 from ._common import (
-    add_large_image_options, check_output, check_stops, check_size, layout_of, load_volume, note, note_tiling, open_input,
-    progress_bar, tile_options, write_regions)
+    add_large_image_options, check_output, check_size, check_stops, layout_of, load_volume, note, note_tiling,
+    open_input, progress_bar, tile_options, write_regions)
 
 __all__ = ["add_parser", "parse_click", "run"]
 

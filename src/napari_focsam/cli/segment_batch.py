@@ -18,7 +18,8 @@ from ..core.defaults import DEFAULT_EDGE_FADE, DEFAULT_IOU_THRESHOLD
 from ..core.outputs import formats_help
 from ..errors import UserError
 from ._common import (
-    add_cluster_options, add_image_model_options, check_output, check_size, check_stops, layout_of, load_volume, note, progress_bar)
+    add_cluster_options, add_image_model_options, check_output, check_size, check_stops, layout_of, load_volume, note,
+    progress_bar)
 
 __all__ = ["add_parser", "run"]
 

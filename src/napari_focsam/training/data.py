@@ -139,9 +139,10 @@ def cells3d_slices(root: str | Path, step: int = CELLS3D_STEP, min_area: int = C
 def read_training_dataset(name: str, root: str | Path) -> EvalDataset:
     """An evaluation dataset (:func:`~napari_focsam.evaluation.datasets.read_dataset`) or a
     training-only one (``cells3d_slices``, ``synthetic_cells``)."""
-    if training_dataset_name(name) == "cells3d_slices":
+    key = training_dataset_name(name)
+    if key == "cells3d_slices":
         return cells3d_slices(root)
-    if training_dataset_name(name) == "synthetic_cells":
+    if key == "synthetic_cells":
         return synthetic_cells()
     return read_dataset(name, root)
 

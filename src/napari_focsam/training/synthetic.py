@@ -72,10 +72,9 @@ def _voronoi(rng: np.random.Generator, n_cells: int, warp: float) -> tuple[np.nd
 
 def _walls(labels: np.ndarray, width: int) -> np.ndarray:
     """Bool map of the boundaries between labels (and background), ``width`` px wide."""
-    lab = labels
-    edge = np.zeros(lab.shape, dtype=bool)
-    edge[:-1] |= lab[:-1] != lab[1:]
-    edge[:, :-1] |= lab[:, :-1] != lab[:, 1:]
+    edge = np.zeros(labels.shape, dtype=bool)
+    edge[:-1] |= labels[:-1] != labels[1:]
+    edge[:, :-1] |= labels[:, :-1] != labels[:, 1:]
     return ndi.binary_dilation(edge, iterations=max(width // 2, 0)) if width > 1 else edge
 
 
@@ -109,11 +108,11 @@ def _em(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     n = labels.max()
     base = rng.uniform(0.45, 0.8) + rng.normal(0, rng.uniform(0.02, 0.1), n + 1)
     img = base[cells] + rng.uniform(0.02, 0.08) * _smooth_noise(rng, cells.shape, rng.uniform(0.7, 2.5))
+    yy, xx = np.ogrid[0:SIZE, 0:SIZE]
     for _ in range(int(rng.integers(0, 4 * n // 3 + 1))):  # organelles: dark round or elongated spots
         y, x = rng.uniform(0, SIZE, 2)
         a, b = rng.uniform(3, 12), rng.uniform(3, 6)
         t = rng.uniform(0, np.pi)
-        yy, xx = np.ogrid[0:SIZE, 0:SIZE]
         u = ((yy - y) * np.cos(t) + (xx - x) * np.sin(t)) / a
         v = (-(yy - y) * np.sin(t) + (xx - x) * np.cos(t)) / b
         img = np.where((u * u + v * v <= 1) & (cells > 0), img - rng.uniform(0.15, 0.35), img)
@@ -179,7 +178,6 @@ def _spread_cells(rng: np.random.Generator) -> np.ndarray:
     area = rng.uniform(2000, 20000)
     labels, seeds = _voronoi(rng, max(int(SIZE * SIZE / area), 3), warp=0.2 * np.sqrt(area))
     yy, xx = np.mgrid[0:SIZE, 0:SIZE].astype(np.float32)
-    reach = np.zeros(labels.shape, dtype=np.float32)
     radius = np.sqrt(area / np.pi) * rng.uniform(0.8, 1.5, len(seeds))
     wobble = 1 + 0.3 * _smooth_noise(rng, labels.shape, 20)
     seed_of = seeds[labels - 1]
