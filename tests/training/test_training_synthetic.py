@@ -11,12 +11,12 @@ import pytest
 from scipy import ndimage as ndi
 
 from napari_focsam.training.data import entry_digest, read_training_dataset
-from napari_focsam.training.synthetic import MIN_AREA, SIZE, STYLES, render
+from napari_focsam.training.synthetic import MIN_AREA, ORGANELLE_STYLES, SIZE, STYLES, render
 
 REPO = Path(__file__).resolve().parents[2]
 
 
-@pytest.mark.parametrize("style", STYLES)
+@pytest.mark.parametrize("style", STYLES + ORGANELLE_STYLES)
 def test_every_style_draws_the_same_image_from_the_same_seed_with_disjoint_objects(style):
     img, labels = render(style, 3, seed=5)
     assert img.shape == (SIZE, SIZE, 3) and img.dtype == np.uint8
@@ -72,6 +72,21 @@ def test_fluo_cells_are_brighter_than_the_background():
     img, labels = render("fluo", 0)
     grey = img[..., 0].astype(float)
     assert grey[labels > 0].mean() > grey[labels == 0].mean() + 30
+
+
+def test_mitochondria_are_small_bodies_with_a_dark_membrane_among_clutter_that_is_not_an_object():
+    img, labels = render("mito", 1)
+    grey = img[..., 0].astype(float)
+    cells = labels > 0
+    assert 0.02 < cells.mean() < 0.35  # sparse bodies in cytoplasm, not a tiling
+    rims = cells & ~ndi.binary_erosion(cells, iterations=2)
+    assert grey[rims].mean() < grey[~ndi.binary_dilation(cells, iterations=3)].mean() - 15
+    walls_and_vesicles = (grey < np.percentile(grey, 5)) & ~ndi.binary_dilation(cells, iterations=3)
+    assert walls_and_vesicles.sum() > 200  # dark clutter outside the objects
+    ds = read_training_dataset("synthetic-organelles", "/nowhere")
+    assert len(ds) == 16 and ds.image_ids[0] == "mito-00"
+    cells_ds = read_training_dataset("synthetic_cells", "/nowhere")
+    assert not {entry_digest(e) for e in ds._entries} & {entry_digest(e) for e in cells_ds._entries}
 
 
 def test_the_dataset_draws_48_images_with_their_own_content_keys():

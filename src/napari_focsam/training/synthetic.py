@@ -26,6 +26,16 @@ its own seed (the same id always gives the same pixels) on a ``SIZE`` x ``SIZE``
     The same cells with a cytoplasm stain: brighter at the rim or in the middle, granular,
     with cell-to-cell brightness differences. Objects: the cells.
 
+A second set, ``synthetic_organelles``, draws the small objects *inside* cells that EM users
+segment next to the cells themselves:
+
+``mito``
+    Mitochondria in EM: curved, sausage-shaped bodies 7-22 px wide and 1-6 widths long with a
+    dark double membrane, a matrix darker (sometimes lighter) than the cytoplasm and cristae
+    across the long axis; among them the clutter they are clicked in: the walls of large cells,
+    vesicles (small dark rings) and fine granular cytoplasm. Objects: the mitochondria only, so
+    a click on one teaches the small dark body, not the cell around it.
+
 The images are uint8 RGB (grey in three channels); the cache builder's augmentation (flips,
 turns, crops, contrast, inversion, blur, noise) applies to them as to any other source.
 """
@@ -41,12 +51,14 @@ from scipy import ndimage as ndi
 from ..evaluation.datasets import EvalDataset, EvalObject
 from .entries import SliceEntry
 
-__all__ = ["SIZE", "STYLES", "render", "synthetic_cells"]
+__all__ = ["ORGANELLE_STYLES", "SIZE", "STYLES", "render", "synthetic_cells", "synthetic_organelles"]
 
 #: Side of every synthetic image (pixels).
 SIZE = 512
 #: Imaging styles, in id order.
 STYLES = ("em", "rods", "dic", "fluo")
+#: Styles of ``synthetic_organelles``.
+ORGANELLE_STYLES = ("mito",)
 #: Objects smaller than this many pixels are not objects of the image (they stay in the picture).
 MIN_AREA = 120
 
@@ -232,7 +244,77 @@ def _fluo(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     return img, _relabel(cells)
 
 
-_RENDER = {"em": _em, "rods": _rods, "dic": _dic, "fluo": _fluo}
+def _bent_tube(p0: np.ndarray, p1: np.ndarray, bend: float, r: float):
+    """A curved tube of radius ``r`` along the quadratic curve p0 -> p1 bowed by ``bend`` (in
+    lengths): (window, bool mask in it, coordinate along the chord in px), or None when it leaves
+    the image."""
+    from scipy.spatial import cKDTree
+
+    chord = p1 - p0
+    length = float(np.hypot(*chord))
+    normal = np.array([-chord[1], chord[0]]) / max(length, 1e-6)
+    ctrl = (p0 + p1) / 2 + bend * length * normal
+    t = np.linspace(0, 1, max(int(length), 2))[:, None]
+    curve = (1 - t) ** 2 * p0 + 2 * (1 - t) * t * ctrl + t ** 2 * p1
+    lo = np.floor(curve.min(0) - r).astype(int)
+    hi = np.ceil(curve.max(0) + r).astype(int) + 1
+    if (lo < 0).any() or hi[0] > SIZE or hi[1] > SIZE:
+        return None
+    yy, xx = np.mgrid[lo[0]:hi[0], lo[1]:hi[1]].astype(np.float32)
+    dist, _ = cKDTree(curve).query(np.stack([yy.ravel(), xx.ravel()], axis=1))
+    inside = dist.reshape(yy.shape) <= r
+    along = ((yy - p0[0]) * chord[0] + (xx - p0[1]) * chord[1]) / max(length, 1e-6)
+    return (slice(lo[0], hi[0]), slice(lo[1], hi[1])), inside, along
+
+
+def _mito(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    cyto = rng.uniform(0.5, 0.75)
+    img = cyto + rng.uniform(0.02, 0.07) * _smooth_noise(rng, (SIZE, SIZE), rng.uniform(0.7, 2.0))
+    img = img + rng.uniform(0.0, 0.06) * _smooth_noise(rng, (SIZE, SIZE), 40)
+    area = rng.uniform(15000, 90000)  # large cells: their walls run through the field
+    cells, _ = _voronoi(rng, max(int(SIZE * SIZE / area), 2), warp=0.25 * np.sqrt(area))
+    img = np.where(_walls(cells, int(rng.integers(1, 4))), rng.uniform(0.1, 0.35), img)
+    labels = np.zeros((SIZE, SIZE), dtype=np.int32)
+    taken = np.zeros((SIZE, SIZE), dtype=bool)
+    width = rng.uniform(7, 22)
+    darker = rng.uniform(0, 1) < 0.8
+    n = 0
+    for _ in range(int(rng.integers(8, 40))):
+        for _ in range(20):  # a free place
+            r = width / 2 * rng.uniform(0.75, 1.3)
+            length = 2 * r * rng.uniform(0.5, 6.0)
+            c = rng.uniform(0, SIZE, 2)
+            a = rng.uniform(0, np.pi)
+            half = 0.5 * length * np.array([np.sin(a), np.cos(a)])
+            tube = _bent_tube(c - half, c + half, rng.uniform(-0.3, 0.3), r)
+            if tube is None:
+                continue
+            win, inside, along = tube
+            if inside.sum() < MIN_AREA or (taken[win] & inside).any():
+                continue
+            n += 1
+            labels[win][inside] = n
+            taken[win] |= ndi.binary_dilation(inside, iterations=int(rng.integers(1, 5)))
+            membrane = inside & ~ndi.binary_erosion(inside, iterations=int(rng.integers(1, 3)))
+            period = rng.uniform(3.5, 7.0)
+            cristae = ndi.binary_erosion(inside, iterations=2) & (np.cos(2 * np.pi * along / period) > 0.5)
+            shift = rng.uniform(0.1, 0.35) * (-1 if darker else 1)
+            patch = img[win]
+            patch[inside] = cyto + shift + 0.03 * rng.standard_normal(int(inside.sum()))
+            patch[cristae] += (rng.uniform(0.1, 0.25) if darker else -rng.uniform(0.15, 0.3))
+            patch[membrane] = rng.uniform(0.05, 0.25)
+            break
+    yy, xx = np.ogrid[0:SIZE, 0:SIZE]
+    for _ in range(int(rng.integers(0, 60))):  # vesicles: small dark rings, not objects
+        y, x = rng.uniform(0, SIZE, 2)
+        rad = rng.uniform(2, 6)
+        ring = np.abs(np.hypot(yy - y, xx - x) - rad) < 1.0
+        img = np.where(ring & ~taken, img - rng.uniform(0.1, 0.3), img)
+    img = ndi.gaussian_filter(img, rng.uniform(0.4, 1.2)) + rng.uniform(0.01, 0.06) * rng.standard_normal(img.shape)
+    return img, _relabel(labels)
+
+
+_RENDER = {"em": _em, "rods": _rods, "dic": _dic, "fluo": _fluo, "mito": _mito}
 
 
 def render(style: str, index: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -241,7 +323,7 @@ def render(style: str, index: int, seed: int = 0) -> tuple[np.ndarray, np.ndarra
     Parameters
     ----------
     style : str
-        One of :data:`STYLES`.
+        One of :data:`STYLES` or :data:`ORGANELLE_STYLES`.
     index, seed : int
         The image's number and the set's seed; the same three arguments give the same pixels.
 
@@ -253,21 +335,16 @@ def render(style: str, index: int, seed: int = 0) -> tuple[np.ndarray, np.ndarra
         (SIZE, SIZE) int32, 0 = background or walls, objects 1..n of at least ``MIN_AREA`` px.
     """
     if style not in _RENDER:
-        raise ValueError(f"unknown synthetic style {style!r}; expected one of {', '.join(STYLES)}")
+        raise ValueError(f"unknown synthetic style {style!r}; expected one of {', '.join(_RENDER)}")
     key = hashlib.sha256(f"{style}/{index}/{seed}".encode()).digest()
     rng = np.random.default_rng(int.from_bytes(key[:8], "little"))
     img, labels = _RENDER[style](rng)
     return _to_uint8(img), labels
 
 
-def synthetic_cells(n_per_style: int = 12, seed: int = 0) -> EvalDataset:
-    """The ``synthetic_cells`` training dataset: ``n_per_style`` images of each style.
-
-    Image ids are ``"{style}-{index:02d}"``; each entry renders on demand and carries the
-    SHA-1 of its pixels as its content key.
-    """
+def _drawn_dataset(name: str, styles: tuple[str, ...], n_per_style: int, seed: int) -> EvalDataset:
     entries = []
-    for style in STYLES:
+    for style in styles:
         for i in range(n_per_style):
             cached: dict[str, tuple[np.ndarray, np.ndarray]] = {}
 
@@ -280,7 +357,21 @@ def synthetic_cells(n_per_style: int = 12, seed: int = 0) -> EvalDataset:
                 labels = get()[1]
                 return [EvalObject(labels == k, None, f"{image_id}#{k}") for k in range(1, int(labels.max()) + 1)]
 
-            digest = hashlib.sha1(f"synthetic_cells/{style}/{i}/{seed}".encode()).hexdigest()
-            entries.append(SliceEntry(f"{style}-{i:02d}", Path("synthetic_cells"), objects, lambda get=get: get()[0],
-                                      digest))
-    return EvalDataset("synthetic_cells", Path("synthetic_cells"), entries)
+            digest = hashlib.sha1(f"{name}/{style}/{i}/{seed}".encode()).hexdigest()
+            entries.append(SliceEntry(f"{style}-{i:02d}", Path(name), objects, lambda get=get: get()[0], digest))
+    return EvalDataset(name, Path(name), entries)
+
+
+def synthetic_cells(n_per_style: int = 12, seed: int = 0) -> EvalDataset:
+    """The ``synthetic_cells`` training dataset: ``n_per_style`` images of each of :data:`STYLES`.
+
+    Image ids are ``"{style}-{index:02d}"``; each entry renders on demand and carries the
+    SHA-1 of its name, style, index and seed as its content key.
+    """
+    return _drawn_dataset("synthetic_cells", STYLES, n_per_style, seed)
+
+
+def synthetic_organelles(n_per_style: int = 16, seed: int = 0) -> EvalDataset:
+    """The ``synthetic_organelles`` training dataset: ``n_per_style`` images of each of
+    :data:`ORGANELLE_STYLES`, ids and content keys as in :func:`synthetic_cells`."""
+    return _drawn_dataset("synthetic_organelles", ORGANELLE_STYLES, n_per_style, seed)
