@@ -55,10 +55,10 @@ def scripted(monkeypatch):
                         offset=0.0, confidence=None):
         visits.append(emb.z)
         levels[emb.z] = offset
-        return truth[emb.z].copy(), torch.zeros(1, 1, 256, 256)
+        return truth[emb.z].copy(), torch.zeros(1, 1, 256, 256), 0.9
 
     levels = {}
-    monkeypatch.setattr(V, "next_slice", fake_next_slice)
+    monkeypatch.setattr(V, "next_slice_scored", fake_next_slice)
     monkeypatch.setattr(AnchorHistory, "level_cuts", False)  # control flow here: the test below turns it on
     state["levels"] = levels
     state["answer"] = lambda clicks, prev: disc(7)
@@ -307,3 +307,68 @@ def test_a_level_cut_needs_a_halo_and_a_negative_click_on_the_mask(cuts, session
     assert hist.level_cut(emb, Click(S / 2 + 6, S / 2, True)) is None  # positive clicks never cut
     assert hist.level_cut(emb, Click(S / 2 + 12, S / 2, False)) is None  # off the mask
     assert hist.level_cut(emb, Click(S / 2 + 6, S / 2, False)) is not None
+
+
+def test_a_half_gap_that_loses_the_object_hands_its_slices_to_the_other_seed():
+    # Seeds 2 and 10 (a gap 3..9, split at 6). The run up from seed 2 (a correction at a blurred
+    # end: its masks come out too small and the decoder doubts them) stops at once: before, slices
+    # 3..6 were left empty, a hole in the middle of the object (cells3d nucleus 17, 3rd click: 3D
+    # IoU 0.898 -> 0.742). Now the run from seed 10 goes through the whole gap and fills the hole.
+    calls = []
+
+    def run_one(run, tick):
+        calls.append(tuple(run))
+        if run.start == 2 and run.step == +1:
+            return {}, {}, "vanished at z=3"
+        masks = {z: f"from {run.start}" for z in range(run.start + run.step, run.limit, run.step)}
+        for _ in masks:
+            tick()
+        return masks, {z: 0.9 for z in masks}, "border"
+
+    runs = R.plan_runs([2, 10], set(), 12, R.DIRECTIONS)
+    tokens, memo = {2: "a", 10: "b"}, {}
+    kw = dict(iou_threshold=0.5, params=(), tokens=tokens, memo=memo, progress=None)
+    results, ious, reasons, cancelled = R.run_all(runs, run_one, **kw)
+    assert not cancelled and sorted(z for z in results if 2 < z < 10) == [3, 4, 5, 6, 7, 8, 9]
+    assert all(results[z] == "from 10" for z in range(3, 10))
+    assert (10, -1, 2, None) in calls  # the take-over: seed 10 down through the whole gap
+    # unchanged seeds: everything, the take-over included, comes from the memo
+    calls.clear()
+    again = R.run_all(runs, run_one, **kw)[0]
+    assert again == results and calls == []
+    # a half that reaches the middle hands nothing over; neither does an outer run
+    assert R.hand_over(R.PropagationRun(10, -1, 6, None), {z: 1 for z in range(7, 10)}, runs) is None
+    assert R.hand_over(R.PropagationRun(10, +1, 12, "up"), {}, runs) is None
+    # a gap with one propagating side (the other seed is a stop slice) has no other half
+    one_sided = R.plan_runs([2, 10], {10}, 12, R.DIRECTIONS)
+    assert R.hand_over(R.PropagationRun(2, +1, 10, None), {}, one_sided) is None
+
+
+def test_a_gap_run_from_both_ends_keeps_the_mask_the_decoder_scores_higher():
+    # A calibrated decoder runs a gap through from both ends (seeds 2 and 10). Per slice the
+    # nearer seed's mask is kept unless the other run's mask scores GAP_MARGIN higher: cells3d
+    # nucleus 10, a correction at its blurred end (slice 52) gave masks that stayed small going
+    # inward (scores 0.71-0.76) where the start slice's run drew the nucleus (0.88-0.94); split in
+    # the middle, half the gap shrank (3D IoU 0.918 -> 0.890; now 0.918).
+    runs = R.plan_runs([2, 10], set(), 12, R.DIRECTIONS, full_gaps=True)
+    assert R.PropagationRun(2, +1, 10, None) in runs and R.PropagationRun(10, -1, 2, None) in runs
+    up_scores = {3: 0.9, 4: 0.9, 5: 0.9, 6: 0.7, 7: 0.7, 8: 0.9, 9: 0.9}
+    down_scores = {3: 0.7, 4: 0.93, 5: 0.9, 6: 0.9, 7: 0.74, 8: 0.72, 9: 0.8}
+
+    def run_one(run, tick):
+        scores = up_scores if run.step > 0 else down_scores
+        if run.outer:
+            return {}, {}, "vanished", {}
+        masks = {z: f"from {run.start}" for z in range(run.start + run.step, run.limit, run.step)}
+        if run.step < 0:
+            del masks[3]  # the run down from 10 lost the object at its last slice
+        return masks, {z: 0.8 for z in masks}, "border", scores
+
+    results = R.run_all(runs, run_one, iou_threshold=0.5, params=(), tokens=None, memo=None, progress=None)[0]
+    got = {z: results[z] for z in range(3, 10)}
+    assert got == {3: "from 2",  # only the run from 2 has a mask there
+                   4: "from 2",  # nearer; 0.93 is not 0.05 above 0.9
+                   5: "from 2",  # nearer; a tie
+                   6: "from 10",  # half-way (the lower seed counts as nearer): 0.9 against its 0.7
+                   7: "from 10",  # nearer, 0.74 against 0.7
+                   8: "from 2", 9: "from 2"}  # 0.9 against the nearer run's 0.72 and 0.8

@@ -130,8 +130,8 @@ def test_the_reason_names_the_slice_and_the_fraction():
 @pytest.fixture
 def decoder_sees_a_disc_everywhere(monkeypatch):
     """SAM on out-of-focus slices: it still finds the blurred disc, about as large as the object."""
-    monkeypatch.setattr(V, "next_slice", lambda predictor, emb, prev, *a, **k:
-                        (DISC.copy(), torch.zeros(1, 1, 256, 256)))
+    monkeypatch.setattr(V, "next_slice_scored", lambda predictor, emb, prev, *a, **k:
+                        (DISC.copy(), torch.zeros(1, 1, 256, 256), 0.9))
 
 
 def test_a_run_stops_where_the_object_goes_out_of_focus(fast_model, decoder_sees_a_disc_everywhere):  # noqa: F811

@@ -45,9 +45,9 @@ def scripted(monkeypatch):
                         offset=0.0, confidence=None):
         assert prev_mask.any()
         visits.append(emb.z)
-        return truth[emb.z].copy(), torch.zeros(1, 1, 256, 256)
+        return truth[emb.z].copy(), torch.zeros(1, 1, 256, 256), 0.9
 
-    monkeypatch.setattr(V, "next_slice", fake_next_slice)
+    monkeypatch.setattr(V, "next_slice_scored", fake_next_slice)
     return truth, visits
 
 
@@ -165,14 +165,14 @@ def test_object_stays_readable_while_it_propagates(session, scripted, monkeypatc
     obj = session.new_object()
     seed(obj, truth, 6)
     started, release = threading.Event(), threading.Event()
-    scripted_step = V.next_slice
+    scripted_step = V.next_slice_scored
 
     def blocking(*args, **kwargs):
         started.set()
         release.wait(10)
         return scripted_step(*args, **kwargs)
 
-    monkeypatch.setattr(V, "next_slice", blocking)
+    monkeypatch.setattr(V, "next_slice_scored", blocking)
     worker = threading.Thread(target=obj.propagate)
     worker.start()
     assert started.wait(10)

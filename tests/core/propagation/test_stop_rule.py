@@ -25,8 +25,8 @@ def test_a_section_that_moves_between_slices_is_followed_and_one_that_changes_sh
     growing = {z: disc(16, 16, 4.0 if z <= 6 else 4.0 * 2 ** 0.5) for z in range(Z)}
     assert max(V.mask_iou(moving[z], moving[z + 1]) for z in range(Z - 1)) < 0.65
     for truth, reached in ((moving, (0, Z - 1)), (growing, (0, 6))):
-        monkeypatch.setattr(V, "next_slice", lambda predictor, emb, prev, *a, truth=truth, **k:
-                            (truth[emb.z].copy(), torch.zeros(1, 1, 256, 256)))
+        monkeypatch.setattr(V, "next_slice_scored", lambda predictor, emb, prev, *a, truth=truth, **k:
+                            (truth[emb.z].copy(), torch.zeros(1, 1, 256, 256), 0.9))
         obj = session.new_object()
         obj.add_click(*(int(v) for v in np.argwhere(truth[3])[0]), z=3)
         force_mask(obj, 3, truth[3])
@@ -57,9 +57,9 @@ def test_a_slice_the_click_alone_loses_is_decoded_again_with_the_box(session, mo
         def fake(predictor, emb, prev, logits, prompt=None, multimask=None, box_finds_it=box_finds_it, **k):
             calls.append((emb.z, prompt))
             lost = emb.z == 4 and (prompt == "point" or not box_finds_it)
-            return (sliver if lost else truth)[emb.z].copy(), torch.zeros(1, 1, 256, 256)
+            return (sliver if lost else truth)[emb.z].copy(), torch.zeros(1, 1, 256, 256), 0.9
 
-        monkeypatch.setattr(V, "next_slice", fake)
+        monkeypatch.setattr(V, "next_slice_scored", fake)
         obj = session.new_object()
         seed(obj, truth, 6)
         res = obj.propagate()

@@ -73,7 +73,7 @@ def scripted(monkeypatch):
         logits = torch.ones(1, 1, 256, 256) if out.any() else None
         return StepResult(out, logits, refined, 0.0)
 
-    monkeypatch.setattr(V, "next_slice", fake_next_slice)
+    monkeypatch.setattr(V, "next_slice_scored", lambda *a, **k: (*fake_next_slice(*a, **k), 0.9))
     monkeypatch.setattr(TL, "next_slice", fake_next_slice)
     monkeypatch.setattr(FocSAMPredictor, "step", fake_step)
     return truth

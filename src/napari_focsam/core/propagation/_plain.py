@@ -80,6 +80,8 @@ __all__ = [
     "doubts_its_mask",
     "interior_point",
     "mask_to_logits",
+    "next_slice",
+    "next_slice_scored",
     "propagate",
 ]
 
@@ -355,7 +357,27 @@ def next_slice(
     offset: float = 0.0,
     confidence: float | None = None,
 ) -> tuple[np.ndarray, torch.Tensor]:
-    """Segment ``embedding``'s slice from the previous slice's mask (and logits).
+    """Segment ``embedding``'s slice from the previous slice's mask (and logits): the mask and
+    its (1, 1, 256, 256) logits of :func:`next_slice_scored`."""
+    mask, logits, _ = next_slice_scored(predictor, embedding, prev_mask, prev_logits, prompt, multimask,
+                                        refine=refine, offset=offset, confidence=confidence)
+    return mask, logits
+
+
+def next_slice_scored(
+    predictor: FocSAMPredictor,
+    embedding: ImageEmbedding,
+    prev_mask: np.ndarray,
+    prev_logits: torch.Tensor | None,
+    prompt: str = DEFAULT_PROMPT,
+    multimask: bool = DEFAULT_MULTIMASK,
+    *,
+    refine: bool = False,
+    offset: float = 0.0,
+    confidence: float | None = None,
+) -> tuple[np.ndarray, torch.Tensor, float]:
+    """Segment ``embedding``'s slice from the previous slice's mask (and logits); returns the
+    (H, W) bool mask, its (1, 1, 256, 256) logits and the decoder's predicted IoU of it.
 
     confidence: the object's confidence, for the floor (:func:`doubts_its_mask`).
 
@@ -378,13 +400,15 @@ def next_slice(
     mask, logits, token, score = decode_prompt_token(predictor, embedding, [(y, x, True)], box, mask_input,
                                                      multimask=multimask, reference=prev_mask, offset=offset)
     if doubts_its_mask(predictor.model, score, confidence):
-        return np.zeros_like(mask), logits
+        return np.zeros_like(mask), logits, score
     if not (refine and predictor.model.has_refiner):
-        return mask, logits
+        return mask, logits, score
     with torch.inference_mode():
         refined = predictor.model.refine(embedding.features.to(predictor.device), logits + offset, token)
-    return decode_prompt(predictor, embedding, [(y, x, True)], box, mask_input, multimask=multimask,
-                         reference=prev_mask, features=refined, offset=offset)
+    mask, logits, _, score = decode_prompt_token(predictor, embedding, [(y, x, True)], box, mask_input,
+                                                 multimask=multimask, reference=prev_mask, features=refined,
+                                                 offset=offset)
+    return mask, logits, score
 
 
 # --------------------------------------------------------------------------- propagation
@@ -468,25 +492,28 @@ def propagate(
     order = sorted(seeds)
     masks = {z: np.asarray(m, dtype=bool) for z, (m, _) in seeds.items() if np.any(m)}
     empty = {z for z, (m, _) in seeds.items() if not np.any(m)}
-    runs = plan_runs(order, empty, n_slices, directions)
-
-    # the second decoding only where the decoder's own score can still end the object (its floor)
-    second_try = SECOND_TRY.get(prompt) if propagation_floor(store.predictor.model) is not None else None
+    # a calibrated decoder (one with a floor) runs gaps through from both ends and its scores
+    # pick each slice's mask; the second decoding only where its score can still end the object
+    calibrated = propagation_floor(store.predictor.model) is not None
+    runs = plan_runs(order, empty, n_slices, directions, full_gaps=calibrated)
+    second_try = SECOND_TRY.get(prompt) if calibrated else None
 
     def next_mask(z: int, prev: np.ndarray, logits: torch.Tensor | None, offset: float = 0.0,
                   floor_confidence: float | None = None):
+        """(mask, logits, blank, score) of slice ``z``."""
         emb = store.get(z)
         if getattr(emb, "blank", False):
-            return None, logits, True
-        mask, logits = next_slice(store.predictor, emb, prev, logits, prompt, multimask, refine=refine,
-                                  offset=offset, confidence=floor_confidence)
+            return None, logits, True, None
+        mask, logits, score = next_slice_scored(store.predictor, emb, prev, logits, prompt, multimask,
+                                                refine=refine, offset=offset, confidence=floor_confidence)
         if second_try and mask.any() and shape_iou(prev, mask) < iou_threshold:
             # the click alone lost the object's section: once more with the previous mask's box
-            again, again_logits = next_slice(store.predictor, emb, prev, logits, second_try, multimask,
-                                             refine=refine, offset=offset, confidence=floor_confidence)
+            again, again_logits, again_score = next_slice_scored(
+                store.predictor, emb, prev, logits, second_try, multimask, refine=refine, offset=offset,
+                confidence=floor_confidence)
             if again.any() and shape_iou(prev, again) >= iou_threshold:
-                return again, again_logits, False
-        return mask, logits, False
+                return again, again_logits, False, again_score
+        return mask, logits, False, score
 
     restyled = set(restyled)
     offsets = dict(offsets or {})
@@ -497,13 +524,19 @@ def propagate(
         level = float(offsets.get(run.start, 0.0))
         styled = None
         if run.start in restyled and seed.any() and run.n_slices:
-            styled, _, blank = next_mask(run.start, seed, None)
+            styled, _, blank, _ = next_mask(run.start, seed, None)
             styled = None if blank else styled
+        scores: dict[int, float] = {}
+
         def step(z, prev, logits):  # a seed's level fades with the distance from it
-            return next_mask(z, prev, logits, level * LEVEL_FADE ** abs(z - run.start), confidence)
-        return walk_run(run, seed, seed_logits, step, np.count_nonzero, shape_iou,
-                        iou_threshold=iou_threshold, min_pixels=min_pixels, tick=tick, cancelled=cancelled,
-                        first_reference=styled, faded=faded)
+            mask, logits, blank, scores[z] = next_mask(z, prev, logits, level * LEVEL_FADE ** abs(z - run.start),
+                                                       confidence)
+            return mask, logits, blank
+
+        got = walk_run(run, seed, seed_logits, step, np.count_nonzero, shape_iou,
+                       iou_threshold=iou_threshold, min_pixels=min_pixels, tick=tick, cancelled=cancelled,
+                       first_reference=styled, faded=faded)
+        return (*got, scores)
 
     confidence, scored = object_confidence(store, masks, multimask, tokens, memo)
     outline, faded = fade_stop(store.volume, masks, outline_from, edge_fade)

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from typing import Any, Callable, Hashable, Iterable, Mapping, NamedTuple
 
-__all__ = ["CANCELLED", "DIRECTIONS", "END_REBOUND", "END_SHRINK", "PropagationRun", "plan_runs", "run_all",
-           "walk_run"]
+__all__ = ["CANCELLED", "DIRECTIONS", "END_REBOUND", "END_SHRINK", "GAP_MARGIN", "PropagationRun", "hand_over",
+           "merge_gap", "plan_runs", "run_all", "walk_run"]
 
 DIRECTIONS = ("down", "up")  # down: towards slice 0; up: towards the last slice
 #: The end of an object (outer runs): once a run's mask has shrunk below ``END_SHRINK`` times
@@ -40,10 +40,12 @@ class PropagationRun(NamedTuple):
 
 
 def plan_runs(seeds: list[int], empty: set[int], n_slices: int,
-              directions: tuple[str, ...]) -> list[PropagationRun]:
-    """The runs: outward from the outermost seeds, and through each gap between seeds (split in
-    the middle when both ends may propagate; an empty seed only stops). Used by the plain and
-    the tiled propagation."""
+              directions: tuple[str, ...], full_gaps: bool = False) -> list[PropagationRun]:
+    """The runs: outward from the outermost seeds, and through each gap between seeds (an empty
+    seed only stops). When both ends of a gap may propagate, the gap is split in the middle
+    (see :func:`hand_over` for a half that loses the object), or, with ``full_gaps``, each end
+    runs through the whole gap and every slice keeps the better of the two masks
+    (:func:`merge_gap`). Used by the plain and the tiled propagation."""
     down, up = "down" in directions, "up" in directions
     runs = []
     if down:
@@ -52,7 +54,10 @@ def plan_runs(seeds: list[int], empty: set[int], n_slices: int,
         if b - a <= 1:
             continue
         from_a, from_b = up and a not in empty, down and b not in empty
-        if from_a and from_b:
+        if from_a and from_b and full_gaps:
+            runs.append(PropagationRun(a, +1, b, None))
+            runs.append(PropagationRun(b, -1, a, None))
+        elif from_a and from_b:
             mid = (a + b) // 2
             runs.append(PropagationRun(a, +1, mid + 1, None))
             runs.append(PropagationRun(b, -1, mid, None))
@@ -69,6 +74,63 @@ def plan_runs(seeds: list[int], empty: set[int], n_slices: int,
 CANCELLED = "cancelled"
 
 
+def hand_over(run: PropagationRun, masks: Mapping, runs: list[PropagationRun]) -> tuple[PropagationRun, list[int]] | None:
+    """The run that takes over the slices a half-gap ``run`` left empty, or None.
+
+    Between two seeds the object cannot end: a half of a gap that stopped before the middle
+    (the decoder lost the object, or doubted its mask: a seed corrected at a blurred end often
+    gives masks too small for the slices inward of it) would leave a hole in the object. The
+    other seed's run then goes through the whole gap, and its masks fill the hole (its masks on
+    its own half are the ones its half-run drew: the same decoding). Returns (that run, the
+    slices of the hole); None for an outer run, a run that reached its limit, or a gap whose
+    other seed does not propagate into it.
+    """
+    if run.outer is not None:
+        return None
+    hole = [z for z in range(run.start + run.step, run.limit, run.step) if z not in masks]
+    if not hole:
+        return None
+    for other in runs:  # the other half of the gap: the two halves meet in the middle
+        if other.outer is None and other.step == -run.step and other.limit == run.limit - run.step:
+            return PropagationRun(other.start, other.step, run.start, None), hole
+    return None
+
+
+#: :func:`merge_gap`: the run from the farther seed wins a slice only when the decoder scores
+#: its mask this much higher than the nearer seed's.
+GAP_MARGIN = 0.05
+
+
+def merge_gap(first: PropagationRun, got_first: tuple, second: PropagationRun, got_second: tuple) -> tuple[dict, dict]:
+    """Per slice of a gap run through from both ends (``plan_runs(full_gaps=True)``), the mask
+    of the nearer seed's run, unless the decoder scores the other run's mask at least
+    :data:`GAP_MARGIN` higher, or the nearer run has none there (it lost the object).
+
+    ``got_*``: (masks, ious, reason, scores by slice) of each run; a run without scores is
+    never outscored. A correction at a blurred end of a nucleus gives a small mask, and a run
+    inward from it keeps that size while the object grows (the decoder scores those masks
+    0.3-0.75, the other seed's 0.9 and more): the nearer-seed rule alone (the gap split in the
+    middle) shrank half the gap. Returns (masks, ious) of the gap's slices.
+    """
+    masks, ious = {}, {}
+    runs = ((first, got_first), (second, got_second))
+    lo, hi = sorted((first.start, second.start))
+    for z in range(lo + 1, hi):
+        have = [(run, got) for run, got in runs if z in got[0]]
+        if not have:
+            continue
+        have.sort(key=lambda rg: (abs(z - rg[0].start), -rg[0].step))  # nearer seed first (the lower on ties)
+        pick = have[0]
+        if len(have) == 2:
+            near, far = (got[3].get(z) if len(got) > 3 else None for _, got in have)
+            if near is not None and far is not None and far >= near + GAP_MARGIN:
+                pick = have[1]
+        masks[z] = pick[1][0][z]
+        if z in pick[1][1]:
+            ious[z] = pick[1][1][z]
+    return masks, ious
+
+
 def run_all(runs: Iterable[PropagationRun], run_one: Callable, *, iou_threshold: float, params: tuple,
             tokens: Mapping[int, Hashable] | None, memo: dict | None,
             progress: Callable[[int, int], None] | None, outer_params: tuple = ()) -> tuple[dict, dict, dict, bool]:
@@ -76,7 +138,10 @@ def run_all(runs: Iterable[PropagationRun], run_one: Callable, *, iou_threshold:
 
     run_one(run, tick) -> (results by slice, IoU with the previous slice by slice, reason the
     run ended); it calls ``tick()`` once per slice kept and returns the reason
-    :data:`CANCELLED` when it was cancelled, which skips the runs left. A run's memo key is its
+    :data:`CANCELLED` when it was cancelled, which skips the runs left; it may return the
+    decoder's scores by slice as a fourth item. A half of a gap that stops early hands its
+    slices over to the other seed (:func:`hand_over`); a gap run through from both ends keeps
+    the better mask per slice (:func:`merge_gap`). A run's memo key is its
     extent, its seed's ``tokens`` entry (no key without one), ``iou_threshold`` and
     ``outer_params`` for the outer runs (the stops only they apply) and ``params``; ``memo`` is
     replaced by this call's runs unless it was cancelled (see
@@ -97,11 +162,8 @@ def run_all(runs: Iterable[PropagationRun], run_one: Callable, *, iou_threshold:
         if progress is not None:
             progress(min(done, total), total)
 
-    for run in runs:
-        if was_cancelled:
-            if run.outer:
-                reasons[run.outer] = CANCELLED
-            continue
+    def execute(run: PropagationRun):
+        nonlocal was_cancelled
         key = None
         if tokens is not None and run.start in tokens:
             key = (*run, tokens[run.start], (iou_threshold, *outer_params) if run.outer else None, *params)
@@ -113,10 +175,36 @@ def run_all(runs: Iterable[PropagationRun], run_one: Callable, *, iou_threshold:
             was_cancelled = got[2] == CANCELLED
         if key is not None and not was_cancelled:
             new_memo[key] = got
+        return got
+
+    takeovers, both_ways = [], {}
+    for run in runs:
+        if was_cancelled:
+            if run.outer:
+                reasons[run.outer] = CANCELLED
+            continue
+        got = execute(run)
+        if run.outer is None and PropagationRun(run.limit, -run.step, run.start, None) in runs:
+            both_ways[run] = got  # a gap run through from both ends: merged below
+            continue
         results.update(got[0])
         ious.update(got[1])
         if run.outer:
             reasons[run.outer] = got[2]
+        elif not was_cancelled:
+            takeovers.append(hand_over(run, got[0], runs))
+    for run, got in both_ways.items():
+        back = PropagationRun(run.limit, -run.step, run.start, None)
+        if run.step > 0 and back in both_ways:
+            gap_masks, gap_ious = merge_gap(run, got, back, both_ways[back])
+            results.update(gap_masks)
+            ious.update(gap_ious)
+    for fill, hole in filter(None, takeovers):
+        if was_cancelled:
+            break
+        got = execute(fill)
+        results.update({z: got[0][z] for z in hole if z in got[0]})
+        ious.update({z: got[1][z] for z in hole if z in got[1]})
     if memo is not None and not was_cancelled:
         memo.clear()
         memo.update(new_memo)
