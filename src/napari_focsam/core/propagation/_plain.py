@@ -345,22 +345,11 @@ def seed_score(predictor: FocSAMPredictor, embedding: ImageEmbedding, mask: np.n
                                      reference=mask)[3])
 
 
-def next_slice(
-    predictor: FocSAMPredictor,
-    embedding: ImageEmbedding,
-    prev_mask: np.ndarray,
-    prev_logits: torch.Tensor | None,
-    prompt: str = DEFAULT_PROMPT,
-    multimask: bool = DEFAULT_MULTIMASK,
-    *,
-    refine: bool = False,
-    offset: float = 0.0,
-    confidence: float | None = None,
-) -> tuple[np.ndarray, torch.Tensor]:
-    """Segment ``embedding``'s slice from the previous slice's mask (and logits): the mask and
-    its (1, 1, 256, 256) logits of :func:`next_slice_scored`."""
-    mask, logits, _ = next_slice_scored(predictor, embedding, prev_mask, prev_logits, prompt, multimask,
-                                        refine=refine, offset=offset, confidence=confidence)
+def next_slice(*args: Any, **kwargs: Any) -> tuple[np.ndarray, torch.Tensor]:
+    """Segment a slice from the previous slice's mask (and logits): :func:`next_slice_scored`
+    (same arguments) without the score, i.e. the (H, W) bool mask and its (1, 1, 256, 256)
+    logits."""
+    mask, logits, _ = next_slice_scored(*args, **kwargs)
     return mask, logits
 
 
