@@ -107,16 +107,17 @@ register(
     ModelWeights(
         name="focsam_t_micro",
         filename="focsam_t_micro.pt",
-        # configs/focsam_t_micro_r3_cpu.json: the focsam_t refiner and MobileSAM's decoder trained
-        # together (1300 iterations, one CPU thread) on MobileSAM embeddings of licence-clean
-        # data only: EM chloroplasts (MIT), phase-contrast yeast, drawn packed cells
-        # (training/synthetic.py), nuclei and a natural-image share; never the research-only VNC
-        # stack (CC BY-NC-SA), on which the earlier rounds were trained. float16, the refiner and
-        # its decoder in one file; its metadata names its training sets and adds the decoder's
-        # thresholds: segment_all (IoU 0.6, stability 0.7) and propagation (min_pred_iou 0.55);
-        # docs/microscopy/README.md.
-        size=16_878_063,
-        sha256="30ffe505a71ac969f46cfd1ff7dd06c30f4cf9735f1ef8c0ea011bc503a3a7fb",
+        # configs/focsam_t_micro_r4_cpu.json (round 4: round 3, configs/focsam_t_micro_r3_cpu.json,
+        # continued for 1000 iterations with drawn mitochondria added): the focsam_t refiner and
+        # MobileSAM's decoder trained together (2300 iterations in all, one CPU thread) on
+        # MobileSAM embeddings of licence-clean data only: EM chloroplasts (MIT), phase-contrast
+        # yeast, drawn packed cells and mitochondria (training/synthetic.py), nuclei and a
+        # natural-image share; never the research-only VNC stack (CC BY-NC-SA), on which rounds 1
+        # and 2 were trained. float16, the refiner and its decoder in one file; its metadata names
+        # its training sets and adds the decoder's thresholds: segment_all (IoU 0.6, stability
+        # 0.7) and propagation (min_pred_iou 0.55); docs/microscopy/README.md.
+        size=16_862_793,
+        sha256="3451c2c10f9440963f5db0aa881a322f62e5940f62f5c901fa6ac44dee07b0ed",
         sources=("package_data:focsam_t_micro.pt",),
         description="FocSAM-T micro: MobileSAM (vit_t) encoder with a mask decoder and focus refiner "
                     "trained by napari-focsam on microscopy (cells, EM, nuclei; licence-clean data only); "
