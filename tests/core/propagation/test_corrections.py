@@ -116,7 +116,8 @@ def test_a_negative_correction_on_a_leak_keeps_the_slice_and_what_lies_behind_it
     visits.clear()
     res = obj.propagate(iou_threshold=0.0)
     assert 2 in res.masks and res.masks[2].any()  # the slice behind the correction is still there
-    assert visits[:2] == [2, 1] and set(visits[2:]) == {4, 5}  # the runs next to slice 3 only
+    # the runs from slice 3 only: slice 5, in slice 6's half of the gap, is cut from its earlier run
+    assert visits[:2] == [2, 1] and visits[2:] == [4]
 
 
 def test_a_negative_click_at_the_centre_stops_the_object_there(session, scripted):
@@ -289,7 +290,9 @@ def test_a_negative_click_on_a_halo_moves_the_outline_in_and_its_runs_follow(cut
     assert levels[2] == pytest.approx(level * V.LEVEL_FADE)
     assert levels[1] == pytest.approx(level * V.LEVEL_FADE ** 2)
     assert levels[4] == pytest.approx(level * V.LEVEL_FADE)
-    assert levels[5] == 0.0  # slice 5 is in the clicked slice 6's half of the gap
+    # slice 5 is in the clicked slice 6's half of the gap: cut from slice 6's earlier run
+    # (decoded at level 0), not decoded again
+    assert 5 not in levels and obj.mask(5).sum() == truth[5].sum()
     assert obj.history(6).__class__ is InteractiveObject
     # undo takes the level back
     obj.undo(3)
@@ -372,3 +375,42 @@ def test_a_gap_run_from_both_ends_keeps_the_mask_the_decoder_scores_higher():
                    6: "from 10",  # half-way (the lower seed counts as nearer): 0.9 against its 0.7
                    7: "from 10",  # nearer, 0.74 against 0.7
                    8: "from 2", 9: "from 2"}  # 0.9 against the nearer run's 0.72 and 0.8
+
+
+def test_a_click_inside_a_gap_re_decodes_only_the_runs_from_the_new_seed():
+    # Seeds 2 and 10 run through the whole gap; a correction on slice 6 (a new seed) splits it.
+    # The runs from 2 up to 6 and from 10 down to 6 are the first slices of the earlier runs
+    # from the same seed states: cut from the memo, not decoded again. Only the runs from 6 are.
+    calls = []
+
+    def run_one(run, tick):
+        calls.append(tuple(run))
+        end = run.limit if run.outer is None else run.start + 3 * run.step  # outer runs stop after 2
+        masks = {z: f"{run.start}->{z}" for z in range(run.start + run.step, end, run.step)}
+        return masks, {z: 0.9 for z in masks}, "border" if run.outer is None else "iou", {z: 0.8 for z in masks}
+
+    memo, tokens = {}, {2: "a", 10: "b"}
+    kw = dict(iou_threshold=0.5, params=(), memo=memo, progress=None)
+    first = R.run_all(R.plan_runs([2, 10], set(), 14, R.DIRECTIONS, full_gaps=True), run_one, tokens=tokens, **kw)[0]
+    calls.clear()
+    tokens[6] = "c"
+    runs = R.plan_runs([2, 6, 10], set(), 14, R.DIRECTIONS, full_gaps=True)
+    again = R.run_all(runs, run_one, tokens=tokens, **kw)[0]
+    assert sorted(calls) == [(6, -1, 2, None), (6, +1, 10, None)]
+    for z in (3, 4):  # nearer to 2 than to 6, or a tie: the cut run from 2
+        assert again[z] == first[z] == f"2->{z}"
+    assert again[5] == "6->5" and again[7] == "6->7" and again[9] == "10->9" == first[9]
+    # other decoding parameters: nothing is cut
+    calls.clear()
+    R.run_all(runs, run_one, tokens=tokens, **{**kw, "params": ("other",)})
+    assert len(calls) == len(runs)
+    # an outward run that stopped by its own rules inside the extent is not a prefix
+    got = {"masks": {3: "m"}, "ious": {3: 0.9}}
+    key = (2, +1, 8, None, "a", None)
+    outer_key = (2, +1, -1, "up", "a", (0.5, "x"))
+    assert R.reuse_prefix(R.PropagationRun(2, +1, 8, None), key,
+                          {outer_key: (got["masks"], got["ious"], "iou 0.40 < 0.65 at z=4")}) is None
+    # a run between seeds that vanished inside the extent: this one vanishes there too
+    inner_key = (2, +1, 10, None, "a", None)
+    cut = R.reuse_prefix(R.PropagationRun(2, +1, 8, None), key, {inner_key: (got["masks"], got["ious"], "vanished at z=4")})
+    assert cut == ({3: "m"}, {3: 0.9}, "vanished at z=4")

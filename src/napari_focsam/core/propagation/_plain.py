@@ -531,7 +531,8 @@ def propagate(
     outline, faded = fade_stop(store.volume, masks, outline_from, edge_fade)
     run_masks, ious, reasons, was_cancelled = run_all(
         runs, run_one, iou_threshold=iou_threshold, outer_params=(edge_fade, outline),
-        params=(prompt, multimask, min_pixels, refine, confidence),
+        # the second decoding's test uses the threshold inside gaps too
+        params=(prompt, multimask, min_pixels, refine, confidence, iou_threshold if second_try else None),
         tokens=tokens, memo=memo, progress=progress)
     if memo is not None and not was_cancelled:
         memo.update(scored)

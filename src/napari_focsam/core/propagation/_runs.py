@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any, Callable, Hashable, Iterable, Mapping, NamedTuple
 
 __all__ = ["CANCELLED", "DIRECTIONS", "END_REBOUND", "END_SHRINK", "GAP_MARGIN", "PropagationRun", "hand_over",
-           "merge_gap", "plan_runs", "run_all", "walk_run"]
+           "merge_gap", "plan_runs", "reuse_prefix", "run_all", "walk_run"]
 
 DIRECTIONS = ("down", "up")  # down: towards slice 0; up: towards the last slice
 #: The end of an object (outer runs): once a run's mask has shrunk below ``END_SHRINK`` times
@@ -131,6 +131,36 @@ def merge_gap(first: PropagationRun, got_first: tuple, second: PropagationRun, g
     return masks, ious
 
 
+def reuse_prefix(run: PropagationRun, key: tuple, memo: Mapping) -> tuple | None:
+    """The result of the between-seeds ``run`` (memo ``key``) cut from a longer run of the
+    previous call, or None.
+
+    A run decodes its slices one after the other from its seed, and a run between seeds stops
+    only where the object vanishes, so its slices are the first ones of any earlier run from the
+    same seed state in the same direction with the same parameters (between seeds or outward)
+    that went at least as far; or, when an earlier run between seeds vanished inside this run's
+    extent, this run vanishes there too. A click inside a gap (a new seed) thus re-decodes only
+    the runs from the new seed: the runs from the old seeds towards it are the first slices of
+    their runs through the whole gap (or outward, for a click beyond the outermost seed).
+    """
+    if run.outer is not None:
+        return None
+    want = range(run.start + run.step, run.limit, run.step)
+    for k, got in memo.items():
+        if not (isinstance(k, tuple) and len(k) == len(key) and k[:2] == key[:2] and k[4] == key[4]
+                and k[6:] == key[6:]):  # same seed, direction, seed state and decoding parameters
+            continue
+        masks, ious, reason = got[:3]
+        missing = [z for z in want if z not in masks]
+        if missing and (k[3] is not None or reason in ("border", CANCELLED)):
+            continue  # it stopped short of this run's extent, or by a rule this run does not apply
+        cut = set(want if not missing else range(run.start + run.step, missing[0], run.step))
+        out = ({z: m for z, m in masks.items() if z in cut}, {z: v for z, v in ious.items() if z in want},
+               reason if missing else "border")
+        return (*out, {z: v for z, v in got[3].items() if z in want}) if len(got) > 3 else out
+    return None
+
+
 def run_all(runs: Iterable[PropagationRun], run_one: Callable, *, iou_threshold: float, params: tuple,
             tokens: Mapping[int, Hashable] | None, memo: dict | None,
             progress: Callable[[int, int], None] | None, outer_params: tuple = ()) -> tuple[dict, dict, dict, bool]:
@@ -143,7 +173,9 @@ def run_all(runs: Iterable[PropagationRun], run_one: Callable, *, iou_threshold:
     slices over to the other seed (:func:`hand_over`); a gap run through from both ends keeps
     the better mask per slice (:func:`merge_gap`). A run's memo key is its
     extent, its seed's ``tokens`` entry (no key without one), ``iou_threshold`` and
-    ``outer_params`` for the outer runs (the stops only they apply) and ``params``; ``memo`` is
+    ``outer_params`` for the outer runs (the stops only they apply) and ``params`` (everything
+    the decoding depends on); a run between seeds may also be cut from a longer one
+    (:func:`reuse_prefix`); ``memo`` is
     replaced by this call's runs unless it was cancelled (see
     :func:`~napari_focsam.core.propagation.propagate`). Returns (results, ious, reasons per
     direction, cancelled).
@@ -169,6 +201,8 @@ def run_all(runs: Iterable[PropagationRun], run_one: Callable, *, iou_threshold:
             key = (*run, tokens[run.start], (iou_threshold, *outer_params) if run.outer else None, *params)
         if memo is not None and key is not None and key in memo:
             got = memo[key]
+            tick(len(got[0]))
+        elif memo is not None and key is not None and (got := reuse_prefix(run, key, memo)) is not None:
             tick(len(got[0]))
         else:
             got = run_one(run, tick)
