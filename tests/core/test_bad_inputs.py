@@ -4,6 +4,7 @@ nothing lost and no work wasted."""
 from __future__ import annotations
 
 import io
+import os
 import socket
 import sys
 import threading
@@ -170,7 +171,10 @@ def test_a_scheduler_lost_mid_run_gives_a_summary_not_a_traceback(tmp_path, monk
     def plan(*args, **kwargs):
         return 4, [0, 1, 2, 3]
 
+    filling = str(tmp_path / "filling")  # a path, not an Event: the task is pickled
+
     def slow_fill(*args, **kwargs):
+        open(filling, "w").close()
         time.sleep(6)
         return {"worker_pid": 0}
 
@@ -178,7 +182,14 @@ def test_a_scheduler_lost_mid_run_gives_a_summary_not_a_traceback(tmp_path, monk
     monkeypatch.setattr(dist, "fill_units", slow_fill)
     cluster = distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None)
     client = distributed.Client(cluster, set_as_default=False)
-    killer = threading.Timer(2.0, cluster.close)
+
+    def kill():  # mid-run: once the plan is back and the filling has begun (a fixed 2 s timer
+        end = time.monotonic() + 30  # could close the cluster before the plan came back, on a
+        while not os.path.exists(filling) and time.monotonic() < end:  # loaded machine)
+            time.sleep(0.05)
+        cluster.close()
+
+    killer = threading.Thread(target=kill)
     killer.start()
     try:
         info = dist.precompute_distributed(client, dist.ImageSource(str(tmp_path / "x.tif")), tmp_path / "c",

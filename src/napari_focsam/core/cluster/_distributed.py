@@ -240,10 +240,9 @@ def connect(workers: int | None = None, scheduler: str | None = None,
 def wait_for_tasks(client: Any, futures: Sequence[Any], *, poll_s: float = 0.2, lost_after_s: float = 5.0) -> None:
     """Wait until every one of ``futures`` is done (finished, failed or cancelled).
 
-    ``distributed.wait`` can block for ever when the scheduler goes away at the wrong moment
-    (seen once in CI). This polls: ``ConnectionError`` once the client has been away from its
-    scheduler (status not ``"running"``) for ``lost_after_s`` seconds (a reconnect within that
-    time is no loss), ``concurrent.futures.CancelledError`` for cancelled tasks (as ``wait``).
+    ``distributed.wait`` and ``result()`` can block for ever when the scheduler goes away at the wrong
+    moment (seen in CI). This polls: ``ConnectionError`` once the client has been away from its scheduler
+    (status not ``"running"``) for ``lost_after_s`` s, ``CancelledError`` for cancelled tasks (as ``wait``).
     """
     away_since = None
     while not all(f.done() for f in futures):
@@ -353,6 +352,7 @@ def precompute_distributed(client: Any, source: ImageSource, cache_dir: str | Pa
     t0 = time.perf_counter()
     cache_dir = str(Path(cache_dir).expanduser().resolve())
     plan = client.submit(missing_units, source, cache_dir, model, device, threads, pure=False, retries=retries)
+    wait_for_tasks(client, [plan])
     n_units, todo = plan.result()
     groups = [todo[i:i + units_per_task] for i in range(0, len(todo), max(1, units_per_task))]
     futures = [client.submit(fill_units, source, cache_dir, model, device, g, threads, pure=False,
