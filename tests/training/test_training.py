@@ -404,6 +404,36 @@ def test_export_loads_as_refiner_only_file(tmp_path):
         assert torch.allclose(loaded.focus_refiner.state_dict()[k], v.half().float())
 
 
+def test_the_configs_calibrated_thresholds_travel_in_the_export_to_the_loaded_model(tiny_setup, tmp_path):
+    from conftest import make_tiny_focsam
+
+    from napari_focsam.core.models import load_checkpoint, save_checkpoint
+
+    _, root = tiny_setup
+    base = tmp_path / "base.pt"  # SAM widths (256), which the checkpoint loader expects
+    save_checkpoint(make_tiny_focsam(), base)
+    data = {"work_dir": str(tmp_path / "run"), "model": {"depth": 1, "mlp_ratio": 1.0},
+            "train": {"iters": 0, "device": "cpu", "deterministic": False},
+            "export": {"segment_all": {"pred_iou_thresh": 0.6, "stability_thresh": 0.7},
+                       "propagation": {"min_pred_iou": 0.55}}}
+    for name, cfg in (("tuned.pt", data), ("plain.pt", {k: v for k, v in data.items() if k != "export"})):
+        tr = Trainer(config_from_dict(cfg), model=make_tiny_focsam(), train_cache=TrainingCache(root / "train"),
+                     device="cpu", log=None)
+        tr.export(tmp_path / name)
+        tr.close()
+    tuned = load_checkpoint(base, refiner=tmp_path / "tuned.pt")
+    assert tuned.segment_all_thresholds == {"pred_iou_thresh": 0.6, "stability_thresh": 0.7}
+    assert tuned.propagation_thresholds == {"min_pred_iou": 0.55}
+    plain = load_checkpoint(base, refiner=tmp_path / "plain.pt")
+    assert plain.segment_all_thresholds is None and plain.propagation_thresholds is None
+    with pytest.raises(ValueError, match="export.segment_all: unknown threshold 'pred_iou'"):
+        config_from_dict({**data, "export": {"segment_all": {"pred_iou": 0.6}}})
+    with pytest.raises(ValueError, match=r"export.propagation.min_pred_iou must be a number in \[0, 1\], got 5"):
+        config_from_dict({**data, "export": {"propagation": {"min_pred_iou": 5}}})
+    with pytest.raises(ValueError, match="unknown key"):
+        config_from_dict({**data, "export": {"tiles": {}}})
+
+
 def test_stage1_then_stage2_and_export(tiny_setup, tmp_path):
     tr = _trainer(tiny_setup, tmp_path, iters=1, stage1_iters=1, ckpt_every=1)
     dec0 = {k: v.clone() for k, v in tr.model.mask_decoder.state_dict().items()}

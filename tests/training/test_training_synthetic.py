@@ -11,12 +11,12 @@ import pytest
 from scipy import ndimage as ndi
 
 from napari_focsam.training.data import entry_digest, read_training_dataset
-from napari_focsam.training.synthetic import MIN_AREA, ORGANELLE_STYLES, SIZE, STYLES, render
+from napari_focsam.training.synthetic import MIN_AREA, NEUROPIL_STYLES, ORGANELLE_STYLES, SIZE, STYLES, render
 
 REPO = Path(__file__).resolve().parents[2]
 
 
-@pytest.mark.parametrize("style", STYLES + ORGANELLE_STYLES)
+@pytest.mark.parametrize("style", STYLES + ORGANELLE_STYLES + NEUROPIL_STYLES)
 def test_every_style_draws_the_same_image_from_the_same_seed_with_disjoint_objects(style):
     img, labels = render(style, 3, seed=5)
     assert img.shape == (SIZE, SIZE, 3) and img.dtype == np.uint8
@@ -87,6 +87,24 @@ def test_mitochondria_are_small_bodies_with_a_dark_membrane_among_clutter_that_i
     assert len(ds) == 16 and ds.image_ids[0] == "mito-00"
     cells_ds = read_training_dataset("synthetic_cells", "/nowhere")
     assert not {entry_digest(e) for e in ds._entries} & {entry_digest(e) for e in cells_ds._entries}
+
+
+def test_neuropil_packs_small_and_large_profiles_whose_organelles_belong_to_them():
+    img, labels = render("neuropil", 2)
+    grey = img[..., 0].astype(float)
+    areas = np.bincount(labels.ravel())[1:]
+    assert areas.max() > 20 * np.median(areas)  # large dendrites beside bundles of small axons
+    assert (areas < 800).sum() > 50 and (areas > 3000).sum() >= 3
+    membranes = (labels == 0) & ndi.binary_dilation(labels > 0)
+    assert grey[membranes].mean() < grey[labels > 0].mean() - 20
+    big = labels == int(np.argmax(areas)) + 1
+    inner = ndi.binary_erosion(big, iterations=4)
+    assert (grey[inner] < np.percentile(grey[inner], 50) - 25).sum() > 30  # dark bodies inside, part of it
+    assert (labels > 0).mean() > 0.6  # a tiling: (almost) every pixel belongs to a profile
+    ds = read_training_dataset("synthetic-neuropil", "/nowhere")
+    assert len(ds) == 16 and ds.image_ids[0] == "neuropil-00"
+    others = [read_training_dataset(n, "/nowhere") for n in ("synthetic_cells", "synthetic_organelles")]
+    assert not {entry_digest(e) for e in ds._entries} & {entry_digest(e) for o in others for e in o._entries}
 
 
 def test_the_dataset_draws_48_images_with_their_own_content_keys():

@@ -14,7 +14,8 @@ wrong model silently.  Strings may use ``$VAR`` / ``${VAR}`` environment variabl
       "sim":   {...SimConfig...},            # click simulation (design §5.1)
       "loss":  {...LossConfig...},
       "optim": {...OptimConfig...},          # AdamW, warm-up + poly decay
-      "train": {...TrainConfig...}           # iterations, batch, seed, device, stage 1
+      "train": {...TrainConfig...},          # iterations, batch, seed, device, stage 1
+      "export": {...ExportConfig...}         # calibrated thresholds written into the exported file
     }
 
 Image selection (``SourceConfig.images``): ``"all"``, ``"first:N"``, ``"last:N"``,
@@ -36,6 +37,7 @@ from typing import Any, Mapping
 __all__ = [
     "AugmentConfig",
     "DataConfig",
+    "ExportConfig",
     "LossConfig",
     "ModelConfig",
     "OptimConfig",
@@ -240,6 +242,22 @@ class TrainConfig:
 
 
 @dataclass
+class ExportConfig:
+    """Thresholds calibrated for the trained decoder, written into the exported file's metadata
+    and read back by the loader (:data:`~napari_focsam.core.models.DECODER_THRESHOLDS`):
+    ``segment_all`` (``pred_iou_thresh``, ``stability_thresh``) and ``propagation``
+    (``min_pred_iou``, the floor a propagated slice's predicted IoU must reach). Empty: the
+    file carries none and the product's defaults apply."""
+
+    segment_all: dict[str, float] = field(default_factory=dict)
+    propagation: dict[str, float] = field(default_factory=dict)
+
+    def metadata(self) -> dict[str, dict[str, float]]:
+        """The non-empty sections, as the export's metadata holds them."""
+        return {k: dict(v) for k, v in (("segment_all", self.segment_all), ("propagation", self.propagation)) if v}
+
+
+@dataclass
 class TrainingConfig:
     work_dir: str = "${FOCSAM_TRAIN_DIR}/runs/focsam_t"
     data: DataConfig = field(default_factory=DataConfig)
@@ -248,6 +266,7 @@ class TrainingConfig:
     loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
     #: folder the relative paths refer to (the working directory at load time); not read from files
     base_dir: str = "."
 
@@ -321,6 +340,7 @@ _NESTED = {
     (TrainingConfig, "loss"): LossConfig,
     (TrainingConfig, "optim"): OptimConfig,
     (TrainingConfig, "train"): TrainConfig,
+    (TrainingConfig, "export"): ExportConfig,
     (SourceConfig, "augment"): AugmentConfig,
 }
 _TUPLES = {"crop_scale", "betas", "expand_ratio_range", "gamma_range", "blur_sigma"}
@@ -390,6 +410,17 @@ def validate(cfg: TrainingConfig) -> None:
             raise ValueError(f"loss.{k} trains the decoder: set train.decoder_lr > 0 too")
     if cfg.train.autocast not in (None, "bf16"):
         raise ValueError(f"train.autocast must be null or 'bf16', got {cfg.train.autocast!r}")
+    from ..core.models import DECODER_THRESHOLDS
+
+    for section, names in DECODER_THRESHOLDS.items():
+        values = getattr(cfg.export, section)
+        if not isinstance(values, Mapping):
+            raise ValueError(f"export.{section} must be a mapping of {', '.join(names)} to numbers")
+        for k, v in values.items():
+            if k not in names:
+                raise ValueError(f"export.{section}: unknown threshold {k!r}; known: {', '.join(names)}")
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= v <= 1.0:
+                raise ValueError(f"export.{section}.{k} must be a number in [0, 1], got {v!r}")
     groups = {s.group for s in cfg.data.train}
     for g in groups:
         for table, name in ((cfg.sim.gamma, "sim.gamma"), (cfg.sim.gamma_refine, "sim.gamma_refine")):

@@ -22,7 +22,8 @@ each entry carries its own content ``digest`` (:func:`entry_digest`).
 
 ``synthetic_cells`` are drawn, not read (:mod:`~napari_focsam.training.synthetic`): packed cells
 in EM, phase-contrast rods, DIC and cytoplasm-stained cells, for the modalities that no
-licence-clean set here shows; ``synthetic_organelles`` are drawn mitochondria in EM.
+licence-clean set here shows; ``synthetic_organelles`` are drawn mitochondria in EM and
+``synthetic_neuropil`` drawn nervous tissue in EM (small and large cell profiles together).
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from ..core.images import read_image, to_rgb_uint8
 from ..evaluation.datasets import EvalDataset, EvalObject, canonical_name, natural_key, read_dataset, select_ids
 from .config import SourceConfig, TrainingConfig
 from .entries import SliceEntry
-from .synthetic import synthetic_cells, synthetic_organelles
+from .synthetic import synthetic_cells, synthetic_neuropil, synthetic_organelles
 
 __all__ = [
     "CANVAS",
@@ -72,7 +73,8 @@ RESEARCH_ONLY = {"vnc_neurites": "CC BY-NC-SA 3.0", "vnc_mitochondria": "CC BY-N
 
 _TRAINING_ONLY = {"cells3d_slices": "micro/cells3d/cells3d_nuclei.tif with cells3d_nuclei_label.tif",
                   "synthetic_cells": "drawn by training/synthetic.py (no file)",
-                  "synthetic_organelles": "drawn by training/synthetic.py (no file)"}
+                  "synthetic_organelles": "drawn by training/synthetic.py (no file)",
+                  "synthetic_neuropil": "drawn by training/synthetic.py (no file)"}
 
 
 def entry_digest(entry) -> str:
@@ -139,7 +141,7 @@ def cells3d_slices(root: str | Path, step: int = CELLS3D_STEP, min_area: int = C
 
 def read_training_dataset(name: str, root: str | Path) -> EvalDataset:
     """An evaluation dataset (:func:`~napari_focsam.evaluation.datasets.read_dataset`) or a
-    training-only one (``cells3d_slices``, ``synthetic_cells``, ``synthetic_organelles``)."""
+    training-only one (``cells3d_slices`` or a drawn set of :mod:`~napari_focsam.training.synthetic`)."""
     key = training_dataset_name(name)
     if key == "cells3d_slices":
         return cells3d_slices(root)
@@ -147,6 +149,8 @@ def read_training_dataset(name: str, root: str | Path) -> EvalDataset:
         return synthetic_cells()
     if key == "synthetic_organelles":
         return synthetic_organelles()
+    if key == "synthetic_neuropil":
+        return synthetic_neuropil()
     return read_dataset(name, root)
 
 

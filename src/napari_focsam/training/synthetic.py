@@ -36,6 +36,17 @@ segment next to the cells themselves:
     vesicles (small dark rings) and fine granular cytoplasm. Objects: the mitochondria only, so
     a click on one teaches the small dark body, not the cell around it.
 
+A third set, ``synthetic_neuropil``, draws the cell profiles of nervous tissue in EM, where the
+``em`` style's cells of one size per image fall short:
+
+``neuropil``
+    Large profiles (dendrites, 3,000 to 15,000 pixels) beside bundles of small ones (axons,
+    100 to 800 pixels, packed inside what would be one large profile), all bounded by dark
+    membranes 1-3 px wide; some small profiles wrapped in a thick dark myelin ring; the large
+    ones holding mitochondria (dark elongated bodies) and vesicles (small dark rings) that
+    belong to them, the small ones lighter or darker with fine dots. Objects: every profile's
+    interior with what it holds, so a click teaches the single profile, small or large.
+
 The images are uint8 RGB (grey in three channels); the cache builder's augmentation (flips,
 turns, crops, contrast, inversion, blur, noise) applies to them as to any other source.
 """
@@ -51,7 +62,8 @@ from scipy import ndimage as ndi
 from ..evaluation.datasets import EvalDataset, EvalObject
 from .entries import SliceEntry
 
-__all__ = ["ORGANELLE_STYLES", "SIZE", "STYLES", "render", "synthetic_cells", "synthetic_organelles"]
+__all__ = ["NEUROPIL_STYLES", "ORGANELLE_STYLES", "SIZE", "STYLES", "render", "synthetic_cells",
+           "synthetic_neuropil", "synthetic_organelles"]
 
 #: Side of every synthetic image (pixels).
 SIZE = 512
@@ -59,6 +71,8 @@ SIZE = 512
 STYLES = ("em", "rods", "dic", "fluo")
 #: Styles of ``synthetic_organelles``.
 ORGANELLE_STYLES = ("mito",)
+#: Styles of ``synthetic_neuropil``.
+NEUROPIL_STYLES = ("neuropil",)
 #: Objects smaller than this many pixels are not objects of the image (they stay in the picture).
 MIN_AREA = 120
 
@@ -267,6 +281,16 @@ def _bent_tube(p0: np.ndarray, p1: np.ndarray, bend: float, r: float):
     return (slice(lo[0], hi[0]), slice(lo[1], hi[1])), inside, along
 
 
+def _dark_rings(rng: np.random.Generator, img: np.ndarray, where: np.ndarray, n: int) -> np.ndarray:
+    """``img`` with ``n`` vesicles (small dark rings, radius 2-6 px) drawn where ``where`` is set."""
+    yy, xx = np.ogrid[0:SIZE, 0:SIZE]
+    for _ in range(n):
+        y, x = rng.uniform(0, SIZE, 2)
+        ring = np.abs(np.hypot(yy - y, xx - x) - rng.uniform(2, 6)) < 1.0
+        img = np.where(ring & where, img - rng.uniform(0.1, 0.3), img)
+    return img
+
+
 def _mito(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     cyto = rng.uniform(0.5, 0.75)
     img = cyto + rng.uniform(0.02, 0.07) * _smooth_noise(rng, (SIZE, SIZE), rng.uniform(0.7, 2.0))
@@ -304,17 +328,55 @@ def _mito(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
             patch[cristae] += (rng.uniform(0.1, 0.25) if darker else -rng.uniform(0.15, 0.3))
             patch[membrane] = rng.uniform(0.05, 0.25)
             break
-    yy, xx = np.ogrid[0:SIZE, 0:SIZE]
-    for _ in range(int(rng.integers(0, 60))):  # vesicles: small dark rings, not objects
-        y, x = rng.uniform(0, SIZE, 2)
-        rad = rng.uniform(2, 6)
-        ring = np.abs(np.hypot(yy - y, xx - x) - rad) < 1.0
-        img = np.where(ring & ~taken, img - rng.uniform(0.1, 0.3), img)
+    img = _dark_rings(rng, img, ~taken, int(rng.integers(0, 60)))  # vesicles: not objects
     img = ndi.gaussian_filter(img, rng.uniform(0.4, 1.2)) + rng.uniform(0.01, 0.06) * rng.standard_normal(img.shape)
     return img, _relabel(labels)
 
 
-_RENDER = {"em": _em, "rods": _rods, "dic": _dic, "fluo": _fluo, "mito": _mito}
+def _neuropil(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    big_area = rng.uniform(3000, 15000)
+    big, _ = _voronoi(rng, max(int(SIZE * SIZE / big_area), 4), warp=rng.uniform(0.15, 0.4) * np.sqrt(big_area))
+    small_area = rng.uniform(100, 800)
+    small, _ = _voronoi(rng, int(SIZE * SIZE / small_area), warp=rng.uniform(0.1, 0.35) * np.sqrt(small_area))
+    n_big = int(big.max())
+    bundle = rng.uniform(0, 1, n_big + 1) < rng.uniform(0.25, 0.6)  # big regions holding small axons
+    bundle[0] = False
+    labels = np.where(bundle[big], n_big + small, big)
+    walls = _walls(labels, int(rng.integers(1, 4)))
+    cells = np.where(walls, 0, labels)
+    n = int(labels.max())
+    base = rng.uniform(0.5, 0.8) + rng.normal(0, rng.uniform(0.02, 0.08), n + 1)
+    axon = np.arange(n + 1) > n_big
+    base[axon] += rng.uniform(-0.15, 0.15)  # axons: lighter or darker than dendrites
+    img = base[cells] + rng.uniform(0.02, 0.07) * _smooth_noise(rng, cells.shape, rng.uniform(0.7, 2.0))
+    dots = (rng.uniform(0, 1, cells.shape) < 0.02) & axon[cells]  # microtubules seen end-on
+    img = np.where(ndi.binary_dilation(dots), img - rng.uniform(0.05, 0.15), img)
+    yy, xx = np.ogrid[0:SIZE, 0:SIZE]
+    dendrite = (cells > 0) & ~axon[cells]
+    for _ in range(int(rng.integers(0, 3 * n_big))):  # mitochondria inside the dendrites: theirs
+        y, x = rng.uniform(0, SIZE, 2)
+        if not dendrite[int(y), int(x)]:
+            continue
+        a, b, t = rng.uniform(4, 14), rng.uniform(3, 6), rng.uniform(0, np.pi)
+        u = ((yy - y) * np.cos(t) + (xx - x) * np.sin(t)) / a
+        v = (-(yy - y) * np.sin(t) + (xx - x) * np.cos(t)) / b
+        body = (u * u + v * v <= 1) & (cells == cells[int(y), int(x)])
+        img = np.where(body, img - rng.uniform(0.15, 0.35), img)
+    img = _dark_rings(rng, img, dendrite, int(rng.integers(0, 80)))
+    img = np.where(walls, rng.uniform(0.05, 0.3), img)
+    myelin = np.zeros(cells.shape, dtype=bool)
+    for i in np.flatnonzero(rng.uniform(0, 1, n + 1) < rng.uniform(0.0, 0.15)):  # myelinated axons
+        if axon[i]:
+            inside = cells == i
+            ring = inside & ~ndi.binary_erosion(inside, iterations=int(rng.integers(3, 7)))
+            myelin |= ring
+    img = np.where(myelin, rng.uniform(0.02, 0.15), img)
+    cells = np.where(myelin, 0, cells)
+    img = ndi.gaussian_filter(img, rng.uniform(0.4, 1.3)) + rng.uniform(0.01, 0.06) * rng.standard_normal(img.shape)
+    return img, _relabel(cells)
+
+
+_RENDER = {"em": _em, "rods": _rods, "dic": _dic, "fluo": _fluo, "mito": _mito, "neuropil": _neuropil}
 
 
 def render(style: str, index: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -323,7 +385,7 @@ def render(style: str, index: int, seed: int = 0) -> tuple[np.ndarray, np.ndarra
     Parameters
     ----------
     style : str
-        One of :data:`STYLES` or :data:`ORGANELLE_STYLES`.
+        One of :data:`STYLES`, :data:`ORGANELLE_STYLES` or :data:`NEUROPIL_STYLES`.
     index, seed : int
         The image's number and the set's seed; the same three arguments give the same pixels.
 
@@ -375,3 +437,9 @@ def synthetic_organelles(n_per_style: int = 16, seed: int = 0) -> EvalDataset:
     """The ``synthetic_organelles`` training dataset: ``n_per_style`` images of each of
     :data:`ORGANELLE_STYLES`, ids and content keys as in :func:`synthetic_cells`."""
     return _drawn_dataset("synthetic_organelles", ORGANELLE_STYLES, n_per_style, seed)
+
+
+def synthetic_neuropil(n_per_style: int = 16, seed: int = 0) -> EvalDataset:
+    """The ``synthetic_neuropil`` training dataset: ``n_per_style`` images of each of
+    :data:`NEUROPIL_STYLES`, ids and content keys as in :func:`synthetic_cells`."""
+    return _drawn_dataset("synthetic_neuropil", NEUROPIL_STYLES, n_per_style, seed)

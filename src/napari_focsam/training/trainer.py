@@ -501,7 +501,8 @@ class Trainer:
         meta = {"base_model": self.cfg.model.base, "base_sha256": self.base_sha256,
                 "trained_iters": self.iteration, "seed": self.cfg.train.seed,
                 "training_data": sorted({s.dataset for s in self.cfg.data.train}),  # provenance: licences
-                "research_only": bool(self.cfg.data.research_only)}
+                "research_only": bool(self.cfg.data.research_only),
+                **self.cfg.export.metadata()}  # the decoder's calibrated thresholds
         # a refiner trained on a fine-tuned decoder ships that decoder in the same file
         info = export_refiner(self.model, path, self.cfg.model, with_decoder=self.trains_decoder, **meta)
         return info

@@ -309,9 +309,14 @@ def load_checkpoint(path: str | Path, *, refiner: str | Path | None = None,
     if channel_order is not None:
         model.channel_order = channel_order
     load_state_dict_strict(model, sd, source)
-    model.segment_all_thresholds = decoder_thresholds(meta, "segment_all", ("pred_iou_thresh", "stability_thresh"))
-    model.propagation_thresholds = decoder_thresholds(meta, "propagation", ("min_pred_iou",))
+    model.segment_all_thresholds = decoder_thresholds(meta, "segment_all", DECODER_THRESHOLDS["segment_all"])
+    model.propagation_thresholds = decoder_thresholds(meta, "propagation", DECODER_THRESHOLDS["propagation"])
     return model.to(device).eval()
+
+
+#: Thresholds a checkpoint may carry for its own decoder (metadata section -> names, each a
+#: number in [0, 1]): segment all's filters and the propagation's floor on the predicted IoU.
+DECODER_THRESHOLDS = {"segment_all": ("pred_iou_thresh", "stability_thresh"), "propagation": ("min_pred_iou",)}
 
 
 def decoder_thresholds(meta: Mapping[str, Any], section: str, names: tuple[str, ...]) -> dict[str, float] | None:
