@@ -414,3 +414,52 @@ def test_a_click_inside_a_gap_re_decodes_only_the_runs_from_the_new_seed():
     inner_key = (2, +1, 10, None, "a", None)
     cut = R.reuse_prefix(R.PropagationRun(2, +1, 8, None), key, {inner_key: (got["masks"], got["ious"], "vanished at z=4")})
     assert cut == ({3: "m"}, {3: 0.9}, "vanished at z=4")
+
+
+def test_a_corrected_seed_keeps_the_previous_outer_masks_where_the_decoder_scores_them_higher():
+    # One seed (slice 4) of a 10-slice volume, corrected between two calls (its token "a" -> "b").
+    # An EM chloroplast: a positive click on the clicked slice made the run below it score
+    # 0.3-0.5 and stop two slices early (3D IoU 0.880 -> 0.629). Now each slice of the redone
+    # outer run keeps the previous call's mask where that one scores GAP_MARGIN higher, and where
+    # the new run stops after such a slice the previous run goes on.
+    calls = []
+    new_down = {3: 0.9, 2: 0.5, 1: 0.3}  # slice 1 rejected by the stop rules (score recorded)
+
+    def run_one(run, tick):
+        calls.append(tuple(run))
+        if tokens[4] == "a":  # before the correction: the whole object, scored 0.88
+            masks = {z: f"a{z}" for z in range(run.start + run.step, run.limit, run.step)}
+            return masks, {z: 0.8 for z in masks}, "border", {z: 0.88 for z in masks}
+        if run.step < 0:
+            masks = {3: "b3", 2: "b2"}
+            return masks, {3: 0.8, 2: 0.7}, "iou 0.44 < 0.65 at z=1", dict(new_down)
+        masks = {z: f"b{z}" for z in range(5, 10)}
+        return masks, {z: 0.8 for z in masks}, "border", {z: 0.95 for z in masks}
+
+    tokens, memo = {4: "a"}, {}
+    runs = R.plan_runs([4], set(), 10, R.DIRECTIONS, full_gaps=True)
+    kw = dict(iou_threshold=0.65, params=(), tokens=tokens, memo=memo, progress=None, outer_params=(0.2, 1.0))
+    R.run_all(runs, run_one, **kw)
+    tokens[4] = "b"
+    results, ious, reasons, _ = R.run_all(runs, run_one, **{**kw, "outer_params": (0.2, 1.1)})  # outline moved
+    # 3: the new mask (0.9 is above 0.88); 2: the previous one (0.88 >= 0.5 + 0.05), and below
+    # it the previous run goes on to the border where the new one stopped
+    assert [results[z] for z in (3, 2, 1, 0)] == ["b3", "a2", "a1", "a0"]
+    assert reasons["down"] == "border" and ious[2] == 0.8 and ious[3] == 0.8
+    assert all(results[z] == f"b{z}" for z in range(5, 10))  # the new run scores higher above
+    # the memo holds the kept result: the same state again decodes nothing and gives the same
+    calls.clear()
+    assert R.run_all(runs, run_one, **{**kw, "outer_params": (0.2, 1.1)})[0] == results and calls == []
+    # the previous run is not a candidate under other stop rules (another IoU threshold)
+    tokens[4] = "a"
+    R.run_all(runs, run_one, **{**kw, "outer_params": (0.2, 1.1)})
+    tokens[4] = "b"
+    other = R.run_all(runs, run_one, **{**kw, "iou_threshold": 0.5, "outer_params": (0.2, 1.1)})[0]
+    assert other[2] == "b2" and 1 not in other
+    # without scores (an uncalibrated decoder) the new run stands as it is
+    new = ({3: "b3"}, {3: 0.8}, "vanished at z=2")
+    assert R.keep_better_outer(R.PropagationRun(4, -1, -1, "down"), new, ({3: "a3", 2: "a2"}, {}, "border")) is new
+    # a previous run that ended first: the new one goes on alone
+    got = R.keep_better_outer(R.PropagationRun(4, -1, -1, "down"), ({3: "b3", 2: "b2"}, {}, "border", {3: 0.5, 2: 0.5}),
+                              ({3: "a3"}, {}, "vanished at z=2", {3: 0.9}))
+    assert got[0] == {3: "a3", 2: "b2"} and got[2] == "border"

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any, Callable, Hashable, Iterable, Mapping, NamedTuple
 
 __all__ = ["CANCELLED", "DIRECTIONS", "END_REBOUND", "END_SHRINK", "GAP_MARGIN", "PropagationRun", "hand_over",
-           "merge_gap", "plan_runs", "reuse_prefix", "run_all", "walk_run"]
+           "keep_better_outer", "merge_gap", "plan_runs", "reuse_prefix", "run_all", "walk_run"]
 
 DIRECTIONS = ("down", "up")  # down: towards slice 0; up: towards the last slice
 #: The end of an object (outer runs): once a run's mask has shrunk below ``END_SHRINK`` times
@@ -161,6 +161,49 @@ def reuse_prefix(run: PropagationRun, key: tuple, memo: Mapping) -> tuple | None
     return None
 
 
+def keep_better_outer(run: PropagationRun, new: tuple, old: tuple) -> tuple:
+    """An outer ``run`` redone from a corrected seed, slice by slice against the previous call's
+    run from the same seed slice (``new``, ``old``: (masks, ious, reason, scores by slice)).
+
+    A click on the outermost clicked slice changes that slice's mask and so every slice of the
+    run beyond it. Where the decoder scores the previous run's mask at least
+    :data:`GAP_MARGIN` higher than the new one, the previous mask stays (the rule of
+    :func:`merge_gap`, with the fresh run as the nearer seed), and where the new run stops
+    while the previous one was kept at the slice before (or outscores the new run's rejected
+    mask there), the previous run goes on to its own end. Seen on an EM chloroplast: a positive click on its clicked slice (that slice's error
+    815 -> 691 px) made the run below score 0.3-0.5 and stop two slices early, 3D IoU 0.880 ->
+    0.629. A run without scores (an uncalibrated decoder) is returned as it is. (Measured with
+    the default model on the four volumes of the 3D protocol: the chloroplasts gain 0.02 from
+    the 4th click on and rise at every click; the VNC mitochondria and the stardist volume lose
+    up to 0.005 (three objects whose previous masks scored higher and were worse); cells3d is
+    unchanged. A margin of 0.15 left every curve as it was.)
+    """
+    if len(new) < 4 or len(old) < 4 or new[2] == CANCELLED:
+        return new
+    (nm, ni, nreason, ns), (om, oi, oreason, os_) = new[:4], old[:4]
+    masks, ious, scores = {}, {}, {}
+    reason, from_old = "border", False
+    for z in range(run.start + run.step, run.limit, run.step):
+        # scored on both sides (the new run's score also where its stop rules rejected the mask)
+        better_old = z in om and ns.get(z) is not None and os_.get(z) is not None and os_[z] >= ns[z] + GAP_MARGIN
+        if z in nm and z in om:
+            from_old = better_old
+        elif z in nm:
+            from_old = False  # the previous run ended before: the new one goes on
+        elif z in om and (from_old or better_old):
+            from_old = True  # the new run ends here, the previous one goes on
+        else:
+            reason = oreason if from_old else nreason
+            break
+        src_m, src_i, src_s = (om, oi, os_) if from_old else (nm, ni, ns)
+        masks[z] = src_m[z]
+        if z in src_i:
+            ious[z] = src_i[z]
+        if z in src_s:
+            scores[z] = src_s[z]
+    return masks, ious, reason, scores
+
+
 def run_all(runs: Iterable[PropagationRun], run_one: Callable, *, iou_threshold: float, params: tuple,
             tokens: Mapping[int, Hashable] | None, memo: dict | None,
             progress: Callable[[int, int], None] | None, outer_params: tuple = ()) -> tuple[dict, dict, dict, bool]:
@@ -171,7 +214,9 @@ def run_all(runs: Iterable[PropagationRun], run_one: Callable, *, iou_threshold:
     :data:`CANCELLED` when it was cancelled, which skips the runs left; it may return the
     decoder's scores by slice as a fourth item. A half of a gap that stops early hands its
     slices over to the other seed (:func:`hand_over`); a gap run through from both ends keeps
-    the better mask per slice (:func:`merge_gap`). A run's memo key is its
+    the better mask per slice (:func:`merge_gap`); an outer run redone from a corrected seed
+    keeps the previous call's masks where they score better (:func:`keep_better_outer`). A
+    run's memo key is its
     extent, its seed's ``tokens`` entry (no key without one), ``iou_threshold`` and
     ``outer_params`` for the outer runs (the stops only they apply) and ``params`` (everything
     the decoding depends on); a run between seeds may also be cut from a longer one
@@ -207,6 +252,13 @@ def run_all(runs: Iterable[PropagationRun], run_one: Callable, *, iou_threshold:
         else:
             got = run_one(run, tick)
             was_cancelled = got[2] == CANCELLED
+            if run.outer and memo is not None and key is not None and not was_cancelled:
+                for k, before in memo.items():  # the same run before this edit, with the same stops
+                    # (the decoding parameters may differ: the object's confidence moves with any
+                    # seed, and the outline's reference with the seed slices)
+                    if isinstance(k, tuple) and len(k) == len(key) and k[:4] == key[:4] and k[5][:2] == key[5][:2]:
+                        got = keep_better_outer(run, got, before)
+                        break
         if key is not None and not was_cancelled:
             new_memo[key] = got
         return got
