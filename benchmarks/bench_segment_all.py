@@ -83,6 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", default=None, help="data folder (default $FOCSAM_DATA or ../shared/data)")
     ap.add_argument("--model", default="vit_t")
+    ap.add_argument("--refiner", default=None, help="a refiner (or head) file for --model, e.g. a training export")
     ap.add_argument("--coelho", type=int, default=3, help="how many Coelho validation images (0: none)")
     ap.add_argument("--no-stardist", action="store_true")
     ap.add_argument("--grid", default="", help='parameter grid, e.g. "points_per_side=32,48;tiles=1,2"')
@@ -121,9 +122,10 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(args.threads)
     images = load_images(root, args.coelho, not args.no_stardist)
-    predictor = FocSAMPredictor(load_model(args.model, "cpu"), refine=False)
+    predictor = FocSAMPredictor(load_model(args.model, "cpu", refiner=args.refiner), refine=False)
     rows = []
-    print(f"model {args.model}, {args.threads} torch threads, {os.cpu_count()} CPUs")
+    print(f"model {args.model}{' + ' + args.refiner if args.refiner else ''}, {args.threads} torch threads, "
+          f"{os.cpu_count()} CPUs")
     for overrides in parse_grid(args.grid):
         params = SegmentAllParams(**overrides)
         print(f"\n== {overrides or 'defaults'}: {params}")
