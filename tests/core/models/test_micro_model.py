@@ -26,7 +26,7 @@ def test_the_shipped_micro_model_was_trained_on_no_research_only_data():
     meta = torch.load(W.resolve_weights("focsam_t_micro"), map_location="cpu", weights_only=True)["napari_focsam"]
     assert meta["research_only"] is False
     assert meta["training_data"] and not set(meta["training_data"]) & set(RESEARCH_ONLY)
-    assert {"synthetic_cells", "synthetic_organelles"} <= set(meta["training_data"])
+    assert {"synthetic_cells", "synthetic_organelles", "synthetic_neuropil"} <= set(meta["training_data"])
 
 
 def test_micro_model_replaces_the_decoder_and_keeps_the_encoder(mobile_sam):

@@ -107,17 +107,18 @@ register(
     ModelWeights(
         name="focsam_t_micro",
         filename="focsam_t_micro.pt",
-        # configs/focsam_t_micro_r4_cpu.json (round 4: round 3, configs/focsam_t_micro_r3_cpu.json,
-        # continued for 1000 iterations with drawn mitochondria added): the focsam_t refiner and
-        # MobileSAM's decoder trained together (2300 iterations in all, one CPU thread) on
-        # MobileSAM embeddings of licence-clean data only: EM chloroplasts (MIT), phase-contrast
-        # yeast, drawn packed cells and mitochondria (training/synthetic.py), nuclei and a
-        # natural-image share; never the research-only VNC stack (CC BY-NC-SA), on which rounds 1
-        # and 2 were trained. float16, the refiner and its decoder in one file; its metadata names
-        # its training sets and adds the decoder's thresholds: segment_all (IoU 0.6, stability
-        # 0.7) and propagation (min_pred_iou 0.55); docs/microscopy/README.md.
-        size=16_862_793,
-        sha256="3451c2c10f9440963f5db0aa881a322f62e5940f62f5c901fa6ac44dee07b0ed",
+        # configs/focsam_t_micro_r5_cpu.json (round 5: round 4, configs/focsam_t_micro_r4_cpu.json,
+        # continued for 800 iterations with drawn nervous tissue added; round 4 was round 3
+        # continued with drawn mitochondria): the focsam_t refiner and MobileSAM's decoder trained
+        # together (3100 iterations in all, one CPU thread) on MobileSAM embeddings of
+        # licence-clean data only: EM chloroplasts (MIT), phase-contrast yeast, drawn packed cells,
+        # mitochondria and neuropil (training/synthetic.py), nuclei and a natural-image share;
+        # never the research-only VNC stack (CC BY-NC-SA), on which rounds 1 and 2 were trained.
+        # float16, the refiner and its decoder in one file; its metadata names its training sets
+        # and carries the decoder's thresholds from the config's export section: segment_all (IoU
+        # 0.6, stability 0.7) and propagation (min_pred_iou 0.55); docs/microscopy/README.md.
+        size=16_878_127,
+        sha256="537a3e13bf664259c876523f7608d46374d2dab47861cde5d972e9974a77615f",
         sources=("package_data:focsam_t_micro.pt",),
         description="FocSAM-T micro: MobileSAM (vit_t) encoder with a mask decoder and focus refiner "
                     "trained by napari-focsam on microscopy (cells, EM, nuclei; licence-clean data only); "
