@@ -438,9 +438,13 @@ def test_a_corrected_seed_keeps_the_previous_outer_masks_where_the_decoder_score
 
     tokens, memo = {4: "a"}, {}
     runs = R.plan_runs([4], set(), 10, R.DIRECTIONS, full_gaps=True)
-    kw = dict(iou_threshold=0.65, params=(), tokens=tokens, memo=memo, progress=None, outer_params=(0.2, 1.0))
+    kw = dict(iou_threshold=0.65, params=(), tokens=tokens, memo=memo, progress=None, outer_params=(0.2, 1.0),
+              keep_better=True)
     R.run_all(runs, run_one, **kw)
     tokens[4] = "b"
+    # an uncalibrated decoder (keep_better off, the default): the new run stands as it is
+    plain = R.run_all(runs, run_one, **{**kw, "memo": dict(memo), "keep_better": False, "outer_params": (0.2, 1.1)})
+    assert [plain[0][z] for z in (3, 2)] == ["b3", "b2"] and 1 not in plain[0]
     results, ious, reasons, _ = R.run_all(runs, run_one, **{**kw, "outer_params": (0.2, 1.1)})  # outline moved
     # 3: the new mask (0.9 is above 0.88); 2: the previous one (0.88 >= 0.5 + 0.05), and below
     # it the previous run goes on to the border where the new one stopped

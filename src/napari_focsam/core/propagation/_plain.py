@@ -533,7 +533,7 @@ def propagate(
         runs, run_one, iou_threshold=iou_threshold, outer_params=(edge_fade, outline),
         # the second decoding's test uses the threshold inside gaps too
         params=(prompt, multimask, min_pixels, refine, confidence, iou_threshold if second_try else None),
-        tokens=tokens, memo=memo, progress=progress)
+        tokens=tokens, memo=memo, progress=progress, keep_better=calibrated)
     if memo is not None and not was_cancelled:
         memo.update(scored)
     masks.update(run_masks)

@@ -172,7 +172,8 @@ def keep_better_outer(run: PropagationRun, new: tuple, old: tuple) -> tuple:
     while the previous one was kept at the slice before (or outscores the new run's rejected
     mask there), the previous run goes on to its own end. Seen on an EM chloroplast: a positive click on its clicked slice (that slice's error
     815 -> 691 px) made the run below score 0.3-0.5 and stop two slices early, 3D IoU 0.880 ->
-    0.629. A run without scores (an uncalibrated decoder) is returned as it is. (Measured with
+    0.629. A run without scores is returned as it is; :func:`run_all` applies this only for a
+    decoder whose scores are calibrated (as :func:`merge_gap`). (Measured with
     the default model on the four volumes of the 3D protocol: the chloroplasts gain 0.02 from
     the 4th click on and rise at every click; the VNC mitochondria and the stardist volume lose
     up to 0.005 (three objects whose previous masks scored higher and were worse); cells3d is
@@ -206,7 +207,8 @@ def keep_better_outer(run: PropagationRun, new: tuple, old: tuple) -> tuple:
 
 def run_all(runs: Iterable[PropagationRun], run_one: Callable, *, iou_threshold: float, params: tuple,
             tokens: Mapping[int, Hashable] | None, memo: dict | None,
-            progress: Callable[[int, int], None] | None, outer_params: tuple = ()) -> tuple[dict, dict, dict, bool]:
+            progress: Callable[[int, int], None] | None, outer_params: tuple = (),
+            keep_better: bool = False) -> tuple[dict, dict, dict, bool]:
     """Execute propagation ``runs`` in order, reusing the finished runs kept in ``memo``.
 
     run_one(run, tick) -> (results by slice, IoU with the previous slice by slice, reason the
@@ -214,8 +216,9 @@ def run_all(runs: Iterable[PropagationRun], run_one: Callable, *, iou_threshold:
     :data:`CANCELLED` when it was cancelled, which skips the runs left; it may return the
     decoder's scores by slice as a fourth item. A half of a gap that stops early hands its
     slices over to the other seed (:func:`hand_over`); a gap run through from both ends keeps
-    the better mask per slice (:func:`merge_gap`); an outer run redone from a corrected seed
-    keeps the previous call's masks where they score better (:func:`keep_better_outer`). A
+    the better mask per slice (:func:`merge_gap`); with ``keep_better`` (a decoder whose scores
+    are calibrated), an outer run redone from a corrected seed keeps the previous call's masks
+    where they score better (:func:`keep_better_outer`). A
     run's memo key is its
     extent, its seed's ``tokens`` entry (no key without one), ``iou_threshold`` and
     ``outer_params`` for the outer runs (the stops only they apply) and ``params`` (everything
@@ -252,7 +255,7 @@ def run_all(runs: Iterable[PropagationRun], run_one: Callable, *, iou_threshold:
         else:
             got = run_one(run, tick)
             was_cancelled = got[2] == CANCELLED
-            if run.outer and memo is not None and key is not None and not was_cancelled:
+            if keep_better and run.outer and memo is not None and key is not None and not was_cancelled:
                 for k, before in memo.items():  # the same run before this edit, with the same stops
                     # (the decoding parameters may differ: the object's confidence moves with any
                     # seed, and the outline's reference with the seed slices)
