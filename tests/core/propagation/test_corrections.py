@@ -417,7 +417,7 @@ def test_a_click_inside_a_gap_re_decodes_only_the_runs_from_the_new_seed():
 
 
 def test_a_corrected_seed_keeps_the_previous_outer_masks_where_the_decoder_scores_them_higher():
-    # One seed (slice 4) of a 10-slice volume, corrected between two calls (its token "a" -> "b").
+    # One seed (slice 4) of a 10-slice volume, corrected between two calls (its state 1 -> 2).
     # An EM chloroplast: a positive click on the clicked slice made the run below it score
     # 0.3-0.5 and stop two slices early (3D IoU 0.880 -> 0.629). Now each slice of the redone
     # outer run keeps the previous call's mask where that one scores GAP_MARGIN higher, and where
@@ -427,7 +427,7 @@ def test_a_corrected_seed_keeps_the_previous_outer_masks_where_the_decoder_score
 
     def run_one(run, tick):
         calls.append(tuple(run))
-        if tokens[4] == "a":  # before the correction: the whole object, scored 0.88
+        if tokens[4] == 1:  # before the correction: the whole object, scored 0.88
             masks = {z: f"a{z}" for z in range(run.start + run.step, run.limit, run.step)}
             return masks, {z: 0.8 for z in masks}, "border", {z: 0.88 for z in masks}
         if run.step < 0:
@@ -436,12 +436,12 @@ def test_a_corrected_seed_keeps_the_previous_outer_masks_where_the_decoder_score
         masks = {z: f"b{z}" for z in range(5, 10)}
         return masks, {z: 0.8 for z in masks}, "border", {z: 0.95 for z in masks}
 
-    tokens, memo = {4: "a"}, {}
+    tokens, memo = {4: 1}, {}
     runs = R.plan_runs([4], set(), 10, R.DIRECTIONS, full_gaps=True)
     kw = dict(iou_threshold=0.65, params=(), tokens=tokens, memo=memo, progress=None, outer_params=(0.2, 1.0),
               keep_better=True)
     R.run_all(runs, run_one, **kw)
-    tokens[4] = "b"
+    tokens[4] = 2
     # an uncalibrated decoder (keep_better off, the default): the new run stands as it is
     plain = R.run_all(runs, run_one, **{**kw, "memo": dict(memo), "keep_better": False, "outer_params": (0.2, 1.1)})
     assert [plain[0][z] for z in (3, 2)] == ["b3", "b2"] and 1 not in plain[0]
@@ -454,10 +454,15 @@ def test_a_corrected_seed_keeps_the_previous_outer_masks_where_the_decoder_score
     # the memo holds the kept result: the same state again decodes nothing and gives the same
     calls.clear()
     assert R.run_all(runs, run_one, **{**kw, "outer_params": (0.2, 1.1)})[0] == results and calls == []
+    # an undo back to the older state gives the runs of the clicks left, as decoded then (the
+    # corrected state's masks above it score higher but are not kept)
+    tokens[4] = 1
+    undone = R.run_all(runs, run_one, **{**kw, "outer_params": (0.2, 1.1)})[0]
+    assert all(undone[z] == f"a{z}" for z in (0, 1, 2, 3, 5, 6, 7, 8, 9))
     # the previous run is not a candidate under other stop rules (another IoU threshold)
-    tokens[4] = "a"
+    tokens[4] = 1
     R.run_all(runs, run_one, **{**kw, "outer_params": (0.2, 1.1)})
-    tokens[4] = "b"
+    tokens[4] = 2
     other = R.run_all(runs, run_one, **{**kw, "iou_threshold": 0.5, "outer_params": (0.2, 1.1)})[0]
     assert other[2] == "b2" and 1 not in other
     # without scores (an uncalibrated decoder) the new run stands as it is

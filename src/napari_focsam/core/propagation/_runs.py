@@ -205,6 +205,13 @@ def keep_better_outer(run: PropagationRun, new: tuple, old: tuple) -> tuple:
     return masks, ious, reason, scores
 
 
+def _newer(token: Any, than: Any) -> bool:
+    """Whether seed state ``token`` came after ``than`` (states are numbered in the order they
+    were made; other tokens, such as a propagated mask taken as a seed, are not ordered)."""
+    ints = all(isinstance(t, int) and not isinstance(t, bool) for t in (token, than))
+    return ints and token > than
+
+
 def run_all(runs: Iterable[PropagationRun], run_one: Callable, *, iou_threshold: float, params: tuple,
             tokens: Mapping[int, Hashable] | None, memo: dict | None,
             progress: Callable[[int, int], None] | None, outer_params: tuple = (),
@@ -258,8 +265,10 @@ def run_all(runs: Iterable[PropagationRun], run_one: Callable, *, iou_threshold:
             if keep_better and run.outer and memo is not None and key is not None and not was_cancelled:
                 for k, before in memo.items():  # the same run before this edit, with the same stops
                     # (the decoding parameters may differ: the object's confidence moves with any
-                    # seed, and the outline's reference with the seed slices)
-                    if isinstance(k, tuple) and len(k) == len(key) and k[:4] == key[:4] and k[5][:2] == key[5][:2]:
+                    # seed, and the outline's reference with the seed slices), from an older state
+                    # of the seed: a click added, not an undo (that gives the run of the clicks left)
+                    if (isinstance(k, tuple) and len(k) == len(key) and k[:4] == key[:4] and k[5][:2] == key[5][:2]
+                            and _newer(key[4], k[4])):
                         got = keep_better_outer(run, got, before)
                         break
         if key is not None and not was_cancelled:
