@@ -410,16 +410,17 @@ def validate(cfg: TrainingConfig) -> None:
             raise ValueError(f"loss.{k} trains the decoder: set train.decoder_lr > 0 too")
     if cfg.train.autocast not in (None, "bf16"):
         raise ValueError(f"train.autocast must be null or 'bf16', got {cfg.train.autocast!r}")
-    from ..core.models import DECODER_THRESHOLDS
+    from ..core.models import DECODER_THRESHOLDS, decoder_thresholds
 
     for section, names in DECODER_THRESHOLDS.items():
         values = getattr(cfg.export, section)
         if not isinstance(values, Mapping):
             raise ValueError(f"export.{section} must be a mapping of {', '.join(names)} to numbers")
+        read = decoder_thresholds({section: values}, section, names) or {}  # what the loader will take
         for k, v in values.items():
             if k not in names:
                 raise ValueError(f"export.{section}: unknown threshold {k!r}; known: {', '.join(names)}")
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= v <= 1.0:
+            if k not in read:
                 raise ValueError(f"export.{section}.{k} must be a number in [0, 1], got {v!r}")
     groups = {s.group for s in cfg.data.train}
     for g in groups:

@@ -549,7 +549,7 @@ def test_an_unsure_object_keeps_its_slices_and_a_sure_one_ends_as_before(fast_mo
 
 
 def test_decoder_thresholds_come_only_from_numbers_in_range():
-    from napari_focsam.core.models._checkpoint import decoder_thresholds
+    from napari_focsam.core.models import decoder_thresholds
 
     meta = {"segment_all": {"pred_iou_thresh": 0.6, "stability_thresh": "0.7", "evil": 0.5},
             "propagation": {"min_pred_iou": 1.5}}

@@ -10,7 +10,8 @@ __getattr__, __dir__, __all__ = _lazy.attach(
     __name__,
     submod_attrs={
         "_allocator": ["release_memory", "tune_malloc"],
-        "_checkpoint": ["CheckpointError", "DECODER_THRESHOLDS", "load_checkpoint", "read_checkpoint", "save_checkpoint"],
+        "_checkpoint": ["CheckpointError", "DECODER_THRESHOLDS", "decoder_thresholds", "load_checkpoint",
+            "read_checkpoint", "save_checkpoint"],
         "_compute": ["ComputeThread", "compute_thread"],
         "_device": ["resolve_device"],
         "_load": ["load_model", "model_files", "model_path", "native_bf16_cpu", "refine_matmul_dtype",

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any, Callable, Hashable, Iterable, Mapping, NamedTuple
 
 __all__ = ["CANCELLED", "DIRECTIONS", "END_REBOUND", "END_SHRINK", "GAP_MARGIN", "PropagationRun", "hand_over",
-           "keep_better_outer", "merge_gap", "plan_runs", "reuse_prefix", "run_all", "walk_run"]
+           "keep_better_outer", "merge_gap", "plan_runs", "previous_outer", "reuse_prefix", "run_all", "walk_run"]
 
 DIRECTIONS = ("down", "up")  # down: towards slice 0; up: towards the last slice
 #: The end of an object (outer runs): once a run's mask has shrunk below ``END_SHRINK`` times
@@ -170,14 +170,15 @@ def keep_better_outer(run: PropagationRun, new: tuple, old: tuple) -> tuple:
     :data:`GAP_MARGIN` higher than the new one, the previous mask stays (the rule of
     :func:`merge_gap`, with the fresh run as the nearer seed), and where the new run stops
     while the previous one was kept at the slice before (or outscores the new run's rejected
-    mask there), the previous run goes on to its own end. Seen on an EM chloroplast: a positive click on its clicked slice (that slice's error
-    815 -> 691 px) made the run below score 0.3-0.5 and stop two slices early, 3D IoU 0.880 ->
-    0.629. A run without scores is returned as it is; :func:`run_all` applies this only for a
-    decoder whose scores are calibrated (as :func:`merge_gap`). (Measured with
-    the default model on the four volumes of the 3D protocol: the chloroplasts gain 0.02 from
-    the 4th click on and rise at every click; the VNC mitochondria and the stardist volume lose
-    up to 0.005 (three objects whose previous masks scored higher and were worse); cells3d is
-    unchanged. A margin of 0.15 left every curve as it was.)
+    mask there), the previous run goes on to its own end. Seen on an EM chloroplast: a positive
+    click on its clicked slice (that slice's error 815 -> 691 px) made the run below score
+    0.3-0.5 and stop two slices early, 3D IoU 0.880 -> 0.629. A run without scores is returned
+    as it is; :func:`run_all` applies this only for a decoder whose scores are calibrated (as
+    :func:`merge_gap`), with the run :func:`previous_outer` finds. (Measured with the default
+    model on the four volumes of the 3D protocol: the chloroplasts gain 0.02 from the 4th click
+    on and rise at every click; the VNC mitochondria and the stardist volume lose up to 0.005
+    (three objects whose previous masks scored higher and were worse); cells3d is unchanged. A
+    margin of 0.15 left every curve as it was.)
     """
     if len(new) < 4 or len(old) < 4 or new[2] == CANCELLED:
         return new
@@ -205,6 +206,19 @@ def keep_better_outer(run: PropagationRun, new: tuple, old: tuple) -> tuple:
     return masks, ious, reason, scores
 
 
+def previous_outer(key: tuple, memo: Mapping) -> tuple | None:
+    """The previous call's result of the outer run with memo ``key`` from an older state of its
+    seed, or None: the same extent and stop rules (the decoding parameters may differ: the
+    object's confidence moves with any seed, and the outline's reference with the seed slices),
+    and a state made before this one (a click added; after an undo the runs of the clicks left
+    are decoded as they were)."""
+    for k, got in memo.items():
+        if (isinstance(k, tuple) and len(k) == len(key) and k[:4] == key[:4] and k[5][:2] == key[5][:2]
+                and _newer(key[4], k[4])):
+            return got
+    return None
+
+
 def _newer(token: Any, than: Any) -> bool:
     """Whether seed state ``token`` came after ``than`` (states are numbered in the order they
     were made; other tokens, such as a propagated mask taken as a seed, are not ordered)."""
@@ -225,12 +239,10 @@ def run_all(runs: Iterable[PropagationRun], run_one: Callable, *, iou_threshold:
     slices over to the other seed (:func:`hand_over`); a gap run through from both ends keeps
     the better mask per slice (:func:`merge_gap`); with ``keep_better`` (a decoder whose scores
     are calibrated), an outer run redone from a corrected seed keeps the previous call's masks
-    where they score better (:func:`keep_better_outer`). A
-    run's memo key is its
-    extent, its seed's ``tokens`` entry (no key without one), ``iou_threshold`` and
-    ``outer_params`` for the outer runs (the stops only they apply) and ``params`` (everything
-    the decoding depends on); a run between seeds may also be cut from a longer one
-    (:func:`reuse_prefix`); ``memo`` is
+    where they score better (:func:`keep_better_outer`). A run's memo key is its extent, its
+    seed's ``tokens`` entry (no key without one), ``iou_threshold`` and ``outer_params`` for the
+    outer runs (the stops only they apply) and ``params`` (everything the decoding depends on);
+    a run between seeds may also be cut from a longer one (:func:`reuse_prefix`); ``memo`` is
     replaced by this call's runs unless it was cancelled (see
     :func:`~napari_focsam.core.propagation.propagate`). Returns (results, ious, reasons per
     direction, cancelled).
@@ -262,15 +274,9 @@ def run_all(runs: Iterable[PropagationRun], run_one: Callable, *, iou_threshold:
         else:
             got = run_one(run, tick)
             was_cancelled = got[2] == CANCELLED
-            if keep_better and run.outer and memo is not None and key is not None and not was_cancelled:
-                for k, before in memo.items():  # the same run before this edit, with the same stops
-                    # (the decoding parameters may differ: the object's confidence moves with any
-                    # seed, and the outline's reference with the seed slices), from an older state
-                    # of the seed: a click added, not an undo (that gives the run of the clicks left)
-                    if (isinstance(k, tuple) and len(k) == len(key) and k[:4] == key[:4] and k[5][:2] == key[5][:2]
-                            and _newer(key[4], k[4])):
-                        got = keep_better_outer(run, got, before)
-                        break
+            before = previous_outer(key, memo) if keep_better and run.outer and memo is not None else None
+            if before is not None and not was_cancelled:
+                got = keep_better_outer(run, got, before)
         if key is not None and not was_cancelled:
             new_memo[key] = got
         return got
