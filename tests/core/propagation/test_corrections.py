@@ -472,3 +472,31 @@ def test_a_corrected_seed_keeps_the_previous_outer_masks_where_the_decoder_score
     got = R.keep_better_outer(R.PropagationRun(4, -1, -1, "down"), ({3: "b3", 2: "b2"}, {}, "border", {3: 0.5, 2: 0.5}),
                               ({3: "a3"}, {}, "vanished at z=2", {3: 0.9}))
     assert got[0] == {3: "a3", 2: "b2"} and got[2] == "border"
+
+
+def test_a_click_that_moves_the_objects_confidence_leaves_the_runs_of_other_seeds_as_they_were(
+        session, scripted, monkeypatch):
+    """The object's confidence (the best seed score, which sets the stop floor) is not part of a
+    run's memo key: a correction that raises it re-decodes the runs next to the corrected slice
+    only. Before, the run up from the first clicked slice was decoded again under the new floor
+    (an EM chloroplast lost its upper half to a correction three slices below: 3D IoU 0.878 ->
+    0.551)."""
+    truth, visits, steps, _ = scripted
+    model = session.store.predictor.model
+    monkeypatch.setattr(model, "propagation_thresholds", {"min_pred_iou": 0.5}, raising=False)
+    scores = {6: 0.6, 3: 0.95}  # the first seed is doubtful, the corrected slice is not
+    seen = []
+
+    def seed_score(predictor, emb, mask, multimask=None):
+        seen.append(emb.z)
+        return scores.get(emb.z, 0.9)
+
+    monkeypatch.setattr(V, "seed_score", seed_score)
+    obj = propagated(session, truth)
+    assert 6 in seen
+    visits.clear()
+    obj.add_click(S // 2, S // 2, True, z=3)
+    res = obj.propagate(iou_threshold=0.0)
+    assert 3 in seen  # the confidence moved: 0.6 -> 0.95
+    assert visits and not {7, 8, 9} & set(visits)  # the run up from slice 6 is kept as it was
+    assert sorted(res.masks) == list(range(2, 10))
