@@ -22,10 +22,6 @@ def build_predictor(model, policy: str):
         return FocSAMPredictor(model, refine=False)
     if policy == "steady":
         return FocSAMPredictor(model)
-    if policy == "steady_nojump":  # the steady rule before its jump check (a baseline)
-        from napari_focsam.core.prompting import SteadyRule
-
-        return FocSAMPredictor(model, later_clicks=SteadyRule(jump_growth=None))
     if policy.startswith("steady_k"):
         return close_coarse_predictor(model, int(policy[len("steady_k"):]) / 100)
     if policy.startswith("steady_grow"):  # steady_growF (x10) / steady_growFk: coarse when F/10 x larger

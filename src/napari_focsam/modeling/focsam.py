@@ -90,20 +90,18 @@ class FocSAM(nn.Module):
         points: torch.Tensor,
         labels: torch.Tensor,
         mask_input: torch.Tensor | None = None,
-        multimask_output: bool = False,
     ) -> tuple[DecoderOutput, DecoderOutput]:
-        """The same prompts decoded on two embeddings in one decoder call.
+        """The same prompts decoded on two embeddings in one decoder call (single mask).
 
         first, second (1, 256, 64, 64); points (1, N, 2), labels (1, N) and mask_input
         (1, 1, 256, 256) or None, as in :meth:`decode`. The prompt encoder runs once (both
         passes share its sparse and dense embeddings) and the mask decoder runs on a batch
-        of two. Returns two outputs as :meth:`decode`'s, logits (1, M, 256, 256) each (M = 1,
-        or 3 with ``multimask_output``); equal to two :meth:`decode` calls up to float rounding
-        (~1e-5 on the logits).
+        of two. Returns two outputs as :meth:`decode`'s, logits (1, 1, 256, 256) each; equal
+        to two :meth:`decode` calls up to float rounding (~1e-5 on the logits).
         """
         sparse, dense = self.prompt_encoder((points, labels), mask_input)
         out = self.mask_decoder(torch.cat([first, second]), self.prompt_encoder.get_dense_pe(),
-                                sparse.expand(2, -1, -1), dense, multimask_output)
+                                sparse.expand(2, -1, -1), dense, False)
         return (DecoderOutput(out.logits[:1], out.iou[:1], out.token[:1]),
                 DecoderOutput(out.logits[1:], out.iou[1:], out.token[1:]))
 

@@ -11,7 +11,7 @@ from napari_focsam.core.editing import set_prompts
 from napari_focsam.core.images import ImageVolume
 from napari_focsam.core.prompting import (
     LATER_CLICK_RULES, Box, Click, FocSAMPredictor, InteractiveObject, PickRule, PlanePrompts, Prompts, ReuseRule,
-    SteadyRule, jumps, steadiest_candidate, steadiest_without_jump)
+    SteadyRule, steadiest_candidate)
 from napari_focsam.core.session import Session
 
 
@@ -151,80 +151,3 @@ def test_shape_iou_sees_a_section_that_moved_as_unchanged_and_one_that_grew_as_c
     # regions: the same figure from crops, whatever their offsets in the plane
     assert region_shape_iou(region_from_plane(a), region_from_plane(moved)) == 1.0
     assert region_shape_iou(region_from_plane(a), region_from_plane(grown)) == pytest.approx(shape_iou(a, grown))
-
-
-def _square(y0, y1, x0, x1, size=64):
-    m = np.zeros((size, size), bool)
-    m[y0:y1, x0:x1] = True
-    return m
-
-
-def test_a_jump_is_a_positive_click_answered_with_a_much_larger_object_around_the_mask():
-    prev = _square(20, 30, 20, 30)  # 100 px
-    whole = _square(5, 60, 5, 60)  # adds 2925 px: a jump
-    grown = _square(18, 36, 18, 36)  # adds 224 px: a correction
-    pos, neg = Click(25.0, 32.0, True), Click(25.0, 32.0, False)
-    assert jumps(whole, prev, pos) and not jumps(grown, prev, pos)
-    assert not jumps(whole, prev, neg)  # a negative click never jumps (follows_click sees leaks)
-    assert not jumps(whole, np.zeros_like(prev), pos)  # nothing to jump from
-    assert jumps(grown, prev, pos, growth=2.0)  # the threshold is a parameter
-
-
-def test_after_a_jump_a_candidate_that_honours_the_clicks_without_it_wins():
-    prev = _square(20, 30, 20, 30)
-    whole, grown, speck = _square(5, 60, 5, 60), _square(18, 36, 18, 36), _square(20, 24, 20, 24)
-    clicks = [Click(25.0, 25.0, True), Click(33.0, 33.0, True)]
-    assert steadiest_candidate([whole, grown], clicks, prev) == 1  # closer to the previous mask anyway
-    assert steadiest_without_jump([whole, grown], clicks, prev) == 1
-    # the speck misses the newest click: honouring the clicks comes before avoiding the jump
-    assert steadiest_without_jump([whole, speck], clicks, prev) == 0
-    # a click far beyond the mask: only the larger object holds it, so the jump stays
-    far = clicks[:1] + [Click(55.0, 55.0, True)]
-    assert steadiest_without_jump([grown, whole], far, prev) == 1
-    with pytest.raises(ValueError, match="no candidate"):
-        steadiest_without_jump([], clicks, prev)
-
-
-def test_a_later_click_that_jumps_is_answered_from_sams_three_candidates_too():
-    """The steady rule's three masks all jump to a larger object: SAM's multimask candidates
-    of both embeddings (one more batched decoder call) are ranked with them, and one that keeps
-    the clicks without the jump is kept; with ``jump_growth=None`` the jump stays."""
-    model = make_fast_focsam(refiner_depth=1)
-    S = 64
-    small, whole = _square(20, 30, 20, 30, S), _square(4, 60, 4, 60, S)
-    grown = _square(19, 34, 19, 34, S)
-
-    def logits_of(mask):
-        return torch.from_numpy(np.where(mask, 10.0, -10.0).astype(np.float32))[None, None]
-
-    calls = []
-
-    class Out:
-        def __init__(self, logits):
-            self.logits = logits
-
-    def decode_pair(first, second, points, labels, mask_input=None, multimask_output=False):
-        calls.append(multimask_output)
-        if multimask_output:  # SAM's candidates: the whole, a grown mask, the small one
-            three = torch.cat([logits_of(whole), logits_of(grown), logits_of(small)], dim=1)
-            return Out(three), Out(three)
-        return Out(logits_of(whole)), Out(logits_of(whole))
-
-    model.decode_pair = decode_pair
-    clicks = [Click(25.0, 25.0, True), Click(32.0, 32.0, True)]
-
-    def to_mask(lg):
-        return lg[0, 0].numpy() > 0
-
-    for rule, want in ((SteadyRule(), grown), (SteadyRule(jump_growth=None), whole)):
-        calls.clear()
-        logits, mask = rule.decide(model, None, None, None, None, logits_of(small), clicks, to_mask)
-        np.testing.assert_array_equal(mask, want)
-        np.testing.assert_array_equal(to_mask(logits), want)
-        assert calls == ([False, True] if rule.jump_growth else [False])
-    calls.clear()
-    small_step = _square(20, 31, 20, 34, S)  # no jump: one decoder call, as before
-    model.decode_pair = lambda *a, **k: calls.append(k.get("multimask_output", False)) or (
-        Out(logits_of(small_step)), Out(logits_of(small_step)))
-    SteadyRule().decide(model, None, None, None, None, logits_of(small), clicks, to_mask)
-    assert calls == [False]

@@ -10,8 +10,8 @@ __getattr__, __dir__, __all__ = _lazy.attach(
     __name__,
     submod_attrs={
         "_boxes": ["Box", "checked_box", "parse_box"],
-        "_click_rules": ["click_agreement", "click_pixel", "clicks_on_nothing", "follows_click", "JUMP_GROWTH",
-            "jumps", "mask_iou", "object_click_count", "steadiest_candidate", "steadiest_without_jump"],
+        "_click_rules": ["click_agreement", "click_pixel", "clicks_on_nothing", "follows_click", "mask_iou",
+            "object_click_count", "steadiest_candidate"],
         "_clicks": ["checked_click", "Click"],
         "_later_clicks": ["later_click_rule", "LATER_CLICK_RULES", "LaterClickRule", "PICK_BELOW_IOU", "PickRule",
             "ReuseRule", "SteadyRule"],

@@ -4,9 +4,8 @@ Which clicks count (:func:`object_click_count`, :func:`live_clicks`), which pixe
 reads (:func:`click_pixel`), how well a mask honours the clicks (:func:`click_agreement`),
 whether a refined mask bridged clicked pieces (:func:`joins_clicked_pieces`), the IoU
 of two masks (:func:`mask_iou`), whether a mask goes the way a click asks
-(:func:`follows_click`), whether it jumps to a larger object around the previous one
-(:func:`jumps`) and which candidate mask a later click keeps (:func:`steadiest_candidate`,
-:func:`steadiest_without_jump`). Pure numpy on (H, W) bool masks; no model.
+(:func:`follows_click`) and which candidate mask a later click keeps
+(:func:`steadiest_candidate`). Pure numpy on (H, W) bool masks; no model.
 """
 
 from __future__ import annotations
@@ -180,39 +179,3 @@ def steadiest_candidate(masks: Sequence[np.ndarray], clicks: Sequence[Click], pr
         if best_key is None or key > best_key:
             best, best_key = i, key
     return best
-
-
-#: A positive later click whose mask adds more than this many times the previous mask's area
-#: outside it has jumped to a larger object around the previous one (:func:`jumps`).
-JUMP_GROWTH = 3.0
-
-
-def jumps(mask: np.ndarray, previous: np.ndarray, click: Click, growth: float = JUMP_GROWTH) -> bool:
-    """Whether ``mask``, the answer to a positive ``click``, adds more than ``growth`` times the
-    ``previous`` mask's area outside it: the decoder took the clicked part for a larger whole
-    around it (a mitochondrion clicked twice, answered with the neurite that holds it).
-
-    mask, previous: (H, W) bool. False for a negative click and for an empty previous mask.
-    """
-    if not click.is_positive:
-        return False
-    area = int(np.count_nonzero(previous))
-    return area > 0 and int(np.count_nonzero(mask & ~previous)) > growth * area
-
-
-def steadiest_without_jump(masks: Sequence[np.ndarray], clicks: Sequence[Click], previous: np.ndarray,
-                           growth: float = JUMP_GROWTH) -> int:
-    """Index of the candidate a later click keeps once its first answer jumped (:func:`jumps`):
-    as :func:`steadiest_candidate` (the newest click's intent, then the clicks agreed with), but a
-    candidate that does not jump comes before one that does, and the closest to ``previous``
-    last.
-
-    A jump is still kept when every candidate that avoids it agrees with fewer clicks (the user
-    clicked beyond the previous mask to get the larger object).
-    """
-    if not masks:
-        raise ValueError("no candidate mask")
-    newest = clicks[-1] if clicks else None
-    keys = [(newest is None or follows_click(m, previous, newest), click_agreement(m, clicks),
-             newest is None or not jumps(m, previous, newest, growth), mask_iou(m, previous)) for m in masks]
-    return max(range(len(masks)), key=lambda i: (keys[i], -i))

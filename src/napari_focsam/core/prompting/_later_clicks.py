@@ -15,7 +15,7 @@ from typing import Callable, Protocol, Sequence
 import numpy as np
 import torch
 
-from ._click_rules import JUMP_GROWTH, click_agreement, jumps, mask_iou, steadiest_candidate, steadiest_without_jump
+from ._click_rules import click_agreement, mask_iou, steadiest_candidate
 from ._clicks import Click
 
 __all__ = ["LATER_CLICK_RULES", "LaterClickRule", "PICK_BELOW_IOU", "PickRule", "ReuseRule", "SteadyRule",
@@ -69,20 +69,10 @@ class SteadyRule:
     """Decode on both embeddings (one batched decoder call) and keep, among the refined
     embedding's logits, the original's and their mean, the candidate ``rank`` chooses
     (:func:`~napari_focsam.core.prompting.steadiest_candidate`: the one that goes the way the
-    newest click asks, then agrees with the most clicks, then changes the previous mask least).
-
-    When the kept mask jumps (a positive click answered with a larger object around the previous
-    mask, more than ``jump_growth`` times its area added: :func:`~napari_focsam.core.prompting.jumps`),
-    SAM's three candidate masks of both embeddings (one more batched call) join the three, and
-    :func:`~napari_focsam.core.prompting.steadiest_without_jump` chooses: a candidate that honours
-    as many clicks without the jump wins. In EM a second positive click on a mitochondrion was
-    answered with the whole neurite around it by all three (20,900-26,500 px for a 3,500 px
-    mitochondrion); SAM's first candidate kept the mitochondrion (4,800 px). None: no check.
-    """
+    newest click asks, then agrees with the most clicks, then changes the previous mask least)."""
 
     rank: Callable[[list, Sequence[Click], np.ndarray | None], int] = steadiest_candidate
     name: str = "steady"
-    jump_growth: float | None = JUMP_GROWTH
 
     def decide(self, model, refined, features, points, labels, prev_logits, clicks, to_mask):
         out, plain = model.decode_pair(refined, features, points, labels, prev_logits)
@@ -90,13 +80,6 @@ class SteadyRule:
         masks = [to_mask(c) for c in candidates]
         previous = None if prev_logits is None else to_mask(prev_logits)
         best = self.rank(masks, clicks, previous)
-        if (self.jump_growth is not None and previous is not None and clicks
-                and jumps(masks[best], previous, clicks[-1], self.jump_growth)):
-            many, many_plain = model.decode_pair(refined, features, points, labels, prev_logits, multimask_output=True)
-            more = [lg[:, i:i + 1] for lg in (many.logits, many_plain.logits) for i in range(lg.shape[1])]
-            candidates += more
-            masks += [to_mask(c) for c in more]
-            best = steadiest_without_jump(masks, clicks, previous, self.jump_growth)
         return candidates[best], masks[best]
 
 

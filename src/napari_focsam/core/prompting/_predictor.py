@@ -90,10 +90,7 @@ class FocSAMPredictor:
     that agrees with the most clicks, then the one that changes the previous mask least. A
     corrective click is meant to fix the error it was placed on, not to redraw the object;
     the refined embedding serves the region around the refine click's mask, the original one
-    the rest, and their mean is often better than either on natural images. A positive click
-    whose kept mask jumps to a larger object around the previous mask (more than
-    :data:`~napari_focsam.core.prompting.JUMP_GROWTH` times its area added) is ranked again with
-    SAM's three candidates of both embeddings (:func:`steadiest_without_jump`). Measured with
+    the rest, and their mean is often better than either on natural images. Measured with
     ``benchmarks/bench_refine_policy.py`` on four held-out splits (no ground truth is used):
     it keeps the refiner's gains on nuclei and halves the later-click losses of ``"pick"`` on
     natural images. Both embeddings are decoded at every later click, in one batched decoder
