@@ -321,8 +321,9 @@ def object_confidence(store: "EmbeddingStore", masks: Mapping[int, np.ndarray],
     part of its memo key): with it in the key, a correction that raised the confidence
     re-decoded every run, and an EM chloroplast lost its upper half to a correction three
     slices below (3D IoU 0.878 -> 0.551). Leaving it out, 3D protocol with the default model:
-    the chloroplasts +0.014 to +0.020 at clicks 2-5 and 8 (+0.007 at 7, -0.002 at 6), the
-    other volumes within 0.003, and re-propagation 18-56 % faster (fewer runs decoded again).
+    the chloroplasts +0.014 to +0.020 at clicks 2-5 and 8 (+0.006 at 7, -0.002 at 6), the
+    other volumes the same (stardist +0.002 at the 8th click), and re-propagation 15-29 %
+    faster (fewer runs decoded again).
     """
     if propagation_floor(store.predictor.model) is None:
         return None, {}
