@@ -209,7 +209,7 @@ def keep_better_outer(run: PropagationRun, new: tuple, old: tuple) -> tuple:
 def previous_outer(key: tuple, memo: Mapping) -> tuple | None:
     """The previous call's result of the outer run with memo ``key`` from an older state of its
     seed, or None: the same extent and stop rules (the decoding parameters may differ: the
-    object's confidence moves with any seed, and the outline's reference with the seed slices),
+    outline's reference moves with the seed slices),
     and a state made before this one (a click added; after an undo the runs of the clicks left
     are decoded as they were)."""
     for k, got in memo.items():
@@ -241,7 +241,9 @@ def run_all(runs: Iterable[PropagationRun], run_one: Callable, *, iou_threshold:
     are calibrated), an outer run redone from a corrected seed keeps the previous call's masks
     where they score better (:func:`keep_better_outer`). A run's memo key is its extent, its
     seed's ``tokens`` entry (no key without one), ``iou_threshold`` and ``outer_params`` for the
-    outer runs (the stops only they apply) and ``params`` (everything the decoding depends on);
+    outer runs (the stops only they apply) and ``params`` (the decoding parameters the caller
+    keys runs on; the plain propagation leaves the object's confidence out, so that a run from an
+    unchanged seed is kept when a click elsewhere moves it);
     a run between seeds may also be cut from a longer one (:func:`reuse_prefix`); ``memo`` is
     replaced by this call's runs unless it was cancelled (see
     :func:`~napari_focsam.core.propagation.propagate`). Returns (results, ious, reasons per
