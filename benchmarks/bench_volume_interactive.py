@@ -16,7 +16,9 @@ Reported per volume: mean 3D IoU after 1..N clicks, 3D NoC@80/85/90 (the first c
 reaching the IoU, N when never) with the failures, and the wall time of each re-propagation.
 Diagnosis (``--diagnose``, on by default): for every corrective click, where it went
 (inside the label's z extent, at its first/last two slices, or outside it), its polarity,
-whether its slice came out empty and the IoU change; and a picture of the worst objects
+whether its slice came out empty and the IoU change; the wrong voxels by kind (outlines on the
+slices where label and mask both are, against the z extent: slices the object misses or
+leaks onto) after clicks 1, 3, 5 and the last; and a picture of the worst objects
 (``--pictures DIR``: per object, the 3D IoU curve and the error per slice after each click).
 
 Volumes (objects chosen with a fixed seed, ``--seed``):
@@ -98,6 +100,13 @@ def summarise(name: str, rows: list[dict], n_clicks: int, log) -> dict:
         for key, (n, d) in out["click_groups"].items():
             log(f"    {key:10s} {n:4d}  {d:+.4f}")
         log(f"  clicks that left their slice empty although the label is there: {out['emptied']}")
+    if out.get("error_kinds"):
+        shares = out["error_kinds"]
+        at = sorted({0, min(2, n_clicks - 1), min(4, n_clicks - 1), len(next(iter(shares.values()))) - 1})
+        log("  wrong voxels by kind, share after click " + " / ".join(str(i + 1) for i in at) +
+            " (outline: slices where label and mask both are; extent: only one of them)")
+        for kind, v in shares.items():
+            log(f"    {kind:15s} " + " / ".join(f"{v[i]:.2f}" for i in at))
     return out
 
 

@@ -41,6 +41,24 @@ def test_the_simulated_user_clicks_where_most_is_wrong():
     assert z == 1 and 8 <= y <= 10 and 8 <= x <= 10  # the middle slice, the centre of its section
 
 
+def test_wrong_voxels_are_split_into_outline_and_extent_errors():
+    gt = np.zeros((5, 10, 10), bool)
+    gt[1:4, 2:8, 2:8] = True  # slices 1-3, 36 px each
+    pred = np.zeros_like(gt)
+    pred[2:5, 2:8, 2:9] = True  # misses slice 1, leaks onto slice 4, one column too wide on 2-3
+    pred[2, 2, 2:8] = False  # and misses a row of slice 2
+    kinds = V.error_kinds(pred, gt)
+    assert kinds == {"outline_missed": 6, "outline_leaked": 6 + 6, "extent_missed": 36, "extent_leaked": 42}
+    assert sum(kinds.values()) == int((pred ^ gt).sum())
+    assert V.error_kinds(gt, gt) == dict.fromkeys(V.ERROR_KINDS, 0)
+    # the volume's shares after each click: all wrong voxels of all objects, by kind
+    rows = [{"ious": [0.5, 0.6], "times": [1.0, 0.5], "notes": [], "kinds": [kinds, V.error_kinds(gt, gt)]},
+            {"ious": [0.7, 0.8], "times": [1.0, 0.5], "notes": [], "kinds": [V.error_kinds(gt, gt)] * 2}]
+    shares = V.summarise(rows)["error_kinds"]
+    assert shares["extent_leaked"] == [round(42 / 96, 4), 0.0] and shares["outline_missed"][0] == round(6 / 96, 4)
+    assert V.summarise([{**r, "kinds": []} for r in rows])["error_kinds"] == {}  # runs from before the split
+
+
 def test_the_longest_annotated_run_is_kept_and_relabelled():
     labels = np.zeros((6, 8, 8), np.uint16)
     labels[[0, 2, 3, 4], 2:5, 2:5] = 7  # slice 1 and 5 unannotated: the run 2-4 is kept
@@ -62,7 +80,8 @@ def test_evaluate_3d_on_ones_own_stack_writes_every_objects_curve(tiny_ckpt, tmp
     saved = json.loads((tmp_path / "res" / "results.json").read_text())
     assert saved["edge_fade"] == 0.2 and saved["iou_threshold"] == 0.65
     rows = saved["objects"]
-    assert [r["label"] for r in rows] == [1, 2] and all(len(r["ious"]) == 3 for r in rows)
+    assert [r["label"] for r in rows] == [1, 2] and all(len(r["ious"]) == len(r["kinds"]) == 3 for r in rows)
+    assert set(saved["summary"]["error_kinds"]) == set(V.ERROR_KINDS)
     assert rows[0]["clicks"][0][:3] == list(V.seed_click(labels == 1))  # the middle slice's centre
     assert rows[1]["gt_z"] == [2, 4] and saved["summary"]["mean_iou"] == pytest.approx(
         np.mean([r["ious"] for r in rows], axis=0).tolist())

@@ -28,7 +28,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 __all__ = ["NOC_THRESHOLDS", "VOLUME_SETS", "VolumeSet", "annotated_block", "centre", "crop_window",
-           "evaluate_volume", "iou3d", "next_click_3d", "noc", "read_volume_set", "run_object", "seed_click",
+           "ERROR_KINDS", "error_kinds", "evaluate_volume", "iou3d", "next_click_3d", "noc", "read_volume_set", "run_object", "seed_click",
            "select_objects", "summarise", "where_in_z"]
 
 NOC_THRESHOLDS = (0.80, 0.85, 0.90)
@@ -129,6 +129,25 @@ def iou3d(pred: np.ndarray, gt: np.ndarray) -> float:
     return float(np.count_nonzero(pred & gt) / union) if union else 1.0
 
 
+#: The kinds of wrong voxels :func:`error_kinds` counts.
+ERROR_KINDS = ("outline_missed", "outline_leaked", "extent_missed", "extent_leaked")
+
+
+def error_kinds(pred: np.ndarray, gt: np.ndarray) -> dict[str, int]:
+    """Wrong voxels of a (Z, Y, X) bool result ``pred`` against the bool label ``gt``, by kind.
+
+    ``outline_*``: on the slices where both the label and the result have pixels (an outline
+    drawn too small or too large, a leak into a neighbour); ``extent_*``: on the slices where
+    only one of them has (``extent_missed``: label slices the object does not reach,
+    ``extent_leaked``: slices past the label's ends). The four add up to ``(pred ^ gt).sum()``.
+    """
+    both = pred.any(axis=(1, 2)) & gt.any(axis=(1, 2))
+    missed = (gt & ~pred).sum(axis=(1, 2))
+    leaked = (pred & ~gt).sum(axis=(1, 2))
+    return {"outline_missed": int(missed[both].sum()), "outline_leaked": int(leaked[both].sum()),
+            "extent_missed": int(missed[~both].sum()), "extent_leaked": int(leaked[~both].sum())}
+
+
 def noc(ious: list[float], thr: float) -> int:
     """The first click count whose IoU reaches ``thr``; the number of clicks when never."""
     for i, v in enumerate(ious):
@@ -171,12 +190,13 @@ def run_object(session: Any, gt: np.ndarray, n_clicks: int, propagate_kwargs: di
     Returns ``ious`` (3D IoU after each click), ``clicks`` ((z, y, x, positive) each), ``times``
     (seconds of each propagation), ``notes`` (per corrective click: where it went, whether its
     slice came out empty, the IoU change, the z range and the stop reasons), ``errors`` (wrong
-    voxels per slice after each click), ``gt_z`` and ``voxels``.
+    voxels per slice after each click), ``kinds`` (the wrong voxels by kind after each click,
+    :func:`error_kinds`), ``gt_z`` and ``voxels``.
     """
     obj = session.new_object()
     z, y, x = seed_click(gt)
     clicks = [(z, y, x, True)]
-    ious, times, notes, errors = [], [], [], []
+    ious, times, notes, errors, kinds = [], [], [], [], []
     try:
         for k in range(n_clicks):
             cz, cy, cx, pos = clicks[-1]
@@ -187,6 +207,7 @@ def run_object(session: Any, gt: np.ndarray, n_clicks: int, propagate_kwargs: di
             pred = obj.volume_mask()
             ious.append(iou3d(pred, gt))
             errors.append((pred ^ gt).sum(axis=(1, 2)).astype(int).tolist())
+            kinds.append(error_kinds(pred, gt))
             if k:
                 notes.append({"click": k + 1, "z": cz, "positive": pos, "where": where_in_z(cz, gt),
                               "slice_empty": not pred[cz].any(), "label_there": bool(gt[cz].any()),
@@ -196,12 +217,13 @@ def run_object(session: Any, gt: np.ndarray, n_clicks: int, propagate_kwargs: di
                 nxt = next_click_3d(pred, gt)
                 if nxt is None:  # perfect: the curve stays
                     ious += [ious[-1]] * (n_clicks - k - 1)
+                    kinds += [kinds[-1]] * (n_clicks - k - 1)
                     break
                 clicks.append(nxt)
     finally:
         session.remove_object(obj)
     zs = np.flatnonzero(gt.any(axis=(1, 2)))
-    return {"ious": ious, "clicks": clicks, "times": times, "notes": notes, "errors": errors,
+    return {"ious": ious, "clicks": clicks, "times": times, "notes": notes, "errors": errors, "kinds": kinds,
             "gt_z": [int(zs[0]), int(zs[-1])], "voxels": int(gt.sum())}
 
 
@@ -265,7 +287,8 @@ def summarise(rows: list[dict]) -> dict:
     """Per volume: ``n``, ``mean_iou`` after each click, ``noc`` and ``failures`` (objects that
     never reach it) at :data:`NOC_THRESHOLDS`, the seconds of the first propagation (mean) and
     of the re-propagations (mean and median), and per kind of corrective click (polarity and
-    place) the count and mean IoU change."""
+    place) the count and mean IoU change; ``error_kinds``: per kind of wrong voxel
+    (:data:`ERROR_KINDS`), its share of all wrong voxels of the volume after each click."""
     mean = np.array([r["ious"] for r in rows]).mean(axis=0)
     later = [t for r in rows for t in r["times"][1:]]
     groups: dict[str, list[float]] = {}
@@ -278,4 +301,16 @@ def summarise(rows: list[dict]) -> dict:
             "seconds_repropagate": float(np.mean(later)) if later else None,
             "seconds_repropagate_median": float(np.median(later)) if later else None,
             "click_groups": {k: [len(v), float(np.mean(v))] for k, v in sorted(groups.items())},
-            "emptied": sum(n["slice_empty"] and n["label_there"] for r in rows for n in r["notes"])}
+            "emptied": sum(n["slice_empty"] and n["label_there"] for r in rows for n in r["notes"]),
+            "error_kinds": _kind_shares(rows)}
+
+
+def _kind_shares(rows: list[dict]) -> dict[str, list[float]]:
+    """Per kind of wrong voxel, its share of the volume's wrong voxels after each click (rows
+    without ``kinds``, from older runs, give none)."""
+    if not rows or not all(r.get("kinds") for r in rows):
+        return {}
+    n = min(len(r["kinds"]) for r in rows)
+    totals = {k: np.array([sum(r["kinds"][i][k] for r in rows) for i in range(n)], float) for k in ERROR_KINDS}
+    wrong = np.maximum(sum(totals.values()), 1.0)
+    return {k: (v / wrong).round(4).tolist() for k, v in totals.items()}
