@@ -11,12 +11,13 @@ import pytest
 from scipy import ndimage as ndi
 
 from napari_focsam.training.data import entry_digest, read_training_dataset
-from napari_focsam.training.synthetic import MIN_AREA, NEUROPIL_STYLES, ORGANELLE_STYLES, SIZE, STYLES, render
+from napari_focsam.training.synthetic import (MIN_AREA, MITOSIS_STYLES, NEUROPIL_STYLES, ORGANELLE_STYLES, SIZE,
+                                              STYLES, render)
 
 REPO = Path(__file__).resolve().parents[2]
 
 
-@pytest.mark.parametrize("style", STYLES + ORGANELLE_STYLES + NEUROPIL_STYLES)
+@pytest.mark.parametrize("style", STYLES + ORGANELLE_STYLES + NEUROPIL_STYLES + MITOSIS_STYLES)
 def test_every_style_draws_the_same_image_from_the_same_seed_with_disjoint_objects(style):
     img, labels = render(style, 3, seed=5)
     assert img.shape == (SIZE, SIZE, 3) and img.dtype == np.uint8
@@ -104,6 +105,24 @@ def test_neuropil_packs_small_and_large_profiles_whose_organelles_belong_to_them
     ds = read_training_dataset("synthetic-neuropil", "/nowhere")
     assert len(ds) == 16 and ds.image_ids[0] == "neuropil-00"
     others = [read_training_dataset(n, "/nowhere") for n in ("synthetic_cells", "synthetic_organelles")]
+    assert not {entry_digest(e) for e in ds._entries} & {entry_digest(e) for o in others for e in o._entries}
+
+
+def test_mitoses_label_a_dividing_cell_as_the_region_around_its_chromosomes():
+    img, labels = render("mitoses", 1)
+    grey = img[..., 0].astype(float)
+    assert grey[labels > 0].mean() > grey[labels == 0].mean() + 30  # a DNA stain on a dark ground
+    figures = 0
+    for i, sl in enumerate(ndi.find_objects(labels), start=1):
+        g = grey[sl][labels[sl] == i]
+        # a mitotic figure: the brightest (condensed) chromatin of the image and dark gaps between
+        # its chromosomes, inside one object (a click on one chromosome is the whole figure)
+        figures += (g > np.percentile(grey[labels > 0], 90)).mean() > 0.15 and (g < 0.5 * g.max()).mean() > 0.3
+    assert figures >= 3
+    ds = read_training_dataset("synthetic-mitoses", "/nowhere")
+    assert len(ds) == 16 and ds.image_ids[0] == "mitoses-00"
+    others = [read_training_dataset(n, "/nowhere") for n in ("synthetic_cells", "synthetic_organelles",
+                                                              "synthetic_neuropil")]
     assert not {entry_digest(e) for e in ds._entries} & {entry_digest(e) for o in others for e in o._entries}
 
 

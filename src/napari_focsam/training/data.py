@@ -23,7 +23,8 @@ each entry carries its own content ``digest`` (:func:`entry_digest`).
 ``synthetic_cells`` are drawn, not read (:mod:`~napari_focsam.training.synthetic`): packed cells
 in EM, phase-contrast rods, DIC and cytoplasm-stained cells, for the modalities that no
 licence-clean set here shows; ``synthetic_organelles`` are drawn mitochondria in EM and
-``synthetic_neuropil`` drawn nervous tissue in EM (small and large cell profiles together).
+``synthetic_neuropil`` drawn nervous tissue in EM (small and large cell profiles together),
+``synthetic_mitoses`` drawn fluorescent nuclei, some in division.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from ..core.images import read_image, to_rgb_uint8
 from ..evaluation.datasets import EvalDataset, EvalObject, canonical_name, natural_key, read_dataset, select_ids
 from .config import SourceConfig, TrainingConfig
 from .entries import SliceEntry
-from .synthetic import synthetic_cells, synthetic_neuropil, synthetic_organelles
+from .synthetic import synthetic_cells, synthetic_mitoses, synthetic_neuropil, synthetic_organelles
 
 __all__ = [
     "CANVAS",
@@ -74,7 +75,8 @@ RESEARCH_ONLY = {"vnc_neurites": "CC BY-NC-SA 3.0", "vnc_mitochondria": "CC BY-N
 _TRAINING_ONLY = {"cells3d_slices": "micro/cells3d/cells3d_nuclei.tif with cells3d_nuclei_label.tif",
                   "synthetic_cells": "drawn by training/synthetic.py (no file)",
                   "synthetic_organelles": "drawn by training/synthetic.py (no file)",
-                  "synthetic_neuropil": "drawn by training/synthetic.py (no file)"}
+                  "synthetic_neuropil": "drawn by training/synthetic.py (no file)",
+                  "synthetic_mitoses": "drawn by training/synthetic.py (no file)"}
 
 
 def entry_digest(entry) -> str:
@@ -151,6 +153,8 @@ def read_training_dataset(name: str, root: str | Path) -> EvalDataset:
         return synthetic_organelles()
     if key == "synthetic_neuropil":
         return synthetic_neuropil()
+    if key == "synthetic_mitoses":
+        return synthetic_mitoses()
     return read_dataset(name, root)
 
 

@@ -47,6 +47,17 @@ A third set, ``synthetic_neuropil``, draws the cell profiles of nervous tissue i
     belong to them, the small ones lighter or darker with fine dots. Objects: every profile's
     interior with what it holds, so a click teaches the single profile, small or large.
 
+A fourth set, ``synthetic_mitoses``, draws what the nuclei sets hold too few of:
+
+``mitoses``
+    Fluorescent nuclei (a DNA stain): ellipses of 300 to 1,800 pixels with granular chromatin,
+    bright spots and dark nucleoli, some touching; a third to a half of them in division:
+    condensed chromosomes as short bright rods and blobs with dark gaps between them, in an
+    irregular cluster (prophase), an elongated plate (metaphase) or two plates moving apart
+    (anaphase). Objects: each interphase nucleus; each mitotic figure as the region around its
+    chromosomes (gaps included, as nuclei sets label a dividing cell); the two plates of an
+    anaphase as two objects. A click on one chromosome teaches the whole figure.
+
 The images are uint8 RGB (grey in three channels); the cache builder's augmentation (flips,
 turns, crops, contrast, inversion, blur, noise) applies to them as to any other source.
 """
@@ -62,8 +73,8 @@ from scipy import ndimage as ndi
 from ..evaluation.datasets import EvalDataset, EvalObject
 from .entries import SliceEntry
 
-__all__ = ["NEUROPIL_STYLES", "ORGANELLE_STYLES", "SIZE", "STYLES", "render", "synthetic_cells",
-           "synthetic_neuropil", "synthetic_organelles"]
+__all__ = ["MITOSIS_STYLES", "NEUROPIL_STYLES", "ORGANELLE_STYLES", "SIZE", "STYLES", "render", "synthetic_cells",
+           "synthetic_mitoses", "synthetic_neuropil", "synthetic_organelles"]
 
 #: Side of every synthetic image (pixels).
 SIZE = 512
@@ -73,6 +84,8 @@ STYLES = ("em", "rods", "dic", "fluo")
 ORGANELLE_STYLES = ("mito",)
 #: Styles of ``synthetic_neuropil``.
 NEUROPIL_STYLES = ("neuropil",)
+#: Styles of ``synthetic_mitoses``.
+MITOSIS_STYLES = ("mitoses",)
 #: Objects smaller than this many pixels are not objects of the image (they stay in the picture).
 MIN_AREA = 120
 
@@ -376,7 +389,87 @@ def _neuropil(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     return img, _relabel(cells)
 
 
-_RENDER = {"em": _em, "rods": _rods, "dic": _dic, "fluo": _fluo, "mito": _mito, "neuropil": _neuropil}
+def _chromosomes(rng: np.random.Generator, canvas: np.ndarray, centre: np.ndarray, spread: tuple[float, float],
+                 angle: float, n: int) -> np.ndarray:
+    """Draw ``n`` condensed chromosomes (short bright rods) scattered over an ellipse of
+    half-axes ``spread`` turned by ``angle`` around ``centre`` into ``canvas``; returns their mask."""
+    mask = np.zeros(canvas.shape, dtype=bool)
+    rot = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+    for _ in range(n):
+        t = rng.uniform(0, 2 * np.pi)
+        u = np.array([np.cos(t), np.sin(t)]) * np.sqrt(rng.uniform(0, 1))
+        p = centre + rot @ (u * np.asarray(spread))
+        d = rng.normal(size=2)
+        d *= rng.uniform(2, 6) / (np.linalg.norm(d) + 1e-9)
+        piece = _capsule(canvas.shape, p - d, p + d, rng.uniform(1.5, 3.0))
+        if piece is not None:
+            sl, m = piece
+            canvas[sl][m] = np.maximum(canvas[sl][m], rng.uniform(0.7, 1.0))
+            mask[sl] |= m
+    return mask
+
+
+def _figure(chromosomes: np.ndarray) -> np.ndarray:
+    """The region a nuclei set labels around a mitotic figure: its chromosomes, the gaps between
+    them closed, the holes filled."""
+    region = ndi.binary_closing(np.pad(ndi.binary_dilation(chromosomes, iterations=3), 8), iterations=6)[8:-8, 8:-8]
+    return ndi.binary_fill_holes(region)
+
+
+def _mitoses(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    yy, xx = np.mgrid[0:SIZE, 0:SIZE].astype(np.float32)
+    img = np.zeros((SIZE, SIZE))
+    labels = np.zeros((SIZE, SIZE), dtype=np.int32)
+    n = 0
+    dividing = rng.uniform(0.3, 0.5)
+    for _ in range(int(rng.integers(14, 30))):
+        cy, cx = rng.uniform(20, SIZE - 20, 2)
+        a = np.sqrt(rng.uniform(300, 1800) / np.pi)
+        b, c = a * rng.uniform(0.75, 1.3), a * rng.uniform(0.75, 1.0)
+        th = rng.uniform(0, np.pi)
+        if labels[int(cy), int(cx)]:
+            continue
+        if rng.uniform() >= dividing:  # an interphase nucleus
+            u = ((yy - cy) * np.cos(th) + (xx - cx) * np.sin(th)) / b
+            v = (-(yy - cy) * np.sin(th) + (xx - cx) * np.cos(th)) / c
+            region = (u * u + v * v < 1) & (labels == 0)
+            tex = 1 + 0.35 * _smooth_noise(rng, (SIZE, SIZE), rng.uniform(1.0, 2.5))
+            img[region] = (rng.uniform(0.25, 0.65) * tex)[region]
+            regions = [region]
+        else:
+            canvas = np.zeros((SIZE, SIZE))
+            stage = rng.integers(3)
+            centre = np.array([cy, cx])
+            if stage == 0:  # prophase: an irregular cluster
+                chrom = [_chromosomes(rng, canvas, centre, (b, c), th, int(rng.integers(10, 22)))]
+            elif stage == 1:  # metaphase: a plate
+                chrom = [_chromosomes(rng, canvas, centre, (0.35 * c, 1.1 * b), th, int(rng.integers(10, 20)))]
+            else:  # two plates: close together one dividing cell (two lobes), apart two daughters
+                off = rng.uniform(0.5, 1.4) * c * np.array([np.cos(th), np.sin(th)])
+                chrom = [_chromosomes(rng, canvas, centre + k * off, (0.3 * c, 0.9 * b), th, int(rng.integers(6, 12)))
+                         for k in (-1, 1)]
+                if np.linalg.norm(off) < 0.9 * c:
+                    chrom = [chrom[0] | chrom[1]]
+            regions = [_figure(m) & (labels == 0) for m in chrom]
+            if len(regions) == 2 and (regions[0] & regions[1]).any():
+                regions = [regions[0] | regions[1]]
+            gaps = np.zeros((SIZE, SIZE), dtype=bool)
+            for r in regions:
+                gaps |= r
+            img = np.where(gaps, np.maximum(canvas, rng.uniform(0.05, 0.25)) * rng.uniform(0.6, 1.2), img)
+        for r in regions:
+            if r.sum() >= MIN_AREA:
+                n += 1
+                labels[r] = n
+    spots = (rng.uniform(size=(SIZE, SIZE)) < 0.004) & (labels > 0)
+    img = img + 0.4 * ndi.gaussian_filter(spots.astype(float), 1.0) * 6
+    img = ndi.gaussian_filter(img, rng.uniform(0.6, 1.8))
+    img = img + rng.uniform(0.01, 0.05) + rng.uniform(0.005, 0.03) * rng.standard_normal(img.shape)
+    return img, _relabel(labels)
+
+
+_RENDER = {"em": _em, "rods": _rods, "dic": _dic, "fluo": _fluo, "mito": _mito, "neuropil": _neuropil,
+           "mitoses": _mitoses}
 
 
 def render(style: str, index: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -385,7 +478,8 @@ def render(style: str, index: int, seed: int = 0) -> tuple[np.ndarray, np.ndarra
     Parameters
     ----------
     style : str
-        One of :data:`STYLES`, :data:`ORGANELLE_STYLES` or :data:`NEUROPIL_STYLES`.
+        One of :data:`STYLES`, :data:`ORGANELLE_STYLES`, :data:`NEUROPIL_STYLES` or
+        :data:`MITOSIS_STYLES`.
     index, seed : int
         The image's number and the set's seed; the same three arguments give the same pixels.
 
@@ -437,6 +531,12 @@ def synthetic_organelles(n_per_style: int = 16, seed: int = 0) -> EvalDataset:
     """The ``synthetic_organelles`` training dataset: ``n_per_style`` images of each of
     :data:`ORGANELLE_STYLES`, ids and content keys as in :func:`synthetic_cells`."""
     return _drawn_dataset("synthetic_organelles", ORGANELLE_STYLES, n_per_style, seed)
+
+
+def synthetic_mitoses(n_per_style: int = 16, seed: int = 0) -> EvalDataset:
+    """The ``synthetic_mitoses`` training dataset: ``n_per_style`` images of each of
+    :data:`MITOSIS_STYLES`, ids and content keys as in :func:`synthetic_cells`."""
+    return _drawn_dataset("synthetic_mitoses", MITOSIS_STYLES, n_per_style, seed)
 
 
 def synthetic_neuropil(n_per_style: int = 16, seed: int = 0) -> EvalDataset:
