@@ -27,9 +27,9 @@ from typing import Any, NamedTuple
 import numpy as np
 from scipy import ndimage as ndi
 
-__all__ = ["NOC_THRESHOLDS", "VOLUME_SETS", "VolumeSet", "annotated_block", "centre", "crop_window",
-           "ERROR_KINDS", "error_kinds", "evaluate_volume", "iou3d", "next_click_3d", "noc", "read_volume_set", "run_object", "seed_click",
-           "select_objects", "summarise", "where_in_z"]
+__all__ = ["ERROR_KINDS", "NOC_THRESHOLDS", "VOLUME_SETS", "VolumeSet", "annotated_block", "centre", "crop_window",
+           "error_kinds", "evaluate_volume", "iou3d", "next_click_3d", "noc", "read_volume_set", "run_object",
+           "seed_click", "select_objects", "summarise", "where_in_z"]
 
 NOC_THRESHOLDS = (0.80, 0.85, 0.90)
 

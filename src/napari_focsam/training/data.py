@@ -72,11 +72,11 @@ CELLS3D_MIN_AREA = 150
 #: a config names them only with ``data.research_only: true``, and its export says so.
 RESEARCH_ONLY = {"vnc_neurites": "CC BY-NC-SA 3.0", "vnc_mitochondria": "CC BY-NC-SA 3.0"}
 
+#: The drawn training sets (:mod:`~napari_focsam.training.synthetic`), by name.
+_DRAWN = {"synthetic_cells": synthetic_cells, "synthetic_organelles": synthetic_organelles,
+          "synthetic_neuropil": synthetic_neuropil, "synthetic_mitoses": synthetic_mitoses}
 _TRAINING_ONLY = {"cells3d_slices": "micro/cells3d/cells3d_nuclei.tif with cells3d_nuclei_label.tif",
-                  "synthetic_cells": "drawn by training/synthetic.py (no file)",
-                  "synthetic_organelles": "drawn by training/synthetic.py (no file)",
-                  "synthetic_neuropil": "drawn by training/synthetic.py (no file)",
-                  "synthetic_mitoses": "drawn by training/synthetic.py (no file)"}
+                  **dict.fromkeys(_DRAWN, "drawn by training/synthetic.py (no file)")}
 
 
 def entry_digest(entry) -> str:
@@ -147,14 +147,8 @@ def read_training_dataset(name: str, root: str | Path) -> EvalDataset:
     key = training_dataset_name(name)
     if key == "cells3d_slices":
         return cells3d_slices(root)
-    if key == "synthetic_cells":
-        return synthetic_cells()
-    if key == "synthetic_organelles":
-        return synthetic_organelles()
-    if key == "synthetic_neuropil":
-        return synthetic_neuropil()
-    if key == "synthetic_mitoses":
-        return synthetic_mitoses()
+    if key in _DRAWN:
+        return _DRAWN[key]()
     return read_dataset(name, root)
 
 
