@@ -74,7 +74,8 @@ def run_volume(name: str, root: Path, model, args, log) -> list[dict]:
     ids = select_objects(labels, keep, spec.min_z, args.seed)
     log(f"{name}: {image.shape} {image.dtype}, {len(ids)} objects {ids}")
     kwargs = {k: v for k, v in (("iou_threshold", args.iou_threshold), ("prompt", args.prompt),
-                                ("multimask", args.multimask), ("edge_fade", args.edge_fade)) if v is not None}
+                                ("multimask", args.multimask), ("edge_fade", args.edge_fade),
+                                ("vote", args.vote)) if v is not None}
     t0 = [time.perf_counter()]
 
     def progress(row):
@@ -163,6 +164,8 @@ def main(argv=None) -> int:
     p.add_argument("--edge-fade", type=float, default=None,
                    help="the out-of-focus stop (a fraction of the object's strongest outline; 0: off; "
                         "default: the product's)")
+    p.add_argument("--vote", default=None, type=lambda v: v.lower() in ("1", "true", "yes", "on"),
+                   help="on/off: the propagated slices voted with their neighbours (default: the product's)")
     p.add_argument("--json", default=None)
     p.add_argument("--pictures", default=None, help="folder for the worst objects' PNGs")
     args = p.parse_args(argv)

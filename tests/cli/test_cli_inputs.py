@@ -74,6 +74,20 @@ def test_a_two_channel_stack_propagates_with_a_3d_mask(tiny_ckpt, tmp_path, caps
     assert tifffile.imread(tmp_path / "m.tif").shape == (3, 32, 36) and "2 channels" in err
 
 
+@pytest.mark.parametrize("flag, vote", [([], True), (["--no-vote"], False)])
+def test_the_vote_between_slices_can_be_turned_off(tiny_ckpt, tmp_path, capsys, monkeypatch, flag, vote):
+    from napari_focsam.core.session import _slices
+
+    seen, real = [], _slices.propagate
+    monkeypatch.setattr(_slices, "propagate", lambda *a, **k: seen.append(k["vote"]) or real(*a, **k))
+    path = tmp_path / "stack.tif"
+    tifffile.imwrite(path, np.random.default_rng(4).integers(0, 4000, (3, 32, 36), dtype=np.uint16))
+    rc, out, err = run(["segment", path, "--slice", "1", "--click", "16,16", "--propagate", "--no-progress", *flag,
+                        "--model", tiny_ckpt, "--out", tmp_path / "m.tif"], capsys)
+    assert rc == 0, err
+    assert seen == [vote]
+
+
 # --------------------------------------------------------------------------- blank images
 
 

@@ -78,13 +78,16 @@ def test_evaluate_3d_on_ones_own_stack_writes_every_objects_curve(tiny_ckpt, tmp
     line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert line["objects"] == 2 and len(line["mean_iou"]) == 3 and set(line["noc"]) == {"0.80", "0.85", "0.90"}
     saved = json.loads((tmp_path / "res" / "results.json").read_text())
-    assert saved["edge_fade"] == 0.2 and saved["iou_threshold"] == 0.65
+    assert saved["edge_fade"] == 0.2 and saved["iou_threshold"] == 0.65 and saved["vote"] is True
     rows = saved["objects"]
     assert [r["label"] for r in rows] == [1, 2] and all(len(r["ious"]) == len(r["kinds"]) == 3 for r in rows)
     assert set(saved["summary"]["error_kinds"]) == set(V.ERROR_KINDS)
     assert rows[0]["clicks"][0][:3] == list(V.seed_click(labels == 1))  # the middle slice's centre
     assert rows[1]["gt_z"] == [2, 4] and saved["summary"]["mean_iou"] == pytest.approx(
         np.mean([r["ious"] for r in rows], axis=0).tolist())
+    rc = main(["evaluate-3d", "--image", str(tmp_path / "s.tif"), "--labels", str(tmp_path / "l.tif"), "--no-vote",
+               "--clicks", "1", "--model", str(tiny_ckpt), "--out", str(tmp_path / "raw"), "--quiet"])
+    assert rc == 0 and json.loads((tmp_path / "raw" / "results.json").read_text())["vote"] is False
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -7,17 +7,29 @@ from typing import Any
 import numpy as np
 from napari.layers import Image
 
-__all__ = ["OWNER_KEY", "image_data", "output_name", "owner_of", "same_transform", "spatial_shape", "transform_kwargs",
+__all__ = ["OWNER_KEY", "TIME_LABELS", "image_data", "is_time_stack", "output_name", "owner_of", "same_transform", "spatial_shape", "transform_kwargs",
            "volume_data"]
 
 #: Metadata key of an output labels layer made by the widget: the name of the image it labels.
 OWNER_KEY = "napari_focsam_image"
+#: Axis labels (lower case) that make a stack's first axis time: its slices are frames.
+TIME_LABELS = ("t", "time", "frame", "frames")
 
 
 def spatial_shape(layer: Image) -> tuple[int, ...]:
     """The spatial shape of an image layer ((Y, X) or (Z, Y, X); the RGB axis excluded)."""
     data = layer.data[0] if layer.multiscale else layer.data
     return tuple(int(s) for s in data.shape[: layer.ndim])
+
+
+def is_time_stack(layer: Any) -> bool:
+    """True when the stack axis of a 3D image layer is labelled as time (:data:`TIME_LABELS`,
+    e.g. ``add_image(movie, axis_labels=("t", "y", "x"))``): its slices are frames (propagated
+    without the vote between slices); False for None."""
+    if layer is None:
+        return False
+    labels = tuple(getattr(layer, "axis_labels", ()) or ())
+    return len(spatial_shape(layer)) == 3 and bool(labels) and str(labels[0]).strip().lower() in TIME_LABELS
 
 
 def image_data(layer: Image) -> Any:

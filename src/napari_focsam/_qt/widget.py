@@ -34,7 +34,7 @@ from .closing import CloseGuard
 from .commits import Commits
 from .embedding_progress import EmbeddingProgress
 from .jobs import LoadResult, SessionJobs
-from .layer_utils import volume_data
+from .layer_utils import is_time_stack, volume_data
 from .panels import ActionPanel, OutputPanel, PromptPanel, SetupPanel, StatusLine
 from .prompt_layers import PromptLayers
 from .prompt_modes import PromptModes
@@ -144,7 +144,7 @@ class FocSAMWidget(QWidget):
                                      notify=self._notify, set_status=self._set_status,
                                      update_buttons=self._update_buttons, clicks=self._clicks,
                                      start_predict=self._start_predict, failed=self._failed,
-                                     stops=self.actions.stops,
+                                     stops=lambda: {**self.actions.stops(), "vote": not is_time_stack(self.sync.image)},
                                      embedded=lambda: (self.state.embedded, self.state.embed_total)))
         self.embeddings = EmbeddingProgress(self.state, jobs=self.jobs, actions=self.actions, tiles=self.tiles,
                                             sync=self.sync, notify=self._notify, set_status=self._set_status,

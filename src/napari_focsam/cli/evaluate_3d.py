@@ -51,6 +51,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help=f"the propagation's IoU stop (default {DEFAULT_IOU_THRESHOLD})")
     p.add_argument("--edge-fade", type=float, default=DEFAULT_EDGE_FADE, metavar="F",
                    help=f"the propagation's out-of-focus stop, 0 = off (default {DEFAULT_EDGE_FADE})")
+    p.add_argument("--no-vote", action="store_true", help="no vote between neighbouring slices (see `segment`)")
     p.add_argument("--cache", default=None, metavar="DIR", help="embedding cache folder")
     p.add_argument("--quiet", action="store_true", help="no line per object on stderr")
     p.add_argument("--out", required=True, help="output folder (results.json)")
@@ -113,7 +114,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"napari-focsam: object {row['label']}: " + " ".join(f"{v:.3f}" for v in row["ious"]),
                   file=sys.stderr, flush=True)
 
-    stops = {"iou_threshold": args.iou_threshold, "edge_fade": args.edge_fade}
+    stops = {"iou_threshold": args.iou_threshold, "edge_fade": args.edge_fade, "vote": not args.no_vote}
     rows = evaluate_volume(image, labels, model, ids=ids, n_clicks=args.clicks, window=window,
                            cache_dir=args.cache, propagate_kwargs=stops, progress=progress)
     summary = summarise(rows)

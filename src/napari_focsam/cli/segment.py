@@ -83,6 +83,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="with --propagate: stop where the object's outline (the image gradient around the "
                         "mask) has faded below F times its clicked slice's, as past the ends of an object "
                         f"in a fluorescence stack; 0 turns it off (default {DEFAULT_EDGE_FADE})")
+    p.add_argument("--no-vote", action="store_true",
+                   help="with --propagate: keep each propagated slice as decoded (by default a pixel is kept "
+                        "where two of the slice and its two neighbours have it, on objects whose sections "
+                        "overlap from slice to slice); use it when the slices are frames in time")
     p.add_argument("--cache", default=None, metavar="DIR", help="embedding cache folder (see `precompute`)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
     p.add_argument("--refine-precision", choices=REFINE_PRECISIONS, default=None,
@@ -207,7 +211,8 @@ def _propagate(args, vol, obj):
     """``obj.propagate`` with a progress bar; a refused propagation is a one-line UserError."""
     update, close = progress_bar(vol.n_slices, "propagation", not args.no_progress)
     try:
-        return obj.propagate(progress=update, iou_threshold=args.iou_threshold, edge_fade=args.edge_fade)
+        return obj.propagate(progress=update, iou_threshold=args.iou_threshold, edge_fade=args.edge_fade,
+                             vote=not args.no_vote)
     except ValueError as exc:
         raise UserError(str(exc)) from None
     finally:

@@ -6,7 +6,7 @@ widget can build their choices without importing torch or the model code.
 
 from __future__ import annotations
 
-__all__ = ["DEFAULT_EDGE_FADE", "DEFAULT_IOU_THRESHOLD", "DEFAULT_MODEL", "PHOTO_MODEL", "PLAIN_MODEL", "REFINE_PRECISIONS"]
+__all__ = ["DEFAULT_EDGE_FADE", "DEFAULT_IOU_THRESHOLD", "DEFAULT_MODEL", "DEFAULT_SLICE_VOTE", "PHOTO_MODEL", "PLAIN_MODEL", "REFINE_PRECISIONS"]
 
 #: The model used when none is named (a registry name, see ``napari-focsam weights list``):
 #: FocSAM-T micro, the MobileSAM encoder with a mask decoder and focus refiner trained by the
@@ -35,3 +35,10 @@ DEFAULT_IOU_THRESHOLD = 0.65
 #: per nucleus, default model (0.801 without the rule): 0.15 / 0.2 / 0.25 / 0.3 gave 0.817 /
 #: 0.824 / 0.821 / 0.813 (``vit_t``: 0.850 / 0.852 / 0.854 / 0.847 against 0.843).
 DEFAULT_EDGE_FADE = 0.2
+
+#: Vote each propagated slice's pixels with its two neighbours' (a pixel is kept where at least
+#: two of slices z - 1, z, z + 1 have it; the clicked slices keep their masks)? Each slice is
+#: decoded on its own, so its outline wobbles around the object's surface from slice to slice.
+#: Measured with the 3D correction protocol (``benchmarks/bench_volume_interactive.py``; table in
+#: ``docs/microscopy``). Off for the frames of a time-lapse, whose objects move between frames.
+DEFAULT_SLICE_VOTE = True

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from scipy import ndimage as ndi
 
 sys.path.insert(0, str(Path(__file__).parents[2]))
 from engine_helpers import make_fast_focsam  # noqa: E402
@@ -285,7 +286,7 @@ def test_a_negative_click_on_a_halo_moves_the_outline_in_and_its_runs_follow(cut
     assert (hist.logits > 0).sum() == (graded > level).sum()  # its logits are shifted to the level
     levels = state["levels"]
     levels.clear()
-    obj.propagate(iou_threshold=0.0)
+    obj.propagate(iou_threshold=0.0, vote=False)  # the runs' own masks (the vote is tested apart)
     # the runs from slice 3 cut at its level, fading by half a slice; the clicked slice 6's runs do not
     assert levels[2] == pytest.approx(level * V.LEVEL_FADE)
     assert levels[1] == pytest.approx(level * V.LEVEL_FADE ** 2)
@@ -310,6 +311,21 @@ def test_a_level_cut_needs_a_halo_and_a_negative_click_on_the_mask(cuts, session
     assert hist.level_cut(emb, Click(S / 2 + 6, S / 2, True)) is None  # positive clicks never cut
     assert hist.level_cut(emb, Click(S / 2 + 12, S / 2, False)) is None  # off the mask
     assert hist.level_cut(emb, Click(S / 2 + 6, S / 2, False)) is not None
+
+
+def test_a_level_cut_that_would_take_the_masks_inner_part_is_left_to_the_decoder(cuts, session, monkeypatch):
+    obj, graded, truth, steps, state = cuts
+    obj.add_click(S / 2 + 3, S / 2, False, z=4)  # not a halo: the decoder edits; the history exists
+    hist, emb = obj.history(4), session.store.get(4)
+    click = Click(S / 2 + 6, S / 2, False)  # on the halo, ~1 px inside the outline
+    shifted, mask, _ = hist.level_cut(emb, click)
+    depth = ndi.distance_transform_edt(np.pad(hist.prior, 1))[1:-1, 1:-1]
+    removed = depth[hist.prior & ~mask]
+    assert removed.max() <= 2.0 * depth[S // 2 + 6, S // 2] + 2.0  # a band as deep as the click
+    assert removed.max() > 2.0
+    # the same cut allowed to reach no deeper than 2 px: refused (the decoder would edit)
+    monkeypatch.setattr("napari_focsam.core.propagation._anchors.LEVEL_MAX_DEPTH", 0.0)
+    assert hist.level_cut(emb, click) is None
 
 
 def test_a_half_gap_that_loses_the_object_hands_its_slices_to_the_other_seed():

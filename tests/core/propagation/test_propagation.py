@@ -10,11 +10,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from scipy import ndimage as ndi
 
 sys.path.insert(0, str(Path(__file__).parents[2]))
 from engine_helpers import blobs_stack, make_fast_focsam  # noqa: E402
 
 from napari_focsam.core.propagation import _plain as V  # noqa: E402
+from napari_focsam.core.propagation import (  # noqa: E402
+    VOTE_MIN_OVERLAP, regions_overlap, sections_overlap, vote_regions, vote_slices)
+from napari_focsam.core.prompting import region_from_plane, region_to_plane  # noqa: E402
 from napari_focsam.core.session import Session  # noqa: E402
 
 Z, S = 12, 32
@@ -557,3 +561,66 @@ def test_decoder_thresholds_come_only_from_numbers_in_range():
     assert decoder_thresholds(meta, "propagation", ("min_pred_iou",)) is None
     assert decoder_thresholds({}, "propagation", ("min_pred_iou",)) is None
     assert decoder_thresholds({"propagation": {"min_pred_iou": True}}, "propagation", ("min_pred_iou",)) is None
+
+
+# --------------------------------------------------------------------------- the vote between slices
+
+
+def test_the_vote_keeps_what_two_of_three_slices_have_and_leaves_seeds_and_ends_alone():
+    def square(a, b):
+        m = np.zeros((12, 12), bool)
+        m[a:b, a:b] = True
+        return m
+
+    wobble = square(3, 9)
+    wobble[0, 0] = True           # a speck only slice 2 has
+    wobble[5, 3] = False          # a notch only slice 2 has
+    masks = {1: square(3, 9), 2: wobble, 3: square(3, 9), 4: square(2, 10)}
+    out = vote_slices(masks, keep=[3])
+    np.testing.assert_array_equal(out[2], square(3, 9))  # the speck and the notch are voted away
+    assert out[3] is masks[3]                            # a seed keeps its mask
+    np.testing.assert_array_equal(out[4], square(3, 9))  # an end keeps what its inner neighbour has
+    np.testing.assert_array_equal(out[1], square(3, 9) & wobble)  # the vote reads the decoded masks
+    assert 0 not in out and 5 not in out                 # never past the object's ends
+    assert masks[2] is wobble and wobble[0, 0]           # the input is not changed
+    lonely = {7: square(3, 9)}
+    assert vote_slices(lonely)[7] is lonely[7]
+
+
+def test_the_vote_on_regions_is_the_vote_on_planes():
+    rng = np.random.default_rng(1)
+    planes = {z: ndi.binary_opening(rng.random((40, 40)) < 0.6) for z in range(3, 9)}
+    planes[5] = np.zeros((40, 40), bool)
+    planes[5][30:33, 2:5] = True  # a small section far from the others: the boxes differ
+    regions = {z: region_from_plane(m) for z, m in planes.items()}
+    voted, on_regions = vote_slices(planes, keep=[4]), vote_regions(regions, keep=[4])
+    assert sorted(voted) == sorted(on_regions)
+    for z in planes:
+        np.testing.assert_array_equal(region_to_plane(on_regions[z], (40, 40)), voted[z])
+    assert regions_overlap(regions) == pytest.approx(sections_overlap(planes))
+
+
+def test_sections_overlap_measures_how_finely_z_samples_the_object():
+    m = np.zeros((10, 10), bool)
+    m[2:6, 2:6] = True
+    shifted = np.roll(m, 2, axis=1)
+    assert sections_overlap({0: m, 1: m, 2: m}) == 1.0
+    assert sections_overlap({0: m, 1: shifted}) == pytest.approx(8 / 24)
+    assert sections_overlap({0: m, 2: m}) == 0.0  # no consecutive pair
+
+
+def test_propagation_votes_where_the_sections_overlap_and_not_along_time(session, scripted, monkeypatch):
+    truth, visits = scripted
+    truth[7][0, 0] = True  # a speck the decoder draws on slice 7 only
+    obj = session.new_object()
+    seed(obj, truth, 4)
+    voted = obj.propagate(iou_threshold=0.0).masks
+    assert not voted[7][0, 0] and voted[4].sum() == truth[4].sum()  # the speck is voted away, the seed kept
+    assert sections_overlap(voted) >= VOTE_MIN_OVERLAP
+    raw = obj.propagate(iou_threshold=0.0, vote=False).masks  # frames of a time-lapse: no vote
+    assert raw[7][0, 0] and sorted(voted) == sorted(raw)
+    for z in raw:
+        np.testing.assert_array_equal(voted[z], vote_slices(raw, keep=[4])[z])
+    # an object whose sections do not overlap enough is left as decoded
+    monkeypatch.setattr(V, "VOTE_MIN_OVERLAP", 1.01)  # the name propagate() reads
+    assert obj.propagate(iou_threshold=0.0).masks[7][0, 0]

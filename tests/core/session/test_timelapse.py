@@ -263,3 +263,21 @@ def test_the_stop_settings_reach_every_propagation_of_a_movie(fast_model, script
             "--model", str(tiny_ckpt), "--no-progress"]
     assert main(base + ["--edge-fade", "0"]) == 0 and set(seen) == {(0.65, 0.0)}
     assert main(base + ["--edge-fade", "1"]) == 2 and "--edge-fade 1 is out of range: it must be within [0, 1)" in capsys.readouterr().err
+
+
+def test_frames_in_time_are_not_voted_with_their_neighbours(movie, scripted, monkeypatch):
+    """Objects move between frames: a (T, Y, X) movie is propagated along t without the vote
+    between slices that a z-stack gets."""
+    from napari_focsam.core.session import _slices
+
+    seen = []
+    real = _slices.propagate
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("vote"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(_slices, "propagate", spy)
+    a = movie.add_object(0, 16, 16)
+    assert movie.propagate(iou_threshold=0.0)[a] == (0, 5)
+    assert seen == [False]

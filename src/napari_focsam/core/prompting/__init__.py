@@ -20,7 +20,7 @@ __getattr__, __dir__, __all__ = _lazy.attach(
         "_prompts": ["PlanePrompts", "Prompts", "SliceHistory"],
         "_regions": ["downsample_region", "empty_region", "MaskRegion", "OnPlane", "region_bbox",
             "region_centroid", "region_from_plane", "region_iou", "region_pixels", "region_shape_iou",
-            "region_to_plane", "shape_iou", "tile_logits_values", "values_bbox", "values_to_region"],
+            "region_to_plane", "shape_iou", "tile_logits_values", "trimmed", "values_bbox", "values_to_region"],
         "_tiled_history": ["box_at_level", "MAX_MOVES", "next_placement", "TiledHistory"],
     },
 )

@@ -38,6 +38,7 @@ __all__ = [
     "region_to_plane",
     "shape_iou",
     "tile_logits_values",
+    "trimmed",
     "values_bbox",
     "values_to_region",
 ]

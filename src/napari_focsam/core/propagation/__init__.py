@@ -15,5 +15,6 @@ __getattr__, __dir__, __all__ = _lazy.attach(
         "_runs": ["DIRECTIONS"],
         "_profile": ["object_profile", "ObjectProfile", "repropagate"],
         "_tiled": ["propagate_tiled", "RegionMasks"],
+        "_vote": ["regions_overlap", "sections_overlap", "VOTE_MIN_OVERLAP", "vote_regions", "vote_slices"],
     },
 )

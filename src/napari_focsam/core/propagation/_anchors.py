@@ -68,6 +68,12 @@ LEVEL_STEP = 0.3
 LEVEL_HALO = 0.5
 #: ... and only when the cut keeps at least this fraction of the propagated mask.
 LEVEL_MIN_KEEP = 0.2
+#: ... and only when it removes nothing deeper inside the propagated mask than this many times
+#: the clicked pixel's own depth (its distance to the mask's outline), plus 2 pixels: the click
+#: says the outline lies inside of *there*, so a cut that takes the mask's inner part too is not
+#: what was asked. A cut at a blurred end removes a band as deep as the click; on an EM
+#: chloroplast a click 7 px inside its edge cut away 63 % of the section, 39 px deep.
+LEVEL_MAX_DEPTH = 2.0
 
 
 def inside(mask: np.ndarray, click: Click) -> bool:
@@ -199,7 +205,8 @@ class AnchorHistory(OnPlane):
         Returns the logits shifted to the new level (their mask is ``> 0``), the mask and the
         level; None for a positive click, a click off the mask, a click whose logit is above
         :data:`LEVEL_HALO` of the centre's (a sharp edge: the decoder edits the mask instead),
-        or a cut that loses the centre or keeps less than :data:`LEVEL_MIN_KEEP` of the mask.
+        or a cut that loses the centre, keeps less than :data:`LEVEL_MIN_KEEP` of the mask or
+        removes pixels deeper inside it than :data:`LEVEL_MAX_DEPTH` times the click's depth.
         """
         _, logits = self.graded(emb)
         iy, ix = click_pixel(click, self.original_size)
@@ -213,6 +220,10 @@ class AnchorHistory(OnPlane):
         with torch.inference_mode():
             mask = logits_to_mask(shifted, self.input_size, self.original_size)
         if not mask[cy, cx] or mask[iy, ix] or mask.sum() < LEVEL_MIN_KEEP * self.prior.sum():
+            return None
+        depth = ndi.distance_transform_edt(np.pad(self.prior, 1))[1:-1, 1:-1]
+        removed = self.prior & ~mask
+        if removed.any() and depth[removed].max() > LEVEL_MAX_DEPTH * depth[iy, ix] + 2.0:
             return None
         return shifted, mask, level
 

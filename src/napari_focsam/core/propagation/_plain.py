@@ -59,11 +59,13 @@ from scipy import ndimage as ndi
 
 from ...modeling.focsam import FocSAM
 from ..defaults import DEFAULT_IOU_THRESHOLD  # the measured stop threshold (re-exported)
+from ..defaults import DEFAULT_SLICE_VOTE
 from ..prompting import mask_iou, shape_iou
 from ..prompting import FocSAMPredictor, MaskRegion, logits_to_mask, region_from_plane
 from ..embeddings import ImageEmbedding
 from ._edges import DEFAULT_EDGE_FADE, fade_stop
 from ._runs import DIRECTIONS, PropagationRun, plan_runs, run_all, walk_run
+from ._vote import VOTE_MIN_OVERLAP, sections_overlap, vote_slices
 
 if TYPE_CHECKING:
     from ..embeddings import EmbeddingStore
@@ -448,6 +450,7 @@ def propagate(
     offsets: Mapping[int, float] | None = None,
     edge_fade: float | None = DEFAULT_EDGE_FADE,
     outline_from: Iterable[int] | None = None,
+    vote: bool = DEFAULT_SLICE_VOTE,
 ) -> PropagationResult:
     """Propagate from seed slices (slice -> (mask, logits or None)) through ``store``'s volume.
 
@@ -457,6 +460,9 @@ def propagate(
     all): the slices where the object was started, not the corrections of propagated slices
     (made where a run went wrong, often at a blurred end; and so a correction does not move
     the reference of every run).
+    vote: the propagated slices' masks voted with their neighbours' where the object's sections
+    overlap enough (:mod:`._vote`; the seeds keep their masks). False for stacks whose slices
+    are frames in time.
 
     offsets: seed slice -> the logit level its runs' masks are cut at (default 0; a correction
     that moved its slice's level, see :class:`~napari_focsam.core.propagation.AnchorHistory`).
@@ -547,6 +553,8 @@ def propagate(
     if memo is not None and not was_cancelled:
         memo.update(scored)
     masks.update(run_masks)
+    if vote and sections_overlap(masks) >= VOTE_MIN_OVERLAP:
+        masks = vote_slices(masks, keep=seeds)
     nonempty = [z for z, m in masks.items() if m.any()]
     z_range = (min(nonempty), max(nonempty)) if nonempty else (order[0], order[0])
     return PropagationResult(PlaneMasks(sorted(masks.items())), z_range, reasons, was_cancelled, ious,

@@ -22,7 +22,7 @@ from typing import Callable, Hashable, Iterable, Iterator, Mapping
 import numpy as np
 import torch
 
-from ..defaults import DEFAULT_IOU_THRESHOLD
+from ..defaults import DEFAULT_IOU_THRESHOLD, DEFAULT_SLICE_VOTE
 from ..embeddings import TiledEmbeddingStore
 from ..images import EDGE_MARGIN, TileKey
 from ..prompting import (
@@ -33,6 +33,7 @@ from ._plain import (
     doubts_its_mask, interior_point, mask_box, mask_to_logits)
 from ._edges import DEFAULT_EDGE_FADE, fade_stop
 from ._runs import DIRECTIONS, plan_runs, run_all, walk_run
+from ._vote import VOTE_MIN_OVERLAP, regions_overlap, vote_regions
 
 __all__ = ["RegionMasks", "propagate_tiled"]
 
@@ -144,6 +145,7 @@ def propagate_tiled(
     memo: dict | None = None,
     edge_fade: float | None = DEFAULT_EDGE_FADE,
     outline_from: Iterable[int] | None = None,
+    vote: bool = DEFAULT_SLICE_VOTE,
 ) -> PropagationResult:
     """Propagate from seed slices (slice -> (region, tile or None, logits or None)) through a
     tiled stack; the result's ``masks`` is a :class:`RegionMasks`. See :func:`~napari_focsam.core.propagation.propagate`
@@ -173,6 +175,8 @@ def propagate_tiled(
         runs, run_one, iou_threshold=iou_threshold, params=(prompt, multimask, min_pixels), outer_params=(edge_fade, outline),
         tokens=tokens, memo=memo, progress=progress)
     regions.update(run_regions)
+    if vote and regions_overlap(regions) >= VOTE_MIN_OVERLAP:
+        regions = vote_regions(regions, keep=seeds)
     nonempty = [z for z, r in regions.items() if region_pixels(r)]
     z_range = (min(nonempty), max(nonempty)) if nonempty else (order[0], order[0])
     return PropagationResult(RegionMasks(regions, store.volume.plane_shape), z_range, reasons, was_cancelled, ious,

@@ -14,7 +14,7 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 import torch
 
-from ..defaults import DEFAULT_EDGE_FADE, DEFAULT_IOU_THRESHOLD
+from ..defaults import DEFAULT_EDGE_FADE, DEFAULT_IOU_THRESHOLD, DEFAULT_SLICE_VOTE
 from ..images import ImageVolume, TileKey
 from ..models import release_memory
 from ..prompting import (
@@ -25,6 +25,15 @@ from ..propagation import (
 __all__ = ["RELEASE_AFTER_DROPPED_CLICKS", "SegmentedObject"]
 
 log = logging.getLogger("napari_focsam.core.session")
+
+
+def _continued_from(slices: Any, obj: "SegmentedObject", z: int) -> tuple:
+    """The seed and token of slice ``z``'s propagated mask, to propagate from there (ValueError
+    when the slice has none)."""
+    previous = slices.previous_seed(obj, z)
+    if previous is None:
+        raise ValueError(f"slice {z} has no clicks and no mask to propagate from: click on it first")
+    return previous
 
 
 def _frozen(mask: np.ndarray) -> np.ndarray:
@@ -436,6 +445,7 @@ class SegmentedObject:
         prompt: str = DEFAULT_PROMPT,
         multimask: bool = DEFAULT_MULTIMASK,
         edge_fade: float | None = DEFAULT_EDGE_FADE,
+        vote: bool = DEFAULT_SLICE_VOTE,
     ) -> PropagationResult:
         """Propagate slice by slice from the clicked slices (and ``z_start``) through the stack.
 
@@ -446,7 +456,8 @@ class SegmentedObject:
         there); a clicked ``z_start`` changes nothing. A clicked slice whose mask is empty
         (e.g. only negative clicks) stops the propagation there. Embeddings missing on the way
         are computed. ``cancelled()`` is checked between slices; a cancelled run keeps (and
-        returns) what it finished. The result becomes :meth:`volume_mask`. Stop rules: ``propagate``.
+        returns) what it finished. The result becomes :meth:`volume_mask`. Stop rules and ``vote``
+        (False: the slices are frames in time, not voted with their neighbours): ``propagate``.
 
         Re-propagation after an edit reuses every run whose seed slice, extent and parameters
         did not change: a click on one slice only re-propagates the runs next to that slice.
@@ -461,17 +472,14 @@ class SegmentedObject:
                 if z_start is not None:
                     z_start = self._check_z(z_start)
                     if z_start not in seeds:
-                        previous = slices.previous_seed(self, z_start)
-                        if previous is None:
-                            raise ValueError(f"slice {z_start} has no clicks and no mask to propagate from: "
-                                             "click on it first")
-                        seeds[z_start], tokens[z_start] = previous
+                        seeds[z_start], tokens[z_start] = _continued_from(slices, self, z_start)
                 if not seeds:
                     raise ValueError("the object has no clicks yet: add a click first")
             # without the object's lock: mask() etc. stay responsive while this runs
             result = slices.propagate(seeds, tokens, self._runs, restyled, offsets=offsets, outline_from=starts,
                                       iou_threshold=iou_threshold, edge_fade=edge_fade, directions=directions,
-                                      progress=progress, cancelled=cancelled, prompt=prompt, multimask=multimask)
+                                      progress=progress, cancelled=cancelled, prompt=prompt, multimask=multimask,
+                                      vote=vote)
             self._finish(result, tokens)
             return result
 

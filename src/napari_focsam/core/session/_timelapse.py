@@ -205,7 +205,7 @@ class TimeLapse:
             if self.is_4d:
                 out[oid] = self._propagate_4d(oid, directions, stops, cancelled)
             else:
-                res = self._objects[oid].propagate(**stops, directions=directions, cancelled=cancelled)
+                res = self._objects[oid].propagate(**stops, directions=directions, cancelled=cancelled, vote=False)
                 out[oid] = tuple(res.z_range)
             if progress is not None:
                 progress(k + 1, len(ids))
