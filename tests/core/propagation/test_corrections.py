@@ -393,6 +393,29 @@ def test_a_gap_run_from_both_ends_keeps_the_mask_the_decoder_scores_higher():
                    8: "from 2", 9: "from 2"}  # 0.9 against the nearer run's 0.72 and 0.8
 
 
+def test_between_clicked_slices_a_mask_far_from_both_seeds_sizes_loses_whatever_its_score():
+    # EM chloroplast 67: seeds of 13,946 px (slice 0) and 12,024 px (slice 4, corrected); the run
+    # from 4 drew an inner part of ~800 px, scored above the run from 0's whole sections
+    runs = R.plan_runs([0, 4], set(), 5, R.DIRECTIONS, full_gaps=True)
+    sizes = {"part": 800, "whole": 13000, "neighbours": 40000}
+    drawn = {+1: {1: "whole", 2: "whole", 3: "neighbours"}, -1: {3: "part", 2: "part", 1: "part"}}
+    scores = {+1: {1: 0.80, 2: 0.80, 3: 0.95}, -1: {3: 0.95, 2: 0.95, 1: 0.95}}
+
+    def run_one(run, tick):
+        if run.outer:
+            return {}, {}, "vanished", {}
+        return dict(drawn[run.step]), {z: 0.8 for z in drawn[run.step]}, "border", scores[run.step]
+
+    kw = dict(iou_threshold=0.5, params=(), tokens=None, memo=None, progress=None)
+    by_score = R.run_all(runs, run_one, **kw)[0]
+    assert by_score == {1: "part", 2: "part", 3: "part"}  # the scores alone: the part everywhere
+    by_size = R.run_all(runs, run_one, size=sizes.get, seed_sizes={0: 13946, 4: 12024}, **kw)[0]
+    # slices 1-2: only the whole is within (0.5 x 12,024, 2 x 13,946); slice 3: neither the part
+    # nor the neighbours fit, so the scores decide as before
+    assert by_size == {1: "whole", 2: "whole", 3: "part"}
+    assert R.GAP_SIZE_BAND == (0.5, 2.0)
+
+
 def test_a_click_inside_a_gap_re_decodes_only_the_runs_from_the_new_seed():
     # Seeds 2 and 10 run through the whole gap; a correction on slice 6 (a new seed) splits it.
     # The runs from 2 up to 6 and from 10 down to 6 are the first slices of the earlier runs

@@ -549,7 +549,8 @@ def propagate(
         # is left out of the key: a click that moves it (a new seed scored higher) re-decodes
         # the runs next to that slice only, not the unchanged seeds' runs under a new floor
         params=(prompt, multimask, min_pixels, refine, iou_threshold if second_try else None),
-        tokens=tokens, memo=memo, progress=progress, keep_better=calibrated)
+        tokens=tokens, memo=memo, progress=progress, keep_better=calibrated,
+        size=np.count_nonzero, seed_sizes={z: int(np.count_nonzero(m)) for z, m in masks.items()})
     if memo is not None and not was_cancelled:
         memo.update(scored)
     masks.update(run_masks)
