@@ -124,7 +124,7 @@ def test_a_time_lapse_keeps_ids_through_time_and_takes_new_cells_later(dock, qtb
     viewer.reset_view()
     qtbot.wait(100)
     # frames in time: no vote between neighbouring frames (a cell moves from one to the next)
-    assert widget.volume.hooks.stops()["vote"] is False
+    assert widget.vote_check.isChecked() and widget.volume.hooks.stops()["vote"] is False
     for cell, t0 in ((1, 0), (2, 4)):
         viewer.dims.set_current_step(0, t0)
         qtbot.waitUntil(lambda t0=t0: widget.sync.view_z == t0, timeout=5000)
@@ -174,6 +174,11 @@ def test_the_object_ends_where_it_goes_out_of_focus_and_the_stop_can_be_turned_o
     wait_idle(qtbot, widget)
     assert widget.edge_spin.value() == pytest.approx(0.2) and widget.edge_spin.isEnabled()
     assert widget.volume.hooks.stops()["vote"] is True  # slices in z are voted with their neighbours
+    assert widget.vote_check.isChecked() and widget.vote_check.isEnabled()
+    qtbot.mouseClick(widget.vote_check, Qt.MouseButton.LeftButton)  # the user unticks it: no vote
+    assert widget.volume.hooks.stops()["vote"] is False
+    qtbot.mouseClick(widget.vote_check, Qt.MouseButton.LeftButton)
+    assert widget.volume.hooks.stops()["vote"] is True
 
     key(qtbot, viewer, Qt.Key.Key_S, Qt.KeyboardModifier.ShiftModifier)  # Segment volume
     qtbot.waitUntil(lambda: "volume segmented" in widget.last_message, timeout=WAIT_MS)

@@ -7,8 +7,8 @@ from typing import Any
 import numpy as np
 from napari.layers import Image
 
-__all__ = ["OWNER_KEY", "TIME_LABELS", "image_data", "is_time_stack", "output_name", "owner_of", "same_transform", "spatial_shape", "transform_kwargs",
-           "volume_data"]
+__all__ = ["OWNER_KEY", "TIME_LABELS", "for_layer", "image_data", "is_time_stack", "output_name", "owner_of",
+           "same_transform", "spatial_shape", "transform_kwargs", "volume_data"]
 
 #: Metadata key of an output labels layer made by the widget: the name of the image it labels.
 OWNER_KEY = "napari_focsam_image"
@@ -30,6 +30,12 @@ def is_time_stack(layer: Any) -> bool:
         return False
     labels = tuple(getattr(layer, "axis_labels", ()) or ())
     return len(spatial_shape(layer)) == 3 and bool(labels) and str(labels[0]).strip().lower() in TIME_LABELS
+
+
+def for_layer(stops: dict, layer: Any) -> dict:
+    """The propagation's settings ``stops`` (``propagate``'s keyword arguments) for image
+    ``layer``: no vote between the frames of a time stack (:func:`is_time_stack`)."""
+    return {**stops, "vote": bool(stops.get("vote", True)) and not is_time_stack(layer)}
 
 
 def image_data(layer: Image) -> Any:

@@ -29,7 +29,7 @@ from qtpy.QtWidgets import (
     QVBoxLayout,
 )
 
-from ..core.defaults import DEFAULT_EDGE_FADE, DEFAULT_IOU_THRESHOLD, DEFAULT_MODEL
+from ..core.defaults import DEFAULT_EDGE_FADE, DEFAULT_IOU_THRESHOLD, DEFAULT_MODEL, DEFAULT_SLICE_VOTE
 from ..core.editing import PasteError
 from .constants import (
     CUSTOM_FILE, DEVICES, EMBEDDING_CACHE_ENV, NEGATIVE_COLOR, NEW_LABELS, POSITIVE_COLOR, THREADS_ENV, default_threads)
@@ -399,6 +399,13 @@ class ActionPanel(QGroupBox):
                                   "is weaker than this fraction of the clicked slices' (the blur past the ends "
                                   "of a nucleus in a fluorescence stack); off at 0")
         form.addRow("Stop where outline fades below", self.edge_spin)
+        self.vote_check = QCheckBox("Slices agree with their neighbours")
+        self.vote_check.setChecked(DEFAULT_SLICE_VOTE)
+        self.vote_check.setToolTip("After propagation each slice you did not click keeps the pixels that two of it "
+                                   "and its two neighbours have (a bulge or notch one slice alone draws goes), on "
+                                   "objects whose sections overlap from slice to slice; never on the frames of a "
+                                   "time-lapse (a layer whose first axis is labelled t)")
+        form.addRow(self.vote_check)
         box.addLayout(form)
         row, self.progress_bar, self.cancel_button = progress_row()
         box.addLayout(row)
@@ -424,11 +431,13 @@ class ActionPanel(QGroupBox):
         self.volume_button.setEnabled(ready and is_3d and not volume_running)
         self.iou_spin.setEnabled(is_3d)
         self.edge_spin.setEnabled(is_3d)
+        self.vote_check.setEnabled(is_3d)
         self.cancel_button.setVisible(volume_running or cancellable)
 
     def stops(self) -> dict:
         """The propagation's stop settings, as keyword arguments of ``propagate``."""
-        return {"iou_threshold": float(self.iou_spin.value()), "edge_fade": float(self.edge_spin.value())}
+        return {"iou_threshold": float(self.iou_spin.value()), "edge_fade": float(self.edge_spin.value()),
+                "vote": self.vote_check.isChecked()}
 
     def show_progress(self, done: int | None, total: int, fmt: str) -> None:
         """Show the bar: ``done`` of ``total`` (``done`` None or ``total`` 0: busy, no count)."""

@@ -34,7 +34,7 @@ from .closing import CloseGuard
 from .commits import Commits
 from .embedding_progress import EmbeddingProgress
 from .jobs import LoadResult, SessionJobs
-from .layer_utils import is_time_stack, volume_data
+from .layer_utils import for_layer, volume_data
 from .panels import ActionPanel, OutputPanel, PromptPanel, SetupPanel, StatusLine
 from .prompt_layers import PromptLayers
 from .prompt_modes import PromptModes
@@ -144,7 +144,7 @@ class FocSAMWidget(QWidget):
                                      notify=self._notify, set_status=self._set_status,
                                      update_buttons=self._update_buttons, clicks=self._clicks,
                                      start_predict=self._start_predict, failed=self._failed,
-                                     stops=lambda: {**self.actions.stops(), "vote": not is_time_stack(self.sync.image)},
+                                     stops=lambda: for_layer(self.actions.stops(), self.sync.image),
                                      embedded=lambda: (self.state.embedded, self.state.embed_total)))
         self.embeddings = EmbeddingProgress(self.state, jobs=self.jobs, actions=self.actions, tiles=self.tiles,
                                             sync=self.sync, notify=self._notify, set_status=self._set_status,
@@ -505,8 +505,8 @@ CONTROLS = {**dict.fromkeys(("image_combo", "model_combo", "device_combo", "refi
                              "cache_button", "threads_spin"), "setup"),
             **dict.fromkeys(("output_combo", "overwrite_check"), "output"),
             "polarity_button": "prompt_panel",
-            **dict.fromkeys(("commit_button", "clear_button", "volume_button", "iou_spin", "edge_spin", "progress_bar",
-                             "cancel_button"), "actions")}
+            **dict.fromkeys(("commit_button", "clear_button", "volume_button", "iou_spin", "edge_spin", "vote_check",
+                             "progress_bar", "cancel_button"), "actions")}
 #: Fields of the dock's :class:`~.state.WidgetState`, by the names scripts and tests read.
 STATE_NAMES = {"last_message": "message", "last_latency_ms": "latency_ms", "last_model_ms": "model_ms",
                "last_committed_id": "committed_id", "embedded_slices": "embedded"}
