@@ -6,7 +6,8 @@ widget can build their choices without importing torch or the model code.
 
 from __future__ import annotations
 
-__all__ = ["DEFAULT_EDGE_FADE", "DEFAULT_IOU_THRESHOLD", "DEFAULT_MODEL", "DEFAULT_SLICE_VOTE", "PHOTO_MODEL", "PLAIN_MODEL", "REFINE_PRECISIONS"]
+__all__ = ["DEFAULT_EDGE_FADE", "DEFAULT_IOU_THRESHOLD", "DEFAULT_MODEL", "DEFAULT_SLICE_VOTE", "PHOTO_MODEL",
+           "PLAIN_MODEL", "REFINE_PRECISIONS"]
 
 #: The model used when none is named (a registry name, see ``napari-focsam weights list``):
 #: FocSAM-T micro, the MobileSAM encoder with a mask decoder and focus refiner trained by the

@@ -259,9 +259,10 @@ def run_all(runs: Iterable[PropagationRun], run_one: Callable, *, iou_threshold:
     :data:`CANCELLED` when it was cancelled, which skips the runs left; it may return the
     decoder's scores by slice as a fourth item. A half of a gap that stops early hands its
     slices over to the other seed (:func:`hand_over`); a gap run through from both ends keeps
-    the better mask per slice (:func:`merge_gap`, given ``size`` and ``seed_sizes``); with ``keep_better`` (a decoder whose scores
-    are calibrated), an outer run redone from a corrected seed keeps the previous call's masks
-    where they score better (:func:`keep_better_outer`). A run's memo key is its extent, its
+    the better mask per slice (:func:`merge_gap`, given ``size`` and ``seed_sizes``); with
+    ``keep_better`` (a decoder whose scores are calibrated), an outer run redone from a
+    corrected seed keeps the previous call's masks where they score better
+    (:func:`keep_better_outer`). A run's memo key is its extent, its
     seed's ``tokens`` entry (no key without one), ``iou_threshold`` and ``outer_params`` for the
     outer runs (the stops only they apply) and ``params`` (the decoding parameters the caller
     keys runs on; the plain propagation leaves the object's confidence out, so that a run from an
