@@ -377,7 +377,16 @@ class ActionPanel(QGroupBox):
         self.volume_button = QPushButton("Segment volume [Shift+S]")
         self.volume_button.setToolTip("3D stacks: propagate the object slice by slice from the clicked "
                                       "slices through the stack, then commit it")
-        box.addWidget(self.volume_button)
+        self.vote_check = QCheckBox("Smooth along z")
+        self.vote_check.setChecked(DEFAULT_SLICE_VOTE)
+        self.vote_check.setToolTip("After propagation each slice you did not click keeps the pixels that two of it "
+                                   "and its two neighbours have (a bulge or notch one slice alone draws goes), on "
+                                   "objects whose sections overlap from slice to slice; never on the frames of a "
+                                   "time-lapse (a layer whose first axis is labelled t)")
+        row = QHBoxLayout()
+        row.addWidget(self.volume_button, 1)
+        row.addWidget(self.vote_check)
+        box.addLayout(row)
         form = QFormLayout()
         self.iou_spin = QDoubleSpinBox()
         self.iou_spin.setRange(0.05, 0.95)
@@ -399,13 +408,6 @@ class ActionPanel(QGroupBox):
                                   "is weaker than this fraction of the clicked slices' (the blur past the ends "
                                   "of a nucleus in a fluorescence stack); off at 0")
         form.addRow("Stop where outline fades below", self.edge_spin)
-        self.vote_check = QCheckBox("Slices agree with their neighbours")
-        self.vote_check.setChecked(DEFAULT_SLICE_VOTE)
-        self.vote_check.setToolTip("After propagation each slice you did not click keeps the pixels that two of it "
-                                   "and its two neighbours have (a bulge or notch one slice alone draws goes), on "
-                                   "objects whose sections overlap from slice to slice; never on the frames of a "
-                                   "time-lapse (a layer whose first axis is labelled t)")
-        form.addRow(self.vote_check)
         box.addLayout(form)
         row, self.progress_bar, self.cancel_button = progress_row()
         box.addLayout(row)
