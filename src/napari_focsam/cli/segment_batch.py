@@ -40,6 +40,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--edge-fade", type=float, default=DEFAULT_EDGE_FADE, metavar="F",
                    help="with --propagate: stop where an object's outline has faded below F times its seed "
                         f"slice's (out of focus); 0 turns it off (default {DEFAULT_EDGE_FADE})")
+    p.add_argument("--no-vote", action="store_true",
+                   help="with --propagate: keep each propagated slice as decoded (no vote with its neighbours)")
     add_image_model_options(p)
     p.add_argument("--cache", default=None, metavar="DIR",
                    help="embedding cache folder shared by the workers (run `precompute` first)")
@@ -78,7 +80,8 @@ def run(args: argparse.Namespace) -> int:
     note(f"read {args.image} as {layout_of(vol)}; {len(seeds)} seeds")
     source = ImageSource(str(args.image), contrast_limits=args.contrast_limits)
     kwargs = dict(model=args.model, device=args.device, cache_dir=args.cache, propagate=args.propagate,
-                  iou_threshold=args.iou_threshold, edge_fade=args.edge_fade, seeds_per_task=args.units_per_task,
+                  iou_threshold=args.iou_threshold, edge_fade=args.edge_fade, vote=not args.no_vote,
+                  seeds_per_task=args.units_per_task,
                   progress=not args.no_progress)
     workers = 1
     try:

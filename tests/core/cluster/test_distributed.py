@@ -256,22 +256,25 @@ def test_segment_batch_cli_checks_before_any_work(cells3d_files, tmp_path):
     assert rc == 2  # the stop rules are checked first
 
 
-def test_segment_seeds_passes_the_stop_rules_to_each_propagation(monkeypatch):
-    """``iou_threshold`` and ``edge_fade`` reach ``propagate``; those left None are the product's."""
-    from engine_helpers import make_fast_focsam
+def test_segment_seeds_passes_the_stop_rules_and_the_vote_to_each_propagation(monkeypatch, tiny_ckpt, tmp_path):
+    """``iou_threshold``, ``edge_fade`` and ``vote`` reach ``propagate``; stops left None are the
+    product's."""
+    import tifffile
 
-    from napari_focsam.core.cluster import _distributed as D
-    from napari_focsam.core.session import Session
     from napari_focsam.core.session._objects import SegmentedObject
 
     seen = []
     real = SegmentedObject.propagate
     monkeypatch.setattr(SegmentedObject, "propagate", lambda self, **k: seen.append(k) or real(self, **k))
-    session = Session(np.random.default_rng(0).random((3, 32, 32)).astype(np.float32), make_fast_focsam())
-    D.segment_one(session, 0, (1, 16, 16), True, 0.5, 0.0)
-    D.segment_one(session, 1, (1, 16, 16), True, None, 0.3)
-    D.segment_one(session, 2, (1, 16, 16), True)
-    assert seen == [{"iou_threshold": 0.5, "edge_fade": 0.0}, {"edge_fade": 0.3}, {}]
+    path = tmp_path / "s.tif"
+    tifffile.imwrite(path, np.random.default_rng(0).integers(0, 255, (3, 32, 32), dtype=np.uint8))
+    seeds = np.array([[1.0, 16.0, 16.0]])
+    run = dict(model=str(tiny_ckpt), propagate=True, progress=False)
+    segment_seeds(ImageSource(str(path)), seeds, iou_threshold=0.5, edge_fade=0.0, vote=False, **run)
+    segment_seeds(ImageSource(str(path)), seeds, edge_fade=0.3, **run)
+    segment_seeds(ImageSource(str(path)), seeds, **run)
+    assert seen == [{"iou_threshold": 0.5, "edge_fade": 0.0, "vote": False}, {"edge_fade": 0.3, "vote": True},
+                    {"vote": True}]
 
 
 def test_waiting_for_tasks_ends_when_the_client_stays_away_from_its_scheduler():

@@ -2,16 +2,14 @@
 
 Why dask.distributed: it is the scheduler the field already speaks (napari's dask arrays,
 dask-jobqueue on SLURM/PBS/SGE clusters, ``dask scheduler`` / ``dask worker`` by hand, or a
-:class:`~distributed.LocalCluster` of processes on one machine). It gives us what a home-made
-pool would have to re-invent: worker processes that keep state (the loaded model), retries of
-tasks whose worker died, a progress bar, and one API whether the workers are local or remote.
+:class:`~distributed.LocalCluster` of processes on one machine), with what a home-made pool would
+re-invent: workers that keep state (the model), retries of tasks whose worker died, progress.
 
 Units of work are slices (one 2D image is one unit). Each task runs on a worker:
 
 1. it re-opens the image from a picklable :class:`ImageSource` (lazily: a zarr array or a TIFF
    read page by page through tifffile's zarr view, so a worker reads only its slices);
-2. it loads the model through :func:`~napari_focsam.core.models._load.load_model`, which keeps it in
-   the worker process, so each worker loads the model once;
+2. it loads the model through :func:`~napari_focsam.core.models._load.load_model`, once per worker;
 3. it fills its slices into the same signed zarr store a single process would write
    (:class:`~napari_focsam.core.embeddings._store.EmbeddingStore.precompute`).
 
@@ -19,10 +17,10 @@ The store needs nothing from the file system but atomic ``mkdir`` and ``rename``
 disks and NFS): every slice is its own chunk in every array, so workers never write the same
 chunk; a slice counts as done only once its features, checksum and completion flag are
 written, so a worker killed mid-write leaves a slice that is recomputed, never read; and the
-per-slice claims of :mod:`~napari_focsam.core.embeddings._claims` keep two workers from encoding one slice at once (a claim
-of a dead process is broken at once on its host, after ``CLAIM_TIMEOUT_S`` elsewhere). A task
-whose worker died is re-run by the scheduler on another worker (``retries``); whatever a run
-leaves undone, the next run completes.
+per-slice claims of :mod:`~napari_focsam.core.embeddings._claims` keep two workers from encoding
+one slice at once (a dead process's claim is broken at once on its host, after
+``CLAIM_TIMEOUT_S`` elsewhere). A task whose worker died is re-run on another worker
+(``retries``); whatever a run leaves undone, the next run completes.
 """
 
 from __future__ import annotations
@@ -33,7 +31,7 @@ from concurrent.futures import CancelledError
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -482,9 +480,9 @@ def regions_to_crop(regions: dict[int, Any]) -> tuple[tuple[int, int, int], np.n
 
 
 def segment_one(session: Any, index: int, seed: Sequence[float], propagate: bool,
-                iou_threshold: float | None = None, edge_fade: float | None = None) -> ObjectResult:
-    """One object from one positive seed (and its propagation through a stack); works region by
-    region, so memory follows the object, not the image (no full plane of a huge image)."""
+                stops: Mapping[str, Any] | None = None) -> ObjectResult:
+    """One object from one positive seed (propagated through a stack with keyword arguments ``stops``);
+    region by region, so memory follows the object, not the image (no full plane of a huge image)."""
     vol = session.volume
     z = int(round(seed[0])) if vol.is_3d else 0
     y, x = float(seed[-2]), float(seed[-1])
@@ -492,7 +490,7 @@ def segment_one(session: Any, index: int, seed: Sequence[float], propagate: bool
     try:
         region = obj.add_click(y, x, True, z, region=True) if vol.is_3d else obj.add_click(y, x, True, region=True)
         if vol.is_3d and propagate:
-            obj.propagate(**{k: v for k, v in (("iou_threshold", iou_threshold), ("edge_fade", edge_fade)) if v is not None})
+            obj.propagate(**(stops or {}))
             regions = obj.volume_regions()
         else:
             regions = {z: region}
@@ -504,7 +502,7 @@ def segment_one(session: Any, index: int, seed: Sequence[float], propagate: bool
 
 def _segment_task(source: ImageSource, cache_dir: str | None, model: str, device: str,
                   items: Sequence[tuple[int, Sequence[float]]], propagate: bool,
-                  iou_threshold: float | None, threads: int | None, edge_fade: float | None = None) -> list[ObjectResult]:
+                  stops: Mapping[str, Any], threads: int | None) -> list[ObjectResult]:
     """Runs on a worker: segment several seeds with one session (the worker keeps the model)."""
     import torch
 
@@ -513,13 +511,13 @@ def _segment_task(source: ImageSource, cache_dir: str | None, model: str, device
     if threads:
         torch.set_num_threads(int(threads))
     with Session(source.volume(), model, device=device, cache_dir=cache_dir) as session:
-        return [segment_one(session, i, seed, propagate, iou_threshold, edge_fade) for i, seed in items]
+        return [segment_one(session, i, seed, propagate, stops) for i, seed in items]
 
 
 def segment_seeds(source: ImageSource, seeds: np.ndarray, *, model: str, device: str = "cpu",
-                  cache_dir: str | Path | None = None, propagate: bool = False,
-                  iou_threshold: float | None = None, edge_fade: float | None = None, client: Any = None,
-                  seeds_per_task: int = 4, retries: int = 3, threads: int | None = None, progress: bool = True,
+                  cache_dir: str | Path | None = None, propagate: bool = False, iou_threshold: float | None = None,
+                  edge_fade: float | None = None, vote: bool = True, client: Any = None, seeds_per_task: int = 4,
+                  retries: int = 3, threads: int | None = None, progress: bool = True,
                   on_object: Callable[[int, int], None] | None = None) -> list[ObjectResult]:
     """Segment one object per seed, in this process or on the workers of ``client``.
 
@@ -536,8 +534,8 @@ def segment_seeds(source: ImageSource, seeds: np.ndarray, *, model: str, device:
         that no two workers encode one slice).
     propagate : bool
         Propagate each object through the stack from its seed's slice.
-    iou_threshold, edge_fade : float or None
-        The propagation's stop rules (``SegmentedObject.propagate``); None: the product's.
+    iou_threshold, edge_fade, vote : float or None, float or None, bool
+        The propagation's stop rules and vote (``SegmentedObject.propagate``); None: the product's.
     client : distributed.Client or None
         None runs in this process, one session for all seeds.
     seeds_per_task : int
@@ -553,6 +551,8 @@ def segment_seeds(source: ImageSource, seeds: np.ndarray, *, model: str, device:
     if seeds.ndim != 2 or seeds.shape[1] != ndim:
         raise ValueError(f"expected seeds of shape (N, {ndim}), got {seeds.shape}")
     items = [(i, tuple(float(v) for v in s)) for i, s in enumerate(seeds)]
+    stops = {k: v for k, v in {"iou_threshold": iou_threshold, "edge_fade": edge_fade, "vote": vote}.items()
+             if v is not None}
     cache = None if cache_dir is None else str(Path(cache_dir).expanduser().resolve())
     if client is None:
         from ..session import Session
@@ -560,13 +560,13 @@ def segment_seeds(source: ImageSource, seeds: np.ndarray, *, model: str, device:
         out = []
         with Session(vol, model, device=device, cache_dir=cache) as session:
             for n, (i, seed) in enumerate(items, start=1):
-                out.append(segment_one(session, i, seed, propagate, iou_threshold, edge_fade))
+                out.append(segment_one(session, i, seed, propagate, stops))
                 if on_object is not None:
                     on_object(n, len(items))
         return out
     groups = [items[k:k + max(1, seeds_per_task)] for k in range(0, len(items), max(1, seeds_per_task))]
-    futures = [client.submit(_segment_task, source, cache, model, device, g, propagate, iou_threshold,
-                             threads, edge_fade, pure=False, retries=retries) for g in groups]
+    futures = [client.submit(_segment_task, source, cache, model, device, g, propagate, stops, threads,
+                             pure=False, retries=retries) for g in groups]
     if futures and progress:
         progress_on_stderr(futures)
     wait_for_tasks(client, futures)
