@@ -45,12 +45,11 @@ from typing import Callable, Sequence
 
 import numpy as np
 import torch
-from scipy import ndimage as ndi
 
 from ...modeling.mask_resize import logit_at
 from ..embeddings import ImageEmbedding, input_size_for
 from ..prompting import Click, ClickState, FocSAMPredictor, OnPlane, click_pixel, logits_to_mask, tensor_bytes
-from ._plain import decode_prompt, mask_to_logits
+from ._plain import decode_prompt, inner_depth, mask_to_logits
 
 __all__ = ["AnchorHistory", "STOP_DISC", "inside", "prior_prompt", "rejects_mask"]
 
@@ -93,9 +92,9 @@ def prior_prompt(mask: np.ndarray) -> tuple[Click, float]:
     """
     if not np.any(mask):
         raise ValueError("an anchor needs a non-empty propagated mask")
-    dist = ndi.distance_transform_edt(np.pad(mask, 1))[1:-1, 1:-1]
+    y0, x0, dist = inner_depth(mask)
     y, x = np.unravel_index(int(np.argmax(dist)), dist.shape)
-    return Click(float(y), float(x), True), float(dist[y, x])
+    return Click(float(y0 + y), float(x0 + x), True), float(dist[y, x])
 
 
 def rejects_mask(click: Click, centre: Click, radius: float, disc: float = STOP_DISC) -> bool:
@@ -221,9 +220,12 @@ class AnchorHistory(OnPlane):
             mask = logits_to_mask(shifted, self.input_size, self.original_size)
         if not mask[cy, cx] or mask[iy, ix] or mask.sum() < LEVEL_MIN_KEEP * self.prior.sum():
             return None
-        depth = ndi.distance_transform_edt(np.pad(self.prior, 1))[1:-1, 1:-1]
-        removed = self.prior & ~mask
-        if removed.any() and depth[removed].max() > LEVEL_MAX_DEPTH * depth[iy, ix] + 2.0:
+        y0, x0, depth = inner_depth(self.prior)  # on the prior's box: the cut only removes from it
+        box = (slice(y0, y0 + depth.shape[0]), slice(x0, x0 + depth.shape[1]))
+        removed = self.prior[box] & ~mask[box]
+        inside_box = 0 <= iy - y0 < depth.shape[0] and 0 <= ix - x0 < depth.shape[1]
+        at_click = float(depth[iy - y0, ix - x0]) if inside_box else 0.0
+        if removed.any() and depth[removed].max() > LEVEL_MAX_DEPTH * at_click + 2.0:
             return None
         return shifted, mask, level
 

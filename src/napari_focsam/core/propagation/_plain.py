@@ -80,6 +80,7 @@ __all__ = [
     "decode_prompt",
     "decode_prompt_token",
     "doubts_its_mask",
+    "inner_depth",
     "interior_point",
     "mask_to_logits",
     "next_slice",
@@ -164,21 +165,33 @@ class PropagationResult:
 # --------------------------------------------------------------------------- prompts
 
 
-def interior_point(mask: np.ndarray) -> tuple[int, int]:
-    """(y, x) of the pixel farthest from the mask's boundary (the image border counts as boundary).
+def inner_depth(mask: np.ndarray) -> tuple[int, int, np.ndarray]:
+    """(y0, x0, depth): each pixel's distance to the nearest pixel outside the (H, W) bool
+    ``mask`` (the image border counts as outside), on the mask's bounding box, whose top-left
+    is (y0, x0); (0, 0, a (0, 0) array) for an empty mask.
 
-    The distance transform runs on the mask's bounding box with a one-pixel background ring:
-    the nearest background pixel of any mask pixel is on that ring or inside it (the ring's
-    pixel nearest to a farther one is nearer still), so the distances and the first maximum
-    in raster order are those of the whole image. (0, 0) for an empty mask.
+    The distance transform runs on the bounding box with a one-pixel background ring: the
+    nearest background pixel of any mask pixel is on that ring or inside it (the ring's pixel
+    nearest to a farther one is nearer still), so the distances are those of the whole image,
+    at the cost of the box rather than the plane.
     """
     rows = np.flatnonzero(mask.any(axis=1))
     if rows.size == 0:
-        return 0, 0
+        return 0, 0, np.zeros((0, 0))
     cols = np.flatnonzero(mask.any(axis=0))
     y0, x0 = int(rows[0]), int(cols[0])
     crop = np.pad(mask[y0:rows[-1] + 1, x0:cols[-1] + 1], 1)
-    dist = ndi.distance_transform_edt(crop)[1:-1, 1:-1]
+    return y0, x0, ndi.distance_transform_edt(crop)[1:-1, 1:-1]
+
+
+def interior_point(mask: np.ndarray) -> tuple[int, int]:
+    """(y, x) of the pixel farthest from the mask's boundary (the image border counts as
+    boundary; the first in raster order, as on the whole image: :func:`inner_depth`). (0, 0)
+    for an empty mask.
+    """
+    y0, x0, dist = inner_depth(mask)
+    if not dist.size:
+        return 0, 0
     y, x = np.unravel_index(int(np.argmax(dist)), dist.shape)
     return y0 + int(y), x0 + int(x)
 

@@ -30,7 +30,7 @@ from typing import Iterable, Mapping
 
 import numpy as np
 
-from ..prompting import MaskRegion, mask_iou, region_bbox, trimmed
+from ..prompting import MaskRegion, mask_iou, region_bbox, region_iou, trimmed
 
 __all__ = ["VOTE_MIN_OVERLAP", "regions_overlap", "sections_overlap", "vote_regions", "vote_slices", "vote_three"]
 
@@ -111,9 +111,5 @@ def vote_regions(regions: Mapping[int, MaskRegion], keep: Iterable[int] = ()) ->
 def regions_overlap(regions: Mapping[int, MaskRegion]) -> float:
     """:func:`sections_overlap` on slice -> :class:`MaskRegion`."""
     zs = sorted(z for z, r in regions.items() if np.any(r.crop))
-    pairs = []
-    for a, b in zip(zs, zs[1:]):
-        if b == a + 1:
-            _, _, (ma, mb) = _aligned([regions[a], regions[b]])
-            pairs.append(mask_iou(ma, mb))
+    pairs = [region_iou(regions[a], regions[b]) for a, b in zip(zs, zs[1:]) if b == a + 1]
     return float(np.median(pairs)) if pairs else 0.0
