@@ -23,9 +23,11 @@ Sets (image selection, objects drawn with seed 0 among those that pass the filte
 ``stardist_val``      the right half of the stardist 2D nuclei image, 35 nuclei (the shipped
                       ``focsam_t`` refiner was trained on the whole image: not held out for it).
 
-Runs: ``plain`` (MobileSAM loop), ``focsam_t`` (the shipped default predictor), any policy of
-``refine_policies.build_predictor`` on the shipped weights (``NAME=POLICY``), or on another
-refiner file (``NAME=POLICY@FILE``).
+Runs: ``plain`` (MobileSAM loop), ``focsam_t`` (the photo model's predictor), any policy of
+``refine_policies.build_predictor`` on the ``focsam_t`` weights (``NAME=POLICY``), on another
+refiner file (``NAME=POLICY@FILE``) or on the shipped default model (``NAME=POLICY@default``);
+a policy ending in ``+zoom`` decodes small objects on an enlarged crop
+(:class:`~napari_focsam.core.prompting.ZoomedObject`), e.g. ``zoom=steady+zoom@default``.
 
 ``--first-click``: at the protocol's first click of every object, the IoU of SAM's single-mask
 output (mask token 0, what the loop shows before the refine), of each of the three multimask
@@ -71,8 +73,11 @@ def parse_run(spec: str) -> tuple[str, str, str | None]:
 
 
 def load(refiner: str | None):
+    """``focsam_t`` without a refiner file, the shipped default model for ``default``."""
     from napari_focsam.core.models import load_model
 
+    if refiner == "default":
+        return load_model(device="cpu")
     return load_model("vit_t", "cpu", refiner=refiner) if refiner else load_model("focsam_t", "cpu")
 
 
@@ -85,7 +90,8 @@ def run_set(set_name: str, name: str, policy: str, model, root, cache, out: Path
     path = out / f"{set_name}__{name}.json"
     if path.is_file():
         return json.loads(path.read_text())
-    adapter = PredictorAdapter(build_predictor(model, policy), cache_dir=cache)
+    zoom = policy.endswith("+zoom")  # small objects on an enlarged crop (core.prompting.ZoomedObject)
+    adapter = PredictorAdapter(build_predictor(model, policy.removesuffix("+zoom")), cache_dir=cache, zoom=zoom)
     t0 = time.perf_counter()
     per_object, summary = evaluate_dataset(brp.make_dataset(set_name, root), adapter, max_clicks,
                                            progress=lambda k, _i: log(f"\r  {set_name} {name}: {k}", end=""))

@@ -169,7 +169,8 @@ class FocSAMWidget(QWidget):
         s, a, j, la = self.setup, self.actions, self.jobs, self.managed
         s.image_changed.connect(self._on_image_selected)
         s.config_changed.connect(self._on_setup_changed)
-        s.refine_toggled.connect(self._on_refine_toggled)
+        s.refine_toggled.connect(self._on_option_toggled)
+        s.zoom_toggled.connect(self._on_option_toggled)
         s.threads_changed.connect(j.set_threads)
         self.prompt_panel.toggle_clicked.connect(lambda: self.toggle_polarity())
         self.output.save_clicked.connect(lambda: self.save_labels())
@@ -313,11 +314,12 @@ class FocSAMWidget(QWidget):
                           lambda: self.modes.ensure(layer, boxes), lambda: (self.sync.settle(), self._set_status())],
                          still=lambda: not self.closing.closed and layer is self.sync.image and layer in self.viewer.layers)
 
-    def _on_refine_toggled(self, on: bool) -> None:
+    def _on_option_toggled(self, _on: bool = True) -> None:
         ctx = self.jobs.context
         if ctx is None:
             return
-        ctx.session.predictor.refine = bool(on) and ctx.has_refiner
+        ctx.session.predictor.refine = self.setup.refine_wanted and ctx.has_refiner
+        ctx.session.zoom = self.setup.zoom_check.isChecked()
         if self.queue.rerun():  # the clicks again, with the new setting
             self._start_predict()
 
@@ -345,6 +347,7 @@ class FocSAMWidget(QWidget):
             self._notify("warning", result.note)
         self._update_buttons()
         self.state.headline = READY
+        result.context.session.zoom = self.setup.zoom_check.isChecked()
         self.sync.update_view_z()
         self.embeddings.start(result.context)
         self._set_status(f"{READY} (model loaded in {result.seconds:.1f} s)")
@@ -501,8 +504,8 @@ class FocSAMWidget(QWidget):
 
 
 #: The panels' controls, by the names scripts and tests use (``widget.image_combo`` ...).
-CONTROLS = {**dict.fromkeys(("image_combo", "model_combo", "device_combo", "refine_check", "cache_edit",
-                             "cache_button", "threads_spin"), "setup"),
+CONTROLS = {**dict.fromkeys(("image_combo", "model_combo", "device_combo", "refine_check", "zoom_check",
+                             "cache_edit", "cache_button", "threads_spin"), "setup"),
             **dict.fromkeys(("output_combo", "overwrite_check"), "output"),
             "polarity_button": "prompt_panel",
             **dict.fromkeys(("commit_button", "clear_button", "volume_button", "iou_spin", "edge_spin", "vote_check",

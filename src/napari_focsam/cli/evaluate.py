@@ -28,6 +28,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="focus-refiner weights for the base model (FocSAM-T)")
     p.add_argument("--no-refine", action="store_true", help="plain SAM loop with the same weights")
     p.add_argument("--compare", action="store_true", help="run with and without refinement")
+    p.add_argument("--no-zoom", action="store_true",
+                   help="decode every object on the whole image (by default, as in the widget, a small object "
+                        "of an image of 768 pixels or more is decoded on an enlarged crop)")
     p.add_argument("--images", default=None, metavar="SPEC",
                    help="image selection: first:N, last:N or range:A:B in natural order (e.g. a validation split: "
                         "yeast_phase last:2, vnc_* last:4, chloroplasts_em range:48:60)")
@@ -55,11 +58,13 @@ def run(args: argparse.Namespace) -> int:
     summaries = run_evaluation(args.dataset, args.data_root, args.model, args.out, refine_modes=modes,
                                max_objects=args.max_objects, max_clicks=args.max_clicks,
                                device=args.device, progress=progress, refiner=args.refiner,
-                               images=args.images, refine_precision=args.refine_precision)
+                               images=args.images, refine_precision=args.refine_precision,
+                               zoom=not args.no_zoom)
     if not args.quiet:
         print(file=sys.stderr)
     for label, s in summaries.items():
-        print(json.dumps({"run": label, "dataset": s["dataset"], "model": s["model"], "n_objects": s["n_objects"],
+        print(json.dumps({"run": label, "dataset": s["dataset"], "model": s["model"], "zoom": s["zoom"],
+                          "n_objects": s["n_objects"],
                           "noc85": round(s["noc85"], 3), "noc90": round(s["noc90"], 3),
                           "noc95": round(s["noc95"], 3), "spc": s["spc"], "wall_seconds": s["wall_seconds"]}))
     return 0

@@ -75,6 +75,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--refiner", default=None, metavar="FILE_OR_NAME",
                    help="focus-refiner weights trained for this base model (FocSAM-T)")
     p.add_argument("--no-refine", action="store_true", help="plain SAM loop, no focus refinement")
+    p.add_argument("--no-zoom", action="store_true",
+                   help="a 2D image: decode every object on the whole image (by default a small object on an "
+                        "image of 768 pixels or more is decoded on a crop the encoder sees 2x enlarged)")
     p.add_argument("--propagate", action="store_true", help="propagate through the stack (3D mask)")
     p.add_argument("--iou-threshold", type=float, default=DEFAULT_IOU_THRESHOLD, metavar="T",
                    help="with --propagate: stop where the IoU with the previous slice, the masks centred "
@@ -156,7 +159,7 @@ def run(args: argparse.Namespace) -> int:
 
     model = load_model(args.model, args.device, refiner=args.refiner, refine_precision=args.refine_precision)
     extra = {"tile_size": tiling[0], "halo": tiling[1]} if large else {}
-    session = Session(vol, model, refine=not args.no_refine, cache_dir=args.cache, **extra)
+    session = Session(vol, model, refine=not args.no_refine, cache_dir=args.cache, zoom=not args.no_zoom, **extra)
     obj = session.new_object()
     t0 = time.perf_counter()
     if not large:  # a tiled image embeds the tiles under the prompts only, in the first prompt

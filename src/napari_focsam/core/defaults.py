@@ -6,8 +6,8 @@ widget can build their choices without importing torch or the model code.
 
 from __future__ import annotations
 
-__all__ = ["DEFAULT_EDGE_FADE", "DEFAULT_IOU_THRESHOLD", "DEFAULT_MODEL", "DEFAULT_SLICE_VOTE", "PHOTO_MODEL",
-           "PLAIN_MODEL", "REFINE_PRECISIONS"]
+__all__ = ["DEFAULT_EDGE_FADE", "DEFAULT_IOU_THRESHOLD", "DEFAULT_MODEL", "DEFAULT_SLICE_VOTE", "DEFAULT_ZOOM",
+           "PHOTO_MODEL", "PLAIN_MODEL", "REFINE_PRECISIONS"]
 
 #: The model used when none is named (a registry name, see ``napari-focsam weights list``):
 #: FocSAM-T micro, the MobileSAM encoder with a mask decoder and focus refiner trained by the
@@ -43,3 +43,10 @@ DEFAULT_EDGE_FADE = 0.2
 #: Measured with the 3D correction protocol (``benchmarks/bench_volume_interactive.py``; table in
 #: ``docs/microscopy``). Off for the frames of a time-lapse, whose objects move between frames.
 DEFAULT_SLICE_VOTE = True
+
+#: Decode small objects of a 2D image on an enlarged crop (``core.prompting.ZoomedObject``): an
+#: object at most 48 canvas pixels across after its first click, on an image of at least 768
+#: pixels, is decoded on a crop the encoder sees 2x enlarged (one more encoder pass per object).
+#: Measured with the microscopy benchmark (``benchmarks/bench_microscopy.py``; table in
+#: ``docs/microscopy``). Stacks are propagated on whole planes and do not zoom.
+DEFAULT_ZOOM = True

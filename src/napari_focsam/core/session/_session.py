@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ...modeling.focsam import FocSAM
-from ..defaults import DEFAULT_MODEL
+from ..defaults import DEFAULT_MODEL, DEFAULT_ZOOM
 from ..embeddings import EmbeddingStore, open_store
 from ..images import DEFAULT_HALO, DEFAULT_TILE_SIZE, ImageVolume, TileKey
 from ..models import release_memory, resolve_device
@@ -49,12 +49,17 @@ class Session:
     for comparisons). tile_size, halo: the tiling (:mod:`~napari_focsam.core.images._tiles`). On a tiled image,
     :attr:`store` is a :class:`TiledEmbeddingStore`, and memory is bounded by
     ``max_memory_bytes`` of tile embeddings plus each object's click history and mask regions.
+
+    zoom: on a 2D image that is not tiled, an object small after its first click is decoded on
+    an enlarged crop (:class:`~napari_focsam.core.prompting.ZoomedObject`); applies to objects
+    started after it is set. Stacks (propagated on whole planes) and tiled images never zoom.
     """
 
     def __init__(self, vol: ImageVolume | Any, model: str | Path | FocSAM = DEFAULT_MODEL, *,
                  device: str = "auto", refine: bool = True, cache_dir: str | Path | None = None,
                  predictor: FocSAMPredictor | None = None, max_memory_bytes: int = 512 * 2**20,
-                 tiles: bool | None = None, tile_size: int = DEFAULT_TILE_SIZE, halo: int = DEFAULT_HALO) -> None:
+                 tiles: bool | None = None, tile_size: int = DEFAULT_TILE_SIZE, halo: int = DEFAULT_HALO,
+                 zoom: bool = DEFAULT_ZOOM) -> None:
         if not isinstance(vol, ImageVolume):
             vol = ImageVolume(vol)
         if predictor is None:
@@ -70,6 +75,8 @@ class Session:
         self.store: EmbeddingStore = open_store(predictor, vol, tiles=tiles, cache_dir=cache_dir,
                                                 max_memory_bytes=max_memory_bytes, tile_size=tile_size, halo=halo)
         self.tiled = self.store.tiled
+        #: decode small objects of a 2D image on an enlarged crop (objects started from now on)
+        self.zoom = bool(zoom)
         #: how the objects' slices are prompted and propagated (whole planes or tiles)
         self.slices = SLICE_MODES[self.tiled](self)
         self._objects: list[SegmentedObject] = []
@@ -128,6 +135,7 @@ class Session:
             objects, self._objects = self._objects, []
         for obj in objects:
             obj.clear()
+        self.slices.clear_memory()
         self.store.clear_memory()
         release_memory()
 

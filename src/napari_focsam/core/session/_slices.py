@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Callable
 
 from ..images import TileKey
-from ..prompting import Box, Click, InteractiveObject, TiledHistory
+from ..prompting import Box, Click, CropEmbeddings, InteractiveObject, TiledHistory, ZoomedObject
 from ..propagation import AnchorHistory, PropagationResult, inside, propagate, propagate_tiled
 
 if TYPE_CHECKING:
@@ -32,6 +32,13 @@ class PlaneSlices:
 
     def __init__(self, session: Any) -> None:
         self.session = session
+        self._crops: dict[int, CropEmbeddings] = {}  # per slice: zoomed crops shared by its objects
+
+    def clear_memory(self) -> None:
+        """Drop the embeddings of the zoomed crops (see :class:`ZoomedObject`)."""
+        for crops in self._crops.values():
+            crops.clear()
+        self._crops.clear()
 
     # -- the session's tile interface: a plane image has no tiles
     def on_tile(self, fn: Callable[[int, TileKey, str], None]) -> None:
@@ -53,7 +60,9 @@ class PlaneSlices:
         A correction on a slice the last propagation reached starts from its propagated mask
         (:class:`AnchorHistory`): a positive click, or a negative one inside the mask. A first
         negative click outside the mask leaves the slice empty (a stop slice). A positive click
-        just beyond where the object stopped takes the neighbouring mask as context.
+        just beyond where the object stopped takes the neighbouring mask as context. On a 2D image
+        with the session's ``zoom`` on, a small object is decoded on an enlarged crop
+        (:class:`ZoomedObject`).
         """
         store, predictor, shape = self.session.store, self.session.predictor, obj.volume.plane_shape
         prop = obj.last_propagation
@@ -66,6 +75,13 @@ class PlaneSlices:
             if near:  # beyond where the object stopped: the neighbouring mask as context
                 near.sort(key=lambda m: (inside(m, first), int(m.sum())), reverse=True)
                 return AnchorHistory(predictor, lambda: store.get(z), shape, near[0], context=True)
+        vol = obj.volume
+        if self.session.zoom and not vol.is_3d:
+            def read(y0: int, y1: int, x0: int, x1: int):
+                return vol.rgb_region(z, y0, y1, x0, x1)
+
+            crops = self._crops.setdefault(z, CropEmbeddings())
+            return ZoomedObject(predictor, lambda: store.get(z), read, original_size=shape, crops=crops)
         return InteractiveObject(predictor, lambda: store.get(z), original_size=shape)
 
     def prefetch(self, obj: SegmentedObject, z: int, click: Click | None = None, box: Box | None = None) -> None:
@@ -83,7 +99,7 @@ class PlaneSlices:
 
     def restyled(self, histories: dict) -> list[int]:
         """Slices where the object was started and then corrected (not anchors)."""
-        return [z for z, h in histories.items() if isinstance(h, InteractiveObject) and len(h) > 1]
+        return [z for z, h in histories.items() if isinstance(h, (InteractiveObject, ZoomedObject)) and len(h) > 1]
 
     def propagate(self, seeds: dict, tokens: dict, memo: dict, restyled: list[int], **kwargs: Any) -> PropagationResult:
         """Propagate from ``seeds`` (slice -> :meth:`seed`); the masks are read-only planes.

@@ -1,0 +1,151 @@
+"""Zoom on small objects: the time of a first and a second click, and their IoU, against the whole image.
+
+    OMP_NUM_THREADS=1 python benchmarks/bench_zoom.py [--data-root ../shared/data]
+        [--sets vnc_neurites_val,vnc_mito_val] [--objects 24] [--threads 1] [--repeats 2]
+
+For each object of the microscopy benchmark's splits (``bench_microscopy.py``), the protocol's
+first click and a second click (at the centre of the larger error region of the first mask)
+are decoded twice, interleaved: by the engine's plain click loop on the whole image's cached
+embedding (:class:`~napari_focsam.core.prompting.InteractiveObject`, the baseline) and by
+:class:`~napari_focsam.core.prompting.ZoomedObject` (the product's default on 2D images: a small
+object is decoded on a crop the encoder sees enlarged). Prints, per set, the medians of the
+first and second click's time (a zoomed first click includes encoding its crop, a fresh object
+each repeat), the ratio zoom / whole, the share of objects zoomed and the mean IoU after each
+click. ``--figure PNG`` draws the first-click masks of the first zoomed objects of each set
+(ground truth white, whole image orange, zoomed crop cyan).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import bench_microscopy  # noqa: F401 (registers the microscopy splits in bench_refine_policy.SETS)
+import bench_refine_policy as brp
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run_set(set_name: str, predictor, root, cache, repeats: int, log, shots: list | None = None) -> dict:
+    from napari_focsam.core.prompting import InteractiveObject, ZoomedObject
+    from napari_focsam.evaluation.clicker import next_click
+    from napari_focsam.evaluation.datasets import to_rgb_uint8
+    from napari_focsam.evaluation.metrics import iou
+    from napari_focsam.evaluation.runner import PredictorAdapter
+
+    adapter = PredictorAdapter(predictor, cache_dir=cache)
+    times = {"whole": ([], []), "zoom": ([], [])}
+    ious = {"whole": ([], []), "zoom": ([], [])}
+    zoomed = 0
+    for sample in brp.make_dataset(set_name, root):
+        image = sample.load_image()
+        adapter.set_image(image)
+        emb = adapter.embedding
+        rgb = to_rgb_uint8(image)  # the crops: one intensity mapping with the whole image
+        for ob in sample.objects:
+            gt = np.asarray(ob.gt, bool)
+            first = next_click(gt, np.zeros_like(gt), ob.ignore, [])
+            for r in range(repeats):
+                order = ("whole", "zoom") if r % 2 == 0 else ("zoom", "whole")
+                got = {}
+                for name in order:
+                    obj = (InteractiveObject(predictor, emb) if name == "whole"
+                           else ZoomedObject(predictor, emb, lambda y0, y1, x0, x1: rgb[y0:y1, x0:x1]))
+                    t0 = time.perf_counter()
+                    m1 = obj.add(first).mask
+                    t1 = time.perf_counter()
+                    second = next_click(gt, m1, ob.ignore, [first])
+                    m2 = obj.add(second).mask
+                    t2 = time.perf_counter()
+                    times[name][0].append(t1 - t0)
+                    times[name][1].append(t2 - t1)
+                    got[name] = (m1, iou(gt, m1, ob.ignore), iou(gt, m2, ob.ignore),
+                                 getattr(obj, "windows", [None])[0])
+                if r == 0:
+                    for name in got:
+                        ious[name][0].append(got[name][1])
+                        ious[name][1].append(got[name][2])
+                    zoomed += got["zoom"][3] is not None
+                    if shots is not None and got["zoom"][3] is not None:
+                        shots.append((set_name, rgb, gt, first, *got["zoom"][:2], *got["whole"][:2]))
+    n = len(ious["whole"][0])
+    out = {"n": n, "zoomed": zoomed}
+    for name in times:
+        out[name] = {"first_ms": 1e3 * statistics.median(times[name][0]),
+                     "second_ms": 1e3 * statistics.median(times[name][1]),
+                     "iou": [float(np.mean(ious[name][0])), float(np.mean(ious[name][1]))]}
+    w, z = out["whole"], out["zoom"]
+    log(f"{set_name:18s} n={n:3d} zoomed {zoomed:3d} | first click {w['first_ms']:7.1f} -> {z['first_ms']:7.1f} ms "
+        f"(x{z['first_ms'] / w['first_ms']:.2f}) | second {w['second_ms']:6.1f} -> {z['second_ms']:6.1f} ms "
+        f"(x{z['second_ms'] / w['second_ms']:.2f}) | IoU after 1 / 2 clicks {w['iou'][0]:.3f} / {w['iou'][1]:.3f} "
+        f"-> {z['iou'][0]:.3f} / {z['iou'][1]:.3f}")
+    return out
+
+
+def draw(shots: list, path: str, per_set: int = 4) -> None:
+    """Crops around the first zoomed objects of each set: truth, whole-image and zoomed masks."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sets = list(dict.fromkeys(s[0] for s in shots))
+    fig, axes = plt.subplots(len(sets), per_set, figsize=(2.6 * per_set, 2.8 * len(sets)), squeeze=False)
+    for i, name in enumerate(sets):
+        rows = [s for s in shots if s[0] == name][:per_set]
+        for ax, (_, rgb, gt, click, mz, iz, mw, iw) in zip(axes[i], rows):
+            ys, xs = np.nonzero(gt | mz | mw)
+            y0, y1 = max(0, ys.min() - 25), min(gt.shape[0], ys.max() + 25)
+            x0, x1 = max(0, xs.min() - 25), min(gt.shape[1], xs.max() + 25)
+            ax.imshow(rgb[y0:y1, x0:x1])
+            for m, colour in ((gt, "white"), (mw, "tab:orange"), (mz, "cyan")):
+                ax.contour(m[y0:y1, x0:x1], levels=[0.5], colors=colour, linewidths=1.0)
+            ax.plot(click.x - x0, click.y - y0, "g+", ms=9, mew=2)
+            ax.set_title(f"{name[:12]}: whole {iw:.2f}, zoom {iz:.2f}", fontsize=7)
+        for ax in axes[i]:
+            ax.axis("off")
+    fig.suptitle("first click: truth white, whole image orange, zoomed crop cyan", fontsize=9)
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data-root", default=os.environ.get("FOCSAM_DATA", str(REPO.parent / "shared" / "data")))
+    p.add_argument("--sets", default="vnc_neurites_val,vnc_mito_val")
+    p.add_argument("--objects", type=int, default=24)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--cache", default=str(REPO / "results" / "embedding_cache"))
+    p.add_argument("--figure", default=None, metavar="PNG", help="draw the first zoomed objects' first clicks")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    root = Path(args.data_root)
+    if not root.is_dir():
+        print(f"no data at {root}: pass --data-root")
+        return 1
+    from napari_focsam.core.models import load_model
+    from napari_focsam.core.prompting import FocSAMPredictor
+
+    for k, (ds, images, _n, seed) in list(brp.SETS.items()):
+        brp.SETS[k] = (ds, images, args.objects, seed)
+    predictor = FocSAMPredictor(load_model(device="cpu"))
+    shots = [] if args.figure else None
+    for set_name in args.sets.split(","):
+        run_set(set_name, predictor, root, args.cache, args.repeats, lambda *a: print(*a, flush=True), shots)
+    if args.figure:
+        draw(shots, args.figure)
+        print(f"figure: {args.figure}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

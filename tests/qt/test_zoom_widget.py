@@ -1,0 +1,71 @@
+"""Zoom in the dock: a small cell of a large 2D image clicked with the mouse is decoded on an
+enlarged crop; unticking *Zoom* answers the same click on the whole image; a stack never zooms."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from viewer_helpers import (  # noqa: F401 (the fixtures dock and qt_embedding_cache)
+    WAIT_MS, click, dock, iou, qt_embedding_cache, wait_idle, wait_ready)
+
+pytestmark = pytest.mark.gui
+
+
+def small_cells(n: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+    """An EM-like 2D image: small bright cells (radius 12-15) with dark membranes on grey noise."""
+    rng = np.random.default_rng(3)
+    img = 90 + 12 * rng.standard_normal((n, n))
+    truth = np.zeros((n, n), np.int32)
+    yy, xx = np.ogrid[:n, :n]
+    for i, (cy, cx, r) in enumerate([(300, 280, 14), (330, 318, 12), (700, 650, 15)], start=1):
+        d = np.hypot(yy - cy, xx - cx)
+        img[(d > r) & (d <= r + 2)] = 25
+        img[d <= r] = 185
+        truth[d <= r] = i
+    return np.clip(img, 0, 255).astype(np.uint8), truth
+
+
+def test_a_small_cell_is_decoded_on_a_crop_and_unticking_zoom_answers_it_whole(dock, qtbot):  # noqa: F811
+    from qtpy.QtCore import Qt
+
+    from napari_focsam.core.prompting import InteractiveObject, ZoomedObject
+
+    image, truth = small_cells()
+    viewer, widget = dock(show=True, layers=[lambda v: v.add_image(image, name="em")])
+    layer = viewer.layers["em"]
+    wait_ready(qtbot, widget)
+    viewer.reset_view()
+    qtbot.wait(100)
+    assert widget.zoom_check.isChecked() and widget.session.zoom
+    click(qtbot, viewer, layer, 700, 650)
+    qtbot.waitUntil(lambda: len(widget.prompts_layer.data) == 1, timeout=5000)
+    qtbot.waitUntil(lambda: not widget.is_busy() and widget.current_mask.any(), timeout=WAIT_MS)
+    hist = widget.session.objects[-1].history(0)
+    assert isinstance(hist, ZoomedObject) and hist.window is not None
+    y0, y1, x0, x1 = hist.window
+    assert y0 < 700 < y1 and x0 < 650 < x1 and y1 - y0 == 512
+    zoomed = widget.current_mask.copy()
+    assert iou(zoomed, truth == 3) > 0.8
+
+    qtbot.mouseClick(widget.zoom_check, Qt.MouseButton.LeftButton)  # the user unticks Zoom
+    assert not widget.session.zoom
+    wait_idle(qtbot, widget)
+    qtbot.waitUntil(lambda: not widget.is_busy() and widget.current_mask.any(), timeout=WAIT_MS)
+    hist = widget.session.objects[-1].history(0)
+    assert isinstance(hist, InteractiveObject)  # the same click again, on the whole image
+    assert widget.current_mask[700, 650] and iou(widget.current_mask, truth == 3) > 0.5
+    assert len(widget.prompts_layer.data) == 1  # the clicks stay
+
+
+def test_a_stack_never_zooms(dock, qtbot):  # noqa: F811
+    from napari_focsam.core.prompting import InteractiveObject
+
+    image, truth = small_cells(800)
+    stack = np.stack([image, image])
+    viewer, widget = dock(show=False, layers=[lambda v: v.add_image(stack, name="em stack")])
+    wait_ready(qtbot, widget)
+    qtbot.waitUntil(lambda: widget.embedded_slices >= 1, timeout=WAIT_MS)
+    widget.prompts_layer.data = np.array([[0, 300, 280]], float)
+    qtbot.waitUntil(lambda: not widget.is_busy() and widget.current_mask.any(), timeout=WAIT_MS)
+    assert widget.session.zoom and type(widget.session.objects[-1].history(0)) is InteractiveObject
