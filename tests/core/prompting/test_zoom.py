@@ -167,3 +167,29 @@ def test_adapter_zoom_runs_the_protocol_on_crops(scene, predictor):
     m = ad.predict([Click(cy, cx)])
     assert isinstance(ad._object, ZoomedObject) and ad._object.window is not None
     assert mask_iou(m, _disk(img.shape, cy, cx, r)) > 0.8
+
+
+def test_a_box_a_blank_image_or_a_negative_click_first_stay_on_the_whole_image(scene, predictor):
+    img, disks = scene
+    emb = predictor.embed(img)
+    reads = Reads(img)
+    cy, cx, r = disks[2]
+    boxed = ZoomedObject(predictor, emb, reads)
+    boxed.set_box((cy - r - 3, cx - r - 3, cy + r + 3, cx + r + 3))
+    m = boxed.add(Click(cy, cx)).mask
+    assert boxed.window is None and boxed.box is not None and m[cy, cx] and reads.calls == []
+    assert boxed.token is not None and boxed.logits is not None
+    # a negative click first: the object zooms at its first positive click
+    obj = ZoomedObject(predictor, emb, reads)
+    obj.add(Click(cy - 60, cx - 60, False))
+    assert obj.window is None and not obj.mask.any()
+    obj.add(Click(cy, cx))
+    assert obj.window is not None and obj.mask[cy, cx]
+    # a constant image is blank: an empty mask, no crop encoded
+    flat = np.full((1024, 1024), 77, np.uint8)
+    from napari_focsam.core.session import Session
+
+    session = Session(flat, predictor=predictor)
+    hist_obj = session.new_object()
+    assert not hist_obj.add_click(500, 500).any()
+    assert session.zoom and hist_obj.history(0).window is None

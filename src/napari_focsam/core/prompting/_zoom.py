@@ -348,6 +348,8 @@ class ZoomedObject(OnPlane):
         elif self._window is None:
             res = self._whole.add(click)
             first = click.is_positive and sum(c.is_positive for c in self._clicks) == 1
+            # a blank image (or an empty answer) gives no object to enlarge
+            first = first and not self._whole.blank and bool(res.mask.any())
             window = zoom_window(self._whole.mask, self._clicks, shape, reuse=self._crops.windows()) if first else None
             if window is not None:
                 res = self._replay(window)
