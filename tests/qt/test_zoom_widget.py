@@ -1,5 +1,6 @@
 """Zoom in the dock: a small cell of a large 2D image clicked with the mouse is decoded on an
-enlarged crop; unticking *Zoom* answers the same click on the whole image; a stack never zooms."""
+enlarged crop; unticking *Zoom* answers the same click on the whole image; a stack never zooms
+(and greys the option out)."""
 
 from __future__ import annotations
 
@@ -37,7 +38,7 @@ def test_a_small_cell_is_decoded_on_a_crop_and_unticking_zoom_answers_it_whole(d
     wait_ready(qtbot, widget)
     viewer.reset_view()
     qtbot.wait(100)
-    assert widget.zoom_check.isChecked() and widget.session.zoom
+    assert widget.zoom_check.isChecked() and widget.zoom_check.isEnabled() and widget.session.zoom
     click(qtbot, viewer, layer, 700, 650)
     qtbot.waitUntil(lambda: len(widget.prompts_layer.data) == 1, timeout=5000)
     qtbot.waitUntil(lambda: not widget.is_busy() and widget.current_mask.any(), timeout=WAIT_MS)
@@ -69,3 +70,6 @@ def test_a_stack_never_zooms(dock, qtbot):  # noqa: F811
     widget.prompts_layer.data = np.array([[0, 300, 280]], float)
     qtbot.waitUntil(lambda: not widget.is_busy() and widget.current_mask.any(), timeout=WAIT_MS)
     assert widget.session.zoom and type(widget.session.objects[-1].history(0)) is InteractiveObject
+    # the option is greyed out where it does not apply, the user's choice kept
+    assert not widget.zoom_check.isEnabled() and widget.zoom_check.isChecked()
+    assert "not tiled" in widget.zoom_check.text()

@@ -227,9 +227,17 @@ class SetupPanel(QGroupBox):
         self.device_combo.setCurrentText("cpu")  # triggers a new session on the CPU
 
     def bind(self, state: Any) -> None:
-        """Follow the dock's :class:`~.state.WidgetState`: the refine option derives from ``has_refiner``."""
+        """Follow the dock's :class:`~.state.WidgetState`: the refine option derives from ``has_refiner``,
+        the zoom option from ``zoom_applies``."""
         state.events.has_refiner.connect(lambda event=None: self.show_refiner(state.has_refiner))
         self.show_refiner(state.has_refiner)
+        state.events.zoom_applies.connect(lambda event=None: self.show_zoom(state.zoom_applies))
+
+    def show_zoom(self, applies: bool | None) -> None:
+        """Grey the zoom option out on stacks and tiled images (the user's choice is kept)."""
+        self.zoom_check.setEnabled(applies is not False)
+        self.zoom_check.setText("small objects on an enlarged crop" if applies is not False
+                                else "only 2D images that are not tiled")
 
     def show_refiner(self, has_refiner: bool | None) -> None:
         """Enable the refine option for a model with a focus refiner (None: no model loaded)."""

@@ -29,6 +29,8 @@ class WidgetState(EventedModel):
         The image is a stack: Segment volume and its IoU stop apply.
     has_refiner : bool or None
         Whether the loaded model has a focus refiner (None before a model is loaded).
+    zoom_applies : bool or None
+        Whether *Zoom* applies to the loaded image: a 2D image that is not tiled (None before).
     volume_running : bool
         A propagation runs: Segment volume is disabled and Cancel shown.
     cancellable : bool
@@ -55,6 +57,7 @@ class WidgetState(EventedModel):
     ready: bool = False
     is_3d: bool = False
     has_refiner: Optional[bool] = None
+    zoom_applies: Optional[bool] = None
     volume_running: bool = False
     cancellable: bool = False
     headline: str = ""
