@@ -193,3 +193,27 @@ def test_a_box_a_blank_image_or_a_negative_click_first_stay_on_the_whole_image(s
     hist_obj = session.new_object()
     assert not hist_obj.add_click(500, 500).any()
     assert session.zoom and hist_obj.history(0).window is None
+
+
+def test_a_failed_click_leaves_the_object_as_it_was(scene, predictor):
+    img, disks = scene
+    emb = predictor.embed(img)
+    cy, cx, _ = disks[2]
+    calls = []
+
+    def failing(y0, y1, x0, x1):  # the crop cannot be read the first time (out of memory)
+        calls.append(1)
+        if len(calls) == 1:
+            raise MemoryError("no room for the crop")
+        return img[y0:y1, x0:x1]
+
+    obj = ZoomedObject(predictor, emb, failing)
+    with pytest.raises(MemoryError):
+        obj.add(Click(cy, cx))
+    assert calls and len(obj) == 0 and obj.window is None and not obj.mask.any() and obj.token is None
+    with pytest.raises(ValueError, match="outside"):
+        obj.add(Click(5000, 10))
+    assert len(obj) == 0
+    # the same click again: the object zooms as if nothing had happened
+    good = ZoomedObject(predictor, emb, Reads(img)).add(Click(cy, cx)).mask
+    assert np.array_equal(obj.add(Click(cy, cx)).mask, good) and len(obj) == 1 and obj.window is not None

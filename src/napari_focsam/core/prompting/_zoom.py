@@ -39,6 +39,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from ._click_rules import check_clicks_inside
 from ._clicks import Click
 from ._predictor import FocSAMPredictor, InteractiveObject, StepResult
 from ._regions import MaskRegion, OnPlane, region_from_plane
@@ -339,7 +340,25 @@ class ZoomedObject(OnPlane):
         return self.add(checked_click(y, x, positive, self.original_size)).mask
 
     def add(self, click: Click) -> StepResult:
-        """Add a click; the :class:`StepResult` of the object's decoding (its mask is the plane's)."""
+        """Add a click; the :class:`StepResult` of the object's decoding (its mask is the plane's).
+
+        A click off the image raises ValueError; on any error (such as running out of memory
+        while encoding a crop) the object is left as it was before the click.
+        """
+        check_clicks_inside([click], self.original_size)
+        saved = (self._window, self._crop, len(self._whole), len(self._crop) if self._crop is not None else 0)
+        try:
+            return self._add(click)
+        except BaseException:
+            window, crop, n_whole, n_crop = saved
+            del self._clicks[len(self.windows):]
+            self._whole.truncate(n_whole)
+            if crop is not None:
+                crop.truncate(n_crop)
+            self._window, self._crop, self._mask = window, crop, None
+            raise
+
+    def _add(self, click: Click) -> StepResult:
         self._clicks.append(click)
         self._mask = None
         shape = self.original_size
