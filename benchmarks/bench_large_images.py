@@ -11,8 +11,8 @@ to the copies at the fixed inner position (k // 2, k // 2). Each nucleus gets a 
 positive click at its interior point (the pixel farthest from its boundary), in a fresh
 :class:`Session` per image and mode:
 
-- ``squeezed``: ``Session(..., tiles=False)``, the behaviour before tiling (the whole plane
-  resized to the encoder's 1024 canvas);
+- ``squeezed``: ``Session(..., tiles=False, zoom=False)``, the behaviour before tiling (the
+  whole plane resized to the encoder's 1024 canvas, no zoom on small objects);
 - ``tiles``: ``Session(...)`` as is (tiled automatically above 1536 pixels; the 1x image is not
   tiled, so both rows are the same code path there).
 
@@ -133,7 +133,8 @@ def run_mode(big, clicks, truths, predictor, tiles: bool | None):
     ious, levels = [], []
     with PeakRSS() as mem:
         t0 = time.perf_counter()
-        session = Session(ImageVolume(big), predictor=predictor, tiles=tiles)
+        # "squeezed" is the behaviour before tiling: without the zoom on small objects either
+        session = Session(ImageVolume(big), predictor=predictor, tiles=tiles, zoom=tiles is not False)
         first = None
         for (y, x), truth in zip(clicks, truths):
             obj = session.new_object()

@@ -13,6 +13,11 @@ first and second click's time (a zoomed first click includes encoding its crop, 
 each repeat), the ratio zoom / whole, the share of objects zoomed and the mean IoU after each
 click. ``--figure PNG`` draws the first-click masks of the first zoomed objects of each set
 (ground truth white, whole image orange, zoomed crop cyan).
+
+``--mosaic``: the set's images (the VNC validation slices: four of 1024 x 1024) put side by side
+in a 2 x 2 mosaic, a large image the product tiles; the 10-click protocol on the same objects
+(moved into their quadrant) through the tiled session (``evaluation.tiled.LargeImageAdapter``),
+with zoom off and on: NoC@85/90 and the mean IoU per click.
 """
 
 from __future__ import annotations
@@ -117,6 +122,40 @@ def draw(shots: list, path: str, per_set: int = 4) -> None:
     fig.savefig(path, dpi=100)
 
 
+def mosaic_protocol(set_name: str, predictor, root, log, max_clicks: int = 10) -> None:
+    """The click protocol on a 2 x 2 mosaic of the set's images, tiled, zoom off and on."""
+    from napari_focsam.evaluation.datasets import EvalObject, EvalSample
+    from napari_focsam.evaluation.protocol import evaluate_dataset
+    from napari_focsam.evaluation.runner import PredictorAdapter
+    from napari_focsam.evaluation.tiled import LargeImageAdapter
+
+    samples = list(brp.make_dataset(set_name, root))[:4]
+    images = [s.load_image() for s in samples]
+    h, w = images[0].shape[:2]
+    big = np.zeros((2 * h, 2 * w) + images[0].shape[2:], images[0].dtype)
+    objects = []
+    for k, (s, img) in enumerate(zip(samples, images)):
+        oy, ox = (k // 2) * h, (k % 2) * w
+        big[oy:oy + h, ox:ox + w] = img
+        for ob in s.objects:
+            gt = np.zeros(big.shape[:2], bool)
+            gt[oy:oy + h, ox:ox + w] = ob.gt
+            ign = None
+            if ob.ignore is not None:
+                ign = np.zeros(big.shape[:2], bool)
+                ign[oy:oy + h, ox:ox + w] = ob.ignore
+            objects.append(EvalObject(gt, ign, ob.object_id))
+    sample = EvalSample("mosaic", Path("mosaic"), objects, loader=lambda: big)
+    for zoom in (False, True):
+        adapter = LargeImageAdapter(PredictorAdapter(predictor, zoom=zoom))
+        t0 = time.perf_counter()
+        _, summary = evaluate_dataset([sample], adapter, max_clicks)
+        miou = " ".join(f"{v:.3f}" for v in summary["miou"][:max_clicks])
+        log(f"{set_name} 2x2 mosaic {big.shape[0]}x{big.shape[1]} (tiled {adapter.stats['tiled_images']}), "
+            f"zoom {'on ' if zoom else 'off'}: n={summary['n_objects']} NoC@85 {summary['noc85']:.2f} "
+            f"NoC@90 {summary['noc90']:.2f} mIoU {miou} ({time.perf_counter() - t0:.0f} s)")
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data-root", default=os.environ.get("FOCSAM_DATA", str(REPO.parent / "shared" / "data")))
@@ -126,6 +165,7 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--cache", default=str(REPO / "results" / "embedding_cache"))
     p.add_argument("--figure", default=None, metavar="PNG", help="draw the first zoomed objects' first clicks")
+    p.add_argument("--mosaic", action="store_true", help="only the click protocol on a tiled 2 x 2 mosaic")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     root = Path(args.data_root)
@@ -138,6 +178,10 @@ def main(argv=None) -> int:
     for k, (ds, images, _n, seed) in list(brp.SETS.items()):
         brp.SETS[k] = (ds, images, args.objects, seed)
     predictor = FocSAMPredictor(load_model(device="cpu"))
+    if args.mosaic:
+        for set_name in args.sets.split(","):
+            mosaic_protocol(set_name, predictor, root, lambda *a: print(*a, flush=True))
+        return 0
     shots = [] if args.figure else None
     for set_name in args.sets.split(","):
         run_set(set_name, predictor, root, args.cache, args.repeats, lambda *a: print(*a, flush=True), shots)

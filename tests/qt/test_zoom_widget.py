@@ -72,4 +72,4 @@ def test_a_stack_never_zooms(dock, qtbot):  # noqa: F811
     assert widget.session.zoom and type(widget.session.objects[-1].history(0)) is InteractiveObject
     # the option is greyed out where it does not apply, the user's choice kept
     assert not widget.zoom_check.isEnabled() and widget.zoom_check.isChecked()
-    assert "not tiled" in widget.zoom_check.text()
+    assert "only 2D" in widget.zoom_check.text()

@@ -120,9 +120,10 @@ class SetupPanel(QGroupBox):
 
         self.zoom_check = QCheckBox("small objects on an enlarged crop")
         self.zoom_check.setChecked(DEFAULT_ZOOM)
-        self.zoom_check.setToolTip("2D images of 768 pixels or more: an object small after its first click is "
-                                   "decoded on a crop the encoder sees 2x enlarged (sharper outlines of small "
-                                   "cells and organelles; one more encoder pass, about 1 s on a CPU)")
+        self.zoom_check.setToolTip("2D images of 768 pixels or more (large ones too, at full resolution): an object "
+                                   "small after its first click is decoded on a crop the encoder sees 2x enlarged "
+                                   "(sharper outlines of small cells and organelles; one more encoder pass, about "
+                                   "1 s on a CPU, shared by neighbouring objects)")
         form.addRow("Zoom", self.zoom_check)
 
         row = QHBoxLayout()
@@ -234,10 +235,10 @@ class SetupPanel(QGroupBox):
         state.events.zoom_applies.connect(lambda event=None: self.show_zoom(state.zoom_applies))
 
     def show_zoom(self, applies: bool | None) -> None:
-        """Grey the zoom option out on stacks and tiled images (the user's choice is kept)."""
+        """Grey the zoom option out on stacks (the user's choice is kept)."""
         self.zoom_check.setEnabled(applies is not False)
         self.zoom_check.setText("small objects on an enlarged crop" if applies is not False
-                                else "only 2D images that are not tiled")
+                                else "only 2D images (stacks: whole planes)")
 
     def show_refiner(self, has_refiner: bool | None) -> None:
         """Enable the refine option for a model with a focus refiner (None: no model loaded)."""

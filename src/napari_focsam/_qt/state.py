@@ -30,7 +30,7 @@ class WidgetState(EventedModel):
     has_refiner : bool or None
         Whether the loaded model has a focus refiner (None before a model is loaded).
     zoom_applies : bool or None
-        Whether *Zoom* applies to the loaded image: a 2D image that is not tiled (None before).
+        Whether *Zoom* applies to the loaded image: a 2D image (None before one is loaded).
     volume_running : bool
         A propagation runs: Segment volume is disabled and Cancel shown.
     cancellable : bool

@@ -219,7 +219,7 @@ class FocSAMWidget(QWidget):
         self.state.update(dict(ready=ctx is not None, is_3d=bool(ctx and ctx.is_3d),
                                volume_running=self.jobs.volume_running, cancellable=self.tiles.running,
                                has_refiner=None if ctx is None else ctx.has_refiner,
-                               zoom_applies=None if ctx is None else not (ctx.is_3d or ctx.session.tiled)))
+                               zoom_applies=None if ctx is None else not ctx.is_3d))
         self.modes.show_state()
 
     # ------------------------------------------------------------------ layers in the viewer

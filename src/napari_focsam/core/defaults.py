@@ -47,6 +47,7 @@ DEFAULT_SLICE_VOTE = True
 #: Decode small objects of a 2D image on an enlarged crop (``core.prompting.ZoomedObject``): an
 #: object at most 48 canvas pixels across after its first click, on an image of at least 768
 #: pixels, is decoded on a crop the encoder sees 2x enlarged (one more encoder pass per object).
-#: Measured with the microscopy benchmark (``benchmarks/bench_microscopy.py``; table in
-#: ``docs/microscopy``). Stacks are propagated on whole planes and do not zoom.
+#: On a tiled large image, the crop is 512 full-resolution pixels. Measured with the microscopy
+#: benchmark (``benchmarks/bench_microscopy.py``, ``bench_zoom.py``; tables in ``docs/microscopy``).
+#: Stacks are propagated on whole planes and do not zoom.
 DEFAULT_ZOOM = True

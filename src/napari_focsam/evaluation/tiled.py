@@ -72,7 +72,8 @@ class LargeImageAdapter:
             self.base.set_image(image)
             return
         self.session = Session(vol, predictor=self.predictor, tiles=True, tile_size=self.tile_size,
-                               halo=self.halo, max_memory_bytes=self.max_memory_bytes)
+                               halo=self.halo, max_memory_bytes=self.max_memory_bytes,
+                               zoom=bool(getattr(self.base, "zoom", False)))  # as the plain images
         self.session.on_tile(self._on_tile)
         self.stats["tiled_images"] += 1
 

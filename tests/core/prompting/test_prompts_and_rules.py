@@ -77,7 +77,7 @@ def test_a_rule_object_without_decide_is_refused():
 
 
 def test_every_slice_history_has_one_interface_and_an_object_gives_back_its_prompts():
-    from napari_focsam.core.prompting import SliceHistory, TiledHistory
+    from napari_focsam.core.prompting import SliceHistory, TiledHistory, ZoomedObject
     from napari_focsam.core.propagation import AnchorHistory
 
     stack = blobs_stack(3, size=40)
@@ -95,11 +95,15 @@ def test_every_slice_history_has_one_interface_and_an_object_gives_back_its_prom
     assert isinstance(obj2.history(2), AnchorHistory) and isinstance(obj2.history(2), SliceHistory)
     big = np.zeros((600, 600), np.uint8)
     big[280:330, 280:330] = 200
-    tiled = Session(ImageVolume(big), make_fast_focsam(), tiles=True, tile_size=256, halo=64)
-    t = tiled.new_object()
-    t.add_click(300, 300, True)
-    assert isinstance(t.history(), TiledHistory) and isinstance(t.history(), SliceHistory)
-    assert t.history().prompts.clicks == (Click(300.0, 300.0, True),)
+    for zoom, kind in ((False, TiledHistory), (True, ZoomedObject)):  # a 2D image zooms around the tiles
+        tiled = Session(ImageVolume(big), make_fast_focsam(), tiles=True, tile_size=256, halo=64, zoom=zoom)
+        t = tiled.new_object()
+        t.add_click(300, 300, True)
+        assert isinstance(t.history(), kind) and isinstance(t.history(), SliceHistory)
+        assert t.history().prompts.clicks == (Click(300.0, 300.0, True),)
+    plane = Session(ImageVolume(big), make_fast_focsam()).new_object()
+    plane.add_click(300, 300, True)
+    assert isinstance(plane.history(), ZoomedObject) and isinstance(plane.history(), SliceHistory)
 
 
 def test_a_later_click_compares_with_the_mask_shown_without_computing_it_again(monkeypatch):

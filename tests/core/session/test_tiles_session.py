@@ -69,7 +69,7 @@ def test_small_object_is_segmented_in_one_full_resolution_tile(mobile_sam):
 
 def test_large_object_moves_to_a_coarser_level_and_is_not_cut(mobile_sam):
     truth = disc(1024, 800, 560)  # 1120 pixels across: no 1024 tile of level 0 holds it
-    s = Session(image_with(truth), mobile_sam)
+    s = Session(image_with(truth), mobile_sam, zoom=False)  # the tiles' own history (its moves)
     obj = s.new_object()
     mask = obj.add_click(1024, 800)
     moves = obj.history(0).last_moves
@@ -232,3 +232,44 @@ def test_adopt_takes_tiles_only_from_a_store_with_the_same_tiling(tiny_focsam, t
     disk.add_listener(lambda z, key, state: seen.append((key, state)))
     disk.precompute(tiles=[(0, TileKey(1, 0, 0))])
     assert seen == [(TileKey(1, 0, 0), "embedding"), (TileKey(1, 0, 0), "ready")] and disk.in_memory() == []
+
+
+def test_a_small_object_of_a_large_image_is_zoomed_at_full_resolution(mobile_sam):
+    """On a tiled 2D image an object under 48 pixels across (a level-0 tile shows it at 1 canvas
+    pixel per pixel) is decoded on a 512-pixel crop of full-resolution pixels, read as a window
+    only; its masks stay regions; unticked, the tiles decode it."""
+    from napari_focsam.core.prompting import ZoomedObject
+
+    small, other = disc(700, 900, 14), disc(740, 945, 11)
+    img = image_with(small, other)
+    reads = []
+
+    class Watched(ImageVolume):
+        def read_region(self, z, y0, y1, x0, x1, level=0):
+            reads.append((y1 - y0, x1 - x0))
+            return super().read_region(z, y0, y1, x0, x1, level)
+
+    s = Session(Watched(img), mobile_sam)
+    assert s.tiled and s.zoom
+    obj = s.new_object()
+    y0, x0, crop = obj.add_click(700, 900, region=True)
+    hist = obj.history(0)
+    assert isinstance(hist, ZoomedObject) and hist.window is not None and obj.tile() is None
+    wy0, wy1, wx0, wx1 = hist.window
+    assert (wy1 - wy0, wx1 - wx0) == (512, 512) and (512, 512) in reads
+    assert max(h * w for h, w in reads) <= 1024 * 1024  # windows and tiles, never the plane
+    assert crop.shape[0] < 60 and crop.shape[1] < 60
+    zoomed = region_to_plane((y0, x0, crop), (H, W))
+    assert iou(zoomed, small) > 0.85
+    # a neighbour shares the crop: no second read of it
+    n = len(reads)
+    second = s.new_object()
+    second.add_click(740, 945)
+    assert second.history(0).window == hist.window and len(reads) == n
+    # undo, then the same click without zoom: the tile decodes it
+    assert not obj.undo(region=True)[2].any()
+    s.zoom = False
+    plain = s.new_object()
+    plain.add_click(700, 900)
+    assert type(plain.history(0)).__name__ == "TiledHistory" and plain.tile().level == 0
+    assert iou(plain.mask(), small) > 0.6

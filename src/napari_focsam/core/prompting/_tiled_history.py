@@ -165,6 +165,15 @@ class TiledHistory:
         return self._steps[-1] if self._steps else self._base
 
     @property
+    def canvas_scale(self) -> float | None:
+        """Encoder canvas pixels per full-resolution pixel where the object is decoded now
+        (1 in a 1024-pixel tile of level 0; None before the first prompt)."""
+        cur = self.current
+        if cur is None:
+            return None
+        return cur.obj.input_size[0] / cur.obj.original_size[0] / self._factor(cur.key.level)
+
+    @property
     def tile(self) -> TileKey | None:
         """The current placement (tile and level), None before the first prompt."""
         cur = self.current

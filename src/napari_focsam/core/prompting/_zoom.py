@@ -26,7 +26,12 @@ Later clicks are decoded on the crop while they stay ``ZOOM_MARGIN`` pixels insi
 mask does not reach an inner edge of the crop; otherwise the crop is placed again around the
 mask and the clicks (all clicks replayed there), or, when the object no longer fits, the
 object goes back to the whole image (all clicks replayed there). Each crop costs one encoder
-pass (about 1 s on one CPU thread); its embedding is kept with the object.
+pass (about 1 s on one CPU thread); its embedding is kept (:class:`CropEmbeddings`, shared by
+the objects of an image: a neighbour with room in a crop already encoded uses it).
+
+On a large image the object is first decoded in its tile (a ``TiledHistory``, one canvas
+pixel per full-resolution pixel at level 0) and the crop is a window of full-resolution pixels;
+masks stay regions there.
 """
 
 from __future__ import annotations
@@ -42,7 +47,7 @@ import numpy as np
 from ._click_rules import check_clicks_inside
 from ._clicks import Click
 from ._predictor import FocSAMPredictor, InteractiveObject, StepResult
-from ._regions import MaskRegion, OnPlane, region_from_plane
+from ._regions import MaskRegion, OnPlane, region_bbox, region_from_plane, region_to_plane, trimmed
 
 __all__ = ["CropEmbeddings", "ZOOM_FIT", "ZOOM_MARGIN", "ZOOM_MAX_GAIN", "ZOOM_MAX_OBJECT", "ZOOM_MIN_GAIN",
            "ZOOM_REUSE_ROOM", "ZOOM_SCALE", "ZoomedObject", "zoom_window"]
@@ -73,33 +78,49 @@ _SERIAL = itertools.count(1)
 Window = tuple[int, int, int, int]  # (y0, y1, x0, x1), half-open, image pixels
 
 
-def _box(mask: np.ndarray | None, clicks: Sequence[Click]) -> tuple[float, float, float, float] | None:
+Mask = "np.ndarray | MaskRegion | None"  # a (H, W) bool plane, or a region of one
+
+
+def _as_region(mask) -> MaskRegion | None:
+    """A plane or a region as a trimmed region (None for None or an empty mask)."""
+    if mask is None:
+        return None
+    region = region_from_plane(mask) if isinstance(mask, np.ndarray) else trimmed(*mask)
+    return region if region.crop.size else None
+
+
+def _box(region: MaskRegion | None, clicks: Sequence[Click]) -> tuple[float, float, float, float] | None:
     """(y0, y1, x0, x1) of the mask's pixels and the clicks; None when both are empty."""
     ys: list[float] = [c.y for c in clicks]
     xs: list[float] = [c.x for c in clicks]
-    if mask is not None and mask.any():
-        rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
-        ys += [float(rows[0]), float(rows[-1] + 1)]
-        xs += [float(cols[0]), float(cols[-1] + 1)]
+    if region is not None:
+        y0, y1, x0, x1 = region_bbox(region)
+        ys += [float(y0), float(y1)]
+        xs += [float(x0), float(x1)]
     if not ys:
         return None
     return min(ys), max(ys), min(xs), max(xs)
 
 
-def zoom_window(mask: np.ndarray | None, clicks: Sequence[Click], shape: tuple[int, int], *,
-                scale: float = ZOOM_SCALE, min_gain: float = ZOOM_MIN_GAIN, max_gain: float = ZOOM_MAX_GAIN,
+def zoom_window(mask: Mask, clicks: Sequence[Click], shape: tuple[int, int], *,
+                canvas_scale: float | None = None, scale: float = ZOOM_SCALE, min_gain: float = ZOOM_MIN_GAIN, max_gain: float = ZOOM_MAX_GAIN,
                 fit: float = ZOOM_FIT, max_object: float = ZOOM_MAX_OBJECT,
                 reuse: Sequence[Window] = (), reuse_room: float = ZOOM_REUSE_ROOM) -> Window | None:
     """The crop an object is decoded on, or None when it should stay on the whole image.
 
     Parameters
     ----------
-    mask : np.ndarray or None
-        (H, W) bool, the object's mask on the whole image (or on its previous crop, pasted).
+    mask : np.ndarray, MaskRegion or None
+        The object's mask on the whole image (or on its previous crop): a (H, W) bool plane or a
+        :class:`MaskRegion` (a large image's masks never become planes).
     clicks : sequence of Click
         The object's clicks (image pixels); the crop holds them.
     shape : (int, int)
         The image's (H, W).
+    canvas_scale : float, optional
+        Canvas pixels per image pixel where the object is decoded now: ``CANVAS / max(H, W)``
+        for a whole image (the default), 1 in a 1024-pixel tile of a large image's full
+        resolution.
     scale, min_gain, max_gain, fit, max_object : float
         See :data:`ZOOM_SCALE`, :data:`ZOOM_MIN_GAIN`, :data:`ZOOM_MAX_GAIN`, :data:`ZOOM_FIT` and
         :data:`ZOOM_MAX_OBJECT`.
@@ -110,20 +131,22 @@ def zoom_window(mask: np.ndarray | None, clicks: Sequence[Click], shape: tuple[i
     Returns
     -------
     (y0, y1, x0, x1) or None
-        A square window of ``CANVAS / scale`` pixels (or half the image's long side, whichever is
-        larger; cut to the image where it is smaller), centred on the mask's box with the clicks
-        and moved inside the image, unless a crop of ``reuse`` holds the box with room.
+        A square window of ``CANVAS / scale`` pixels (or ``CANVAS / (canvas_scale * max_gain)``,
+        whichever is larger; cut to the image where it is smaller), centred on the mask's box with
+        the clicks and moved inside the image, unless a crop of ``reuse`` holds the box with room.
     """
     H, W = shape
-    side = max(int(math.ceil(CANVAS / scale)), int(math.ceil(max(H, W) / max_gain)))
-    if (CANVAS / max(H, W)) * min_gain > scale or side >= max(H, W):
-        return None  # the whole image is already shown (nearly) as enlarged
-    box = _box(mask, clicks)
+    now = CANVAS / max(H, W) if canvas_scale is None else float(canvas_scale)
+    side = max(int(math.ceil(CANVAS / scale)), int(math.ceil(CANVAS / (now * max_gain))))
+    if now * min_gain > scale or side >= max(H, W):
+        return None  # the object is already shown (nearly) as enlarged
+    region = _as_region(mask)
+    box = _box(region, clicks)
     if box is None:
         return None
-    area = int(mask.sum()) if mask is not None else 0
-    if 2 * math.sqrt(area / math.pi) * CANVAS / max(H, W) > max_object:
-        return None  # drawn with enough logits on the whole image
+    area = int(np.count_nonzero(region.crop)) if region is not None else 0
+    if 2 * math.sqrt(area / math.pi) * now > max_object:
+        return None  # drawn with enough logits where it is
     y0, y1, x0, x1 = box
     if max(y1 - y0, x1 - x0) > fit * side:
         return None
@@ -148,7 +171,7 @@ def zoom_window(mask: np.ndarray | None, clicks: Sequence[Click], shape: tuple[i
     return wy0, wy1, wx0, wx1
 
 
-def _inside(window: Window, shape: tuple[int, int], clicks: Sequence[Click], mask: np.ndarray | None,
+def _inside(window: Window, shape: tuple[int, int], clicks: Sequence[Click], mask: Mask,
             margin: int = ZOOM_MARGIN) -> bool:
     """Whether the clicks and the mask keep ``margin`` pixels from the window's inner edges
     (an edge on the image's border is not an inner edge)."""
@@ -156,7 +179,7 @@ def _inside(window: Window, shape: tuple[int, int], clicks: Sequence[Click], mas
     H, W = shape
     lo_y, hi_y = (y0 + margin if y0 > 0 else 0), (y1 - margin if y1 < H else H)
     lo_x, hi_x = (x0 + margin if x0 > 0 else 0), (x1 - margin if x1 < W else W)
-    box = _box(mask, clicks)
+    box = _box(_as_region(mask), clicks)
     if box is None:
         return True
     by0, by1, bx0, bx1 = box
@@ -206,45 +229,57 @@ class CropEmbeddings:
 
 
 class ZoomedObject(OnPlane):
-    """One object's clicks on a plane, decoded on an enlarged crop while the object is small.
+    """One object's clicks on an image, decoded on an enlarged crop while the object is small.
 
-    The same interface as :class:`~napari_focsam.core.prompting.InteractiveObject` where the
-    click loop and the evaluation use it (``clicks``, ``box``, ``mask``, ``region``, ``add``,
-    ``add_click``, ``undo``, ``truncate``, ``reset``). ``logits`` and ``refined`` are those of
-    the whole image's decoding, so None while the object is decoded on a crop: a crop's logits
-    are not the plane's. A box (:meth:`set_box`) keeps the object on the whole image: a box
-    already tells the decoder the object's extent.
+    The same interface as the history it wraps (:class:`~napari_focsam.core.prompting.InteractiveObject`
+    on a whole plane, :class:`~napari_focsam.core.prompting.TiledHistory` in the tiles of a large
+    image) where the session, the click loop and the evaluation use it (``clicks``, ``box``,
+    ``mask``, ``region``, ``tile``, ``token``, ``add``, ``add_click``, ``undo``, ``truncate``,
+    ``reset``, ``set_box``). ``logits``, ``refined`` and ``tile`` are those of the whole image's
+    decoding, so None while the object is decoded on a crop: a crop's logits are not the
+    image's. A box (:meth:`set_box`) keeps the object on the whole image: a box already tells
+    the decoder the object's extent.
 
     Parameters
     ----------
     predictor : FocSAMPredictor
         Decodes the clicks and encodes the crops (:meth:`FocSAMPredictor.embed`).
     embedding : ImageEmbedding or callable
-        The whole image's embedding (or a callable returning it, see ``InteractiveObject``).
+        The whole image's embedding (or a callable returning it, see ``InteractiveObject``);
+        not used with ``whole``.
     read : callable
-        ``read(y0, y1, x0, x1)`` -> the image's pixels in that window ((h, w) or (h, w, C)),
-        called once per crop.
+        ``read(y0, y1, x0, x1)`` -> the image's pixels in that window ((h, w) or (h, w, C), mapped
+        to 8-bit as the whole image is), called once per crop.
     original_size : (int, int), optional
         The image's (H, W); needed when ``embedding`` is a callable.
     crops : CropEmbeddings, optional
         The crops' embeddings, shared with the other objects of the image (a session passes
         one); by default the object keeps its own (the last :data:`KEEP_CROPS`).
+    whole : history, optional
+        The click history on the whole image (a ``TiledHistory`` on a large image; by default an
+        ``InteractiveObject`` on ``embedding``). Its ``canvas_scale``, where it has one, is the
+        scale the object is decoded at before zooming; its masks are used as regions only.
     """
 
     offset = 0.0  # the propagation cuts its runs from this slice at 0 (no level cut)
 
     def __init__(self, predictor: FocSAMPredictor, embedding, read: Callable[[int, int, int, int], np.ndarray], *,
-                 original_size: tuple[int, int] | None = None, crops: CropEmbeddings | None = None) -> None:
+                 original_size: tuple[int, int] | None = None, crops: CropEmbeddings | None = None,
+                 whole=None) -> None:
         self.predictor = predictor
         self._read = read
-        self._whole = InteractiveObject(predictor, embedding, original_size=original_size)
-        self.original_size = self._whole.original_size
+        if whole is None:
+            whole = InteractiveObject(predictor, embedding, original_size=original_size)
+        self._whole = whole
+        self._plane = isinstance(whole, InteractiveObject)  # masks as planes (else regions only)
+        self.original_size = tuple(whole.original_size)
         self._clicks: list[Click] = []
         self._window: Window | None = None
         self._crop: InteractiveObject | None = None
         self._own_crops = crops is None
         self._crops = CropEmbeddings() if crops is None else crops
-        self._mask: np.ndarray | None = None
+        self._region: MaskRegion | None = None  # the zoomed mask (cached per state)
+        self._mask: np.ndarray | None = None  # ... as a plane, for a plane image
         #: the windows the object was decoded on, one per click (None: the whole image)
         self.windows: list[Window | None] = []
         self._tokens: list[int] = []  # one per click: identifies the state after it
@@ -281,11 +316,25 @@ class ZoomedObject(OnPlane):
             return self._tokens[-1]
         return self._whole.token
 
+    @property
+    def tile(self):
+        """The whole image's tile the object is decoded in (None on a crop or a plane)."""
+        return getattr(self._whole, "tile", None) if self._window is None else None
+
+    def next_tile(self, click: Click):
+        """The tile of the whole image the next click needs (a tiled image: to encode it first)."""
+        return self._whole.next_tile(click)
+
+    def first_tile(self, box):
+        """The tile of the whole image a new box needs (a tiled image)."""
+        return self._whole.first_tile(box)
+
     def nbytes(self) -> int:
         """Bytes held: both click histories, its own crop embeddings (not shared ones) and the mask."""
         crops = self._crops.nbytes() if self._own_crops else 0
-        mask = self._mask.nbytes if self._mask is not None else 0
-        return self._whole.nbytes() + (self._crop.nbytes() if self._crop is not None else 0) + crops + mask
+        held = [a for a in (self._mask, self._region.crop if self._region is not None else None) if a is not None]
+        return (self._whole.nbytes() + (self._crop.nbytes() if self._crop is not None else 0) + crops
+                + sum(a.nbytes for a in held))
 
     @property
     def logits(self):
@@ -293,24 +342,30 @@ class ZoomedObject(OnPlane):
 
     @property
     def refined(self):
-        return self._whole.refined if self._window is None else None
+        return getattr(self._whole, "refined", None) if self._window is None else None
+
+    @property
+    def region(self) -> MaskRegion:
+        """The mask as a :class:`MaskRegion` (never a whole plane of a large image)."""
+        if self._window is None or self._crop is None:
+            return self._whole.region
+        if self._region is None:
+            self._region = trimmed(self._window[0], self._window[2], self._crop.mask)
+        return self._region
 
     @property
     def mask(self) -> np.ndarray:
         """(H, W) bool, read-only: the mask after the last click."""
         if self._window is None or self._crop is None:
             return self._whole.mask
+        if not self._plane:
+            return region_to_plane(self.region, self.original_size)
         if self._mask is None:
-            y0, y1, x0, x1 = self._window
-            mask = np.zeros(self.original_size, dtype=bool)
-            mask[y0:y1, x0:x1] = self._crop.mask
-            mask.flags.writeable = False
-            self._mask = mask
+            self._mask = region_to_plane(self.region, self.original_size)
         return self._mask
 
-    @property
-    def region(self) -> MaskRegion:
-        return region_from_plane(self.mask)
+    def _changed(self) -> None:
+        self._region = self._mask = None
 
     def _on_crop(self, window: Window) -> InteractiveObject:
         """A fresh click history on the crop ``window`` (its embedding computed once)."""
@@ -318,9 +373,11 @@ class ZoomedObject(OnPlane):
         emb = self._crops.get(window, lambda: self.predictor.embed(np.asarray(self._read(y0, y1, x0, x1))))
         return InteractiveObject(self.predictor, emb)
 
-    def _replay(self, window: Window | None) -> StepResult:
-        """Decode all clicks again on ``window`` (None: the whole image); the last step's result."""
-        self._window, self._mask = window, None
+    def _replay(self, window: Window | None) -> StepResult | None:
+        """Decode all clicks again on ``window`` (None: the whole image); the last step's result
+        (None from a tiled whole image)."""
+        self._window = window
+        self._changed()
         if window is None:
             self._crop = None
             self._whole.reset()
@@ -333,14 +390,20 @@ class ZoomedObject(OnPlane):
             res = obj.add(Click(c.y - dy, c.x - dx, c.is_positive))
         return res
 
+    def _zoom_window(self, mask) -> Window | None:
+        return zoom_window(mask, self._clicks, self.original_size, reuse=self._crops.windows(),
+                           canvas_scale=getattr(self._whole, "canvas_scale", None))
+
     def add_click(self, y: float, x: float, positive: bool = True) -> np.ndarray:
         """Add a click (image coordinates); the new (H, W) bool mask."""
         from ._clicks import checked_click
 
-        return self.add(checked_click(y, x, positive, self.original_size)).mask
+        self.add(checked_click(y, x, positive, self.original_size))
+        return self.mask
 
-    def add(self, click: Click) -> StepResult:
-        """Add a click; the :class:`StepResult` of the object's decoding (its mask is the plane's).
+    def add(self, click: Click) -> StepResult | None:
+        """Add a click; the :class:`StepResult` of the object's decoding on a plane image (its mask
+        the plane's), None on a tiled image (read :attr:`region`).
 
         A click off the image raises ValueError; on any error (such as running out of memory
         while encoding a crop) the object is left as it was before the click.
@@ -348,19 +411,24 @@ class ZoomedObject(OnPlane):
         check_clicks_inside([click], self.original_size)
         saved = (self._window, self._crop, len(self._whole), len(self._crop) if self._crop is not None else 0)
         try:
-            return self._add(click)
+            res = self._add(click)
         except BaseException:
             window, crop, n_whole, n_crop = saved
             del self._clicks[len(self.windows):]
             self._whole.truncate(n_whole)
             if crop is not None:
                 crop.truncate(n_crop)
-            self._window, self._crop, self._mask = window, crop, None
+            self._window, self._crop = window, crop
+            self._changed()
             raise
+        if not self._plane:
+            return None
+        return StepResult(self.mask, res.logits if self._window is None else None, None,
+                          res.decoder_seconds, res.refine_seconds)
 
-    def _add(self, click: Click) -> StepResult:
+    def _add(self, click: Click) -> StepResult | None:
         self._clicks.append(click)
-        self._mask = None
+        self._changed()
         shape = self.original_size
         if self._whole.box is not None:
             res = self._whole.add(click)
@@ -368,54 +436,59 @@ class ZoomedObject(OnPlane):
             res = self._whole.add(click)
             first = click.is_positive and sum(c.is_positive for c in self._clicks) == 1
             # a blank image (or an empty answer) gives no object to enlarge
-            first = first and not self._whole.blank and bool(res.mask.any())
-            window = zoom_window(self._whole.mask, self._clicks, shape, reuse=self._crops.windows()) if first else None
+            whole = self._whole.region
+            first = first and not self._whole.blank and bool(np.any(whole.crop))
+            window = self._zoom_window(whole) if first else None
             if window is not None:
                 res = self._replay(window)
         else:
             y0, x0 = self._window[0], self._window[2]
-            res = None
-            if _inside(self._window, shape, self._clicks, None):
+            inside = _inside(self._window, shape, self._clicks, None)
+            if inside:
                 res = self._crop.add(Click(click.y - y0, click.x - x0, click.is_positive))
-                self._mask = None
-            if res is None or not _inside(self._window, shape, self._clicks, self.mask):
+                self._changed()
+            if not inside or not _inside(self._window, shape, self._clicks, self.region):
                 # placed again around the mask (the new one, or the last one when the click left
                 # the crop) and the clicks, or back on the whole image
-                window = zoom_window(self.mask, self._clicks, shape, reuse=self._crops.windows())
-                if window is None or window != self._window or res is None:
+                window = self._zoom_window(self.region)
+                if window is None or window != self._window or not inside:
                     res = self._replay(window)
         self.windows.append(self._window)
         self._tokens.append(next(_SERIAL))
-        return StepResult(self.mask, res.logits if self._window is None else None, None,
-                          res.decoder_seconds, res.refine_seconds)
+        return res
 
     def undo(self) -> np.ndarray:
         """Remove the last click; the previous mask (the crop of that click, replayed)."""
-        if self._clicks:
-            self._clicks.pop()
-            self.windows.pop()
-            self._tokens.pop()
-            window = self.windows[-1] if self.windows else None
-            if window == self._window and window is not None and len(self._crop) == len(self._clicks) + 1:
-                self._crop.undo()
-                self._mask = None
-            elif window is None and self._window is None:
-                self._whole.undo()
-            else:
-                self._replay(window)
+        self._undo()
         return self.mask
+
+    def _undo(self) -> None:
+        if not self._clicks:
+            return
+        self._clicks.pop()
+        self.windows.pop()
+        self._tokens.pop()
+        window = self.windows[-1] if self.windows else None
+        if window == self._window and window is not None and len(self._crop) == len(self._clicks) + 1:
+            self._crop.undo()
+            self._changed()
+        elif window is None and self._window is None:
+            self._whole.truncate(len(self._clicks))
+        else:
+            self._replay(window)
 
     def truncate(self, n: int) -> None:
         """Keep the first ``n`` clicks only."""
         while len(self._clicks) > max(0, n):
-            self.undo()
+            self._undo()
 
     def reset(self) -> None:
         self._clicks.clear()
         self.windows.clear()
         self._tokens.clear()
         self._whole.reset()
-        self._window, self._crop, self._mask = None, None, None
+        self._window, self._crop = None, None
+        self._changed()
 
     def set_box(self, box) -> np.ndarray:
         """Start the object from a box (y0, x0, y1, x1) on the whole image, or remove it (None);

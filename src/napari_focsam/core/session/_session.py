@@ -50,9 +50,10 @@ class Session:
     :attr:`store` is a :class:`TiledEmbeddingStore`, and memory is bounded by
     ``max_memory_bytes`` of tile embeddings plus each object's click history and mask regions.
 
-    zoom: on a 2D image that is not tiled, an object small after its first click is decoded on
-    an enlarged crop (:class:`~napari_focsam.core.prompting.ZoomedObject`); applies to objects
-    started after it is set. Stacks (propagated on whole planes) and tiled images never zoom.
+    zoom: on a 2D image, an object small after its first click is decoded on an enlarged crop
+    (:class:`~napari_focsam.core.prompting.ZoomedObject`; on a tiled image, a crop of
+    full-resolution pixels around the object); applies to objects started after it is set.
+    Stacks (propagated on whole planes) never zoom.
     """
 
     def __init__(self, vol: ImageVolume | Any, model: str | Path | FocSAM = DEFAULT_MODEL, *,

@@ -135,7 +135,19 @@ class TiledSlices(PlaneSlices):
         return self.session.store.tile_window(key)
 
     def new_history(self, obj: SegmentedObject, z: int, first: Click | None = None):
-        return TiledHistory(self.session.store, self.session.predictor, z)
+        """A click history for slice ``z`` in the tiles; on a 2D image with the session's ``zoom``
+        on, a small object is decoded on an enlarged crop of full-resolution pixels
+        (:class:`ZoomedObject` around the :class:`TiledHistory`)."""
+        hist = TiledHistory(self.session.store, self.session.predictor, z)
+        vol = obj.volume
+        if not self.session.zoom or vol.is_3d:
+            return hist
+
+        def read(y0: int, y1: int, x0: int, x1: int):
+            return vol.rgb_region(z, y0, y1, x0, x1)
+
+        crops = self._crops.setdefault(z, CropEmbeddings())
+        return ZoomedObject(self.session.predictor, None, read, crops=crops, whole=hist)
 
     def prefetch(self, obj: SegmentedObject, z: int, click: Click | None = None, box: Box | None = None) -> None:
         """Compute the tile the next prompt on slice ``z`` is decoded in first."""
