@@ -39,6 +39,9 @@ def test_a_small_cell_is_decoded_on_a_crop_and_unticking_zoom_answers_it_whole(d
     viewer.reset_view()
     qtbot.wait(100)
     assert widget.zoom_check.isChecked() and widget.zoom_check.isEnabled() and widget.session.zoom
+    previews = []
+    # (connected after the dock's own slot: runs once the preview layer shows the masks)
+    widget.jobs.zoom_preview.connect(lambda ticket, masks: previews.append((masks, widget.current_mask.copy())))
     click(qtbot, viewer, layer, 700, 650)
     qtbot.waitUntil(lambda: len(widget.prompts_layer.data) == 1, timeout=5000)
     qtbot.waitUntil(lambda: not widget.is_busy() and widget.current_mask.any(), timeout=WAIT_MS)
@@ -48,6 +51,10 @@ def test_a_small_cell_is_decoded_on_a_crop_and_unticking_zoom_answers_it_whole(d
     assert y0 < 700 < y1 and x0 < 650 < x1 and y1 - y0 == 512
     zoomed = widget.current_mask.copy()
     assert iou(zoomed, truth == 3) > 0.8
+    # while the crop was encoded, the whole image's answer was shown (one preview, slice 0)
+    assert len(previews) == 1 and list(previews[0][0]) == [0] and previews[0][0][0].crop.any()
+    shown = previews[0][1]
+    assert shown[700, 650] and shown.sum() != zoomed.sum()  # the whole image's mask, then the crop's
 
     qtbot.mouseClick(widget.zoom_check, Qt.MouseButton.LeftButton)  # the user unticks Zoom
     assert not widget.session.zoom

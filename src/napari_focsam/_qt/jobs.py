@@ -164,6 +164,7 @@ class SessionJobs(QObject):
     tiles_embedded = Signal(int, int, object)  # tiled sessions: tiles done, done + still wanted, (z, TileKey)
     embedding_done = Signal(object)         # Failure | cache warning (str) | None
     predicted = Signal(object, object, float)  # Ticket, {z: mask} | Failure | None (skipped), seconds
+    zoom_preview = Signal(object, object)   # Ticket, {z: MaskRegion}: the whole image's mask while a crop encodes
     volume_progress = Signal(int, int)      # emitted from the worker thread (queued)
     volume_done = Signal(object, object, object)  # Ticket, PropagationResult | Failure, {z: MaskRegion}
     failed = Signal(object)                 # Failure of a job that broke its own error handling
@@ -462,11 +463,15 @@ class SessionJobs(QObject):
                 with ctx.lock:
                     obj = ctx.object_for(ticket.epoch)
                     t0 = time.perf_counter()
-                    if prompts or obj.box is not None:
-                        changed = set_prompts(obj, prompts, region=True)
-                    else:
-                        obj.reset()
-                        changed = {}
+                    ctx.session.zoom_listener = lambda z, region: self.zoom_preview.emit(ticket, {z: region})
+                    try:
+                        if prompts or obj.box is not None:
+                            changed = set_prompts(obj, prompts, region=True)
+                        else:
+                            obj.reset()
+                            changed = {}
+                    finally:
+                        ctx.session.zoom_listener = None
                     dt = time.perf_counter() - t0
                     zs = set(changed) | shown | prompts.slices
                     return {z: obj.mask_region(z) for z in zs}, dt

@@ -187,6 +187,7 @@ class FocSAMWidget(QWidget):
         j.embedding_done.connect(self.embeddings.on_done)
         j.tiles_embedded.connect(self.tiles.on_progress)
         j.predicted.connect(self._on_predicted)
+        j.zoom_preview.connect(lambda t, masks: self.queue.is_current(t) and self.managed.show_masks(masks, False))
         j.volume_progress.connect(self.actions.volume_progress)
         la.bind_viewer_keys()
         self.sync.image_inserted.connect(self._on_image_inserted)

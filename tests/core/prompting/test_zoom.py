@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from napari_focsam.core.prompting import (
-    Click, CropEmbeddings, FocSAMPredictor, InteractiveObject, ZoomedObject, mask_iou, zoom_window)
+    Click, CropEmbeddings, FocSAMPredictor, InteractiveObject, ZoomedObject, mask_iou, region_to_plane, zoom_window)
 from napari_focsam.evaluation.runner import PredictorAdapter
 
 
@@ -156,6 +156,22 @@ def test_neighbouring_objects_share_a_crop_and_its_embedding(scene, predictor):
     c = ZoomedObject(predictor, emb, reads, crops=crops)
     c.add(Click(*disks[2][:2]))
     assert c.window != a.window and len(reads.calls) == 2 and len(crops) == 2
+
+
+def test_the_whole_image_answer_is_handed_out_while_a_crop_is_encoded(scene, predictor):
+    img, disks = scene
+    emb = predictor.embed(img)
+    crops, seen = CropEmbeddings(), []
+    a = ZoomedObject(predictor, emb, Reads(img), crops=crops, on_crop=seen.append)
+    a.add(Click(*disks[0][:2]))
+    whole = InteractiveObject(predictor, emb)
+    whole.add(Click(*disks[0][:2]))
+    assert len(seen) == 1 and mask_iou(region_to_plane(seen[0], img.shape), whole.mask) == 1.0
+    b = ZoomedObject(predictor, emb, Reads(img), crops=crops, on_crop=seen.append)
+    b.add(Click(*disks[1][:2]))  # its crop is already encoded: nothing to wait for
+    big = ZoomedObject(predictor, emb, Reads(img), crops=crops, on_crop=seen.append)
+    big.add(Click(*disks[3][:2]))  # not zoomed
+    assert len(seen) == 1
 
 
 def test_adapter_zoom_runs_the_protocol_on_crops(scene, predictor):

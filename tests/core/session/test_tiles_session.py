@@ -251,6 +251,8 @@ def test_a_small_object_of_a_large_image_is_zoomed_at_full_resolution(mobile_sam
 
     s = Session(Watched(img), mobile_sam)
     assert s.tiled and s.zoom
+    heard = []
+    s.zoom_listener = lambda z, region: heard.append((z, region))
     obj = s.new_object()
     y0, x0, crop = obj.add_click(700, 900, region=True)
     hist = obj.history(0)
@@ -259,6 +261,7 @@ def test_a_small_object_of_a_large_image_is_zoomed_at_full_resolution(mobile_sam
     assert (wy1 - wy0, wx1 - wx0) == (512, 512) and (512, 512) in reads
     assert max(h * w for h, w in reads) <= 1024 * 1024  # windows and tiles, never the plane
     assert crop.shape[0] < 60 and crop.shape[1] < 60
+    assert len(heard) == 1 and heard[0][0] == 0 and heard[0][1].crop.any()  # the tile's answer, meanwhile
     zoomed = region_to_plane((y0, x0, crop), (H, W))
     assert iou(zoomed, small) > 0.85
     # a neighbour shares the crop: no second read of it

@@ -103,8 +103,8 @@ def _box(region: MaskRegion | None, clicks: Sequence[Click]) -> tuple[float, flo
 
 
 def zoom_window(mask: Mask, clicks: Sequence[Click], shape: tuple[int, int], *,
-                canvas_scale: float | None = None, scale: float = ZOOM_SCALE, min_gain: float = ZOOM_MIN_GAIN, max_gain: float = ZOOM_MAX_GAIN,
-                fit: float = ZOOM_FIT, max_object: float = ZOOM_MAX_OBJECT,
+                canvas_scale: float | None = None, scale: float = ZOOM_SCALE, min_gain: float = ZOOM_MIN_GAIN,
+                max_gain: float = ZOOM_MAX_GAIN, fit: float = ZOOM_FIT, max_object: float = ZOOM_MAX_OBJECT,
                 reuse: Sequence[Window] = (), reuse_room: float = ZOOM_REUSE_ROOM) -> Window | None:
     """The crop an object is decoded on, or None when it should stay on the whole image.
 
@@ -214,6 +214,10 @@ class CropEmbeddings:
                 self._items.popitem(last=False)
         return emb
 
+    def __contains__(self, window: Window) -> bool:
+        with self._lock:
+            return window in self._items
+
     def windows(self) -> list[Window]:
         """The windows held, the most recently used last."""
         with self._lock:
@@ -259,15 +263,20 @@ class ZoomedObject(OnPlane):
         The click history on the whole image (a ``TiledHistory`` on a large image; by default an
         ``InteractiveObject`` on ``embedding``). Its ``canvas_scale``, where it has one, is the
         scale the object is decoded at before zooming; its masks are used as regions only.
+    on_crop : callable, optional
+        ``on_crop(region)``: called with the whole image's mask of the first click when a crop
+        must be encoded before the object's mask is ready (about 1 s on a CPU), so that a caller
+        can show that mask meanwhile (on the thread that decodes).
     """
 
     offset = 0.0  # the propagation cuts its runs from this slice at 0 (no level cut)
 
     def __init__(self, predictor: FocSAMPredictor, embedding, read: Callable[[int, int, int, int], np.ndarray], *,
                  original_size: tuple[int, int] | None = None, crops: CropEmbeddings | None = None,
-                 whole=None) -> None:
+                 whole=None, on_crop: Callable[[MaskRegion], None] | None = None) -> None:
         self.predictor = predictor
         self._read = read
+        self.on_crop = on_crop
         if whole is None:
             whole = InteractiveObject(predictor, embedding, original_size=original_size)
         self._whole = whole
@@ -440,6 +449,8 @@ class ZoomedObject(OnPlane):
             first = first and not self._whole.blank and bool(np.any(whole.crop))
             window = self._zoom_window(whole) if first else None
             if window is not None:
+                if self.on_crop is not None and window not in self._crops:
+                    self.on_crop(whole)  # the whole image's answer, while the crop is encoded
                 res = self._replay(window)
         else:
             y0, x0 = self._window[0], self._window[2]

@@ -78,6 +78,9 @@ class Session:
         self.tiled = self.store.tiled
         #: decode small objects of a 2D image on an enlarged crop (objects started from now on)
         self.zoom = bool(zoom)
+        #: ``zoom_listener(z, region)``, called on the decoding thread with the whole image's mask
+        #: of an object whose crop is about to be encoded (about 1 s): a viewer shows it meanwhile
+        self.zoom_listener: Callable[[int, Any], None] | None = None
         #: how the objects' slices are prompted and propagated (whole planes or tiles)
         self.slices = SLICE_MODES[self.tiled](self)
         self._objects: list[SegmentedObject] = []

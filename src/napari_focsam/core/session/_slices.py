@@ -34,6 +34,15 @@ class PlaneSlices:
         self.session = session
         self._crops: dict[int, CropEmbeddings] = {}  # per slice: zoomed crops shared by its objects
 
+    def _zoom_preview(self, z: int) -> Callable:
+        """A zoomed object's ``on_crop``: the session's ``zoom_listener(z, region)``, if any."""
+        def notify(region) -> None:
+            listener = self.session.zoom_listener
+            if listener is not None:
+                listener(z, region)
+
+        return notify
+
     def clear_memory(self) -> None:
         """Drop the embeddings of the zoomed crops (see :class:`ZoomedObject`)."""
         for crops in self._crops.values():
@@ -81,7 +90,8 @@ class PlaneSlices:
                 return vol.rgb_region(z, y0, y1, x0, x1)
 
             crops = self._crops.setdefault(z, CropEmbeddings())
-            return ZoomedObject(predictor, lambda: store.get(z), read, original_size=shape, crops=crops)
+            return ZoomedObject(predictor, lambda: store.get(z), read, original_size=shape, crops=crops,
+                                on_crop=self._zoom_preview(z))
         return InteractiveObject(predictor, lambda: store.get(z), original_size=shape)
 
     def prefetch(self, obj: SegmentedObject, z: int, click: Click | None = None, box: Box | None = None) -> None:
@@ -147,7 +157,7 @@ class TiledSlices(PlaneSlices):
             return vol.rgb_region(z, y0, y1, x0, x1)
 
         crops = self._crops.setdefault(z, CropEmbeddings())
-        return ZoomedObject(self.session.predictor, None, read, crops=crops, whole=hist)
+        return ZoomedObject(self.session.predictor, None, read, crops=crops, whole=hist, on_crop=self._zoom_preview(z))
 
     def prefetch(self, obj: SegmentedObject, z: int, click: Click | None = None, box: Box | None = None) -> None:
         """Compute the tile the next prompt on slice ``z`` is decoded in first."""
