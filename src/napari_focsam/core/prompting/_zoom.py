@@ -10,8 +10,9 @@ The rule (:func:`zoom_window`), after the object's first positive click on the w
 
 - the crop is a square of ``1024 / ZOOM_SCALE`` image pixels (512: the encoder sees the image's
   pixels at most ``ZOOM_SCALE`` = 2 times enlarged; 4 times was worse on the EM profiles,
-  0.694 against 0.783 for the small ones), placed around the mask's box and the clicks,
-  inside the image;
+  0.694 against 0.783 for the small ones), or larger where the object is shown smaller than
+  that now, so that the crop enlarges it at most ``ZOOM_MAX_GAIN`` times (half the long side
+  of a 1349-pixel image); centred on the mask's box and the clicks, inside the image;
 - only when that enlarges the image at least ``ZOOM_MIN_GAIN`` times over the whole-image
   canvas (the image's long side at least 768 pixels: a 512-pixel image is already shown to the
   encoder 2 times enlarged);
