@@ -18,6 +18,13 @@ click. ``--figure PNG`` draws the first-click masks of the first zoomed objects 
 in a 2 x 2 mosaic, a large image the product tiles; the 10-click protocol on the same objects
 (moved into their quadrant) through the tiled session (``evaluation.tiled.LargeImageAdapter``),
 with zoom off and on: NoC@85/90 and the mean IoU per click.
+
+``--widget``: the dock in a real viewer (an Xvfb display is started when none is set) on a
+drawn 1024 x 1024 EM-like image with small cells (radius 12-15, dark membranes): per cell, a new
+object and one click (the prompts layer's data), zoom off for every cell, then on; printed: the
+median time from the click to the first mask shown (with zoom, the whole image's mask shown
+while the crop is encoded) and to the final mask, for a cell whose crop must be encoded and for
+a neighbour that reuses it.
 """
 
 from __future__ import annotations
@@ -156,6 +163,77 @@ def mosaic_protocol(set_name: str, predictor, root, log, max_clicks: int = 10) -
             f"NoC@90 {summary['noc90']:.2f} mIoU {miou} ({time.perf_counter() - t0:.0f} s)")
 
 
+def em_like_cells(n: int = 1024) -> tuple[np.ndarray, list[tuple[int, int]]]:
+    """A drawn EM-like image: pairs of small bright cells with dark membranes on grey noise, one
+    pair near the centre of each quadrant (the second cell of a pair shares the first's crop)."""
+    rng = np.random.default_rng(3)
+    img = 90 + 12 * rng.standard_normal((n, n))
+    yy, xx = np.ogrid[:n, :n]
+    centres = []
+    for qy in (n // 4, 3 * n // 4):
+        for qx in (n // 4, 3 * n // 4):
+            for dy, dx, r in ((0, 0, 14), (30, 36, 12)):
+                cy, cx = qy + dy, qx + dx
+                d = np.hypot(yy - cy, xx - cx)
+                img[(d > r) & (d <= r + 2)] = 25
+                img[d <= r] = 185
+                centres.append((cy, cx))
+    return np.clip(img, 0, 255).astype(np.uint8), centres
+
+
+def widget_clicks(threads: int, log) -> None:
+    """Click-to-mask in the dock, zoom off then on (see the module docs)."""
+    import subprocess
+
+    if not os.environ.get("DISPLAY"):
+        os.environ["DISPLAY"] = ":96"
+        subprocess.Popen(["Xvfb", ":96", "-screen", "0", "1600x1000x24", "-nolisten", "tcp"],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(1.0)
+    import napari
+    from qtpy.QtWidgets import QApplication
+
+    image, centres = em_like_cells()
+    viewer = napari.Viewer(show=True)
+    viewer.add_image(image, name="em-like")
+    _, widget = viewer.window.add_plugin_dock_widget("napari-focsam", "FocSAM")
+    app = QApplication.instance()
+    widget.threads_spin.setValue(threads)
+
+    def wait(cond, timeout=600.0):
+        t0 = time.perf_counter()
+        while not cond():
+            app.processEvents()
+            time.sleep(0.002)
+            if time.perf_counter() - t0 > timeout:
+                raise TimeoutError("timed out")
+
+    wait(lambda: widget.is_ready and not widget.is_busy())
+    shown: list[float] = []
+    widget.jobs.zoom_preview.connect(lambda *_: shown.append(time.perf_counter()))
+    for zoom in (False, True):
+        widget.zoom_check.setChecked(zoom)
+        wait(lambda: not widget.is_busy())
+        rows = {"own crop": ([], []), "shared crop": ([], [])}
+        for i, (cy, cx) in enumerate(centres):
+            widget.clear()
+            wait(lambda: not widget.is_busy())
+            shown.clear()
+            t0 = time.perf_counter()
+            widget.prompts_layer.data = np.array([[cy, cx]], float)
+            wait(lambda: not widget.is_busy() and widget.current_mask is not None and widget.current_mask.any())
+            t1 = time.perf_counter()
+            kind = "own crop" if i % 2 == 0 else "shared crop"
+            rows[kind][0].append(1e3 * ((shown[0] if shown else t1) - t0))
+            rows[kind][1].append(1e3 * (t1 - t0))
+        for kind, (first, final) in rows.items():
+            log(f"dock, {threads} thread(s), zoom {'on ' if zoom else 'off'}, {kind:11s}: first mask shown "
+                f"{statistics.median(first):6.0f} ms, final {statistics.median(final):6.0f} ms "
+                f"(medians of {len(final)} cells)")
+    widget.close_session()
+    viewer.close()
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data-root", default=os.environ.get("FOCSAM_DATA", str(REPO.parent / "shared" / "data")))
@@ -166,8 +244,12 @@ def main(argv=None) -> int:
     p.add_argument("--cache", default=str(REPO / "results" / "embedding_cache"))
     p.add_argument("--figure", default=None, metavar="PNG", help="draw the first zoomed objects' first clicks")
     p.add_argument("--mosaic", action="store_true", help="only the click protocol on a tiled 2 x 2 mosaic")
+    p.add_argument("--widget", action="store_true", help="only click-to-mask in the dock, zoom off and on")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.widget:
+        widget_clicks(args.threads, lambda *a: print(*a, flush=True))
+        return 0
     root = Path(args.data_root)
     if not root.is_dir():
         print(f"no data at {root}: pass --data-root")
