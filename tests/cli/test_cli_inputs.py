@@ -88,6 +88,34 @@ def test_the_vote_between_slices_can_be_turned_off(tiny_ckpt, tmp_path, capsys, 
     assert seen == [vote]
 
 
+@pytest.mark.parametrize("flag, zoomed", [([], True), (["--no-zoom"], False)])
+def test_a_small_object_is_zoomed_unless_no_zoom(vit_t_path, tmp_path, capsys, monkeypatch, flag, zoomed):
+    from napari_focsam.core.prompting import ZoomedObject
+    from napari_focsam.core.session import _slices
+
+    made = []
+
+    class Spy(ZoomedObject):
+        def add(self, click):
+            out = super().add(click)
+            made.append(self.window)
+            return out
+
+    monkeypatch.setattr(_slices, "ZoomedObject", Spy)
+    img = np.random.default_rng(5).normal(90, 10, (1024, 1024)).clip(0, 255).astype(np.uint8)
+    yy, xx = np.ogrid[:1024, :1024]
+    cell = (yy - 600) ** 2 + (xx - 420) ** 2 <= 14 ** 2
+    img[cell] = 190
+    path = tmp_path / "em.tif"
+    tifffile.imwrite(path, img)
+    rc, out, err = run(["segment", path, "--click", "600,420", *flag, "--model", vit_t_path,
+                        "--out", tmp_path / "m.tif"], capsys)
+    assert rc == 0, err
+    mask = tifffile.imread(tmp_path / "m.tif").astype(bool)
+    assert mask[600, 420] and (mask & cell).sum() / (mask | cell).sum() > 0.7
+    assert (len(made) == 1 and made[0] is not None) if zoomed else made == []
+
+
 # --------------------------------------------------------------------------- blank images
 
 

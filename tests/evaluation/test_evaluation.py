@@ -440,7 +440,12 @@ def test_evaluate_command_smoke(tmp_path, capsys):
         assert (out / run / "summary.csv").exists() and (out / run / "per_object_ious.json").exists()
     focsam = json.loads((out / "focsam" / "summary.json").read_text())
     assert focsam["refine"] is True and focsam["spc"]["refine"] > 0
+    assert focsam["zoom"] is True and all(x["zoom"] is True for x in lines)  # as the widget, by default
     assert (out / "miou_curve.png").stat().st_size > 1000
+    rc = main(["evaluate", "--dataset", "grabcut", "--data-root", str(tmp_path), "--model", str(ckpt), "--no-zoom",
+               "--max-objects", "1", "--max-clicks", "2", "--quiet", "--out", str(tmp_path / "out2")])
+    assert rc == 0 and json.loads(capsys.readouterr().out)["zoom"] is False
+    assert json.loads((tmp_path / "out2" / "summary.json").read_text())["zoom"] is False
 
 
 def test_image_selection_in_natural_order(tmp_path):
