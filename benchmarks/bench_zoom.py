@@ -183,13 +183,9 @@ def em_like_cells(n: int = 1024) -> tuple[np.ndarray, list[tuple[int, int]]]:
 
 def widget_clicks(threads: int, log) -> None:
     """Click-to-mask in the dock, zoom off then on (see the module docs)."""
-    import subprocess
+    from bench_widget import ensure_display, wait as wait_app
 
-    if not os.environ.get("DISPLAY"):
-        os.environ["DISPLAY"] = ":96"
-        subprocess.Popen(["Xvfb", ":96", "-screen", "0", "1600x1000x24", "-nolisten", "tcp"],
-                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(1.0)
+    xvfb = ensure_display()
     import napari
     from qtpy.QtWidgets import QApplication
 
@@ -200,13 +196,8 @@ def widget_clicks(threads: int, log) -> None:
     app = QApplication.instance()
     widget.threads_spin.setValue(threads)
 
-    def wait(cond, timeout=600.0):
-        t0 = time.perf_counter()
-        while not cond():
-            app.processEvents()
-            time.sleep(0.002)
-            if time.perf_counter() - t0 > timeout:
-                raise TimeoutError("timed out")
+    def wait(cond) -> None:
+        wait_app(app, cond)
 
     wait(lambda: widget.is_ready and not widget.is_busy())
     shown: list[float] = []
@@ -232,6 +223,8 @@ def widget_clicks(threads: int, log) -> None:
                 f"(medians of {len(final)} cells)")
     widget.close_session()
     viewer.close()
+    if xvfb is not None:
+        xvfb.terminate()
 
 
 def main(argv=None) -> int:
