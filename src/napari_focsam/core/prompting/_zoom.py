@@ -46,7 +46,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from ._click_rules import check_clicks_inside
-from ._clicks import Click
+from ._clicks import Click, checked_click
 from ._predictor import FocSAMPredictor, InteractiveObject, StepResult
 from ._regions import MaskRegion, OnPlane, region_bbox, region_from_plane, region_to_plane, trimmed
 
@@ -103,6 +103,16 @@ def _box(region: MaskRegion | None, clicks: Sequence[Click]) -> tuple[float, flo
     return min(ys), max(ys), min(xs), max(xs)
 
 
+def _room(window: Window, box: tuple[float, float, float, float], shape: tuple[int, int]) -> float:
+    """The box's smallest distance to an inner edge of the window (an edge on the image's border
+    is not an inner edge; inf when every edge is on the border)."""
+    wy0, wy1, wx0, wx1 = window
+    y0, y1, x0, x1 = box
+    H, W = shape
+    edges = [(y0 - wy0, wy0 > 0), (wy1 - y1, wy1 < H), (x0 - wx0, wx0 > 0), (wx1 - x1, wx1 < W)]
+    return min((d for d, inner in edges if inner), default=math.inf)
+
+
 def zoom_window(mask: Mask, clicks: Sequence[Click], shape: tuple[int, int], *,
                 canvas_scale: float | None = None, scale: float = ZOOM_SCALE, min_gain: float = ZOOM_MIN_GAIN,
                 max_gain: float = ZOOM_MAX_GAIN, fit: float = ZOOM_FIT, max_object: float = ZOOM_MAX_OBJECT,
@@ -152,15 +162,10 @@ def zoom_window(mask: Mask, clicks: Sequence[Click], shape: tuple[int, int], *,
     if max(y1 - y0, x1 - x0) > fit * side:
         return None
 
-    def room(w: Window) -> float:  # the box's smallest distance to an inner edge of the window
-        wy0, wy1, wx0, wx1 = w
-        edges = [(y0 - wy0, wy0 > 0), (wy1 - y1, wy1 < H), (x0 - wx0, wx0 > 0), (wx1 - x1, wx1 < W)]
-        return min((d for d, inner in edges if inner), default=math.inf)
-
     same = [w for w in reuse if w[1] - w[0] == min(side, H) and w[3] - w[2] == min(side, W)]
     if same:
-        best = max(same, key=room)
-        if room(best) >= reuse_room * side:
+        best = max(same, key=lambda w: _room(w, box, shape))
+        if _room(best, box, shape) >= reuse_room * side:
             return best
 
     def place(lo: float, hi: float, n: int) -> tuple[int, int]:
@@ -176,15 +181,8 @@ def _inside(window: Window, shape: tuple[int, int], clicks: Sequence[Click], mas
             margin: int = ZOOM_MARGIN) -> bool:
     """Whether the clicks and the mask keep ``margin`` pixels from the window's inner edges
     (an edge on the image's border is not an inner edge)."""
-    y0, y1, x0, x1 = window
-    H, W = shape
-    lo_y, hi_y = (y0 + margin if y0 > 0 else 0), (y1 - margin if y1 < H else H)
-    lo_x, hi_x = (x0 + margin if x0 > 0 else 0), (x1 - margin if x1 < W else W)
     box = _box(_as_region(mask), clicks)
-    if box is None:
-        return True
-    by0, by1, bx0, bx1 = box
-    return by0 >= lo_y and by1 <= hi_y and bx0 >= lo_x and bx1 <= hi_x
+    return box is None or _room(window, box, shape) >= margin
 
 
 class CropEmbeddings:
@@ -406,8 +404,6 @@ class ZoomedObject(OnPlane):
 
     def add_click(self, y: float, x: float, positive: bool = True) -> np.ndarray:
         """Add a click (image coordinates); the new (H, W) bool mask."""
-        from ._clicks import checked_click
-
         self.add(checked_click(y, x, positive, self.original_size))
         return self.mask
 

@@ -43,6 +43,20 @@ class PlaneSlices:
 
         return notify
 
+    def _zoomed(self, obj: SegmentedObject, z: int, **kwargs: Any) -> ZoomedObject | None:
+        """A :class:`ZoomedObject` for slice ``z`` of ``obj`` (its crops read from the volume and
+        shared by the slice's objects), None when the session does not zoom or the image is a
+        stack. ``kwargs``: the whole image's embedding and size, or its ``whole`` history."""
+        vol = obj.volume
+        if not self.session.zoom or vol.is_3d:
+            return None
+
+        def read(y0: int, y1: int, x0: int, x1: int):
+            return vol.rgb_region(z, y0, y1, x0, x1)
+
+        crops = self._crops.setdefault(z, CropEmbeddings())
+        return ZoomedObject(self.session.predictor, read=read, crops=crops, on_crop=self._zoom_preview(z), **kwargs)
+
     def clear_memory(self) -> None:
         """Drop the embeddings of the zoomed crops (see :class:`ZoomedObject`)."""
         for crops in self._crops.values():
@@ -84,14 +98,9 @@ class PlaneSlices:
             if near:  # beyond where the object stopped: the neighbouring mask as context
                 near.sort(key=lambda m: (inside(m, first), int(m.sum())), reverse=True)
                 return AnchorHistory(predictor, lambda: store.get(z), shape, near[0], context=True)
-        vol = obj.volume
-        if self.session.zoom and not vol.is_3d:
-            def read(y0: int, y1: int, x0: int, x1: int):
-                return vol.rgb_region(z, y0, y1, x0, x1)
-
-            crops = self._crops.setdefault(z, CropEmbeddings())
-            return ZoomedObject(predictor, lambda: store.get(z), read, original_size=shape, crops=crops,
-                                on_crop=self._zoom_preview(z))
+        zoomed = self._zoomed(obj, z, embedding=lambda: store.get(z), original_size=shape)
+        if zoomed is not None:  # (not ``or``: an object without clicks has length 0)
+            return zoomed
         return InteractiveObject(predictor, lambda: store.get(z), original_size=shape)
 
     def prefetch(self, obj: SegmentedObject, z: int, click: Click | None = None, box: Box | None = None) -> None:
@@ -149,15 +158,8 @@ class TiledSlices(PlaneSlices):
         on, a small object is decoded on an enlarged crop of full-resolution pixels
         (:class:`ZoomedObject` around the :class:`TiledHistory`)."""
         hist = TiledHistory(self.session.store, self.session.predictor, z)
-        vol = obj.volume
-        if not self.session.zoom or vol.is_3d:
-            return hist
-
-        def read(y0: int, y1: int, x0: int, x1: int):
-            return vol.rgb_region(z, y0, y1, x0, x1)
-
-        crops = self._crops.setdefault(z, CropEmbeddings())
-        return ZoomedObject(self.session.predictor, None, read, crops=crops, whole=hist, on_crop=self._zoom_preview(z))
+        zoomed = self._zoomed(obj, z, embedding=None, whole=hist)
+        return hist if zoomed is None else zoomed
 
     def prefetch(self, obj: SegmentedObject, z: int, click: Click | None = None, box: Box | None = None) -> None:
         """Compute the tile the next prompt on slice ``z`` is decoded in first."""
