@@ -85,7 +85,8 @@ def run_volume(name: str, root: Path, model, args, log) -> list[dict]:
             f"  ({time.perf_counter() - t0[0]:.1f} s)")
         t0[0] = time.perf_counter()
     return evaluate_volume(image, labels, model, ids=ids, n_clicks=args.clicks, window=spec.window,
-                           cache_dir=args.cache, propagate_kwargs=kwargs, progress=progress)
+                           cache_dir=args.cache, propagate_kwargs=kwargs, progress=progress,
+                           fit_neighbours=args.fit_neighbours)
 
 
 def summarise(name: str, rows: list[dict], n_clicks: int, log) -> dict:
@@ -166,6 +167,9 @@ def main(argv=None) -> int:
                         "default: the product's)")
     p.add_argument("--vote", default=None, type=lambda v: v.lower() in ("1", "true", "yes", "on"),
                    help="on/off: the propagated slices voted with their neighbours (default: the product's)")
+    p.add_argument("--fit-neighbours", default=True, type=lambda v: v.lower() in ("1", "true", "yes", "on"),
+                   help="on/off: a later click on a started slice checked against the object's neighbouring "
+                        "sections (default: on, the product's)")
     p.add_argument("--json", default=None)
     p.add_argument("--pictures", default=None, help="folder for the worst objects' PNGs")
     args = p.parse_args(argv)

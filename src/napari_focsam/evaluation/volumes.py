@@ -245,8 +245,11 @@ def read_volume_set(name: str, root: str | Path) -> tuple[np.ndarray, np.ndarray
 
 def evaluate_volume(image: np.ndarray, labels: np.ndarray, model: Any, *, ids: list[int], n_clicks: int = 8,
                     window: int | None = None, cache_dir: str | Path | None = None,
-                    propagate_kwargs: dict | None = None, progress=None) -> list[dict]:
+                    propagate_kwargs: dict | None = None, progress=None, fit_neighbours: bool = True) -> list[dict]:
     """:func:`run_object` on each label id of ``ids``; ``progress(row)`` after each object.
+
+    ``fit_neighbours``: the sessions' :attr:`~napari_focsam.core.session.Session.fit_neighbours`
+    (False: a later click's mask on a started slice is never checked against its neighbours).
 
     ``window``: each object in its own ``window`` x ``window`` crop of the planes (its own
     session); None: one session on the whole stack, every slice embedded first. ``model``: a
@@ -258,6 +261,7 @@ def evaluate_volume(image: np.ndarray, labels: np.ndarray, model: Any, *, ids: l
     session = None if window else Session(image, model, cache_dir=cache_dir)
     try:
         if session is not None:
+            session.fit_neighbours = fit_neighbours
             session.store.precompute()
         for i in ids:
             gt, s, row_window = labels == i, session, None
@@ -265,6 +269,7 @@ def evaluate_volume(image: np.ndarray, labels: np.ndarray, model: Any, *, ids: l
                 wy, wx = crop_window(gt, window)
                 gt = gt[:, wy, wx]
                 s = Session(np.ascontiguousarray(image[:, wy, wx]), model, cache_dir=cache_dir)
+                s.fit_neighbours = fit_neighbours
                 row_window = [wy.start, wx.start, window]
             try:
                 row = run_object(s, gt, n_clicks, propagate_kwargs)

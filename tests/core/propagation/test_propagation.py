@@ -320,8 +320,9 @@ def test_a_refined_slice_is_decoded_on_the_refined_embedding(monkeypatch):
     s = Session(blobs_stack(2, size=S), model)
     emb, prev = s.store.get(1), ball_masks()[5]
     seen = []
-    decode = model.mask_decoder.forward
-    monkeypatch.setattr(model.mask_decoder, "forward", lambda feats, *a: (seen.append(feats), decode(feats, *a))[1])
+    decode = model.mask_decoder.decode_tokens  # every decoding, whole map or block (``_decode.py``)
+    monkeypatch.setattr(model.mask_decoder, "decode_tokens",
+                        lambda feats, *a: (seen.append(feats), decode(feats, *a))[1])
     plain_mask, plain_logits = V.next_slice(s.predictor, emb, prev, None)
     refined_mask, refined_logits = V.next_slice(s.predictor, emb, prev, None, refine=True)
     assert len(seen) == 3 and seen[1] is seen[0] is not seen[2]  # coarse pass on the slice, then the refined one

@@ -740,7 +740,7 @@ def test_refine_gate_keeps_the_coarse_mask_when_the_refine_bridges_two_clicked_c
 
 
 def test_a_click_of_the_other_polarity_on_the_same_pixel_takes_the_earlier_one_back():
-    from napari_focsam.core.prompting._click_rules import live_clicks
+    from napari_focsam.core.prompting import live_clicks
 
     a, b, b_neg = Click(3, 3, True), Click(8, 8, True), Click(8.2, 7.9, False)
     assert live_clicks([a, b, b_neg], (20, 20)) == [a, b_neg]

@@ -11,7 +11,7 @@ __getattr__, __dir__, __all__ = _lazy.attach(
     submod_attrs={
         "_boxes": ["Box", "checked_box", "parse_box"],
         "_click_rules": ["click_agreement", "click_pixel", "clicks_on_nothing", "follows_click", "mask_iou",
-            "object_click_count", "steadiest_candidate"],
+            "live_clicks", "object_click_count", "steadiest_candidate"],
         "_clicks": ["checked_click", "Click"],
         "_later_clicks": ["later_click_rule", "LATER_CLICK_RULES", "LaterClickRule", "PICK_BELOW_IOU", "PickRule",
             "ReuseRule", "SteadyRule"],

@@ -420,6 +420,20 @@ class InteractiveObject(OnPlane):
         self._mask, self._mask_serial = _frozen(res.mask), state.serial
         return res
 
+    def replace_last(self, logits: torch.Tensor) -> np.ndarray:
+        """Replace the last click's (1, 1, 256, 256) logits (an answer chosen by the caller, such
+        as another of the decoder's candidates); the refined embedding stays. Undo removes the
+        click as usual. Returns the new mask; ValueError without a click."""
+        if not self._states:
+            raise ValueError("no click to replace the answer of")
+        last = self._states[-1]
+        state = ClickState(last.click, _compact(logits), last.refined)
+        self._states[-1] = state
+        with torch.inference_mode():
+            mask = logits_to_mask(state.logits, self.input_size, self.original_size)
+        self._mask, self._mask_serial = _frozen(mask), state.serial
+        return self._mask
+
     def set_box(self, box: Sequence[float] | None) -> np.ndarray:
         """Start the object from a box (y0, x0, y1, x1) in image pixels, or remove it (None).
 

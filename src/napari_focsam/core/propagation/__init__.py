@@ -10,6 +10,7 @@ __getattr__, __dir__, __all__ = _lazy.attach(
     __name__,
     submod_attrs={
         "_anchors": ["AnchorHistory", "inside", "prior_prompt"],
+        "_context": ["fits_neighbours", "neighbour_answer"],
         "_plain": ["DEFAULT_MULTIMASK", "DEFAULT_PROMPT", "interior_point", "MIN_MASK_PIXELS",
             "next_slice", "PlaneMasks", "PROMPT_MODES", "propagate", "PropagationResult"],
         "_runs": ["DIRECTIONS"],

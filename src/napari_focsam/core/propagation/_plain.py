@@ -66,6 +66,7 @@ from ..embeddings import ImageEmbedding
 from ._edges import DEFAULT_EDGE_FADE, fade_stop
 from ._runs import DIRECTIONS, PropagationRun, plan_runs, run_all, walk_run
 from ._vote import VOTE_MIN_OVERLAP, sections_overlap, vote_slices
+from ._decode import decoder_outputs
 
 if TYPE_CHECKING:
     from ..embeddings import EmbeddingStore
@@ -256,29 +257,14 @@ def decode_prompt_token(
     reference: np.ndarray | None = None,
     features: torch.Tensor | None = None,
     offset: float = 0.0,
+    around: np.ndarray | None = None,
 ) -> tuple[np.ndarray, torch.Tensor, torch.Tensor, float]:
     """:func:`decode_prompt`, also returning the decoder's (1, 1, 256) mask-#0 output token
-    (the focus refiner's click-fused query) and its predicted IoU of the mask returned."""
-    model = predictor.model
-    dev = predictor.device
-    H, W = embedding.original_size
-    h, w = embedding.input_size
-    sy, sx = h / H, w / W
-    pts = [[x * sx, y * sy] for y, x, _ in points]
-    labels = [1 if p else 0 for _, _, p in points]
-    if box is not None:
-        x0, y0, x1, y1 = box
-        pts += [[x0 * sx, y0 * sy], [x1 * sx, y1 * sy]]
-        labels += [2, 3]
-    if not pts:
-        raise ValueError("a prompt needs at least one point or a box")
-    P = torch.tensor(pts, dtype=torch.float32, device=dev)[None]
-    L = torch.tensor(labels, dtype=torch.int64, device=dev)[None]
-    pe = model.prompt_encoder
-    sparse = pe.embed_points(P, L, pad=box is None)  # as SAM: no padding point when a box is given
-    _, dense = pe(None, mask_input.to(dev) if mask_input is not None else None)
-    feats = embedding.features if features is None else features
-    out = model.mask_decoder(feats.to(dev), pe.get_dense_pe(), sparse, dense, multimask)
+    (the focus refiner's click-fused query) and its predicted IoU of the mask returned.
+    ``around``: the logits are upscaled around this (H, W) bool mask only (see
+    :func:`~napari_focsam.core.propagation._decode.decoder_outputs`)."""
+    out = decoder_outputs(predictor, embedding, points, box, mask_input, multimask=multimask, features=features,
+                          around=around, level=offset)
     all_logits = out.logits - offset if offset else out.logits
     if not multimask:
         logits = all_logits[:, :1]
@@ -409,8 +395,12 @@ def next_slice_scored(
     mask_input = None
     if "logits" in prompt:
         mask_input = prev_logits if prev_logits is not None else mask_to_logits(prev_mask, embedding.input_size)
+    # the logits serve again only as a mask prompt ("logits" modes) or the refiner's coarse mask;
+    # otherwise they are upscaled around the previous mask only (the same mask, :mod:`._decode`)
+    around = prev_mask if "logits" not in prompt and not refine else None
     mask, logits, token, score = decode_prompt_token(predictor, embedding, [(y, x, True)], box, mask_input,
-                                                     multimask=multimask, reference=prev_mask, offset=offset)
+                                                     multimask=multimask, reference=prev_mask, offset=offset,
+                                                     around=around)
     if doubts_its_mask(predictor.model, score, confidence):
         return np.zeros_like(mask), logits, score
     if not (refine and predictor.model.has_refiner):

@@ -316,6 +316,7 @@ class SegmentedObject:
 
     def _add(self, z: int, hist: SliceHistory, click: Click) -> None:
         hist.add(click)
+        self.session.slices.fit_to_neighbours(self, z, hist)
         if hist.blank and z not in self._warned_blank:
             log.warning("slice %d is blank (constant after contrast mapping): nothing to segment there", z)
             self._warned_blank.add(z)

@@ -78,6 +78,10 @@ class Session:
         self.tiled = self.store.tiled
         #: decode small objects of a 2D image on an enlarged crop (objects started from now on)
         self.zoom = bool(zoom)
+        #: on a stack, a later click on a slice where an object was started whose mask is far
+        #: larger or smaller than the object's sections next to it takes the decoder's candidate
+        #: that fits them (:func:`~napari_focsam.core.propagation.neighbour_answer`)
+        self.fit_neighbours = True
         #: ``zoom_listener(z, region)``, called on the decoding thread with the whole image's mask
         #: of an object whose crop is about to be encoded (about 1 s): a viewer shows it meanwhile
         self.zoom_listener: Callable[[int, Any], None] | None = None

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from ..images import TileKey
 from ..prompting import Box, Click, CropEmbeddings, InteractiveObject, TiledHistory, ZoomedObject
-from ..propagation import AnchorHistory, PropagationResult, inside, propagate, propagate_tiled
+from ..propagation import AnchorHistory, PropagationResult, inside, neighbour_answer, propagate, propagate_tiled
 
 if TYPE_CHECKING:
     from ._objects import SegmentedObject
@@ -103,6 +103,25 @@ class PlaneSlices:
             return zoomed
         return InteractiveObject(predictor, lambda: store.get(z), original_size=shape)
 
+    def fit_to_neighbours(self, obj: SegmentedObject, z: int, hist) -> None:
+        """After a later click on slice ``z`` of a stack where the object was started (an
+        :class:`InteractiveObject`; corrections of propagated slices have their own prompt,
+        :class:`AnchorHistory`): when the click loop's mask is far larger or smaller than the
+        object's sections on slices ``z - 1`` and ``z + 1`` where the user clicked too, the
+        decoder's candidate that fits them replaces it (:func:`neighbour_answer`). Propagated
+        neighbours do not count: those from this slice only repeat its previous answer (a part
+        of a large object, which the user's click is now growing)."""
+        if not (self.session.fit_neighbours and obj.volume.is_3d and isinstance(hist, InteractiveObject)):
+            return
+        if len(hist) < 2 or hist.blank or hist.box is not None:
+            return
+        # only slices the user clicked: a section propagated from this slice echoes its old answer
+        near = [k for k in (z - 1, z + 1) if 0 <= k < obj.volume.n_slices]
+        neighbours = [h.mask for h in map(obj.history, near) if h is not None]
+        logits = neighbour_answer(self.session.predictor, hist.embedding, hist.clicks, hist.mask, neighbours)
+        if logits is not None:
+            hist.replace_last(logits)
+
     def prefetch(self, obj: SegmentedObject, z: int, click: Click | None = None, box: Box | None = None) -> None:
         """Compute slice ``z``'s embedding (before the object's lock is taken)."""
         self.session.store.get(z)
@@ -181,6 +200,9 @@ class TiledSlices(PlaneSlices):
 
     def restyled(self, histories: dict) -> list[int]:
         return []
+
+    def fit_to_neighbours(self, obj: SegmentedObject, z: int, hist) -> None:
+        """Nothing: a tiled object's masks are regions decoded at the level that fits them."""
 
     def propagate(self, seeds: dict, tokens: dict, memo: dict, restyled: list[int], **kwargs: Any) -> PropagationResult:
         """Each slice is decoded in the tile (and level) that holds the previous slice's mask, with
