@@ -129,15 +129,17 @@ def loop_answers(monkeypatch):
     return radii
 
 
-def test_a_later_click_is_fitted_to_the_sections_clicked_next_to_it(session, candidates, loop_answers):
+def test_a_later_click_is_fitted_to_the_sections_clicked_next_to_it(session, candidates, loop_answers, caplog):
     obj = session.new_object()
     loop_answers += [11, 13, 11, 30]  # slices 1 and 3, then slice 2 twice: the second answer jumps
     obj.add_click(32, 32, True, z=1)
     obj.add_click(32, 32, True, z=3)
     obj.add_click(32, 32, True, z=2)
     assert candidates == []  # a first click is the loop's
-    mask = obj.add_click(30, 34, True, z=2)
+    with caplog.at_level("INFO", logger="napari_focsam.core.session"):
+        mask = obj.add_click(30, 34, True, z=2)
     assert abs(int(mask.sum()) - int(disc(12).sum())) < 40  # the radius-12 candidate, not the loop's 30
+    assert "slice 2" in caplog.text and "candidate that fits" in caplog.text
     assert len(candidates) == 1 and len(obj.history(2)) == 2
     assert abs(int(obj.undo(z=2).sum()) - int(disc(11).sum())) < 40
     # on the stack's last slice (no slice above it)

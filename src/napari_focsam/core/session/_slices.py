@@ -11,6 +11,7 @@ kind of image they are on. Both kinds of history offer the same interface (``cli
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING, Any, Callable
 
 from ..images import TileKey
@@ -21,6 +22,8 @@ if TYPE_CHECKING:
     from ._objects import SegmentedObject
 
 __all__ = ["PlaneSlices", "SLICE_MODES", "TiledSlices"]
+
+log = logging.getLogger("napari_focsam.core.session")
 
 
 class PlaneSlices:
@@ -118,9 +121,13 @@ class PlaneSlices:
         # only slices the user clicked: a section propagated from this slice echoes its old answer
         near = [k for k in (z - 1, z + 1) if 0 <= k < obj.volume.n_slices]
         neighbours = [h.mask for h in map(obj.history, near) if h is not None]
+        before = int(hist.mask.sum())
         logits = neighbour_answer(self.session.predictor, hist.embedding, hist.clicks, hist.mask, neighbours)
         if logits is not None:
-            hist.replace_last(logits)
+            after = int(hist.replace_last(logits).sum())
+            log.info("object %d, slice %d: the click's mask (%d px) is outside the size of the clicked slices "
+                     "next to it (%s px); the decoder's candidate that fits them is kept (%d px)", obj.id, z, before,
+                     "/".join(str(int(m.sum())) for m in neighbours), after)
 
     def prefetch(self, obj: SegmentedObject, z: int, click: Click | None = None, box: Box | None = None) -> None:
         """Compute slice ``z``'s embedding (before the object's lock is taken)."""
