@@ -120,6 +120,36 @@ def test_tiled_stack_propagates_with_regions(mobile_sam):
     assert sorted(boxed.masks) == [0, 1, 2] and all(iou(boxed.masks[z], truths[z]) > 0.7 for z in (0, 2))
 
 
+def test_tiled_propagation_decodes_around_the_previous_mask_with_the_same_regions(mobile_sam, monkeypatch):
+    """The logits of a propagated tile are upscaled around the previous mask only
+    (``core/propagation/_decode.py``); the regions are those of the whole map."""
+    from napari_focsam.core.propagation import _decode
+
+    truths = [disc(1000 + 6 * z, 800 + 4 * z, 30 + 2 * z) for z in range(3)]
+    stack = np.stack([image_with(t, seed=z) for z, t in enumerate(truths)])
+    s = Session(ImageVolume(stack), mobile_sam)
+    blocks = []
+    real_block = _decode.block_logits
+    monkeypatch.setattr(_decode, "block_logits", lambda *a, **k: blocks.append(1) or real_block(*a, **k))
+
+    def regions():
+        obj = s.new_object()
+        obj.add_click(1006, 804, z=1)
+        obj.propagate()
+        got = {z: (r.y0, r.x0, r.crop.copy()) for z, r in obj.volume_regions().items()}
+        s.remove_object(obj)
+        return got
+
+    block = regions()
+    assert len(blocks) >= 2  # both propagated slices
+    monkeypatch.setattr(_decode, "decode_around", lambda dec, feats, pe, sparse, dense, multimask, *a, **k:
+                        dec(feats, pe, sparse, dense, multimask))
+    whole = regions()
+    assert sorted(block) == sorted(whole) == [0, 1, 2]
+    for z in block:
+        assert block[z][:2] == whole[z][:2] and np.array_equal(block[z][2], whole[z][2])
+
+
 def test_tiled_propagation_stops_where_a_calibrated_decoder_doubts_its_mask(mobile_sam):
     """The propagation floor of a model with a calibrated IoU head (``propagation_thresholds``,
     read from its checkpoint) ends the object on tiled volumes as on plain ones: a slice whose

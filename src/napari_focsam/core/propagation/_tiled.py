@@ -108,8 +108,10 @@ def next_slice_tiled(store: TiledEmbeddingStore, z: int, prev: MaskRegion, prev_
         if "logits" in prompt:
             mask_input = prev_logits if (prev_logits is not None and key == prev_key) else \
                 mask_to_logits(ref, emb.input_size)
+        # the logits upscaled around the previous mask only, unless they serve again as a mask prompt
+        around = ref if "logits" not in prompt else None
         _, logits, _, score = decode_prompt_token(store.predictor, emb, [(y, x, True)], box, mask_input,
-                                                  multimask=multimask, reference=ref)
+                                                  multimask=multimask, reference=ref, around=around)
         if doubts_its_mask(store.predictor.model, score):  # the object has ended, as in the plain path
             return MaskRegion(0, 0, np.zeros((0, 0), bool)), key, logits, False
         got = tile_logits_values(logits, emb.input_size, emb.original_size)
