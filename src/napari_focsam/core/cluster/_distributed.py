@@ -36,12 +36,12 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 import numpy as np
 
 from ..outputs import labels_dtype, paint_objects_into
+from ._local import local_cluster
 
 __all__ = [
     "ImageSource",
     "ObjectResult",
     "connect",
-    "local_security",
     "open_image",
     "paint_objects",
     "precompute_distributed",
@@ -63,25 +63,6 @@ def progress_on_stderr(futures: Sequence[Any]) -> None:
 
     with contextlib.redirect_stdout(sys.stderr):
         dask_progress(futures, notebook=False)
-
-
-def local_security() -> Any:
-    """TLS with a key and certificate made for this run only (dask's ``Security.temporary``):
-    the scheduler and workers of a local cluster accept only clients holding them, so another
-    local process cannot connect and run code on the workers (plain dask accepts any).
-
-    Raises
-    ------
-    ValueError
-        The ``cryptography`` package that makes the certificate is missing.
-    """
-    from distributed.security import Security
-
-    try:
-        return Security.temporary()
-    except ImportError:
-        raise ValueError("a local cluster runs with TLS and needs the 'cryptography' package: "
-                         "pip install cryptography") from None
 
 
 @dataclass(frozen=True)
@@ -205,7 +186,7 @@ def connect(workers: int | None = None, scheduler: str | None = None,
     ------
     distributed.Client
     """
-    from distributed import Client, LocalCluster
+    from distributed import Client
 
     if (workers is None) == (scheduler is None):
         raise ValueError("give either workers (a local cluster) or scheduler (an address), not both")
@@ -223,8 +204,7 @@ def connect(workers: int | None = None, scheduler: str | None = None,
             raise ValueError(f"--workers must be at least 1, got {workers}")
         torch_threads = threads_per_worker or max(1, (os.cpu_count() or 1) // workers)
         env = {"OMP_NUM_THREADS": str(torch_threads), "MKL_NUM_THREADS": str(torch_threads)}
-        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
-                               dashboard_address=None, silence_logs=40, env=env, security=local_security())
+        cluster = local_cluster(workers, env)
         client = Client(cluster, security=cluster.security, set_as_default=False)
     try:
         with client.as_current():  # the default client (progress bars) while in use only
