@@ -38,7 +38,11 @@ Volumes (objects chosen with a fixed seed, ``--seed``):
 
     python benchmarks/bench_volume_interactive.py [--data-root ../shared/data] [--model focsam_t]
         [--volumes cells3d,stardist3d,chloroplasts,vnc_mito] [--clicks 8] [--json out.json]
-        [--pictures benchmarks/out] [--threads 1]
+        [--pictures benchmarks/out] [--threads 1] [--fit-neighbours on|off]
+
+``--fit-neighbours off`` runs the sessions without the check of a later click on a started
+slice against the clicked slices next to it (:attr:`Session.fit_neighbours`), the baseline of
+that rule.
 
 Embeddings are cached on disk (``--cache``); the first run computes them.
 """
