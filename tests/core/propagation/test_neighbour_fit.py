@@ -173,3 +173,15 @@ def test_a_2d_image_is_never_fitted(candidates):
         obj.add_click(32, 32, True)
         obj.add_click(30, 34, True)
     assert candidates == []
+
+
+def test_clicks_taken_back_are_left_out_of_the_candidates_prompt(candidates):
+    # a positive click on a second structure, then a negative one on the same pixel: taken back
+    clicks = [Click(32, 32, True), Click(10, 10, True), Click(10.2, 9.9, False), Click(30, 34, True)]
+    got = neighbour_answer(None, embedding(), clicks, disc(30), [disc(11), disc(13)])
+    assert got is not None
+    assert candidates == [[(32, 32, True), (10.2, 9.9, False), (30, 34, True)]]
+    # nothing positive left: the loop's (empty) answer stays, nothing decoded
+    assert neighbour_answer(None, embedding(), [Click(32, 32, True), Click(32, 32, False)], disc(0),
+                            [disc(11)]) is None
+    assert len(candidates) == 1

@@ -57,17 +57,18 @@ def neighbour_answer(predictor: FocSAMPredictor, embedding: ImageEmbedding, clic
     embedding : ImageEmbedding
         The slice's embedding (the plain one: the candidates are the decoder's own).
     clicks : sequence of Click
-        The slice's clicks, image pixels.
+        The slice's clicks, image pixels (a click taken back by one of the other polarity on the
+        same pixel is left out, as the click loop leaves it out).
     mask : np.ndarray
         (H, W) bool, the answer the click loop gave.
     neighbours : sequence of np.ndarray
         (H, W) bool masks of the object on the slices next to this one (empty ones are ignored).
     """
     neighbours = [np.asarray(m, bool) for m in neighbours if m is not None and np.any(m)]
-    if not neighbours or not any(c.is_positive for c in clicks) or fits_neighbours(int(mask.sum()), neighbours):
+    live = live_clicks(clicks, mask.shape)  # the prompt the click loop decoded (clicks taken back left out)
+    if not neighbours or not any(c.is_positive for c in live) or fits_neighbours(int(mask.sum()), neighbours):
         return None
-    live = live_clicks(clicks, mask.shape)
-    out = decoder_outputs(predictor, embedding, [(c.y, c.x, c.is_positive) for c in clicks], multimask=True)
+    out = decoder_outputs(predictor, embedding, [(c.y, c.x, c.is_positive) for c in live], multimask=True)
     best, best_overlap = None, -1.0
     for i in range(out.logits.shape[1]):
         logits = out.logits[:, i:i + 1]
