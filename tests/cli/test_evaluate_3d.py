@@ -68,7 +68,10 @@ def test_the_longest_annotated_run_is_kept_and_relabelled():
     assert set(np.unique(lab)) == {0, 1}
 
 
-def test_evaluate_3d_on_ones_own_stack_writes_every_objects_curve(tiny_ckpt, tmp_path, capsys):
+def test_evaluate_3d_on_ones_own_stack_writes_every_objects_curve(tiny_ckpt, tmp_path, capsys, monkeypatch):
+    seen = []
+    real = V.evaluate_volume
+    monkeypatch.setattr(V, "evaluate_volume", lambda *a, **k: seen.append(k["fit_neighbours"]) or real(*a, **k))
     image, labels = balls()
     tifffile.imwrite(tmp_path / "s.tif", image)
     tifffile.imwrite(tmp_path / "l.tif", labels)
@@ -79,6 +82,7 @@ def test_evaluate_3d_on_ones_own_stack_writes_every_objects_curve(tiny_ckpt, tmp
     assert line["objects"] == 2 and len(line["mean_iou"]) == 3 and set(line["noc"]) == {"0.80", "0.85", "0.90"}
     saved = json.loads((tmp_path / "res" / "results.json").read_text())
     assert saved["edge_fade"] == 0.2 and saved["iou_threshold"] == 0.65 and saved["vote"] is True
+    assert saved["fit_neighbours"] is True
     rows = saved["objects"]
     assert [r["label"] for r in rows] == [1, 2] and all(len(r["ious"]) == len(r["kinds"]) == 3 for r in rows)
     assert set(saved["summary"]["error_kinds"]) == set(V.ERROR_KINDS)
@@ -86,8 +90,11 @@ def test_evaluate_3d_on_ones_own_stack_writes_every_objects_curve(tiny_ckpt, tmp
     assert rows[1]["gt_z"] == [2, 4] and saved["summary"]["mean_iou"] == pytest.approx(
         np.mean([r["ious"] for r in rows], axis=0).tolist())
     rc = main(["evaluate-3d", "--image", str(tmp_path / "s.tif"), "--labels", str(tmp_path / "l.tif"), "--no-vote",
-               "--clicks", "1", "--model", str(tiny_ckpt), "--out", str(tmp_path / "raw"), "--quiet"])
-    assert rc == 0 and json.loads((tmp_path / "raw" / "results.json").read_text())["vote"] is False
+               "--no-fit-neighbours", "--clicks", "1", "--model", str(tiny_ckpt), "--out", str(tmp_path / "raw"),
+               "--quiet"])
+    raw = json.loads((tmp_path / "raw" / "results.json").read_text())
+    assert rc == 0 and raw["vote"] is False and raw["fit_neighbours"] is False
+    assert seen == [True, False]  # the sessions get it
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -52,6 +52,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--edge-fade", type=float, default=DEFAULT_EDGE_FADE, metavar="F",
                    help=f"the propagation's out-of-focus stop, 0 = off (default {DEFAULT_EDGE_FADE})")
     p.add_argument("--no-vote", action="store_true", help="no vote between neighbouring slices (see `segment`)")
+    p.add_argument("--no-fit-neighbours", action="store_true",
+                   help="keep a later click's answer on a started slice even where it is far from the size of "
+                        "the clicked slices next to it")
     p.add_argument("--cache", default=None, metavar="DIR", help="embedding cache folder")
     p.add_argument("--quiet", action="store_true", help="no line per object on stderr")
     p.add_argument("--out", required=True, help="output folder (results.json)")
@@ -116,9 +119,11 @@ def run(args: argparse.Namespace) -> int:
 
     stops = {"iou_threshold": args.iou_threshold, "edge_fade": args.edge_fade, "vote": not args.no_vote}
     rows = evaluate_volume(image, labels, model, ids=ids, n_clicks=args.clicks, window=window,
-                           cache_dir=args.cache, propagate_kwargs=stops, progress=progress)
+                           cache_dir=args.cache, propagate_kwargs=stops, progress=progress,
+                           fit_neighbours=not args.no_fit_neighbours)
     summary = summarise(rows)
     (out / "results.json").write_text(json.dumps({"volume": name, "model": args.model, **stops,
+                                                  "fit_neighbours": not args.no_fit_neighbours,
                                                   "summary": summary, "objects": rows}, indent=1))
     print(json.dumps({"volume": name, "model": args.model, "objects": len(rows),
                       "mean_iou": [round(v, 4) for v in summary["mean_iou"]], "noc": summary["noc"],
