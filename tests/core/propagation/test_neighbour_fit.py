@@ -76,9 +76,17 @@ def test_a_mask_far_larger_than_its_neighbours_is_replaced_by_the_fitting_candid
 
 
 def test_a_mask_that_fits_its_neighbours_is_kept_without_decoding(candidates):
-    assert neighbour_answer(None, embedding(), [Click(32, 32, True)], disc(12), [disc(11), disc(13)]) is None
-    assert neighbour_answer(None, embedding(), [Click(32, 32, True)], disc(30), [None, np.zeros((S, S), bool)]) is None
-    assert candidates == []
+    fetched = []
+
+    def lazy():  # the slice's embedding, fetched only to decode the candidates
+        fetched.append(1)
+        return embedding()
+
+    assert neighbour_answer(None, lazy, [Click(32, 32, True)], disc(12), [disc(11), disc(13)]) is None
+    assert neighbour_answer(None, lazy, [Click(32, 32, True)], disc(30), [None, np.zeros((S, S), bool)]) is None
+    assert candidates == [] and fetched == []
+    assert neighbour_answer(None, lazy, [Click(32, 32, True)], disc(30), [disc(11), disc(13)]) is not None
+    assert fetched == [1]
 
 
 def test_no_candidate_that_contradicts_a_click_is_taken(candidates):

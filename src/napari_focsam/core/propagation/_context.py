@@ -21,7 +21,7 @@ size there.
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -37,15 +37,18 @@ __all__ = ["fits_neighbours", "neighbour_answer"]
 def fits_neighbours(size: int, neighbours: Sequence[np.ndarray]) -> bool:
     """Whether a section of ``size`` pixels lies in the band the (non-empty) ``neighbours``'
     sizes allow (:data:`GAP_SIZE_BAND`); True without neighbours."""
-    sizes = [int(np.count_nonzero(m)) for m in neighbours]
-    if not sizes:
-        return True
-    return GAP_SIZE_BAND[0] * min(sizes) <= size <= GAP_SIZE_BAND[1] * max(sizes)
+    return _fits(size, [int(np.count_nonzero(m)) for m in neighbours])
+
+
+def _fits(size: int, sizes: Sequence[int]) -> bool:
+    """:func:`fits_neighbours` on the neighbours' pixel counts."""
+    return not sizes or GAP_SIZE_BAND[0] * min(sizes) <= size <= GAP_SIZE_BAND[1] * max(sizes)
 
 
 @torch.inference_mode()
-def neighbour_answer(predictor: FocSAMPredictor, embedding: ImageEmbedding, clicks: Sequence[Click],
-                     mask: np.ndarray, neighbours: Sequence[np.ndarray]) -> torch.Tensor | None:
+def neighbour_answer(predictor: FocSAMPredictor, embedding: ImageEmbedding | Callable[[], ImageEmbedding],
+                     clicks: Sequence[Click], mask: np.ndarray, neighbours: Sequence[np.ndarray]
+                     ) -> torch.Tensor | None:
     """The (1, 1, 256, 256) logits of the decoder's candidate for ``clicks`` that fits the
     object's sections on the neighbouring slices, or None to keep ``mask`` (the click loop's
     answer, (H, W) bool).
@@ -54,8 +57,9 @@ def neighbour_answer(predictor: FocSAMPredictor, embedding: ImageEmbedding, clic
     ----------
     predictor : FocSAMPredictor
         Its model decodes the candidates.
-    embedding : ImageEmbedding
-        The slice's embedding (the plain one: the candidates are the decoder's own).
+    embedding : ImageEmbedding or callable
+        The slice's embedding (the plain one: the candidates are the decoder's own), or a
+        zero-argument callable returning it, called only when the candidates are decoded.
     clicks : sequence of Click
         The slice's clicks, image pixels (a click taken back by one of the other polarity on the
         same pixel is left out, as the click loop leaves it out).
@@ -65,15 +69,17 @@ def neighbour_answer(predictor: FocSAMPredictor, embedding: ImageEmbedding, clic
         (H, W) bool masks of the object on the slices next to this one (empty ones are ignored).
     """
     neighbours = [np.asarray(m, bool) for m in neighbours if m is not None and np.any(m)]
+    sizes = [int(np.count_nonzero(m)) for m in neighbours]
     live = live_clicks(clicks, mask.shape)  # the prompt the click loop decoded (clicks taken back left out)
-    if not neighbours or not any(c.is_positive for c in live) or fits_neighbours(int(mask.sum()), neighbours):
+    if not neighbours or not any(c.is_positive for c in live) or _fits(int(mask.sum()), sizes):
         return None
-    out = decoder_outputs(predictor, embedding, [(c.y, c.x, c.is_positive) for c in live], multimask=True)
+    emb = embedding() if callable(embedding) else embedding
+    out = decoder_outputs(predictor, emb, [(c.y, c.x, c.is_positive) for c in live], multimask=True)
     best, best_overlap = None, -1.0
     for i in range(out.logits.shape[1]):
         logits = out.logits[:, i:i + 1]
-        cand = logits_to_mask(logits, embedding.input_size, embedding.original_size)
-        fits = cand.any() and fits_neighbours(int(cand.sum()), neighbours)
+        cand = logits_to_mask(logits, emb.input_size, emb.original_size)
+        fits = cand.any() and _fits(int(cand.sum()), sizes)
         if not fits or click_agreement(cand, live) < len(live):
             continue
         overlap = float(np.mean([np.count_nonzero(cand & m) / np.count_nonzero(cand | m) for m in neighbours]))

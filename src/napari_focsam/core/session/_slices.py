@@ -121,13 +121,16 @@ class PlaneSlices:
         # only slices the user clicked: a section propagated from this slice echoes its old answer
         near = [k for k in (z - 1, z + 1) if 0 <= k < obj.volume.n_slices]
         neighbours = [h.mask for h in map(obj.history, near) if h is not None]
-        before = int(hist.mask.sum())
-        logits = neighbour_answer(self.session.predictor, hist.embedding, hist.clicks, hist.mask, neighbours)
+        if not neighbours:
+            return
+        mask = hist.mask  # the click loop's answer (kept for the log line)
+        # the slice's embedding is fetched only when the answer needs the candidates
+        logits = neighbour_answer(self.session.predictor, lambda: hist.embedding, hist.clicks, mask, neighbours)
         if logits is not None:
             after = int(hist.replace_last(logits).sum())
             log.info("object %d, slice %d: the click's mask (%d px) is outside the size of the clicked slices "
-                     "next to it (%s px); the decoder's candidate that fits them is kept (%d px)", obj.id, z, before,
-                     "/".join(str(int(m.sum())) for m in neighbours), after)
+                     "next to it (%s px); the decoder's candidate that fits them is kept (%d px)", obj.id, z,
+                     int(mask.sum()), "/".join(str(int(m.sum())) for m in neighbours), after)
 
     def prefetch(self, obj: SegmentedObject, z: int, click: Click | None = None, box: Box | None = None) -> None:
         """Compute slice ``z``'s embedding (before the object's lock is taken)."""
