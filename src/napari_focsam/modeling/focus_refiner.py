@@ -382,7 +382,8 @@ class FocusRefiner(nn.Module):
                 f"got {tuple(token_mask.shape)}"
             )
 
-        x = self.embed_proj(image_embedding)
+        # NCHW in memory whatever the caller's layout: the convolution's result must not depend on it
+        x = self.embed_proj(image_embedding.contiguous())
         cls = self.token_proj(query_token)
         h, w = grid
         ws = self.window_size
@@ -395,4 +396,5 @@ class FocusRefiner(nn.Module):
             x, cls = block(x, cls, token_mask, inplace=inplace)
             if pad_h or pad_w:  # the reference crops and zero-pads again in every block
                 x = F.pad(x[:, :h, :w], (0, 0, 0, pad_w, 0, pad_h))
-        return x[:, :h, :w].permute(0, 3, 1, 2).contiguous()
+        # channels last in memory, as the embedding store's: the decoder reads it as tokens without a copy
+        return x[:, :h, :w].permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last)

@@ -120,6 +120,47 @@ def test_float16_features_match_float32(fast_predictor):
         EmbeddingStore(fast_predictor, vol, feature_dtype="int8")
 
 
+
+@pytest.mark.parametrize("feature_dtype", ["float16", "float32"])
+def test_features_come_channels_last_and_decode_as_token_views(fast_predictor, tmp_path, feature_dtype):
+    """The store hands out features with the channels last in memory (computed or read from
+    disk), so the decoder's (h w, C) image tokens are a view of them, and the decoder and the
+    refiner answer exactly as on the same values in the (N, C, H, W) layout."""
+    vol = ImageVolume(blobs_stack(3))
+    computed = EmbeddingStore(fast_predictor, vol, feature_dtype=feature_dtype, cache_dir=tmp_path).get(1).features
+    read = EmbeddingStore(fast_predictor, vol, feature_dtype=feature_dtype, cache_dir=tmp_path)
+    assert read.has(1)
+    feats = read.get(1).features
+    assert read.stats["disk_hits"] == 1
+    for f in (computed, feats):
+        assert f.shape == (1, 256, 64, 64) and f.dtype == torch.float32
+        assert f.is_contiguous(memory_format=torch.channels_last) and not f.is_contiguous()
+    torch.testing.assert_close(feats, computed, rtol=0, atol=0)
+    from napari_focsam.core.models import load_model
+
+    model = load_model("focsam_t_micro", "cpu")  # the shipped weights, with the CPU's refine precision
+    decoder, pe = model.mask_decoder, model.prompt_encoder
+    with torch.inference_mode():
+        image_tokens, _ = decoder.transformer.image_tokens(feats, pe.get_dense_pe())
+        assert image_tokens.data_ptr() == feats.data_ptr()  # no copy
+        plain = feats.contiguous()
+        sparse = pe.embed_points(torch.tensor([[[500.0, 520.0]]]), torch.tensor([[1]]))
+        dense = pe(None, None)[1]
+        a = decoder(feats, pe.get_dense_pe(), sparse, dense, True)
+        b = decoder(plain, pe.get_dense_pe(), sparse, dense, True)
+        assert torch.equal(a.logits, b.logits) and torch.equal(a.iou, b.iou)
+        # the refiner's 1x1 convolution can round differently on channels-last input: it gets (N, C, H, W)
+        seen = []
+        hook = model.focus_refiner.embed_proj.register_forward_pre_hook(
+            lambda module, args: seen.append(args[0].is_contiguous()))
+        try:
+            refined = model.focus_refiner(feats, a.logits[:, :1] + 4.0, a.token)
+            assert torch.equal(refined, model.focus_refiner(plain, b.logits[:, :1] + 4.0, b.token))
+        finally:
+            hook.remove()
+        assert seen == [True, True]
+        assert refined.is_contiguous(memory_format=torch.channels_last)
+
 # --------------------------------------------------------------------------- disk cache
 
 

@@ -88,9 +88,16 @@ class SliceEmbedding(ImageEmbedding):
     blank: bool = False
 
 
+def channels_last(features: torch.Tensor) -> torch.Tensor:
+    """(C, h, w) features -> the same values with the channels last in memory (strides
+    (1, w C, C)): the mask decoder reads an embedding as (h w, C) tokens, which are then a
+    view of it (each decoding of a slice otherwise copies it into that order first)."""
+    return features.permute(1, 2, 0).contiguous().permute(2, 0, 1)
+
+
 @dataclass
 class _Entry:
-    features: torch.Tensor  # (256, 64, 64) on the CPU, in the store's feature dtype
+    features: torch.Tensor  # (256, 64, 64) on the CPU, in the store's feature dtype, channels last (above)
     blank: bool
 
     @property
@@ -436,7 +443,7 @@ class EmbeddingStore:
         feats, blank = got
         with self._lock:
             self.stats["disk_hits"] += 1
-        return _Entry(torch.from_numpy(np.array(feats, dtype=self.feature_dtype)), blank)
+        return _Entry(channels_last(torch.from_numpy(np.asarray(feats, dtype=self.feature_dtype))), blank)
 
     def _save_disk(self, z: int, entry: _Entry) -> bool:
         """Write slice ``z`` to disk; False when not written (no disk, another process has the
@@ -464,7 +471,7 @@ class EmbeddingStore:
             features = model.encode(x)[0]
         if not torch.isfinite(features).all():
             raise RuntimeError(f"the image encoder produced NaN/inf for {self._unit_name(z)}")
-        feats = features.to("cpu", self._torch_dtype).contiguous()
+        feats = channels_last(features.to("cpu", self._torch_dtype))
         if not torch.isfinite(feats).all():
             raise RuntimeError(f"the embedding of {self._unit_name(z)} overflows float16: use feature_dtype='float32'")
         with self._lock:
