@@ -479,6 +479,10 @@ class TinyViT(nn.Module):
         x = self.patch_embed.forward_fast(x)
         for layer in self.layers:
             x = layer.forward_fast(x)
+        return self.neck_fast(x)
+
+    def neck_fast(self, x: torch.Tensor) -> torch.Tensor:
+        """The neck of the inference path: (B, r*r, C) tokens of the last stage -> (B, 256, r, r)."""
         B, _, C = x.shape
         r = self.final_resolution
         conv1, norm1, conv2, norm2 = self.neck
