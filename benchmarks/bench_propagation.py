@@ -14,6 +14,12 @@ ran the distance transform of the prompt point over the whole slice), unpacked w
 at every repeat). Printed: per build, the median and the 10th / 90th percentile of the
 milliseconds per slice over all its runs, the mean 3D IoU of the five nuclei (the same in
 both builds unless the propagation changed), and the ratio this build / baseline.
+
+``--after-embedding``: instead, in this build only, the first propagation of the five nuclei in a
+fresh session right after the embeddings were cached (as after the dock's background embedding):
+``store.precompute()`` leaving the slices on disk only, against ``precompute(memorize=True)``
+keeping them in memory too, ``--repeats`` sessions each, alternating; milliseconds per slice
+(medians) and the ratio memory / disk.
 """
 
 from __future__ import annotations
@@ -35,6 +41,55 @@ BASELINE_REV = "0d6bcd4"
 NUCLEI = (2, 4, 7, 10, 12)
 
 
+def seeds(labels: np.ndarray, ndi) -> list[tuple[int, int, int]]:
+    """(y, x, z) of each nucleus's click: its middle slice's deepest pixel."""
+    out = []
+    for lab in NUCLEI:
+        gt = labels == lab
+        zs = np.flatnonzero(gt.any(axis=(1, 2)))
+        z = int((zs[0] + zs[-1]) // 2)
+        y, x = np.unravel_index(int(np.argmax(ndi.distance_transform_edt(gt[z]))), gt[z].shape)
+        out.append((int(y), int(x), z))
+    return out
+
+
+def after_embedding(args) -> int:
+    """The first propagation after the embeddings were cached: slices on disk only, or in memory too."""
+    import tifffile
+    import torch
+    from scipy import ndimage as ndi
+
+    from napari_focsam.core.images import ImageVolume
+    from napari_focsam.core.session import Session
+
+    torch.set_num_threads(args.threads)
+    d = Path(args.data) / "micro" / "cells3d"
+    stack, labels = tifffile.imread(d / "cells3d_nuclei.tif"), tifffile.imread(d / "cells3d_nuclei_label.tif")
+    clicks = seeds(labels, ndi)
+    Session(ImageVolume(stack), args.model, cache_dir=args.cache).store.precompute()  # cached, not timed
+    ms: dict[bool, list[float]] = {False: [], True: []}
+    for rep in range(args.repeats):
+        for memorize in ((False, True) if rep % 2 == 0 else (True, False)):
+            session = Session(ImageVolume(stack), args.model, cache_dir=args.cache)
+            session.store.precompute(memorize=memorize)
+            seconds, slices = 0.0, 0
+            for y, x, z in clicks:
+                obj = session.new_object()
+                obj.add_click(y, x, z=z)
+                res = obj.propagate(iou_threshold=0.0)
+                seconds, slices = seconds + res.seconds, slices + len(res.masks) - 1
+            ms[memorize].append(1000 * seconds / slices)
+            session.close()
+    disk, memory = statistics.median(ms[False]), statistics.median(ms[True])
+    print(f"model {args.model}, {args.threads} torch threads; the first propagation of cells3d nuclei {NUCLEI} "
+          f"in a fresh session after the embeddings were cached, {args.repeats} sessions each, alternating; "
+          f"load {os.getloadavg()[0]:.1f}")
+    print(f"slices on disk only:    ms/slice median {disk:.1f} ({', '.join(f'{v:.1f}' for v in ms[False])})")
+    print(f"slices in memory too:   ms/slice median {memory:.1f} ({', '.join(f'{v:.1f}' for v in ms[True])})"
+          f"  ratio {memory / disk:.2f}")
+    return 0
+
+
 def worker(args) -> int:
     import tifffile
     import torch
@@ -48,12 +103,8 @@ def worker(args) -> int:
     stack, labels = tifffile.imread(d / "cells3d_nuclei.tif"), tifffile.imread(d / "cells3d_nuclei_label.tif")
     session = Session(ImageVolume(stack), args.model, cache_dir=args.cache)
     session.store.precompute()
-    for lab in NUCLEI:
+    for lab, (y, x, z) in zip(NUCLEI, seeds(labels, ndi)):
         gt = labels == lab
-        zs = np.flatnonzero(gt.any(axis=(1, 2)))
-        z = int((zs[0] + zs[-1]) // 2)
-        dist = ndi.distance_transform_edt(gt[z])
-        y, x = np.unravel_index(int(np.argmax(dist)), dist.shape)
         for _ in range(args.runs):
             obj = session.new_object()
             obj.add_click(int(y), int(x), z=z)
@@ -76,6 +127,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--baseline-rev", default=BASELINE_REV)
     ap.add_argument("--cache", default=str(Path(tempfile.gettempdir()) / "napari-focsam-bench-cache"))
+    ap.add_argument("--after-embedding", action="store_true",
+                    help="this build only: the first propagation with the slices on disk vs in memory")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if not (Path(args.data) / "micro" / "cells3d" / "cells3d_nuclei.tif").is_file():
@@ -83,6 +136,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.worker:
         return worker(args)
+    if args.after_embedding:
+        return after_embedding(args)
     wargs = ["--worker", "--data", args.data, "--model", args.model, "--threads", str(args.threads),
              "--runs", str(args.runs), "--cache", args.cache]
     runs = alternate_builds(args.baseline_rev, __file__, wargs, args.repeats)

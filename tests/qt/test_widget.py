@@ -201,6 +201,11 @@ def test_stack_click_and_segment_volume(focsam, qtbot, monkeypatch):
     z_view = int(viewer.dims.current_step[0])
     assert order[0] == z_view and sorted(order) == list(range(image.shape[0]))
     assert abs(order[1] - z_view) == 1
+    # a stack that fits the memory store stays there as well as in the cache folder: Segment
+    # volume reads no slice back from the disk
+    store = widget.session.store
+    assert store.cache_path is not None and sorted(store.in_memory()) == list(range(image.shape[0]))
+    disk_reads = store.stats["disk_hits"]
     pts = widget.prompts_layer
     assert pts.ndim == 3 and widget.volume_button.isEnabled()
 
@@ -225,6 +230,7 @@ def test_stack_click_and_segment_volume(focsam, qtbot, monkeypatch):
     qtbot.waitUntil(lambda: not widget.is_busy(), timeout=WAIT_MS)
     assert "volume segmented" in widget.last_message and widget.output_layer is None
     assert widget.z_profile.isVisibleTo(widget) and widget.z_profile.anchors == {1}
+    assert store.stats["disk_hits"] == disk_reads
     press(pts, "C")
     qtbot.waitUntil(lambda: not widget.is_busy(), timeout=WAIT_MS)
     out = viewer.layers[f"{image_layer_name(viewer)} labels"]

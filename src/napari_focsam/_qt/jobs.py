@@ -383,7 +383,9 @@ class SessionJobs(QObject):
                     zc = view_z()
                     z = min(left, key=lambda s: (abs(s - zc), s))
                     left.discard(z)
-                    compute_thread().run(store.precompute, [z])
+                    # a stack that fits the memory store stays there too: Segment volume then reads
+                    # no slice back from the disk cache
+                    compute_thread().run(store.precompute, [z], memorize=fits)
                     done += 1
                     yield done
             except Exception as exc:

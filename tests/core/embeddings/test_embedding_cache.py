@@ -392,3 +392,22 @@ def test_get_while_precompute_runs_in_another_thread(fast_predictor, tmp_path):
     assert calls(fast_predictor) == 6  # every slice encoded exactly once
     assert out["n"] + store.stats["computed"] - out["n"] == 6 or store.stats["computed"] == 6
     assert json.dumps(store.last_precompute)  # plain numbers
+
+
+def test_precompute_can_keep_slices_in_memory_within_its_bound(fast_predictor, tmp_path):
+    """``memorize``: computed slices and slices already on disk go to the memory LRU as well,
+    which stays bounded; without it precompute leaves memory alone."""
+    vol = ImageVolume(blobs_stack(5))
+    first = EmbeddingStore(fast_predictor, vol, cache_dir=tmp_path)
+    assert first.precompute([0, 1, 2], memorize=True) == 3
+    assert sorted(first.in_memory()) == [0, 1, 2] and all(first.has(z) for z in (0, 1, 2))
+    n = calls(fast_predictor)
+    assert first.get(1) is not None and first.stats["disk_hits"] == 0 and calls(fast_predictor) == n
+
+    again = EmbeddingStore(fast_predictor, ImageVolume(blobs_stack(5)), cache_dir=tmp_path)
+    assert again.precompute() == 2 and again.in_memory() == []  # the default: disk only
+    small = EmbeddingStore(fast_predictor, ImageVolume(blobs_stack(5)), cache_dir=tmp_path,
+                           max_memory_bytes=2 * SLICE_F16)
+    assert small.precompute(memorize=True) == 0  # all on disk: read into memory, two at most
+    assert small.in_memory() == [3, 4] and small.stats["disk_hits"] == 5
+    assert calls(fast_predictor) == n + 2

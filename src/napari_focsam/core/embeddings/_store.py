@@ -481,11 +481,16 @@ class EmbeddingStore:
     # -- bulk
     def precompute(self, slices: Iterable[int] | None = None,
                    progress: Callable[[int, int], None] | None = None,
-                   cancelled: Callable[[], bool] | None = None, *, poll_s: float = 0.2) -> int:
+                   cancelled: Callable[[], bool] | None = None, *, poll_s: float = 0.2,
+                   memorize: bool = False) -> int:
         """Make sure the given slices (default: all) are cached; returns how many were encoded here.
 
         With a writable disk cache the embeddings go to disk only (the memory LRU keeps the
-        slices in use); without one they go to memory (bounded). Several processes may fill
+        slices in use); without one they go to memory (bounded). ``memorize``: with a disk
+        cache, also keep each slice in the memory LRU (still bounded by ``max_memory_bytes``;
+        a slice already on disk is read into it), for a session that decodes them next: a
+        slice read back from disk costs 11-14 ms (zarr, checksum), about half a propagated
+        slice's decoding. Several processes may fill
         one store at once: a slice another process is encoding is skipped, and reused once it
         is written (``by_others``); a process that died leaves claims that expire (see
         :mod:`~napari_focsam.core.embeddings._claims`). ``progress(done, total)`` is called after each slice, ``cancelled()``
@@ -516,7 +521,8 @@ class EmbeddingStore:
                 # signature is computed when the unit is visited)
                 done = set(disk.done_slices())
                 disk.check_space(sum(z not in done for z in zs))
-            if not _fill_pending(zs, partial(_fill_unit, self), disk, info, progress, cancelled, poll_s):
+            if not _fill_pending(zs, partial(_fill_unit, self, memorize=memorize), disk, info, progress, cancelled,
+                                 poll_s):
                 info["cancelled"] = True
             return info["computed"]
         except CacheWriteError as exc:
@@ -526,8 +532,10 @@ class EmbeddingStore:
             info["seconds"] = time.perf_counter() - t0
 
 
-def _fill_unit(store: "EmbeddingStore", z: int, disk: DiskCache | None, filling: bool, waited: bool) -> str | None:
-    """Cache unit ``z`` of ``store``: "computed", "reused", "by_others", or None when another process has it."""
+def _fill_unit(store: "EmbeddingStore", z: int, disk: DiskCache | None, filling: bool, waited: bool, *,
+               memorize: bool = False) -> str | None:
+    """Cache unit ``z`` of ``store``: "computed", "reused", "by_others", or None when another process has it.
+    ``memorize``: keep it in the memory LRU too (see :meth:`EmbeddingStore.precompute`)."""
     if not filling:
         with store._lock:
             if z in store._mem:
@@ -539,6 +547,8 @@ def _fill_unit(store: "EmbeddingStore", z: int, disk: DiskCache | None, filling:
     assert disk is not None
     sig = store._unit_signature(z)
     if not waited and disk.verify(z, sig):
+        if memorize:
+            store._obtain(z, memorize=True)  # from memory or disk, into the LRU
         return "reused"
     with store._lock:
         entry = store._mem.get(z)
@@ -547,12 +557,14 @@ def _fill_unit(store: "EmbeddingStore", z: int, disk: DiskCache | None, filling:
             if not mine:
                 return None
             if waited and disk.verify(z, sig):
+                if memorize:
+                    store._obtain(z, memorize=True)
                 return "by_others"
             if entry is not None:  # computed before the cache existed
                 store._save_disk(z, entry)
                 source = "reused"
             else:
-                _, source = store._obtain(z, memorize=False)
+                _, source = store._obtain(z, memorize=memorize)
     except (CacheUnavailable, ImageReadError):  # the input failed, not the cache: said as it is
         raise
     except OSError as exc:  # the claim itself could not be written (full disk, ...)
