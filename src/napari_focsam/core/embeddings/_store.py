@@ -422,10 +422,7 @@ class EmbeddingStore:
                 entry = self._compute(z)
                 self._save_disk(z, entry)
             if memorize:
-                with self._lock:
-                    self._mem[z] = entry
-                    self._mem.move_to_end(z)
-                    self._evict()
+                self._remember(z, entry)
             self._announce(z, "ready")  # in memory, or (a precompute with a disk cache) on disk
             return entry, source
         finally:
@@ -444,6 +441,25 @@ class EmbeddingStore:
         with self._lock:
             self.stats["disk_hits"] += 1
         return _Entry(channels_last(torch.from_numpy(np.asarray(feats, dtype=self.feature_dtype))), blank)
+
+    def _memorize_from_disk(self, z: int) -> bool:
+        """Slice ``z`` into the memory LRU from the disk cache (one read, checked as :meth:`get`'s);
+        False when the disk does not hold it intact (nothing is computed here)."""
+        with self._lock:
+            if z in self._mem:
+                return True
+        entry = self._load_disk(z)
+        if entry is None:
+            return False
+        self._remember(z, entry)
+        return True
+
+    def _remember(self, z: int, entry: _Entry) -> None:
+        """Slice ``z`` into the memory LRU as the newest; the oldest go while it is over its bound."""
+        with self._lock:
+            self._mem[z] = entry
+            self._mem.move_to_end(z)
+            self._evict()
 
     def _save_disk(self, z: int, entry: _Entry) -> bool:
         """Write slice ``z`` to disk; False when not written (no disk, another process has the
@@ -546,9 +562,9 @@ def _fill_unit(store: "EmbeddingStore", z: int, disk: DiskCache | None, filling:
         return "computed" if source == "computed" else "reused"
     assert disk is not None
     sig = store._unit_signature(z)
-    if not waited and disk.verify(z, sig):
-        if memorize:
-            store._obtain(z, memorize=True)  # from memory or disk, into the LRU
+    # on disk already (``memorize``: read once, into the memory LRU, instead of checked)
+    on_disk = store._memorize_from_disk if memorize else partial(disk.verify, signature=sig)
+    if not waited and on_disk(z):
         return "reused"
     with store._lock:
         entry = store._mem.get(z)
@@ -556,9 +572,7 @@ def _fill_unit(store: "EmbeddingStore", z: int, disk: DiskCache | None, filling:
         with disk.claims.hold(z) as mine:
             if not mine:
                 return None
-            if waited and disk.verify(z, sig):
-                if memorize:
-                    store._obtain(z, memorize=True)
+            if waited and on_disk(z):
                 return "by_others"
             if entry is not None:  # computed before the cache existed
                 store._save_disk(z, entry)
