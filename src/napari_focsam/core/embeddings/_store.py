@@ -442,18 +442,6 @@ class EmbeddingStore:
             self.stats["disk_hits"] += 1
         return _Entry(channels_last(torch.from_numpy(np.asarray(feats, dtype=self.feature_dtype))), blank)
 
-    def _memorize_from_disk(self, z: int) -> bool:
-        """Slice ``z`` into the memory LRU from the disk cache (one read, checked as :meth:`get`'s);
-        False when the disk does not hold it intact (nothing is computed here)."""
-        with self._lock:
-            if z in self._mem:
-                return True
-        entry = self._load_disk(z)
-        if entry is None:
-            return False
-        self._remember(z, entry)
-        return True
-
     def _remember(self, z: int, entry: _Entry) -> None:
         """Slice ``z`` into the memory LRU as the newest; the oldest go while it is over its bound."""
         with self._lock:
@@ -548,6 +536,19 @@ class EmbeddingStore:
             info["seconds"] = time.perf_counter() - t0
 
 
+def _memorize_from_disk(store: "EmbeddingStore", z: int) -> bool:
+    """Slice ``z`` of ``store`` into its memory LRU from the disk cache (one read, checked as
+    :meth:`EmbeddingStore.get`'s); False when the disk does not hold it intact (nothing is computed)."""
+    with store._lock:
+        if z in store._mem:
+            return True
+    entry = store._load_disk(z)
+    if entry is None:
+        return False
+    store._remember(z, entry)
+    return True
+
+
 def _fill_unit(store: "EmbeddingStore", z: int, disk: DiskCache | None, filling: bool, waited: bool, *,
                memorize: bool = False) -> str | None:
     """Cache unit ``z`` of ``store``: "computed", "reused", "by_others", or None when another process has it.
@@ -563,7 +564,7 @@ def _fill_unit(store: "EmbeddingStore", z: int, disk: DiskCache | None, filling:
     assert disk is not None
     sig = store._unit_signature(z)
     # on disk already (``memorize``: read once, into the memory LRU, instead of checked)
-    on_disk = store._memorize_from_disk if memorize else partial(disk.verify, signature=sig)
+    on_disk = partial(_memorize_from_disk, store) if memorize else partial(disk.verify, signature=sig)
     if not waited and on_disk(z):
         return "reused"
     with store._lock:
