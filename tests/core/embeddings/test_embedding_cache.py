@@ -411,3 +411,16 @@ def test_precompute_can_keep_slices_in_memory_within_its_bound(fast_predictor, t
     assert small.precompute(memorize=True) == 0  # all on disk: read into memory, two at most
     assert small.in_memory() == [3, 4] and small.stats["disk_hits"] == 5
     assert calls(fast_predictor) == n + 2
+
+
+def test_memorizing_precompute_writes_slices_computed_before_the_cache(fast_predictor, tmp_path):
+    """A slice computed in memory before the store had a disk cache is written to it by
+    ``precompute(memorize=True)``, as by a plain precompute."""
+    memory_only = EmbeddingStore(fast_predictor, ImageVolume(blobs_stack(3)))
+    memory_only.get(1)
+    store = EmbeddingStore(fast_predictor, ImageVolume(blobs_stack(3)), cache_dir=tmp_path)
+    assert store.adopt(memory_only) == 1  # e.g. a session reopened with a cache folder
+    n = calls(fast_predictor)
+    assert store.precompute(memorize=True) == 2 and calls(fast_predictor) == n + 2
+    again = EmbeddingStore(fast_predictor, ImageVolume(blobs_stack(3)), cache_dir=tmp_path)
+    assert all(again.has(z) for z in range(3))

@@ -538,10 +538,8 @@ class EmbeddingStore:
 
 def _memorize_from_disk(store: "EmbeddingStore", z: int) -> bool:
     """Slice ``z`` of ``store`` into its memory LRU from the disk cache (one read, checked as
-    :meth:`EmbeddingStore.get`'s); False when the disk does not hold it intact (nothing is computed)."""
-    with store._lock:
-        if z in store._mem:
-            return True
+    :meth:`EmbeddingStore.get`'s); False when the disk does not hold it intact (nothing is computed;
+    a slice only in memory is not on disk either: the caller writes it)."""
     entry = store._load_disk(z)
     if entry is None:
         return False
