@@ -19,6 +19,12 @@ in a 2 x 2 mosaic, a large image the product tiles; the 10-click protocol on the
 (moved into their quadrant) through the tiled session (``evaluation.tiled.LargeImageAdapter``),
 with zoom off and on: NoC@85/90 and the mean IoU per click.
 
+``--shown-small``: the set's objects shown smaller on the encoder's canvas: its first two images
+side by side (the two yeast validation frames, 520 x 1384: cells about 16 canvas pixels across
+instead of 33), or one image and its three mirror images in 2 x 2 (the stardist half, 1024 x 512);
+the 10-click protocol on that plane image (not tiled), zoom off and on: NoC@85/90 and the mean IoU
+per click.
+
 ``--widget``: the dock in a real viewer (an Xvfb display is started when none is set) on a
 drawn 1024 x 1024 EM-like image with small cells (radius 12-15, dark membranes): per cell, a new
 object and one click (the prompts layer's data), zoom off for every cell, then on; printed: the
@@ -163,6 +169,49 @@ def mosaic_protocol(set_name: str, predictor, root, log, max_clicks: int = 10) -
             f"NoC@90 {summary['noc90']:.2f} mIoU {miou} ({time.perf_counter() - t0:.0f} s)")
 
 
+def shown_small(set_name: str, predictor, root, log, max_clicks: int = 10) -> None:
+    """The click protocol where the set's objects are shown smaller on the encoder's canvas: its
+    first two images side by side (one image: it and its three mirror images in 2 x 2), a plane
+    image (not tiled), zoom off and on."""
+    from napari_focsam.evaluation.datasets import EvalObject, EvalSample
+    from napari_focsam.evaluation.protocol import evaluate_dataset
+    from napari_focsam.evaluation.runner import PredictorAdapter
+
+    samples = list(brp.make_dataset(set_name, root))
+    if len(samples) >= 2:
+        pieces, grid = [(s.load_image(), s.objects) for s in samples[:2]], (1, 2)
+    else:
+        flips = [lambda a: a, lambda a: a[:, ::-1], lambda a: a[::-1], lambda a: a[::-1, ::-1]]
+        img = samples[0].load_image()
+        pieces = [(np.ascontiguousarray(f(img)), [
+            EvalObject(np.ascontiguousarray(f(np.asarray(o.gt))), None if o.ignore is None
+                       else np.ascontiguousarray(f(np.asarray(o.ignore))), o.object_id) for o in samples[0].objects])
+            for f in flips]
+        grid = (2, 2)
+    h, w = pieces[0][0].shape[:2]
+    big = np.zeros((grid[0] * h, grid[1] * w) + pieces[0][0].shape[2:], pieces[0][0].dtype)
+    objects = []
+    for k, (img, objs) in enumerate(pieces):
+        oy, ox = (k // grid[1]) * h, (k % grid[1]) * w
+        big[oy:oy + h, ox:ox + w] = img
+        for ob in objs:
+            gt = np.zeros(big.shape[:2], bool)
+            gt[oy:oy + h, ox:ox + w] = ob.gt
+            ign = None
+            if ob.ignore is not None:
+                ign = np.zeros(big.shape[:2], bool)
+                ign[oy:oy + h, ox:ox + w] = ob.ignore
+            objects.append(EvalObject(gt, ign, ob.object_id))
+    sample = EvalSample("shown-small", Path("shown-small"), objects, loader=lambda: big)
+    for zoom in (False, True):
+        t0 = time.perf_counter()
+        _, summary = evaluate_dataset([sample], PredictorAdapter(predictor, zoom=zoom), max_clicks)
+        miou = " ".join(f"{v:.3f}" for v in summary["miou"][:max_clicks])
+        log(f"{set_name} {grid[0]} x {grid[1]} {big.shape[0]}x{big.shape[1]} (canvas {1024 / max(big.shape[:2]):.2f}x"
+            f" against {1024 / max(h, w):.2f}x), zoom {'on ' if zoom else 'off'}: n={summary['n_objects']} NoC@85 "
+            f"{summary['noc85']:.2f} NoC@90 {summary['noc90']:.2f} mIoU {miou} ({time.perf_counter() - t0:.0f} s)")
+
+
 def em_like_cells(n: int = 1024) -> tuple[np.ndarray, list[tuple[int, int]]]:
     """A drawn EM-like image: pairs of small bright cells with dark membranes on grey noise, one
     pair near the centre of each quadrant (the second cell of a pair shares the first's crop)."""
@@ -238,6 +287,8 @@ def main(argv=None) -> int:
     p.add_argument("--figure", default=None, metavar="PNG", help="draw the first zoomed objects' first clicks")
     p.add_argument("--mosaic", action="store_true", help="only the click protocol on a tiled 2 x 2 mosaic")
     p.add_argument("--widget", action="store_true", help="only click-to-mask in the dock, zoom off and on")
+    p.add_argument("--shown-small", action="store_true",
+                   help="only the click protocol on the sets' images side by side (objects smaller on the canvas)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.widget:
@@ -256,6 +307,10 @@ def main(argv=None) -> int:
     if args.mosaic:
         for set_name in args.sets.split(","):
             mosaic_protocol(set_name, predictor, root, lambda *a: print(*a, flush=True))
+        return 0
+    if args.shown_small:
+        for set_name in args.sets.split(","):
+            shown_small(set_name, predictor, root, lambda *a: print(*a, flush=True))
         return 0
     shots = [] if args.figure else None
     for set_name in args.sets.split(","):

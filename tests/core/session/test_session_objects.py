@@ -13,7 +13,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parents[2]))
 from engine_helpers import blobs_stack, make_fast_focsam  # noqa: E402
 
-from napari_focsam.core.prompting import Click, FocSAMPredictor  # noqa: E402
+from napari_focsam.core.prompting import Click, CropEmbeddings, FocSAMPredictor  # noqa: E402
 from napari_focsam.core.embeddings import EmbeddingStore
 from napari_focsam.core.images import ImageVolume
 from napari_focsam.core.propagation import PropagationResult
@@ -360,16 +360,17 @@ def test_bad_coordinates_are_refused_everywhere(fast_model, y, x):
             call()
 
 
-def reachable_array_bytes(root, skip) -> tuple[int, list]:
+def reachable_array_bytes(root, skip, shared=()) -> tuple[int, list]:
     """Bytes of the distinct numpy buffers and torch storages reachable from ``root`` through
-    attributes, containers, dataclasses and closures, not entering the objects in ``skip``."""
+    attributes, containers, dataclasses and closures, not entering the objects in ``skip`` nor
+    instances of the ``shared`` types."""
     import dataclasses
     import types
 
     seen, arrays, todo = {id(o) for o in skip}, {}, [root]
     while todo:
         o = todo.pop()
-        if id(o) in seen or isinstance(o, (str, bytes, int, float, bool, type(None), type)):
+        if id(o) in seen or isinstance(o, (str, bytes, int, float, bool, type(None), type) + tuple(shared)):
             continue
         seen.add(id(o))
         if isinstance(o, torch.Tensor):
@@ -404,7 +405,8 @@ def test_history_memory_does_not_grow_with_the_image_size(refiner_model):
         rng = np.random.default_rng(1)
         for i in range(30):
             obj.add_click(*rng.uniform(0, size - 1, 2), positive=i == 0 or bool(rng.integers(0, 2)))
-        total, shapes = reachable_array_bytes(obj, skip=[s, s.store, s.predictor, s.volume])
+        # the session's own: its embeddings, and the zoomed crops its slices share between objects
+        total, shapes = reachable_array_bytes(obj, skip=[s, s.store, s.predictor, s.volume], shared=(CropEmbeddings,))
         mask_bytes = size * size  # the one full-resolution mask: the current step's
         held[size] = total - mask_bytes
         assert [sh for sh in shapes if sh == (size, size)] == [(size, size)], shapes

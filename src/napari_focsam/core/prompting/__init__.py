@@ -22,7 +22,7 @@ __getattr__, __dir__, __all__ = _lazy.attach(
             "region_centroid", "region_from_plane", "region_iou", "region_pixels", "region_shape_iou",
             "region_to_plane", "shape_iou", "tile_logits_values", "trimmed", "values_bbox", "values_to_region"],
         "_tiled_history": ["box_at_level", "MAX_MOVES", "next_placement", "TiledHistory"],
-        "_zoom": ["CropEmbeddings", "ZOOM_FIT", "ZOOM_MARGIN", "ZOOM_MAX_GAIN", "ZOOM_MAX_OBJECT",
+        "_zoom": ["CropEmbeddings", "ZOOM_DOUBT", "ZOOM_FIT", "ZOOM_MARGIN", "ZOOM_MAX_GAIN", "ZOOM_MAX_OBJECT",
             "ZOOM_MIN_GAIN", "ZOOM_REUSE_ROOM", "ZOOM_SCALE", "ZoomedObject", "zoom_window"],
     },
 )

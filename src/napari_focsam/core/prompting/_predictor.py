@@ -60,7 +60,9 @@ class StepResult:
 
     mask: (H, W) bool; logits: (1, 1, 256, 256) raw logits, None when the decoder did not run
     (no positive click yet, or a blank image); refined: the refined embedding
-    (1, 256, 64, 64) or None; timings in seconds.
+    (1, 256, 64, 64) or None; timings in seconds; score: the decoder's predicted IoU of the
+    mask where one decoding gave it (None when the decoder did not run, and after the
+    refine click, where the later-click rule chooses between decodings).
     """
 
     mask: np.ndarray
@@ -68,6 +70,7 @@ class StepResult:
     refined: torch.Tensor | None
     decoder_seconds: float
     refine_seconds: float = 0.0
+    score: float | None = None
 
 
 class FocSAMPredictor:
@@ -212,19 +215,21 @@ class FocSAMPredictor:
                 return prev_mask
             return logits_to_mask(lg, embedding.input_size, embedding.original_size)
 
+        score = None
         if later:  # a click after the refine: the later-click rule decides
             logits, mask = self.later_rule.decide(self.model, refined, features, pts, lab, prev_logits, clicks,
                                                   to_mask)
         else:
             out = self.model.decode(refined if refined is not None else features, pts, lab, prev_logits)
-            logits = out.logits
+            logits, score = out.logits, float(out.iou[0, 0])
             mask = to_mask(logits)
             if coarse is not None and self.refine_gate:
                 coarse_mask = to_mask(coarse.logits)
                 if joins_clicked_pieces(coarse_mask, mask, clicks):  # bridged: not one object's refine
                     logits, mask, refined = coarse.logits, coarse_mask, None
+                    score = float(coarse.iou[0, 0])
         total = time.perf_counter() - t0
-        return StepResult(mask, logits, refined, total - refine_s, refine_s)
+        return StepResult(mask, logits, refined, total - refine_s, refine_s, score)
 
 
 _SERIAL = itertools.count(1)

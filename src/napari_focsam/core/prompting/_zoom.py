@@ -23,6 +23,13 @@ The rule (:func:`zoom_window`), after the object's first positive click on the w
 - and when the mask's box with the clicks is at most ``ZOOM_FIT`` of the crop's side, so
   that the object sits in the crop with room around it.
 
+A larger first answer is looked at again when the decoder doubts it (its predicted IoU under
+``ZOOM_DOUBT``): the clicks are decoded on a crop centred on them, and the crop's answer is
+kept when it keeps ``ZOOM_MARGIN`` pixels from the crop's inner edges and the decoder scores it
+higher than the whole image's. An object a few logits across can come back from the whole
+image as the cluster it sits in (phase-contrast cells of 15-20 canvas pixels came back as their
+colony); its mask then says nothing of its size, but the decoder's score does.
+
 Later clicks are decoded on the crop while they stay ``ZOOM_MARGIN`` pixels inside it and the
 mask does not reach an inner edge of the crop; otherwise the crop is placed again around the
 mask and the clicks (all clicks replayed there), or, when the object no longer fits, the
@@ -50,8 +57,8 @@ from ._clicks import Click, checked_click
 from ._predictor import FocSAMPredictor, InteractiveObject, StepResult
 from ._regions import MaskRegion, OnPlane, region_bbox, region_from_plane, region_to_plane, trimmed
 
-__all__ = ["CropEmbeddings", "ZOOM_FIT", "ZOOM_MARGIN", "ZOOM_MAX_GAIN", "ZOOM_MAX_OBJECT", "ZOOM_MIN_GAIN",
-           "ZOOM_REUSE_ROOM", "ZOOM_SCALE", "ZoomedObject", "zoom_window"]
+__all__ = ["CropEmbeddings", "ZOOM_DOUBT", "ZOOM_FIT", "ZOOM_MARGIN", "ZOOM_MAX_GAIN", "ZOOM_MAX_OBJECT",
+           "ZOOM_MIN_GAIN", "ZOOM_REUSE_ROOM", "ZOOM_SCALE", "ZoomedObject", "zoom_window"]
 
 #: Canvas pixels per image pixel on a crop (the encoder's canvas is 1024 pixels).
 ZOOM_SCALE = 2.0
@@ -66,6 +73,11 @@ ZOOM_FIT = 0.5
 ZOOM_MAX_OBJECT = 48.0
 #: Clicks and the mask stay this many image pixels inside the crop's inner edges.
 ZOOM_MARGIN = 8
+#: A first answer on the whole image that the decoder scores under this (its predicted IoU) is
+#: decoded again on a crop centred on the click, whatever its size: an object a few logits
+#: across can come back as the whole cluster around it (phase-contrast cells of 15-20 canvas
+#: pixels: the colony, IoU 0.07; on a 2x crop 0.81).
+ZOOM_DOUBT = 0.8
 #: The encoder's canvas side.
 CANVAS = 1024
 #: A crop already encoded for another object is used again when the object's box with the clicks
@@ -402,6 +414,28 @@ class ZoomedObject(OnPlane):
         return zoom_window(mask, self._clicks, self.original_size, reuse=self._crops.windows(),
                            canvas_scale=getattr(self._whole, "canvas_scale", None))
 
+    def _second_look(self, res: StepResult, whole: MaskRegion) -> StepResult:
+        """A doubtful first answer on the whole image (scored under :data:`ZOOM_DOUBT`) decoded
+        again on a crop centred on the clicks; the crop's answer is kept when it keeps
+        :data:`ZOOM_MARGIN` pixels from the crop's inner edges and the decoder scores it higher."""
+        score = getattr(res, "score", None)
+        if score is None or score >= ZOOM_DOUBT:
+            return res
+        shape = self.original_size
+        window = zoom_window(None, self._clicks, shape, reuse=self._crops.windows(),
+                             canvas_scale=getattr(self._whole, "canvas_scale", None))
+        if window is None:
+            return res
+        if self.on_crop is not None and window not in self._crops:
+            self.on_crop(whole)
+        on_crop = self._replay(window)
+        crop_score = getattr(on_crop, "score", None)
+        if crop_score is not None and crop_score > score and _inside(window, shape, self._clicks, self.region):
+            return on_crop
+        self._window, self._crop = None, None  # the whole image's answer stays (its history holds it)
+        self._changed()
+        return res
+
     def add_click(self, y: float, x: float, positive: bool = True) -> np.ndarray:
         """Add a click (image coordinates); the new (H, W) bool mask."""
         self.add(checked_click(y, x, positive, self.original_size))
@@ -430,7 +464,7 @@ class ZoomedObject(OnPlane):
         if not self._plane:
             return None
         return StepResult(self.mask, res.logits if self._window is None else None, None,
-                          res.decoder_seconds, res.refine_seconds)
+                          res.decoder_seconds, res.refine_seconds, getattr(res, "score", None))
 
     def _add(self, click: Click) -> StepResult | None:
         self._clicks.append(click)
@@ -449,6 +483,8 @@ class ZoomedObject(OnPlane):
                 if self.on_crop is not None and window not in self._crops:
                     self.on_crop(whole)  # the whole image's answer, while the crop is encoded
                 res = self._replay(window)
+            elif first and self._plane:
+                res = self._second_look(res, whole)
         else:
             y0, x0 = self._window[0], self._window[2]
             inside = _inside(self._window, shape, self._clicks, None)
