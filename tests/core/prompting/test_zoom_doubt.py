@@ -41,7 +41,7 @@ class Scripted:
 
 
 def _reader(calls: list):
-    image = np.zeros((2048, 2048), np.uint8)
+    image = np.zeros((2048, 2048, 3), np.uint8)  # grey, as RGB with equal channels
 
     def read(y0, y1, x0, x1):
         calls.append((y0, y1, x0, x1))
@@ -76,7 +76,7 @@ def test_a_doubtful_large_answer_is_replaced_by_a_better_scored_crop():
     assert len(obj) == 0 and not obj.mask.any() and obj.window is None
 
 
-def test_the_whole_answer_stays_when_it_is_trusted_or_the_crop_is_not_better():
+def test_the_whole_answer_stays_when_it_is_trusted_the_crop_not_better_or_the_image_in_colour():
     yy, xx = np.ogrid[:2048, :2048]
     square = (np.abs(yy - 700) <= 150) & (np.abs(xx - 900) <= 150)
     # scored at ZOOM_DOUBT or above: no crop is even read
@@ -94,6 +94,18 @@ def test_the_whole_answer_stays_when_it_is_trusted_or_the_crop_is_not_better():
     assert mask_iou(res.mask, square) > 0.95 and obj.logits is not None and obj.windows == [None]
     obj.add(Click(710, 910))
     assert obj.window is None and len(calls) == 1 and len(obj) == 2
+    # doubtful on a colour image (a photograph): the crop is read to see that, nothing encoded
+    pred, calls = Scripted(whole=0.5, crop=0.95), []
+    colour = np.zeros((2048, 2048, 3), np.uint8)
+    colour[..., 0] = 40
+
+    def read_colour(y0, y1, x0, x1):
+        calls.append((y0, y1, x0, x1))
+        return colour[y0:y1, x0:x1]
+
+    obj = ZoomedObject(pred, _whole_embedding(), read_colour)
+    res = obj.add(Click(700, 900))
+    assert obj.window is None and len(calls) == 1 and pred.embedded == [] and mask_iou(res.mask, square) > 0.95
     # doubtful and better scored on the crop, but reaching the crop's inner edges: not kept
     pred, calls = Scripted(whole=0.5, crop=0.95, radius=600), []
     obj = ZoomedObject(pred, _whole_embedding(), _reader(calls)[1])
