@@ -135,22 +135,18 @@ def draw(shots: list, path: str, per_set: int = 4) -> None:
     fig.savefig(path, dpi=100)
 
 
-def mosaic_protocol(set_name: str, predictor, root, log, max_clicks: int = 10) -> None:
-    """The click protocol on a 2 x 2 mosaic of the set's images, tiled, zoom off and on."""
-    from napari_focsam.evaluation.datasets import EvalObject, EvalSample
-    from napari_focsam.evaluation.protocol import evaluate_dataset
-    from napari_focsam.evaluation.runner import PredictorAdapter
-    from napari_focsam.evaluation.tiled import LargeImageAdapter
+def side_by_side(pieces: list, grid: tuple[int, int]) -> tuple[np.ndarray, list]:
+    """Images of one size and their objects ``[(image, objects), ...]`` placed row by row on a
+    ``grid`` (rows, columns): the large image and the objects moved into their places."""
+    from napari_focsam.evaluation.datasets import EvalObject
 
-    samples = list(brp.make_dataset(set_name, root))[:4]
-    images = [s.load_image() for s in samples]
-    h, w = images[0].shape[:2]
-    big = np.zeros((2 * h, 2 * w) + images[0].shape[2:], images[0].dtype)
+    h, w = pieces[0][0].shape[:2]
+    big = np.zeros((grid[0] * h, grid[1] * w) + pieces[0][0].shape[2:], pieces[0][0].dtype)
     objects = []
-    for k, (s, img) in enumerate(zip(samples, images)):
-        oy, ox = (k // 2) * h, (k % 2) * w
+    for k, (img, objs) in enumerate(pieces):
+        oy, ox = (k // grid[1]) * h, (k % grid[1]) * w
         big[oy:oy + h, ox:ox + w] = img
-        for ob in s.objects:
+        for ob in objs:
             gt = np.zeros(big.shape[:2], bool)
             gt[oy:oy + h, ox:ox + w] = ob.gt
             ign = None
@@ -158,6 +154,18 @@ def mosaic_protocol(set_name: str, predictor, root, log, max_clicks: int = 10) -
                 ign = np.zeros(big.shape[:2], bool)
                 ign[oy:oy + h, ox:ox + w] = ob.ignore
             objects.append(EvalObject(gt, ign, ob.object_id))
+    return big, objects
+
+
+def mosaic_protocol(set_name: str, predictor, root, log, max_clicks: int = 10) -> None:
+    """The click protocol on a 2 x 2 mosaic of the set's images, tiled, zoom off and on."""
+    from napari_focsam.evaluation.datasets import EvalSample
+    from napari_focsam.evaluation.protocol import evaluate_dataset
+    from napari_focsam.evaluation.runner import PredictorAdapter
+    from napari_focsam.evaluation.tiled import LargeImageAdapter
+
+    samples = list(brp.make_dataset(set_name, root))[:4]
+    big, objects = side_by_side([(s.load_image(), s.objects) for s in samples], (2, 2))
     sample = EvalSample("mosaic", Path("mosaic"), objects, loader=lambda: big)
     for zoom in (False, True):
         adapter = LargeImageAdapter(PredictorAdapter(predictor, zoom=zoom))
@@ -189,19 +197,7 @@ def shown_small(set_name: str, predictor, root, log, max_clicks: int = 10) -> No
             for f in flips]
         grid = (2, 2)
     h, w = pieces[0][0].shape[:2]
-    big = np.zeros((grid[0] * h, grid[1] * w) + pieces[0][0].shape[2:], pieces[0][0].dtype)
-    objects = []
-    for k, (img, objs) in enumerate(pieces):
-        oy, ox = (k // grid[1]) * h, (k % grid[1]) * w
-        big[oy:oy + h, ox:ox + w] = img
-        for ob in objs:
-            gt = np.zeros(big.shape[:2], bool)
-            gt[oy:oy + h, ox:ox + w] = ob.gt
-            ign = None
-            if ob.ignore is not None:
-                ign = np.zeros(big.shape[:2], bool)
-                ign[oy:oy + h, ox:ox + w] = ob.ignore
-            objects.append(EvalObject(gt, ign, ob.object_id))
+    big, objects = side_by_side(pieces, grid)
     sample = EvalSample("shown-small", Path("shown-small"), objects, loader=lambda: big)
     for zoom in (False, True):
         t0 = time.perf_counter()
