@@ -80,3 +80,42 @@ def test_a_stack_never_zooms(dock, qtbot):  # noqa: F811
     # the option is greyed out where it does not apply, the user's choice kept
     assert not widget.zoom_check.isEnabled() and widget.zoom_check.isChecked()
     assert "only 2D" in widget.zoom_check.text()
+
+
+def test_a_cell_shown_small_answered_with_its_colony_is_looked_at_again(dock, qtbot, shared_data):  # noqa: F811
+    """Phase-contrast yeast, two frames side by side (cells about 16 canvas pixels across): the
+    whole image answers a click on a cell with its colony (shown at once), the crop with the cell,
+    as the cell's own frame does."""
+    import tifffile
+    from scipy import ndimage as ndi
+
+    from napari_focsam.core.prompting import InteractiveObject, ZoomedObject
+
+    d = shared_data / "micro" / "yeast_phase"
+    if not (d / "yeast_phase.tif").is_file():
+        pytest.skip("yeast_phase absent")
+    frames, labels = tifffile.imread(d / "yeast_phase.tif")[8:10], tifffile.imread(d / "yeast_phase_label.tif")[8:10]
+    image, lab = np.concatenate(list(frames), axis=1), np.concatenate(list(labels), axis=1)
+    cells = [i for i in np.unique(lab[:, 100:600]) if i and 250 <= (lab == i).sum() <= 600]
+    gt = lab == cells[1]  # (the first such cell's crop answer scores lower: it stays whole)
+    y, x = np.unravel_index(int(np.argmax(ndi.distance_transform_edt(gt))), gt.shape)
+    viewer, widget = dock(show=True, layers=[lambda v: v.add_image(image, name="yeast")])
+    layer = viewer.layers["yeast"]
+    wait_ready(qtbot, widget)
+    viewer.reset_view()
+    qtbot.wait(100)
+    previews = []
+    widget.jobs.zoom_preview.connect(lambda ticket, masks: previews.append(widget.current_mask.copy()))
+    click(qtbot, viewer, layer, y, x)
+    qtbot.waitUntil(lambda: len(widget.prompts_layer.data) == 1, timeout=5000)
+    qtbot.waitUntil(lambda: not widget.is_busy() and len(previews) == 1 and widget.current_mask.sum()
+                    < previews[0].sum(), timeout=WAIT_MS)
+    hist = widget.session.objects[-1].history(0)
+    assert isinstance(hist, ZoomedObject) and hist.window is not None
+    assert previews[0].sum() > 4000  # the colony, shown while the crop was encoded
+    # the cell's answer on its own frame, where the cells are 33 canvas pixels across
+    pred = widget.session.predictor  # (the frame's pixels mapped to 8 bits as the dock maps them)
+    own = InteractiveObject(pred, pred.embed(widget.session.volume.rgb_region(0, 0, 520, 0, 692)))
+    single = np.zeros_like(gt)
+    single[:, :692] = own.add_click(y, x)
+    assert widget.current_mask[y, x] and iou(widget.current_mask, single) > 0.8
