@@ -75,6 +75,8 @@ def test_large_object_moves_to_a_coarser_level_and_is_not_cut(mobile_sam):
     moves = obj.history(0).last_moves
     assert moves[0].level == 0 and obj.tile().level == 1, moves
     assert iou(mask, truth) > 0.9
+    # the decoder's score of the placement's last click (what the zoom's doubt rule reads)
+    assert 0.5 < obj.history(0).score <= 1.1
 
 
 def test_undo_and_boxes_keep_working_in_tiled_mode(mobile_sam):

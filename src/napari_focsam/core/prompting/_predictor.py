@@ -331,6 +331,8 @@ class InteractiveObject(OnPlane):
         self.skip_blank = skip_blank
         #: the embedding was marked blank at the last click (its mask is then empty)
         self.blank = False
+        #: the decoder's score of the last click added (:attr:`StepResult.score`)
+        self.last_score: float | None = None
         self._states: list[ClickState] = []
         #: the box prompt, kept with every click (see :meth:`set_box`); _base is its decoder step
         self.box: Box | None = None
@@ -419,6 +421,7 @@ class InteractiveObject(OnPlane):
             if self.logits is not None and _takes_keyword(self.predictor.step, "prev_mask"):
                 extra["prev_mask"] = self.mask  # the mask shown now (cached): not computed again
             res = self.predictor.step(emb, clicks, self.logits, self.refined, **extra)
+        self.last_score = getattr(res, "score", None)
         refined = res.refined if res.refined is self.refined else _compact(res.refined)  # shared, not copied
         state = ClickState(click, _compact(res.logits), refined)
         self._states.append(state)

@@ -174,6 +174,12 @@ class TiledHistory:
         return cur.obj.input_size[0] / cur.obj.original_size[0] / self._factor(cur.key.level)
 
     @property
+    def score(self) -> float | None:
+        """The decoder's score of the current placement's last click (see ``StepResult.score``)."""
+        cur = self.current
+        return cur.obj.last_score if cur is not None else None
+
+    @property
     def tile(self) -> TileKey | None:
         """The current placement (tile and level), None before the first prompt."""
         cur = self.current

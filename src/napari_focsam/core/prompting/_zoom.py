@@ -426,11 +426,13 @@ class ZoomedObject(OnPlane):
         return zoom_window(mask, self._clicks, self.original_size, reuse=self._crops.windows(),
                            canvas_scale=getattr(self._whole, "canvas_scale", None))
 
-    def _second_look(self, res: StepResult, whole: MaskRegion) -> StepResult:
+    def _second_look(self, res: StepResult | None, whole: MaskRegion) -> StepResult | None:
         """A doubtful first answer on the whole image (scored under :data:`ZOOM_DOUBT`) decoded
         again on a crop centred on the clicks; the crop's answer is kept when it keeps
-        :data:`ZOOM_MARGIN` pixels from the crop's inner edges and the decoder scores it higher."""
-        score = getattr(res, "score", None)
+        :data:`ZOOM_MARGIN` pixels from the crop's inner edges and the decoder scores it higher.
+        ``res``: the whole image's answer on a plane image (None in the tiles of a large image,
+        whose history gives the score)."""
+        score = getattr(self._whole, "score", None) if res is None else getattr(res, "score", None)
         if score is None or score >= ZOOM_DOUBT:
             return res
         shape = self.original_size
@@ -498,7 +500,7 @@ class ZoomedObject(OnPlane):
                 if self.on_crop is not None and window not in self._crops:
                     self.on_crop(whole)  # the whole image's answer, while the crop is encoded
                 res = self._replay(window)
-            elif first and self._plane:
+            elif first:
                 res = self._second_look(res, whole)
         else:
             y0, x0 = self._window[0], self._window[2]
