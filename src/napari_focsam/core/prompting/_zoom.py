@@ -26,9 +26,9 @@ The rule (:func:`zoom_window`), after the object's first positive click on the w
 A larger first answer on a grey image is looked at again when the decoder doubts it (its
 predicted IoU under ``ZOOM_DOUBT``): the clicks are decoded on a crop centred on them, and the
 crop's answer is kept when it keeps ``ZOOM_MARGIN`` pixels from the crop's inner edges and the
-decoder scores it higher than the whole image's. An object a few logits across can come back from the whole
-image as the cluster it sits in (phase-contrast cells of 15-20 canvas pixels came back as their
-colony); its mask then says nothing of its size, but the decoder's score does.
+decoder scores it higher than the whole image's. An object a few logits across can come back
+from the whole image as the cluster it sits in (phase-contrast cells of 15-20 canvas pixels came
+back as their colony); its mask then says nothing of its size, but the decoder's score does.
 
 Later clicks are decoded on the crop while they stay ``ZOOM_MARGIN`` pixels inside it and the
 mask does not reach an inner edge of the crop; otherwise the crop is placed again around the
