@@ -148,3 +148,19 @@ def test_yeast_shown_small_gets_the_answer_of_its_own_scale(shared_data):
             zoomed += 1
             assert mask_iou(res.mask, single) > 0.8
     assert len(ids) == 8 and zoomed >= 6
+
+
+def test_the_score_is_the_current_states_after_clicks_and_undo():
+    from napari_focsam.core.prompting import InteractiveObject
+
+    pred = Scripted(whole=0.5, crop=0.9)
+    obj = InteractiveObject(pred, _whole_embedding())
+    assert obj.score is None
+    obj.add(Click(700, 900))
+    pred.whole = 0.7
+    obj.add(Click(720, 900))
+    assert obj.score == pytest.approx(0.7)
+    obj.undo()
+    assert obj.score == pytest.approx(0.5)  # the first click's, as its mask and logits
+    obj.undo()
+    assert obj.score is None

@@ -244,12 +244,15 @@ class ClickState:
 
     logits: (1, 1, 256, 256), None when the decoder did not run (blank image, or no positive
     click yet); refined: (1, 256, 64, 64) or None, one tensor shared by all the steps from
-    the refine click on; serial: a process-wide unique id of this state (a change token).
+    the refine click on; score: the decoder's predicted IoU of the step's mask
+    (:attr:`StepResult.score`, None where unknown); serial: a process-wide unique id of this
+    state (a change token).
     """
 
     click: Click | None
     logits: torch.Tensor | None
     refined: torch.Tensor | None
+    score: float | None = None
     serial: int = field(default_factory=lambda: next(_SERIAL))
 
 
@@ -331,8 +334,6 @@ class InteractiveObject(OnPlane):
         self.skip_blank = skip_blank
         #: the embedding was marked blank at the last click (its mask is then empty)
         self.blank = False
-        #: the decoder's score of the last click added (:attr:`StepResult.score`)
-        self.last_score: float | None = None
         self._states: list[ClickState] = []
         #: the box prompt, kept with every click (see :meth:`set_box`); _base is its decoder step
         self.box: Box | None = None
@@ -371,6 +372,11 @@ class InteractiveObject(OnPlane):
     @property
     def refined(self) -> torch.Tensor | None:
         return self._last.refined if self._last is not None else None
+
+    @property
+    def score(self) -> float | None:
+        """The decoder's score of the current state's mask (see :attr:`StepResult.score`)."""
+        return self._last.score if self._last is not None else None
 
     @property
     def token(self) -> int | None:
@@ -421,9 +427,8 @@ class InteractiveObject(OnPlane):
             if self.logits is not None and _takes_keyword(self.predictor.step, "prev_mask"):
                 extra["prev_mask"] = self.mask  # the mask shown now (cached): not computed again
             res = self.predictor.step(emb, clicks, self.logits, self.refined, **extra)
-        self.last_score = getattr(res, "score", None)
         refined = res.refined if res.refined is self.refined else _compact(res.refined)  # shared, not copied
-        state = ClickState(click, _compact(res.logits), refined)
+        state = ClickState(click, _compact(res.logits), refined, getattr(res, "score", None))
         self._states.append(state)
         self._mask, self._mask_serial = _frozen(res.mask), state.serial
         return res
@@ -460,7 +465,7 @@ class InteractiveObject(OnPlane):
                 res = StepResult(np.zeros(self.original_size, dtype=bool), None, None, 0.0)
             else:
                 res = self.predictor.step(emb, [], None, None, box=new)
-            self._base = ClickState(None, _compact(res.logits), None)
+            self._base = ClickState(None, _compact(res.logits), None, getattr(res, "score", None))
             self._mask, self._mask_serial = _frozen(res.mask), self._base.serial
         for c in clicks:
             self.add(c)

@@ -177,7 +177,7 @@ class TiledHistory:
     def score(self) -> float | None:
         """The decoder's score of the current placement's last click (see ``StepResult.score``)."""
         cur = self.current
-        return cur.obj.last_score if cur is not None else None
+        return cur.obj.score if cur is not None else None
 
     @property
     def tile(self) -> TileKey | None:

@@ -430,9 +430,9 @@ class ZoomedObject(OnPlane):
         """A doubtful first answer on the whole image (scored under :data:`ZOOM_DOUBT`) decoded
         again on a crop centred on the clicks; the crop's answer is kept when it keeps
         :data:`ZOOM_MARGIN` pixels from the crop's inner edges and the decoder scores it higher.
-        ``res``: the whole image's answer on a plane image (None in the tiles of a large image,
-        whose history gives the score)."""
-        score = getattr(self._whole, "score", None) if res is None else getattr(res, "score", None)
+        ``res``: the whole image's answer (None in the tiles of a large image), returned when it
+        stays."""
+        score = self._whole.score
         if score is None or score >= ZOOM_DOUBT:
             return res
         shape = self.original_size
