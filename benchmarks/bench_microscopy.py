@@ -3,6 +3,7 @@
     OMP_NUM_THREADS=1 nice python benchmarks/bench_microscopy.py [--data-root ../shared/data]
         [--sets chloroplasts_val,yeast_val,...] [--runs plain,focsam_t[,NAME=POLICY@REFINER]]
         [--first-click] [--figure docs/microscopy/first_clicks.png] [--out results/microscopy]
+        [--label-edges]
 
 The 20-click protocol of ``napari_focsam.evaluation`` (design §5.2) through the engine's per-object
 loop (:class:`~napari_focsam.evaluation.runner.PredictorAdapter`, embeddings cached on disk by
@@ -28,6 +29,9 @@ Runs: ``plain`` (MobileSAM loop), ``focsam_t`` (the photo model's predictor), an
 refiner file (``NAME=POLICY@FILE``) or on the shipped default model (``NAME=POLICY@default``);
 a policy ending in ``+zoom`` decodes small objects on an enlarged crop
 (:class:`~napari_focsam.core.prompting.ZoomedObject`), e.g. ``zoom=steady+zoom@default``.
+
+``--label-edges``: no model; where each set's label outlines sit on its objects' intensity
+ramp (:func:`label_edge_profile`): the nuclei sets follow different conventions.
 
 ``--first-click``: at the protocol's first click of every object, the IoU of SAM's single-mask
 output (mask token 0, what the loop shows before the refine), of each of the three multimask
@@ -187,6 +191,39 @@ def summarize_first_click(set_name: str, rows: list[dict], log) -> dict:
     return out
 
 
+def label_edge_profile(set_name: str, root, rings=range(-4, 7)) -> tuple[np.ndarray, float, int]:
+    """Where a set's labels draw their outlines on the object's intensity ramp.
+
+    Per object, the mean grey of each one-pixel ring around the label's outline (ring 0: the
+    label's own outermost pixels, -k inside, +k outside), as a fraction of the way from the local
+    background (median of the ring 11-15 pixels outside) to the interior (median deeper than 4
+    pixels inside). Returns the per-ring median over the objects, their median area and their
+    number. A label drawn at half maximum has ring 0 near 0.5; a generous hand outline nearer 0.
+    Only objects brighter than their surround by a tenth of the image's range count (fluorescence
+    nuclei): EM profiles and phase-contrast cells have no such ramp.
+    """
+    from scipy import ndimage as ndi
+
+    profiles, areas = [], []
+    for sample in brp.make_dataset(set_name, root):
+        img = np.asarray(sample.load_image(), np.float64)
+        img = img.mean(-1) if img.ndim == 3 else img
+        for ob in sample.objects:
+            gt = np.asarray(ob.gt, bool)
+            d_in, d_out = ndi.distance_transform_edt(gt), ndi.distance_transform_edt(~gt)
+            ring_of = np.where(gt, 1 - np.ceil(d_in), np.ceil(d_out))
+            inside = np.median(img[d_in > 4]) if (d_in > 4).any() else img[gt].max()
+            background = np.median(img[(d_out > 10) & (d_out <= 15)])
+            if inside - background < 0.1 * (img.max() - img.min()):
+                continue  # not a bright object on a darker surround (EM, phase contrast): no ramp to read
+            prof = [img[ring_of == k].mean() if (ring_of == k).any() else np.nan for k in rings]
+            profiles.append((np.array(prof) - background) / (inside - background))
+            areas.append(int(gt.sum()))
+    if not profiles:
+        return np.full(len(rings), np.nan), 0, 0
+    return np.nanmedian(np.array(profiles), axis=0), float(np.median(areas)), len(profiles)
+
+
 def draw_first_clicks(all_rows: dict[str, list[dict]], root, path: str, per_set: int = 4) -> None:
     """A grid: one row per set, ``per_set`` objects each, the crop around the object with the
     ground truth (white outline), each run's first-click mask (coloured outlines) and the click."""
@@ -241,6 +278,8 @@ def main(argv=None) -> int:
     p.add_argument("--objects", type=int, default=None, help="objects per set (default: each set's own)")
     p.add_argument("--first-click", action="store_true", help="only the first-click candidate analysis")
     p.add_argument("--figure", default=None, metavar="PNG", help="with --first-click: draw the masks")
+    p.add_argument("--label-edges", action="store_true",
+                   help="only where each set's labels sit on the objects' intensity ramp (no model)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
 
@@ -251,6 +290,12 @@ def main(argv=None) -> int:
     if not root.is_dir():
         log(f"no data at {root}: pass --data-root")
         return 1
+    if args.label_edges:
+        for set_name in args.sets.split(","):
+            prof, area, n = label_edge_profile(set_name, root)
+            log(f"{set_name:18s} {n:3d} bright objects, median area {area:7.0f} px; rings -4..+6: "
+                + " ".join(f"{v:.2f}" for v in prof))
+        return 0
     runs = [parse_run(s) for s in args.runs.split(",")]
     if args.objects:
         for k, (ds, images, _n, seed) in list(brp.SETS.items()):

@@ -183,7 +183,8 @@ def test_check_split_rejects_overlap(tmp_path):
         check_split(bad)
 
 
-@pytest.mark.parametrize("name", ["focsam_t.json", "focsam_t_cpu_smoke.json"])
+@pytest.mark.parametrize("name", ["focsam_t.json", "focsam_t_cpu_smoke.json", "focsam_t_micro_r5_cpu.json",
+                                  "focsam_t_micro_r8_cpu.json"])
 def test_shipped_configs_never_train_on_validation_images(name, shared_data):
     cfg = load_config(REPO / "configs" / name, {"data.root": str(shared_data)})
     ids = check_split(cfg)
@@ -193,7 +194,7 @@ def test_shipped_configs_never_train_on_validation_images(name, shared_data):
     coelho_val = {i for d, i in ids["val"] if d == "coelho2009_gnf"}
     coelho_train = {i for d, i in ids["train"] if d == "coelho2009_gnf"}
     assert not coelho_val & coelho_train
-    if name == "focsam_t.json":
+    if name in ("focsam_t.json", "focsam_t_micro_r8_cpu.json"):  # every Coelho image but the 16 held out
         assert len(coelho_train) == 32 and len(coelho_val) == 16
         assert len({i for d, i in ids["val"] if d == "grabcut"}) == 50
 

@@ -128,6 +128,45 @@ def test_load_refiner_weights_round_trip_and_mismatch(tmp_path):
         load_refiner_weights(fresh, bad)
 
 
+def test_a_head_file_initialises_the_decoder_too(tmp_path):
+    """Fine-tuning from a head file (refiner + decoder) starts from its decoder; a refiner-only
+    file leaves the decoder alone; a head file whose decoder does not fit is refused."""
+    from conftest import make_tiny_focsam
+
+    m = make_tiny_focsam()
+    mc = ModelConfig(depth=2, mlp_ratio=1.0)
+    m.focus_refiner = build_refiner(mc)
+    with torch.no_grad():
+        for p in list(m.focus_refiner.parameters()) + list(m.mask_decoder.parameters()):
+            p.add_(0.05 * torch.randn_like(p))
+    head, ref_only = tmp_path / "head.pt", tmp_path / "ref.pt"
+    export_refiner(m, head, mc, with_decoder=True)
+    export_refiner(m, ref_only, mc)
+
+    target = make_tiny_focsam()
+    before = copy.deepcopy(target.mask_decoder.state_dict())
+    assert load_refiner_weights(build_refiner(mc), ref_only, target.mask_decoder) is False
+    assert all(torch.equal(v, before[k]) for k, v in target.mask_decoder.state_dict().items())
+    assert load_refiner_weights(build_refiner(mc), head, target.mask_decoder) is True
+    for k, v in m.mask_decoder.state_dict().items():
+        assert torch.equal(target.mask_decoder.state_dict()[k], v.half().float()), k
+
+    from napari_focsam.core.hashing import sha256_file
+    from napari_focsam.training.trainer import export_metadata
+
+    cfg = config_from_dict({"model": {"init_from": str(head)}})
+    meta = export_metadata(cfg, 7, None)
+    assert meta["init_sha256"] == sha256_file(head) and meta["trained_iters"] == 7
+    assert export_metadata(config_from_dict({}), 7, None)["init_sha256"] is None
+
+    sd = torch.load(head, weights_only=True)
+    key = next(k for k in sd["state_dict"] if k.startswith("mask_decoder."))
+    sd["state_dict"][key] = torch.zeros(3, 3, dtype=torch.float16)
+    torch.save(sd, tmp_path / "bad_head.pt")
+    with pytest.raises(CheckpointError, match="mask decoder"):
+        load_refiner_weights(build_refiner(mc), tmp_path / "bad_head.pt", make_tiny_focsam().mask_decoder)
+
+
 # ----------------------------------------------------------------------------- cells3d slices
 
 

@@ -152,7 +152,9 @@ class ModelConfig:
     #: "default": the official (random) initialisation.
     init: str = "identity"
     #: fine-tune: start from the weights of this exported refiner file (``focsam_t_refiner.pt``
-    #: layout; its ``refiner_config`` must match) instead of ``init``; None = train from ``init``
+    #: layout; its ``refiner_config`` must match) instead of ``init``; a head file (one that also
+    #: holds ``mask_decoder.*``, e.g. ``focsam_t_micro.pt``) sets the decoder too; a relative
+    #: path is read from the working folder; None = train from ``init``
     init_from: str | None = None
 
 

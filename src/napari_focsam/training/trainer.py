@@ -51,7 +51,7 @@ from .schedule import WarmupPolyLR, param_groups
 from .simulate import sample_geometric, simulate_clicks
 from .validate import evaluate_cached, iou_canvas
 
-__all__ = ["Trainer", "draw_click_schedule", "load_refiner_weights", "load_resume_state"]
+__all__ = ["Trainer", "draw_click_schedule", "export_metadata", "load_refiner_weights", "load_resume_state"]
 
 # --------------------------------------------------------------------------- trainer
 
@@ -78,27 +78,52 @@ def load_resume_state(path: str | Path) -> dict:
     return state
 
 
-def load_refiner_weights(refiner: torch.nn.Module, path: str | Path) -> None:
+def _load_part(module: torch.nn.Module, sd: dict, prefix: str, path: str | Path, what: str) -> None:
+    """Load the ``prefix``-ed tensors of ``sd`` into ``module``; ``CheckpointError`` when they do not fit."""
+    weights = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
+    own = module.state_dict()
+    missing = sorted(set(own) - set(weights))
+    extra = sorted(set(weights) - set(own))
+    bad = sorted(k for k in set(own) & set(weights) if tuple(own[k].shape) != tuple(weights[k].shape))
+    if missing or extra or bad:
+        raise CheckpointError(f"{path} does not fit the configured {what}: missing {missing[:3]}, "
+                              f"unexpected {extra[:3]}, other shapes {bad[:3]} (check model.depth / sizes)")
+    module.load_state_dict({k: v.to(own[k].dtype) for k, v in weights.items()})
+
+
+def load_refiner_weights(refiner: torch.nn.Module, path: str | Path,
+                         decoder: torch.nn.Module | None = None) -> bool:
     """Load an exported refiner file (:func:`~.export.export_refiner`) into ``refiner`` (fine-tuning).
 
+    ``decoder``: when given and the file is a head file (it holds ``mask_decoder.*``, written with
+    ``with_decoder=True``), its decoder is loaded too, so that a fine-tune continues from the
+    decoder the refiner was trained with.  Returns whether a decoder was loaded.
+
     The file is read safely (:func:`~napari_focsam.core.models._checkpoint.read_checkpoint`); its
-    float16 tensors become the refiner's dtype.  Raises ``CheckpointError`` when the file is not
+    float16 tensors become the module's dtype.  Raises ``CheckpointError`` when the file is not
     a refiner file or its tensors do not fit the configured refiner (other depth or width).
     """
     st = read_checkpoint(path)
     sd = st.get("state_dict") if isinstance(st, dict) else None
     if not isinstance(sd, dict):
         raise CheckpointError(f"{path} is not an exported refiner file (no 'state_dict')")
-    prefix = "focus_refiner."
-    weights = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
-    own = refiner.state_dict()
-    missing = sorted(set(own) - set(weights))
-    extra = sorted(set(weights) - set(own))
-    bad = sorted(k for k in set(own) & set(weights) if tuple(own[k].shape) != tuple(weights[k].shape))
-    if missing or extra or bad:
-        raise CheckpointError(f"{path} does not fit the configured refiner: missing {missing[:3]}, "
-                              f"unexpected {extra[:3]}, other shapes {bad[:3]} (check model.depth / sizes)")
-    refiner.load_state_dict({k: v.to(own[k].dtype) for k, v in weights.items()})
+    _load_part(refiner, sd, "focus_refiner.", path, "refiner")
+    if decoder is None or not any(k.startswith("mask_decoder.") for k in sd):
+        return False
+    _load_part(decoder, sd, "mask_decoder.", path, "mask decoder")
+    return True
+
+
+def export_metadata(cfg: TrainingConfig, iteration: int, base_sha256: str | None) -> dict:
+    """What an exported file records of its training: base model, schedule, data, thresholds."""
+    init = cfg.model.init_from
+    return {"base_model": cfg.model.base, "base_sha256": base_sha256,
+            "trained_iters": int(iteration), "seed": cfg.train.seed,
+            # a fine-tune names the file it started from (whose metadata lists its own training data)
+            "init_sha256": sha256_file(cfg.path(init)) if init else None,
+            "training_data": sorted({s.dataset for s in cfg.data.train}),  # provenance: licences
+            "research_only": bool(cfg.data.research_only),
+            **cfg.export.metadata()}  # the decoder's calibrated thresholds
 
 
 def draw_click_schedule(rng: np.random.Generator, sc, group: str, stage: int) -> tuple[int, int | None]:
@@ -162,7 +187,7 @@ class Trainer:
             model.focus_refiner = build_refiner(cfg.model, cfg.sim.expand_ratio_range,
                                                 embed_dim=model.prompt_encoder.embed_dim)
             if cfg.model.init_from:
-                load_refiner_weights(model.focus_refiner, cfg.path(cfg.model.init_from))
+                load_refiner_weights(model.focus_refiner, cfg.path(cfg.model.init_from), model.mask_decoder)
         self.model = model.to(self.device)
         for p in self.model.parameters():
             p.requires_grad_(False)
@@ -498,14 +523,9 @@ class Trainer:
 
     def export(self, path: str | Path | None = None) -> dict:
         path = Path(path) if path is not None else self.work_dir / REFINER_FILE
-        meta = {"base_model": self.cfg.model.base, "base_sha256": self.base_sha256,
-                "trained_iters": self.iteration, "seed": self.cfg.train.seed,
-                "training_data": sorted({s.dataset for s in self.cfg.data.train}),  # provenance: licences
-                "research_only": bool(self.cfg.data.research_only),
-                **self.cfg.export.metadata()}  # the decoder's calibrated thresholds
+        meta = export_metadata(self.cfg, self.iteration, self.base_sha256)
         # a refiner trained on a fine-tuned decoder ships that decoder in the same file
-        info = export_refiner(self.model, path, self.cfg.model, with_decoder=self.trains_decoder, **meta)
-        return info
+        return export_refiner(self.model, path, self.cfg.model, with_decoder=self.trains_decoder, **meta)
 
     # ------------------------------------------------------------------ validation
     @torch.no_grad()
