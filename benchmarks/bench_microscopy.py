@@ -24,6 +24,9 @@ Sets (image selection, objects drawn with seed 0 among those that pass the filte
 ``stardist_val``      the right half of the stardist 2D nuclei image, 35 nuclei (the shipped
                       ``focsam_t`` refiner was trained on the whole image: not held out for it).
 
+Named only: ``vnc_neurites_s0_3`` and ``vnc_mito_s0_3``, the same on the stack's first four slices
+(a second draw of the held-out stack; no shipped model has seen it).
+
 Runs: ``plain`` (MobileSAM loop), ``focsam_t`` (the photo model's predictor), any policy of
 ``refine_policies.build_predictor`` on the ``focsam_t`` weights (``NAME=POLICY``), on another
 refiner file (``NAME=POLICY@FILE``) or on the shipped default model (``NAME=POLICY@default``);
@@ -64,7 +67,13 @@ MICRO_SETS = {
     "coelho_val": ("coelho2009_gnf", "last:16", 60, 0),
     "stardist_val": ("stardist2d_halves", ["z00-r0c1"], 35, 0),
 }
+#: a second draw of the held-out VNC stack (its first four slices), run only when named in --sets
+EXTRA_SETS = {
+    "vnc_neurites_s0_3": ("vnc_neurites", "first:4", 35, 0),
+    "vnc_mito_s0_3": ("vnc_mitochondria", "first:4", 35, 0),
+}
 brp.SETS.update(MICRO_SETS)
+brp.SETS.update(EXTRA_SETS)
 TABLE_CLICKS = 10
 
 
