@@ -157,7 +157,13 @@ def test_a_head_file_initialises_the_decoder_too(tmp_path):
     cfg = config_from_dict({"model": {"init_from": str(head)}})
     meta = export_metadata(cfg, 7, None)
     assert meta["init_sha256"] == sha256_file(head) and meta["trained_iters"] == 7
+    assert meta["training_data"] == [] and meta["research_only"] is False
     assert export_metadata(config_from_dict({}), 7, None)["init_sha256"] is None
+    # a fine-tune inherits its starting file's provenance: a research-only start stays research-only
+    research = tmp_path / "research.pt"
+    export_refiner(m, research, mc, with_decoder=True, training_data=["vnc_neurites"], research_only=True)
+    meta = export_metadata(config_from_dict({"model": {"init_from": str(research)}}), 7, None)
+    assert meta["training_data"] == ["vnc_neurites"] and meta["research_only"] is True
 
     sd = torch.load(head, weights_only=True)
     key = next(k for k in sd["state_dict"] if k.startswith("mask_decoder."))

@@ -115,14 +115,27 @@ def load_refiner_weights(refiner: torch.nn.Module, path: str | Path,
 
 
 def export_metadata(cfg: TrainingConfig, iteration: int, base_sha256: str | None) -> dict:
-    """What an exported file records of its training: base model, schedule, data, thresholds."""
-    init = cfg.model.init_from
+    """What an exported file records of its training: base model, schedule, data, thresholds.
+
+    A fine-tune (``model.init_from``) names the file it started from (``init_sha256``) and
+    inherits its provenance: the starting file's training sets join this run's, and a
+    research-only start makes a research-only file.
+    """
+    data = {s.dataset for s in cfg.data.train}
+    research_only = bool(cfg.data.research_only)
+    init_sha256 = None
+    if cfg.model.init_from:
+        path = cfg.path(cfg.model.init_from)
+        init_sha256 = sha256_file(path)
+        st = read_checkpoint(path)
+        info = st.get("napari_focsam") if isinstance(st, dict) else None
+        if isinstance(info, dict):
+            data |= {str(d) for d in info.get("training_data") or ()}
+            research_only = research_only or bool(info.get("research_only"))
     return {"base_model": cfg.model.base, "base_sha256": base_sha256,
-            "trained_iters": int(iteration), "seed": cfg.train.seed,
-            # a fine-tune names the file it started from (whose metadata lists its own training data)
-            "init_sha256": sha256_file(cfg.path(init)) if init else None,
-            "training_data": sorted({s.dataset for s in cfg.data.train}),  # provenance: licences
-            "research_only": bool(cfg.data.research_only),
+            "trained_iters": int(iteration), "seed": cfg.train.seed, "init_sha256": init_sha256,
+            "training_data": sorted(data),  # provenance: licences
+            "research_only": research_only,
             **cfg.export.metadata()}  # the decoder's calibrated thresholds
 
 
