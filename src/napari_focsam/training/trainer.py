@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 
 from ..core.hashing import sha256_file
-from ..core.models import CheckpointError, read_checkpoint
+from ..core.models import CheckpointError, read_checkpoint, state_dict_differences
 from ..modeling.focsam import FocSAM
 from .cache import TrainingCache, TrainingItem
 from .config import TrainingConfig
@@ -82,12 +82,9 @@ def _load_part(module: torch.nn.Module, sd: dict, prefix: str, path: str | Path,
     """Load the ``prefix``-ed tensors of ``sd`` into ``module``; ``CheckpointError`` when they do not fit."""
     weights = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
     own = module.state_dict()
-    missing = sorted(set(own) - set(weights))
-    extra = sorted(set(weights) - set(own))
-    bad = sorted(k for k in set(own) & set(weights) if tuple(own[k].shape) != tuple(weights[k].shape))
-    if missing or extra or bad:
-        raise CheckpointError(f"{path} does not fit the configured {what}: missing {missing[:3]}, "
-                              f"unexpected {extra[:3]}, other shapes {bad[:3]} (check model.depth / sizes)")
+    problems = state_dict_differences(own, weights, shown=3)
+    if problems:
+        raise CheckpointError(f"{path} does not fit the configured {what}: {problems} (check model.depth / sizes)")
     module.load_state_dict({k: v.to(own[k].dtype) for k, v in weights.items()})
 
 

@@ -11,7 +11,7 @@ __getattr__, __dir__, __all__ = _lazy.attach(
     submod_attrs={
         "_allocator": ["release_memory", "tune_malloc"],
         "_checkpoint": ["CheckpointError", "DECODER_THRESHOLDS", "decoder_thresholds", "load_checkpoint",
-            "read_checkpoint", "save_checkpoint"],
+            "read_checkpoint", "save_checkpoint", "state_dict_differences"],
         "_compute": ["ComputeThread", "compute_thread"],
         "_device": ["resolve_device"],
         "_load": ["load_model", "model_files", "model_path", "native_bf16_cpu", "refine_matmul_dtype",
