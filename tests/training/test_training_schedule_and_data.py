@@ -152,17 +152,18 @@ def test_a_head_file_initialises_the_decoder_too(tmp_path):
         assert torch.equal(target.mask_decoder.state_dict()[k], v.half().float()), k
 
     from napari_focsam.core.hashing import sha256_file
-    from napari_focsam.training.trainer import export_metadata
+    from napari_focsam.training.trainer import export_metadata, init_provenance
 
     cfg = config_from_dict({"model": {"init_from": str(head)}})
-    meta = export_metadata(cfg, 7, None)
+    meta = export_metadata(cfg, 7, None, init_provenance(head))
     assert meta["init_sha256"] == sha256_file(head) and meta["trained_iters"] == 7
     assert meta["training_data"] == [] and meta["research_only"] is False
     assert export_metadata(config_from_dict({}), 7, None)["init_sha256"] is None
     # a fine-tune inherits its starting file's provenance: a research-only start stays research-only
     research = tmp_path / "research.pt"
     export_refiner(m, research, mc, with_decoder=True, training_data=["vnc_neurites"], research_only=True)
-    meta = export_metadata(config_from_dict({"model": {"init_from": str(research)}}), 7, None)
+    meta = export_metadata(config_from_dict({"model": {"init_from": str(research)}}), 7, None,
+                           init_provenance(research))
     assert meta["training_data"] == ["vnc_neurites"] and meta["research_only"] is True
 
     sd = torch.load(head, weights_only=True)
@@ -335,3 +336,38 @@ def test_train_command_refuses_resume_from_with_no_resume(capsys):
 
     assert main(["train", "no-such-config.json", "--resume-from", "x.pt", "--no-resume"]) != 0
     assert "--resume-from continues a training run" in capsys.readouterr().err
+
+
+def test_a_fine_tune_from_a_head_file_starts_from_its_decoder_and_names_it(tmp_path):
+    """Trainer end to end: round 1 trains the decoder and exports a head file; round 2 starts
+    from it (``model.init_from``), so its decoder is round 1's, and its export names the file."""
+    import test_training as tt
+
+    from napari_focsam.core.hashing import sha256_file
+    from napari_focsam.core.models import read_checkpoint
+    from napari_focsam.training.cache import TrainingCache
+    from napari_focsam.training.trainer import Trainer
+
+    model = tt.make_narrow_focsam()
+    root = tmp_path / "cache"
+    with torch.no_grad():
+        emb = model.encode(torch.randn(1, 3, 1024, 1024, generator=torch.Generator().manual_seed(0)))
+    tt.write_item(root / "train" / "s" / "a__a00.npz", emb, (512, 512),
+                  [EvalObject(tt._disc(512, 512, 200, 200, 60), None, "a#1")],
+                  {"dataset": "s", "image_id": "a", "group": "natural", "copy": 0})
+    first = tt._trainer((model, root), tmp_path / "round1", iters=2, decoder_lr=1e-3)
+    first.run(resume=False)
+    first.close()
+    head = tmp_path / "round1" / "focsam_t_refiner.pt"
+    assert any(k.startswith("mask_decoder.") for k in read_checkpoint(head)["state_dict"])
+
+    cfg = tt._tiny_cfg(tmp_path / "round2", iters=1)
+    cfg.model.init_from = str(head)
+    second = Trainer(cfg, model=copy.deepcopy(model), train_cache=TrainingCache(root / "train"), device="cpu",
+                     log=None)
+    for k, v in first.model.mask_decoder.state_dict().items():  # round 1's decoder, not the base's
+        assert torch.equal(second.model.mask_decoder.state_dict()[k], v.half().float()), k
+    second.run(resume=False)
+    second.close()
+    meta = read_checkpoint(tmp_path / "round2" / "focsam_t_refiner.pt")["napari_focsam"]
+    assert meta["init_sha256"] == sha256_file(head)

@@ -51,7 +51,8 @@ from .schedule import WarmupPolyLR, param_groups
 from .simulate import sample_geometric, simulate_clicks
 from .validate import evaluate_cached, iou_canvas
 
-__all__ = ["Trainer", "draw_click_schedule", "export_metadata", "load_refiner_weights", "load_resume_state"]
+__all__ = ["Trainer", "draw_click_schedule", "export_metadata", "init_provenance", "load_refiner_weights",
+           "load_resume_state"]
 
 # --------------------------------------------------------------------------- trainer
 
@@ -111,28 +112,30 @@ def load_refiner_weights(refiner: torch.nn.Module, path: str | Path,
     return True
 
 
-def export_metadata(cfg: TrainingConfig, iteration: int, base_sha256: str | None) -> dict:
+def init_provenance(path: str | Path) -> dict:
+    """What a fine-tune inherits from the file it starts from: its SHA-256, training sets and
+    research-only flag (read once, when its weights are loaded)."""
+    st = read_checkpoint(path)
+    info = st.get("napari_focsam") if isinstance(st, dict) else None
+    info = info if isinstance(info, dict) else {}
+    return {"sha256": sha256_file(path), "training_data": sorted(str(d) for d in info.get("training_data") or ()),
+            "research_only": bool(info.get("research_only"))}
+
+
+def export_metadata(cfg: TrainingConfig, iteration: int, base_sha256: str | None,
+                    init: dict | None = None) -> dict:
     """What an exported file records of its training: base model, schedule, data, thresholds.
 
-    A fine-tune (``model.init_from``) names the file it started from (``init_sha256``) and
-    inherits its provenance: the starting file's training sets join this run's, and a
+    ``init``: the :func:`init_provenance` of the file a fine-tune started from. The export names
+    it (``init_sha256``) and inherits its provenance: its training sets join this run's, and a
     research-only start makes a research-only file.
     """
-    data = {s.dataset for s in cfg.data.train}
-    research_only = bool(cfg.data.research_only)
-    init_sha256 = None
-    if cfg.model.init_from:
-        path = cfg.path(cfg.model.init_from)
-        init_sha256 = sha256_file(path)
-        st = read_checkpoint(path)
-        info = st.get("napari_focsam") if isinstance(st, dict) else None
-        if isinstance(info, dict):
-            data |= {str(d) for d in info.get("training_data") or ()}
-            research_only = research_only or bool(info.get("research_only"))
+    init = init or {}
+    data = {s.dataset for s in cfg.data.train} | set(init.get("training_data", ()))
     return {"base_model": cfg.model.base, "base_sha256": base_sha256,
-            "trained_iters": int(iteration), "seed": cfg.train.seed, "init_sha256": init_sha256,
+            "trained_iters": int(iteration), "seed": cfg.train.seed, "init_sha256": init.get("sha256"),
             "training_data": sorted(data),  # provenance: licences
-            "research_only": research_only,
+            "research_only": bool(cfg.data.research_only) or bool(init.get("research_only")),
             **cfg.export.metadata()}  # the decoder's calibrated thresholds
 
 
@@ -185,6 +188,7 @@ class Trainer:
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
         self.base_sha256 = None
+        self.init_provenance: dict | None = None  # the file a fine-tune started from (export metadata)
         if model is None:
             from ..core.models import load_checkpoint
             from ..core.models.weights import resolve_weights
@@ -198,6 +202,7 @@ class Trainer:
                                                 embed_dim=model.prompt_encoder.embed_dim)
             if cfg.model.init_from:
                 load_refiner_weights(model.focus_refiner, cfg.path(cfg.model.init_from), model.mask_decoder)
+                self.init_provenance = init_provenance(cfg.path(cfg.model.init_from))
         self.model = model.to(self.device)
         for p in self.model.parameters():
             p.requires_grad_(False)
@@ -533,7 +538,7 @@ class Trainer:
 
     def export(self, path: str | Path | None = None) -> dict:
         path = Path(path) if path is not None else self.work_dir / REFINER_FILE
-        meta = export_metadata(self.cfg, self.iteration, self.base_sha256)
+        meta = export_metadata(self.cfg, self.iteration, self.base_sha256, self.init_provenance)
         # a refiner trained on a fine-tuned decoder ships that decoder in the same file
         return export_refiner(self.model, path, self.cfg.model, with_decoder=self.trains_decoder, **meta)
 
